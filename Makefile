@@ -1,0 +1,34 @@
+# Two commands set everything up on a fresh machine with Python 3.11 or 3.12:
+#   make run    installs into .venv and starts crmflow with an embedded Redis and demo traffic
+#   make test   installs into .venv and runs the whole suite
+
+# Bytewax 0.21 ships wheels for CPython 3.11 and 3.12 only: pick the first that fits.
+PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 13))' 2>/dev/null && echo $$p && break; done)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "crmflow needs Python 3.11 or 3.12 (Bytewax 0.21 has no wheels for others)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/crmflow up --demo
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""The HTTP layer: Segment-compatible ingest, profile reads, health and metrics."""

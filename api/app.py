@@ -1,0 +1,52 @@
+"""The FastAPI app factory: resources live in the lifespan, nothing at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+
+from api.deps import Resources
+from api.metrics import ApiMetrics, MetricsMiddleware
+from api.routes import health, ingest, profiles
+from config.settings import Settings
+from sinks.event_log import AppendOptions, AsyncEventLog
+from sinks.keys import KeyLayout
+from sinks.redis_client import async_client
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    metrics = ApiMetrics.create(registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = async_client(settings.redis)
+        layout = KeyLayout.from_settings(settings)
+        event_log = AsyncEventLog(client, layout, AppendOptions(
+            settings.redis.dedupe_window, settings.redis.stream_maxlen))
+        app.state.resources = Resources(settings, client, layout, event_log, metrics)
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = FastAPI(title="crmflow", version="0.1.0", lifespan=lifespan,
+                  description="Real-time CRM triggers and customer features.")
+    app.state.registry = registry
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.include_router(ingest.router)
+    app.include_router(profiles.router)
+    app.include_router(health.router)
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "store unavailable; retry"}, status_code=503,
+                            headers={"Retry-After": "1"})
+
+    return app

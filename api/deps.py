@@ -1,0 +1,87 @@
+"""Dependencies: the per-app resources and the key checks, as Annotated aliases."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends, HTTPException, Request, status
+
+from api.metrics import ApiMetrics
+from config.settings import Settings
+from sinks.event_log import AsyncEventLog
+from sinks.keys import KeyLayout
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Built in the app's lifespan; tests build their own app, so nothing is global."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    layout: KeyLayout
+    event_log: AsyncEventLog
+    metrics: ApiMetrics
+
+
+def get_resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+
+
+def _credential(request: Request) -> tuple[str, str] | None:
+    """(scheme, secret) from Authorization: Basic user:  or  Bearer token."""
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    scheme = scheme.lower()
+    if scheme == "basic":
+        try:
+            user, _, _ = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return scheme, user
+    if scheme == "bearer":
+        return scheme, value.strip()
+    return None
+
+
+def _matches(secret: str, keys: list[str]) -> bool:
+    return any(hmac.compare_digest(secret.encode(), key.encode()) for key in keys)
+
+
+def _unauthorized(detail: str, scheme: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail,
+                         headers={"WWW-Authenticate": scheme})
+
+
+def require_write_key(request: Request, resources: ResourcesDep) -> None:
+    """Segment style: the write key as the HTTP Basic user name (Bearer also accepted)."""
+    credential = _credential(request)
+    if credential is None:
+        raise _unauthorized("missing write key: send it as the HTTP Basic user name",
+                            'Basic realm="crmflow"')
+    api = resources.settings.api
+    if not _matches(credential[1], api.write_keys + api.admin_keys):
+        raise _unauthorized("invalid write key", 'Basic realm="crmflow"')
+
+
+def require_read_key(request: Request, resources: ResourcesDep) -> None:
+    credential = _credential(request)
+    if credential is None or credential[0] != "bearer":
+        raise _unauthorized("missing read key: send Authorization: Bearer <read key>", "Bearer")
+    api = resources.settings.api
+    if not _matches(credential[1], api.read_keys + api.admin_keys):
+        raise _unauthorized("invalid read key", "Bearer")
+
+
+WriteKey = Depends(require_write_key)
+ReadKey = Depends(require_read_key)

@@ -1,0 +1,41 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.deps import ResourcesDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up (no dependencies checked)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(resources: ResourcesDep) -> JSONResponse:
+    """Ready when Redis answers and a dataflow process has beaten its heart recently."""
+    checks: dict[str, Any] = {}
+    try:
+        await resources.redis.ping()
+        checks["redis"] = "ok"
+        alive = await resources.redis.exists(resources.layout.heartbeat())
+        checks["dataflow"] = "ok" if alive else "no heartbeat"
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        checks["redis"] = f"unavailable: {exc}"
+        checks["dataflow"] = "unknown"
+    ready = all(value == "ok" for value in checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

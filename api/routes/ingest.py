@@ -1,0 +1,215 @@
+"""Ingest: the Segment tracking API (`/v1/track`, `/identify`, `/page`, `/batch`) and the
+native `/v1/events`.
+
+An event is acknowledged only after Redis stored it in its partition's stream. In a batch,
+valid events are stored and acknowledged even when others are rejected; the response
+lists each rejected item with its index and reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from api.deps import Resources, ResourcesDep, WriteKey
+from config.durations import format_duration
+from features.events import Event, EventError
+from features.segment import from_native, from_segment
+
+router = APIRouter(prefix="/v1", tags=["ingest"], dependencies=[WriteKey])
+
+Parser = Callable[[object, float], Event]
+_INDEX = re.compile(r"\[\d+\]")
+
+
+class BodyError(Exception):
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it exceeds `limit` bytes (before or after gunzip)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyError(413, f"request body is {declared} bytes; the limit is {limit}",
+                        "too_large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyError(413, f"request body exceeds the limit of {limit} bytes", "too_large")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if request.headers.get("content-encoding", "").lower() == "gzip":
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            body = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            raise BodyError(400, "body is not valid gzip", "malformed") from None
+        if len(body) > limit or inflater.unconsumed_tail:
+            raise BodyError(413, f"decompressed body exceeds the limit of {limit} bytes",
+                            "too_large")
+    return body
+
+
+def _decode_json(body: bytes) -> Any:
+    if not body.strip():
+        raise BodyError(400, "empty body: expected a JSON object", "malformed")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise BodyError(400, "body is not valid UTF-8", "malformed") from None
+    except RecursionError:
+        raise BodyError(400, "JSON nested too deeply", "malformed") from None
+    except ValueError as exc:
+        raise BodyError(400, f"malformed JSON: {exc}", "malformed") from None
+
+
+def _reason(error: EventError) -> str:
+    """A bounded metric label: the top-level field, without list indices."""
+    return _INDEX.sub("", error.field).split(".")[0][:32]
+
+
+def _parse(item: object, parser: Parser, received_at: float, resources: Resources) -> Event:
+    api = resources.settings.api
+    size = len(json.dumps(item, separators=(",", ":"), default=str))
+    if size > api.max_event_bytes:
+        raise EventError("event", f"is {size} bytes; the limit per event is {api.max_event_bytes}")
+    event = parser(item, received_at)
+    if event.event_time > received_at + api.max_future_skew:
+        raise EventError("timestamp", "more than "
+                         f"{format_duration(api.max_future_skew)} in the future")
+    return event
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"success": False, "detail": message, **extra}, status_code=status)
+
+
+async def _ingest(items: Sequence[object], *, parser: Parser, source: str, single: bool,
+                  resources: Resources) -> JSONResponse:
+    received_at = time.time()
+    events: list[Event] = []
+    rejected: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            events.append(_parse(item, parser, received_at, resources))
+        except EventError as exc:
+            resources.metrics.rejected.labels(source, _reason(exc)).inc()
+            entry: dict[str, Any] = {"index": index, "field": exc.field, "error": str(exc)}
+            if isinstance(item, dict) and isinstance(item.get("messageId"), str):
+                entry["messageId"] = item["messageId"]
+            rejected.append(entry)
+    try:
+        stored = await resources.event_log.append(events)
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return JSONResponse({"success": False, "detail": "event store unavailable; retry"},
+                            status_code=503, headers={"Retry-After": "1"})
+    accepted = len(events)
+    duplicates = accepted - sum(stored)
+    if accepted:
+        resources.metrics.accepted.labels(source).inc(accepted - duplicates)
+    if duplicates:
+        resources.metrics.duplicates.labels(source).inc(duplicates)
+    if single and rejected:
+        return _error(400, rejected[0]["error"], field=rejected[0]["field"])
+    body = {"success": not rejected, "accepted": accepted, "duplicates": duplicates,
+            "rejected": rejected}
+    status = 400 if rejected and not accepted else 200
+    return JSONResponse(body, status_code=status)
+
+
+async def _handle(request: Request, resources: Resources, *, limit: int, source: str,
+                  parser: Parser, extract: Callable[[Any], tuple[Sequence[object], bool]],
+                  ) -> JSONResponse:
+    try:
+        payload = _decode_json(await _read_body(request, limit))
+        items, single = extract(payload)
+    except BodyError as exc:
+        resources.metrics.rejected.labels(source, exc.reason).inc()
+        return _error(exc.status, exc.message)
+    return await _ingest(items, parser=parser, source=source, single=single,
+                         resources=resources)
+
+
+def _single(kind: str) -> Callable[[Any], tuple[Sequence[object], bool]]:
+    def extract(payload: Any) -> tuple[Sequence[object], bool]:
+        if not isinstance(payload, dict):
+            raise BodyError(400, "expected a JSON object", "malformed")
+        message = dict(payload)
+        message.setdefault("type", kind)
+        if message["type"] != kind:
+            raise BodyError(400, f"type is {message['type']!r} at /v1/{kind}", "type")
+        return [message], True
+    return extract
+
+
+def _segment_batch(payload: Any) -> tuple[Sequence[object], bool]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
+        raise BodyError(400, 'expected {"batch": [message, ...]}', "malformed")
+    if not payload["batch"]:
+        raise BodyError(400, "batch is empty", "malformed")
+    context = payload.get("context")
+    items: list[object] = []
+    for message in payload["batch"]:
+        if isinstance(message, dict) and isinstance(context, dict) and "context" not in message:
+            message = {**message, "context": context}  # batch-level context applies to all
+        items.append(message)
+    return items, False
+
+
+def _native(payload: Any) -> tuple[Sequence[object], bool]:
+    if isinstance(payload, list):
+        items: list[object] = payload
+    elif isinstance(payload, dict) and isinstance(payload.get("events"), list):
+        items = payload["events"]
+    elif isinstance(payload, dict):
+        return [payload], True
+    else:
+        raise BodyError(400, 'expected an event object, a list, or {"events": [...]}',
+                        "malformed")
+    if not items:
+        raise BodyError(400, "no events in the request", "malformed")
+    return items, False
+
+
+@router.post("/track")
+async def track(request: Request, resources: ResourcesDep) -> JSONResponse:
+    return await _handle(request, resources, limit=resources.settings.api.max_event_bytes,
+                         source="segment", parser=from_segment, extract=_single("track"))
+
+
+@router.post("/identify")
+async def identify(request: Request, resources: ResourcesDep) -> JSONResponse:
+    return await _handle(request, resources, limit=resources.settings.api.max_event_bytes,
+                         source="segment", parser=from_segment, extract=_single("identify"))
+
+
+@router.post("/page")
+async def page(request: Request, resources: ResourcesDep) -> JSONResponse:
+    return await _handle(request, resources, limit=resources.settings.api.max_event_bytes,
+                         source="segment", parser=from_segment, extract=_single("page"))
+
+
+@router.post("/batch")
+async def batch(request: Request, resources: ResourcesDep) -> JSONResponse:
+    return await _handle(request, resources, limit=resources.settings.api.max_batch_bytes,
+                         source="segment", parser=from_segment, extract=_segment_batch)
+
+
+@router.post("/events")
+async def events(request: Request, resources: ResourcesDep) -> JSONResponse:
+    return await _handle(request, resources, limit=resources.settings.api.max_batch_bytes,
+                         source="native", parser=from_native, extract=_native)

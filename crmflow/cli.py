@@ -1,0 +1,166 @@
+"""The `crmflow` command: up, api, dataflow, demo, tail, config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from config.settings import ConfigError, Settings, load_settings
+
+KEYS_FILE = Path("var/keys.json")
+
+
+def _overlays(demo: bool) -> tuple[dict[str, Any], ...]:
+    if not demo:
+        return ()
+    from importlib import resources
+
+    text = resources.files("config").joinpath("demo.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    return (data,) if isinstance(data, dict) else ()
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    try:
+        return load_settings(args.config, overlays=_overlays(getattr(args, "demo", False)))
+    except ConfigError as exc:
+        raise SystemExit(f"crmflow: {exc}") from None
+
+
+def _cmd_api(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from api.app import create_app
+    from crmflow.runtime import check_api_keys, with_redis
+
+    settings, server = with_redis(settings_from(args))
+    check_api_keys(settings)
+    try:
+        uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port,
+                    log_level="warning", access_log=False)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _cmd_dataflow(args: argparse.Namespace) -> None:
+    from crmflow.runtime import with_redis
+    from dataflows.run import run_dataflow
+
+    settings, server = with_redis(settings_from(args))
+    addresses = args.addresses.split(";") if args.addresses else None
+    try:
+        run_dataflow(settings, process_id=args.process_id, addresses=addresses,
+                     stop_when_caught_up=args.drain)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _cmd_up(args: argparse.Namespace) -> None:
+    from crmflow.supervisor import run_up
+
+    run_up(settings_from(args), config_file=args.config, demo=args.demo, keys_file=KEYS_FILE)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    import threading
+
+    from crmflow.demo import run_demo
+
+    settings = settings_from(args)
+    write_key = args.write_key or (settings.api.write_keys or [""])[0]
+    if not write_key:
+        raise SystemExit("crmflow demo: give --write-key or set CRMFLOW_WRITE_KEY")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        run_demo(args.url, write_key, events_per_second=settings.demo.events_per_second,
+                 shoppers=settings.demo.shoppers, seed=settings.demo.seed, stop=stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+def _cmd_tail(args: argparse.Namespace) -> None:
+    from crmflow.runtime import with_redis
+    from crmflow.supervisor import tail_triggers
+
+    settings, server = with_redis(settings_from(args))
+    try:
+        tail_triggers(settings, from_start=args.from_start)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _cmd_config(args: argparse.Namespace) -> None:
+    settings = settings_from(args)
+    sys.stdout.write(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crmflow", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("--config", type=Path, default=None,
+                         help="YAML config file (default: $CRMFLOW_CONFIG)")
+        return cmd
+
+    up = command("up", "run everything on this machine: Redis, dataflow, API")
+    up.add_argument("--demo", action="store_true",
+                    help="also play simulated shoppers through the API, with short timings")
+    up.set_defaults(func=_cmd_up)
+
+    api = command("api", "run the HTTP API (ingest and profile reads)")
+    api.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
+    api.set_defaults(func=_cmd_api)
+
+    dataflow = command("dataflow", "run the Bytewax dataflow")
+    dataflow.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
+    dataflow.add_argument("--process-id", type=int, default=None,
+                          help="this process's index among --addresses")
+    dataflow.add_argument("--addresses", default=None,
+                          help="host:port of every dataflow process, separated by ';'")
+    dataflow.add_argument("--drain", action="store_true",
+                          help="stop once every stream entry has been processed")
+    dataflow.set_defaults(func=_cmd_dataflow)
+
+    demo = command("demo", "send simulated shopper traffic to a running API")
+    demo.add_argument("--url", default="http://127.0.0.1:8000")
+    demo.add_argument("--write-key", default=None)
+    demo.set_defaults(func=_cmd_demo)
+
+    tail = command("tail", "print triggers as they are raised")
+    tail.add_argument("--from-start", action="store_true", help="print past triggers first")
+    tail.set_defaults(func=_cmd_tail)
+
+    show = command("config", "validate the configuration and print the effective values")
+    show.set_defaults(func=_cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""What the entry points share: finding (or starting) Redis, and the access keys of `up`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from config.settings import Settings
+from crmflow.redis_server import EmbeddedRedis
+
+log = logging.getLogger(__name__)
+
+
+def _running_embedded(settings: Settings) -> str | None:
+    """An embedded Redis already serving our data folder (e.g. started by `crmflow api`)."""
+    url = f"redis://127.0.0.1:{settings.redis.embedded_port}/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.3, socket_timeout=1)
+    try:
+        served = client.config_get("dir").get("dir")
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    return url if served == str(settings.redis.data_dir.resolve()) else None
+
+
+def with_redis(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
+    """Settings pointing at a live Redis, and the embedded server we started, if any."""
+    if settings.redis.url:
+        return settings, None
+    url = _running_embedded(settings)
+    server = None
+    if url is None:
+        server = EmbeddedRedis(settings.redis.data_dir, port=settings.redis.embedded_port)
+        server.start()
+        url = server.url
+    redis_section = settings.redis.model_copy(update={"url": url})
+    return settings.model_copy(update={"redis": redis_section}), server
+
+
+def ensure_keys(settings: Settings, keys_file: Path) -> Settings:
+    """For `crmflow up`: generate keys once (kept in var/) when none are configured."""
+    api = settings.api
+    if api.write_keys and (api.read_keys or api.admin_keys):
+        return settings
+    stored: dict[str, Any] = {}
+    if keys_file.exists():
+        stored = json.loads(keys_file.read_text())
+    if not stored.get("write_key") or not stored.get("read_key"):
+        stored = {"write_key": "wk_" + secrets.token_urlsafe(18),
+                  "read_key": "rk_" + secrets.token_urlsafe(18)}
+        keys_file.parent.mkdir(parents=True, exist_ok=True)
+        keys_file.write_text(json.dumps(stored, indent=2))
+        keys_file.chmod(0o600)
+    update = {
+        "write_keys": api.write_keys or [stored["write_key"]],
+        "read_keys": api.read_keys or [stored["read_key"]],
+    }
+    return settings.model_copy(update={"api": api.model_copy(update=update)})
+
+
+def check_api_keys(settings: Settings) -> None:
+    if not settings.api.write_keys and not settings.api.admin_keys:
+        raise SystemExit("config error: api.write_keys is empty: set CRMFLOW_WRITE_KEY "
+                         "(or api.write_keys in the config file)")
+    if not settings.api.read_keys and not settings.api.admin_keys:
+        raise SystemExit("config error: api.read_keys is empty: set CRMFLOW_READ_KEY "
+                         "(or api.read_keys in the config file)")

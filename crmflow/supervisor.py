@@ -1,0 +1,190 @@
+"""`crmflow up`: one machine, everything: Redis, the dataflow, the API, optionally the demo.
+
+The supervisor restarts any part that dies (the dataflow is disposable: it resumes from
+Redis alone) and stops them all on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import httpx
+import redis
+
+from config.settings import Settings
+from crmflow.runtime import ensure_keys, with_redis
+from features.events import format_time
+from sinks.keys import KeyLayout
+
+log = logging.getLogger("crmflow.up")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, env=self.env)  # noqa: S603
+        self.started_at = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _wait_healthy(url: str, child: Child, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise SystemExit(f"crmflow up: the {child.name} exited at start-up (see above)")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"crmflow up: the API did not answer on {url} within {timeout:.0f}s")
+
+
+def _banner(settings: Settings, api_url: str, embedded: bool, demo: bool) -> str:
+    write_key = settings.api.write_keys[0] if settings.api.write_keys else "(admin key)"
+    read_key = settings.api.read_keys[0] if settings.api.read_keys else "(admin key)"
+    where = f"embedded, data in {settings.redis.data_dir}" if embedded else "REDIS_URL"
+    lines = [
+        "",
+        "crmflow is up",
+        f"  API        {api_url}   docs {api_url}/docs   metrics {api_url}/metrics",
+        f"  Dataflow   metrics http://{settings.api.host}:{settings.dataflow.metrics_port}/metrics",
+        f"  Redis      {settings.redis.url} ({where})",
+        f"  Write key  {write_key}   (HTTP Basic user name, Segment style)",
+        f"  Read key   {read_key}   (Authorization: Bearer)",
+        "  Try        curl -H 'Authorization: Bearer " + read_key + "' "
+        + api_url + "/v1/profiles/<client id>",
+        "  Demo       simulated shoppers are sending events now" if demo else
+        "  Send       POST " + api_url + "/v1/batch (Segment) or /v1/events (native)",
+        "Triggers appear below as they are raised; Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _format_trigger(fields: dict[bytes, bytes]) -> str:
+    def get(name: str) -> str:
+        return fields.get(name.encode(), b"").decode()
+    return (f"  {get('fired_at')}  {get('type'):<20} client={get('client_id'):<18} "
+            f"{get('payload')[:90]}")
+
+
+def tail_triggers(settings: Settings, *, from_start: bool = False,
+                  stop: threading.Event | None = None) -> None:
+    """Follow every partition's trigger stream and print one line per trigger."""
+    layout = KeyLayout.from_settings(settings)
+    assert settings.redis.url is not None
+    client = redis.Redis.from_url(settings.redis.url, socket_timeout=5)
+    positions: dict[str, str] = dict.fromkeys(layout.all_trigger_streams(),
+                                              "0-0" if from_start else "$")
+    while stop is None or not stop.is_set():
+        try:
+            replies = client.xread(positions, count=500, block=1000)  # type: ignore[arg-type]
+        except redis.RedisError as exc:
+            log.warning("trigger tail: %s", exc)
+            time.sleep(1)
+            continue
+        for stream, entries in replies or []:
+            for entry_id, fields in entries:
+                print(_format_trigger(fields), flush=True)  # noqa: T201 - the user asked to see them
+                positions[stream.decode()] = entry_id.decode()
+
+
+def run_up(settings: Settings, *, config_file: Path | None, demo: bool, keys_file: Path) -> None:
+    settings = ensure_keys(settings, keys_file)
+    settings, redis_server = with_redis(settings)
+    assert settings.redis.url is not None
+    env = dict(os.environ)
+    env.update({
+        "REDIS_URL": settings.redis.url,
+        "CRMFLOW_WRITE_KEY": ",".join(settings.api.write_keys),
+        "CRMFLOW_READ_KEY": ",".join(settings.api.read_keys),
+        "PYTHONUNBUFFERED": "1",
+    })
+    base = [sys.executable, "-m", "crmflow.cli"]
+    options = (["--config", str(config_file)] if config_file else []) + (
+        ["--demo"] if demo else [])
+    children = [Child("dataflow", [*base, "dataflow", *options], env),
+                Child("API", [*base, "api", *options], env)]
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    api_url = f"http://{settings.api.host}:{settings.api.port}"
+    threads: list[threading.Thread] = []
+    try:
+        for child in children:
+            child.start()
+        _wait_healthy(api_url, children[1])
+        print(_banner(settings, api_url, redis_server is not None, demo), flush=True)  # noqa: T201
+        threads.append(threading.Thread(target=tail_triggers, args=(settings,),
+                                        kwargs={"stop": stop}, daemon=True))
+        if demo:
+            from crmflow.demo import run_demo
+
+            threads.append(threading.Thread(
+                target=run_demo, args=(api_url, settings.api.write_keys[0]),
+                kwargs={"events_per_second": settings.demo.events_per_second,
+                        "shoppers": settings.demo.shoppers, "seed": settings.demo.seed,
+                        "stop": stop}, daemon=True))
+        for thread in threads:
+            thread.start()
+        _supervise(children, redis_server, stop)
+    finally:
+        stop.set()
+        for child in reversed(children):
+            child.stop()
+        if redis_server is not None:
+            redis_server.stop()
+
+
+def _supervise(children: list[Child], redis_server: object, stop: threading.Event) -> None:
+    from crmflow.redis_server import EmbeddedRedis
+
+    while not stop.wait(0.5):
+        if isinstance(redis_server, EmbeddedRedis) and not redis_server.alive():
+            log.error("embedded redis exited; restarting it (data is kept in its AOF)")
+            redis_server.start()
+        for child in children:
+            if child.alive():
+                continue
+            code = child.process.returncode if child.process else None
+            backoff = min(30.0, 2.0 ** min(child.restarts, 5))
+            if time.monotonic() - child.started_at < backoff:
+                continue
+            child.restarts += 1
+            log.error("the %s exited (code %s); restarting it (restart %d)", child.name, code,
+                      child.restarts)
+            child.start()

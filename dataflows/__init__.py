@@ -1,0 +1,1 @@
+"""Bytewax adapters: the stream source, bucket keying, ticks, and the flow itself."""

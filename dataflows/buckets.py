@@ -1,0 +1,206 @@
+"""The per-bucket logic: a few thousand Bytewax keys instead of one per client.
+
+A bucket holds its clients' states and heaps of (due, client) timers. Bytewax's own
+`notify_at` is not used: it is compared with wall time and scanned per key (see
+BYTEWAX_NOTES.md). A timer due at `d` fires at the first of these, all read from the
+stream and so identical in replay and live, whatever the batch size or tick rate:
+- the client's own next event with event time >= d (fired before that event applies);
+- for a live client (see `features.state.is_live`), the first item whose arrival time (the
+  stream id's clock) is >= d + allowed lateness;
+- for any client, a tick at the stream head whose wall clock is >= d + allowed lateness.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from bytewax.operators import StatefulBatchLogic
+
+from dataflows.metrics import DataflowMetrics
+from features.codec import decode_state, encode_state
+from features.events import EventError, parse_event
+from features.routing import bucket_of
+from features.state import ClientState, is_live
+from features.triggers import Trigger, TriggerRules, fire_due, next_due, process_event
+from sinks.bucket_store import BucketCommit, BucketStore, DeadLetter, stream_id_key
+
+EVENT = "e"
+TICK = "t"
+LIVE = 0  # timers on the arrival clock
+BACKFILL = 1  # timers on the head clock only
+
+# Items flowing from the source to a bucket (Bytewax does not tell a logic its key, so
+# every item names its bucket):
+#   (EVENT, bucket, stream_id, client_key, raw_json)        one stream entry
+#   (TICK, bucket, clock, position, at_head)                the partition's progress
+Item = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BucketConfig:
+    rules: TriggerRules
+    offset_flush_interval: float
+    allowed_lateness: float
+
+
+class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
+    """Built by Bytewax on a bucket's first item; loads the bucket from Redis then."""
+
+    def __init__(self, bucket: int, store: BucketStore, config: BucketConfig,
+                 metrics: DataflowMetrics) -> None:
+        loaded = store.load(bucket)
+        self._bucket = bucket
+        self._buckets = store.layout.buckets
+        self._config = config
+        self._metrics = metrics
+        self._position = loaded.position
+        self._committed = loaded.position
+        self._last_commit = time.monotonic()
+        self._states: dict[str, ClientState] = {}
+        self._scheduled: dict[str, tuple[float, int]] = {}
+        self._timers: tuple[list[tuple[float, str]], list[tuple[float, str]]] = ([], [])
+        for client_key, raw in loaded.states.items():
+            state = decode_state(raw)
+            self._states[client_key] = state
+            self._schedule(client_key, state)
+
+    # --- timers --------------------------------------------------------------------------------
+
+    def _schedule(self, client_key: str, state: ClientState) -> None:
+        """Keep the client's earliest due time, and a heap entry no later than it.
+
+        Entries are never removed from a heap: a popped entry that no longer matches the
+        client's schedule is skipped or pushed again at the new time (lazy cancellation).
+        """
+        due = next_due(state, self._config.rules)
+        current = self._scheduled.get(client_key)
+        if due is None:
+            if current is not None:
+                del self._scheduled[client_key]
+                self._metrics.timers_pending.dec()
+            return
+        clock = LIVE if is_live(state, self._config.allowed_lateness) else BACKFILL
+        if current is None:
+            self._metrics.timers_pending.inc()
+        if current is None or current[1] != clock or due < current[0]:
+            heapq.heappush(self._timers[clock], (due, client_key))
+        self._scheduled[client_key] = (due, clock)
+
+    def _advance(self, clock: int, now: float, dirty: set[str], triggers: list[Trigger]) -> None:
+        limit = now - self._config.allowed_lateness
+        heap = self._timers[clock]
+        while heap and heap[0][0] <= limit:
+            _, client_key = heapq.heappop(heap)
+            scheduled = self._scheduled.get(client_key)
+            if scheduled is None or scheduled[1] != clock:
+                continue  # cancelled, or moved to the other clock's heap
+            if scheduled[0] > limit:
+                heapq.heappush(self._timers[scheduled[1]], (scheduled[0], client_key))
+                continue
+            state, fired = fire_due(client_key, self._states[client_key], limit,
+                                    self._config.rules)
+            self._states[client_key] = state
+            del self._scheduled[client_key]
+            self._metrics.timers_pending.dec()
+            self._schedule(client_key, state)
+            if fired:
+                triggers.extend(fired)
+                dirty.add(client_key)
+
+    # --- Bytewax callbacks -----------------------------------------------------------------------
+
+    def on_batch(self, values: list[Item]) -> tuple[Iterable[BucketCommit], bool]:
+        dirty: set[str] = set()
+        triggers: list[Trigger] = []
+        dead: list[DeadLetter] = []
+        applied = 0
+        position_key = stream_id_key(self._position)
+        for item in values:
+            if item[0] == EVENT:
+                _, _, stream_id, client_key, raw = item
+                key = stream_id_key(stream_id)
+                if key <= position_key:
+                    continue  # already applied before a restart
+                position_key = key
+                self._position = stream_id
+                self._advance(LIVE, key[0] / 1000, dirty, triggers)
+                applied += self._apply(stream_id, client_key, raw, dirty, triggers, dead)
+            else:
+                _, _, clock, position, at_head = item
+                key = stream_id_key(position)
+                if key > position_key:
+                    position_key = key
+                    self._position = position
+                self._advance(LIVE, clock, dirty, triggers)
+                if at_head:
+                    self._advance(BACKFILL, clock, dirty, triggers)
+        return self._commit(dirty, triggers, dead, applied), StatefulBatchLogic.RETAIN
+
+    def _apply(self, stream_id: str, client_key: str, raw: bytes, dirty: set[str],
+               triggers: list[Trigger], dead: list[DeadLetter]) -> int:
+        try:
+            event = parse_event(json.loads(raw))
+        except (ValueError, EventError) as exc:
+            reason = f"invalid event: {exc}" if isinstance(exc, EventError) else "invalid json"
+            dead.append(DeadLetter(reason, stream_id, raw))
+            self._metrics.dead_letters.labels("invalid").inc()
+            return 0
+        if event.client_key != client_key or bucket_of(client_key, self._buckets) != self._bucket:
+            dead.append(DeadLetter("misrouted: entry key does not match the event's client",
+                                   stream_id, raw))
+            self._metrics.dead_letters.labels("misrouted").inc()
+            return 0
+        before = self._states.get(client_key)
+        after, fired = process_event(client_key, before, event, self._config.rules)
+        if after is before:
+            self._metrics.duplicates.inc()
+            return 0
+        self._states[client_key] = after
+        self._schedule(client_key, after)
+        dirty.add(client_key)
+        triggers.extend(fired)
+        self._metrics.events_processed.labels(event.type.value).inc()
+        return 1
+
+    def _commit(self, dirty: set[str], triggers: list[Trigger], dead: list[DeadLetter],
+                applied: int) -> list[BucketCommit]:
+        now = time.monotonic()
+        moved = self._position != self._committed
+        if not (dirty or triggers or dead) and not (
+                moved and now - self._last_commit >= self._config.offset_flush_interval):
+            return []
+        commit = BucketCommit(
+            bucket=self._bucket, base=self._committed, position=self._position,
+            states=[(key, encode_state(self._states[key])) for key in sorted(dirty)],
+            triggers=triggers, dead_letters=dead, events=applied)
+        self._committed = self._position
+        self._last_commit = now
+        return [commit]
+
+    def snapshot(self) -> None:
+        """Nothing: Redis, not Bytewax recovery, is the home of this state."""
+        return None
+
+
+class LazyBucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
+    """Defers loading until the first batch names the bucket."""
+
+    def __init__(self, store: BucketStore, config: BucketConfig,
+                 metrics: DataflowMetrics) -> None:
+        self._store = store
+        self._config = config
+        self._metrics = metrics
+        self._logic: BucketLogic | None = None
+
+    def on_batch(self, values: list[Item]) -> tuple[Iterable[BucketCommit], bool]:
+        if self._logic is None:
+            self._logic = BucketLogic(values[0][1], self._store, self._config, self._metrics)
+        return self._logic.on_batch(values)
+
+    def snapshot(self) -> None:
+        return None

@@ -1,0 +1,44 @@
+"""The crmflow dataflow: event streams -> buckets (state, timers, triggers) -> Redis."""
+
+from __future__ import annotations
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from config.settings import Settings
+from dataflows.buckets import BucketConfig, LazyBucketLogic
+from dataflows.metrics import DataflowMetrics
+from dataflows.source import EventStreamSource, SourceConfig
+from sinks.bucket_store import BucketStore
+from sinks.bytewax_sink import BucketCommitSink
+from sinks.keys import KeyLayout
+from sinks.redis_client import sync_client
+
+
+def store_factory(settings: Settings) -> BucketStore:
+    return BucketStore(sync_client(settings.redis), KeyLayout.from_settings(settings),
+                       ledger_max_entries=settings.redis.ledger_max_entries,
+                       stream_maxlen=settings.redis.stream_maxlen)
+
+
+def build_flow(settings: Settings, metrics: DataflowMetrics, *,
+               stop_when_caught_up: bool = False) -> Dataflow:
+    df = settings.dataflow
+    source_config = SourceConfig(
+        batch_size=df.batch_size, tick_interval=df.tick_interval, idle_wait=df.idle_wait,
+        heartbeat_ttl=df.heartbeat_ttl,
+        stop_when_caught_up=stop_when_caught_up)
+    bucket_config = BucketConfig(rules=settings.triggers.rules(),
+                                 offset_flush_interval=df.offset_flush_interval,
+                                 allowed_lateness=df.allowed_lateness)
+    loader = store_factory(settings)  # bucket loads share one connection pool per process
+
+    def make_store() -> BucketStore:
+        return store_factory(settings)
+
+    flow = Dataflow("crmflow")
+    entries = op.input("events", flow, EventStreamSource(make_store, source_config, metrics))
+    commits = op.stateful_batch(
+        "buckets", entries, lambda _resume: LazyBucketLogic(loader, bucket_config, metrics))
+    op.output("commit", commits, BucketCommitSink(make_store, metrics))
+    return flow

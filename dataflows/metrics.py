@@ -1,0 +1,54 @@
+"""The dataflow's Prometheus metrics, created against a registry that is passed in.
+
+Labels are bounded: event and trigger types, reasons, partition numbers; never client ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass(frozen=True)
+class DataflowMetrics:
+    events_read: Counter
+    events_processed: Counter
+    duplicates: Counter
+    triggers: Counter
+    dead_letters: Counter
+    lag_seconds: Gauge
+    watermark: Gauge
+    timers_pending: Gauge
+    commit_seconds: Histogram
+    commits: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> DataflowMetrics:
+        return cls(
+            events_read=Counter("crmflow_dataflow_events_read", "Stream entries read",
+                                ["partition"], registry=registry),
+            events_processed=Counter("crmflow_dataflow_events_processed",
+                                     "Events applied to client state", ["type"],
+                                     registry=registry),
+            duplicates=Counter("crmflow_dataflow_duplicate_events",
+                               "Events ignored as duplicates of one already applied",
+                               registry=registry),
+            triggers=Counter("crmflow_triggers_raised", "Triggers emitted", ["type"],
+                             registry=registry),
+            dead_letters=Counter("crmflow_dead_letters", "Entries sent to the dead-letter stream",
+                                 ["reason"], registry=registry),
+            lag_seconds=Gauge("crmflow_consumer_lag_seconds",
+                              "Age of the oldest stream entry not yet read (0 when caught up)",
+                              ["partition"], registry=registry),
+            watermark=Gauge("crmflow_watermark_seconds",
+                            "The partition's clock for timers, epoch seconds",
+                            ["partition"], registry=registry),
+            timers_pending=Gauge("crmflow_timers_pending", "Clients with a pending timer",
+                                 registry=registry),
+            commit_seconds=Histogram("crmflow_redis_commit_seconds",
+                                     "Latency of one pipelined batch of bucket commits",
+                                     registry=registry),
+            commits=Counter("crmflow_redis_commits", "Bucket commits written",
+                            registry=registry),
+        )

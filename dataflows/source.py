@@ -1,0 +1,161 @@
+"""A Bytewax source over the partitioned Redis event streams.
+
+Delivery: at-least-once. A partition starts at the least stream position committed by
+any of its buckets (Redis, not Bytewax recovery, holds it); buckets skip entries they had
+already applied, so the combined effect is exactly-once.
+
+Reads never block: XRANGE from the last id, and `next_awake` backs off while caught up.
+Besides entries, each partition sends tick items to all its buckets: the clock for timers
+(the arrival time of the last entry read while catching up; wall time at the stream head)
+and the read position, which lets idle buckets advance their committed position.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import redis
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from dataflows.buckets import EVENT, TICK, Item
+from dataflows.metrics import DataflowMetrics
+from features.routing import bucket_of
+from sinks.bucket_store import BucketStore, stream_id_key
+
+log = logging.getLogger(__name__)
+
+KeyedItem = tuple[str, Item]
+HEARTBEAT_EVERY = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    batch_size: int
+    tick_interval: float
+    idle_wait: float
+    heartbeat_ttl: float
+    stop_when_caught_up: bool = False  # for drains and tests: EOF once every entry is read
+
+
+class EventStreamSource(FixedPartitionedSource[KeyedItem, None]):
+    """One partition per event stream, keyed by bucket."""
+
+    def __init__(self, store_factory: Callable[[], BucketStore], config: SourceConfig,
+                 metrics: DataflowMetrics) -> None:
+        self._store_factory = store_factory
+        self._config = config
+        self._metrics = metrics
+        self._partitions = store_factory().layout.partitions
+
+    def list_parts(self) -> list[str]:
+        return [str(p) for p in range(self._partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None
+                   ) -> _EventStreamPartition:
+        return _EventStreamPartition(int(for_part), self._store_factory(), self._config,
+                                     self._metrics)
+
+
+class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
+    def __init__(self, partition: int, store: BucketStore, config: SourceConfig,
+                 metrics: DataflowMetrics) -> None:
+        layout = store.layout
+        self._partition = partition
+        self._client: redis.Redis = store.client
+        self._config = config
+        self._metrics = metrics
+        self._stream = layout.events(partition)
+        self._heartbeat_key = layout.heartbeat()
+        self._heartbeat_value = f"{socket.gethostname()}:{os.getpid()}"
+        self._buckets = layout.buckets
+        self._partitions = layout.partitions
+        self._stopping = False
+        self._own = [str(b) for b in range(partition, layout.buckets, layout.partitions)]
+        self._misrouted_to = self._own[0]
+        self._position = store.resume_position(partition)
+        self._caught_up = False
+        self._last_tick = 0.0
+        self._last_heartbeat = 0.0
+        self._label = str(partition)
+        log.info("partition %d resumes after %s", partition, self._position)
+
+    def next_batch(self) -> list[KeyedItem]:
+        entries = self._read()
+        items: list[KeyedItem] = []
+        for stream_id_raw, fields in entries:
+            stream_id = stream_id_raw.decode()
+            client_key = fields.get(b"k", b"").decode("utf-8", "replace")
+            bucket = bucket_of(client_key, self._buckets)
+            target = str(bucket) if bucket % self._partitions == self._partition else (
+                self._misrouted_to)  # the bucket dead-letters it, in stream order
+            items.append((target, (EVENT, int(target), stream_id, client_key,
+                                   fields.get(b"e", b""))))
+            self._position = stream_id
+        if entries:
+            self._metrics.events_read.labels(self._label).inc(len(entries))
+        self._caught_up = len(entries) < self._config.batch_size
+        now = time.time()
+        self._update_lag(entries, now)
+        if now - self._last_tick >= self._config.tick_interval or (
+                self._caught_up and self._config.stop_when_caught_up):
+            items.extend(self._ticks(now))
+        if now - self._last_heartbeat >= HEARTBEAT_EVERY:
+            self._beat(now)
+        if self._caught_up and self._config.stop_when_caught_up:
+            self._stopping = True
+        return items
+
+    def _read(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        if self._stopping:
+            raise StopIteration
+        try:
+            return self._client.xrange(self._stream, min="(" + self._position, max="+",
+                                       count=self._config.batch_size)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("partition %d: redis unavailable (%s); will retry", self._partition, exc)
+            self._caught_up = True
+            return []
+
+    def _ticks(self, now: float) -> list[KeyedItem]:
+        """At the head the clock is wall time; behind it, the arrival time of the last
+        entry read (stream ids are Redis's clock at append), so a backlog replays the
+        clock as it was."""
+        self._last_tick = now
+        at_head = self._caught_up
+        clock = now if at_head else stream_id_key(self._position)[0] / 1000
+        self._metrics.watermark.labels(self._label).set(clock)
+        return [(bucket, (TICK, int(bucket), clock, self._position, at_head))
+                for bucket in self._own]
+
+    def _update_lag(self, entries: list[tuple[bytes, dict[bytes, bytes]]], now: float) -> None:
+        if self._caught_up or not entries:
+            self._metrics.lag_seconds.labels(self._label).set(0.0)
+            return
+        # The next unread entry is at least as old as the last one read: its id's time.
+        appended_ms = stream_id_key(self._position)[0]
+        self._metrics.lag_seconds.labels(self._label).set(max(0.0, now - appended_ms / 1000))
+
+    def _beat(self, now: float) -> None:
+        self._last_heartbeat = now
+        try:
+            self._client.set(self._heartbeat_key, self._heartbeat_value,
+                             px=int(self._config.heartbeat_ttl * 1000))
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass  # the read path reports the outage
+
+    def next_awake(self) -> datetime | None:
+        if self._caught_up:
+            return datetime.now(UTC) + timedelta(seconds=self._config.idle_wait)
+        return None
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._client.close()

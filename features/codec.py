@@ -1,0 +1,71 @@
+"""Compact, versioned binary encoding of a client's state (msgpack of a positional array).
+
+Positional, not keyed: field names would cost more than the values for most clients.
+The first element is the format version; a decoder refuses versions it does not know
+rather than misreading them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from features.state import CartLine, ClientState, OrderRecord
+
+FORMAT_VERSION = 2
+
+
+class StateFormatError(ValueError):
+    pass
+
+
+def encode_state(state: ClientState) -> bytes:
+    row: list[Any] = [
+        FORMAT_VERSION,
+        state.first_seen_at, state.last_seen_at, state.updated_at, state.last_received_at,
+        state.registered_at, state.welcomed, dict(state.traits), state.traits_updated_at,
+        state.last_visit_at, state.visits,
+        [[c.product_id, c.quantity, c.price, c.category] for c in state.cart],
+        state.cart_updated_at, state.cart_since, state.cart_reminded, state.cart_closed_at,
+        [list(v) for v in state.viewed], state.browse_since, state.last_view_at,
+        state.browse_closed_at, list(state.favourites),
+        [[o.order_id, o.placed_at, o.total, o.returned, o.cancelled] for o in state.orders],
+        state.orders_count, state.monetary_total, state.first_order_at, state.last_order_at,
+        state.checkout_started_at, state.support_requests, state.last_support_at,
+        state.nps_score, state.nps_at, [list(c) for c in state.channel_engagement],
+        list(state.recent_event_ids),
+    ]
+    return msgpack.packb(row, use_bin_type=True)
+
+
+def decode_state(data: bytes) -> ClientState:
+    try:
+        row = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise StateFormatError(f"undecodable client state: {exc}") from exc
+    if not isinstance(row, list) or not row or row[0] != FORMAT_VERSION:
+        raise StateFormatError(f"unknown client state format: {row[:1] if isinstance(row, list) else type(row)}")
+    (_, first_seen_at, last_seen_at, updated_at, last_received_at, registered_at, welcomed, traits,
+     traits_updated_at, last_visit_at, visits, cart, cart_updated_at, cart_since, cart_reminded,
+     cart_closed_at, viewed, browse_since, last_view_at, browse_closed_at, favourites, orders,
+     orders_count, monetary_total, first_order_at, last_order_at, checkout_started_at,
+     support_requests, last_support_at, nps_score, nps_at, channel_engagement,
+     recent_event_ids) = row
+    return ClientState(
+        first_seen_at=first_seen_at, last_seen_at=last_seen_at, updated_at=updated_at,
+        last_received_at=last_received_at,
+        registered_at=registered_at, welcomed=welcomed, traits=traits,
+        traits_updated_at=traits_updated_at, last_visit_at=last_visit_at, visits=visits,
+        cart=tuple(CartLine(*c) for c in cart), cart_updated_at=cart_updated_at,
+        cart_since=cart_since, cart_reminded=cart_reminded, cart_closed_at=cart_closed_at,
+        viewed=tuple((pid, at) for pid, at in viewed), browse_since=browse_since,
+        last_view_at=last_view_at, browse_closed_at=browse_closed_at,
+        favourites=tuple(favourites), orders=tuple(OrderRecord(*o) for o in orders),
+        orders_count=orders_count, monetary_total=monetary_total,
+        first_order_at=first_order_at, last_order_at=last_order_at,
+        checkout_started_at=checkout_started_at, support_requests=support_requests,
+        last_support_at=last_support_at, nps_score=nps_score, nps_at=nps_at,
+        channel_engagement=tuple((ch, n) for ch, n in channel_engagement),
+        recent_event_ids=tuple(recent_event_ids),
+    )

@@ -1,0 +1,356 @@
+"""The canonical clickstream event: one model for every source (Segment, native, replay).
+
+Times are float seconds since the Unix epoch, UTC. Parsing never reads the clock: the
+caller passes the time the event was received.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+ANONYMOUS_PREFIX = "anon:"
+MAX_ID_LENGTH = 200
+
+
+class EventType(StrEnum):
+    REGISTERED = "registered"
+    IDENTIFY = "identify"
+    VISIT = "visit"
+    PAGE_VIEW = "page_view"
+    PRODUCT_VIEW = "product_view"
+    FAVOURITE_ADD = "favourite_add"
+    CART_ADD = "cart_add"
+    CART_REMOVE = "cart_remove"
+    CHECKOUT_STARTED = "checkout_started"
+    ORDER_PLACED = "order_placed"
+    ORDER_CANCELLED = "order_cancelled"
+    ORDER_REFUNDED = "order_refunded"
+    SUPPORT_REQUEST = "support_request"
+    NPS_ANSWER = "nps_answer"
+    MESSAGE_OPENED = "message_opened"
+    MESSAGE_CLICKED = "message_clicked"
+    SESSION_END = "session_end"
+    CUSTOM = "custom"
+
+
+class EventError(ValueError):
+    """An event that cannot be accepted; `field` names the offending part."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    product_id: str
+    category: str | None = None
+    price: float = 0.0
+    quantity: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    order_id: str
+    total: float
+    currency: str | None = None
+    items: tuple[Product, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A fact about one client. `client_id` or `anonymous_id` is always set."""
+
+    event_id: str
+    type: EventType
+    event_time: float
+    received_at: float
+    client_id: str | None = None
+    anonymous_id: str | None = None
+    name: str | None = None
+    products: tuple[Product, ...] = ()
+    order: Order | None = None
+    traits: Mapping[str, Any] = field(default_factory=dict)
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    nps_score: int | None = None
+    channel: str | None = None
+
+    @property
+    def client_key(self) -> str:
+        """The key that routes and stores the client: its id, else the anonymous id."""
+        if self.client_id is not None:
+            return self.client_id
+        return ANONYMOUS_PREFIX + (self.anonymous_id or "")
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+_MIN_EPOCH = datetime(1990, 1, 1, tzinfo=UTC).timestamp()
+_MAX_EPOCH = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
+
+
+def parse_time(value: object, field_name: str) -> float:
+    """ISO-8601 text (naive means UTC) or epoch seconds/milliseconds -> epoch seconds."""
+    if isinstance(value, bool):
+        raise EventError(field_name, "expected an ISO-8601 time or epoch seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+        if seconds > 1e11:  # milliseconds, as JavaScript sends them
+            seconds /= 1000.0
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise EventError(field_name, f"not an ISO-8601 time: {value!r}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        seconds = parsed.timestamp()
+    else:
+        raise EventError(field_name, "expected an ISO-8601 time or epoch seconds")
+    if not math.isfinite(seconds) or not _MIN_EPOCH <= seconds < _MAX_EPOCH:
+        raise EventError(field_name, f"time out of range (1990..2100): {value!r}")
+    return seconds
+
+
+def format_time(seconds: float | None) -> str | None:
+    """Epoch seconds -> ISO-8601 UTC with milliseconds, or None."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def _opt_id(raw: Mapping[str, Any], name: str) -> str | None:
+    value = raw.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise EventError(name, "expected a string")
+    text = str(value)
+    if len(text) > MAX_ID_LENGTH:
+        raise EventError(name, f"longer than {MAX_ID_LENGTH} characters")
+    return text
+
+
+def _number(value: object, field_name: str, *, minimum: float | None = 0.0) -> float:
+    if isinstance(value, bool):
+        raise EventError(field_name, "expected a number")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise EventError(field_name, f"expected a number, got {value!r}") from None
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise EventError(field_name, "expected a finite number")
+    if minimum is not None and value < minimum:
+        raise EventError(field_name, f"must be >= {minimum:g}")
+    return float(value)
+
+
+def _mapping(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = raw.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise EventError(name, "expected an object")
+    return value
+
+
+_STRING_TRAITS = ("email", "phone", "gender", "city", "point_id", "timezone", "first_name",
+                  "last_name")
+
+
+def _traits(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Known traits are checked for type; any other trait is kept as sent."""
+    traits = _mapping(raw, "traits")
+    for name in _STRING_TRAITS:
+        value = traits.get(name)
+        if value is not None and not isinstance(value, str):
+            raise EventError(f"traits.{name}", "expected a string")
+    birthday = traits.get("birthday")
+    if birthday is not None:
+        if not isinstance(birthday, str):
+            raise EventError("traits.birthday", "expected a date YYYY-MM-DD")
+        try:
+            datetime.strptime(birthday[:10], "%Y-%m-%d")  # noqa: DTZ007 - a date, no zone
+        except ValueError:
+            raise EventError("traits.birthday", f"expected a date YYYY-MM-DD, got {birthday!r}") from None
+    consents = traits.get("consents")
+    if consents is not None and (
+        not isinstance(consents, Mapping)
+        or not all(isinstance(v, bool) for v in consents.values())
+    ):
+        raise EventError("traits.consents", "expected an object of channel: true/false")
+    return traits
+
+
+def _product(raw: object, field_name: str) -> Product:
+    if not isinstance(raw, Mapping):
+        raise EventError(field_name, "expected an object")
+    product_id = _opt_id(raw, "product_id")
+    if product_id is None:
+        raise EventError(f"{field_name}.product_id", "is required")
+    category = raw.get("category")
+    if category is not None and not isinstance(category, str):
+        raise EventError(f"{field_name}.category", "expected a string")
+    price = _number(raw.get("price", 0.0), f"{field_name}.price")
+    quantity_raw = raw.get("quantity", 1)
+    quantity = _number(quantity_raw, f"{field_name}.quantity")
+    if quantity != int(quantity) or quantity < 1:
+        raise EventError(f"{field_name}.quantity", "expected a whole number >= 1")
+    return Product(product_id, category or None, price, int(quantity))
+
+
+def _products(raw: Mapping[str, Any]) -> tuple[Product, ...]:
+    items = raw.get("products")
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise EventError("products", "expected a list")
+    return tuple(_product(item, f"products[{i}]") for i, item in enumerate(items))
+
+
+def _order(raw: Mapping[str, Any], event_type: EventType, products: tuple[Product, ...]) -> Order:
+    order = raw.get("order")
+    if not isinstance(order, Mapping):
+        raise EventError("order", f"is required for {event_type.value}")
+    order_id = _opt_id(order, "order_id")
+    if order_id is None:
+        raise EventError("order.order_id", "is required")
+    items = products
+    if "items" in order:
+        if not isinstance(order["items"], list):
+            raise EventError("order.items", "expected a list")
+        items = tuple(_product(it, f"order.items[{i}]") for i, it in enumerate(order["items"]))
+    if order.get("total") is not None:
+        total = _number(order["total"], "order.total")
+    elif event_type is EventType.ORDER_PLACED:
+        total = sum(item.price * item.quantity for item in items)
+    else:
+        total = -1.0  # cancellation/refund without an amount: the whole order
+    currency = order.get("currency")
+    if currency is not None and not isinstance(currency, str):
+        raise EventError("order.currency", "expected a string")
+    return Order(order_id, total, currency, items)
+
+
+def parse_event(raw: object) -> Event:
+    """Validate a canonical event dict (as `event_to_dict` writes it).
+
+    Raises EventError naming the first field that is wrong.
+    """
+    if not isinstance(raw, Mapping):
+        raise EventError("event", "expected an object")
+    type_name = raw.get("type")
+    try:
+        event_type = EventType(type_name)
+    except ValueError:
+        raise EventError("type", f"unknown event type {type_name!r}") from None
+    event_id = _opt_id(raw, "event_id")
+    if event_id is None:
+        raise EventError("event_id", "is required")
+    client_id = _opt_id(raw, "client_id")
+    anonymous_id = _opt_id(raw, "anonymous_id")
+    if client_id is None and anonymous_id is None:
+        raise EventError("client_id", "client_id or anonymous_id is required")
+    if client_id is not None and client_id.startswith(ANONYMOUS_PREFIX):
+        raise EventError("client_id", f"must not start with {ANONYMOUS_PREFIX!r}")
+    if "event_time" not in raw:
+        raise EventError("event_time", "is required")
+    event_time = parse_time(raw["event_time"], "event_time")
+    received_at = parse_time(raw.get("received_at", raw["event_time"]), "received_at")
+    name = raw.get("name")
+    if name is not None and not isinstance(name, str):
+        raise EventError("name", "expected a string")
+    products = _products(raw)
+    order = None
+    if event_type in (EventType.ORDER_PLACED, EventType.ORDER_CANCELLED, EventType.ORDER_REFUNDED):
+        order = _order(raw, event_type, products)
+    if event_type in (EventType.CART_ADD, EventType.CART_REMOVE, EventType.PRODUCT_VIEW,
+                      EventType.FAVOURITE_ADD) and not products:
+        raise EventError("products", f"at least one product is required for {event_type.value}")
+    nps_score = None
+    if event_type is EventType.NPS_ANSWER:
+        score = _number(raw.get("nps_score"), "nps_score")
+        if score != int(score) or not 0 <= score <= 10:
+            raise EventError("nps_score", "expected a whole number from 0 to 10")
+        nps_score = int(score)
+    channel = raw.get("channel")
+    if channel is not None and not isinstance(channel, str):
+        raise EventError("channel", "expected a string")
+    return Event(
+        event_id=event_id,
+        type=event_type,
+        event_time=event_time,
+        received_at=received_at,
+        client_id=client_id,
+        anonymous_id=anonymous_id,
+        name=name,
+        products=products,
+        order=order,
+        traits=_traits(raw),
+        properties=_mapping(raw, "properties"),
+        nps_score=nps_score,
+        channel=channel,
+    )
+
+
+def _product_dict(product: Product) -> dict[str, Any]:
+    out: dict[str, Any] = {"product_id": product.product_id, "price": product.price,
+                           "quantity": product.quantity}
+    if product.category is not None:
+        out["category"] = product.category
+    return out
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """The canonical JSON-ready form; `parse_event(event_to_dict(e)) == e`."""
+    out: dict[str, Any] = {
+        "event_id": event.event_id,
+        "type": event.type.value,
+        "event_time": event.event_time,
+        "received_at": event.received_at,
+    }
+    if event.client_id is not None:
+        out["client_id"] = event.client_id
+    if event.anonymous_id is not None:
+        out["anonymous_id"] = event.anonymous_id
+    if event.name is not None:
+        out["name"] = event.name
+    if event.products:
+        out["products"] = [_product_dict(p) for p in event.products]
+    if event.order is not None:
+        order: dict[str, Any] = {"order_id": event.order.order_id,
+                                 "items": [_product_dict(p) for p in event.order.items]}
+        if event.order.total >= 0:  # a negative total means "the whole order": written as none
+            order["total"] = event.order.total
+        if event.order.currency is not None:
+            order["currency"] = event.order.currency
+        out["order"] = order
+    if event.traits:
+        out["traits"] = dict(event.traits)
+    if event.properties:
+        out["properties"] = dict(event.properties)
+    if event.nps_score is not None:
+        out["nps_score"] = event.nps_score
+    if event.channel is not None:
+        out["channel"] = event.channel
+    return out
+
+
+def content_event_id(raw: Mapping[str, Any]) -> str:
+    """A deterministic id for an event sent without one, so a resend deduplicates."""
+    body = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+    return "h-" + hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest()[:24]

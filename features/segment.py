@@ -1,0 +1,155 @@
+"""Segment tracking-API messages -> canonical events.
+
+Sites already instrumented with analytics.js or a Segment/RudderStack server library can
+point at crmflow unchanged: `track`, `identify`, `page` and `screen` messages are mapped,
+with the e-commerce v2 spec names; other track names become `custom` events (kept, not
+dropped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from features.events import Event, EventError, EventType, content_event_id, parse_event
+
+TRACK_EVENTS: dict[str, EventType] = {
+    "signed up": EventType.REGISTERED,
+    "account created": EventType.REGISTERED,
+    "session started": EventType.VISIT,
+    "application opened": EventType.VISIT,
+    "session ended": EventType.SESSION_END,
+    "application backgrounded": EventType.SESSION_END,
+    "product viewed": EventType.PRODUCT_VIEW,
+    "product added": EventType.CART_ADD,
+    "product removed": EventType.CART_REMOVE,
+    "product added to wishlist": EventType.FAVOURITE_ADD,
+    "checkout started": EventType.CHECKOUT_STARTED,
+    "order completed": EventType.ORDER_PLACED,
+    "order cancelled": EventType.ORDER_CANCELLED,
+    "order refunded": EventType.ORDER_REFUNDED,
+    "support requested": EventType.SUPPORT_REQUEST,
+    "nps answered": EventType.NPS_ANSWER,
+    "survey answered": EventType.NPS_ANSWER,
+    "message opened": EventType.MESSAGE_OPENED,
+    "email opened": EventType.MESSAGE_OPENED,
+    "push opened": EventType.MESSAGE_OPENED,
+    "message clicked": EventType.MESSAGE_CLICKED,
+    "email link clicked": EventType.MESSAGE_CLICKED,
+    "push clicked": EventType.MESSAGE_CLICKED,
+}
+# Canonical names are accepted as track names too ("cart_add", "nps_answer", ...).
+TRACK_EVENTS.update({t.value: t for t in EventType if t is not EventType.CUSTOM})
+
+_PRODUCT_EVENTS = {EventType.PRODUCT_VIEW, EventType.CART_ADD, EventType.CART_REMOVE,
+                   EventType.FAVOURITE_ADD}
+_ORDER_EVENTS = {EventType.ORDER_PLACED, EventType.ORDER_CANCELLED, EventType.ORDER_REFUNDED}
+_ORDER_FIELDS = ("order_id", "total", "revenue", "value", "currency", "products")
+
+
+def _product(properties: Mapping[str, Any]) -> dict[str, Any]:
+    product = {
+        "product_id": properties.get("product_id", properties.get("sku", properties.get("id"))),
+        "category": properties.get("category"),
+        "price": properties.get("price", 0.0),
+        "quantity": properties.get("quantity", 1),
+    }
+    return {k: v for k, v in product.items() if v is not None}
+
+
+def _products(properties: Mapping[str, Any]) -> list[Any]:
+    products = properties.get("products")
+    if products is None:
+        return []
+    if not isinstance(products, list):
+        raise EventError("properties.products", "expected a list")
+    return [_product(p) if isinstance(p, Mapping) else p for p in products]
+
+
+def _track(message: Mapping[str, Any], canonical: dict[str, Any]) -> None:
+    name = message.get("event")
+    if not isinstance(name, str) or not name.strip():
+        raise EventError("event", "a track message needs an event name")
+    properties = message.get("properties") or {}
+    if not isinstance(properties, Mapping):
+        raise EventError("properties", "expected an object")
+    event_type = TRACK_EVENTS.get(name.strip().lower(), EventType.CUSTOM)
+    canonical["type"] = event_type.value
+    canonical["name"] = name
+    canonical["properties"] = {k: v for k, v in properties.items()
+                               if not (event_type in _ORDER_EVENTS and k in _ORDER_FIELDS)}
+    if event_type in _PRODUCT_EVENTS:
+        canonical["products"] = [_product(properties)]
+    elif event_type is EventType.CHECKOUT_STARTED:
+        canonical["products"] = _products(properties)
+    elif event_type in _ORDER_EVENTS:
+        total = next((properties[k] for k in ("total", "revenue", "value")
+                      if properties.get(k) is not None), None)
+        order: dict[str, Any] = {"order_id": properties.get("order_id"),
+                                 "items": _products(properties)}
+        if total is not None:
+            order["total"] = total
+        if properties.get("currency") is not None:
+            order["currency"] = properties["currency"]
+        canonical["order"] = order
+    elif event_type is EventType.NPS_ANSWER:
+        canonical["nps_score"] = properties.get("score", properties.get("nps_score"))
+    if event_type in (EventType.MESSAGE_OPENED, EventType.MESSAGE_CLICKED):
+        canonical["channel"] = properties.get("channel") or _channel_from_name(name)
+    context = message.get("context")
+    if event_type is EventType.REGISTERED and isinstance(context, Mapping):
+        traits = context.get("traits")
+        if isinstance(traits, Mapping):
+            canonical["traits"] = dict(traits)
+
+
+def _channel_from_name(name: str) -> str | None:
+    lowered = name.lower()
+    return next((ch for ch in ("email", "push", "sms") if lowered.startswith(ch)), None)
+
+
+def from_segment(message: object, received_at: float) -> Event:
+    """One Segment message -> a validated canonical Event (EventError names what is wrong)."""
+    if not isinstance(message, Mapping):
+        raise EventError("message", "expected an object")
+    kind = message.get("type")
+    canonical: dict[str, Any] = {
+        "client_id": message.get("userId"),
+        "anonymous_id": message.get("anonymousId"),
+        "received_at": received_at,
+        "event_time": (message.get("timestamp") or message.get("originalTimestamp")
+                       or received_at),
+    }
+    if kind == "track":
+        _track(message, canonical)
+    elif kind == "identify":
+        traits = message.get("traits") or {}
+        if not isinstance(traits, Mapping):
+            raise EventError("traits", "expected an object")
+        canonical.update(type=EventType.IDENTIFY.value, traits=dict(traits))
+    elif kind in ("page", "screen"):
+        properties = message.get("properties") or {}
+        if not isinstance(properties, Mapping):
+            raise EventError("properties", "expected an object")
+        canonical.update(type=EventType.PAGE_VIEW.value, name=message.get("name"),
+                         properties=dict(properties))
+    else:
+        raise EventError("type", f"unsupported message type {kind!r} "
+                                 "(expected track, identify, page or screen)")
+    message_id = message.get("messageId")
+    canonical["event_id"] = message_id if message_id else content_event_id(
+        {k: v for k, v in message.items() if k not in ("sentAt", "receivedAt")})
+    return parse_event(canonical)
+
+
+def from_native(raw: object, received_at: float) -> Event:
+    """A native canonical event; the server stamps received_at and fills optional ids."""
+    if not isinstance(raw, Mapping):
+        raise EventError("event", "expected an object")
+    canonical = dict(raw)
+    canonical["received_at"] = received_at
+    canonical.setdefault("event_time", received_at)
+    if not canonical.get("event_id"):
+        canonical["event_id"] = content_event_id(
+            {k: v for k, v in raw.items() if k != "received_at"})
+    return parse_event(canonical)

@@ -1,0 +1,319 @@
+"""Per-client state and `apply_event`, the one place where an event changes it.
+
+The state is a frozen value: `apply_event` returns a new one. Every collection in it is
+bounded (see the MAX_* constants), so memory per client is a budget, not an accident.
+Aggregates (counts, money, first/last times) are order-independent, so out-of-order
+events give the same result as ordered ones; duplicates (same event id among the client's
+recent events, or an order id already known) change nothing.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from features.events import Event, EventType, Product
+
+MAX_CART_LINES = 50
+MAX_VIEWED = 20
+MAX_FAVOURITES = 20
+MAX_ORDERS = 64
+MAX_RECENT_EVENT_IDS = 16
+MAX_CHANNELS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class CartLine:
+    product_id: str
+    quantity: int
+    price: float
+    category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    order_id: str
+    placed_at: float
+    total: float
+    returned: float = 0.0  # money given back through cancellations and refunds
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClientState:
+    first_seen_at: float
+    last_seen_at: float
+    updated_at: float  # the latest event time applied
+    last_received_at: float = 0.0  # when the event with the latest event time was received
+    registered_at: float | None = None
+    welcomed: bool = False
+    traits: Mapping[str, Any] = field(default_factory=dict)
+    traits_updated_at: float = 0.0
+    last_visit_at: float | None = None
+    visits: int = 0
+    cart: tuple[CartLine, ...] = ()
+    cart_updated_at: float | None = None  # last cart change: the abandoned-cart timer's base
+    cart_since: float | None = None  # first add of the current cart episode
+    cart_reminded: bool = False  # abandoned_cart fired in this episode
+    cart_closed_at: float = 0.0  # last order: cart changes before it are void
+    viewed: tuple[tuple[str, float], ...] = ()  # (product_id, time), newest last
+    browse_since: float | None = None  # first product view of the current browse episode
+    last_view_at: float | None = None
+    browse_closed_at: float = 0.0  # last cart add or order: views before it are no browse
+    favourites: tuple[str, ...] = ()
+    orders: tuple[OrderRecord, ...] = ()  # newest last
+    orders_count: int = 0  # orders placed and not cancelled, all time
+    monetary_total: float = 0.0  # money received net of cancellations and refunds
+    first_order_at: float | None = None
+    last_order_at: float | None = None
+    checkout_started_at: float | None = None
+    support_requests: int = 0
+    last_support_at: float | None = None
+    nps_score: int | None = None
+    nps_at: float | None = None
+    channel_engagement: tuple[tuple[str, int], ...] = ()  # (channel, opens + clicks)
+    recent_event_ids: tuple[int, ...] = ()  # CRC-32 of the latest event ids, for deduplication
+
+    @property
+    def cart_value(self) -> float:
+        return round(sum(line.price * line.quantity for line in self.cart), 2)
+
+    @property
+    def cart_items(self) -> int:
+        return sum(line.quantity for line in self.cart)
+
+
+def event_fingerprint(event_id: str) -> int:
+    return zlib.crc32(event_id.encode())
+
+
+def is_duplicate(state: ClientState | None, event: Event) -> bool:
+    if state is None:
+        return False
+    if event_fingerprint(event.event_id) in state.recent_event_ids:
+        return True
+    return (
+        event.type is EventType.ORDER_PLACED
+        and event.order is not None
+        and any(o.order_id == event.order.order_id for o in state.orders)
+    )
+
+
+def new_state(event: Event) -> ClientState:
+    t = event.event_time
+    return ClientState(first_seen_at=t, last_seen_at=t, updated_at=t,
+                       last_received_at=event.received_at)
+
+
+def is_live(state: ClientState, allowed_lateness: float) -> bool:
+    """The client's latest event arrived as it happened (not backfilled history).
+
+    Timers of live clients may fire on the arrival clock; those of backfilled clients wait
+    for the client's own next event or for the stream head, so that replaying history
+    never fires a timer before the client's own later events are read.
+    """
+    return state.last_received_at - state.updated_at <= allowed_lateness
+
+
+def apply_event(state: ClientState | None, event: Event) -> ClientState:
+    """The state after `event`. Duplicates return `state` itself."""
+    if state is None:
+        state = new_state(event)
+    elif is_duplicate(state, event):
+        return state
+    t = event.event_time
+    changes: dict[str, Any] = {
+        "first_seen_at": min(state.first_seen_at, t),
+        "last_seen_at": max(state.last_seen_at, t),
+        "updated_at": max(state.updated_at, t),
+        "last_received_at": (event.received_at if t >= state.updated_at
+                             else state.last_received_at),
+        "recent_event_ids": (state.recent_event_ids + (event_fingerprint(event.event_id),))[
+            -MAX_RECENT_EVENT_IDS:
+        ],
+    }
+    handler = _HANDLERS.get(event.type)
+    if handler is not None:
+        changes.update(handler(state, event))
+    if event.traits:
+        changes.update(_merge_traits(state, event))
+    return replace(state, **changes)
+
+
+# --- handlers: each returns the fields it changes ------------------------------------------------
+
+Changes = dict[str, Any]
+
+
+def _merge_traits(state: ClientState, event: Event) -> Changes:
+    """Newer traits win; an older event only fills traits the client does not have yet."""
+    merged = dict(state.traits)
+    newer = event.event_time >= state.traits_updated_at
+    for key, value in event.traits.items():
+        if newer or key not in merged:
+            merged[key] = value
+    return {"traits": merged, "traits_updated_at": max(state.traits_updated_at, event.event_time)}
+
+
+def _visit(state: ClientState, event: Event) -> Changes:
+    last = event.event_time if state.last_visit_at is None else max(state.last_visit_at,
+                                                                     event.event_time)
+    return {"last_visit_at": last, "visits": state.visits + 1}
+
+
+def _registered(state: ClientState, event: Event) -> Changes:
+    changes = _visit(state, event)  # registration counts as the first visit
+    registered = state.registered_at
+    changes["registered_at"] = event.event_time if registered is None else min(
+        registered, event.event_time)
+    changes["welcomed"] = True
+    return changes
+
+
+def _product_view(state: ClientState, event: Event) -> Changes:
+    t = event.event_time
+    ids = dict.fromkeys(p.product_id for p in event.products)
+    latest = {pid: at for pid, at in state.viewed if pid in ids}  # a late view keeps the newest
+    viewed = [(pid, at) for pid, at in state.viewed if pid not in ids]
+    viewed.extend((pid, max(t, latest.get(pid, t))) for pid in ids)
+    viewed.sort(key=lambda item: item[1])
+    changes: Changes = {"viewed": tuple(viewed[-MAX_VIEWED:])}
+    if t > state.browse_closed_at:
+        changes["browse_since"] = t if state.browse_since is None else min(state.browse_since, t)
+        changes["last_view_at"] = t if state.last_view_at is None else max(state.last_view_at, t)
+    return changes
+
+
+def _favourite_add(state: ClientState, event: Event) -> Changes:
+    added = [p.product_id for p in event.products]
+    kept = [pid for pid in state.favourites if pid not in added]
+    return {"favourites": tuple((kept + added)[-MAX_FAVOURITES:])}
+
+
+def _cart_change(state: ClientState, event: Event) -> Changes:
+    t = event.event_time
+    changes: Changes = {}
+    if event.type is EventType.CART_ADD:
+        changes["browse_since"] = None
+        changes["browse_closed_at"] = max(state.browse_closed_at, t)
+    if t < state.cart_closed_at:
+        return changes  # a late change to a cart that an order already closed
+    cart = {line.product_id: line for line in state.cart}
+    for product in event.products:
+        line = cart.get(product.product_id)
+        if event.type is EventType.CART_ADD:
+            quantity = product.quantity + (line.quantity if line else 0)
+            cart[product.product_id] = CartLine(product.product_id, quantity,
+                                                product.price or (line.price if line else 0.0),
+                                                product.category or (line.category if line else None))
+        elif line is not None:
+            remaining = line.quantity - product.quantity
+            if remaining > 0:
+                cart[product.product_id] = replace(line, quantity=remaining)
+            else:
+                del cart[product.product_id]
+    lines = tuple(cart.values())[-MAX_CART_LINES:]
+    changes["cart"] = lines
+    changes["cart_updated_at"] = t if state.cart_updated_at is None else max(
+        state.cart_updated_at, t)
+    if not lines:
+        changes.update(cart_since=None, cart_reminded=False, cart_updated_at=None)
+    elif state.cart_since is None:
+        changes.update(cart_since=t, cart_reminded=False)
+    return changes
+
+
+def _checkout_started(state: ClientState, event: Event) -> Changes:
+    t = event.event_time
+    changes: Changes = {"checkout_started_at": t if state.checkout_started_at is None
+                        else max(state.checkout_started_at, t)}
+    if state.cart and t >= state.cart_closed_at:
+        changes["cart_updated_at"] = max(state.cart_updated_at or t, t)  # re-arms the reminder
+    return changes
+
+
+def _order_placed(state: ClientState, event: Event) -> Changes:
+    assert event.order is not None
+    t = event.event_time
+    record = OrderRecord(event.order.order_id, t, round(event.order.total, 2))
+    orders = sorted((*state.orders, record), key=lambda o: o.placed_at)[-MAX_ORDERS:]
+    changes: Changes = {
+        "orders": tuple(orders),
+        "orders_count": state.orders_count + 1,
+        "monetary_total": round(state.monetary_total + record.total, 2),
+        "first_order_at": t if state.first_order_at is None else min(state.first_order_at, t),
+        "last_order_at": t if state.last_order_at is None else max(state.last_order_at, t),
+        "browse_since": None,
+        "browse_closed_at": max(state.browse_closed_at, t),
+    }
+    if state.cart_since is None or state.cart_since <= t:  # the order ends this cart episode
+        changes.update(cart=(), cart_updated_at=None, cart_since=None, cart_reminded=False)
+    changes["cart_closed_at"] = max(state.cart_closed_at, t)
+    return changes
+
+
+def _order_returned(state: ClientState, event: Event) -> Changes:
+    """Cancellation or refund: money goes back; a cancellation also removes the order."""
+    assert event.order is not None
+    index = next((i for i, o in enumerate(state.orders)
+                  if o.order_id == event.order.order_id), None)
+    if index is None:
+        return {}  # unknown order (never seen, or beyond the kept history): nothing to undo
+    order = state.orders[index]
+    if order.cancelled:
+        return {}
+    outstanding = round(order.total - order.returned, 2)
+    amount = outstanding if event.order.total < 0 else min(event.order.total, outstanding)
+    cancel = event.type is EventType.ORDER_CANCELLED
+    updated = replace(order, returned=round(order.returned + amount, 2), cancelled=cancel)
+    orders = state.orders[:index] + (updated,) + state.orders[index + 1:]
+    return {
+        "orders": orders,
+        "orders_count": state.orders_count - 1 if cancel else state.orders_count,
+        "monetary_total": max(0.0, round(state.monetary_total - amount, 2)),
+    }
+
+
+def _support_request(state: ClientState, event: Event) -> Changes:
+    last = state.last_support_at
+    return {"support_requests": state.support_requests + 1,
+            "last_support_at": event.event_time if last is None else max(last, event.event_time)}
+
+
+def _nps_answer(state: ClientState, event: Event) -> Changes:
+    if state.nps_at is not None and event.event_time < state.nps_at:
+        return {}
+    return {"nps_score": event.nps_score, "nps_at": event.event_time}
+
+
+def _message_engagement(state: ClientState, event: Event) -> Changes:
+    channel = event.channel or "unknown"
+    counts = dict(state.channel_engagement)
+    counts[channel] = counts.get(channel, 0) + 1
+    top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_CHANNELS]
+    return {"channel_engagement": tuple(top)}
+
+
+_HANDLERS: dict[EventType, Any] = {
+    EventType.REGISTERED: _registered,
+    EventType.VISIT: _visit,
+    EventType.PRODUCT_VIEW: _product_view,
+    EventType.FAVOURITE_ADD: _favourite_add,
+    EventType.CART_ADD: _cart_change,
+    EventType.CART_REMOVE: _cart_change,
+    EventType.CHECKOUT_STARTED: _checkout_started,
+    EventType.ORDER_PLACED: _order_placed,
+    EventType.ORDER_CANCELLED: _order_returned,
+    EventType.ORDER_REFUNDED: _order_returned,
+    EventType.SUPPORT_REQUEST: _support_request,
+    EventType.NPS_ANSWER: _nps_answer,
+    EventType.MESSAGE_OPENED: _message_engagement,
+    EventType.MESSAGE_CLICKED: _message_engagement,
+}
+
+
+def products_of(lines: tuple[CartLine, ...]) -> tuple[Product, ...]:
+    return tuple(Product(line.product_id, line.category, line.price, line.quantity)
+                 for line in lines)

@@ -1,0 +1,22 @@
+-- Append a request's events for one partition, atomically, skipping ids seen in the window.
+-- Atomic per request and partition: the dataflow never reads half of a client's batch.
+-- KEYS: 1 event stream
+-- ARGV: 1 window seconds (0 = no de-duplication), 2 stream maxlen, 3 de-duplication key
+--       prefix (same hash tag as the stream), then per event: event id, client key,
+--       event time, event json
+-- Returns, per event, its new stream id, or 0 for a duplicate.
+local window = tonumber(ARGV[1])
+local results = {}
+for i = 4, #ARGV, 4 do
+  local fresh = true
+  if window > 0 then
+    fresh = redis.call('SET', ARGV[3] .. ARGV[i], '1', 'NX', 'EX', window)
+  end
+  if fresh then
+    table.insert(results, redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
+                                     'k', ARGV[i + 1], 't', ARGV[i + 2], 'e', ARGV[i + 3]))
+  else
+    table.insert(results, 0)
+  end
+end
+return results

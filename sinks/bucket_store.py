@@ -1,0 +1,152 @@
+"""A bucket's durable home: load it whole, commit its changes atomically.
+
+This is the dataflow's only state store. Each commit writes the states of the clients a
+batch changed, their new touches and triggers, dead letters, and the bucket's stream
+position in one Lua script guarded by compare-and-set on that position. So a process can
+die at any moment: its successor loads the bucket, re-reads the stream from the committed
+position, and produces the same commits with the same trigger ids (exactly-once effect).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+from features.triggers import Trigger
+from sinks.keys import KeyLayout
+from sinks.scripts import lua
+
+log = logging.getLogger(__name__)
+
+START = "0-0"
+
+
+def stream_id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: str
+    stream_id: str
+    entry: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BucketCommit:
+    """What one bucket changed since its last commit."""
+
+    bucket: int
+    base: str  # the position the bucket had committed before
+    position: str  # the position after this commit
+    states: Sequence[tuple[str, bytes]] = ()
+    triggers: Sequence[Trigger] = ()
+    dead_letters: Sequence[DeadLetter] = ()
+    events: int = 0  # events applied, for metrics
+
+
+@dataclass(slots=True)
+class LoadedBucket:
+    position: str
+    states: dict[str, bytes] = field(default_factory=dict)
+
+
+class FencedError(RuntimeError):
+    """Another process committed this bucket: this process's view of it is stale."""
+
+
+class BucketStore:
+    def __init__(self, client: redis.Redis, layout: KeyLayout, *, ledger_max_entries: int,
+                 stream_maxlen: int) -> None:
+        self._client = client
+        self._layout = layout
+        self._ledger_max = ledger_max_entries
+        self._maxlen = stream_maxlen
+        self._commit = client.register_script(lua("commit_bucket"))
+
+    @property
+    def layout(self) -> KeyLayout:
+        return self._layout
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._client
+
+    def load(self, bucket: int) -> LoadedBucket:
+        partition = self._layout.partition_of_bucket(bucket)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hget(self._layout.offsets(partition), str(bucket))
+        pipe.hgetall(self._layout.state(bucket))
+        position, states = pipe.execute()
+        return LoadedBucket(position.decode() if position else START,
+                            {k.decode(): v for k, v in states.items()})
+
+    def partition_positions(self, partition: int) -> dict[int, str]:
+        raw = self._client.hgetall(self._layout.offsets(partition))
+        return {int(k): v.decode() for k, v in raw.items()}
+
+    def resume_position(self, partition: int) -> str:
+        """Where a partition's reader starts: the least position of any of its buckets."""
+        positions = self.partition_positions(partition)
+        buckets = range(partition, self._layout.buckets, self._layout.partitions)
+        least = min((positions.get(b, START) for b in buckets), key=stream_id_key, default=START)
+        return least
+
+    def _call(self, commit: BucketCommit) -> tuple[list[str], list[str | bytes | int]]:
+        partition = self._layout.partition_of_bucket(commit.bucket)
+        keys = [self._layout.offsets(partition), self._layout.state(commit.bucket),
+                self._layout.triggers(partition), self._layout.dead_letters(partition)]
+        args: list[str | bytes | int] = [
+            str(commit.bucket), commit.base, commit.position,
+            self._layout.ledger_prefix(partition), self._ledger_max, self._maxlen,
+            len(commit.states), len(commit.triggers), len(commit.dead_letters)]
+        for client_key, state in commit.states:
+            args += [client_key, state]
+        for trigger in commit.triggers:
+            record = trigger.to_dict()
+            payload = json.dumps(record["payload"], separators=(",", ":"), sort_keys=True)
+            ledger = json.dumps(record, separators=(",", ":"), sort_keys=True)
+            args += [trigger.client_id, trigger.trigger_id, trigger.type, record["fired_at"],
+                     payload, ledger]
+        for letter in commit.dead_letters:
+            args += [letter.reason, letter.stream_id, letter.entry]
+        return keys, args
+
+    def commit(self, commits: Sequence[BucketCommit], *, retry_for: float = float("inf")
+               ) -> list[str]:
+        """Apply commits in order, one pipelined round trip; retry while Redis is away.
+
+        Returns the types of the triggers newly emitted. Raises FencedError when another
+        process owns a bucket now.
+        """
+        deadline = time.monotonic() + retry_for
+        backoff = 0.05
+        while True:
+            try:
+                pipe = self._client.pipeline(transaction=False)
+                for commit in commits:
+                    keys, args = self._call(commit)
+                    self._commit(keys=keys, args=args, client=pipe)
+                results = pipe.execute(raise_on_error=False)
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() + backoff > deadline:
+                    raise
+                log.warning("redis unavailable while committing (%s); retrying in %.2fs",
+                            exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        emitted: list[str] = []
+        for result in results:
+            if isinstance(result, Exception):
+                if "CRMFLOW_FENCED" in str(result):
+                    raise FencedError(str(result))
+                raise result
+            emitted.extend(t.decode() for t in result[1:])
+        return emitted

@@ -1,0 +1,53 @@
+-- Commit one bucket's batch atomically: client states, touch ledger entries, trigger stream
+-- entries, dead letters and the bucket's stream position, guarded by compare-and-set on
+-- that position. A replayed commit (position already at NEW) is a no-op; a commit from a
+-- process that lost the bucket (position neither BASE nor NEW) is refused.
+-- Returns {1, type of each trigger newly emitted...}, or {0} for a replayed commit.
+--
+-- KEYS: 1 offsets hash, 2 bucket state hash, 3 trigger stream, 4 dead-letter stream
+-- ARGV: 1 bucket, 2 base position, 3 new position, 4 ledger key prefix, 5 ledger max entries,
+--       6 stream maxlen, 7 number of states, 8 number of triggers, 9 number of dead letters,
+--       then per state: client, state bytes
+--       then per trigger: client, trigger id, type, fired_at, payload json, ledger json
+--       then per dead letter: reason, stream id, raw entry
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if not stored then stored = '0-0' end
+if stored ~= ARGV[2] then
+  if stored == ARGV[3] then return {0} end
+  return redis.error_reply('CRMFLOW_FENCED bucket ' .. ARGV[1] .. ' is at ' .. stored ..
+                           ', this commit starts at ' .. ARGV[2])
+end
+local maxlen = ARGV[6]
+local ledger_max = tonumber(ARGV[5])
+local i = 10
+for _ = 1, tonumber(ARGV[7]) do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local emitted = {1}
+for _ = 1, tonumber(ARGV[8]) do
+  local ledger = ARGV[4] .. ARGV[i]
+  if redis.call('HSETNX', ledger, ARGV[i + 1], ARGV[i + 5]) == 1 then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*',
+               'trigger_id', ARGV[i + 1], 'type', ARGV[i + 2], 'client_id', ARGV[i],
+               'fired_at', ARGV[i + 3], 'payload', ARGV[i + 4])
+    table.insert(emitted, ARGV[i + 2])
+    if redis.call('HLEN', ledger) > ledger_max then
+      local entries = redis.call('HGETALL', ledger)
+      local oldest_id, oldest_at = nil, nil
+      for j = 1, #entries, 2 do
+        local at = cjson.decode(entries[j + 1])['fired_at']
+        if oldest_at == nil or at < oldest_at then oldest_id, oldest_at = entries[j], at end
+      end
+      redis.call('HDEL', ledger, oldest_id)
+    end
+  end
+  i = i + 6
+end
+for _ = 1, tonumber(ARGV[9]) do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*',
+             'reason', ARGV[i], 'stream_id', ARGV[i + 1], 'entry', ARGV[i + 2])
+  i = i + 3
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return emitted

@@ -1,0 +1,96 @@
+"""Appending events to the partitioned event streams: what ingest acknowledges.
+
+An event is acknowledged only once its stream entry exists in Redis. Entries carry the
+client key (`k`, for routing without parsing), the event time (`t`, for the watermark)
+and the canonical event JSON (`e`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aioredis
+
+from features.events import Event, event_to_dict
+from sinks.keys import KeyLayout
+from sinks.scripts import lua
+
+
+@dataclass(frozen=True, slots=True)
+class AppendOptions:
+    dedupe_window: float
+    stream_maxlen: int
+
+
+def encode_event(event: Event) -> str:
+    return json.dumps(event_to_dict(event), separators=(",", ":"), ensure_ascii=False)
+
+
+def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Event]
+                  ) -> list[tuple[list[int], list[str], list[str | int | float]]]:
+    """One script call per partition: (indexes of its events, keys, args)."""
+    grouped: dict[int, list[int]] = {}
+    for index, event in enumerate(events):
+        grouped.setdefault(layout.partition_of_client(event.client_key), []).append(index)
+    calls = []
+    for partition, indexes in grouped.items():
+        args: list[str | int | float] = [int(options.dedupe_window), options.stream_maxlen,
+                                         layout.seen(partition)]
+        for index in indexes:
+            event = events[index]
+            args += [event.event_id, event.client_key, repr(event.event_time),
+                     encode_event(event)]
+        calls.append((indexes, [layout.events(partition)], args))
+    return calls
+
+
+def _outcomes(count: int, calls: list[tuple[list[int], list[str], list[str | int | float]]],
+              results: list[list[object]]) -> list[bool]:
+    """Per event, in request order: True when appended, False for a duplicate."""
+    stored = [False] * count
+    for (indexes, _, _), result in zip(calls, results, strict=True):
+        for index, outcome in zip(indexes, result, strict=True):
+            stored[index] = outcome not in (0, b"0", "0")
+    return stored
+
+
+class AsyncEventLog:
+    """For the API: one pipelined round trip per request, however many events it carries."""
+
+    def __init__(self, client: aioredis.Redis, layout: KeyLayout, options: AppendOptions) -> None:
+        self._client = client
+        self._layout = layout
+        self._options = options
+        self._script = client.register_script(lua("append_events"))
+
+    async def append(self, events: Sequence[Event]) -> list[bool]:
+        if not events:
+            return []
+        calls = _script_calls(self._layout, self._options, events)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for _, keys, args in calls:
+                await self._script(keys=keys, args=args, client=pipe)
+            results = await pipe.execute()
+        return _outcomes(len(events), calls, results)
+
+
+class EventLog:
+    """The synchronous twin, for loaders and tools that are not in an event loop."""
+
+    def __init__(self, client: redis.Redis, layout: KeyLayout, options: AppendOptions) -> None:
+        self._client = client
+        self._layout = layout
+        self._options = options
+        self._script = client.register_script(lua("append_events"))
+
+    def append(self, events: Sequence[Event]) -> list[bool]:
+        if not events:
+            return []
+        calls = _script_calls(self._layout, self._options, events)
+        pipe = self._client.pipeline(transaction=False)
+        for _, keys, args in calls:
+            self._script(keys=keys, args=args, client=pipe)
+        return _outcomes(len(events), calls, pipe.execute())

@@ -1,0 +1,103 @@
+"""The Redis key layout, in one place.
+
+Every key of a partition carries the hash tag `{pN}`: its event stream, its buckets'
+states and stream positions, its clients' touch ledgers and its trigger stream share one
+Redis Cluster slot, so each bucket commit is a single-slot atomic script.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from features.routing import bucket_of, partition_of_bucket
+
+if TYPE_CHECKING:
+    import redis
+
+    from config.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    prefix: str
+    partitions: int
+    buckets: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyLayout:
+        return cls(settings.redis.key_prefix, settings.dataflow.partitions,
+                   settings.dataflow.buckets)
+
+    def _tag(self, partition: int) -> str:
+        return f"{self.prefix}:{{p{partition}}}"
+
+    def meta(self) -> str:
+        return f"{self.prefix}:meta"
+
+    def heartbeat(self) -> str:
+        return f"{self.prefix}:dataflow:heartbeat"
+
+    def events(self, partition: int) -> str:
+        return f"{self._tag(partition)}:events"
+
+    def seen(self, partition: int) -> str:
+        """Prefix of the ingest de-duplication keys; the event id follows."""
+        return f"{self._tag(partition)}:seen:"
+
+    def offsets(self, partition: int) -> str:
+        return f"{self._tag(partition)}:offsets"
+
+    def state(self, bucket: int) -> str:
+        return f"{self._tag(self.partition_of_bucket(bucket))}:state:{bucket}"
+
+    def ledger_prefix(self, partition: int) -> str:
+        return f"{self._tag(partition)}:touches:"
+
+    def ledger(self, client_key: str) -> str:
+        return self.ledger_prefix(self.partition_of_client(client_key)) + client_key
+
+    def triggers(self, partition: int) -> str:
+        return f"{self._tag(partition)}:triggers"
+
+    def dead_letters(self, partition: int) -> str:
+        return f"{self._tag(partition)}:deadletter"
+
+    def bucket_of(self, client_key: str) -> int:
+        return bucket_of(client_key, self.buckets)
+
+    def partition_of_bucket(self, bucket: int) -> int:
+        return partition_of_bucket(bucket, self.partitions)
+
+    def partition_of_client(self, client_key: str) -> int:
+        return self.partition_of_bucket(self.bucket_of(client_key))
+
+    def all_trigger_streams(self) -> list[str]:
+        return [self.triggers(p) for p in range(self.partitions)]
+
+    def all_event_streams(self) -> list[str]:
+        return [self.events(p) for p in range(self.partitions)]
+
+
+class LayoutMismatch(RuntimeError):
+    pass
+
+
+def claim_layout(client: redis.Redis, layout: KeyLayout) -> None:
+    """Record the partition and bucket counts on first use; refuse to run with others.
+
+    Routing depends on both counts, so changing them under existing data would send
+    clients to buckets that do not hold their state.
+    """
+    key = layout.meta()
+    client.hsetnx(key, "partitions", layout.partitions)
+    client.hsetnx(key, "buckets", layout.buckets)
+    stored = {k.decode(): int(v) for k, v in client.hgetall(key).items()
+              if k in (b"partitions", b"buckets")}
+    wanted = {"partitions": layout.partitions, "buckets": layout.buckets}
+    for name, value in wanted.items():
+        if stored.get(name) != value:
+            raise LayoutMismatch(
+                f"dataflow.{name} is {value}, but the data under key prefix "
+                f"{layout.prefix!r} was laid out with {stored.get(name)}; keep the original "
+                "value or use another redis.key_prefix")

@@ -1,0 +1,35 @@
+"""Profile reads for the API: one HGET of the client's compact record, no scans."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from features.codec import decode_state
+from features.state import ClientState
+from sinks.keys import KeyLayout
+
+
+class ProfileStore:
+    def __init__(self, client: aioredis.Redis, layout: KeyLayout) -> None:
+        self._client = client
+        self._layout = layout
+
+    async def state(self, client_key: str) -> ClientState | None:
+        raw = await self._client.hget(self._layout.state(self._layout.bucket_of(client_key)),
+                                      client_key)
+        return decode_state(raw) if raw is not None else None
+
+    async def touches(self, client_key: str, limit: int) -> list[dict[str, Any]] | None:
+        """The client's touches, newest first; None when the client is unknown."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.hexists(self._layout.state(self._layout.bucket_of(client_key)), client_key)
+            pipe.hgetall(self._layout.ledger(client_key))
+            known, entries = await pipe.execute()
+        if not known and not entries:
+            return None
+        touches = [json.loads(value) for value in entries.values()]
+        touches.sort(key=lambda t: (t["fired_at"], t["trigger_id"]), reverse=True)
+        return touches[:limit]

@@ -1,0 +1,200 @@
+"""The API over real HTTP: ingest (Segment and native), auth, errors, profiles, health."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+
+from config.settings import Settings
+from sinks.keys import KeyLayout
+from tests.support import (READ_KEY, WRITE_KEY, all_triggers, api_server, drain, make_settings,
+                           read_headers)
+
+
+@pytest.fixture
+def settings(redis_url: str, key_prefix: str) -> Settings:
+    return make_settings(redis_url, key_prefix)
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[str]:
+    with api_server(settings) as url:
+        yield url
+
+
+def _stream_entries(client: redis.Redis, settings: Settings) -> list[dict[str, object]]:
+    layout = KeyLayout.from_settings(settings)
+    out = []
+    for stream in layout.all_event_streams():
+        out += [json.loads(f[b"e"]) for _, f in client.xrange(stream)]
+    return out
+
+
+def test_segment_batch_is_stored_and_mapped(api: str, settings: Settings,
+                                            redis_client: redis.Redis) -> None:
+    batch = {"batch": [
+        {"type": "identify", "userId": "u1", "messageId": "m1", "traits": {"email": "a@b.c"},
+         "timestamp": "2026-01-01T10:00:00Z"},
+        {"type": "track", "event": "Product Viewed", "userId": "u1", "messageId": "m2",
+         "properties": {"product_id": "p1", "price": 9.5, "category": "toys"},
+         "timestamp": "2026-01-01T10:01:00Z"},
+        {"type": "track", "event": "Order Completed", "userId": "u1", "messageId": "m3",
+         "properties": {"order_id": "o1", "total": 20, "currency": "EUR",
+                        "products": [{"product_id": "p1", "price": 10, "quantity": 2}]},
+         "timestamp": "2026-01-01T10:02:00Z"},
+        {"type": "page", "anonymousId": "a1", "name": "Home", "messageId": "m4"},
+        {"type": "track", "event": "Something Custom", "userId": "u1", "messageId": "m5"},
+    ]}
+    response = httpx.post(api + "/v1/batch", json=batch, auth=(WRITE_KEY, ""))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"success": True, "accepted": 5, "duplicates": 0, "rejected": []}
+    stored = {e["event_id"]: e for e in _stream_entries(redis_client, settings)}
+    assert stored["m1"]["type"] == "identify"
+    assert stored["m2"]["type"] == "product_view"
+    assert stored["m2"]["products"][0]["product_id"] == "p1"
+    assert stored["m3"]["type"] == "order_placed"
+    assert stored["m3"]["order"] == {"order_id": "o1", "total": 20.0, "currency": "EUR",
+                                     "items": [{"product_id": "p1", "price": 10.0,
+                                                "quantity": 2}]}
+    assert stored["m4"]["type"] == "page_view" and stored["m4"]["anonymous_id"] == "a1"
+    assert stored["m5"]["type"] == "custom" and stored["m5"]["name"] == "Something Custom"
+
+
+def test_bad_items_are_rejected_and_good_ones_kept(api: str, settings: Settings,
+                                                   redis_client: redis.Redis) -> None:
+    batch = {"batch": [
+        {"type": "track", "event": "Product Added", "userId": "u1", "messageId": "ok1",
+         "properties": {"product_id": "p1", "price": 3}},
+        {"type": "track", "event": "Product Added", "userId": "u1", "messageId": "bad1",
+         "properties": {"price": 3}},
+        {"type": "track", "event": "Order Completed", "messageId": "bad2",
+         "properties": {"order_id": "o1"}},
+        {"type": "track", "event": "Order Completed", "userId": "u2", "messageId": "bad3",
+         "properties": {"order_id": "o1", "total": "abc"}},
+        {"type": "track", "userId": "u2", "messageId": "bad4",
+         "event": "Product Viewed", "properties": {"product_id": "p"},
+         "timestamp": "2999-01-01T00:00:00Z"},
+    ]}
+    response = httpx.post(api + "/v1/batch", json=batch, auth=(WRITE_KEY, ""))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["accepted"] == 1
+    errors = {r["messageId"]: r for r in body["rejected"]}
+    assert set(errors) == {"bad1", "bad2", "bad3", "bad4"}
+    assert errors["bad1"]["field"] == "products[0].product_id"
+    assert errors["bad2"]["field"] == "client_id"
+    assert errors["bad3"]["field"] == "order.total"
+    assert "out of range" in errors["bad4"]["error"] or "future" in errors["bad4"]["error"]
+    assert [e["event_id"] for e in _stream_entries(redis_client, settings)] == ["ok1"]
+
+
+def test_all_bad_batch_is_400_and_single_track_error_names_field(api: str) -> None:
+    response = httpx.post(api + "/v1/batch", json={"batch": [{"type": "alias"}]},
+                          auth=(WRITE_KEY, ""))
+    assert response.status_code == 400
+    assert "unsupported message type" in response.json()["rejected"][0]["error"]
+    response = httpx.post(api + "/v1/track", json={"event": "Product Added", "userId": "u"},
+                          auth=(WRITE_KEY, ""))
+    assert response.status_code == 400
+    assert response.json()["field"] == "products[0].product_id"
+
+
+def test_malformed_and_oversized_bodies(api: str) -> None:
+    auth = (WRITE_KEY, "")
+    response = httpx.post(api + "/v1/batch", content=b"{not json", auth=auth)
+    assert response.status_code == 400 and "malformed JSON" in response.json()["detail"]
+    response = httpx.post(api + "/v1/batch", content=b"\xff\xfe\x00garbage", auth=auth)
+    assert response.status_code == 400
+    big = {"batch": [{"type": "track", "event": "x", "userId": "u",
+                      "properties": {"pad": "x" * 600_000}}]}
+    response = httpx.post(api + "/v1/batch", json=big, auth=auth)
+    assert response.status_code == 413
+    one = {"type": "track", "event": "x", "userId": "u", "properties": {"pad": "x" * 40_000}}
+    response = httpx.post(api + "/v1/track", json=one, auth=auth)
+    assert response.status_code == 413
+    deep = '{"events": [' + "[" * 100_000 + "]" * 100_000 + "]}"
+    response = httpx.post(api + "/v1/events", content=deep.encode(), auth=auth)
+    assert response.status_code == 400
+
+
+def test_gzip_bodies_are_accepted(api: str) -> None:
+    body = json.dumps({"batch": [{"type": "track", "event": "Session Started",
+                                  "userId": "gz", "messageId": "g1"}]}).encode()
+    response = httpx.post(api + "/v1/batch", content=gzip.compress(body), auth=(WRITE_KEY, ""),
+                          headers={"Content-Encoding": "gzip",
+                                   "Content-Type": "application/json"})
+    assert response.status_code == 200 and response.json()["accepted"] == 1
+
+
+def test_auth(api: str) -> None:
+    message = {"type": "track", "event": "Session Started", "userId": "u"}
+    assert httpx.post(api + "/v1/track", json=message).status_code == 401
+    assert httpx.post(api + "/v1/track", json=message, auth=("nope", "")).status_code == 401
+    assert httpx.post(api + "/v1/track", json=message, auth=(READ_KEY, "")).status_code == 401
+    assert httpx.get(api + "/v1/profiles/u").status_code == 401
+    assert httpx.get(api + "/v1/profiles/u",
+                     headers={"Authorization": f"Bearer {WRITE_KEY}"}).status_code == 401
+
+
+def test_duplicates_are_acknowledged_once(api: str, settings: Settings,
+                                          redis_client: redis.Redis) -> None:
+    event = {"event_id": "dup-1", "type": "visit", "client_id": "c1"}
+    for _ in range(3):
+        response = httpx.post(api + "/v1/events", json=event, auth=(WRITE_KEY, ""))
+        assert response.status_code == 200
+    assert response.json()["duplicates"] == 1
+    assert len(_stream_entries(redis_client, settings)) == 1
+
+
+def test_profile_and_touches_after_processing(api: str, settings: Settings,
+                                              redis_client: redis.Redis) -> None:
+    now = time.time()
+    events = [
+        {"event_id": "r1", "type": "registered", "client_id": "c9", "event_time": now - 60,
+         "traits": {"email": "c9@example.com", "city": "Oslo"}},
+        {"event_id": "v1", "type": "product_view", "client_id": "c9", "event_time": now - 50,
+         "products": [{"product_id": "p7", "price": 4}]},
+        {"event_id": "o1", "type": "order_placed", "client_id": "c9", "event_time": now - 40,
+         "order": {"order_id": "o-1", "total": 12.5, "currency": "EUR"}},
+    ]
+    response = httpx.post(api + "/v1/events", json=events, auth=(WRITE_KEY, ""))
+    assert response.json()["accepted"] == 3
+    drain(settings)
+    profile = httpx.get(api + "/v1/profiles/c9", headers=read_headers())
+    assert profile.status_code == 200
+    body = profile.json()
+    assert body["client_id"] == "c9"
+    assert body["traits"]["city"] == "Oslo"
+    assert body["features"]["orders_count"] == 1
+    assert body["features"]["monetary_total"] == 12.5
+    assert body["features"]["recently_viewed"] == ["p7"]
+    assert body["updated_at"] is not None
+    touches = httpx.get(api + "/v1/profiles/c9/touches", headers=read_headers()).json()
+    assert [t["type"] for t in touches["touches"]] == ["order_confirmation", "welcome"]
+    assert len(all_triggers(redis_client, settings)) == 2
+    missing = httpx.get(api + "/v1/profiles/nobody", headers=read_headers())
+    assert missing.status_code == 404 and "nobody" in missing.json()["detail"]
+    assert httpx.get(api + "/v1/profiles/nobody/touches",
+                     headers=read_headers()).status_code == 404
+
+
+def test_health_readiness_and_metrics(api: str, settings: Settings) -> None:
+    assert httpx.get(api + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(api + "/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["dataflow"] == "no heartbeat"
+    drain(settings)  # a dataflow run beats the heart
+    assert httpx.get(api + "/readyz").status_code == 200
+    httpx.post(api + "/v1/batch", json={"batch": [{"type": "alias"}]}, auth=(WRITE_KEY, ""))
+    httpx.post(api + "/v1/events", json={"type": "visit", "client_id": "m"},
+               auth=(WRITE_KEY, ""))
+    text = httpx.get(api + "/metrics").text
+    assert 'crmflow_ingest_events_rejected_total{reason="type",source="segment"} 1.0' in text
+    assert 'crmflow_ingest_events_accepted_total{source="native"} 1.0' in text
+    assert 'crmflow_http_request_duration_seconds_bucket' in text
+    assert 'route="/v1/batch"' in text
