@@ -1,7 +1,8 @@
 """Settings: defaults in code, then a YAML file, then environment variables (highest).
 
 - `--config FILE` or `CRMFLOW_CONFIG` names the YAML file; it may set only some values.
-- `CRMFLOW_<SECTION>__<FIELD>` overrides any value, e.g. `CRMFLOW_TRIGGERS__ABANDONED_CART__DELAY=30m`.
+- `CRMFLOW_<SECTION>__<FIELD>` overrides any value,
+  e.g. `CRMFLOW_TRIGGERS__ABANDONED_CART__DELAY=30m`.
 - `REDIS_URL`, `CRMFLOW_WRITE_KEY`, `CRMFLOW_READ_KEY`, `CRMFLOW_ADMIN_KEY` are shortcuts
   (keys may be comma-separated lists).
 
@@ -68,6 +69,7 @@ class DataflowSettings(Section):
     offset_flush_interval: Duration = 5.0
     heartbeat_ttl: Duration = 15.0
     workers: PositiveInt = 1
+    metrics_host: str = "127.0.0.1"
     metrics_port: Port = 9101
     epoch_interval: Duration = 10.0
 

@@ -41,8 +41,9 @@ def _cmd_api(args: argparse.Namespace) -> None:
     from api.app import create_app
     from crmflow.runtime import check_api_keys, with_redis
 
-    settings, server = with_redis(settings_from(args))
+    settings = settings_from(args)
     check_api_keys(settings)
+    settings, server = with_redis(settings)
     try:
         uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port,
                     log_level="warning", access_log=False)
@@ -57,6 +58,16 @@ def _cmd_dataflow(args: argparse.Namespace) -> None:
 
     settings, server = with_redis(settings_from(args))
     addresses = args.addresses.split(";") if args.addresses else None
+
+    def exit_now(signum: int, frame: object) -> None:
+        # Raising inside Bytewax's Rust loop panics; the dataflow keeps nothing of its own
+        # (Redis holds state and positions), so it may simply stop here.
+        if server is not None:
+            server.stop()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, exit_now)
+    signal.signal(signal.SIGINT, exit_now)
     try:
         run_dataflow(settings, process_id=args.process_id, addresses=addresses,
                      stop_when_caught_up=args.drain)
@@ -152,8 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds `finally` blocks: an embedded Redis is stopped
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

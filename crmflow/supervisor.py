@@ -16,16 +16,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import cast
 
 import httpx
 import redis
 
 from config.settings import Settings
 from crmflow.runtime import ensure_keys, with_redis
-from features.events import format_time
 from sinks.keys import KeyLayout
 
 log = logging.getLogger("crmflow.up")
+StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 
 
 @dataclass
@@ -77,7 +78,8 @@ def _banner(settings: Settings, api_url: str, embedded: bool, demo: bool) -> str
         "",
         "crmflow is up",
         f"  API        {api_url}   docs {api_url}/docs   metrics {api_url}/metrics",
-        f"  Dataflow   metrics http://{settings.api.host}:{settings.dataflow.metrics_port}/metrics",
+        f"  Dataflow   metrics http://{settings.dataflow.metrics_host}:"
+        f"{settings.dataflow.metrics_port}/metrics",
         f"  Redis      {settings.redis.url} ({where})",
         f"  Write key  {write_key}   (HTTP Basic user name, Segment style)",
         f"  Read key   {read_key}   (Authorization: Bearer)",
@@ -113,7 +115,7 @@ def tail_triggers(settings: Settings, *, from_start: bool = False,
             log.warning("trigger tail: %s", exc)
             time.sleep(1)
             continue
-        for stream, entries in replies or []:
+        for stream, entries in cast(StreamReply, replies) or []:
             for entry_id, fields in entries:
                 print(_format_trigger(fields), flush=True)  # noqa: T201 - the user asked to see them
                 positions[stream.decode()] = entry_id.decode()
@@ -164,6 +166,8 @@ def run_up(settings: Settings, *, config_file: Path | None, demo: bool, keys_fil
         _supervise(children, redis_server, stop)
     finally:
         stop.set()
+        for thread in threads:
+            thread.join(timeout=5)  # the demo sends what it has left while the API is up
         for child in reversed(children):
             child.stop()
         if redis_server is not None:

@@ -28,9 +28,10 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
     metrics = DataflowMetrics.create(registry)
     port = settings.dataflow.metrics_port if metrics_port is None else metrics_port
     if port:
-        start_http_server(port, addr=settings.api.host, registry=registry)
-        log.info("dataflow metrics on http://%s:%d/metrics", settings.api.host, port)
+        host = settings.dataflow.metrics_host
+        start_http_server(port, addr=host, registry=registry)
+        log.info("dataflow metrics on http://%s:%d/metrics", host, port)
     flow = build_flow(settings, metrics, stop_when_caught_up=stop_when_caught_up)
-    cli_main(flow, workers_per_process=settings.dataflow.workers, process_id=process_id,
-             addresses=addresses,
-             epoch_interval=timedelta(seconds=settings.dataflow.epoch_interval))
+    cli_main(  # type: ignore[no-untyped-call]
+        flow, workers_per_process=settings.dataflow.workers, process_id=process_id,
+        addresses=addresses, epoch_interval=timedelta(seconds=settings.dataflow.epoch_interval))

@@ -12,6 +12,7 @@ and the read position, which lets idle buckets advance their committed position.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -115,8 +117,9 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
         if self._stopping:
             raise StopIteration
         try:
-            return self._client.xrange(self._stream, min="(" + self._position, max="+",
-                                       count=self._config.batch_size)
+            entries = self._client.xrange(self._stream, min="(" + self._position, max="+",
+                                          count=self._config.batch_size)
+            return cast(list[tuple[bytes, dict[bytes, bytes]]], entries)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("partition %d: redis unavailable (%s); will retry", self._partition, exc)
             self._caught_up = True
@@ -143,11 +146,9 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
 
     def _beat(self, now: float) -> None:
         self._last_heartbeat = now
-        try:
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):  # reads report it
             self._client.set(self._heartbeat_key, self._heartbeat_value,
                              px=int(self._config.heartbeat_ttl * 1000))
-        except (redis.ConnectionError, redis.TimeoutError):
-            pass  # the read path reports the outage
 
     def next_awake(self) -> datetime | None:
         if self._caught_up:

@@ -45,13 +45,14 @@ def decode_state(data: bytes) -> ClientState:
     except (ValueError, msgpack.UnpackException) as exc:
         raise StateFormatError(f"undecodable client state: {exc}") from exc
     if not isinstance(row, list) or not row or row[0] != FORMAT_VERSION:
-        raise StateFormatError(f"unknown client state format: {row[:1] if isinstance(row, list) else type(row)}")
-    (_, first_seen_at, last_seen_at, updated_at, last_received_at, registered_at, welcomed, traits,
-     traits_updated_at, last_visit_at, visits, cart, cart_updated_at, cart_since, cart_reminded,
-     cart_closed_at, viewed, browse_since, last_view_at, browse_closed_at, favourites, orders,
-     orders_count, monetary_total, first_order_at, last_order_at, checkout_started_at,
-     support_requests, last_support_at, nps_score, nps_at, channel_engagement,
-     recent_event_ids) = row
+        found = row[:1] if isinstance(row, list) else type(row).__name__
+        raise StateFormatError(f"unknown client state format: {found}")
+    (_, first_seen_at, last_seen_at, updated_at, last_received_at, registered_at, welcomed,
+     traits, traits_updated_at, last_visit_at, visits, cart, cart_updated_at, cart_since,
+     cart_reminded, cart_closed_at, viewed, browse_since, last_view_at, browse_closed_at,
+     favourites, orders, orders_count, monetary_total, first_order_at, last_order_at,
+     checkout_started_at, support_requests, last_support_at, nps_score, nps_at,
+     channel_engagement, recent_event_ids) = row
     return ClientState(
         first_seen_at=first_seen_at, last_seen_at=last_seen_at, updated_at=updated_at,
         last_received_at=last_received_at,

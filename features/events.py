@@ -186,7 +186,8 @@ def _traits(raw: Mapping[str, Any]) -> Mapping[str, Any]:
         try:
             datetime.strptime(birthday[:10], "%Y-%m-%d")  # noqa: DTZ007 - a date, no zone
         except ValueError:
-            raise EventError("traits.birthday", f"expected a date YYYY-MM-DD, got {birthday!r}") from None
+            raise EventError("traits.birthday",
+                             f"expected a date YYYY-MM-DD, got {birthday!r}") from None
     consents = traits.get("consents")
     if consents is not None and (
         not isinstance(consents, Mapping)
@@ -255,7 +256,7 @@ def parse_event(raw: object) -> Event:
         raise EventError("event", "expected an object")
     type_name = raw.get("type")
     try:
-        event_type = EventType(type_name)
+        event_type = EventType(str(type_name))
     except ValueError:
         raise EventError("type", f"unknown event type {type_name!r}") from None
     event_id = _opt_id(raw, "event_id")

@@ -198,16 +198,16 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
     if event.type is EventType.CART_ADD:
         changes["browse_since"] = None
         changes["browse_closed_at"] = max(state.browse_closed_at, t)
-    if t < state.cart_closed_at:
-        return changes  # a late change to a cart that an order already closed
+    if t <= state.cart_closed_at:
+        return changes  # a late change to a cart that an order already closed (ties included)
     cart = {line.product_id: line for line in state.cart}
     for product in event.products:
         line = cart.get(product.product_id)
         if event.type is EventType.CART_ADD:
             quantity = product.quantity + (line.quantity if line else 0)
-            cart[product.product_id] = CartLine(product.product_id, quantity,
-                                                product.price or (line.price if line else 0.0),
-                                                product.category or (line.category if line else None))
+            cart[product.product_id] = CartLine(
+                product.product_id, quantity, product.price or (line.price if line else 0.0),
+                product.category or (line.category if line else None))
         elif line is not None:
             remaining = line.quantity - product.quantity
             if remaining > 0:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis
 
@@ -83,12 +84,12 @@ class BucketStore:
         pipe = self._client.pipeline(transaction=True)
         pipe.hget(self._layout.offsets(partition), str(bucket))
         pipe.hgetall(self._layout.state(bucket))
-        position, states = pipe.execute()
+        position, states = cast(tuple[bytes | None, dict[bytes, bytes]], pipe.execute())
         return LoadedBucket(position.decode() if position else START,
                             {k.decode(): v for k, v in states.items()})
 
     def partition_positions(self, partition: int) -> dict[int, str]:
-        raw = self._client.hgetall(self._layout.offsets(partition))
+        raw = cast(dict[bytes, bytes], self._client.hgetall(self._layout.offsets(partition)))
         return {int(k): v.decode() for k, v in raw.items()}
 
     def resume_position(self, partition: int) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -20,7 +20,7 @@ class ProfileStore:
     async def state(self, client_key: str) -> ClientState | None:
         raw = await self._client.hget(self._layout.state(self._layout.bucket_of(client_key)),
                                       client_key)
-        return decode_state(raw) if raw is not None else None
+        return decode_state(cast(bytes, raw)) if raw is not None else None
 
     async def touches(self, client_key: str, limit: int) -> list[dict[str, Any]] | None:
         """The client's touches, newest first; None when the client is unknown."""

@@ -47,9 +47,10 @@ def write_config(settings: Settings, path: Path) -> Path:
     return path
 
 
-def drain(settings: Settings) -> None:
+def drain(settings: Settings, registry: CollectorRegistry | None = None) -> None:
     """Run the dataflow in this process until every stream entry is processed."""
-    run_dataflow(settings, stop_when_caught_up=True, registry=CollectorRegistry(),
+    run_dataflow(settings, stop_when_caught_up=True,
+                 registry=registry if registry is not None else CollectorRegistry(),
                  metrics_port=0)
 
 

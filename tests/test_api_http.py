@@ -13,8 +13,15 @@ import redis
 
 from config.settings import Settings
 from sinks.keys import KeyLayout
-from tests.support import (READ_KEY, WRITE_KEY, all_triggers, api_server, drain, make_settings,
-                           read_headers)
+from tests.support import (
+    READ_KEY,
+    WRITE_KEY,
+    all_triggers,
+    api_server,
+    drain,
+    make_settings,
+    read_headers,
+)
 
 
 @pytest.fixture

@@ -8,19 +8,29 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import httpx
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
 from config.settings import Settings
+from crmflow.redis_server import free_port
 from features.codec import decode_state
 from features.events import parse_event
 from features.state import ClientState
 from sinks.event_log import AppendOptions, EventLog
 from sinks.keys import KeyLayout
 from tests.histories import DAY, histories
-from tests.support import (all_triggers, api_server, dataflow_process, drain, make_settings,
-                           post_events, wait_for, write_config)
-
+from tests.support import (
+    all_triggers,
+    api_server,
+    dataflow_process,
+    drain,
+    make_settings,
+    post_events,
+    wait_for,
+    write_config,
+)
 
 RECEIVED = time.time()  # when the tests "receive" their history: older events are backfill
 
@@ -111,7 +121,11 @@ def test_bad_entries_go_to_the_dead_letter_stream(redis_client: redis.Redis, red
     redis_client.xadd(stream, {"k": "c1", "t": "0", "e": '{"type": "visit", "client_id": "c1"}'})
     append(redis_client, settings, [{"event_id": "v", "type": "visit", "client_id": "c1",
                                      "event_time": time.time()}])
-    drain(settings)
+    registry = CollectorRegistry()
+    drain(settings, registry)
+    assert registry.get_sample_value("crmflow_dead_letters_total", {"reason": "invalid"}) == 2
+    assert registry.get_sample_value("crmflow_dataflow_events_processed_total",
+                                     {"type": "visit"}) == 1
     letters = redis_client.xrange(layout.dead_letters(layout.partition_of_client("c1")))
     reasons = [fields[b"reason"].decode() for _, fields in letters]
     assert reasons == ["invalid json", "invalid event: event_id: is required"]
@@ -161,7 +175,8 @@ def test_kill_9_mid_stream_loses_and_doubles_nothing(
 @pytest.mark.slow
 def test_live_dataflow_fires_timers_on_wall_clock(redis_client: redis.Redis, redis_url: str,
                                                   key_prefix: str, tmp_path: Any) -> None:
-    settings = make_settings(redis_url, key_prefix,
+    port = free_port()
+    settings = make_settings(redis_url, key_prefix, dataflow={"metrics_port": port},
                              triggers={"abandoned_cart": {"delay": "2s"}})
     with dataflow_process(write_config(settings, tmp_path / "c.yaml")):
         now = time.time()
@@ -170,4 +185,9 @@ def test_live_dataflow_fires_timers_on_wall_clock(redis_client: redis.Redis, red
              "event_time": now, "products": [{"product_id": "p", "price": 1}]}])
         fired = wait_for(lambda: [t for t in all_triggers(redis_client, settings)
                                   if t["type"] == "abandoned_cart"], 30, "abandoned cart")
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     assert fired[0]["client_id"] == "live"
+    assert 'crmflow_triggers_raised_total{type="abandoned_cart"} 1.0' in metrics
+    assert 'crmflow_dataflow_events_processed_total{type="cart_add"} 1.0' in metrics
+    assert 'crmflow_consumer_lag_seconds{partition="0"}' in metrics
+    assert "crmflow_timers_pending 0.0" in metrics
