@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -32,6 +33,8 @@ def parse_duration(value: object) -> float:
                 ) from None
     else:
         raise ValueError("expected a duration such as 90s, 30m, 2h or 7d")
+    if not math.isfinite(seconds):  # float() accepts "nan" and "inf"; YAML has .nan and .inf
+        raise ValueError(f"duration must be a finite number of seconds: {value!r}")
     if seconds < 0:
         raise ValueError(f"duration must not be negative: {value!r}")
     return seconds

@@ -18,7 +18,12 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from config.durations import parse_duration
 from features.triggers import TriggerRule, TriggerRules
@@ -85,6 +90,15 @@ class ApiSettings(Section):
     max_batch_bytes: PositiveInt = 500 * 1024
 
 
+class ImmediateRuleSettings(Section):
+    """A trigger raised by an event itself: it can be switched off, it does not wait."""
+
+    enabled: bool = True
+
+    def rule(self) -> TriggerRule:
+        return TriggerRule(enabled=self.enabled)
+
+
 class TriggerRuleSettings(Section):
     enabled: bool = True
     delay: Duration = 0.0
@@ -94,8 +108,8 @@ class TriggerRuleSettings(Section):
 
 
 class TriggerSettings(Section):
-    welcome: TriggerRuleSettings = TriggerRuleSettings()
-    order_confirmation: TriggerRuleSettings = TriggerRuleSettings()
+    welcome: ImmediateRuleSettings = ImmediateRuleSettings()
+    order_confirmation: ImmediateRuleSettings = ImmediateRuleSettings()
     abandoned_cart: TriggerRuleSettings = TriggerRuleSettings(delay=3600.0)
     abandoned_browse: TriggerRuleSettings = TriggerRuleSettings(delay=7200.0)
 
@@ -213,3 +227,5 @@ def load_settings(
         return Settings(**values)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, f"{source} and environment")) from None
+    except SettingsError as exc:  # an environment value pydantic-settings cannot even decode
+        raise ConfigError(f"invalid configuration (environment): {exc}") from None

@@ -44,8 +44,9 @@ def profile_features(state: ClientState, now: float) -> dict[str, Any]:
         for days in ORDER_WINDOWS_DAYS
     }
     mean_interval = mean_days_between_orders(state)
-    predicted = (state.last_order_at + mean_interval * DAY
-                 if mean_interval is not None and state.last_order_at is not None else None)
+    last_live_order = max((o.placed_at for o in live_orders), default=None)
+    predicted = (last_live_order + mean_interval * DAY
+                 if mean_interval is not None and last_live_order is not None else None)
     return {
         "lifecycle_stage": lifecycle_stage(state, now),
         "registered_at": format_time(state.registered_at),

@@ -198,8 +198,8 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
     if event.type is EventType.CART_ADD:
         changes["browse_since"] = None
         changes["browse_closed_at"] = max(state.browse_closed_at, t)
-    if t <= state.cart_closed_at:
-        return changes  # a late change to a cart that an order already closed (ties included)
+    if t < state.cart_closed_at:
+        return changes  # a late change to a cart that an order already closed
     cart = {line.product_id: line for line in state.cart}
     for product in event.products:
         line = cart.get(product.product_id)
@@ -265,8 +265,10 @@ def _order_returned(state: ClientState, event: Event) -> Changes:
     if order.cancelled:
         return {}
     outstanding = round(order.total - order.returned, 2)
-    amount = outstanding if event.order.total < 0 else min(event.order.total, outstanding)
     cancel = event.type is EventType.ORDER_CANCELLED
+    # A cancellation undoes the whole order; a refund gives back what it says (all if silent).
+    amount = outstanding if cancel or event.order.total < 0 else min(event.order.total,
+                                                                     outstanding)
     updated = replace(order, returned=round(order.returned + amount, 2), cancelled=cancel)
     orders = state.orders[:index] + (updated,) + state.orders[index + 1:]
     return {

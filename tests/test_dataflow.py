@@ -99,17 +99,19 @@ def test_replay_twice_gives_the_same_profiles_and_trigger_ids(
     assert outcome(redis_client, resent) == once
 
 
-def test_output_is_independent_of_batch_size_and_tick_rate(
+def test_output_is_independent_of_batch_size_tick_rate_and_workers(
         redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
     events = flat(3, 200)
     results = []
-    for i, (batch, tick) in enumerate([(2000, 0.1), (7, 0.0), (1, 1.0)]):
+    for i, (batch, tick, workers) in enumerate([(2000, 0.1, 1), (7, 0.0, 1), (1, 1.0, 1),
+                                                (50, 0.1, 2)]):
         settings = make_settings(redis_url, f"{key_prefix}{i}",
-                                 dataflow={"batch_size": batch, "tick_interval": tick})
+                                 dataflow={"batch_size": batch, "tick_interval": tick,
+                                           "workers": workers})
         append(redis_client, settings, events)
         drain(settings)
         results.append(outcome(redis_client, settings))
-    assert results[0] == results[1] == results[2]
+    assert results[0] == results[1] == results[2] == results[3]
 
 
 def test_bad_entries_go_to_the_dead_letter_stream(redis_client: redis.Redis, redis_url: str,

@@ -1,0 +1,77 @@
+"""The bucket commit script against a real Redis: fencing, replays, ledger cap, layout."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from features.triggers import Trigger
+from sinks.bucket_store import START, BucketCommit, BucketStore, DeadLetter, FencedError
+from sinks.keys import KeyLayout, LayoutMismatch, claim_layout
+
+
+def store(client: redis.Redis, prefix: str, ledger_max: int = 100) -> BucketStore:
+    return BucketStore(client, KeyLayout(prefix, 2, 8), ledger_max_entries=ledger_max,
+                       stream_maxlen=1000)
+
+
+def trigger(n: int, client: str = "c1") -> Trigger:
+    return Trigger(f"id{n}", "welcome", client, 1_700_000_000.0 + n, {"n": n})
+
+
+def test_commit_writes_everything_and_a_replay_is_a_no_op(redis_client: redis.Redis,
+                                                          key_prefix: str) -> None:
+    s = store(redis_client, key_prefix)
+    bucket = s.layout.bucket_of("c1")
+    partition = s.layout.partition_of_bucket(bucket)
+    commit = BucketCommit(bucket=bucket, base=START, position="5-0", states=[("c1", b"state")],
+                          triggers=[trigger(1)],
+                          dead_letters=[DeadLetter("invalid json", "4-0", b"{")])
+    assert s.commit([commit]) == ["welcome"]
+    assert s.commit([commit]) == []  # delivered again after a crash: nothing new
+    layout = s.layout
+    loaded = s.load(bucket)
+    assert loaded.position == "5-0" and loaded.states == {"c1": b"state"}
+    assert redis_client.xlen(layout.triggers(partition)) == 1
+    assert redis_client.xlen(layout.dead_letters(partition)) == 1
+    entry = json.loads(redis_client.hget(layout.ledger("c1"), "id1"))
+    assert entry["type"] == "welcome" and entry["payload"] == {"n": 1}
+
+
+def test_a_commit_from_a_stale_owner_is_fenced(redis_client: redis.Redis,
+                                               key_prefix: str) -> None:
+    s = store(redis_client, key_prefix)
+    s.commit([BucketCommit(bucket=2, base=START, position="9-0")])
+    with pytest.raises(FencedError, match="bucket 2 is at 9-0"):
+        s.commit([BucketCommit(bucket=2, base="3-0", position="4-0", states=[("x", b"old")])])
+    assert s.load(2).states == {}  # never older data over newer
+
+
+def test_ledger_keeps_the_newest_entries(redis_client: redis.Redis, key_prefix: str) -> None:
+    s = store(redis_client, key_prefix, ledger_max=3)
+    bucket = s.layout.bucket_of("c1")
+    position = START
+    for n in range(5):
+        new = f"{n + 1}-0"
+        s.commit([BucketCommit(bucket=bucket, base=position, position=new, triggers=[trigger(n)])])
+        position = new
+    kept = redis_client.hkeys(s.layout.ledger("c1"))
+    assert sorted(k.decode() for k in kept) == ["id2", "id3", "id4"]
+
+
+def test_resume_position_is_the_least_of_the_partition_buckets(
+        redis_client: redis.Redis, key_prefix: str) -> None:
+    s = store(redis_client, key_prefix)
+    assert s.resume_position(0) == START
+    for bucket in (0, 2, 4, 6):
+        s.commit([BucketCommit(bucket=bucket, base=START, position=f"{10 + bucket}-0")])
+    assert s.resume_position(0) == "10-0"
+
+
+def test_layout_is_claimed_once(redis_client: redis.Redis, key_prefix: str) -> None:
+    claim_layout(redis_client, KeyLayout(key_prefix, 4, 64))
+    claim_layout(redis_client, KeyLayout(key_prefix, 4, 64))
+    with pytest.raises(LayoutMismatch, match="dataflow.buckets is 128"):
+        claim_layout(redis_client, KeyLayout(key_prefix, 4, 128))

@@ -1,0 +1,93 @@
+"""The `crmflow` command as users run it: real processes, real ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crmflow.redis_server import free_port
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CRMFLOW_") and k != "REDIS_URL"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _crmflow(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "crmflow.cli", *args], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_bad_config_stops_start_up_naming_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("triggers:\n  abandoned_cart:\n    delay: soon\ndataflow:\n  buckets: 0\n")
+    for command in ("config", "api", "dataflow"):
+        result = _crmflow(command, "--config", str(config), cwd=tmp_path)
+        assert result.returncode != 0
+        assert "triggers.abandoned_cart.delay: invalid duration 'soon'" in result.stderr
+        assert "dataflow.buckets" in result.stderr
+
+
+def test_config_prints_effective_values_with_partial_file(tmp_path: Path) -> None:
+    config = tmp_path / "part.yaml"
+    config.write_text("triggers:\n  abandoned_cart:\n    delay: 30m\n")
+    result = _crmflow("config", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    effective = yaml.safe_load(result.stdout)
+    assert effective["triggers"]["abandoned_cart"]["delay"] == 1800.0
+    assert effective["triggers"]["abandoned_browse"]["delay"] == 7200.0
+
+
+def test_api_refuses_to_start_without_keys(tmp_path: Path) -> None:
+    result = _crmflow("api", cwd=tmp_path)
+    assert result.returncode != 0 and "api.write_keys" in result.stderr
+
+
+@pytest.mark.slow
+def test_up_demo_shows_triggers_and_stops_cleanly(tmp_path: Path) -> None:
+    """What `make run` does: embedded Redis, dataflow, API and demo shoppers."""
+    config = tmp_path / "up.yaml"
+    config.write_text(yaml.safe_dump({
+        "redis": {"embedded_port": free_port(), "data_dir": str(tmp_path / "redis")},
+        "api": {"port": free_port()},
+        "dataflow": {"metrics_port": free_port(), "allowed_lateness": "1s"},
+        "triggers": {"abandoned_cart": {"delay": "3s"}, "abandoned_browse": {"delay": "3s"}},
+        "demo": {"events_per_second": 150},
+    }))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crmflow.cli", "up", "--demo", "--config", str(config)],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seen: set[str] = set()
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not {"abandoned_cart", "welcome",
+                                                   "order_confirmation"} <= seen:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            words = line.split()
+            if len(words) > 1:
+                seen.add(words[1])
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    output = "".join(lines)
+    assert "crmflow is up" in output and "Write key" in output
+    assert {"abandoned_cart", "welcome", "order_confirmation"} <= seen, output[-2000:]
+    assert process.returncode == 0
+    assert (tmp_path / "var" / "keys.json").exists()
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "redis")], capture_output=True,
+                              check=False)
+    assert leftover.stdout == b"", "the embedded redis-server was left running"

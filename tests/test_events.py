@@ -1,0 +1,368 @@
+"""The canonical event model: what parse_event accepts, what it refuses and why."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.events import (
+    Event,
+    EventError,
+    EventType,
+    Order,
+    Product,
+    event_to_dict,
+    format_time,
+    parse_event,
+)
+
+T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+
+PRODUCTS = [{"product_id": "p1", "category": "shoes", "price": 19.99, "quantity": 2}]
+ORDER = {"order_id": "o1", "total": 39.98, "currency": "EUR", "items": PRODUCTS}
+
+# The fields each type needs on top of the common ones.
+NEEDS: dict[EventType, dict[str, Any]] = {
+    EventType.REGISTERED: {"traits": {"email": "a@example.com"}},
+    EventType.IDENTIFY: {"traits": {"first_name": "Ann"}},
+    EventType.VISIT: {},
+    EventType.PAGE_VIEW: {"properties": {"path": "/sale"}},
+    EventType.PRODUCT_VIEW: {"products": PRODUCTS},
+    EventType.FAVOURITE_ADD: {"products": PRODUCTS},
+    EventType.CART_ADD: {"products": PRODUCTS},
+    EventType.CART_REMOVE: {"products": PRODUCTS},
+    EventType.CHECKOUT_STARTED: {},
+    EventType.ORDER_PLACED: {"order": ORDER},
+    EventType.ORDER_CANCELLED: {"order": {"order_id": "o1"}},
+    EventType.ORDER_REFUNDED: {"order": {"order_id": "o1", "total": 5.0}},
+    EventType.SUPPORT_REQUEST: {"properties": {"topic": "delivery"}},
+    EventType.NPS_ANSWER: {"nps_score": 9},
+    EventType.MESSAGE_OPENED: {"channel": "email"},
+    EventType.MESSAGE_CLICKED: {"channel": "push"},
+    EventType.SESSION_END: {},
+    EventType.CUSTOM: {"name": "coupon_copied"},
+}
+
+
+def raw(event_type: EventType | str = EventType.VISIT, **fields: Any) -> dict[str, Any]:
+    """A valid raw event of `event_type`; keyword arguments override or add fields."""
+    type_name = event_type.value if isinstance(event_type, EventType) else event_type
+    out: dict[str, Any] = {"event_id": "e1", "type": type_name, "client_id": "c1",
+                           "event_time": T0}
+    if isinstance(event_type, EventType):
+        out.update(NEEDS[event_type])
+    out.update(fields)
+    return out
+
+
+def field_of(data: dict[str, Any]) -> str:
+    with pytest.raises(EventError) as info:
+        parse_event(data)
+    assert str(info.value).startswith(info.value.field + ":")
+    return info.value.field
+
+
+def test_every_event_type_has_a_case() -> None:
+    assert set(NEEDS) == set(EventType)
+
+
+@pytest.mark.parametrize("event_type", list(EventType))
+def test_parse_accepts_every_type(event_type: EventType) -> None:
+    event = parse_event(raw(event_type))
+    assert event.type is event_type
+    assert event.event_id == "e1"
+    assert event.client_key == "c1"
+    assert event.event_time == T0
+    assert event.received_at == T0  # defaults to the event time
+
+
+@pytest.mark.parametrize("event_type", list(EventType))
+def test_round_trip_every_type(event_type: EventType) -> None:
+    event = parse_event(raw(event_type, received_at=T0 + 3))
+    assert parse_event(event_to_dict(event)) == event
+
+
+def test_parsed_fields() -> None:
+    order = parse_event(raw(EventType.ORDER_PLACED))
+    assert order.order == Order("o1", 39.98, "EUR", (Product("p1", "shoes", 19.99, 2),))
+    cart = parse_event(raw(EventType.CART_ADD))
+    assert cart.products == (Product("p1", "shoes", 19.99, 2),)
+    assert parse_event(raw(EventType.NPS_ANSWER)).nps_score == 9
+    assert parse_event(raw(EventType.MESSAGE_OPENED)).channel == "email"
+    assert parse_event(raw(EventType.CUSTOM)).name == "coupon_copied"
+
+
+def test_order_total_defaults_to_the_items() -> None:
+    event = parse_event(raw(EventType.ORDER_PLACED, products=PRODUCTS,
+                            order={"order_id": "o9"}))
+    assert event.order is not None
+    assert event.order.total == pytest.approx(39.98)
+    assert event.order.items == (Product("p1", "shoes", 19.99, 2),)
+
+
+def test_cancellation_without_amount_means_the_whole_order() -> None:
+    event = parse_event(raw(EventType.ORDER_CANCELLED))
+    assert event.order is not None
+    assert event.order.total < 0
+    assert parse_event(event_to_dict(event)) == event
+
+
+def test_product_defaults() -> None:
+    event = parse_event(raw(EventType.CART_ADD, products=[{"product_id": 42}]))
+    assert event.products == (Product("42", None, 0.0, 1),)
+
+
+_ids = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1,
+               max_size=12).filter(lambda s: not s.startswith("anon:"))
+_money = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False)
+_products = st.lists(
+    st.builds(Product, product_id=_ids, category=st.none() | _ids, price=_money,
+              quantity=st.integers(1, 1000)),
+    max_size=3,
+).map(tuple)
+_times = st.floats(min_value=T0 - 1e8, max_value=T0 + 1e8, allow_nan=False)
+_json_scalars = st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(max_size=8)
+
+
+@st.composite
+def events(draw: st.DrawFn) -> Event:
+    event_type = draw(st.sampled_from(list(EventType)))
+    client_id = draw(st.none() | _ids)
+    anonymous_id = draw(_ids) if client_id is None else draw(st.none() | _ids)
+    products = draw(_products)
+    if event_type in (EventType.CART_ADD, EventType.CART_REMOVE, EventType.PRODUCT_VIEW,
+                      EventType.FAVOURITE_ADD) and not products:
+        products = (Product("p"),)
+    order = None
+    if event_type in (EventType.ORDER_PLACED, EventType.ORDER_CANCELLED,
+                      EventType.ORDER_REFUNDED):
+        total = draw(_money | st.just(-1.0)) if event_type is not EventType.ORDER_PLACED \
+            else draw(_money)
+        order = Order(draw(_ids), total, draw(st.none() | st.sampled_from(["EUR", "USD"])),
+                      draw(_products))
+    return Event(
+        event_id=draw(_ids),
+        type=event_type,
+        event_time=draw(_times),
+        received_at=draw(_times),
+        client_id=client_id,
+        anonymous_id=anonymous_id,
+        name=draw(st.none() | _ids),
+        products=products,
+        order=order,
+        traits=draw(st.dictionaries(st.sampled_from(["plan", "vip", "score"]), _json_scalars,
+                                    max_size=3)),
+        properties=draw(st.dictionaries(_ids, _json_scalars, max_size=3)),
+        nps_score=draw(st.integers(0, 10)) if event_type is EventType.NPS_ANSWER else None,
+        channel=draw(st.none() | st.sampled_from(["email", "sms", "push"])),
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(events())
+def test_round_trip_property(event: Event) -> None:
+    assert parse_event(event_to_dict(event)) == event
+
+
+def test_client_key() -> None:
+    assert parse_event(raw(client_id="c7")).client_key == "c7"
+    anonymous = parse_event(raw(client_id=None, anonymous_id="cookie-1"))
+    assert anonymous.client_id is None
+    assert anonymous.client_key == "anon:cookie-1"
+    both = parse_event(raw(client_id="c7", anonymous_id="cookie-1"))
+    assert both.client_key == "c7"
+
+
+def test_numeric_client_id_becomes_text() -> None:
+    assert parse_event(raw(client_id=123)).client_id == "123"
+
+
+# --- refusals -------------------------------------------------------------------------------------
+
+def test_not_an_object() -> None:
+    with pytest.raises(EventError) as info:
+        parse_event(["not", "an", "event"])
+    assert info.value.field == "event"
+
+
+def test_missing_event_id() -> None:
+    data = raw()
+    del data["event_id"]
+    assert field_of(data) == "event_id"
+    assert field_of(raw(event_id="")) == "event_id"
+
+
+def test_missing_client_and_anonymous_id() -> None:
+    data = raw()
+    del data["client_id"]
+    assert field_of(data) == "client_id"
+    assert field_of(raw(client_id="", anonymous_id=None)) == "client_id"
+
+
+def test_client_id_must_not_look_anonymous() -> None:
+    assert field_of(raw(client_id="anon:x")) == "client_id"
+
+
+def test_too_long_id() -> None:
+    assert field_of(raw(event_id="x" * 201)) == "event_id"
+
+
+def test_unknown_type() -> None:
+    assert field_of(raw("teleported")) == "type"
+    data = raw()
+    del data["type"]
+    assert field_of(data) == "type"
+
+
+def test_missing_event_time() -> None:
+    data = raw()
+    del data["event_time"]
+    assert field_of(data) == "event_time"
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "2024-13-01T00:00:00", "", None, True, [1]])
+def test_bad_time(bad: object) -> None:
+    assert field_of(raw(event_time=bad)) == "event_time"
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1e20, "1989-12-31T23:59:59Z", "2100-01-01T00:00:00Z",
+                                 float("nan"), float("inf")])
+def test_time_out_of_range(bad: object) -> None:
+    with pytest.raises(EventError) as info:
+        parse_event(raw(event_time=bad))
+    assert info.value.field == "event_time"
+
+
+def test_bad_received_at() -> None:
+    assert field_of(raw(received_at="soon")) == "received_at"
+
+
+def test_epoch_milliseconds_accepted() -> None:
+    assert parse_event(raw(event_time=1_700_000_000_123)).event_time == pytest.approx(
+        1_700_000_000.123)
+    assert parse_event(raw(event_time=1_700_000_000)).event_time == T0
+
+
+def test_iso_times() -> None:
+    expected = datetime(2024, 3, 1, 12, 30, tzinfo=UTC).timestamp()
+    assert parse_event(raw(event_time="2024-03-01T12:30:00Z")).event_time == expected
+    assert parse_event(raw(event_time="2024-03-01T14:30:00+02:00")).event_time == expected
+    # naive means UTC, whatever the machine's zone
+    assert parse_event(raw(event_time="2024-03-01T12:30:00")).event_time == expected
+    assert parse_event(raw(event_time=" 2024-03-01 12:30:00 ")).event_time == expected
+
+
+def test_format_time() -> None:
+    assert format_time(T0) == "2023-11-14T22:13:20.000Z"
+    assert format_time(None) is None
+    assert parse_event(raw(event_time=format_time(T0 + 0.25))).event_time == T0 + 0.25
+
+
+@pytest.mark.parametrize("event_type", [EventType.CART_ADD, EventType.CART_REMOVE,
+                                        EventType.PRODUCT_VIEW, EventType.FAVOURITE_ADD])
+def test_products_required(event_type: EventType) -> None:
+    data = raw(event_type)
+    del data["products"]
+    assert field_of(data) == "products"
+    assert field_of(raw(event_type, products=[])) == "products"
+
+
+def test_products_not_a_list() -> None:
+    assert field_of(raw(EventType.CART_ADD, products={"product_id": "p1"})) == "products"
+    assert field_of(raw(EventType.CART_ADD, products=["p1"])) == "products[0]"
+
+
+def test_product_without_id() -> None:
+    assert field_of(raw(EventType.CART_ADD, products=[{"price": 3}])) == "products[0].product_id"
+    second = [{"product_id": "p1"}, {"product_id": ""}]
+    assert field_of(raw(EventType.CART_ADD, products=second)) == "products[1].product_id"
+
+
+@pytest.mark.parametrize("price", [-0.01, "abc", float("nan"), float("inf"), True, [1]])
+def test_bad_price(price: object) -> None:
+    products = [{"product_id": "p1", "price": price}]
+    assert field_of(raw(EventType.CART_ADD, products=products)) == "products[0].price"
+
+
+def test_price_as_text_accepted() -> None:
+    event = parse_event(raw(EventType.CART_ADD, products=[{"product_id": "p1", "price": "2.5"}]))
+    assert event.products[0].price == 2.5
+
+
+@pytest.mark.parametrize("quantity", [0, -1, 1.5, "two", None, False])
+def test_bad_quantity(quantity: object) -> None:
+    products = [{"product_id": "p1", "quantity": quantity}]
+    assert field_of(raw(EventType.CART_ADD, products=products)) == "products[0].quantity"
+
+
+def test_bad_category() -> None:
+    products = [{"product_id": "p1", "category": 7}]
+    assert field_of(raw(EventType.CART_ADD, products=products)) == "products[0].category"
+
+
+@pytest.mark.parametrize("event_type", [EventType.ORDER_PLACED, EventType.ORDER_CANCELLED,
+                                        EventType.ORDER_REFUNDED])
+def test_order_required(event_type: EventType) -> None:
+    data = raw(event_type)
+    del data["order"]
+    assert field_of(data) == "order"
+    assert field_of(raw(event_type, order={"total": 3})) == "order.order_id"
+
+
+def test_bad_order_fields() -> None:
+    assert field_of(raw(EventType.ORDER_PLACED, order={"order_id": "o1", "total": -3})) \
+        == "order.total"
+    assert field_of(raw(EventType.ORDER_PLACED, order={"order_id": "o1", "items": "p1"})) \
+        == "order.items"
+    assert field_of(raw(EventType.ORDER_PLACED,
+                        order={"order_id": "o1", "items": [{"product_id": "p", "price": -1}]})) \
+        == "order.items[0].price"
+    assert field_of(raw(EventType.ORDER_PLACED, order={"order_id": "o1", "currency": 978})) \
+        == "order.currency"
+
+
+@pytest.mark.parametrize("score", [11, -1, 7.5, "high", None])
+def test_bad_nps_score(score: object) -> None:
+    assert field_of(raw(EventType.NPS_ANSWER, nps_score=score)) == "nps_score"
+
+
+def test_nps_bounds_accepted() -> None:
+    assert parse_event(raw(EventType.NPS_ANSWER, nps_score=0)).nps_score == 0
+    assert parse_event(raw(EventType.NPS_ANSWER, nps_score=10)).nps_score == 10
+
+
+@pytest.mark.parametrize("birthday", ["1990-02-30", "31.12.1990", "yesterday", 19900101])
+def test_bad_birthday(birthday: object) -> None:
+    assert field_of(raw(traits={"birthday": birthday})) == "traits.birthday"
+
+
+def test_good_birthday() -> None:
+    event = parse_event(raw(traits={"birthday": "1990-02-28"}))
+    assert event.traits["birthday"] == "1990-02-28"
+
+
+@pytest.mark.parametrize("consents", [{"email": "yes"}, {"sms": 1}, ["email"], "email"])
+def test_consents_must_be_booleans(consents: object) -> None:
+    assert field_of(raw(traits={"consents": consents})) == "traits.consents"
+
+
+def test_consents_accepted() -> None:
+    event = parse_event(raw(traits={"consents": {"email": True, "sms": False}}))
+    assert event.traits["consents"] == {"email": True, "sms": False}
+
+
+def test_string_traits_checked() -> None:
+    assert field_of(raw(traits={"email": 5})) == "traits.email"
+    assert field_of(raw(traits="vip")) == "traits"
+    # unknown traits are kept as sent
+    assert parse_event(raw(traits={"shoe_size": 42})).traits == {"shoe_size": 42}
+
+
+def test_other_type_checks() -> None:
+    assert field_of(raw(name=5)) == "name"
+    assert field_of(raw(channel=["email"])) == "channel"
+    assert field_of(raw(properties=[1])) == "properties"
