@@ -137,12 +137,13 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
                 for bucket in self._own]
 
     def _update_lag(self, entries: list[tuple[bytes, dict[bytes, bytes]]], now: float) -> None:
-        if self._caught_up or not entries:
-            self._metrics.lag_seconds.labels(self._label).set(0.0)
-            return
-        # The next unread entry is at least as old as the last one read: its id's time.
-        appended_ms = stream_id_key(self._position)[0]
-        self._metrics.lag_seconds.labels(self._label).set(max(0.0, now - appended_ms / 1000))
+        """The age of the oldest entry not yet read, as of this read: the first entry it
+        returned (its id is Redis's clock when it was appended); 0 when there was none."""
+        lag = 0.0
+        if entries:
+            appended_ms = stream_id_key(entries[0][0].decode())[0]
+            lag = max(0.0, now - appended_ms / 1000)
+        self._metrics.lag_seconds.labels(self._label).set(lag)
 
     def _beat(self, now: float) -> None:
         self._last_heartbeat = now
