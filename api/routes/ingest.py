@@ -12,7 +12,7 @@ import json
 import re
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis
@@ -185,22 +185,18 @@ def _native(payload: Any) -> tuple[Sequence[object], bool]:
     return items, False
 
 
-@router.post("/track")
-async def track(request: Request, resources: ResourcesDep) -> JSONResponse:
-    return await _handle(request, resources, limit=resources.settings.api.max_event_bytes,
-                         source="segment", parser=from_segment, extract=_single("track"))
+def _single_route(kind: str) -> Callable[[Request, Resources], Awaitable[JSONResponse]]:
+    async def handler(request: Request, resources: ResourcesDep) -> JSONResponse:
+        return await _handle(request, resources, limit=resources.settings.api.max_event_bytes,
+                             source="segment", parser=from_segment, extract=_single(kind))
+
+    handler.__name__ = kind
+    handler.__doc__ = f"Segment `{kind}`: one message."
+    return handler
 
 
-@router.post("/identify")
-async def identify(request: Request, resources: ResourcesDep) -> JSONResponse:
-    return await _handle(request, resources, limit=resources.settings.api.max_event_bytes,
-                         source="segment", parser=from_segment, extract=_single("identify"))
-
-
-@router.post("/page")
-async def page(request: Request, resources: ResourcesDep) -> JSONResponse:
-    return await _handle(request, resources, limit=resources.settings.api.max_event_bytes,
-                         source="segment", parser=from_segment, extract=_single("page"))
+for _kind in ("track", "identify", "page"):
+    router.add_api_route(f"/{_kind}", _single_route(_kind), methods=["POST"])
 
 
 @router.post("/batch")
