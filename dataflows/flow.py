@@ -22,12 +22,12 @@ def store_factory(settings: Settings) -> BucketStore:
 
 
 def build_flow(settings: Settings, metrics: DataflowMetrics, *,
-               stop_when_caught_up: bool = False) -> Dataflow:
+               stop_when_caught_up: bool = False, as_of: float | None = None) -> Dataflow:
     df = settings.dataflow
     source_config = SourceConfig(
         batch_size=df.batch_size, tick_interval=df.tick_interval, idle_wait=df.idle_wait,
         heartbeat_ttl=df.heartbeat_ttl,
-        stop_when_caught_up=stop_when_caught_up)
+        stop_when_caught_up=stop_when_caught_up, as_of=as_of)
     bucket_config = BucketConfig(rules=settings.triggers.rules(),
                                  offset_flush_interval=df.offset_flush_interval,
                                  allowed_lateness=df.allowed_lateness)

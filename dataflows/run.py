@@ -19,8 +19,12 @@ log = logging.getLogger(__name__)
 def run_dataflow(settings: Settings, *, process_id: int | None = None,
                  addresses: list[str] | None = None, stop_when_caught_up: bool = False,
                  registry: CollectorRegistry | None = None, metrics_port: int | None = None,
-                 ) -> None:
-    """Blocks until the dataflow ends (never, unless `stop_when_caught_up`)."""
+                 as_of: float | None = None) -> None:
+    """Blocks until the dataflow ends (never, unless `stop_when_caught_up`).
+
+    `as_of` (with `stop_when_caught_up`, for replays): at the stream head, timers fire up
+    to this time instead of the wall clock, and no later.
+    """
     store = store_factory(settings)
     claim_layout(store.client, store.layout)
     store.client.close()
@@ -31,7 +35,7 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
         host = settings.dataflow.metrics_host
         start_http_server(port, addr=host, registry=registry)
         log.info("dataflow metrics on http://%s:%d/metrics", host, port)
-    flow = build_flow(settings, metrics, stop_when_caught_up=stop_when_caught_up)
+    flow = build_flow(settings, metrics, stop_when_caught_up=stop_when_caught_up, as_of=as_of)
     cli_main(  # type: ignore[no-untyped-call]
         flow, workers_per_process=settings.dataflow.workers, process_id=process_id,
         addresses=addresses, epoch_interval=timedelta(seconds=settings.dataflow.epoch_interval))

@@ -43,6 +43,7 @@ class SourceConfig:
     idle_wait: float
     heartbeat_ttl: float
     stop_when_caught_up: bool = False  # for drains and tests: EOF once every entry is read
+    as_of: float | None = None  # replays: the head clock is this time, not the wall clock
 
 
 class EventStreamSource(FixedPartitionedSource[KeyedItem, None]):
@@ -131,7 +132,10 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
         clock as it was."""
         self._last_tick = now
         at_head = self._caught_up
-        clock = now if at_head else stream_id_key(self._position)[0] / 1000
+        if at_head:
+            clock = now if self._config.as_of is None else self._config.as_of
+        else:
+            clock = stream_id_key(self._position)[0] / 1000
         self._metrics.watermark.labels(self._label).set(clock)
         return [(bucket, (TICK, int(bucket), clock, self._position, at_head))
                 for bucket in self._own]

@@ -47,11 +47,15 @@ def write_config(settings: Settings, path: Path) -> Path:
     return path
 
 
-def drain(settings: Settings, registry: CollectorRegistry | None = None) -> None:
-    """Run the dataflow in this process until every stream entry is processed."""
+def drain(settings: Settings, registry: CollectorRegistry | None = None,
+          as_of: float | None = None) -> None:
+    """Run the dataflow in this process until every stream entry is processed.
+
+    With `as_of`, timers fire up to that time at the end (a replay "as of"), else up to now.
+    """
     run_dataflow(settings, stop_when_caught_up=True,
                  registry=registry if registry is not None else CollectorRegistry(),
-                 metrics_port=0)
+                 metrics_port=0, as_of=as_of)
 
 
 @contextmanager

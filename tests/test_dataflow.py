@@ -248,3 +248,20 @@ def test_lag_is_the_age_of_the_oldest_unread_entry(redis_client: redis.Redis, re
     partition.next_batch()
     assert lag() == 0.0
     partition.close()
+
+
+def test_as_of_bounds_which_timers_fire(redis_client: redis.Redis, redis_url: str,
+                                        key_prefix: str) -> None:
+    settings = make_settings(redis_url, key_prefix)
+    t0 = time.time() - 5 * DAY
+    append(redis_client, settings, [
+        {"event_id": "a", "type": "cart_add", "client_id": "early", "event_time": t0,
+         "products": [{"product_id": "p", "price": 1}]},
+        {"event_id": "b", "type": "cart_add", "client_id": "late", "event_time": t0 + DAY,
+         "products": [{"product_id": "p", "price": 1}]},
+    ])
+    drain(settings, as_of=t0 + 7200)  # early's cart was due at t0+1h, late's at t0+1d+1h
+    fired = {t["client_id"] for t in all_triggers(redis_client, settings)}
+    assert fired == {"early"}
+    drain(settings)  # later, up to now
+    assert {t["client_id"] for t in all_triggers(redis_client, settings)} == {"early", "late"}
