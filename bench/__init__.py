@@ -1,0 +1,1 @@
+"""crmflow's benchmark harness: `make bench` (see bench/README.md)."""

@@ -1,0 +1,378 @@
+"""`make bench`: crmflow against its floors, side by side in one run, on this machine.
+
+Prints one table and writes bench/results.json. A benchmark reports; it never fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+import yaml
+
+from bench.floors import bytewax_floor, naive_consumer
+from bench.workload import Entry, events
+from bench.wrk import batch_post_script, random_get_script, run_wrk, wrk_available
+from config.settings import Settings
+from crmflow.redis_server import EmbeddedRedis, free_port
+from sinks.keys import KeyLayout
+
+REPO = Path(__file__).resolve().parents[1]
+WRITE_KEY, READ_KEY = "bench-write", "bench-read"
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    sizes: tuple[int, ...]
+    events_per_client: int
+    naive_events: int
+    load_seconds: float
+    latency_seconds: float
+
+
+FULL = Plan(sizes=(100_000, 1_000_000), events_per_client=2, naive_events=30_000,
+            load_seconds=10, latency_seconds=20)
+QUICK = Plan(sizes=(100_000,), events_per_client=2, naive_events=10_000, load_seconds=3,
+             latency_seconds=8)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def settings_for(url: str, prefix: str, triggers: dict[str, Any] | None = None,
+                 **dataflow: Any) -> Settings:
+    return Settings(
+        redis={"url": url, "key_prefix": prefix, "stream_maxlen": 50_000_000},
+        api={"write_keys": [WRITE_KEY], "read_keys": [READ_KEY], "port": free_port()},
+        dataflow={"partitions": 4, "buckets": 2048, "metrics_port": 0, **dataflow},
+        triggers=triggers or {},
+    )
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("CRMFLOW_") and k != "REDIS_URL"}
+
+
+def _config_file(settings: Settings, folder: Path, name: str) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    return path
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_drain(config: Path) -> tuple[float, int]:
+    """`crmflow dataflow --drain` in its own process: (seconds, peak resident KiB)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crmflow.cli", "dataflow", "--drain", "--config", str(config)],
+        cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, _rss_kib(process.pid))
+        time.sleep(0.1)
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"dataflow failed: {process.stderr.read().decode()[-2000:]}"
+                           if process.stderr else "dataflow failed")
+    return seconds, peak
+
+
+def append_entries(client: redis.Redis, layout: KeyLayout, entries: Sequence[Entry]) -> float:
+    """Producers' side, outside the measured path: XADD in pipelines. Returns entries/s."""
+    started = time.perf_counter()
+    pipe = client.pipeline(transaction=False)
+    for n, entry in enumerate(entries, 1):
+        pipe.xadd(layout.events(layout.partition_of_client(entry.client_key)),
+                  {"k": entry.client_key, "t": repr(entry.event_time), "e": entry.body})
+        if n % 5000 == 0:
+            pipe.execute()
+    pipe.execute()
+    return len(entries) / (time.perf_counter() - started)
+
+
+def used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def dataflow_section(client: redis.Redis, url: str, plan: Plan, folder: Path
+                     ) -> dict[str, Any]:
+    startup, _ = run_drain(_config_file(settings_for(url, "warmup"), folder, "warmup"))
+    log(f"dataflow process start-up and empty drain: {startup:.1f}s")
+    results: dict[str, Any] = {"startup_seconds": round(startup, 2), "sizes": {}}
+    now = time.time()
+    for size in plan.sizes:
+        settings = settings_for(url, f"df{size}")
+        layout = KeyLayout.from_settings(settings)
+        count = size * plan.events_per_client
+        entries = list(events(count, size, start=now - 3 * DAY, span=3 * DAY, received_at=now))
+        baseline = used_memory(client)
+        append_rate = append_entries(client, layout, entries)
+        log(f"{size:,} clients: {count:,} events appended ({append_rate:,.0f}/s); draining")
+        seconds, rss = run_drain(_config_file(settings, folder, f"df{size}"))
+        rate = count / max(seconds - startup, 1e-9)
+        for stream in (*layout.all_event_streams(), *layout.all_trigger_streams(),
+                       *(layout.dead_letters(p) for p in range(layout.partitions))):
+            client.delete(stream)
+        per_client = (used_memory(client) - baseline) / size
+        log(f"{size:,} clients: crmflow {rate:,.0f} events/s, {per_client:.0f} B/client")
+        floor = bytewax_floor(entries)
+        log(f"{size:,} clients: bare Bytewax floor {floor:,.0f} events/s")
+        naive = naive_consumer(client, entries[:plan.naive_events], f"naive{size}")
+        log(f"{size:,} clients: naive consumer {naive:,.0f} events/s")
+        results["sizes"][str(size)] = {
+            "events": count, "crmflow_events_per_s": round(rate),
+            "bytewax_floor_events_per_s": round(floor), "naive_events_per_s": round(naive),
+            "vs_floor": round(rate / floor, 3), "vs_naive": round(rate / naive, 2),
+            "redis_bytes_per_client": round(per_client), "dataflow_rss_mib": round(rss / 1024),
+        }
+        del entries
+    return results
+
+
+@contextmanager
+def served(app: str, settings: Settings, folder: Path, floor_prefix: str = ""
+           ) -> Iterator[str]:
+    """Both apps through bench/serve.py: the same uvicorn settings, one worker."""
+    config = _config_file(settings, folder, f"serve-{app}")
+    env = _env() | {"REDIS_URL": settings.redis.url or "", "FLOOR_PREFIX": floor_prefix}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.serve", app, str(config), str(settings.api.port)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{settings.api.port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url + "/docs", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"{app} server did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def reads_section(client: redis.Redis, url: str, plan: Plan, folder: Path) -> dict[str, Any]:
+    size = plan.sizes[0]
+    settings = settings_for(url, f"df{size}")  # the clients the first dataflow run left
+    pipe = client.pipeline(transaction=False)
+    for n in range(size):  # the floor's own copy: 10 features per client, one hash each
+        pipe.hset(f"floor:c{n}", mapping={f"f{i}": n * 0.5 + i for i in range(10)})
+        if n % 5000 == 0:
+            pipe.execute()
+    pipe.execute()
+    auth = {"Authorization": f"Bearer {READ_KEY}"}
+    results: dict[str, Any] = {}
+    for name, app, prefix in (("crmflow", "crmflow", ""), ("floor", "floor", "floor")):
+        with served(app, settings, folder, prefix) as base:
+            for connections in (1, 32):
+                result = run_wrk(base + "/v1/profiles/c0",
+                                 random_get_script("/v1/profiles/c", size, auth),
+                                 connections=connections, seconds=plan.load_seconds)
+                results[f"{name}_c{connections}"] = result.as_dict()
+                log(f"reads {name} c={connections}: {result.requests_per_s:,.0f} req/s "
+                    f"p50 {result.p50_ms} ms p99 {result.p99_ms} ms errors {result.errors}")
+    results["vs_floor_c32"] = round(results["crmflow_c32"]["requests_per_s"]
+                                    / results["floor_c32"]["requests_per_s"], 3)
+    return results
+
+
+def ingest_section(url: str, plan: Plan, folder: Path) -> dict[str, Any]:
+    settings = settings_for(url, "ingest")
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
+    with served("crmflow", settings, folder) as base:
+        result = run_wrk(base + "/v1/batch", batch_post_script("/v1/batch", 100, auth),
+                         connections=16, seconds=plan.load_seconds)
+    log(f"ingest: {result.requests_per_s * 100:,.0f} events/s "
+        f"(p50 {result.p50_ms} ms, p99 {result.p99_ms} ms per 100-event batch)")
+    return {"events_per_s": round(result.requests_per_s * 100), **result.as_dict()}
+
+
+def latency_section(client: redis.Redis, url: str, plan: Plan, folder: Path,
+                    max_rate: float) -> dict[str, Any]:
+    """Triggers' delay behind their due time while the dataflow runs at half its maximum."""
+    delay = 2.0
+    settings = settings_for(url, "latency", {"abandoned_cart": {"delay": delay}},
+                            tick_interval=0.1, allowed_lateness=0.0)
+    layout = KeyLayout.from_settings(settings)
+    rate = max_rate / 2
+    config = _config_file(settings, folder, "latency")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crmflow.cli", "dataflow", "--config", str(config)],
+        cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    due: dict[str, float] = {}
+    ordered: dict[str, float] = {}
+    try:
+        time.sleep(3)  # start-up
+        started = time.time()
+        sent = 0
+        pipe = client.pipeline(transaction=False)
+        while time.time() - started < plan.latency_seconds:
+            target = int((time.time() - started) * rate)
+            while sent < target:
+                now = time.time()
+                key = f"l{sent}"
+                if sent % 200 == 0:  # a tracked cart: its reminder is due in `delay`
+                    body = {"event_id": f"lc{sent}", "type": "cart_add", "client_id": key,
+                            "event_time": now, "received_at": now,
+                            "products": [{"product_id": "p", "price": 1}]}
+                    due[key] = now + delay
+                elif sent % 200 == 100:  # a tracked order: confirmed on arrival
+                    body = {"event_id": f"lo{sent}", "type": "order_placed", "client_id": key,
+                            "event_time": now, "received_at": now,
+                            "order": {"order_id": f"o{sent}", "total": 5}}
+                    ordered[key] = now
+                else:
+                    body = {"event_id": f"lv{sent}", "type": "product_view", "client_id": key,
+                            "event_time": now, "received_at": now,
+                            "products": [{"product_id": "p", "price": 1}]}
+                pipe.xadd(layout.events(layout.partition_of_client(key)),
+                          {"k": key, "t": repr(now), "e": json.dumps(body)})
+                sent += 1
+            pipe.execute()
+            time.sleep(0.005)
+        time.sleep(delay + 3)
+    finally:
+        process.terminate()
+        process.wait(10)
+    timer_lags, order_lags = [], []
+    for stream in layout.all_trigger_streams():
+        for entry_id, fields in client.xrange(stream):
+            written = int(entry_id.split(b"-")[0]) / 1000
+            key, kind = fields[b"client_id"].decode(), fields[b"type"].decode()
+            if kind == "abandoned_cart" and key in due:
+                timer_lags.append(written - due[key])
+            elif kind == "order_confirmation" and key in ordered:
+                order_lags.append(written - ordered[key])
+
+    def percentiles(values: list[float]) -> dict[str, float]:
+        if len(values) < 2:
+            return {"count": len(values)}
+        q = statistics.quantiles(values, n=100)
+        return {"count": len(values), "p50_ms": round(q[49] * 1000, 1),
+                "p99_ms": round(q[98] * 1000, 1)}
+
+    result = {"rate_events_per_s": round(rate), "timer": percentiles(timer_lags),
+              "order": percentiles(order_lags), "timers_expected": len(due)}
+    log(f"latency at {rate:,.0f} events/s: timer {result['timer']}, order {result['order']}")
+    return result
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "processor": platform.processor() or "unknown",
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+                                / 2**30, 1)}
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [("measure", "crmflow", "floor / peer", "ratio", "target")]
+    for size, r in results["dataflow"]["sizes"].items():
+        rows.append((f"dataflow events/s, {int(size):,} clients", f"{r['crmflow_events_per_s']:,}",
+                     f"bytewax {r['bytewax_floor_events_per_s']:,}", f"{r['vs_floor']}x",
+                     ">= 0.5x"))
+        rows.append((f"  vs naive consumer, {int(size):,}", f"{r['crmflow_events_per_s']:,}",
+                     f"naive {r['naive_events_per_s']:,}", f"{r['vs_naive']}x", ">= 10x"))
+        rows.append((f"  redis bytes/client, {int(size):,}", f"{r['redis_bytes_per_client']:,}",
+                     "", "", "<= 1024 at 1M"))
+        rows.append((f"  dataflow RSS MiB, {int(size):,}", f"{r['dataflow_rss_mib']:,}", "", "",
+                     ""))
+    sizes = results["dataflow"]["sizes"]
+    if len(sizes) > 1:
+        first, last = (sizes[k]["crmflow_events_per_s"] for k in list(sizes)[::len(sizes) - 1])
+        rows.append(("throughput 1M vs 100k", "", "", f"{last / first:.2f}x", ">= 0.8x"))
+    reads = results.get("reads")
+    if reads:
+        for c in (1, 32):
+            mine, floor = reads[f"crmflow_c{c}"], reads[f"floor_c{c}"]
+            rows.append((f"profile reads req/s, c={c}", f"{mine['requests_per_s']:,}",
+                         f"floor {floor['requests_per_s']:,}",
+                         f"{mine['requests_per_s'] / floor['requests_per_s']:.2f}x",
+                         ">= 1.0x at c=32" if c == 32 else ""))
+            rows.append((f"  p50 / p99 ms, c={c}", f"{mine['p50_ms']} / {mine['p99_ms']}",
+                         f"{floor['p50_ms']} / {floor['p99_ms']}", "", ""))
+    ingest = results.get("ingest")
+    if ingest:
+        rows.append(("ingest events/s (batch of 100)", f"{ingest['events_per_s']:,}", "", "",
+                     ""))
+    latency = results.get("latency")
+    if latency:
+        rows.append(("timer trigger lag p50 / p99 ms",
+                     f"{latency['timer'].get('p50_ms')} / {latency['timer'].get('p99_ms')}",
+                     f"at {latency['rate_events_per_s']:,} ev/s", "", "p99 <= 1000"))
+        rows.append(("order trigger lag p50 / p99 ms",
+                     f"{latency['order'].get('p50_ms')} / {latency['order'].get('p99_ms')}",
+                     "", "", ""))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths,
+                                                                             strict=True))
+                     for row in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="100k clients, short loads")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    started = time.time()
+    results: dict[str, Any] = {"machine": machine(), "plan": plan.__dict__,
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with tempfile.TemporaryDirectory(prefix="crmflow-bench-") as tmp:
+        folder = Path(tmp)
+        server = EmbeddedRedis(folder / "redis", port=0)
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        try:
+            results["dataflow"] = dataflow_section(client, server.url, plan, folder)
+            if wrk_available():
+                results["reads"] = reads_section(client, server.url, plan, folder)
+                results["ingest"] = ingest_section(server.url, plan, folder)
+            else:
+                log("wrk not found: install Debian's wrk for the HTTP loads (make bench does)")
+            max_rate = results["dataflow"]["sizes"][str(plan.sizes[0])]["crmflow_events_per_s"]
+            results["latency"] = latency_section(client, server.url, plan, folder, max_rate)
+        finally:
+            client.close()
+            server.stop()
+    results["seconds"] = round(time.time() - started)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(table(results))
+    print(f"\n{results['machine']['cpus']} CPUs, Python {results['machine']['python']}, "
+          f"{results['seconds']}s; written to {args.out}")
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    main()

@@ -1,0 +1,51 @@
+"""A realistic synthetic event mix, fast to generate, identical for every contender.
+
+Per event: 45% product views, 20% visits, 15% cart adds, 5% cart removes, 5% orders,
+5% page views, 3% registrations, 2% checkout starts, over `clients` distinct clients.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+MIX = (("product_view", 45), ("visit", 20), ("cart_add", 15), ("cart_remove", 5),
+       ("order_placed", 5), ("page_view", 5), ("registered", 3), ("checkout_started", 2))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry as a producer appends it: client key, event time, event JSON."""
+
+    client_key: str
+    event_time: float
+    body: str
+
+
+def events(count: int, clients: int, *, start: float, span: float, seed: int = 1,
+           received_at: float | None = None) -> Iterator[Entry]:
+    """`count` events over `clients` clients, times spread evenly over `span` seconds.
+
+    Every client gets at least one event when count >= clients (the first `clients` events
+    visit each client once), so memory per client is measured over all of them.
+    """
+    rng = random.Random(seed)
+    kinds = [kind for kind, weight in MIX for _ in range(weight)]
+    step = span / max(count, 1)
+    for n in range(count):
+        client = f"c{n}" if n < clients else f"c{rng.randrange(clients)}"
+        kind = "visit" if n < clients else rng.choice(kinds)
+        t = start + n * step
+        event: dict[str, object] = {"event_id": f"e{n}", "type": kind, "client_id": client,
+                                    "event_time": round(t, 3),
+                                    "received_at": round(received_at or t, 3)}
+        if kind in ("product_view", "cart_add", "cart_remove"):
+            event["products"] = [{"product_id": f"p{rng.randrange(5000)}",
+                                  "price": rng.randrange(1, 200), "quantity": 1}]
+        elif kind == "order_placed":
+            event["order"] = {"order_id": f"o{n}", "total": rng.randrange(5, 500)}
+        elif kind == "registered":
+            event["traits"] = {"email": f"{client}@example.com"}
+        yield Entry(client, t, json.dumps(event, separators=(",", ":")))
