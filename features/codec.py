@@ -2,7 +2,8 @@
 
 Positional, not keyed: field names would cost more than the values for most clients.
 The first element is the format version; a decoder refuses versions it does not know
-rather than misreading them.
+rather than misreading them. Version 2 records (before the trigger catalogue's bookkeeping)
+are still read: the fields added since take their defaults.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from typing import Any
 
 import msgpack
 
-from features.state import CartLine, ClientState, OrderRecord
+from features.state import CartLine, CategoryOrders, ClientState, OrderRecord, PendingTrigger
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+_V2_FIELDS = 33  # version 2 rows: the version and 32 fields
 
 
 class StateFormatError(ValueError):
@@ -35,6 +37,12 @@ def encode_state(state: ClientState) -> bytes:
         state.checkout_started_at, state.support_requests, state.last_support_at,
         state.nps_score, state.nps_at, [list(c) for c in state.channel_engagement],
         list(state.recent_event_ids),
+        [[c.category, c.first_at, c.last_at, c.count, c.reminded_through]
+         for c in state.categories],
+        [list(m) for m in state.marks], state.loyalty_tier,
+        [[p.release_at, p.type, p.key, p.fired_at, dict(p.payload), p.deferred]
+         for p in state.pending],
+        list(state.sends), list(state.decided),
     ]
     return msgpack.packb(row, use_bin_type=True)
 
@@ -44,6 +52,8 @@ def decode_state(data: bytes) -> ClientState:
         row = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise StateFormatError(f"undecodable client state: {exc}") from exc
+    if isinstance(row, list) and row and row[0] == 2 and len(row) == _V2_FIELDS:
+        row = [FORMAT_VERSION, *row[1:], [], [], "", [], [], []]
     if not isinstance(row, list) or not row or row[0] != FORMAT_VERSION:
         found = row[:1] if isinstance(row, list) else type(row).__name__
         raise StateFormatError(f"unknown client state format: {found}")
@@ -52,7 +62,8 @@ def decode_state(data: bytes) -> ClientState:
      cart_reminded, cart_closed_at, viewed, browse_since, last_view_at, browse_closed_at,
      favourites, orders, orders_count, monetary_total, first_order_at, last_order_at,
      checkout_started_at, support_requests, last_support_at, nps_score, nps_at,
-     channel_engagement, recent_event_ids) = row
+     channel_engagement, recent_event_ids, categories, marks, loyalty_tier, pending, sends,
+     decided) = row
     return ClientState(
         first_seen_at=first_seen_at, last_seen_at=last_seen_at, updated_at=updated_at,
         last_received_at=last_received_at,
@@ -69,4 +80,8 @@ def decode_state(data: bytes) -> ClientState:
         last_support_at=last_support_at, nps_score=nps_score, nps_at=nps_at,
         channel_engagement=tuple((ch, n) for ch, n in channel_engagement),
         recent_event_ids=tuple(recent_event_ids),
+        categories=tuple(CategoryOrders(*c) for c in categories),
+        marks=tuple((name, value) for name, value in marks), loyalty_tier=loyalty_tier,
+        pending=tuple(PendingTrigger(*p) for p in pending), sends=tuple(sends),
+        decided=tuple(decided),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ class EventType(StrEnum):
     MESSAGE_OPENED = "message_opened"
     MESSAGE_CLICKED = "message_clicked"
     SESSION_END = "session_end"
+    TOUCH_RECORDED = "touch_recorded"  # a manual touch a manager recorded (B2B practice)
     CUSTOM = "custom"
 
 
@@ -247,6 +249,44 @@ def _order(raw: Mapping[str, Any], event_type: EventType, products: tuple[Produc
     return Order(order_id, total, currency, items)
 
 
+OCCASION_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
+TOUCH_STATUSES = ("done", "skipped")
+MAX_TOUCH_KEY = 200
+MAX_TOUCH_COMMENT = 2000
+MAX_TOUCH_AUTHOR = 200
+
+
+def _optional_text(properties: Mapping[str, Any], name: str, limit: int) -> None:
+    value = properties.get(name)
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise EventError(f"properties.{name}", "expected a string")
+    if len(value) > limit:
+        raise EventError(f"properties.{name}", f"longer than {limit} characters")
+
+
+def _touch(properties: Mapping[str, Any], channel: object) -> None:
+    """A manual touch: occasion (a trigger type or a name of one's own), optional key,
+    status done|skipped, optional comment and author; the channel in `channel`."""
+    occasion = properties.get("occasion")
+    if occasion is None:
+        raise EventError("properties.occasion", "is required for touch_recorded")
+    if not isinstance(occasion, str) or not OCCASION_PATTERN.fullmatch(occasion):
+        raise EventError("properties.occasion",
+                         "expected lower-case letters, digits and _ (at most 64), "
+                         f"starting with a letter, got {occasion!r}")
+    status = properties.get("status")
+    if status not in TOUCH_STATUSES:
+        raise EventError("properties.status", f"expected 'done' or 'skipped', got {status!r}")
+    _optional_text(properties, "key", MAX_TOUCH_KEY)
+    _optional_text(properties, "comment", MAX_TOUCH_COMMENT)
+    _optional_text(properties, "author", MAX_TOUCH_AUTHOR)
+    if channel is not None and (not isinstance(channel, str)
+                                or not OCCASION_PATTERN.fullmatch(channel)):
+        raise EventError("channel", f"expected a channel name such as 'phone', got {channel!r}")
+
+
 def parse_event(raw: object) -> Event:
     """Validate a canonical event dict (as `event_to_dict` writes it).
 
@@ -291,6 +331,9 @@ def parse_event(raw: object) -> Event:
     channel = raw.get("channel")
     if channel is not None and not isinstance(channel, str):
         raise EventError("channel", "expected a string")
+    properties = _mapping(raw, "properties")
+    if event_type is EventType.TOUCH_RECORDED:
+        _touch(properties, channel)
     return Event(
         event_id=event_id,
         type=event_type,
@@ -302,7 +345,7 @@ def parse_event(raw: object) -> Event:
         products=products,
         order=order,
         traits=_traits(raw),
-        properties=_mapping(raw, "properties"),
+        properties=properties,
         nps_score=nps_score,
         channel=channel,
     )

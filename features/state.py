@@ -22,6 +22,10 @@ MAX_FAVOURITES = 20
 MAX_ORDERS = 64
 MAX_RECENT_EVENT_IDS = 16
 MAX_CHANNELS = 8
+MAX_PENDING = 8  # triggers waiting for a configured delay or the end of quiet hours
+MAX_SENDS = 32  # marketing sends kept for the rolling-day frequency cap
+MAX_DECIDED = 16  # occasions recently decided (manual touches and marketing triggers)
+MAX_CATEGORIES = 8  # product categories with order history, for per-category replenishment
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,33 @@ class OrderRecord:
     total: float
     returned: float = 0.0  # money given back through cancellations and refunds
     cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTrigger:
+    """A trigger decided later: after its rule's delay, or at the end of quiet hours."""
+
+    release_at: float
+    type: str
+    key: str  # the occasion key
+    fired_at: float  # when the occasion became due
+    payload: Mapping[str, Any]
+    deferred: bool = False  # True: already recorded with status `deferred`
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryOrders:
+    """Orders containing a product category: for per-category replenishment reminders.
+
+    Cancellations do not take orders out of these counts (the state does not keep each
+    order's items).
+    """
+
+    category: str
+    first_at: float
+    last_at: float
+    count: int
+    reminded_through: float = 0.0  # last_at of the latest order cycle reminded of
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +106,13 @@ class ClientState:
     nps_at: float | None = None
     channel_engagement: tuple[tuple[str, int], ...] = ()  # (channel, opens + clicks)
     recent_event_ids: tuple[int, ...] = ()  # CRC-32 of the latest event ids, for deduplication
+    categories: tuple[CategoryOrders, ...] = ()  # most recently ordered last
+    # --- what the trigger engine decided (features/triggers.py) ---
+    marks: tuple[tuple[str, float], ...] = ()  # per rule: how far its occasions are decided
+    loyalty_tier: str = ""  # the tier last announced (or passed silently)
+    pending: tuple[PendingTrigger, ...] = ()  # by release time
+    sends: tuple[float, ...] = ()  # times of recent marketing sends, oldest first
+    decided: tuple[int, ...] = ()  # fingerprints of recently decided occasions
 
     @property
     def cart_value(self) -> float:
@@ -83,6 +121,22 @@ class ClientState:
     @property
     def cart_items(self) -> int:
         return sum(line.quantity for line in self.cart)
+
+
+def mark_of(state: ClientState, name: str) -> float | None:
+    for key, value in state.marks:
+        if key == name:
+            return value
+    return None
+
+
+def with_mark(state: ClientState, name: str, value: float) -> ClientState:
+    marks = tuple(sorted({**dict(state.marks), name: value}.items()))
+    return replace(state, marks=marks)
+
+
+def occasion_fingerprint(trigger_type: str, key: str) -> int:
+    return zlib.crc32(f"{trigger_type}\x1f{key}".encode())
 
 
 def event_fingerprint(event_id: str) -> int:
@@ -248,10 +302,30 @@ def _order_placed(state: ClientState, event: Event) -> Changes:
         "browse_since": None,
         "browse_closed_at": max(state.browse_closed_at, t),
     }
+    categories = _order_categories(state, event)
+    if categories is not None:
+        changes["categories"] = categories
     if state.cart_since is None or state.cart_since <= t:  # the order ends this cart episode
         changes.update(cart=(), cart_updated_at=None, cart_since=None, cart_reminded=False)
     changes["cart_closed_at"] = max(state.cart_closed_at, t)
     return changes
+
+
+def _order_categories(state: ClientState, event: Event) -> tuple[CategoryOrders, ...] | None:
+    assert event.order is not None
+    names = dict.fromkeys(p.category for p in event.order.items if p.category)
+    if not names:
+        return None
+    t = event.event_time
+    stats = {c.category: c for c in state.categories}
+    for name in names:
+        assert name is not None
+        known = stats.get(name)
+        stats[name] = (CategoryOrders(name, t, t, 1) if known is None else
+                       replace(known, first_at=min(known.first_at, t),
+                               last_at=max(known.last_at, t), count=known.count + 1))
+    ordered = sorted(stats.values(), key=lambda c: (c.last_at, c.category))
+    return tuple(ordered[-MAX_CATEGORIES:])
 
 
 def _order_returned(state: ClientState, event: Event) -> Changes:

@@ -1,11 +1,19 @@
-"""Trigger rules: from a client's state and an event (or the passing of time) to triggers.
+"""From a client's state and an event (or the passing of time) to trigger decisions.
 
-Timers are not stored apart from the state: `next_due` derives a client's next timer from
-its state, so a timer is cancelled or re-armed simply by the state changing (lazy
-cancellation), and there is nothing extra to persist or to get out of sync.
+`process_event` and `fire_due` are the entry points the dataflow calls; `next_due` tells it
+when to call `fire_due` next. Timers are not stored apart from the state: `due_timers`
+derives them from it (the catalogue's rules, plus triggers waiting for a delay or the end
+of quiet hours), so a timer is cancelled or re-armed simply by the state changing, and
+there is nothing extra to persist or to get out of sync.
 
-Every trigger id is a hash of (client, type, occasion): the same history always yields the
-same ids, which is what makes replays and at-least-once delivery safe downstream.
+Each due occasion becomes a `Candidate` (features/catalogue.py); the policy decides its
+fate (features/policy.py) and the result is a `Trigger` record with a status: sent,
+holdout, deferred or suppressed (with a reason), or done/skipped for a manual touch. Every
+decision is recorded, and the state remembers what was decided, so the same occasion is
+never raised twice.
+
+Every trigger id is a hash of (client, type, occasion key): the same history always yields
+the same ids, which is what makes replays and at-least-once delivery safe downstream.
 """
 
 from __future__ import annotations
@@ -15,46 +23,109 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from features import catalogue
+from features.catalogue import Candidate
 from features.events import Event, EventType, format_time
-from features.state import ClientState, apply_event, is_duplicate
+from features.policy import (
+    CANCELLED,
+    DEFERRED,
+    DONE,
+    DUPLICATE,
+    PENDING_LIMIT,
+    SENT,
+    SUPPRESSED,
+    Decision,
+    decide,
+    is_marketing,
+    priority_rank,
+    record_send,
+)
+from features.rules import (
+    ABANDONED_BROWSE,
+    ABANDONED_CART,
+    BIRTHDAY,
+    CHURN_WINBACK,
+    FEEDBACK_REQUEST,
+    FIRST_ORDER_PROMO,
+    LOYALTY_STATUS,
+    NPS_DETRACTOR_TASK,
+    NPS_PASSIVE_OFFER,
+    NPS_PROMOTER_REFERRAL,
+    ONBOARDING,
+    ORDER_CANCELLATION,
+    ORDER_CONFIRMATION,
+    REPLENISHMENT_REMINDER,
+    SECOND_ORDER_NUDGE,
+    SERVICE_REMINDER,
+    TRANSACTIONAL,
+    TRIGGER_TYPES,
+    WELCOME,
+    TriggerRule,
+    TriggerRules,
+)
+from features.state import (
+    MAX_DECIDED,
+    MAX_PENDING,
+    ClientState,
+    PendingTrigger,
+    apply_event,
+    is_duplicate,
+    occasion_fingerprint,
+)
 
-ABANDONED_CART = "abandoned_cart"
-ABANDONED_BROWSE = "abandoned_browse"
-WELCOME = "welcome"
-ORDER_CONFIRMATION = "order_confirmation"
-TIMER_TYPES = (ABANDONED_CART, ABANDONED_BROWSE)
+__all__ = [
+    "ABANDONED_BROWSE", "ABANDONED_CART", "BIRTHDAY", "CHURN_WINBACK", "FEEDBACK_REQUEST",
+    "FIRST_ORDER_PROMO", "LOYALTY_STATUS", "NPS_DETRACTOR_TASK", "NPS_PASSIVE_OFFER",
+    "NPS_PROMOTER_REFERRAL", "ONBOARDING", "ORDER_CANCELLATION", "ORDER_CONFIRMATION",
+    "REPLENISHMENT_REMINDER", "SECOND_ORDER_NUDGE", "SERVICE_REMINDER", "TRANSACTIONAL",
+    "TRIGGER_TYPES", "WELCOME", "Trigger", "TriggerRule", "TriggerRules", "due_timers",
+    "fire_due", "next_due", "process_event", "trigger_id",
+]
 
-
-@dataclass(frozen=True, slots=True)
-class TriggerRule:
-    enabled: bool = True
-    delay: float = 0.0  # seconds
-
-
-@dataclass(frozen=True, slots=True)
-class TriggerRules:
-    welcome: TriggerRule = TriggerRule()
-    order_confirmation: TriggerRule = TriggerRule()
-    abandoned_cart: TriggerRule = TriggerRule(delay=3600.0)
-    abandoned_browse: TriggerRule = TriggerRule(delay=7200.0)
+AUTO = "auto"
+MANUAL = "manual"
 
 
 @dataclass(frozen=True, slots=True)
 class Trigger:
+    """One decision about one occasion of one client."""
+
     trigger_id: str
     type: str
     client_id: str
     fired_at: float  # event time of the occasion (a timer's due time), epoch seconds UTC
     payload: Mapping[str, Any] = field(default_factory=dict)
+    status: str = SENT
+    reason: str | None = None
+    channel: str | None = None
+    key: str = ""  # the occasion key
+    decided_at: float | None = None  # when the decision applies; None: at `fired_at`
+    source: str = AUTO  # auto, or manual for a touch a manager recorded
+    until: float | None = None  # deferred: when it is decided again
+
+    @property
+    def ledger_field(self) -> str:
+        """The touch-ledger field: a deferral and the final decision are both kept."""
+        return f"{self.trigger_id}:deferred" if self.status == DEFERRED else self.trigger_id
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "trigger_id": self.trigger_id,
             "type": self.type,
+            "key": self.key,
             "client_id": self.client_id,
             "fired_at": format_time(self.fired_at),
+            "decided_at": format_time(self.fired_at if self.decided_at is None
+                                      else self.decided_at),
+            "status": self.status,
+            "reason": self.reason,
+            "channel": self.channel,
+            "source": self.source,
             "payload": dict(self.payload),
         }
+        if self.until is not None:
+            out["deferred_until"] = format_time(self.until)
+        return out
 
 
 def trigger_id(client_key: str, trigger_type: str, occasion: str) -> str:
@@ -63,21 +134,13 @@ def trigger_id(client_key: str, trigger_type: str, occasion: str) -> str:
     return digest.hexdigest()[:24]
 
 
-def _occasion_time(seconds: float) -> str:
-    return f"{seconds:.3f}"
-
-
 # --- timers ---------------------------------------------------------------------------------------
 
 def due_timers(state: ClientState, rules: TriggerRules) -> list[tuple[float, str]]:
-    """Pending timers as (due time, trigger type), earliest first."""
-    timers: list[tuple[float, str]] = []
-    if (rules.abandoned_cart.enabled and state.cart and not state.cart_reminded
-            and state.cart_updated_at is not None):
-        timers.append((state.cart_updated_at + rules.abandoned_cart.delay, ABANDONED_CART))
-    if (rules.abandoned_browse.enabled and state.browse_since is not None
-            and state.last_view_at is not None):
-        timers.append((state.last_view_at + rules.abandoned_browse.delay, ABANDONED_BROWSE))
+    """Pending timers as (due time, trigger type), earliest first: the catalogue's timer
+    rules and the triggers waiting in the state (a delay, or the end of quiet hours)."""
+    timers = [(p.release_at, p.type) for p in state.pending]
+    timers.extend(catalogue.rule_timers(state, rules))
     timers.sort()
     return timers
 
@@ -87,62 +150,131 @@ def next_due(state: ClientState, rules: TriggerRules) -> float | None:
     return timers[0][0] if timers else None
 
 
-def _fire(client_key: str, state: ClientState, due: float, kind: str
-          ) -> tuple[ClientState, Trigger]:
-    if kind == ABANDONED_CART:
-        assert state.cart_since is not None
-        payload = {
-            "items": [{"product_id": line.product_id, "quantity": line.quantity,
-                       "price": line.price, "category": line.category} for line in state.cart],
-            "cart_value": state.cart_value,
-            "cart_updated_at": format_time(state.cart_updated_at),
-        }
-        trigger = Trigger(trigger_id(client_key, kind, _occasion_time(state.cart_since)), kind,
-                          client_key, due, payload)
-        return replace(state, cart_reminded=True), trigger
-    assert state.browse_since is not None
-    since = state.browse_since
-    products = [pid for pid, at in reversed(state.viewed) if at >= since]
-    trigger = Trigger(trigger_id(client_key, kind, _occasion_time(since)), kind, client_key, due,
-                      {"products": products, "last_view_at": format_time(state.last_view_at)})
-    # views up to the last one reminded of are closed: a late one must not remind again
-    closed = max(state.browse_closed_at, state.last_view_at or state.browse_closed_at)
-    return replace(state, browse_since=None, browse_closed_at=closed), trigger
-
-
 def fire_due(client_key: str, state: ClientState, now: float, rules: TriggerRules
              ) -> tuple[ClientState, list[Trigger]]:
-    """Fire every timer due at or before `now` (event time or wall time, the caller's clock)."""
+    """Decide every timer due at or before `now` (event time or wall time, the caller's
+    clock), in due order; those due at the same moment compete by priority."""
     fired: list[Trigger] = []
     while True:
         timers = due_timers(state, rules)
         if not timers or timers[0][0] > now:
             return state, fired
-        due, kind = timers[0]
-        state, trigger = _fire(client_key, state, due, kind)
-        fired.append(trigger)
+        state, decided = _fire_at(client_key, state, timers[0][0], rules)
+        fired.extend(decided)
+
+
+def _fire_at(client_key: str, state: ClientState, at: float, rules: TriggerRules
+             ) -> tuple[ClientState, list[Trigger]]:
+    items: list[tuple[Candidate, PendingTrigger | None]] = []
+    released = [p for p in state.pending if p.release_at <= at]
+    if released:
+        state = replace(state, pending=tuple(p for p in state.pending if p.release_at > at))
+        items.extend((Candidate(p.type, p.key, p.fired_at, dict(p.payload)), p)
+                     for p in released)
+    for due, kind in catalogue.rule_timers(state, rules):
+        if due <= at:
+            state, candidate = catalogue.fire_rule(kind, state, rules)
+            items.append((candidate, None))
+    return _decide_all(client_key, state, items, at, rules)
+
+
+# --- decisions ------------------------------------------------------------------------------------
+
+def _delay_of(trigger_type: str, rules: TriggerRules) -> float:
+    return float(getattr(rules.rule(trigger_type), "delay", 0.0))
+
+
+def _record(client_key: str, candidate: Candidate, decision: Decision, at: float) -> Trigger:
+    return Trigger(trigger_id(client_key, candidate.type, candidate.key), candidate.type,
+                   client_key, candidate.at, candidate.payload, decision.status,
+                   decision.reason, decision.channel, candidate.key,
+                   None if at == candidate.at else at, AUTO, decision.until)
+
+
+def _remember(state: ClientState, candidate: Candidate, decision: Decision, at: float
+              ) -> ClientState:
+    """A final decision: marketing occasions join the recently decided ones (transactional
+    ones are unique by their rule's own state), and a marketing send counts for the cap."""
+    if candidate.type in TRANSACTIONAL:
+        return state
+    fingerprint = occasion_fingerprint(candidate.type, candidate.key)
+    sends = record_send(state.sends, at) if decision.status == SENT else state.sends
+    return replace(state, decided=(*state.decided, fingerprint)[-MAX_DECIDED:], sends=sends)
+
+
+def _wait(state: ClientState, candidate: Candidate, release_at: float, *, deferred: bool
+          ) -> ClientState | None:
+    if len(state.pending) >= MAX_PENDING:
+        return None
+    waiting = PendingTrigger(release_at, candidate.type, candidate.key, candidate.at,
+                             candidate.payload, deferred)
+    pending = sorted((*state.pending, waiting), key=lambda p: (p.release_at, p.type, p.key))
+    return replace(state, pending=tuple(pending))
+
+
+def _decide_all(client_key: str, state: ClientState,
+                items: list[tuple[Candidate, PendingTrigger | None]], at: float,
+                rules: TriggerRules, *, delayable: bool = False
+                ) -> tuple[ClientState, list[Trigger]]:
+    """Decide candidates due at the same moment `at`, highest priority first, each seeing
+    the sends decided before it (so the frequency cap keeps the most important)."""
+    items.sort(key=lambda item: (priority_rank(item[0].type, rules), item[0].key))
+    out: list[Trigger] = []
+    for candidate, pending in items:
+        waited = pending is not None and pending.deferred
+        if occasion_fingerprint(candidate.type, candidate.key) in state.decided:
+            if waited:  # decided meanwhile (a manual touch): close the deferral
+                out.append(_record(client_key, candidate, Decision(SUPPRESSED, DUPLICATE), at))
+            continue
+        if pending is not None and not catalogue.still_valid(state, pending, rules):
+            if waited:
+                out.append(_record(client_key, candidate, Decision(SUPPRESSED, CANCELLED), at))
+            continue
+        delay = _delay_of(candidate.type, rules) if delayable else 0.0
+        if delay > 0:  # an immediate trigger configured to wait: decided when it is due
+            due = replace(candidate, at=candidate.at + delay)
+            waiting = _wait(state, due, due.at, deferred=False)
+            if waiting is not None:
+                state = waiting
+                continue
+            decision = Decision(SUPPRESSED, PENDING_LIMIT)
+        else:
+            decision = decide(client_key, state, candidate.type, at, rules,
+                              allow_defer=not waited)
+        if decision.status == DEFERRED:
+            assert decision.until is not None
+            waiting = _wait(state, candidate, decision.until, deferred=True)
+            if waiting is not None:
+                state = waiting
+                out.append(_record(client_key, candidate, decision, at))
+                continue
+            decision = Decision(SUPPRESSED, PENDING_LIMIT, decision.channel)
+        state = _remember(state, candidate, decision, at)
+        out.append(_record(client_key, candidate, decision, at))
+    return state, out
 
 
 # --- events ---------------------------------------------------------------------------------------
 
-def _immediate(client_key: str, before: ClientState | None, after: ClientState, event: Event,
-               rules: TriggerRules) -> list[Trigger]:
-    triggers: list[Trigger] = []
-    if (event.type is EventType.REGISTERED and rules.welcome.enabled
-            and (before is None or not before.welcomed)):
-        triggers.append(Trigger(trigger_id(client_key, WELCOME, ""), WELCOME, client_key,
-                                event.event_time, {"traits": dict(after.traits)}))
-    if (event.type is EventType.ORDER_PLACED and rules.order_confirmation.enabled
-            and event.order is not None):
-        order = event.order
-        triggers.append(Trigger(
-            trigger_id(client_key, ORDER_CONFIRMATION, order.order_id), ORDER_CONFIRMATION,
-            client_key, event.event_time,
-            {"order_id": order.order_id, "total": round(order.total, 2),
-             "currency": order.currency,
-             "items": [{"product_id": p.product_id, "quantity": p.quantity, "price": p.price}
-                       for p in order.items]}))
-    return triggers
+def _manual_touch(client_key: str, state: ClientState, event: Event
+                  ) -> tuple[ClientState, list[Trigger]]:
+    """A touch a manager recorded: it decides its occasion like an automatic trigger would
+    (the same id for the same occasion and key), and a `done` marketing touch counts for the
+    frequency cap. A touch of an occasion already decided is not recorded again."""
+    properties = event.properties
+    occasion = str(properties["occasion"])
+    key = str(properties.get("key") or "")
+    status = str(properties["status"])
+    fingerprint = occasion_fingerprint(occasion, key)
+    if fingerprint in state.decided:
+        return state, []
+    sends = (record_send(state.sends, event.event_time)
+             if status == DONE and is_marketing(occasion) else state.sends)
+    state = replace(state, decided=(*state.decided, fingerprint)[-MAX_DECIDED:], sends=sends)
+    payload = {name: properties.get(name) for name in ("comment", "author")}
+    return state, [Trigger(trigger_id(client_key, occasion, key), occasion, client_key,
+                           event.event_time, payload, status, None, event.channel, key,
+                           None, MANUAL)]
 
 
 def process_event(client_key: str, state: ClientState | None, event: Event, rules: TriggerRules
@@ -158,4 +290,12 @@ def process_event(client_key: str, state: ClientState | None, event: Event, rule
     if state is not None:
         state, fired = fire_due(client_key, state, event.event_time, rules)
     after = apply_event(state, event)
-    return after, fired + _immediate(client_key, state, after, event, rules)
+    if event.type is EventType.TOUCH_RECORDED:
+        after, touched = _manual_touch(client_key, after, event)
+        return after, fired + touched
+    after, candidates = catalogue.on_event(state, after, event, rules)
+    if not candidates:
+        return after, fired
+    after, decided = _decide_all(client_key, after, [(c, None) for c in candidates],
+                                 event.event_time, rules, delayable=True)
+    return after, fired + decided

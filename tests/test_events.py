@@ -44,6 +44,8 @@ NEEDS: dict[EventType, dict[str, Any]] = {
     EventType.MESSAGE_OPENED: {"channel": "email"},
     EventType.MESSAGE_CLICKED: {"channel": "push"},
     EventType.SESSION_END: {},
+    EventType.TOUCH_RECORDED: {"channel": "phone",
+                               "properties": {"occasion": "renewal_call", "status": "done"}},
     EventType.CUSTOM: {"name": "coupon_copied"},
 }
 
@@ -128,6 +130,13 @@ _times = st.floats(min_value=T0 - 1e8, max_value=T0 + 1e8, allow_nan=False)
 _json_scalars = st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(max_size=8)
 
 
+_touch_properties = st.fixed_dictionaries(
+    {"occasion": st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True),
+     "status": st.sampled_from(["done", "skipped"])},
+    optional={"key": st.text(max_size=10), "comment": st.text(max_size=30),
+              "author": st.text(max_size=10)})
+
+
 @st.composite
 def events(draw: st.DrawFn) -> Event:
     event_type = draw(st.sampled_from(list(EventType)))
@@ -156,7 +165,8 @@ def events(draw: st.DrawFn) -> Event:
         order=order,
         traits=draw(st.dictionaries(st.sampled_from(["plan", "vip", "score"]), _json_scalars,
                                     max_size=3)),
-        properties=draw(st.dictionaries(_ids, _json_scalars, max_size=3)),
+        properties=(draw(_touch_properties) if event_type is EventType.TOUCH_RECORDED
+                    else draw(st.dictionaries(_ids, _json_scalars, max_size=3))),
         nps_score=draw(st.integers(0, 10)) if event_type is EventType.NPS_ANSWER else None,
         channel=draw(st.none() | st.sampled_from(["email", "sms", "push"])),
     )
@@ -182,6 +192,41 @@ def test_numeric_client_id_becomes_text() -> None:
 
 
 # --- refusals -------------------------------------------------------------------------------------
+
+def touch(**properties: Any) -> dict[str, Any]:
+    base = {"occasion": "birthday", "key": "2025", "status": "done", "comment": "called",
+            "author": "mia"}
+    return raw(EventType.TOUCH_RECORDED, properties={**base, **properties})
+
+
+def test_manual_touch_fields() -> None:
+    event = parse_event(touch())
+    assert event.properties["occasion"] == "birthday"
+    assert event.channel == "phone"
+    assert parse_event(touch(key=None, comment=None, author=None)).properties["key"] is None
+
+
+@pytest.mark.parametrize(("properties", "field"), [
+    ({"occasion": None}, "properties.occasion"),
+    ({"occasion": "Birthday"}, "properties.occasion"),
+    ({"occasion": "x" * 65}, "properties.occasion"),
+    ({"occasion": 5}, "properties.occasion"),
+    ({"status": "maybe"}, "properties.status"),
+    ({"status": None}, "properties.status"),
+    ({"key": 2025}, "properties.key"),
+    ({"key": "k" * 201}, "properties.key"),
+    ({"comment": "c" * 2001}, "properties.comment"),
+    ({"author": ["mia"]}, "properties.author"),
+])
+def test_bad_manual_touch_names_the_field(properties: dict[str, Any], field: str) -> None:
+    data = touch()
+    data["properties"] = {k: v for k, v in {**data["properties"], **properties}.items()
+                          if v is not None or k not in ("occasion", "status")}
+    assert field_of(data) == field
+
+
+def test_manual_touch_channel_is_a_name() -> None:
+    assert field_of(touch() | {"channel": "Phone call"}) == "channel"
 
 def test_not_an_object() -> None:
     with pytest.raises(EventError) as info:

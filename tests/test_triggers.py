@@ -1,4 +1,7 @@
-"""Trigger rules: immediate triggers, timers (fire, cancel, re-arm), ids, disabled rules."""
+"""Trigger rules: immediate triggers, timers (fire, cancel, re-arm), ids, disabled rules.
+
+The policy is opened up here (no quiet hours, no cap, a channel that needs no contact), so
+that each rule is seen alone; tests/test_policy.py covers the policy."""
 
 from __future__ import annotations
 
@@ -6,12 +9,17 @@ import itertools
 from collections.abc import Iterable
 from typing import Any
 
+from dataclasses import replace
+
 from features.events import Event, EventType, Order, Product, format_time
+from features.rules import Channel, Policy
 from features.state import ClientState, apply_event
 from features.triggers import (
     ABANDONED_BROWSE,
     ABANDONED_CART,
+    ORDER_CANCELLATION,
     ORDER_CONFIRMATION,
+    TRIGGER_TYPES,
     WELCOME,
     Trigger,
     TriggerRule,
@@ -26,8 +34,14 @@ from features.triggers import (
 T0 = 1_700_000_000.0
 MINUTE = 60.0
 HOUR = 3600.0
-RULES = TriggerRules()  # abandoned cart after 1h, abandoned browse after 2h
+OPEN = Policy(quiet_hours=None, frequency_cap_per_day=0, channels=(Channel("crm"),))
+RULES = TriggerRules(policy=OPEN)  # abandoned cart after 1h, abandoned browse after 2h
 OFF = TriggerRule(enabled=False)
+
+
+def sent(trigger_id_: str, kind: str, client: str, at: float, payload: dict[str, Any],
+         key: str = "") -> Trigger:
+    return Trigger(trigger_id_, kind, client, at, payload, status="sent", channel="crm", key=key)
 
 _ids = itertools.count()
 
@@ -76,13 +90,17 @@ def kinds(triggers: list[Trigger]) -> list[str]:
     return [t.type for t in triggers]
 
 
+def timer_kinds(state: ClientState, rules: TriggerRules = RULES) -> list[str]:
+    return [kind for _, kind in due_timers(state, rules)]
+
+
 # --- welcome --------------------------------------------------------------------------------------
 
 def test_welcome_once_per_client() -> None:
     reg = ev(EventType.REGISTERED, 10, traits={"email": "a@x"})
     state, triggers = run([reg])
-    assert triggers == [Trigger(trigger_id("c1", WELCOME, ""), WELCOME, "c1", T0 + 10,
-                                {"traits": {"email": "a@x"}})]
+    assert triggers == [sent(trigger_id("c1", WELCOME, ""), WELCOME, "c1", T0 + 10,
+                             {"traits": {"email": "a@x"}})]
     state, again = run([ev(EventType.REGISTERED, 20)], state=state)
     assert again == []
 
@@ -121,13 +139,19 @@ def test_order_confirmation_once_per_order_id() -> None:
     assert state.orders_count == 2
 
 
-def test_cancellation_and_refund_trigger_nothing_here() -> None:
+def test_refund_triggers_nothing_and_cancellation_is_confirmed_once() -> None:
     state, triggers = run([order(100, "o1")])
     assert kinds(triggers) == [ORDER_CONFIRMATION]
     state, more = run([ev(EventType.ORDER_REFUNDED, 200, order=Order("o1", 5.0)),
                        ev(EventType.ORDER_CANCELLED, 300, order=Order("o1", -1.0))], state=state)
-    assert more == []
+    assert kinds(more) == [ORDER_CANCELLATION]
+    assert more[0].trigger_id == trigger_id("c1", ORDER_CANCELLATION, "o1")
+    assert more[0].payload["returned"] == 20.0  # the refund's 5, then the rest
     assert state.orders_count == 0
+    _, again = run([ev(EventType.ORDER_CANCELLED, 400, order=Order("o1", -1.0)),
+                    ev(EventType.ORDER_CANCELLED, 500, order=Order("o-unknown", -1.0))],
+                   state=state)
+    assert again == []
 
 
 # --- abandoned cart -------------------------------------------------------------------------------
@@ -167,7 +191,7 @@ def test_abandoned_cart_fires_exactly_at_due() -> None:
 def test_abandoned_cart_cancelled_by_order_before_due() -> None:
     state, triggers = run([cart_add(0, "p1"), order(30 * MINUTE, "o1")])
     assert kinds(triggers) == [ORDER_CONFIRMATION]
-    assert due_timers(state, RULES) == []
+    assert ABANDONED_CART not in timer_kinds(state)
     assert fire_due("c1", state, T0 + 10 * HOUR, RULES)[1] == []
 
 
@@ -279,7 +303,7 @@ def test_abandoned_browse_cancelled_by_cart_add() -> None:
 def test_abandoned_browse_cancelled_by_order() -> None:
     state, triggers = run([view(0, "p1"), order(10 * MINUTE, "o1"), visit(10 * HOUR)])
     assert kinds(triggers) == [ORDER_CONFIRMATION]
-    assert due_timers(state, RULES) == []
+    assert ABANDONED_BROWSE not in timer_kinds(state)
 
 
 def test_abandoned_browse_new_episode_new_id() -> None:
@@ -329,8 +353,8 @@ def test_scenario_with_all_rules_on() -> None:
 
 
 def test_disabled_rules_emit_nothing() -> None:
-    rules = TriggerRules(welcome=OFF, order_confirmation=OFF, abandoned_cart=OFF,
-                         abandoned_browse=OFF)
+    rules = replace(RULES, **{kind: replace(RULES.rule(kind), enabled=False)
+                              for kind in TRIGGER_TYPES})
     state, triggers = run(SCENARIO, rules)
     assert triggers == []
     assert due_timers(state, rules) == []
@@ -344,13 +368,20 @@ def test_each_rule_disabled_alone() -> None:
     for name, kind in [("welcome", WELCOME), ("order_confirmation", ORDER_CONFIRMATION),
                        ("abandoned_cart", ABANDONED_CART),
                        ("abandoned_browse", ABANDONED_BROWSE)]:
-        rules = TriggerRules(**{name: OFF})
+        rules = replace(RULES, **{name: OFF})
         assert kinds(run(SCENARIO, rules)[1]) == [k for k in on if k != kind], name
 
 
 def test_disabled_rule_state_is_the_same() -> None:
-    rules = TriggerRules(welcome=OFF, order_confirmation=OFF)
-    assert run(SCENARIO, rules)[0] == run(SCENARIO)[0]
+    """The client's facts do not depend on which rules are on; only the record of what was
+    decided (sends for the cap, recently decided occasions) does."""
+    rules = replace(RULES, welcome=OFF, order_confirmation=OFF)
+
+    def facts(state: ClientState) -> ClientState:
+        return replace(state, sends=(), decided=())
+
+    assert facts(run(SCENARIO, rules)[0]) == facts(run(SCENARIO)[0])
+    assert run(SCENARIO, rules)[0].sends != run(SCENARIO)[0].sends
 
 
 # --- ids and duplicates ---------------------------------------------------------------------------
@@ -408,7 +439,15 @@ def test_process_event_state_is_apply_event_when_nothing_is_due() -> None:
 
 
 def test_trigger_to_dict() -> None:
-    trigger = Trigger("abc", WELCOME, "c1", T0 + 0.5, {"traits": {"x": 1}})
-    assert trigger.to_dict() == {"trigger_id": "abc", "type": WELCOME, "client_id": "c1",
-                                 "fired_at": "2023-11-14T22:13:20.500Z",
+    trigger = Trigger("abc", WELCOME, "c1", T0 + 0.5, {"traits": {"x": 1}}, channel="email")
+    assert trigger.to_dict() == {"trigger_id": "abc", "type": WELCOME, "key": "",
+                                 "client_id": "c1", "fired_at": "2023-11-14T22:13:20.500Z",
+                                 "decided_at": "2023-11-14T22:13:20.500Z", "status": "sent",
+                                 "reason": None, "channel": "email", "source": "auto",
                                  "payload": {"traits": {"x": 1}}}
+    assert trigger.ledger_field == "abc"
+    deferred = replace(trigger, status="deferred", reason="quiet_hours", until=T0 + 3600)
+    assert deferred.to_dict()["deferred_until"] == "2023-11-14T23:13:20.000Z"
+    assert deferred.ledger_field == "abc:deferred"
+    later = replace(trigger, decided_at=T0 + 60)
+    assert later.to_dict()["decided_at"] == "2023-11-14T22:14:20.000Z"

@@ -1,0 +1,114 @@
+"""Calendar arithmetic in a client's time zone: quiet-hour windows and birthdays.
+
+Times are epoch seconds (UTC); local dates and times of day are computed with zoneinfo, so
+windows follow daylight-saving changes. Nothing here reads the clock.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from features.rules import DAY, QuietHours
+
+
+@lru_cache(maxsize=512)
+def zone(name: str | None, default: str = "UTC") -> tzinfo:
+    """The zone called `name`, else `default`, else UTC (unknown names never raise)."""
+    for candidate in (name, default):
+        if not candidate:
+            continue
+        if candidate.upper() in ("UTC", "Z", "ETC/UTC"):
+            return UTC
+        try:
+            return ZoneInfo(candidate)
+        except (ZoneInfoNotFoundError, ValueError):
+            continue
+    return UTC
+
+
+def is_zone(name: str) -> bool:
+    """Whether `name` is a time zone this machine knows (UTC always is)."""
+    if name.upper() in ("UTC", "Z", "ETC/UTC"):
+        return True
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _local_minutes(moment: datetime) -> float:
+    return moment.hour * 60 + moment.minute + (moment.second + moment.microsecond / 1e6) / 60
+
+
+def quiet_until(t: float, quiet: QuietHours, tz: tzinfo) -> float | None:
+    """The end of the quiet window `t` falls in (epoch seconds), or None when `t` is not quiet.
+
+    The window is [start, end) in local time; when start > end it spans midnight, e.g.
+    21:00-09:00 covers 23:30 (ending at 09:00 the next day) and 02:00 (ending the same day).
+    """
+    if quiet.start == quiet.end:
+        return None
+    local = datetime.fromtimestamp(t, tz)
+    minutes = _local_minutes(local)
+    day = local.date()
+    if quiet.start < quiet.end:
+        if not quiet.start <= minutes < quiet.end:
+            return None
+    elif minutes >= quiet.start:
+        day += timedelta(days=1)  # the evening part: the window ends tomorrow morning
+    elif minutes >= quiet.end:
+        return None
+    end = datetime.combine(day, time(quiet.end // 60, quiet.end % 60), tzinfo=tz).timestamp()
+    return end if end > t else None  # a DST jump can swallow the window's end
+
+
+def birthday_in(year: int, month: int, day: int) -> date:
+    """The birthday's date in `year`; 29 February falls on the 28th in common years."""
+    if month == 2 and day == 29:
+        try:
+            return date(year, 2, 29)
+        except ValueError:
+            return date(year, 2, 28)
+    return date(year, month, day)
+
+
+@lru_cache(maxsize=4096)
+def birthday_due(year: int, month: int, day: int, tz: tzinfo, at: int, offset: float) -> float:
+    """When the greeting for the birthday in `year` is due: at local time `at` (minutes) on
+    the birthday, `offset` seconds earlier (whole days are counted on the local calendar)."""
+    days, seconds = divmod(offset, DAY)
+    local_day = birthday_in(year, month, day) - timedelta(days=int(days))
+    moment = datetime.combine(local_day, time(at // 60, at % 60), tzinfo=tz)
+    return moment.timestamp() - seconds
+
+
+def parse_birthday(value: object) -> tuple[int, int, int] | None:
+    """(year, month, day) from a YYYY-MM-DD trait, or None when it is not a valid date."""
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        parsed = date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+    return parsed.year, parsed.month, parsed.day
+
+
+def next_birthday(month: int, day: int, tz: tzinfo, at: int, offset: float, *,
+                  after_year: int | None, not_before: float) -> tuple[int, float]:
+    """The first birthday occurrence to greet: (year, due time).
+
+    With `after_year` (the last year greeted) it is the year after; otherwise the first year
+    whose greeting is due at or after `not_before` (when the birthday became known).
+    """
+    if after_year is not None:
+        year = after_year + 1
+        return year, birthday_due(year, month, day, tz, at, offset)
+    year = datetime.fromtimestamp(not_before, tz).year - 1
+    while True:
+        due = birthday_due(year, month, day, tz, at, offset)
+        if due >= not_before:
+            return year, due
+        year += 1

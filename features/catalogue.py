@@ -1,0 +1,489 @@
+"""The trigger catalogue: for each rule, when its occasion is due and what it says.
+
+Two kinds of rule:
+- timers: `rule_timers(state, rules)` derives each rule's next due time from the state
+  alone, and `fire_rule` turns the due occasion into a `Candidate` while marking it decided
+  in the state. A state change is all it takes to cancel or re-arm a timer.
+- immediate: `on_event(before, after, event, rules)` raises candidates for the event itself
+  (registration, order, cancellation, NPS answer, loyalty tier change).
+
+Every candidate has an occasion key; (client, type, key) is the trigger's id, so the same
+occasion always yields the same id. What happens to a candidate is the policy's business
+(features/policy.py), applied by features/triggers.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from features.calendar import next_birthday, parse_birthday, zone
+from features.events import Event, EventType, format_time
+from features.lifecycle import (
+    DETRACTOR_MAX,
+    PASSIVE_MAX,
+    churn_anchor,
+    first_live_order,
+    is_loyal,
+    last_live_order,
+    loyalty_tier,
+    mean_order_interval,
+    tier_rank,
+)
+from features.rules import (
+    ABANDONED_BROWSE,
+    ABANDONED_CART,
+    BIRTHDAY,
+    CHURN_WINBACK,
+    DAY,
+    FEEDBACK_REQUEST,
+    FIRST_ORDER_PROMO,
+    LOYALTY_STATUS,
+    NPS_DETRACTOR_TASK,
+    NPS_PASSIVE_OFFER,
+    NPS_PROMOTER_REFERRAL,
+    ONBOARDING,
+    ORDER_CANCELLATION,
+    ORDER_CONFIRMATION,
+    REPLENISHMENT_REMINDER,
+    SECOND_ORDER_NUDGE,
+    SERVICE_REMINDER,
+    WELCOME,
+    TriggerRules,
+)
+from features.state import CategoryOrders, ClientState, PendingTrigger, mark_of, with_mark
+
+NPS_QUESTION = "How likely are you to recommend us to a friend or colleague, from 0 to 10?"
+DONE_ONCE = 1.0  # the mark of a once-per-client rule that has fired
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A trigger that is due, before the policy has decided what to do with it."""
+
+    type: str
+    key: str  # the occasion: order id, cart episode, birthday year, ...
+    at: float  # when the occasion became due: the timer's due time or the event's time
+    payload: dict[str, Any]
+
+
+def occasion_time(seconds: float) -> str:
+    """An occasion key made of a time: stable text for the same float."""
+    return f"{seconds:.3f}"
+
+
+# --- timer rules: (due time from the state, fire) ------------------------------------------------
+
+DueFn = Callable[[ClientState, TriggerRules], float | None]
+FireFn = Callable[[ClientState, TriggerRules], tuple[ClientState, Candidate]]
+
+
+def _cart_due(state: ClientState, rules: TriggerRules) -> float | None:
+    if state.cart and not state.cart_reminded and state.cart_updated_at is not None:
+        return state.cart_updated_at + rules.abandoned_cart.delay
+    return None
+
+
+def _cart_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
+    assert state.cart_since is not None and state.cart_updated_at is not None
+    payload = {
+        "items": [{"product_id": line.product_id, "quantity": line.quantity,
+                   "price": line.price, "category": line.category} for line in state.cart],
+        "cart_value": state.cart_value,
+        "cart_updated_at": format_time(state.cart_updated_at),
+    }
+    due = state.cart_updated_at + rules.abandoned_cart.delay
+    return (replace(state, cart_reminded=True),
+            Candidate(ABANDONED_CART, occasion_time(state.cart_since), due, payload))
+
+
+def _browse_due(state: ClientState, rules: TriggerRules) -> float | None:
+    if state.browse_since is not None and state.last_view_at is not None:
+        return state.last_view_at + rules.abandoned_browse.delay
+    return None
+
+
+def _browse_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
+    assert state.browse_since is not None and state.last_view_at is not None
+    since = state.browse_since
+    products = [pid for pid, at in reversed(state.viewed) if at >= since]
+    candidate = Candidate(ABANDONED_BROWSE, occasion_time(since),
+                          state.last_view_at + rules.abandoned_browse.delay,
+                          {"products": products, "last_view_at": format_time(state.last_view_at)})
+    # views up to the last one reminded of are closed: a late one must not remind again
+    closed = max(state.browse_closed_at, state.last_view_at)
+    return replace(state, browse_since=None, browse_closed_at=closed), candidate
+
+
+def _feedback_due(state: ClientState, rules: TriggerRules) -> float | None:
+    """7 days after the latest live order not asked about yet (a newer order supersedes an
+    older one still waiting: the client is asked about the latest purchase)."""
+    last = last_live_order(state)
+    if last is None or last.placed_at <= (mark_of(state, FEEDBACK_REQUEST) or float("-inf")):
+        return None
+    return last.placed_at + rules.feedback_request.delay
+
+
+def _feedback_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
+    last = last_live_order(state)
+    assert last is not None
+    rule = rules.feedback_request
+    payload: dict[str, Any] = {"order_id": last.order_id, "placed_at": format_time(last.placed_at),
+                               "total": last.total, "nps_survey": rule.nps_survey}
+    if rule.nps_survey:
+        payload["nps_question"] = NPS_QUESTION
+    return (with_mark(state, FEEDBACK_REQUEST, last.placed_at),
+            Candidate(FEEDBACK_REQUEST, last.order_id, last.placed_at + rule.delay, payload))
+
+
+def _nudge_due(state: ClientState, rules: TriggerRules) -> float | None:
+    """14 days after the first order, while it is the only one."""
+    if state.orders_count != 1 or mark_of(state, SECOND_ORDER_NUDGE) is not None:
+        return None
+    first = first_live_order(state)
+    return None if first is None else first.placed_at + rules.second_order_nudge.delay
+
+
+def _nudge_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
+    first = first_live_order(state)
+    assert first is not None
+    return (with_mark(state, SECOND_ORDER_NUDGE, DONE_ONCE),
+            Candidate(SECOND_ORDER_NUDGE, "", first.placed_at + rules.second_order_nudge.delay,
+                      {"first_order_id": first.order_id,
+                       "first_order_at": format_time(first.placed_at)}))
+
+
+def _promo_due(state: ClientState, rules: TriggerRules) -> float | None:
+    """30 days after registration for a client who never ordered."""
+    if (state.registered_at is None or state.first_order_at is not None
+            or mark_of(state, FIRST_ORDER_PROMO) is not None):
+        return None
+    return state.registered_at + rules.first_order_promo.delay
+
+
+def _promo_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
+    assert state.registered_at is not None
+    rule = rules.first_order_promo
+    return (with_mark(state, FIRST_ORDER_PROMO, DONE_ONCE),
+            Candidate(FIRST_ORDER_PROMO, "", state.registered_at + rule.delay,
+                      {"registered_at": format_time(state.registered_at),
+                       "promo_code": rule.promo_code}))
+
+
+def _churn_due(state: ClientState, rules: TriggerRules) -> float | None:
+    """180 days after the last live order (the registration, for those who never ordered);
+    once per such silence: a new order starts another."""
+    anchor = churn_anchor(state)
+    if anchor is None or anchor <= (mark_of(state, CHURN_WINBACK) or float("-inf")):
+        return None
+    return anchor + rules.churn_winback.delay
+
+
+def _churn_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
+    anchor = churn_anchor(state)
+    assert anchor is not None
+    last = last_live_order(state)
+    payload = {"last_order_at": format_time(last.placed_at) if last else None,
+               "registered_at": format_time(state.registered_at),
+               "days_without_order": round(rules.churn_winback.delay / DAY, 3)}
+    return (with_mark(state, CHURN_WINBACK, anchor),
+            Candidate(CHURN_WINBACK, occasion_time(anchor), anchor + rules.churn_winback.delay,
+                      payload))
+
+
+def _category_due(stats: CategoryOrders, offset: float) -> float | None:
+    if stats.count < 2 or stats.last_at <= stats.reminded_through:
+        return None
+    mean = (stats.last_at - stats.first_at) / (stats.count - 1)
+    return stats.last_at + mean - offset if mean > offset else None
+
+
+def _replenish_due(state: ClientState, rules: TriggerRules) -> float | None:
+    """`offset` (7 days) before the predicted next order: the last live order plus the mean
+    interval between live orders, from the second order on. Clients who re-order more often
+    than every `offset` get none: the reminder would come before their last order."""
+    rule = rules.replenishment_reminder
+    if rule.per_category:
+        dues = [d for c in state.categories if (d := _category_due(c, rule.offset)) is not None]
+        return min(dues) if dues else None
+    last = last_live_order(state)
+    mean = mean_order_interval(state)
+    if (last is None or mean is None or mean <= rule.offset
+            or last.placed_at <= (mark_of(state, REPLENISHMENT_REMINDER) or float("-inf"))):
+        return None
+    return last.placed_at + mean - rule.offset
+
+
+def _replenish_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
+    rule = rules.replenishment_reminder
+    if rule.per_category:
+        due, stats = min(((d, c) for c in state.categories
+                          if (d := _category_due(c, rule.offset)) is not None),
+                         key=lambda item: (item[0], item[1].category))
+        cycle = (stats.last_at - stats.first_at) / (stats.count - 1)
+        categories = tuple(replace(c, reminded_through=c.last_at) if c is stats else c
+                           for c in state.categories)
+        payload = {"category": stats.category, "last_order_at": format_time(stats.last_at),
+                   "mean_days_between_orders": round(cycle / DAY, 3),
+                   "predicted_order_at": format_time(stats.last_at + cycle)}
+        return (replace(state, categories=categories),
+                Candidate(REPLENISHMENT_REMINDER,
+                          f"{stats.category}:{occasion_time(stats.last_at)}", due, payload))
+    last = last_live_order(state)
+    mean = mean_order_interval(state)
+    assert last is not None and mean is not None
+    payload = {"category": None, "last_order_id": last.order_id,
+               "last_order_at": format_time(last.placed_at),
+               "mean_days_between_orders": round(mean / DAY, 3),
+               "predicted_order_at": format_time(last.placed_at + mean)}
+    return (with_mark(state, REPLENISHMENT_REMINDER, last.placed_at),
+            Candidate(REPLENISHMENT_REMINDER, last.order_id,
+                      last.placed_at + mean - rule.offset, payload))
+
+
+def _service_interval(state: ClientState, rules: TriggerRules) -> float | None:
+    raw = state.traits.get(rules.service_reminder.interval_trait)
+    if isinstance(raw, bool) or raw is None:
+        return None
+    try:
+        days = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return days * DAY if 0 < days < 100_000 else None
+
+
+def _service_anchor(state: ClientState, rules: TriggerRules) -> float | None:
+    since = rules.service_reminder.since
+    last = last_live_order(state)
+    times = []
+    if since in ("order", "any") and last is not None:
+        times.append(last.placed_at)
+    if since in ("visit", "any") and state.last_visit_at is not None:
+        times.append(state.last_visit_at)
+    return max(times) if times else None
+
+
+def _service_due(state: ClientState, rules: TriggerRules) -> float | None:
+    """When the client's own interval (a trait, in days) has passed since the last order or
+    visit, less `offset`; once per interval: an order or visit restarts it."""
+    interval = _service_interval(state, rules)
+    anchor = _service_anchor(state, rules)
+    if (interval is None or anchor is None
+            or anchor <= (mark_of(state, SERVICE_REMINDER) or float("-inf"))):
+        return None
+    return anchor + interval - rules.service_reminder.offset
+
+
+def _service_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
+    interval = _service_interval(state, rules)
+    anchor = _service_anchor(state, rules)
+    assert interval is not None and anchor is not None
+    payload = {"interval_days": round(interval / DAY, 3), "since": format_time(anchor),
+               "due_at": format_time(anchor + interval)}
+    return (with_mark(state, SERVICE_REMINDER, anchor),
+            Candidate(SERVICE_REMINDER, occasion_time(anchor),
+                      anchor + interval - rules.service_reminder.offset, payload))
+
+
+def _birthday_next(state: ClientState, rules: TriggerRules) -> tuple[int, float] | None:
+    """The next birthday to greet: (year, due). The first is the first one due after the
+    client's traits were last updated (when the birthday became known), then yearly."""
+    parsed = parse_birthday(state.traits.get("birthday"))
+    if parsed is None:
+        return None
+    _, month, day = parsed
+    rule = rules.birthday
+    timezone = state.traits.get("timezone")
+    tz = zone(timezone if isinstance(timezone, str) else None, rules.policy.timezone)
+    last_year = mark_of(state, BIRTHDAY)
+    return next_birthday(month, day, tz, rule.at, rule.offset,
+                         after_year=None if last_year is None else int(last_year),
+                         not_before=state.traits_updated_at)
+
+
+def _birthday_due(state: ClientState, rules: TriggerRules) -> float | None:
+    upcoming = _birthday_next(state, rules)
+    return None if upcoming is None else upcoming[1]
+
+
+def _birthday_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
+    upcoming = _birthday_next(state, rules)
+    assert upcoming is not None
+    year, due = upcoming
+    return (with_mark(state, BIRTHDAY, float(year)),
+            Candidate(BIRTHDAY, str(year), due,
+                      {"birthday": str(state.traits.get("birthday"))[:10], "year": year}))
+
+
+def _onboarding_due(state: ClientState, rules: TriggerRules) -> float | None:
+    """The series' next step after the first live order; stopped once the client is loyal."""
+    steps = rules.onboarding.steps
+    done = int(mark_of(state, ONBOARDING) or 0)
+    if done >= len(steps) or is_loyal(state, rules.policy.loyal_after_orders):
+        return None
+    first = first_live_order(state)
+    return None if first is None else first.placed_at + steps[done]
+
+
+def _onboarding_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
+    steps = rules.onboarding.steps
+    done = int(mark_of(state, ONBOARDING) or 0)
+    first = first_live_order(state)
+    assert first is not None
+    payload = {"step": done + 1, "steps": len(steps),
+               "days_after_first_order": round(steps[done] / DAY, 3),
+               "first_order_at": format_time(first.placed_at)}
+    return (with_mark(state, ONBOARDING, float(done + 1)),
+            Candidate(ONBOARDING, str(done + 1), first.placed_at + steps[done], payload))
+
+
+TIMER_RULES: dict[str, tuple[DueFn, FireFn]] = {
+    ABANDONED_CART: (_cart_due, _cart_fire),
+    ABANDONED_BROWSE: (_browse_due, _browse_fire),
+    FEEDBACK_REQUEST: (_feedback_due, _feedback_fire),
+    SECOND_ORDER_NUDGE: (_nudge_due, _nudge_fire),
+    FIRST_ORDER_PROMO: (_promo_due, _promo_fire),
+    CHURN_WINBACK: (_churn_due, _churn_fire),
+    REPLENISHMENT_REMINDER: (_replenish_due, _replenish_fire),
+    SERVICE_REMINDER: (_service_due, _service_fire),
+    BIRTHDAY: (_birthday_due, _birthday_fire),
+    ONBOARDING: (_onboarding_due, _onboarding_fire),
+}
+
+
+def rule_timers(state: ClientState, rules: TriggerRules) -> list[tuple[float, str]]:
+    """Each enabled timer rule's next due time, as (due, type); unordered."""
+    timers = []
+    for kind, (due_fn, _) in TIMER_RULES.items():
+        if not rules.rule(kind).enabled:
+            continue
+        due = due_fn(state, rules)
+        if due is not None:
+            timers.append((due, kind))
+    return timers
+
+
+def fire_rule(kind: str, state: ClientState, rules: TriggerRules
+              ) -> tuple[ClientState, Candidate]:
+    """The due occasion of timer rule `kind`, marked decided in the returned state."""
+    return TIMER_RULES[kind][1](state, rules)
+
+
+def still_valid(state: ClientState, pending: PendingTrigger, rules: TriggerRules) -> bool:
+    """Whether a trigger that waited (a delay, or quiet hours) still has its occasion: the
+    client may have ordered, filled or emptied the cart, or come back meanwhile."""
+    kind = pending.type
+    if kind == ABANDONED_CART:
+        return (bool(state.cart) and state.cart_since is not None
+                and occasion_time(state.cart_since) == pending.key)
+    if kind == ABANDONED_BROWSE:
+        return state.browse_closed_at <= pending.fired_at
+    if kind == FIRST_ORDER_PROMO:
+        return state.first_order_at is None
+    if kind == SECOND_ORDER_NUDGE:
+        return state.orders_count <= 1
+    if kind == CHURN_WINBACK:
+        anchor = churn_anchor(state)
+    elif kind == SERVICE_REMINDER:
+        anchor = _service_anchor(state, rules)
+    elif kind == REPLENISHMENT_REMINDER:
+        last = last_live_order(state)
+        anchor = None if last is None else last.placed_at
+    else:
+        return True
+    return anchor is None or anchor <= pending.fired_at
+
+
+# --- immediate rules ------------------------------------------------------------------------------
+
+def _nps(before: ClientState | None, after: ClientState, event: Event, rules: TriggerRules
+         ) -> list[Candidate]:
+    """On an NPS answer that is the client's latest (a late older answer changes nothing)."""
+    t = event.event_time
+    if event.nps_score is None or after.nps_at != t or (
+            before is not None and before.nps_at is not None and t <= before.nps_at):
+        return []
+    score = event.nps_score
+    key = occasion_time(t)
+    base: dict[str, Any] = {"score": score, "answered_at": format_time(t)}
+    if score <= DETRACTOR_MAX:
+        if not rules.nps_detractor_task.enabled:
+            return []
+        comment = event.properties.get("comment")
+        return [Candidate(NPS_DETRACTOR_TASK, key, t,
+                          {**base, "comment": comment if isinstance(comment, str) else None})]
+    if score <= PASSIVE_MAX:
+        if not rules.nps_passive_offer.enabled:
+            return []
+        return [Candidate(NPS_PASSIVE_OFFER, key, t,
+                          {**base, "discount_percent": rules.nps_passive_offer.discount_percent})]
+    if not rules.nps_promoter_referral.enabled:
+        return []
+    return [Candidate(NPS_PROMOTER_REFERRAL, key, t,
+                      {**base, "bonus_per_friend": rules.nps_promoter_referral.bonus_per_friend})]
+
+
+def _cancellation(before: ClientState | None, after: ClientState, event: Event
+                  ) -> list[Candidate]:
+    """When a known order becomes cancelled (an unknown one, or a second cancellation of the
+    same order, changes nothing and raises nothing)."""
+    if before is None or event.order is None:
+        return []
+    order_id = event.order.order_id
+    was = next((o for o in before.orders if o.order_id == order_id), None)
+    now = next((o for o in after.orders if o.order_id == order_id), None)
+    if was is None or now is None or was.cancelled or not now.cancelled:
+        return []
+    return [Candidate(ORDER_CANCELLATION, order_id, event.event_time,
+                      {"order_id": order_id, "total": now.total, "returned": now.returned,
+                       "placed_at": format_time(now.placed_at)})]
+
+
+def _loyalty(after: ClientState, event: Event, rules: TriggerRules
+             ) -> tuple[ClientState, list[Candidate]]:
+    """A tier change: each tier is announced the first time it is reached (a downgrade is
+    announced only with `announce_downgrades`); the state remembers the tier either way."""
+    rule = rules.loyalty_status
+    tier = loyalty_tier(after, rule.tiers)
+    previous = after.loyalty_tier
+    if tier == previous:
+        return after, []
+    after = replace(after, loyalty_tier=tier)
+    up = tier_rank(tier, rule.tiers) > tier_rank(previous, rule.tiers)
+    if not rule.enabled or not (up or rule.announce_downgrades):
+        return after, []
+    key = tier if up else f"{previous}>{tier}"
+    return after, [Candidate(LOYALTY_STATUS, key, event.event_time,
+                             {"tier": tier or None, "previous_tier": previous or None,
+                              "direction": "up" if up else "down",
+                              "orders_count": after.orders_count,
+                              "monetary_total": after.monetary_total})]
+
+
+def on_event(before: ClientState | None, after: ClientState, event: Event, rules: TriggerRules
+             ) -> tuple[ClientState, list[Candidate]]:
+    """Candidates raised by the event itself (applied: `after`), and the state with the
+    loyalty tier it has now."""
+    candidates: list[Candidate] = []
+    kind = event.type
+    if (kind is EventType.REGISTERED and rules.welcome.enabled
+            and (before is None or not before.welcomed)):
+        candidates.append(Candidate(WELCOME, "", event.event_time, {"traits": dict(after.traits)}))
+    elif kind is EventType.ORDER_PLACED and event.order is not None:
+        if rules.order_confirmation.enabled:
+            order = event.order
+            candidates.append(Candidate(
+                ORDER_CONFIRMATION, order.order_id, event.event_time,
+                {"order_id": order.order_id, "total": round(order.total, 2),
+                 "currency": order.currency,
+                 "items": [{"product_id": p.product_id, "quantity": p.quantity, "price": p.price}
+                           for p in order.items]}))
+    elif kind is EventType.ORDER_CANCELLED and rules.order_cancellation.enabled:
+        candidates.extend(_cancellation(before, after, event))
+    elif kind is EventType.NPS_ANSWER:
+        candidates.extend(_nps(before, after, event, rules))
+    if kind in (EventType.ORDER_PLACED, EventType.ORDER_CANCELLED, EventType.ORDER_REFUNDED):
+        after, changed = _loyalty(after, event, rules)
+        candidates.extend(changed)
+    return after, candidates

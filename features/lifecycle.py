@@ -1,0 +1,82 @@
+"""Facts derived from a client's state that rules, policy and profile share: live orders,
+the mean interval between them, churn, loyalty and NPS groups.
+
+"Live" orders are placed and not cancelled, among the latest `MAX_ORDERS` the state keeps.
+"""
+
+from __future__ import annotations
+
+from features.rules import LoyaltyTier
+from features.state import ClientState, OrderRecord
+
+DETRACTOR_MAX = 5  # NPS 0-5
+PASSIVE_MAX = 8  # NPS 6-8; 9-10 are promoters
+
+
+def live_orders(state: ClientState) -> list[OrderRecord]:
+    """Orders not cancelled, oldest first."""
+    return [o for o in state.orders if not o.cancelled]
+
+
+def last_live_order(state: ClientState) -> OrderRecord | None:
+    for order in reversed(state.orders):
+        if not order.cancelled:
+            return order
+    return None
+
+
+def first_live_order(state: ClientState) -> OrderRecord | None:
+    for order in state.orders:
+        if not order.cancelled:
+            return order
+    return None
+
+
+def mean_order_interval(state: ClientState) -> float | None:
+    """Mean seconds between the client's live orders (from the second order on)."""
+    first = first_live_order(state)
+    last = last_live_order(state)
+    count = sum(1 for o in state.orders if not o.cancelled)
+    if first is None or last is None or count < 2:
+        return None
+    return (last.placed_at - first.placed_at) / (count - 1)
+
+
+def churn_anchor(state: ClientState) -> float | None:
+    """Since when the client has not ordered: the last live order, else the registration."""
+    last = last_live_order(state)
+    if last is not None:
+        return last.placed_at
+    return state.registered_at
+
+
+def is_churned(state: ClientState, at: float, churn_after: float) -> bool:
+    anchor = churn_anchor(state)
+    return anchor is not None and at - anchor >= churn_after
+
+
+def is_loyal(state: ClientState, loyal_after_orders: int) -> bool:
+    return loyal_after_orders > 0 and state.orders_count >= loyal_after_orders
+
+
+def is_detractor(state: ClientState) -> bool:
+    return state.nps_score is not None and state.nps_score <= DETRACTOR_MAX
+
+
+def loyalty_tier(state: ClientState, tiers: tuple[LoyaltyTier, ...]) -> str:
+    """The highest tier whose thresholds the client meets ("" for none); tiers lowest first."""
+    reached = ""
+    for tier in tiers:
+        if state.orders_count >= tier.min_orders and state.monetary_total >= tier.min_money:
+            reached = tier.name
+    return reached
+
+
+def tier_rank(name: str, tiers: tuple[LoyaltyTier, ...]) -> int:
+    """0 for no tier, then 1, 2, ... in the configured order; -1 for a tier no longer known."""
+    if not name:
+        return 0
+    for index, tier in enumerate(tiers):
+        if tier.name == name:
+            return index + 1
+    return -1

@@ -1,0 +1,238 @@
+"""The trigger catalogue's configuration, as frozen values: what each rule waits for, and
+the policy applied once a trigger is due.
+
+`config.settings` builds a `TriggerRules` from the operator's file; the pure core only ever
+sees these values. `TriggerRules()` equals the documented defaults (config/default.yaml).
+Durations are float seconds; times of day are minutes after local midnight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DAY = 86400.0
+
+# Trigger type names are a contract: downstream consumers route on them.
+WELCOME = "welcome"
+ORDER_CONFIRMATION = "order_confirmation"
+ORDER_CANCELLATION = "order_cancellation"
+ABANDONED_CART = "abandoned_cart"
+ABANDONED_BROWSE = "abandoned_browse"
+FEEDBACK_REQUEST = "feedback_request"
+NPS_DETRACTOR_TASK = "nps_detractor_task"
+NPS_PASSIVE_OFFER = "nps_passive_offer"
+NPS_PROMOTER_REFERRAL = "nps_promoter_referral"
+SECOND_ORDER_NUDGE = "second_order_nudge"
+FIRST_ORDER_PROMO = "first_order_promo"
+CHURN_WINBACK = "churn_winback"
+REPLENISHMENT_REMINDER = "replenishment_reminder"
+SERVICE_REMINDER = "service_reminder"
+BIRTHDAY = "birthday"
+ONBOARDING = "onboarding"
+LOYALTY_STATUS = "loyalty_status"
+
+TRIGGER_TYPES = (
+    WELCOME, ORDER_CONFIRMATION, ORDER_CANCELLATION, ABANDONED_CART, ABANDONED_BROWSE,
+    FEEDBACK_REQUEST, NPS_DETRACTOR_TASK, NPS_PASSIVE_OFFER, NPS_PROMOTER_REFERRAL,
+    SECOND_ORDER_NUDGE, FIRST_ORDER_PROMO, CHURN_WINBACK, REPLENISHMENT_REMINDER,
+    SERVICE_REMINDER, BIRTHDAY, ONBOARDING, LOYALTY_STATUS,
+)
+# Never suppressed, capped, held out or deferred: the client (or a manager) must get them.
+TRANSACTIONAL = frozenset({ORDER_CONFIRMATION, ORDER_CANCELLATION, NPS_DETRACTOR_TASK})
+
+# Which one wins when several marketing triggers compete for the same moment (first wins).
+DEFAULT_PRIORITY = (
+    ABANDONED_CART, ABANDONED_BROWSE, NPS_PROMOTER_REFERRAL, NPS_PASSIVE_OFFER,
+    FEEDBACK_REQUEST, BIRTHDAY, LOYALTY_STATUS, WELCOME, REPLENISHMENT_REMINDER,
+    SERVICE_REMINDER, SECOND_ORDER_NUDGE, FIRST_ORDER_PROMO, ONBOARDING, CHURN_WINBACK,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerRule:
+    """A rule that waits `delay` seconds after its occasion (0: at once)."""
+
+    enabled: bool = True
+    delay: float = 0.0
+    holdout_percent: float | None = None  # None: the policy's
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRule:
+    """A rule that fires `offset` seconds before a predicted or calendar moment."""
+
+    enabled: bool = True
+    offset: float = 0.0
+    holdout_percent: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRule:
+    enabled: bool = True
+    delay: float = 7 * DAY
+    holdout_percent: float | None = None
+    nps_survey: bool = True  # the request carries the NPS question
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRule:
+    """A task for a manager rather than a message: it goes to a fixed channel."""
+
+    enabled: bool = True
+    channel: str = "task"
+
+
+@dataclass(frozen=True, slots=True)
+class OfferRule:
+    enabled: bool = True
+    delay: float = 0.0
+    holdout_percent: float | None = None
+    discount_percent: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReferralRule:
+    enabled: bool = True
+    delay: float = 0.0
+    holdout_percent: float | None = None
+    bonus_per_friend: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PromoRule:
+    enabled: bool = True
+    delay: float = 30 * DAY
+    holdout_percent: float | None = None
+    promo_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplenishmentRule:
+    enabled: bool = True
+    offset: float = 7 * DAY
+    holdout_percent: float | None = None
+    per_category: bool = False
+
+
+SERVICE_SINCE = ("order", "visit", "any")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRule:
+    enabled: bool = True
+    offset: float = 0.0
+    holdout_percent: float | None = None
+    interval_trait: str = "service_interval_days"
+    since: str = "any"  # order | visit | any: what restarts the interval
+
+
+@dataclass(frozen=True, slots=True)
+class BirthdayRule:
+    enabled: bool = True
+    offset: float = 0.0  # before the birthday
+    holdout_percent: float | None = None
+    at: int = 10 * 60  # local time of day, minutes after midnight
+
+
+@dataclass(frozen=True, slots=True)
+class OnboardingRule:
+    enabled: bool = True
+    steps: tuple[float, ...] = (1 * DAY, 3 * DAY, 7 * DAY)  # after the first order
+    holdout_percent: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoyaltyTier:
+    """Reached when both thresholds are met (orders not cancelled; money net of returns)."""
+
+    name: str
+    min_orders: int = 0
+    min_money: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoyaltyRule:
+    enabled: bool = True
+    delay: float = 0.0
+    holdout_percent: float | None = None
+    tiers: tuple[LoyaltyTier, ...] = (LoyaltyTier("silver", min_orders=3),
+                                      LoyaltyTier("gold", min_orders=10))  # lowest first
+    announce_downgrades: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QuietHours:
+    """[start, end) in local minutes after midnight; start > end spans midnight."""
+
+    start: int = 21 * 60
+    end: int = 9 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A channel of the cascade and the trait holding the client's contact for it
+    (None: the channel needs no contact, e.g. one that resolves contacts downstream)."""
+
+    name: str
+    contact: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    timezone: str = "UTC"  # when the client's `timezone` trait is missing or unknown
+    quiet_hours: QuietHours | None = QuietHours()
+    frequency_cap_per_day: int = 2  # marketing triggers per client per rolling day; 0 = off
+    priority: tuple[str, ...] = DEFAULT_PRIORITY
+    holdout_percent: float = 0.0
+    loyal_after_orders: int = 5
+    suppress_for_loyal: frozenset[str] = frozenset({FIRST_ORDER_PROMO, SECOND_ORDER_NUDGE,
+                                                    ONBOARDING})
+    suppress_for_churned: frozenset[str] = frozenset({REPLENISHMENT_REMINDER, SERVICE_REMINDER})
+    suppress_for_detractors: frozenset[str] = frozenset({SECOND_ORDER_NUDGE})
+    channels: tuple[Channel, ...] = (Channel("email", "email"),
+                                     Channel("mobile_push", "push_token"),
+                                     Channel("sms", "phone"))
+    learn_preferred_channel: bool = True
+    require_consent: bool = False  # True: only channels with consents.<channel> = true
+
+
+AnyRule = (TriggerRule | OffsetRule | FeedbackRule | TaskRule | OfferRule | ReferralRule
+           | PromoRule | ReplenishmentRule | ServiceRule | BirthdayRule | OnboardingRule
+           | LoyaltyRule)
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerRules:
+    welcome: TriggerRule = TriggerRule()
+    order_confirmation: TriggerRule = TriggerRule()
+    order_cancellation: TriggerRule = TriggerRule()
+    abandoned_cart: TriggerRule = TriggerRule(delay=3600.0)
+    abandoned_browse: TriggerRule = TriggerRule(delay=7200.0)
+    feedback_request: FeedbackRule = FeedbackRule()
+    nps_detractor_task: TaskRule = TaskRule()
+    nps_passive_offer: OfferRule = OfferRule()
+    nps_promoter_referral: ReferralRule = ReferralRule()
+    second_order_nudge: TriggerRule = TriggerRule(delay=14 * DAY)
+    first_order_promo: PromoRule = PromoRule()
+    churn_winback: TriggerRule = TriggerRule(delay=180 * DAY)
+    replenishment_reminder: ReplenishmentRule = ReplenishmentRule()
+    service_reminder: ServiceRule = ServiceRule()
+    birthday: BirthdayRule = BirthdayRule()
+    onboarding: OnboardingRule = OnboardingRule()
+    loyalty_status: LoyaltyRule = LoyaltyRule()
+    policy: Policy = field(default_factory=Policy)
+
+    def rule(self, trigger_type: str) -> AnyRule:
+        rule: AnyRule = getattr(self, trigger_type)
+        return rule
+
+    @property
+    def churn_after(self) -> float:
+        """No order for this long makes a client churned (the win-back delay)."""
+        return self.churn_winback.delay
+
+    def holdout_percent(self, trigger_type: str) -> float:
+        if trigger_type in TRANSACTIONAL:
+            return 0.0
+        own = getattr(self.rule(trigger_type), "holdout_percent", None)
+        return self.policy.holdout_percent if own is None else float(own)
