@@ -17,6 +17,8 @@ def parse_duration(value: object) -> float:
         seconds = float(value)
     elif isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
+        if text.startswith("-") and _is_duration(text[1:]):
+            raise ValueError(f"duration must not be negative: {value!r}")
         pos, seconds = 0, 0.0
         for match in _PART.finditer(text):
             if match.start() != pos:
@@ -38,6 +40,14 @@ def parse_duration(value: object) -> float:
     if seconds < 0:
         raise ValueError(f"duration must not be negative: {value!r}")
     return seconds
+
+
+def _is_duration(text: str) -> bool:
+    try:
+        parse_duration(text)
+    except ValueError:
+        return False
+    return True
 
 
 def format_duration(seconds: float) -> str:

@@ -12,9 +12,10 @@ A bad value stops start-up with a `ConfigError` that names the field.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
@@ -26,7 +27,30 @@ from pydantic_settings import (
 )
 
 from config.durations import parse_duration
-from features.triggers import TriggerRule, TriggerRules
+from features.calendar import is_zone
+from features.rules import (
+    DAY,
+    DEFAULT_PRIORITY,
+    TRANSACTIONAL,
+    TRIGGER_TYPES,
+    BirthdayRule,
+    Channel,
+    FeedbackRule,
+    LoyaltyRule,
+    LoyaltyTier,
+    OfferRule,
+    OnboardingRule,
+    Policy,
+    PromoRule,
+    QuietHours,
+    ReferralRule,
+    ReplenishmentRule,
+    ServiceRule,
+    TaskRule,
+    TriggerRule,
+    TriggerRules,
+)
+from features.state import MAX_SENDS
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -90,8 +114,59 @@ class ApiSettings(Section):
     max_batch_bytes: PositiveInt = 500 * 1024
 
 
+Percent = Annotated[float, Field(ge=0, le=100)]
+_TIME_OF_DAY = re.compile(r"(\d{1,2}):(\d{2})")
+
+
+def _minutes(text: str) -> int:
+    match = _TIME_OF_DAY.fullmatch(text.strip())
+    if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+        raise ValueError(f"expected a time of day HH:MM, got {text!r}")
+    return int(match.group(1)) * 60 + int(match.group(2))
+
+
+def _time_of_day(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a time of day HH:MM, got {value!r}")
+    minutes = _minutes(value)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _quiet_hours(value: object) -> object:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected HH:MM-HH:MM (e.g. 21:00-09:00) or null, got {value!r}")
+    parts = re.split(r"\s*[-\u2013]\s*", value.strip())
+    if len(parts) != 2:
+        raise ValueError(f"expected HH:MM-HH:MM (e.g. 21:00-09:00) or null, got {value!r}")
+    start, end = (_minutes(part) for part in parts)
+    if start == end:
+        raise ValueError("quiet hours must not start and end at the same time")
+    return f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}"
+
+
+def _trigger_type(value: object) -> str:
+    if not isinstance(value, str) or value not in TRIGGER_TYPES:
+        raise ValueError(f"unknown trigger type {value!r} (known: {', '.join(TRIGGER_TYPES)})")
+    return value
+
+
+def _marketing_type(value: object) -> str:
+    name = _trigger_type(value)
+    if name in TRANSACTIONAL:
+        raise ValueError(f"{name} is transactional: it is never suppressed")
+    return name
+
+
+TimeOfDay = Annotated[str, BeforeValidator(_time_of_day)]
+TriggerType = Annotated[str, BeforeValidator(_trigger_type)]
+MarketingType = Annotated[str, BeforeValidator(_marketing_type)]
+ChannelName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
 class ImmediateRuleSettings(Section):
-    """A trigger raised by an event itself: it can be switched off, it does not wait."""
+    """A transactional trigger raised by an event itself: it can be switched off."""
 
     enabled: bool = True
 
@@ -99,27 +174,217 @@ class ImmediateRuleSettings(Section):
         return TriggerRule(enabled=self.enabled)
 
 
-class TriggerRuleSettings(Section):
+class _DelayedRule(Section):
+    """A marketing trigger `delay` after its occasion (0 = at once)."""
+
     enabled: bool = True
     delay: Duration = 0.0
+    holdout_percent: Percent | None = None  # null: policy.holdout_percent
 
+
+class TriggerRuleSettings(_DelayedRule):
     def rule(self) -> TriggerRule:
-        return TriggerRule(enabled=self.enabled, delay=self.delay)
+        return TriggerRule(enabled=self.enabled, delay=self.delay,
+                           holdout_percent=self.holdout_percent)
+
+
+class FeedbackSettings(_DelayedRule):
+    delay: Duration = 7 * DAY
+    nps_survey: bool = True
+
+    def rule(self) -> FeedbackRule:
+        return FeedbackRule(self.enabled, self.delay, self.holdout_percent, self.nps_survey)
+
+
+class TaskSettings(Section):
+    enabled: bool = True
+    channel: ChannelName = "task"
+
+    def rule(self) -> TaskRule:
+        return TaskRule(self.enabled, self.channel)
+
+
+class OfferSettings(_DelayedRule):
+    discount_percent: Percent = 10.0
+
+    def rule(self) -> OfferRule:
+        return OfferRule(self.enabled, self.delay, self.holdout_percent, self.discount_percent)
+
+
+class ReferralSettings(_DelayedRule):
+    bonus_per_friend: Annotated[float, Field(ge=0)] | None = None
+
+    def rule(self) -> ReferralRule:
+        return ReferralRule(self.enabled, self.delay, self.holdout_percent,
+                            self.bonus_per_friend)
+
+
+class PromoSettings(_DelayedRule):
+    delay: Duration = 30 * DAY
+    promo_code: str | None = None
+
+    def rule(self) -> PromoRule:
+        return PromoRule(self.enabled, self.delay, self.holdout_percent, self.promo_code)
+
+
+class ReplenishmentSettings(Section):
+    enabled: bool = True
+    offset: Duration = 7 * DAY
+    holdout_percent: Percent | None = None
+    per_category: bool = False
+
+    def rule(self) -> ReplenishmentRule:
+        return ReplenishmentRule(self.enabled, self.offset, self.holdout_percent,
+                                 self.per_category)
+
+
+class ServiceSettings(Section):
+    enabled: bool = True
+    offset: Duration = 0.0
+    holdout_percent: Percent | None = None
+    interval_trait: Annotated[str, Field(min_length=1, max_length=64)] = "service_interval_days"
+    since: Literal["order", "visit", "any"] = "any"
+
+    def rule(self) -> ServiceRule:
+        return ServiceRule(self.enabled, self.offset, self.holdout_percent, self.interval_trait,
+                           self.since)
+
+
+class BirthdaySettings(Section):
+    enabled: bool = True
+    offset: Annotated[Duration, Field(le=365 * DAY)] = 0.0
+    holdout_percent: Percent | None = None
+    at: TimeOfDay = "10:00"
+
+    def rule(self) -> BirthdayRule:
+        return BirthdayRule(self.enabled, self.offset, self.holdout_percent, _minutes(self.at))
+
+
+class OnboardingSettings(Section):
+    enabled: bool = True
+    steps: list[Duration] = Field(default_factory=lambda: [1 * DAY, 3 * DAY, 7 * DAY])
+    holdout_percent: Percent | None = None
+
+    @field_validator("steps")
+    @classmethod
+    def _ascending(cls, steps: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError("steps must be in increasing order, e.g. [1d, 3d, 7d]")
+        return steps
+
+    def rule(self) -> OnboardingRule:
+        return OnboardingRule(self.enabled, tuple(self.steps), self.holdout_percent)
+
+
+class LoyaltyTierSettings(Section):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    min_orders: Annotated[int, Field(ge=0)] = 0
+    min_money: Annotated[float, Field(ge=0)] = 0.0
+
+
+class LoyaltySettings(_DelayedRule):
+    tiers: list[LoyaltyTierSettings] = Field(default_factory=lambda: [
+        LoyaltyTierSettings(name="silver", min_orders=3),
+        LoyaltyTierSettings(name="gold", min_orders=10)])
+    announce_downgrades: bool = False
+
+    @field_validator("tiers")
+    @classmethod
+    def _distinct(cls, tiers: list[LoyaltyTierSettings]) -> list[LoyaltyTierSettings]:
+        names = [tier.name for tier in tiers]
+        if len(set(names)) != len(names):
+            raise ValueError("tier names must be distinct")
+        return tiers
+
+    def rule(self) -> LoyaltyRule:
+        return LoyaltyRule(self.enabled, self.delay, self.holdout_percent,
+                           tuple(LoyaltyTier(t.name, t.min_orders, t.min_money)
+                                 for t in self.tiers),
+                           self.announce_downgrades)
 
 
 class TriggerSettings(Section):
-    welcome: ImmediateRuleSettings = ImmediateRuleSettings()
+    welcome: TriggerRuleSettings = TriggerRuleSettings()
     order_confirmation: ImmediateRuleSettings = ImmediateRuleSettings()
+    order_cancellation: ImmediateRuleSettings = ImmediateRuleSettings()
     abandoned_cart: TriggerRuleSettings = TriggerRuleSettings(delay=3600.0)
     abandoned_browse: TriggerRuleSettings = TriggerRuleSettings(delay=7200.0)
+    feedback_request: FeedbackSettings = FeedbackSettings()
+    nps_detractor_task: TaskSettings = TaskSettings()
+    nps_passive_offer: OfferSettings = OfferSettings()
+    nps_promoter_referral: ReferralSettings = ReferralSettings()
+    second_order_nudge: TriggerRuleSettings = TriggerRuleSettings(delay=14 * DAY)
+    first_order_promo: PromoSettings = PromoSettings()
+    churn_winback: TriggerRuleSettings = TriggerRuleSettings(delay=180 * DAY)
+    replenishment_reminder: ReplenishmentSettings = ReplenishmentSettings()
+    service_reminder: ServiceSettings = ServiceSettings()
+    birthday: BirthdaySettings = BirthdaySettings()
+    onboarding: OnboardingSettings = OnboardingSettings()
+    loyalty_status: LoyaltySettings = LoyaltySettings()
 
-    def rules(self) -> TriggerRules:
-        return TriggerRules(
-            welcome=self.welcome.rule(),
-            order_confirmation=self.order_confirmation.rule(),
-            abandoned_cart=self.abandoned_cart.rule(),
-            abandoned_browse=self.abandoned_browse.rule(),
-        )
+
+class ChannelSettings(Section):
+    name: ChannelName
+    contact: str | None = None  # the trait holding the client's contact; null: none needed
+
+
+class PolicySettings(Section):
+    timezone: str = "UTC"
+    quiet_hours: Annotated[str | None, BeforeValidator(_quiet_hours)] = "21:00-09:00"
+    frequency_cap_per_day: Annotated[int, Field(ge=0, le=MAX_SENDS)] = 2
+    priority: list[TriggerType] = Field(default_factory=lambda: list(DEFAULT_PRIORITY))
+    holdout_percent: Percent = 0.0
+    loyal_after_orders: Annotated[int, Field(ge=0)] = 5
+    suppress_for_loyal: list[MarketingType] = Field(
+        default_factory=lambda: sorted(Policy().suppress_for_loyal))
+    suppress_for_churned: list[MarketingType] = Field(
+        default_factory=lambda: sorted(Policy().suppress_for_churned))
+    suppress_for_detractors: list[MarketingType] = Field(
+        default_factory=lambda: sorted(Policy().suppress_for_detractors))
+    channels: list[ChannelSettings] = Field(default_factory=lambda: [
+        ChannelSettings(name=c.name, contact=c.contact) for c in Policy().channels])
+    learn_preferred_channel: bool = True
+    require_consent: bool = False
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if not is_zone(value):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as "
+                             "Europe/London)")
+        return value
+
+    @field_validator("priority")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"listed more than once: {', '.join(repeated)}")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct_channels(cls, value: list[ChannelSettings]) -> list[ChannelSettings]:
+        names = [c.name for c in value]
+        if len(set(names)) != len(names):
+            raise ValueError("channel names must be distinct")
+        return value
+
+    def policy(self) -> Policy:
+        quiet = None
+        if self.quiet_hours is not None:
+            start, end = self.quiet_hours.split("-")
+            quiet = QuietHours(_minutes(start), _minutes(end))
+        return Policy(
+            timezone=self.timezone, quiet_hours=quiet,
+            frequency_cap_per_day=self.frequency_cap_per_day, priority=tuple(self.priority),
+            holdout_percent=self.holdout_percent, loyal_after_orders=self.loyal_after_orders,
+            suppress_for_loyal=frozenset(self.suppress_for_loyal),
+            suppress_for_churned=frozenset(self.suppress_for_churned),
+            suppress_for_detractors=frozenset(self.suppress_for_detractors),
+            channels=tuple(Channel(c.name, c.contact) for c in self.channels),
+            learn_preferred_channel=self.learn_preferred_channel,
+            require_consent=self.require_consent)
 
 
 class DemoSettings(Section):
@@ -137,7 +402,26 @@ class Settings(BaseSettings):
     dataflow: DataflowSettings = DataflowSettings()
     api: ApiSettings = ApiSettings()
     triggers: TriggerSettings = TriggerSettings()
+    policy: PolicySettings = PolicySettings()
     demo: DemoSettings = DemoSettings()
+
+    def trigger_rules(self) -> TriggerRules:
+        """The catalogue and the policy, as the pure core's frozen values."""
+        t = self.triggers
+        return TriggerRules(
+            welcome=t.welcome.rule(), order_confirmation=t.order_confirmation.rule(),
+            order_cancellation=t.order_cancellation.rule(),
+            abandoned_cart=t.abandoned_cart.rule(), abandoned_browse=t.abandoned_browse.rule(),
+            feedback_request=t.feedback_request.rule(),
+            nps_detractor_task=t.nps_detractor_task.rule(),
+            nps_passive_offer=t.nps_passive_offer.rule(),
+            nps_promoter_referral=t.nps_promoter_referral.rule(),
+            second_order_nudge=t.second_order_nudge.rule(),
+            first_order_promo=t.first_order_promo.rule(), churn_winback=t.churn_winback.rule(),
+            replenishment_reminder=t.replenishment_reminder.rule(),
+            service_reminder=t.service_reminder.rule(), birthday=t.birthday.rule(),
+            onboarding=t.onboarding.rule(), loyalty_status=t.loyalty_status.rule(),
+            policy=self.policy.policy())
 
     @classmethod
     def settings_customise_sources(
@@ -197,6 +481,9 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown setting"
+            if len(error["loc"]) == 2 and error["loc"][0] == "triggers":
+                message = (f"unknown trigger type {error['loc'][1]!r} "
+                           f"(known: {', '.join(TRIGGER_TYPES)})")
         lines.append(f"  {where}: {message}")
     return "\n".join(lines)
 

@@ -28,7 +28,7 @@ def build_flow(settings: Settings, metrics: DataflowMetrics, *,
         batch_size=df.batch_size, tick_interval=df.tick_interval, idle_wait=df.idle_wait,
         heartbeat_ttl=df.heartbeat_ttl,
         stop_when_caught_up=stop_when_caught_up, as_of=as_of)
-    bucket_config = BucketConfig(rules=settings.triggers.rules(),
+    bucket_config = BucketConfig(rules=settings.trigger_rules(),
                                  offset_flush_interval=df.offset_flush_interval,
                                  allowed_lateness=df.allowed_lateness)
     loader = store_factory(settings)  # bucket loads share one connection pool per process

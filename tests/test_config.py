@@ -12,7 +12,17 @@ from pydantic import BaseModel
 
 from config import ConfigError, Settings, load_settings
 from config.durations import format_duration, parse_duration
-from features.triggers import TriggerRule, TriggerRules
+from features.rules import (
+    DAY,
+    BirthdayRule,
+    Channel,
+    LoyaltyTier,
+    OnboardingRule,
+    Policy,
+    QuietHours,
+    TriggerRule,
+    TriggerRules,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_YAML = ROOT / "config" / "default.yaml"
@@ -78,7 +88,10 @@ def test_some_defaults() -> None:
     assert settings.redis.dedupe_window == 86400.0
     assert settings.dataflow.tick_interval == 0.25
     assert settings.api.write_keys == []
-    assert settings.triggers.rules() == TriggerRules()
+    assert settings.trigger_rules() == TriggerRules()
+    assert settings.trigger_rules().policy == Policy()
+    assert settings.policy.quiet_hours == "21:00-09:00"
+    assert settings.triggers.churn_winback.delay == 180 * 86400.0
     assert settings.triggers.abandoned_cart.delay == 3600.0
     assert settings.triggers.abandoned_browse.delay == 7200.0
 
@@ -107,7 +120,7 @@ def test_partial_yaml_keeps_other_defaults(tmp_path: Path) -> None:
 def test_rules_from_settings(tmp_path: Path) -> None:
     path = write(tmp_path, "triggers:\n  welcome:\n    enabled: false\n"
                            "  abandoned_browse:\n    delay: 90s\n")
-    rules = load_settings(path).triggers.rules()
+    rules = load_settings(path).trigger_rules()
     assert rules.welcome == TriggerRule(enabled=False, delay=0.0)
     assert rules.abandoned_browse == TriggerRule(enabled=True, delay=90.0)
     assert rules.abandoned_cart == TriggerRules().abandoned_cart
@@ -170,6 +183,15 @@ def test_bad_duration(bad: object) -> None:
         parse_duration(bad)
 
 
+@pytest.mark.parametrize(("bad", "words"), [("-5m", "must not be negative"),
+                                             ("-1h30m", "must not be negative"),
+                                             ("-soon", "invalid duration"),
+                                             ("-", "invalid duration")])
+def test_negative_duration_says_so(bad: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_duration(bad)
+
+
 def test_format_duration_round_trips() -> None:
     for seconds in (90.0, 1800.0, 7200.0, 604800.0, 5400.0, 0.25, 86400.0):
         assert parse_duration(format_duration(seconds)) == seconds
@@ -201,7 +223,9 @@ def test_unknown_key_names_the_field(tmp_path: Path) -> None:
     assert "triggers.abandoned_cart.delai" in message
     assert "unknown setting" in message
     assert "unknown setting" in config_error(write(tmp_path, "nonsense: 1\n"))
-    assert "triggers.birthday" in config_error(write(tmp_path, "triggers:\n  birthday: {}\n"))
+    message = config_error(write(tmp_path, "triggers:\n  birthdy: {}\n"))
+    assert "triggers.birthdy: unknown trigger type 'birthdy'" in message
+    assert "birthday" in message  # the known names are listed
 
 
 def test_every_bad_field_is_named(tmp_path: Path) -> None:
@@ -281,3 +305,114 @@ def test_key_list_in_yaml(tmp_path: Path) -> None:
     assert settings.api.write_keys == ["k1", "k2"]
     assert settings.api.read_keys == ["r1", "r2"]
 
+
+
+# --- the trigger catalogue and the policy ---------------------------------------------------------
+
+def test_every_catalogue_rule_from_a_file(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+triggers:
+  feedback_request: {delay: 5d, nps_survey: false, holdout_percent: 12.5}
+  nps_detractor_task: {channel: crm_task}
+  nps_passive_offer: {discount_percent: 15}
+  first_order_promo: {promo_code: HELLO10}
+  replenishment_reminder: {offset: 3d, per_category: true}
+  service_reminder: {interval_trait: visit_every, since: visit}
+  birthday: {offset: 2d, at: "08:30"}
+  onboarding: {steps: [2d, 10d]}
+  loyalty_status:
+    tiers: [{name: vip, min_money: 1000}]
+    announce_downgrades: true
+""")
+    rules = load_settings(path).trigger_rules()
+    assert rules.feedback_request.delay == 5 * DAY
+    assert rules.feedback_request.nps_survey is False
+    assert rules.holdout_percent("feedback_request") == 12.5
+    assert rules.holdout_percent("order_confirmation") == 0.0
+    assert rules.nps_detractor_task.channel == "crm_task"
+    assert rules.nps_passive_offer.discount_percent == 15
+    assert rules.first_order_promo.promo_code == "HELLO10"
+    assert (rules.replenishment_reminder.offset, rules.replenishment_reminder.per_category) == (
+        3 * DAY, True)
+    assert rules.service_reminder.interval_trait == "visit_every"
+    assert rules.service_reminder.since == "visit"
+    assert rules.birthday == BirthdayRule(offset=2 * DAY, at=8 * 60 + 30)
+    assert rules.onboarding == OnboardingRule(steps=(2 * DAY, 10 * DAY))
+    assert rules.loyalty_status.tiers == (LoyaltyTier("vip", 0, 1000.0),)
+    assert rules.loyalty_status.announce_downgrades is True
+
+
+def test_policy_from_a_file(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+policy:
+  timezone: Europe/Berlin
+  quiet_hours: "22:30 – 07:15"
+  frequency_cap_per_day: 0
+  priority: [birthday, abandoned_cart]
+  holdout_percent: 5
+  loyal_after_orders: 0
+  suppress_for_churned: []
+  channels: [{name: sms, contact: phone}, {name: crm}]
+  require_consent: true
+""")
+    policy = load_settings(path).trigger_rules().policy
+    assert policy.timezone == "Europe/Berlin"
+    assert policy.quiet_hours == QuietHours(22 * 60 + 30, 7 * 60 + 15)
+    assert policy.frequency_cap_per_day == 0
+    assert policy.priority == ("birthday", "abandoned_cart")
+    assert policy.holdout_percent == 5
+    assert policy.loyal_after_orders == 0
+    assert policy.suppress_for_churned == frozenset()
+    assert policy.suppress_for_loyal == Policy().suppress_for_loyal
+    assert policy.channels == (Channel("sms", "phone"), Channel("crm", None))
+    assert policy.require_consent is True
+    assert load_settings(write(tmp_path, "policy:\n  quiet_hours: null\n")
+                         ).trigger_rules().policy.quiet_hours is None
+
+
+@pytest.mark.parametrize(("text", "field", "words"), [
+    ("triggers:\n  feedback_request:\n    delay: -2d\n", "triggers.feedback_request.delay",
+     "must not be negative"),
+    ("triggers:\n  replenishment_reminder:\n    offset: -1h\n",
+     "triggers.replenishment_reminder.offset", "must not be negative"),
+    ("triggers:\n  onboarding:\n    steps: [3d, -1d]\n", "triggers.onboarding.steps.1",
+     "must not be negative"),
+    ("triggers:\n  onboarding:\n    steps: [3d, 1d]\n", "triggers.onboarding.steps",
+     "increasing"),
+    ("triggers:\n  abandoned_cart:\n    holdout_percent: 120\n",
+     "triggers.abandoned_cart.holdout_percent", "less than or equal to 100"),
+    ("triggers:\n  birthday:\n    at: '25:00'\n", "triggers.birthday.at", "HH:MM"),
+    ("triggers:\n  service_reminder:\n    since: week\n", "triggers.service_reminder.since",
+     "'order', 'visit' or 'any'"),
+    ("triggers:\n  order_confirmation:\n    delay: 1h\n",
+     "triggers.order_confirmation.delay", "unknown setting"),
+    ("triggers:\n  loyalty_status:\n    tiers: [{name: a}, {name: a}]\n",
+     "triggers.loyalty_status.tiers", "distinct"),
+    ("policy:\n  quiet_hours: 'late'\n", "policy.quiet_hours", "HH:MM-HH:MM"),
+    ("policy:\n  quiet_hours: '09:00-09:00'\n", "policy.quiet_hours", "same time"),
+    ("policy:\n  timezone: Mars/Olympus\n", "policy.timezone", "unknown time zone"),
+    ("policy:\n  frequency_cap_per_day: -1\n", "policy.frequency_cap_per_day",
+     "greater than or equal to 0"),
+    ("policy:\n  priority: [birthday, birthdya]\n", "policy.priority.1",
+     "unknown trigger type 'birthdya'"),
+    ("policy:\n  priority: [birthday, birthday]\n", "policy.priority", "more than once"),
+    ("policy:\n  suppress_for_churned: [order_confirmation]\n",
+     "policy.suppress_for_churned.0", "transactional"),
+    ("policy:\n  channels: [{name: Email}]\n", "policy.channels.0.name", "pattern"),
+    ("policy:\n  channels: [{name: sms}, {name: sms}]\n", "policy.channels", "distinct"),
+])
+def test_bad_catalogue_and_policy_values_name_the_field(tmp_path: Path, text: str, field: str,
+                                                        words: str) -> None:
+    message = config_error(write(tmp_path, text))
+    line = next((line for line in message.splitlines() if line.strip().startswith(field + ":")),
+                None)
+    assert line is not None, message
+    assert words in line, message
+
+
+def test_policy_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRMFLOW_POLICY__QUIET_HOURS", "20:00-08:00")
+    monkeypatch.setenv("CRMFLOW_TRIGGERS__BIRTHDAY__OFFSET", "3d")
+    rules = load_settings().trigger_rules()
+    assert rules.policy.quiet_hours == QuietHours(20 * 60, 8 * 60)
+    assert rules.birthday.offset == 3 * DAY
