@@ -96,8 +96,13 @@ def _banner(settings: Settings, api_url: str, embedded: bool, demo: bool) -> str
 def _format_trigger(fields: dict[bytes, bytes]) -> str:
     def get(name: str) -> str:
         return fields.get(name.encode(), b"").decode()
-    return (f"  {get('fired_at')}  {get('type'):<20} client={get('client_id'):<18} "
-            f"{get('payload')[:90]}")
+    status = get("status") or "sent"
+    if get("reason"):
+        status += f" ({get('reason')})"
+    elif get("channel"):
+        status += f" via {get('channel')}"
+    return (f"  {get('fired_at')}  {get('type'):<22} client={get('client_id'):<18} "
+            f"{status:<26} {get('payload')[:70]}")
 
 
 def tail_triggers(settings: Settings, *, from_start: bool = False,

@@ -9,6 +9,15 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from features.rules import TRIGGER_TYPES
+
+OTHER = "other"
+
+
+def trigger_label(trigger_type: str) -> str:
+    """A catalogue type, or `other` for a manual touch's own occasion name (bounded labels)."""
+    return trigger_type if trigger_type in TRIGGER_TYPES else OTHER
+
 
 @dataclass(frozen=True)
 class DataflowMetrics:
@@ -34,8 +43,9 @@ class DataflowMetrics:
             duplicates=Counter("crmflow_dataflow_duplicate_events",
                                "Events ignored as duplicates of one already applied",
                                registry=registry),
-            triggers=Counter("crmflow_triggers_raised", "Triggers emitted", ["type"],
-                             registry=registry),
+            triggers=Counter("crmflow_triggers_raised",
+                             "Trigger decisions recorded, by trigger type and status",
+                             ["type", "status"], registry=registry),
             dead_letters=Counter("crmflow_dead_letters", "Entries sent to the dead-letter stream",
                                  ["reason"], registry=registry),
             lag_seconds=Gauge("crmflow_consumer_lag_seconds",

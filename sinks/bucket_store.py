@@ -2,7 +2,10 @@
 
 This is the dataflow's only state store. Each commit writes the states of the clients a
 batch changed, their new touches and triggers, dead letters, and the bucket's stream
-position in one Lua script guarded by compare-and-set on that position. So a process can
+position in one Lua script guarded by compare-and-set on that position. Every trigger
+decision (sent, holdout, deferred, suppressed; done/skipped for manual touches) goes to the
+client's touch ledger and to the partition's trigger stream, once: the ledger write is
+HSETNX on the decision's field (the trigger id; `<id>:deferred` for a deferral). So a process can
 die at any moment: its successor loads the bucket, re-reads the stream from the committed
 position, and produces the same commits with the same trigger ids (exactly-once effect).
 """
@@ -14,7 +17,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -30,6 +33,22 @@ START = "0-0"
 def stream_id_key(stream_id: str) -> tuple[int, int]:
     ms, _, seq = stream_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+_STREAM_FIELDS = ("trigger_id", "type", "key", "client_id", "fired_at", "decided_at",
+                  "status", "reason", "channel", "source", "deferred_until")
+
+
+def stream_fields(record: dict[str, Any]) -> list[str]:
+    """A trigger record as flat trigger-stream fields; empty ones are left out, the payload
+    is JSON."""
+    fields: list[str] = []
+    for name in _STREAM_FIELDS:
+        value = record.get(name)
+        if value is not None:
+            fields += [name, str(value)]
+    fields += ["payload", json.dumps(record["payload"], separators=(",", ":"), sort_keys=True)]
+    return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,20 +130,20 @@ class BucketStore:
             args += [client_key, state]
         for trigger in commit.triggers:
             record = trigger.to_dict()
-            payload = json.dumps(record["payload"], separators=(",", ":"), sort_keys=True)
             ledger = json.dumps(record, separators=(",", ":"), sort_keys=True)
-            args += [trigger.client_id, trigger.trigger_id, trigger.type, record["fired_at"],
-                     payload, ledger]
+            fields = stream_fields(record)
+            args += [trigger.client_id, trigger.ledger_field, trigger.type, trigger.status,
+                     ledger, len(fields) // 2, *fields]
         for letter in commit.dead_letters:
             args += [letter.reason, letter.stream_id, letter.entry]
         return keys, args
 
     def commit(self, commits: Sequence[BucketCommit], *, retry_for: float = float("inf")
-               ) -> list[str]:
+               ) -> list[tuple[str, str]]:
         """Apply commits in order, one pipelined round trip; retry while Redis is away.
 
-        Returns the types of the triggers newly emitted. Raises FencedError when another
-        process owns a bucket now.
+        Returns (type, status) of each trigger newly emitted. Raises FencedError when
+        another process owns a bucket now.
         """
         deadline = time.monotonic() + retry_for
         backoff = 0.05
@@ -143,11 +162,13 @@ class BucketStore:
                             exc, backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-        emitted: list[str] = []
+        emitted: list[tuple[str, str]] = []
         for result in results:
             if isinstance(result, Exception):
                 if "CRMFLOW_FENCED" in str(result):
                     raise FencedError(str(result))
                 raise result
-            emitted.extend(t.decode() for t in result[1:])
+            pairs = result[1:]
+            emitted.extend((pairs[j].decode(), pairs[j + 1].decode())
+                           for j in range(0, len(pairs), 2))
         return emitted

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from dataflows.metrics import DataflowMetrics
+from dataflows.metrics import DataflowMetrics, trigger_label
 from sinks.bucket_store import BucketCommit, BucketStore
 
 KeyedCommit = tuple[str, BucketCommit]
@@ -41,8 +41,8 @@ class _BucketCommitPartition(StatelessSinkPartition[KeyedCommit]):
         emitted = self._store.commit(commits)
         self._metrics.commit_seconds.observe(time.perf_counter() - started)
         self._metrics.commits.inc(len(commits))
-        for trigger_type in emitted:
-            self._metrics.triggers.labels(trigger_type).inc()
+        for trigger_type, status in emitted:
+            self._metrics.triggers.labels(trigger_label(trigger_type), status).inc()
 
     def close(self) -> None:
         self._store.client.close()

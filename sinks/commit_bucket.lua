@@ -2,13 +2,14 @@
 -- entries, dead letters and the bucket's stream position, guarded by compare-and-set on
 -- that position. A replayed commit (position already at NEW) is a no-op; a commit from a
 -- process that lost the bucket (position neither BASE nor NEW) is refused.
--- Returns {1, type of each trigger newly emitted...}, or {0} for a replayed commit.
+-- Returns {1, type and status of each trigger newly emitted...}, or {0} for a replayed commit.
 --
 -- KEYS: 1 offsets hash, 2 bucket state hash, 3 trigger stream, 4 dead-letter stream
 -- ARGV: 1 bucket, 2 base position, 3 new position, 4 ledger key prefix, 5 ledger max entries,
 --       6 stream maxlen, 7 number of states, 8 number of triggers, 9 number of dead letters,
 --       then per state: client, state bytes
---       then per trigger: client, trigger id, type, fired_at, payload json, ledger json
+--       then per trigger: client, ledger field, type, status, ledger json, number of stream
+--       fields N, then N field names and values for its trigger stream entry
 --       then per dead letter: reason, stream id, raw entry
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
 if not stored then stored = '0-0' end
@@ -27,11 +28,13 @@ end
 local emitted = {1}
 for _ = 1, tonumber(ARGV[8]) do
   local ledger = ARGV[4] .. ARGV[i]
-  if redis.call('HSETNX', ledger, ARGV[i + 1], ARGV[i + 5]) == 1 then
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*',
-               'trigger_id', ARGV[i + 1], 'type', ARGV[i + 2], 'client_id', ARGV[i],
-               'fired_at', ARGV[i + 3], 'payload', ARGV[i + 4])
+  local fields = tonumber(ARGV[i + 5])
+  if redis.call('HSETNX', ledger, ARGV[i + 1], ARGV[i + 4]) == 1 then
+    local entry = {KEYS[3], 'MAXLEN', '~', maxlen, '*'}
+    for j = i + 6, i + 5 + 2 * fields do table.insert(entry, ARGV[j]) end
+    redis.call('XADD', unpack(entry))
     table.insert(emitted, ARGV[i + 2])
+    table.insert(emitted, ARGV[i + 3])
     if redis.call('HLEN', ledger) > ledger_max then
       local entries = redis.call('HGETALL', ledger)
       local oldest_id, oldest_at = nil, nil
@@ -42,7 +45,7 @@ for _ = 1, tonumber(ARGV[8]) do
       redis.call('HDEL', ledger, oldest_id)
     end
   end
-  i = i + 6
+  i = i + 6 + 2 * fields
 end
 for _ = 1, tonumber(ARGV[9]) do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*',

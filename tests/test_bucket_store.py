@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import redis
@@ -18,7 +19,7 @@ def store(client: redis.Redis, prefix: str, ledger_max: int = 100) -> BucketStor
 
 
 def trigger(n: int, client: str = "c1") -> Trigger:
-    return Trigger(f"id{n}", "welcome", client, 1_700_000_000.0 + n, {"n": n})
+    return Trigger(f"id{n}", "welcome", client, 1_700_000_000.0 + n, {"n": n}, channel="email")
 
 
 def test_commit_writes_everything_and_a_replay_is_a_no_op(redis_client: redis.Redis,
@@ -29,7 +30,7 @@ def test_commit_writes_everything_and_a_replay_is_a_no_op(redis_client: redis.Re
     commit = BucketCommit(bucket=bucket, base=START, position="5-0", states=[("c1", b"state")],
                           triggers=[trigger(1)],
                           dead_letters=[DeadLetter("invalid json", "4-0", b"{")])
-    assert s.commit([commit]) == ["welcome"]
+    assert s.commit([commit]) == [("welcome", "sent")]
     assert s.commit([commit]) == []  # delivered again after a crash: nothing new
     layout = s.layout
     loaded = s.load(bucket)
@@ -38,6 +39,36 @@ def test_commit_writes_everything_and_a_replay_is_a_no_op(redis_client: redis.Re
     assert redis_client.xlen(layout.dead_letters(partition)) == 1
     entry = json.loads(redis_client.hget(layout.ledger("c1"), "id1"))
     assert entry["type"] == "welcome" and entry["payload"] == {"n": 1}
+    assert entry["status"] == "sent" and entry["channel"] == "email"
+    [(_, fields)] = redis_client.xrange(layout.triggers(partition))
+    assert {k.decode(): v.decode() for k, v in fields.items()} == {
+        "trigger_id": "id1", "type": "welcome", "key": "", "client_id": "c1",
+        "fired_at": "2023-11-14T22:13:21.000Z", "decided_at": "2023-11-14T22:13:21.000Z",
+        "status": "sent", "channel": "email", "source": "auto", "payload": '{"n":1}'}
+
+
+def test_a_deferral_and_the_final_decision_are_both_recorded_once(
+        redis_client: redis.Redis, key_prefix: str) -> None:
+    s = store(redis_client, key_prefix)
+    bucket = s.layout.bucket_of("c1")
+    partition = s.layout.partition_of_bucket(bucket)
+    deferred = replace(trigger(1), status="deferred", reason="quiet_hours",
+                       until=1_700_050_000.0)
+    sent = replace(trigger(1), decided_at=1_700_050_000.0)
+    assert s.commit([BucketCommit(bucket=bucket, base=START, position="1-0",
+                                  triggers=[deferred])]) == [("welcome", "deferred")]
+    assert s.commit([BucketCommit(bucket=bucket, base="1-0", position="2-0",
+                                  triggers=[sent, deferred, sent])]) == [("welcome", "sent")]
+    ledger = {k.decode(): json.loads(v) for k, v in
+              redis_client.hgetall(s.layout.ledger("c1")).items()}
+    assert ledger["id1:deferred"]["status"] == "deferred"
+    assert ledger["id1:deferred"]["deferred_until"] == "2023-11-15T12:06:40.000Z"
+    assert ledger["id1"]["status"] == "sent"
+    assert ledger["id1"]["decided_at"] == "2023-11-15T12:06:40.000Z"
+    entries = [{k.decode(): v.decode() for k, v in fields.items()}
+               for _, fields in redis_client.xrange(s.layout.triggers(partition))]
+    assert [(e["trigger_id"], e["status"], e.get("reason")) for e in entries] == [
+        ("id1", "deferred", "quiet_hours"), ("id1", "sent", None)]
 
 
 def test_a_commit_from_a_stale_owner_is_fenced(redis_client: redis.Redis,
