@@ -442,16 +442,25 @@ def _cancellation(before: ClientState | None, after: ClientState, event: Event
 
 def _loyalty(after: ClientState, event: Event, rules: TriggerRules
              ) -> tuple[ClientState, list[Candidate]]:
-    """A tier change: each tier is announced the first time it is reached (a downgrade is
-    announced only with `announce_downgrades`); the state remembers the tier either way."""
+    """A tier change. A tier is announced the first time it is reached (the rule's mark is
+    the highest rank announced, so a tier regained after a downgrade is not announced
+    again); a downgrade only with `announce_downgrades`. The state follows the tier either
+    way."""
     rule = rules.loyalty_status
     tier = loyalty_tier(after, rule.tiers)
     previous = after.loyalty_tier
     if tier == previous:
         return after, []
     after = replace(after, loyalty_tier=tier)
-    up = tier_rank(tier, rule.tiers) > tier_rank(previous, rule.tiers)
-    if not rule.enabled or not (up or rule.announce_downgrades):
+    rank = tier_rank(tier, rule.tiers)
+    up = rank > tier_rank(previous, rule.tiers)
+    if not rule.enabled:
+        return after, []
+    if up:
+        if rank <= (mark_of(after, LOYALTY_STATUS) or 0):
+            return after, []
+        after = with_mark(after, LOYALTY_STATUS, float(rank))
+    elif not rule.announce_downgrades:
         return after, []
     key = tier if up else f"{previous}>{tier}"
     return after, [Candidate(LOYALTY_STATUS, key, event.event_time,

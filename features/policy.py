@@ -120,6 +120,10 @@ def record_send(sends: tuple[float, ...], at: float) -> tuple[float, ...]:
 
 
 def priority_rank(trigger_type: str, rules: TriggerRules) -> tuple[int, str]:
+    """Sort key among triggers competing for the same moment: transactional first (they
+    are never capped), then the configured priority, then the others by name."""
+    if trigger_type in TRANSACTIONAL:
+        return -1, trigger_type
     order = rules.policy.priority
     rank = order.index(trigger_type) if trigger_type in order else len(order)
     return rank, trigger_type

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from typing import Any
-
 from dataclasses import replace
+from typing import Any
 
 from features.events import Event, EventType, Order, Product, format_time
 from features.rules import Channel, Policy

@@ -1,0 +1,110 @@
+"""Builders for unit tests of the pure core: events of one client, and a runner that feeds
+them through `process_event` and lets the clock run on with `fire_due`."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+from features.events import Event, EventType, Order, Product
+from features.rules import DAY, Channel, Policy, TriggerRules
+from features.state import ClientState
+from features.triggers import Trigger, fire_due, process_event
+
+T0 = 1_700_006_400.0  # 2023-11-15T00:00:00Z, a Wednesday
+HOUR = 3600.0
+MINUTE = 60.0
+CLIENT = "c1"
+
+# No quiet hours, no cap, a channel that needs no contact: each rule is seen alone.
+OPEN = Policy(quiet_hours=None, frequency_cap_per_day=0, channels=(Channel("crm"),))
+RULES = TriggerRules(policy=OPEN)
+
+_ids = itertools.count()
+
+
+def ev(event_type: EventType, t: float, **fields: Any) -> Event:
+    """An event of CLIENT at T0 + t seconds (received when it happened: live)."""
+    return Event(event_id=fields.pop("event_id", None) or f"e{next(_ids)}", type=event_type,
+                 event_time=T0 + t, received_at=T0 + t, client_id=CLIENT, **fields)
+
+
+def registered(t: float, **traits: Any) -> Event:
+    return ev(EventType.REGISTERED, t, traits=traits)
+
+
+def identify(t: float, **traits: Any) -> Event:
+    return ev(EventType.IDENTIFY, t, traits=traits)
+
+
+def order(t: float, order_id: str, total: float = 20.0, *categories: str) -> Event:
+    items = tuple(Product(f"p-{c}", c, total / len(categories), 1) for c in categories) or (
+        Product("p1", None, total, 1),)
+    return ev(EventType.ORDER_PLACED, t, order=Order(order_id, total, "EUR", items))
+
+
+def cancel(t: float, order_id: str) -> Event:
+    return ev(EventType.ORDER_CANCELLED, t, order=Order(order_id, -1.0))
+
+
+def visit(t: float) -> Event:
+    return ev(EventType.VISIT, t)
+
+
+def cart_add(t: float, *pids: str) -> Event:
+    return ev(EventType.CART_ADD, t, products=tuple(Product(p, "toys", 10.0, 1) for p in pids))
+
+
+def nps(t: float, score: int, **fields: Any) -> Event:
+    return ev(EventType.NPS_ANSWER, t, nps_score=score, **fields)
+
+
+def opened(t: float, channel: str) -> Event:
+    return ev(EventType.MESSAGE_OPENED, t, channel=channel)
+
+
+def touch(t: float, occasion: str, key: str | None = None, status: str = "done",
+          channel: str | None = "phone", **extra: Any) -> Event:
+    properties = {"occasion": occasion, "status": status, "comment": "called",
+                  "author": "mia", **extra}
+    if key is not None:
+        properties["key"] = key
+    return ev(EventType.TOUCH_RECORDED, t, properties=properties, channel=channel)
+
+
+def run(events: Iterable[Event], rules: TriggerRules = RULES, *,
+        state: ClientState | None = None, until: float | None = None
+        ) -> tuple[ClientState, list[Trigger]]:
+    """Process events in arrival order, then (with `until`, seconds after T0) let every
+    timer due by then fire; all triggers in the order they came out."""
+    out: list[Trigger] = []
+    for event in events:
+        state, fired = process_event(CLIENT, state, event, rules)
+        out.extend(fired)
+    assert state is not None
+    if until is not None:
+        state, fired = fire_due(CLIENT, state, T0 + until, rules)
+        out.extend(fired)
+    return state, out
+
+
+def of(triggers: list[Trigger], kind: str) -> list[Trigger]:
+    return [t for t in triggers if t.type == kind]
+
+
+def kinds(triggers: list[Trigger]) -> list[str]:
+    return [t.type for t in triggers]
+
+
+def only(rules: TriggerRules, *keep: str) -> TriggerRules:
+    """`rules` with every timer and immediate rule off except `keep` (and their policy)."""
+    from features.rules import TRIGGER_TYPES
+
+    return replace(rules, **{kind: replace(rules.rule(kind), enabled=kind in keep)
+                             for kind in TRIGGER_TYPES})
+
+
+def days(n: float) -> float:
+    return n * DAY
