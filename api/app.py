@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from api.deps import Resources
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.routes import health, ingest, profiles
+from api.routes import health, ingest, profiles, touches
 from config.settings import Settings
 from sinks.event_log import AppendOptions, AsyncEventLog
 from sinks.keys import KeyLayout
@@ -41,6 +41,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(ingest.router)
     app.include_router(profiles.router)
+    app.include_router(touches.router)
     app.include_router(health.router)
 
     @app.exception_handler(redis.ConnectionError)

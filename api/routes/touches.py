@@ -1,0 +1,85 @@
+"""Manual touches (B2B practice): a manager records that a client was contacted, or that an
+occasion was skipped (write or admin key).
+
+The API does not write client state; the dataflow owns it. A touch becomes a canonical
+`touch_recorded` event in the client's stream, acknowledged once Redis stored it (202).
+The dataflow applies it: it decides its occasion like an automatic trigger would (the same
+id for the same occasion and key), a `done` marketing touch counts for the frequency cap,
+and it appears in `GET /v1/profiles/{client_id}/touches`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+from fastapi.responses import JSONResponse
+
+from api.deps import ResourcesDep, WriteKey
+from api.routes.profiles import ClientId
+from config.durations import format_duration
+from features.events import ANONYMOUS_PREFIX, EventError, content_event_id, parse_event, parse_time
+from features.triggers import trigger_id
+
+router = APIRouter(prefix="/v1/profiles", tags=["touches"], dependencies=[WriteKey])
+
+FIELDS = ("occasion", "key", "channel", "status", "comment", "author", "touched_at", "touch_id")
+_PROPERTIES = ("occasion", "key", "status", "comment", "author")
+
+TouchBody = Annotated[dict[str, Any], Body(
+    examples=[{"occasion": "renewal_call", "key": "2025", "channel": "phone",
+               "status": "done", "comment": "renews in March", "author": "mia@example.com"}],
+    description="occasion (a trigger type, or a name of your own: a-z, 0-9, _), optional key "
+                "(default empty: once per client), channel, status done|skipped, comment, "
+                "author, touched_at (default now), touch_id (an idempotency key)")]
+
+
+def _bad(field: str, message: str) -> JSONResponse:
+    return JSONResponse({"detail": f"{field}: {message}", "field": field}, status_code=400)
+
+
+@router.post("/{client_id}/touches", status_code=202)
+async def record_touch(client_id: ClientId, body: TouchBody,
+                       resources: ResourcesDep) -> JSONResponse:
+    """Record a manual touch; answers 202 with the touch's id (its occasion's trigger id)."""
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        return _bad(unknown[0], f"unknown field (known: {', '.join(FIELDS)})")
+    received_at = time.time()
+    try:
+        event_time = (received_at if body.get("touched_at") is None
+                      else parse_time(body["touched_at"], "touched_at"))
+        if event_time > received_at + resources.settings.api.max_future_skew:
+            raise EventError("touched_at", "more than "
+                             f"{format_duration(resources.settings.api.max_future_skew)} "
+                             "in the future")
+        touch_id = body.get("touch_id")
+        if touch_id is not None and (not isinstance(touch_id, str) or not touch_id
+                                     or len(touch_id) > 200):
+            raise EventError("touch_id", "expected a string of 1 to 200 characters")
+        raw: dict[str, Any] = {
+            "event_id": touch_id or content_event_id({"client": client_id, **body}),
+            "type": "touch_recorded", "event_time": event_time, "received_at": received_at,
+            "properties": {name: body[name] for name in _PROPERTIES if body.get(name) is not None},
+        }
+        if client_id.startswith(ANONYMOUS_PREFIX):
+            raw["anonymous_id"] = client_id.removeprefix(ANONYMOUS_PREFIX)
+        else:
+            raw["client_id"] = client_id
+        if body.get("channel") is not None:
+            raw["channel"] = body["channel"]
+        event = parse_event(raw)
+    except EventError as exc:
+        return _bad(exc.field.removeprefix("properties."), exc.message)
+    if len(json.dumps(raw, default=str)) > resources.settings.api.max_event_bytes:
+        return _bad("touch", f"larger than {resources.settings.api.max_event_bytes} bytes")
+    [stored] = await resources.event_log.append([event])
+    key = str(event.properties.get("key") or "")
+    occasion = str(event.properties["occasion"])
+    return JSONResponse({
+        "touch_id": trigger_id(event.client_key, occasion, key),
+        "event_id": event.event_id, "client_id": event.client_key, "occasion": occasion,
+        "key": key, "status": "accepted" if stored else "duplicate",
+    }, status_code=202)

@@ -1,0 +1,137 @@
+"""Manual touches over real HTTP and the dataflow: recorded through the event stream, in
+the ledger and the trigger stream, counted for dedup and caps like automatic triggers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from config.settings import Settings
+from features.triggers import trigger_id
+from tests.support import (
+    READ_KEY,
+    WRITE_KEY,
+    all_triggers,
+    api_server,
+    drain,
+    make_settings,
+    post_events,
+    read_headers,
+)
+
+POLICY = {"quiet_hours": None}
+
+
+@pytest.fixture
+def settings(redis_url: str, key_prefix: str) -> Settings:
+    return make_settings(redis_url, key_prefix, policy=POLICY)
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[str]:
+    with api_server(settings) as url:
+        yield url
+
+
+def post_touch(api: str, client_id: str, body: dict[str, Any],
+               auth: tuple[str, str] | None = (WRITE_KEY, "")) -> httpx.Response:
+    return httpx.post(f"{api}/v1/profiles/{client_id}/touches", json=body, auth=auth,
+                      timeout=10)
+
+
+def touches(api: str, client_id: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{api}/v1/profiles/{client_id}/touches", headers=read_headers())
+    assert response.status_code == 200, response.text
+    result: list[dict[str, Any]] = response.json()["touches"]
+    return result
+
+
+def test_a_manual_touch_is_recorded_and_listed(api: str, settings: Settings,
+                                              redis_client: redis.Redis) -> None:
+    body = {"occasion": "renewal_call", "key": "2025", "channel": "phone", "status": "done",
+            "comment": "renews in March", "author": "mia@example.com"}
+    response = post_touch(api, "acme-1", body)
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert answer["touch_id"] == trigger_id("acme-1", "renewal_call", "2025")
+    assert answer["status"] == "accepted" and answer["key"] == "2025"
+    registry = CollectorRegistry()
+    drain(settings, registry)
+    [listed] = touches(api, "acme-1")
+    assert listed["trigger_id"] == answer["touch_id"]
+    assert (listed["type"], listed["key"], listed["status"], listed["channel"],
+            listed["source"]) == ("renewal_call", "2025", "done", "phone", "manual")
+    assert listed["payload"] == {"comment": "renews in March", "author": "mia@example.com"}
+    [entry] = all_triggers(redis_client, settings)
+    assert entry["trigger_id"] == answer["touch_id"] and entry["status"] == "done"
+    assert registry.get_sample_value("crmflow_triggers_raised_total",
+                                     {"type": "other", "status": "done"}) == 1
+
+
+def test_a_resent_touch_is_acknowledged_once(api: str, settings: Settings,
+                                             redis_client: redis.Redis) -> None:
+    body = {"occasion": "renewal_call", "status": "skipped", "touch_id": "crm-77"}
+    first = post_touch(api, "acme-2", body).json()
+    again = post_touch(api, "acme-2", body).json()
+    assert (first["status"], again["status"]) == ("accepted", "duplicate")
+    assert first["touch_id"] == again["touch_id"] == trigger_id("acme-2", "renewal_call", "")
+    other = post_touch(api, "acme-2", {**body, "touch_id": "crm-78", "status": "done"})
+    assert other.json()["status"] == "accepted"  # another record of the same occasion...
+    drain(settings)
+    assert [t["status"] for t in touches(api, "acme-2")] == ["skipped"]  # ...is not recorded
+
+
+def test_a_manual_touch_counts_for_dedup_and_the_cap(api: str, settings: Settings) -> None:
+    now = time.time()
+    # the manager greeted the client in person: the automatic welcome is not raised
+    assert post_touch(api, "ann", {"occasion": "welcome", "status": "done",
+                                   "touched_at": now - 600}).status_code == 202
+    events = [{"event_id": "r", "type": "registered", "client_id": "ann",
+               "event_time": now - 300, "traits": {"email": "ann@example.com"}},
+              {"event_id": "n", "type": "nps_answer", "client_id": "ann",
+               "event_time": now - 200, "nps_score": 7},
+              {"event_id": "m", "type": "nps_answer", "client_id": "ann",
+               "event_time": now - 100, "nps_score": 10}]
+    assert post_events(api, events).status_code == 200
+    drain(settings)
+    listed = [(t["type"], t["source"], t["status"], t["reason"]) for t in touches(api, "ann")]
+    # default cap: 2 marketing sends a day; the manual touch was one of them
+    assert listed == [("nps_promoter_referral", "auto", "suppressed", "frequency_cap"),
+                      ("nps_passive_offer", "auto", "sent", None),
+                      ("welcome", "manual", "done", None)]
+
+
+def test_touch_auth_and_validation(api: str) -> None:
+    good = {"occasion": "renewal_call", "status": "done"}
+    assert post_touch(api, "c1", good, auth=None).status_code == 401
+    read_only = httpx.post(f"{api}/v1/profiles/c1/touches", json=good,
+                           headers={"Authorization": f"Bearer {READ_KEY}"})
+    assert read_only.status_code == 401
+    for body, field in [({"status": "done"}, "occasion"),
+                        ({**good, "occasion": "Renewal Call"}, "occasion"),
+                        ({**good, "status": "maybe"}, "status"),
+                        ({**good, "key": 5}, "key"),
+                        ({**good, "channel": "by phone"}, "channel"),
+                        ({**good, "touched_at": "yesterday"}, "touched_at"),
+                        ({**good, "touched_at": time.time() + 86400}, "touched_at"),
+                        ({**good, "touch_id": ""}, "touch_id"),
+                        ({**good, "outcome": "ok"}, "outcome")]:
+        response = post_touch(api, "c1", body)
+        assert response.status_code == 400, (body, response.text)
+        assert response.json()["field"] == field, response.text
+        assert response.json()["detail"].startswith(field + ":")
+    assert post_touch(api, "c1", ["not", "an", "object"]).status_code == 422  # type: ignore[arg-type]
+
+
+def test_touch_for_an_anonymous_visitor(api: str, settings: Settings) -> None:
+    response = post_touch(api, "anon:cookie-9", {"occasion": "chat_help", "status": "done"})
+    assert response.status_code == 202
+    assert response.json()["client_id"] == "anon:cookie-9"
+    drain(settings)
+    assert [t["type"] for t in touches(api, "anon:cookie-9")] == ["chat_help"]
