@@ -1,4 +1,4 @@
-"""The `crmflow` command: up, api, dataflow, demo, tail, config."""
+"""The `crmflow` command: up, api, dataflow, demo, tail, config, check-config."""
 
 from __future__ import annotations
 
@@ -119,6 +119,11 @@ def _cmd_config(args: argparse.Namespace) -> None:
     sys.stdout.write(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
 
 
+def _cmd_check_config(args: argparse.Namespace) -> None:
+    settings_from(args)  # exits non-zero, naming every bad field, when it is invalid
+    sys.stdout.write("ok\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crmflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -160,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = command("config", "validate the configuration and print the effective values")
     show.set_defaults(func=_cmd_config)
+
+    check = command("check-config", "validate the configuration: print ok, or every error "
+                                    "(and exit non-zero)")
+    check.set_defaults(func=_cmd_check_config)
     return parser
 
 

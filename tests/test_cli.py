@@ -47,6 +47,38 @@ def test_config_prints_effective_values_with_partial_file(tmp_path: Path) -> Non
     assert effective["triggers"]["abandoned_browse"]["delay"] == 7200.0
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("triggers:\n  abandoned_cart:\n    delai: 1h\n",
+     "triggers.abandoned_cart.delai: unknown setting"),
+    ("triggers:\n  feedback_request:\n    delay: -7d\n",
+     "triggers.feedback_request.delay: duration must not be negative: '-7d'"),
+    ("triggers:\n  birthdy:\n    enabled: true\n",
+     "triggers.birthdy: unknown trigger type 'birthdy'"),
+    ("policy:\n  priority: [welcome, anniversary]\n",
+     "policy.priority.1: unknown trigger type 'anniversary'"),
+    ("policy:\n  quiet_hours: 21-9\n", "policy.quiet_hours: expected a time of day HH:MM"),
+])
+def test_check_config_rejects_naming_the_field(tmp_path: Path, text: str, expected: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    result = _crmflow("check-config", "--config", str(config), cwd=tmp_path)
+    assert result.returncode != 0
+    assert expected in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_accepts_the_documented_defaults_and_partial_files(tmp_path: Path) -> None:
+    defaults = Path(__file__).resolve().parents[1] / "config" / "default.yaml"
+    result = _crmflow("check-config", "--config", str(defaults), cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
+    config = tmp_path / "mine.yaml"
+    config.write_text("policy:\n  quiet_hours: null\n  frequency_cap_per_day: 0\n"
+                      "triggers:\n  birthday:\n    offset: 3d\n")
+    result = _crmflow("check-config", "--config", str(config), cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
+    assert _crmflow("check-config", cwd=tmp_path).stdout == "ok\n"  # no file: the defaults
+
+
 def test_api_refuses_to_start_without_keys(tmp_path: Path) -> None:
     result = _crmflow("api", cwd=tmp_path)
     assert result.returncode != 0 and "api.write_keys" in result.stderr
