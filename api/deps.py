@@ -1,4 +1,8 @@
-"""Dependencies: the per-app resources and the key checks, as Annotated aliases."""
+"""Dependencies: the per-app resources and the key checks, as Annotated aliases.
+
+All are `async def` on purpose: FastAPI runs a plain `def` dependency in a thread pool,
+which costs more than the whole profile read.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ class Resources:
     metrics: ApiMetrics
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
@@ -63,7 +67,7 @@ def _unauthorized(detail: str, scheme: str) -> HTTPException:
                          headers={"WWW-Authenticate": scheme})
 
 
-def require_write_key(request: Request, resources: ResourcesDep) -> None:
+async def require_write_key(request: Request, resources: ResourcesDep) -> None:
     """Segment style: the write key as the HTTP Basic user name (Bearer also accepted)."""
     credential = _credential(request)
     if credential is None:
@@ -74,14 +78,17 @@ def require_write_key(request: Request, resources: ResourcesDep) -> None:
         raise _unauthorized("invalid write key", 'Basic realm="crmflow"')
 
 
-def require_read_key(request: Request, resources: ResourcesDep) -> None:
+async def require_read_key(request: Request) -> Resources:
+    """The resources, for a caller with a read key (one dependency: reads are the hot path)."""
+    resources: Resources = request.app.state.resources
     credential = _credential(request)
     if credential is None or credential[0] != "bearer":
         raise _unauthorized("missing read key: send Authorization: Bearer <read key>", "Bearer")
     api = resources.settings.api
     if not _matches(credential[1], api.read_keys + api.admin_keys):
         raise _unauthorized("invalid read key", "Bearer")
+    return resources
 
 
 WriteKey = Depends(require_write_key)
-ReadKey = Depends(require_read_key)
+ReadAccess = Annotated[Resources, Depends(require_read_key)]

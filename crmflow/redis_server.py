@@ -72,7 +72,8 @@ class EmbeddedRedis:
             "--daemonize", "no", "--loglevel", "warning",
             "--logfile", str(self.data_dir / "redis.log"),
         ]
-        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL)  # noqa: S603
+        self._process = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
