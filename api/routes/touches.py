@@ -14,16 +14,18 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Path
 from fastapi.responses import JSONResponse
 
 from api.deps import ResourcesDep, WriteKey
-from api.routes.profiles import ClientId
 from config.durations import format_duration
 from features.events import ANONYMOUS_PREFIX, EventError, content_event_id, parse_event, parse_time
 from features.triggers import trigger_id
 
 router = APIRouter(prefix="/v1/profiles", tags=["touches"], dependencies=[WriteKey])
+
+ClientId = Annotated[str, Path(min_length=1, max_length=205,
+                               description="client id, or anon:<anonymous id>")]
 
 FIELDS = ("occasion", "key", "channel", "status", "comment", "author", "touched_at", "touch_id")
 _PROPERTIES = ("occasion", "key", "status", "comment", "author")
