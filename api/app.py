@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
+from api.cors import IngestCORSMiddleware
 from api.deps import Resources
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import health, ingest, profiles, touches
@@ -39,6 +40,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                   description="Real-time CRM triggers and customer features.")
     app.state.registry = registry
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(IngestCORSMiddleware, allowed_origins=settings.api.cors_origins)
     app.include_router(ingest.router)
     app.include_router(profiles.router)
     app.include_router(touches.router)

@@ -67,15 +67,21 @@ def _unauthorized(detail: str, scheme: str) -> HTTPException:
                          headers={"WWW-Authenticate": scheme})
 
 
-async def require_write_key(request: Request, resources: ResourcesDep) -> None:
-    """Segment style: the write key as the HTTP Basic user name (Bearer also accepted)."""
+def check_write_key(request: Request, resources: Resources, body_key: object = None) -> None:
+    """Segment style: the write key as the HTTP Basic user name (Bearer also accepted), or,
+    as analytics.js sends it from browsers, as `writeKey` in the JSON body."""
     credential = _credential(request)
-    if credential is None:
-        raise _unauthorized("missing write key: send it as the HTTP Basic user name",
-                            'Basic realm="crmflow"')
+    key = credential[1] if credential is not None else body_key
+    if not isinstance(key, str) or not key:
+        raise _unauthorized("missing write key: send it as the HTTP Basic user name "
+                            "or as writeKey in the body", 'Basic realm="crmflow"')
     api = resources.settings.api
-    if not _matches(credential[1], api.write_keys + api.admin_keys):
+    if not _matches(key, api.write_keys + api.admin_keys):
         raise _unauthorized("invalid write key", 'Basic realm="crmflow"')
+
+
+async def require_write_key(request: Request, resources: ResourcesDep) -> None:
+    check_write_key(request, resources)
 
 
 async def require_read_key(request: Request) -> Resources:

@@ -2,16 +2,28 @@
 
 Sites already instrumented with analytics.js or a Segment/RudderStack server library can
 point at crmflow unchanged: `track`, `identify`, `page` and `screen` messages are mapped,
-with the e-commerce v2 spec names; other track names become `custom` events (kept, not
-dropped).
+with the e-commerce v2 spec names; other track names, and `alias` and `group` messages,
+become `custom` events (kept, not dropped).
+
+Event time follows Segment's clock-skew correction: a device's `timestamp` is shifted by
+the difference between when crmflow received the message and the device's `sentAt`, so a
+phone whose clock is an hour fast still records events when they happened.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
-from features.events import Event, EventError, EventType, content_event_id, parse_event
+from features.events import (
+    Event,
+    EventError,
+    EventType,
+    content_event_id,
+    parse_event,
+    parse_time,
+)
 
 TRACK_EVENTS: dict[str, EventType] = {
     "signed up": EventType.REGISTERED,
@@ -47,9 +59,14 @@ _ORDER_EVENTS = {EventType.ORDER_PLACED, EventType.ORDER_CANCELLED, EventType.OR
 _ORDER_FIELDS = ("order_id", "total", "revenue", "value", "currency", "products")
 
 
+def _first(mapping: Mapping[str, Any], *names: str) -> Any:
+    """The first of the names with a value (analytics libraries send nulls freely)."""
+    return next((mapping[n] for n in names if mapping.get(n) not in (None, "")), None)
+
+
 def _product(properties: Mapping[str, Any]) -> dict[str, Any]:
     product = {
-        "product_id": properties.get("product_id", properties.get("sku", properties.get("id"))),
+        "product_id": _first(properties, "product_id", "sku", "id"),
         "category": properties.get("category"),
         "price": properties.get("price", 0.0),
         "quantity": properties.get("quantity", 1),
@@ -108,6 +125,18 @@ def _channel_from_name(name: str) -> str | None:
     return next((ch for ch in ("email", "push", "sms") if lowered.startswith(ch)), None)
 
 
+def _event_time(message: Mapping[str, Any], received_at: float) -> float:
+    stamped = _first(message, "timestamp", "originalTimestamp")
+    if stamped is None:
+        return received_at
+    event_time = parse_time(stamped, "timestamp")
+    sent = message.get("sentAt")
+    if sent is not None:
+        with contextlib.suppress(EventError):  # a bad sentAt loses the correction, not the event
+            event_time += received_at - parse_time(sent, "sentAt")
+    return event_time
+
+
 def from_segment(message: object, received_at: float) -> Event:
     """One Segment message -> a validated canonical Event (EventError names what is wrong)."""
     if not isinstance(message, Mapping):
@@ -117,8 +146,7 @@ def from_segment(message: object, received_at: float) -> Event:
         "client_id": message.get("userId"),
         "anonymous_id": message.get("anonymousId"),
         "received_at": received_at,
-        "event_time": (message.get("timestamp") or message.get("originalTimestamp")
-                       or received_at),
+        "event_time": _event_time(message, received_at),
     }
     if kind == "track":
         _track(message, canonical)
@@ -133,12 +161,24 @@ def from_segment(message: object, received_at: float) -> Event:
             raise EventError("properties", "expected an object")
         canonical.update(type=EventType.PAGE_VIEW.value, name=message.get("name"),
                          properties=dict(properties))
+    elif kind == "alias":
+        canonical.update(type=EventType.CUSTOM.value, name="alias",
+                         properties={"previous_id": message.get("previousId")})
+    elif kind == "group":
+        traits = message.get("traits")
+        canonical.update(type=EventType.CUSTOM.value, name="group",
+                         properties={"group_id": message.get("groupId"),
+                                     "traits": dict(traits) if isinstance(traits, Mapping)
+                                     else {}})
     else:
-        raise EventError("type", f"unsupported message type {kind!r} "
-                                 "(expected track, identify, page or screen)")
+        raise EventError("type", f"unsupported message type {kind!r} (expected track, "
+                                 "identify, page, screen, alias or group)")
     message_id = message.get("messageId")
+    # Without an id, the content and the (corrected) time identify the event: a resend
+    # is recognised, the same action repeated later is not mistaken for one.
     canonical["event_id"] = message_id if message_id else content_event_id(
-        {k: v for k, v in message.items() if k not in ("sentAt", "receivedAt")})
+        {**{k: v for k, v in message.items() if k not in ("sentAt", "receivedAt")},
+         "event_time": canonical["event_time"]})
     return parse_event(canonical)
 
 
@@ -149,7 +189,7 @@ def from_native(raw: object, received_at: float) -> Event:
     canonical = dict(raw)
     canonical["received_at"] = received_at
     canonical.setdefault("event_time", received_at)
-    if not canonical.get("event_id"):
+    if not canonical.get("event_id"):  # content and time: see from_segment
         canonical["event_id"] = content_event_id(
-            {k: v for k, v in raw.items() if k != "received_at"})
+            {k: v for k, v in canonical.items() if k != "received_at"})
     return parse_event(canonical)

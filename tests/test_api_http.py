@@ -102,7 +102,7 @@ def test_bad_items_are_rejected_and_good_ones_kept(api: str, settings: Settings,
 
 
 def test_all_bad_batch_is_400_and_single_track_error_names_field(api: str) -> None:
-    response = httpx.post(api + "/v1/batch", json={"batch": [{"type": "alias"}]},
+    response = httpx.post(api + "/v1/batch", json={"batch": [{"type": "bogus"}]},
                           auth=(WRITE_KEY, ""))
     assert response.status_code == 400
     assert "unsupported message type" in response.json()["rejected"][0]["error"]
@@ -197,7 +197,7 @@ def test_health_readiness_and_metrics(api: str, settings: Settings) -> None:
     assert ready.status_code == 503 and ready.json()["checks"]["dataflow"] == "no heartbeat"
     drain(settings)  # a dataflow run beats the heart
     assert httpx.get(api + "/readyz").status_code == 200
-    httpx.post(api + "/v1/batch", json={"batch": [{"type": "alias"}]}, auth=(WRITE_KEY, ""))
+    httpx.post(api + "/v1/batch", json={"batch": [{"type": "bogus"}]}, auth=(WRITE_KEY, ""))
     httpx.post(api + "/v1/events", json={"type": "visit", "client_id": "m"},
                auth=(WRITE_KEY, ""))
     text = httpx.get(api + "/metrics").text
@@ -205,3 +205,63 @@ def test_health_readiness_and_metrics(api: str, settings: Settings) -> None:
     assert 'crmflow_ingest_events_accepted_total{source="native"} 1.0' in text
     assert 'crmflow_http_request_duration_seconds_bucket' in text
     assert 'route="/v1/batch"' in text
+
+
+def test_analytics_js_from_a_browser(api: str, settings: Settings,
+                                     redis_client: redis.Redis) -> None:
+    """analytics.js: short routes, text/plain, writeKey in the body, CORS."""
+    preflight = httpx.options(api + "/v1/b", headers={
+        "Origin": "https://shop.example", "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
+    body = {"writeKey": WRITE_KEY, "sentAt": "2026-01-01T10:00:05Z", "batch": [
+        {"type": "track", "event": "Product Viewed", "anonymousId": "cookie-1",
+         "messageId": "js-1", "timestamp": "2026-01-01T10:00:00Z",
+         "properties": {"product_id": None, "sku": "SKU-9", "price": 3}},
+        {"type": "alias", "userId": "u7", "previousId": "cookie-1", "messageId": "js-2"},
+        {"type": "group", "userId": "u7", "groupId": "acme", "messageId": "js-3"},
+        {"type": "screen", "userId": "u7", "name": "Home", "messageId": "js-4"},
+    ]}
+    response = httpx.post(api + "/v1/b", content=json.dumps(body),
+                          headers={"Content-Type": "text/plain",
+                                   "Origin": "https://shop.example"})
+    assert response.status_code == 200, response.text
+    assert response.json()["accepted"] == 4
+    assert response.headers["access-control-allow-origin"] == "https://shop.example"
+    single = httpx.post(api + "/v1/t", content=json.dumps(
+        {"writeKey": WRITE_KEY, "type": "track", "event": "Session Started", "userId": "u7",
+         "messageId": "js-5"}), headers={"Content-Type": "text/plain"})
+    assert single.status_code == 200, single.text
+    stored = {e["event_id"]: e for e in _stream_entries(redis_client, settings)}
+    view = stored["js-1"]
+    assert view["products"][0]["product_id"] == "SKU-9"
+    # the device clock was 5 s behind by its own sentAt: the event time is corrected
+    received = view["received_at"]
+    assert abs(view["event_time"] - (received - 5)) < 0.01
+    assert stored["js-2"]["name"] == "alias" and stored["js-3"]["name"] == "group"
+    assert stored["js-4"]["type"] == "page_view"
+    wrong = httpx.post(api + "/v1/t", content=json.dumps(
+        {"writeKey": "nope", "type": "track", "event": "x", "userId": "u"}))
+    assert wrong.status_code == 401
+
+
+def test_repeats_without_ids_are_distinct_but_resends_are_not(
+        api: str, settings: Settings, redis_client: redis.Redis) -> None:
+    event = {"type": "cart_add", "client_id": "rep",
+             "products": [{"product_id": "mug", "price": 5}]}
+    for _ in range(2):  # the same action twice, no id, no time: two events
+        assert httpx.post(api + "/v1/events", json=event,
+                          auth=(WRITE_KEY, "")).json()["duplicates"] == 0
+        time.sleep(0.01)
+    stamped = {**event, "event_time": "2026-01-01T00:00:00Z"}
+    results = [httpx.post(api + "/v1/events", json=stamped, auth=(WRITE_KEY, "")).json()
+               for _ in range(2)]  # a resend of a stamped event without id: deduplicated
+    assert [r["duplicates"] for r in results] == [0, 1]
+    assert len(_stream_entries(redis_client, settings)) == 3
+
+
+def test_metric_labels_stay_bounded(api: str) -> None:
+    for method in ("FOO1", "FOO2"):
+        httpx.request(method, api + "/v1/batch")
+    text = httpx.get(api + "/metrics").text
+    assert "FOO1" not in text and 'method="OTHER"' in text

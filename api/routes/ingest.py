@@ -1,5 +1,9 @@
-"""Ingest: the Segment tracking API (`/v1/track`, `/identify`, `/page`, `/batch`) and the
-native `/v1/events`.
+"""Ingest: the Segment tracking API and the native `/v1/events`.
+
+Segment's routes are served under both their names (`/v1/track`, `/identify`, `/page`,
+`/screen`, `/alias`, `/group`, `/batch`, `/import`) and the short ones analytics.js uses
+(`/v1/t`, `/i`, `/p`, `/s`, `/a`, `/g`, `/b`); the write key may come as HTTP Basic user
+name, Bearer token or `writeKey` in the body, and any Content-Type is read as JSON.
 
 An event is acknowledged only after Redis stored it in its partition's stream. In a batch,
 valid events are stored and acknowledged even when others are rejected; the response
@@ -19,12 +23,12 @@ import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api.deps import Resources, ResourcesDep, WriteKey
+from api.deps import Resources, ResourcesDep, check_write_key
 from config.durations import format_duration
 from features.events import Event, EventError
 from features.segment import from_native, from_segment
 
-router = APIRouter(prefix="/v1", tags=["ingest"], dependencies=[WriteKey])
+router = APIRouter(prefix="/v1", tags=["ingest"])
 
 Parser = Callable[[object, float], Event]
 _INDEX = re.compile(r"\[\d+\]")
@@ -134,8 +138,13 @@ async def _ingest(items: Sequence[object], *, parser: Parser, source: str, singl
 async def _handle(request: Request, resources: Resources, *, limit: int, source: str,
                   parser: Parser, extract: Callable[[Any], tuple[Sequence[object], bool]],
                   ) -> JSONResponse:
+    if request.headers.get("authorization"):
+        check_write_key(request, resources)  # refuse before reading a stranger's body
     try:
         payload = _decode_json(await _read_body(request, limit))
+        if not request.headers.get("authorization"):
+            check_write_key(request, resources,
+                            payload.get("writeKey") if isinstance(payload, dict) else None)
         items, single = extract(payload)
     except BodyError as exc:
         resources.metrics.rejected.labels(source, exc.reason).inc()
@@ -152,6 +161,7 @@ def _single(kind: str) -> Callable[[Any], tuple[Sequence[object], bool]]:
         message.setdefault("type", kind)
         if message["type"] != kind:
             raise BodyError(400, f"type is {message['type']!r} at /v1/{kind}", "type")
+        message.pop("writeKey", None)
         return [message], True
     return extract
 
@@ -161,11 +171,11 @@ def _segment_batch(payload: Any) -> tuple[Sequence[object], bool]:
         raise BodyError(400, 'expected {"batch": [message, ...]}', "malformed")
     if not payload["batch"]:
         raise BodyError(400, "batch is empty", "malformed")
-    context = payload.get("context")
+    shared = {k: payload[k] for k in ("context", "sentAt") if k in payload}
     items: list[object] = []
     for message in payload["batch"]:
-        if isinstance(message, dict) and isinstance(context, dict) and "context" not in message:
-            message = {**message, "context": context}  # batch-level context applies to all
+        if isinstance(message, dict):  # batch-level context and sentAt apply to every message
+            message = {**shared, **message}
         items.append(message)
     return items, False
 
@@ -185,24 +195,29 @@ def _native(payload: Any) -> tuple[Sequence[object], bool]:
     return items, False
 
 
-def _single_route(kind: str) -> Callable[[Request, Resources], Awaitable[JSONResponse]]:
+def _route(extract: Callable[[Any], tuple[Sequence[object], bool]], *, batch: bool, name: str
+           ) -> Callable[[Request, Resources], Awaitable[JSONResponse]]:
     async def handler(request: Request, resources: ResourcesDep) -> JSONResponse:
-        return await _handle(request, resources, limit=resources.settings.api.max_event_bytes,
-                             source="segment", parser=from_segment, extract=_single(kind))
+        api = resources.settings.api
+        return await _handle(request, resources,
+                             limit=api.max_batch_bytes if batch else api.max_event_bytes,
+                             source="segment", parser=from_segment, extract=extract)
 
-    handler.__name__ = kind
-    handler.__doc__ = f"Segment `{kind}`: one message."
+    handler.__name__ = name
+    handler.__doc__ = (f"Segment `{name}`: " + ("a batch of messages." if batch
+                                                 else "one message."))
     return handler
 
 
-for _kind in ("track", "identify", "page"):
-    router.add_api_route(f"/{_kind}", _single_route(_kind), methods=["POST"])
-
-
-@router.post("/batch")
-async def batch(request: Request, resources: ResourcesDep) -> JSONResponse:
-    return await _handle(request, resources, limit=resources.settings.api.max_batch_bytes,
-                         source="segment", parser=from_segment, extract=_segment_batch)
+SEGMENT_ROUTES = {"track": "t", "identify": "i", "page": "p", "screen": "s", "alias": "a",
+                  "group": "g"}
+for _kind, _short in SEGMENT_ROUTES.items():
+    for _path in (_kind, _short):
+        router.add_api_route(f"/{_path}", _route(_single(_kind), batch=False, name=_kind),
+                             methods=["POST"], include_in_schema=_path == _kind)
+for _path in ("batch", "b", "import"):
+    router.add_api_route(f"/{_path}", _route(_segment_batch, batch=True, name="batch"),
+                         methods=["POST"], include_in_schema=_path == "batch")
 
 
 @router.post("/events")
