@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from api.deps import ReadAccess, Resources
 from api.responses import FastJSONResponse
-from features.profile import profile_document
+from features.profile import DAY, profile_document
 from sinks.profile_store import ProfileStore
 
 router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
@@ -29,13 +29,17 @@ async def get_profile(client_id: str, resources: ReadAccess) -> FastJSONResponse
     state = await ProfileStore(resources.redis, resources.layout).state(client_id)
     if state is None:
         raise _not_found(resources, "/v1/profiles/{client_id}", client_id)
-    return FastJSONResponse(profile_document(client_id, state, time.time()))
+    lifecycle = resources.settings
+    return FastJSONResponse(profile_document(
+        client_id, state, time.time(),
+        churn_after_days=lifecycle.triggers.churn_winback.delay / DAY,
+        loyal_after_orders=lifecycle.policy.loyal_after_orders))
 
 
 @router.get("/{client_id}/touches", response_class=FastJSONResponse)
 async def get_touches(client_id: str, resources: ReadAccess,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> FastJSONResponse:
-    """Triggers raised for the client, newest first."""
+    """The client's touch ledger, newest first: trigger decisions and manual touches."""
     touches = await ProfileStore(resources.redis, resources.layout).touches(client_id, limit)
     if touches is None:
         raise _not_found(resources, "/v1/profiles/{client_id}/touches", client_id)

@@ -1,0 +1,29 @@
+"""The profile read follows the configured churn age and loyalty threshold."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import redis
+
+from tests.support import api_server, drain, make_settings, post_events, read_headers
+
+
+def test_lifecycle_stage_uses_the_configuration(redis_client: redis.Redis, redis_url: str,
+                                                key_prefix: str) -> None:
+    now = time.time()
+    orders = [{"event_id": f"o{i}", "type": "order_placed", "client_id": "bea",
+               "event_time": now - 40 * 86400 + i, "order": {"order_id": f"o{i}", "total": 5}}
+              for i in range(2)]
+    stages = []
+    for name, triggers, policy in [("d", {}, {}),
+                                   ("c", {"churn_winback": {"delay": "30d"}}, {}),
+                                   ("l", {}, {"loyal_after_orders": 2})]:
+        settings = make_settings(redis_url, key_prefix + name, triggers=triggers, policy=policy)
+        with api_server(settings) as url:
+            assert post_events(url, orders).status_code == 200
+            drain(settings)
+            profile = httpx.get(f"{url}/v1/profiles/bea", headers=read_headers()).json()
+        stages.append(profile["features"]["lifecycle_stage"])
+    assert stages == ["repeat", "churned", "loyal"]
