@@ -28,8 +28,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = async_client(settings.redis)
         layout = KeyLayout.from_settings(settings)
-        event_log = AsyncEventLog(client, layout, AppendOptions(
-            settings.redis.dedupe_window, settings.redis.stream_maxlen))
+        event_log = AsyncEventLog(client, layout, AppendOptions(settings.redis.dedupe_window))
         app.state.resources = Resources(settings, client, layout, event_log, metrics)
         try:
             yield

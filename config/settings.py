@@ -12,15 +12,25 @@ A bad value stops start-up with a `ConfigError` that names the field.
 from __future__ import annotations
 
 import os
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -58,12 +68,20 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 
 
 def _key_list(value: object) -> object:
+    """A list from YAML, a JSON list, or "a,b" as environment variables hold it."""
     if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError(f"not a JSON list: {value!r}") from None
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
 
 
-KeyList = Annotated[list[str], BeforeValidator(_key_list)]
+# NoDecode: an environment variable holds "a,b" (as CRMFLOW_WRITE_KEY does), not JSON.
+KeyList = Annotated[list[str], NoDecode, BeforeValidator(_key_list)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
 
 class Section(BaseModel):
@@ -76,6 +94,7 @@ class RedisSettings(Section):
     data_dir: Path = Path("var/redis")
     embedded_port: Port = 6390
     stream_maxlen: PositiveInt = 5_000_000
+    stream_retention: Duration = 86400.0
     dedupe_window: Duration = 86400.0
     ledger_max_entries: PositiveInt = 200
     socket_timeout: Duration = 5.0
@@ -96,11 +115,11 @@ class DataflowSettings(Section):
     idle_wait: Duration = 0.05
     allowed_lateness: Duration = 5.0
     offset_flush_interval: Duration = 5.0
-    heartbeat_ttl: Duration = 15.0
+    heartbeat_ttl: PositiveDuration = 15.0
     workers: PositiveInt = 1
     metrics_host: str = "127.0.0.1"
     metrics_port: Port = 9101
-    epoch_interval: Duration = 10.0
+    epoch_interval: PositiveDuration = 10.0
 
 
 class ApiSettings(Section):
@@ -113,6 +132,13 @@ class ApiSettings(Section):
     max_future_skew: Duration = 3600.0
     max_event_bytes: PositiveInt = 32 * 1024
     max_batch_bytes: PositiveInt = 500 * 1024
+
+    @model_validator(mode="after")
+    def _batch_holds_an_event(self) -> ApiSettings:
+        if self.max_batch_bytes < self.max_event_bytes:
+            raise ValueError(f"max_batch_bytes ({self.max_batch_bytes}) must be at least "
+                             f"max_event_bytes ({self.max_event_bytes})")
+        return self
 
 
 Percent = Annotated[float, Field(ge=0, le=100)]

@@ -43,27 +43,27 @@ def _cmd_api(args: argparse.Namespace) -> None:
 
     settings = settings_from(args)
     check_api_keys(settings)
-    settings, server = with_redis(settings)
+    settings, lease = with_redis(settings)
     try:
         uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port,
                     log_level="warning", access_log=False)
     finally:
-        if server is not None:
-            server.stop()
+        if lease is not None:
+            lease.release()
 
 
 def _cmd_dataflow(args: argparse.Namespace) -> None:
     from crmflow.runtime import with_redis
     from dataflows.run import run_dataflow
 
-    settings, server = with_redis(settings_from(args))
+    settings, lease = with_redis(settings_from(args))
     addresses = args.addresses.split(";") if args.addresses else None
 
     def exit_now(signum: int, frame: object) -> None:
         # Raising inside Bytewax's Rust loop panics; the dataflow keeps nothing of its own
         # (Redis holds state and positions), so it may simply stop here.
-        if server is not None:
-            server.stop()
+        if lease is not None:
+            lease.release()
         os._exit(0)
 
     signal.signal(signal.SIGTERM, exit_now)
@@ -72,8 +72,8 @@ def _cmd_dataflow(args: argparse.Namespace) -> None:
         run_dataflow(settings, process_id=args.process_id, addresses=addresses,
                      stop_when_caught_up=args.drain)
     finally:
-        if server is not None:
-            server.stop()
+        if lease is not None:
+            lease.release()
 
 
 def _cmd_up(args: argparse.Namespace) -> None:
@@ -104,19 +104,22 @@ def _cmd_tail(args: argparse.Namespace) -> None:
     from crmflow.runtime import with_redis
     from crmflow.supervisor import tail_triggers
 
-    settings, server = with_redis(settings_from(args))
+    settings, lease = with_redis(settings_from(args))
     try:
         tail_triggers(settings, from_start=args.from_start)
     except KeyboardInterrupt:
         pass
     finally:
-        if server is not None:
-            server.stop()
+        if lease is not None:
+            lease.release()
 
 
 def _cmd_config(args: argparse.Namespace) -> None:
-    settings = settings_from(args)
-    sys.stdout.write(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
+    values = settings_from(args).model_dump(mode="json")
+    for name in ("write_keys", "read_keys", "admin_keys"):  # never print secrets
+        values["api"][name] = [f"***{key[-2:]}" if len(key) > 8 else "***"
+                               for key in values["api"][name]]
+    sys.stdout.write(yaml.safe_dump(values, sort_keys=False))
 
 
 def _cmd_check_config(args: argparse.Namespace) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -12,6 +13,7 @@ import redis
 
 from config.settings import Settings
 from crmflow.redis_server import EmbeddedRedis
+from sinks.redis_client import connection_name
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,43 @@ def _running_embedded(settings: Settings) -> str | None:
     return url if served == str(settings.redis.data_dir.resolve()) else None
 
 
-def with_redis(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
-    """Settings pointing at a live Redis, and the embedded server we started, if any."""
+class EmbeddedLease:
+    """This process's use of the embedded Redis, started by it or by a sibling.
+
+    `crmflow api` and `crmflow dataflow` run separately share one embedded server; the last
+    of them to leave shuts it down (saving), whichever started it.
+    """
+
+    def __init__(self, url: str, server: EmbeddedRedis | None) -> None:
+        self.url = url
+        self._server = server
+
+    @property
+    def server(self) -> EmbeddedRedis | None:
+        """The server process, when this process started it."""
+        return self._server
+
+    def release(self) -> None:
+        client = redis.Redis.from_url(self.url, socket_timeout=5, client_name=connection_name())
+        try:
+            others = [c for c in client.client_list() if c.get("name") != connection_name()]
+            if others:
+                log.info("embedded redis stays up: %d other connection(s)", len(others))
+                return
+            if self._server is not None:
+                client.close()
+                self._server.stop()
+            else:
+                with contextlib.suppress(redis.ConnectionError):  # it closes the connection
+                    client.shutdown(save=True)
+        except redis.RedisError as exc:
+            log.warning("embedded redis: %s", exc)
+        finally:
+            client.close()
+
+
+def with_redis(settings: Settings) -> tuple[Settings, EmbeddedLease | None]:
+    """Settings pointing at a live Redis, and our lease on the embedded one, if used."""
     if settings.redis.url:
         return settings, None
     url = _running_embedded(settings)
@@ -40,7 +77,7 @@ def with_redis(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
         server.start()
         url = server.url
     redis_section = settings.redis.model_copy(update={"url": url})
-    return settings.model_copy(update={"redis": redis_section}), server
+    return settings.model_copy(update={"redis": redis_section}), EmbeddedLease(url, server)
 
 
 def ensure_keys(settings: Settings, keys_file: Path) -> Settings:

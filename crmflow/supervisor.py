@@ -22,10 +22,12 @@ import httpx
 import redis
 
 from config.settings import Settings
+from crmflow.redis_server import EmbeddedRedis
 from crmflow.runtime import ensure_keys, with_redis
 from sinks.keys import KeyLayout
 
 log = logging.getLogger("crmflow.up")
+STABLE_AFTER = 60.0
 StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 
 
@@ -105,14 +107,15 @@ def _format_trigger(fields: dict[bytes, bytes]) -> str:
             f"{status:<26} {get('payload')[:70]}")
 
 
-def tail_triggers(settings: Settings, *, from_start: bool = False,
+def tail_triggers(settings: Settings, *, from_start: bool = False, since: float | None = None,
                   stop: threading.Event | None = None) -> None:
-    """Follow every partition's trigger stream and print one line per trigger."""
+    """Follow every partition's trigger stream and print one line per trigger: from the
+    start, from the time `since` (epoch seconds), or from now."""
     layout = KeyLayout.from_settings(settings)
     assert settings.redis.url is not None
     client = redis.Redis.from_url(settings.redis.url, socket_timeout=5)
-    positions: dict[str, str] = dict.fromkeys(layout.all_trigger_streams(),
-                                              "0-0" if from_start else "$")
+    first = "0-0" if from_start else f"{int(since * 1000)}-0" if since is not None else "$"
+    positions: dict[str, str] = dict.fromkeys(layout.all_trigger_streams(), first)
     while stop is None or not stop.is_set():
         try:
             replies = client.xread(positions, count=500, block=1000)  # type: ignore[arg-type]
@@ -128,7 +131,8 @@ def tail_triggers(settings: Settings, *, from_start: bool = False,
 
 def run_up(settings: Settings, *, config_file: Path | None, demo: bool, keys_file: Path) -> None:
     settings = ensure_keys(settings, keys_file)
-    settings, redis_server = with_redis(settings)
+    settings, lease = with_redis(settings)
+    redis_server = lease.server if lease is not None else None
     assert settings.redis.url is not None
     env = dict(os.environ)
     env.update({
@@ -151,13 +155,15 @@ def run_up(settings: Settings, *, config_file: Path | None, demo: bool, keys_fil
     signal.signal(signal.SIGINT, request_stop)
     api_url = f"http://{settings.api.host}:{settings.api.port}"
     threads: list[threading.Thread] = []
+    started = time.time()
     try:
         for child in children:
             child.start()
         _wait_healthy(api_url, children[1])
-        print(_banner(settings, api_url, redis_server is not None, demo), flush=True)  # noqa: T201
+        print(_banner(settings, api_url, lease is not None, demo), flush=True)  # noqa: T201
         threads.append(threading.Thread(target=tail_triggers, args=(settings,),
-                                        kwargs={"stop": stop}, daemon=True))
+                                        kwargs={"stop": stop, "since": started},
+                                        daemon=True))
         if demo:
             from crmflow.demo import run_demo
 
@@ -175,19 +181,20 @@ def run_up(settings: Settings, *, config_file: Path | None, demo: bool, keys_fil
             thread.join(timeout=5)  # the demo sends what it has left while the API is up
         for child in reversed(children):
             child.stop()
-        if redis_server is not None:
-            redis_server.stop()
+        if lease is not None:
+            lease.release()  # our children are gone: the server stops unless others use it
 
 
-def _supervise(children: list[Child], redis_server: object, stop: threading.Event) -> None:
-    from crmflow.redis_server import EmbeddedRedis
-
+def _supervise(children: list[Child], redis_server: EmbeddedRedis | None,
+               stop: threading.Event) -> None:
     while not stop.wait(0.5):
-        if isinstance(redis_server, EmbeddedRedis) and not redis_server.alive():
+        if redis_server is not None and not redis_server.alive():
             log.error("embedded redis exited; restarting it (data is kept in its AOF)")
             redis_server.start()
         for child in children:
             if child.alive():
+                if child.restarts and time.monotonic() - child.started_at > STABLE_AFTER:
+                    child.restarts = 0  # it has run well again: the next crash starts afresh
                 continue
             code = child.process.returncode if child.process else None
             backoff = min(30.0, 2.0 ** min(child.restarts, 5))

@@ -26,7 +26,7 @@ def build_flow(settings: Settings, metrics: DataflowMetrics, *,
     df = settings.dataflow
     source_config = SourceConfig(
         batch_size=df.batch_size, tick_interval=df.tick_interval, idle_wait=df.idle_wait,
-        heartbeat_ttl=df.heartbeat_ttl,
+        heartbeat_ttl=df.heartbeat_ttl, retention=settings.redis.stream_retention,
         stop_when_caught_up=stop_when_caught_up, as_of=as_of)
     bucket_config = BucketConfig(rules=settings.trigger_rules(),
                                  offset_flush_interval=df.offset_flush_interval,

@@ -31,6 +31,8 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
     registry = registry if registry is not None else REGISTRY
     metrics = DataflowMetrics.create(registry)
     port = settings.dataflow.metrics_port if metrics_port is None else metrics_port
+    if port and process_id:
+        port += process_id  # several processes on one host: one metrics port each
     if port:
         host = settings.dataflow.metrics_host
         start_http_server(port, addr=host, registry=registry)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 KeyedItem = tuple[str, Item]
 HEARTBEAT_EVERY = 2.0
+TRIM_EVERY = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class SourceConfig:
     tick_interval: float
     idle_wait: float
     heartbeat_ttl: float
+    retention: float = 86400.0  # applied entries older than this are trimmed from the stream
     stop_when_caught_up: bool = False  # for drains and tests: EOF once every entry is read
     as_of: float | None = None  # replays: the head clock is this time, not the wall clock
 
@@ -71,6 +73,8 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
         layout = store.layout
         self._partition = partition
         self._client: redis.Redis = store.client
+        self._store = store
+        self._last_trim = time.time()
         self._config = config
         self._metrics = metrics
         self._stream = layout.events(partition)
@@ -112,7 +116,20 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
             self._beat(now)
         if self._caught_up and self._config.stop_when_caught_up:
             self._stopping = True
+        if now - self._last_trim >= TRIM_EVERY or self._stopping:
+            self._trim(now)
         return items
+
+    def _trim(self, now: float) -> None:
+        """Drop entries every bucket has applied, once older than the retention: the
+        stream is a buffer with a replay window, never the place where unread events die."""
+        self._last_trim = now
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+            applied = stream_id_key(self._store.resume_position(self._partition))
+            expired = (int((now - self._config.retention) * 1000), 0)
+            ms, seq = min(applied, expired)
+            if ms > 0:
+                self._client.xtrim(self._stream, minid=f"{ms}-{seq}", approximate=False)
 
     def _read(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
         if self._stopping:

@@ -1,7 +1,9 @@
 -- Append a request's events for one partition, atomically, skipping ids seen in the window.
 -- Atomic per request and partition: the dataflow never reads half of a client's batch.
+-- No MAXLEN: an acknowledged event is never trimmed before the dataflow has applied it
+-- (the dataflow trims what it has applied, after the retention).
 -- KEYS: 1 event stream
--- ARGV: 1 window seconds (0 = no de-duplication), 2 stream maxlen, 3 de-duplication key
+-- ARGV: 1 window seconds (0 = no de-duplication), 2 (unused), 3 de-duplication key
 --       prefix (same hash tag as the stream), then per event: event id, client key,
 --       event time, event json
 -- Returns, per event, its new stream id, or 0 for a duplicate.
@@ -13,7 +15,7 @@ for i = 4, #ARGV, 4 do
     fresh = redis.call('SET', ARGV[3] .. ARGV[i], '1', 'NX', 'EX', window)
   end
   if fresh then
-    table.insert(results, redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
+    table.insert(results, redis.call('XADD', KEYS[1], '*',
                                      'k', ARGV[i + 1], 't', ARGV[i + 2], 'e', ARGV[i + 3]))
   else
     table.insert(results, 0)

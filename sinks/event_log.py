@@ -22,7 +22,6 @@ from sinks.scripts import lua
 @dataclass(frozen=True, slots=True)
 class AppendOptions:
     dedupe_window: float
-    stream_maxlen: int
 
 
 def encode_event(event: Event) -> str:
@@ -37,8 +36,7 @@ def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Ev
         grouped.setdefault(layout.partition_of_client(event.client_key), []).append(index)
     calls = []
     for partition, indexes in grouped.items():
-        args: list[str | int | float] = [int(options.dedupe_window), options.stream_maxlen,
-                                         layout.seen(partition)]
+        args: list[str | int | float] = [int(options.dedupe_window), 0, layout.seen(partition)]
         for index in indexes:
             event = events[index]
             args += [event.event_id, event.client_key, repr(event.event_time),

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import redis
 import redis.asyncio as aioredis
 
 from config.settings import RedisSettings
+
+
+def connection_name() -> str:
+    """Every connection says which process it belongs to (visible in CLIENT LIST)."""
+    return f"crmflow-{os.getpid()}"
 
 
 def _url(settings: RedisSettings) -> str:
@@ -16,10 +23,11 @@ def _url(settings: RedisSettings) -> str:
 
 def sync_client(settings: RedisSettings) -> redis.Redis:
     return redis.Redis.from_url(_url(settings), socket_timeout=settings.socket_timeout,
-                                socket_connect_timeout=settings.socket_timeout)
+                                socket_connect_timeout=settings.socket_timeout,
+                                client_name=connection_name())
 
 
 def async_client(settings: RedisSettings) -> aioredis.Redis:
     return aioredis.Redis.from_url(_url(settings), socket_timeout=settings.socket_timeout,
                                    socket_connect_timeout=settings.socket_timeout,
-                                   max_connections=256)
+                                   max_connections=256, client_name=connection_name())

@@ -269,11 +269,13 @@ def test_unknown_env_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "triggers.abandoned_cart.delai" in config_error()
 
 
-def test_undecodable_env_value_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CRMFLOW_API__WRITE_KEYS", "a,b")  # a list must be JSON here
-    assert "api" in config_error()
+def test_key_lists_from_env_as_comma_lists_or_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRMFLOW_API__WRITE_KEYS", "a,b")
+    assert load_settings().api.write_keys == ["a", "b"]
     monkeypatch.setenv("CRMFLOW_API__WRITE_KEYS", '["a", "b"]')
     assert load_settings().api.write_keys == ["a", "b"]
+    monkeypatch.setenv("CRMFLOW_API__WRITE_KEYS", '["a", ')
+    assert "api.write_keys: not a JSON list" in config_error()
 
 
 def test_redis_url_shortcut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

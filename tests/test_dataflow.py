@@ -42,7 +42,7 @@ RECEIVED = time.time()  # when the tests "receive" their history: older events a
 def append(client: redis.Redis, settings: Settings, events: list[dict[str, Any]],
            dedupe_window: float = 3600) -> None:
     log = EventLog(client, KeyLayout.from_settings(settings),
-                   AppendOptions(dedupe_window=dedupe_window, stream_maxlen=10_000_000))
+                   AppendOptions(dedupe_window=dedupe_window))
     log.append([parse_event({**e, "received_at": max(RECEIVED, e["event_time"])})
                 for e in events])
 
@@ -278,3 +278,20 @@ def test_as_of_bounds_which_timers_fire(redis_client: redis.Redis, redis_url: st
     assert fired == {"early"}
     drain(settings)  # later, up to now
     assert {t["client_id"] for t in all_triggers(redis_client, settings)} == {"early", "late"}
+
+
+def test_applied_events_are_trimmed_after_the_retention(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    kept = make_settings(redis_url, key_prefix + "k")  # default retention: a day
+    trimmed = make_settings(redis_url, key_prefix + "t", redis={"stream_retention": 0},
+                            dataflow={"offset_flush_interval": 0})
+    for settings in (kept, trimmed):
+        append(redis_client, settings, flat(5, 50))
+        drain(settings)
+        drain(settings)  # trims with the positions the first run committed
+
+    def length(settings: Settings) -> int:
+        layout = KeyLayout.from_settings(settings)
+        return sum(redis_client.xlen(s) for s in layout.all_event_streams())
+    distinct = len({e["event_id"] for e in flat(5, 50)})  # resends were deduplicated
+    assert length(kept) == distinct and length(trimmed) <= 4  # the last of each

@@ -124,7 +124,7 @@ def test_uci_online_retail_replay(redis_client: redis.Redis, redis_url: str,
         policy={"quiet_hours": None, "frequency_cap_per_day": 0, "holdout_percent": 0,
                 "channels": [{"name": "crm", "contact": None}]})
     log = EventLog(redis_client, KeyLayout.from_settings(settings),
-                   AppendOptions(dedupe_window=0, stream_maxlen=10_000_000))
+                   AppendOptions(dedupe_window=0))
     replay = [parse_event(e) for e in events(data, received_at=time.time())]
     for start in range(0, len(replay), 2000):
         assert all(log.append(replay[start:start + 2000]))
