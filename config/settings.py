@@ -11,8 +11,8 @@ A bad value stops start-up with a `ConfigError` that names the field.
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
