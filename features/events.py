@@ -146,6 +146,9 @@ def _opt_id(raw: Mapping[str, Any], name: str) -> str | None:
     return text
 
 
+MAX_AMOUNT = 1e12  # prices, totals, quantities: beyond this is a bug upstream, not a sale
+
+
 def _number(value: object, field_name: str, *, minimum: float | None = 0.0) -> float:
     if isinstance(value, bool):
         raise EventError(field_name, "expected a number")
@@ -158,6 +161,8 @@ def _number(value: object, field_name: str, *, minimum: float | None = 0.0) -> f
         raise EventError(field_name, "expected a finite number")
     if minimum is not None and value < minimum:
         raise EventError(field_name, f"must be >= {minimum:g}")
+    if abs(value) > MAX_AMOUNT:
+        raise EventError(field_name, f"must be at most {MAX_AMOUNT:g}")
     return float(value)
 
 
@@ -175,11 +180,17 @@ _STRING_TRAITS = ("email", "phone", "gender", "city", "point_id", "timezone", "f
 
 
 def _traits(raw: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Known traits are checked for type; any other trait is kept as sent."""
+    """Known traits are checked for type; any other trait is kept as sent.
+
+    A number where text is expected (a phone sent as 4470...) is kept as its text rather
+    than costing the whole event; anything else of the wrong type is refused.
+    """
     traits = _mapping(raw, "traits")
     for name in _STRING_TRAITS:
         value = traits.get(name)
-        if value is not None and not isinstance(value, str):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            traits = {**traits, name: str(value)}
+        elif value is not None and not isinstance(value, str):
             raise EventError(f"traits.{name}", "expected a string")
     birthday = traits.get("birthday")
     if birthday is not None:
@@ -239,10 +250,11 @@ def _order(raw: Mapping[str, Any], event_type: EventType, products: tuple[Produc
         items = tuple(_product(it, f"order.items[{i}]") for i, it in enumerate(order["items"]))
     if order.get("total") is not None:
         total = _number(order["total"], "order.total")
-    elif event_type is EventType.ORDER_PLACED:
-        total = sum(item.price * item.quantity for item in items)
+    elif event_type is EventType.ORDER_PLACED or (event_type is EventType.ORDER_REFUNDED
+                                                  and items):
+        total = sum(item.price * item.quantity for item in items)  # a refund of these items
     else:
-        total = -1.0  # cancellation/refund without an amount: the whole order
+        total = -1.0  # a cancellation, or a refund naming nothing: the whole order
     currency = order.get("currency")
     if currency is not None and not isinstance(currency, str):
         raise EventError("order.currency", "expected a string")

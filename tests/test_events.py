@@ -149,10 +149,12 @@ def events(draw: st.DrawFn) -> Event:
     order = None
     if event_type in (EventType.ORDER_PLACED, EventType.ORDER_CANCELLED,
                       EventType.ORDER_REFUNDED):
-        total = draw(_money | st.just(-1.0)) if event_type is not EventType.ORDER_PLACED \
-            else draw(_money)
+        items = draw(_products)
+        whole = event_type is EventType.ORDER_CANCELLED or (
+            event_type is EventType.ORDER_REFUNDED and not items)  # -1: the whole order
+        total = draw(_money | st.just(-1.0)) if whole else draw(_money)
         order = Order(draw(_ids), total, draw(st.none() | st.sampled_from(["EUR", "USD"])),
-                      draw(_products))
+                      items)
     return Event(
         event_id=draw(_ids),
         type=event_type,
@@ -401,7 +403,8 @@ def test_consents_accepted() -> None:
 
 
 def test_string_traits_checked() -> None:
-    assert field_of(raw(traits={"email": 5})) == "traits.email"
+    assert field_of(raw(traits={"email": ["a@b.c"]})) == "traits.email"
+    assert parse_event(raw(traits={"email": 5})).traits["email"] == "5"  # kept as text
     assert field_of(raw(traits="vip")) == "traits"
     # unknown traits are kept as sent
     assert parse_event(raw(traits={"shoe_size": 42})).traits == {"shoe_size": 42}
@@ -411,3 +414,25 @@ def test_other_type_checks() -> None:
     assert field_of(raw(name=5)) == "name"
     assert field_of(raw(channel=["email"])) == "channel"
     assert field_of(raw(properties=[1])) == "properties"
+
+
+def test_numeric_string_traits_are_kept_as_text() -> None:
+    event = parse_event({"event_id": "n", "type": "identify", "client_id": "c",
+                         "event_time": 1_700_000_000, "traits": {"phone": 447700900123}})
+    assert event.traits["phone"] == "447700900123"
+
+
+def test_absurd_amounts_are_refused() -> None:
+    with pytest.raises(EventError) as error:
+        parse_event({"event_id": "x", "type": "cart_add", "client_id": "c",
+                     "event_time": 1_700_000_000,
+                     "products": [{"product_id": "p", "price": 1e308}]})
+    assert error.value.field == "products[0].price"
+
+
+def test_refund_with_items_and_no_total_refunds_those_items() -> None:
+    event = parse_event({"event_id": "r", "type": "order_refunded", "client_id": "c",
+                         "event_time": 1_700_000_000,
+                         "order": {"order_id": "o1",
+                                   "items": [{"product_id": "b", "price": 40}]}})
+    assert event.order is not None and event.order.total == 40.0
