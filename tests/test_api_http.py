@@ -265,3 +265,14 @@ def test_metric_labels_stay_bounded(api: str) -> None:
         httpx.request(method, api + "/v1/batch")
     text = httpx.get(api + "/metrics").text
     assert "PROPFIND" not in text and 'method="OTHER"' in text
+
+
+def test_client_ids_with_slashes_can_be_read(api: str, settings: Settings) -> None:
+    httpx.post(api + "/v1/events", json={"event_id": "s1", "type": "visit",
+                                         "client_id": "shop/42"}, auth=(WRITE_KEY, ""))
+    drain(settings)
+    for path in ("/v1/profiles/shop%2F42", "/v1/profiles/shop/42"):
+        response = httpx.get(api + path, headers=read_headers())
+        assert response.status_code == 200 and response.json()["client_id"] == "shop/42"
+    touches = httpx.get(api + "/v1/profiles/shop%2F42/touches", headers=read_headers())
+    assert touches.status_code == 200 and touches.json()["client_id"] == "shop/42"

@@ -23,7 +23,19 @@ def _not_found(resources: Resources, route: str, client_id: str) -> HTTPExceptio
     return HTTPException(404, detail=f"unknown client {client_id!r}")
 
 
-@router.get("/{client_id}", response_class=FastJSONResponse)
+# Client ids may contain '/': the path converter takes them whole. The more specific
+# route comes first, or the profile route would swallow '.../touches'.
+@router.get("/{client_id:path}/touches", response_class=FastJSONResponse)
+async def get_touches(client_id: str, resources: ReadAccess,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> FastJSONResponse:
+    """The client's touch ledger, newest first: trigger decisions and manual touches."""
+    touches = await ProfileStore(resources.redis, resources.layout).touches(client_id, limit)
+    if touches is None:
+        raise _not_found(resources, "/v1/profiles/{client_id}/touches", client_id)
+    return FastJSONResponse({"client_id": client_id, "touches": touches})
+
+
+@router.get("/{client_id:path}", response_class=FastJSONResponse)
 async def get_profile(client_id: str, resources: ReadAccess) -> FastJSONResponse:
     """The client's current features (time-dependent ones computed now) and traits."""
     state = await ProfileStore(resources.redis, resources.layout).state(client_id)
@@ -34,13 +46,3 @@ async def get_profile(client_id: str, resources: ReadAccess) -> FastJSONResponse
         client_id, state, time.time(),
         churn_after_days=lifecycle.triggers.churn_winback.delay / DAY,
         loyal_after_orders=lifecycle.policy.loyal_after_orders))
-
-
-@router.get("/{client_id}/touches", response_class=FastJSONResponse)
-async def get_touches(client_id: str, resources: ReadAccess,
-                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> FastJSONResponse:
-    """The client's touch ledger, newest first: trigger decisions and manual touches."""
-    touches = await ProfileStore(resources.redis, resources.layout).touches(client_id, limit)
-    if touches is None:
-        raise _not_found(resources, "/v1/profiles/{client_id}/touches", client_id)
-    return FastJSONResponse({"client_id": client_id, "touches": touches})
