@@ -355,10 +355,8 @@ TIMER_RULES: dict[str, tuple[DueFn, FireFn]] = {
 def rule_timers(state: ClientState, rules: TriggerRules) -> list[tuple[float, str]]:
     """Each enabled timer rule's next due time, as (due, type); unordered."""
     timers = []
-    for kind, (due_fn, _) in TIMER_RULES.items():
-        if not rules.rule(kind).enabled:
-            continue
-        due = due_fn(state, rules)
+    for kind in rules.enabled_timers:
+        due = TIMER_RULES[kind][0](state, rules)
         if due is not None:
             timers.append((due, kind))
     return timers

@@ -43,7 +43,6 @@ NO_CHANNEL = "no_channel"
 QUIET_HOURS = "quiet_hours"
 FREQUENCY_CAP = "frequency_cap"
 CANCELLED = "cancelled"  # the occasion ended while the trigger waited
-DUPLICATE = "duplicate"  # the occasion was decided (e.g. by a manual touch) while it waited
 PENDING_LIMIT = "pending_limit"  # too many triggers already waiting for this client
 
 

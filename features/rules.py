@@ -37,6 +37,11 @@ TRIGGER_TYPES = (
     SECOND_ORDER_NUDGE, FIRST_ORDER_PROMO, CHURN_WINBACK, REPLENISHMENT_REMINDER,
     SERVICE_REMINDER, BIRTHDAY, ONBOARDING, LOYALTY_STATUS,
 )
+# The rules that wait for a moment derived from the state (the others answer events).
+TIMER_TYPES = (
+    ABANDONED_CART, ABANDONED_BROWSE, FEEDBACK_REQUEST, SECOND_ORDER_NUDGE, FIRST_ORDER_PROMO,
+    CHURN_WINBACK, REPLENISHMENT_REMINDER, SERVICE_REMINDER, BIRTHDAY, ONBOARDING,
+)
 # Never suppressed, capped, held out or deferred: the client (or a manager) must get them.
 TRANSACTIONAL = frozenset({ORDER_CONFIRMATION, ORDER_CANCELLATION, NPS_DETRACTOR_TASK})
 
@@ -221,6 +226,12 @@ class TriggerRules:
     onboarding: OnboardingRule = OnboardingRule()
     loyalty_status: LoyaltyRule = LoyaltyRule()
     policy: Policy = field(default_factory=Policy)
+    # derived: the timer rules switched on (the catalogue asks on every event)
+    enabled_timers: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "enabled_timers", tuple(
+            kind for kind in TIMER_TYPES if getattr(self, kind).enabled))
 
     def rule(self, trigger_type: str) -> AnyRule:
         rule: AnyRule = getattr(self, trigger_type)

@@ -30,7 +30,6 @@ from features.policy import (
     CANCELLED,
     DEFERRED,
     DONE,
-    DUPLICATE,
     PENDING_LIMIT,
     SENT,
     SUPPRESSED,
@@ -155,23 +154,29 @@ def fire_due(client_key: str, state: ClientState, now: float, rules: TriggerRule
     """Decide every timer due at or before `now` (event time or wall time, the caller's
     clock), in due order; those due at the same moment compete by priority."""
     fired: list[Trigger] = []
+    rule_timers = catalogue.rule_timers(state, rules)
     while True:
-        timers = due_timers(state, rules)
-        if not timers or timers[0][0] > now:
+        at = min((p.release_at for p in state.pending), default=float("inf"))
+        at = min(at, min((due for due, _ in rule_timers), default=float("inf")))
+        if at > now:
             return state, fired
-        state, decided = _fire_at(client_key, state, timers[0][0], rules)
+        state, decided = _fire_at(client_key, state, at, rule_timers, rules)
         fired.extend(decided)
+        rule_timers = catalogue.rule_timers(state, rules)
 
 
-def _fire_at(client_key: str, state: ClientState, at: float, rules: TriggerRules
+def _fire_at(client_key: str, state: ClientState, at: float,
+             rule_timers: list[tuple[float, str]], rules: TriggerRules
              ) -> tuple[ClientState, list[Trigger]]:
+    """Release the triggers waiting until `at` and fire the rules due at `at` (each rule's
+    firing touches only its own part of the state, so the others' due times still hold)."""
     items: list[tuple[Candidate, PendingTrigger | None]] = []
     released = [p for p in state.pending if p.release_at <= at]
     if released:
         state = replace(state, pending=tuple(p for p in state.pending if p.release_at > at))
         items.extend((Candidate(p.type, p.key, p.fired_at, dict(p.payload)), p)
                      for p in released)
-    for due, kind in catalogue.rule_timers(state, rules):
+    for due, kind in rule_timers:
         if due <= at:
             state, candidate = catalogue.fire_rule(kind, state, rules)
             items.append((candidate, None))
@@ -223,9 +228,7 @@ def _decide_all(client_key: str, state: ClientState,
     for candidate, pending in items:
         waited = pending is not None and pending.deferred
         if occasion_fingerprint(candidate.type, candidate.key) in state.decided:
-            if waited:  # decided meanwhile (a manual touch): close the deferral
-                out.append(_record(client_key, candidate, Decision(SUPPRESSED, DUPLICATE), at))
-            continue
+            continue  # decided already, or meanwhile by a manual touch: its final record
         if pending is not None and not catalogue.still_valid(state, pending, rules):
             if waited:
                 out.append(_record(client_key, candidate, Decision(SUPPRESSED, CANCELLED), at))
