@@ -135,3 +135,11 @@ def test_touch_for_an_anonymous_visitor(api: str, settings: Settings) -> None:
     assert response.json()["client_id"] == "anon:cookie-9"
     drain(settings)
     assert [t["type"] for t in touches(api, "anon:cookie-9")] == ["chat_help"]
+
+
+def test_touch_for_a_client_id_with_a_slash(api: str, settings: Settings) -> None:
+    response = post_touch(api, "shop/42", {"occasion": "renewal_call", "status": "done"})
+    assert response.status_code == 202, response.text
+    assert response.json()["touch_id"] == trigger_id("shop/42", "renewal_call", "")
+    drain(settings)
+    assert [t["type"] for t in touches(api, "shop/42")] == ["renewal_call"]

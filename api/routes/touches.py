@@ -42,7 +42,8 @@ def _bad(field: str, message: str) -> JSONResponse:
     return JSONResponse({"detail": f"{field}: {message}", "field": field}, status_code=400)
 
 
-@router.post("/{client_id}/touches", status_code=202)
+# Client ids may contain '/', as on the read routes: the path converter takes them whole.
+@router.post("/{client_id:path}/touches", status_code=202)
 async def record_touch(client_id: ClientId, body: TouchBody,
                        resources: ResourcesDep) -> JSONResponse:
     """Record a manual touch; answers 202 with the touch's id (its occasion's trigger id)."""
