@@ -13,12 +13,13 @@ stream and so identical in replay and live, whatever the batch size or tick rate
 from __future__ import annotations
 
 import heapq
-import json
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from bytewax.operators import StatefulBatchLogic
 
 from dataflows.metrics import DataflowMetrics
@@ -58,6 +59,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         self._buckets = store.layout.buckets
         self._config = config
         self._metrics = metrics
+        self._counts: Counter[tuple[Any, str]] = Counter()  # metric updates of one batch
         self._position = loaded.position
         self._committed = loaded.position
         self._last_commit = time.monotonic()
@@ -118,6 +120,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         dirty: set[str] = set()
         triggers: list[Trigger] = []
         dead: list[DeadLetter] = []
+        self._counts.clear()
         applied = 0
         position_key = stream_id_key(self._position)
         for item in values:
@@ -139,32 +142,37 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 self._advance(LIVE, clock, dirty, triggers)
                 if at_head:
                     self._advance(BACKFILL, clock, dirty, triggers)
+        for (metric, label), count in self._counts.items():  # one update per batch, not event
+            if label:
+                metric.labels(label).inc(count)
+            else:
+                metric.inc(count)
         return self._commit(dirty, triggers, dead, applied), StatefulBatchLogic.RETAIN
 
     def _apply(self, stream_id: str, client_key: str, raw: bytes, dirty: set[str],
                triggers: list[Trigger], dead: list[DeadLetter]) -> int:
         try:
-            event = parse_event(json.loads(raw))
+            event = parse_event(orjson.loads(raw))
         except (ValueError, EventError) as exc:
             reason = f"invalid event: {exc}" if isinstance(exc, EventError) else "invalid json"
             dead.append(DeadLetter(reason, stream_id, raw))
-            self._metrics.dead_letters.labels("invalid").inc()
+            self._counts[(self._metrics.dead_letters, "invalid")] += 1
             return 0
         if event.client_key != client_key or bucket_of(client_key, self._buckets) != self._bucket:
             dead.append(DeadLetter("misrouted: entry key does not match the event's client",
                                    stream_id, raw))
-            self._metrics.dead_letters.labels("misrouted").inc()
+            self._counts[(self._metrics.dead_letters, "misrouted")] += 1
             return 0
         before = self._states.get(client_key)
         after, fired = process_event(client_key, before, event, self._config.rules)
         if after is before:
-            self._metrics.duplicates.inc()
+            self._counts[(self._metrics.duplicates, "")] += 1
             return 0
         self._states[client_key] = after
         self._schedule(client_key, after)
         dirty.add(client_key)
         triggers.extend(fired)
-        self._metrics.events_processed.labels(event.type.value).inc()
+        self._counts[(self._metrics.events_processed, event.type.value)] += 1
         return 1
 
     def _commit(self, dirty: set[str], triggers: list[Trigger], dead: list[DeadLetter],

@@ -7,10 +7,10 @@ and the canonical event JSON (`e`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
 import redis
 import redis.asyncio as aioredis
 
@@ -24,19 +24,20 @@ class AppendOptions:
     dedupe_window: float
 
 
-def encode_event(event: Event) -> str:
-    return json.dumps(event_to_dict(event), separators=(",", ":"), ensure_ascii=False)
+def encode_event(event: Event) -> bytes:
+    return orjson.dumps(event_to_dict(event))
 
 
 def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Event]
-                  ) -> list[tuple[list[int], list[str], list[str | int | float]]]:
+                  ) -> list[tuple[list[int], list[str], list[str | bytes | int | float]]]:
     """One script call per partition: (indexes of its events, keys, args)."""
     grouped: dict[int, list[int]] = {}
     for index, event in enumerate(events):
         grouped.setdefault(layout.partition_of_client(event.client_key), []).append(index)
     calls = []
     for partition, indexes in grouped.items():
-        args: list[str | int | float] = [int(options.dedupe_window), 0, layout.seen(partition)]
+        args: list[str | bytes | int | float] = [int(options.dedupe_window), 0,
+                                                 layout.seen(partition)]
         for index in indexes:
             event = events[index]
             args += [event.event_id, event.client_key, repr(event.event_time),
@@ -45,7 +46,7 @@ def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Ev
     return calls
 
 
-def _outcomes(count: int, calls: list[tuple[list[int], list[str], list[str | int | float]]],
+def _outcomes(count: int, calls: list[tuple[list[int], list[str], list[str | bytes | int | float]]],
               results: list[list[object]]) -> list[bool]:
     """Per event, in request order: True when appended, False for a duplicate."""
     stored = [False] * count
