@@ -12,9 +12,39 @@ from typing import Any
 
 import msgpack
 
+from features.rules import (
+    BIRTHDAY,
+    CHURN_WINBACK,
+    FEEDBACK_REQUEST,
+    FIRST_ORDER_PROMO,
+    LOYALTY_STATUS,
+    ONBOARDING,
+    REPLENISHMENT_REMINDER,
+    SECOND_ORDER_NUDGE,
+    SERVICE_REMINDER,
+)
 from features.state import CartLine, CategoryOrders, ClientState, OrderRecord, PendingTrigger
 
 FORMAT_VERSION = 3
+
+# Rule marks are stored by number: append only, never reorder (a name not listed is kept as
+# text). Whole-number values (flags, counts, whole-second times) are stored as integers.
+_MARK_NAMES = (FEEDBACK_REQUEST, SECOND_ORDER_NUDGE, FIRST_ORDER_PROMO, CHURN_WINBACK,
+               REPLENISHMENT_REMINDER, SERVICE_REMINDER, BIRTHDAY, ONBOARDING, LOYALTY_STATUS)
+_MARK_CODES = {name: code for code, name in enumerate(_MARK_NAMES)}
+
+
+def _mark_value(value: float) -> float | int:
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+def _encode_marks(marks: tuple[tuple[str, float], ...]) -> list[list[Any]]:
+    return [[_MARK_CODES.get(name, name), _mark_value(value)] for name, value in marks]
+
+
+def _decode_marks(rows: list[list[Any]]) -> tuple[tuple[str, float], ...]:
+    return tuple((_MARK_NAMES[key] if isinstance(key, int) else key, float(value))
+                 for key, value in rows)
 _V2_FIELDS = 33  # version 2 rows: the version and 32 fields
 
 
@@ -39,7 +69,7 @@ def encode_state(state: ClientState) -> bytes:
         list(state.recent_event_ids),
         [[c.category, c.first_at, c.last_at, c.count, c.reminded_through]
          for c in state.categories],
-        [list(m) for m in state.marks], state.loyalty_tier,
+        _encode_marks(state.marks), state.loyalty_tier,
         [[p.release_at, p.type, p.key, p.fired_at, dict(p.payload), p.deferred]
          for p in state.pending],
         list(state.sends), list(state.decided),
@@ -81,7 +111,7 @@ def decode_state(data: bytes) -> ClientState:
         channel_engagement=tuple((ch, n) for ch, n in channel_engagement),
         recent_event_ids=tuple(recent_event_ids),
         categories=tuple(CategoryOrders(*c) for c in categories),
-        marks=tuple((name, value) for name, value in marks), loyalty_tier=loyalty_tier,
+        marks=_decode_marks(marks), loyalty_tier=loyalty_tier,
         pending=tuple(PendingTrigger(*p) for p in pending), sends=tuple(sends),
         decided=tuple(decided),
     )

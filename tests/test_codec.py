@@ -1,0 +1,51 @@
+"""The state codec: version 3 with the trigger engine's bookkeeping, version 2 still read."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import msgpack
+import pytest
+
+from features.codec import FORMAT_VERSION, StateFormatError, decode_state, encode_state
+from features.state import CategoryOrders, ClientState, OrderRecord, PendingTrigger
+
+FULL = ClientState(
+    first_seen_at=1.0, last_seen_at=2.5, updated_at=2.5, traits={"email": "a@x"},
+    orders=(OrderRecord("o1", 1.0, 9.5),), orders_count=1, monetary_total=9.5,
+    categories=(CategoryOrders("food", 1.0, 1.0, 1),),
+    marks=(("birthday", 2024.0), ("churn_winback", 1_700_000_000.25), ("custom_rule", 3.0),
+           ("onboarding", 2.0)),
+    loyalty_tier="silver",
+    pending=(PendingTrigger(10.0, "abandoned_cart", "1.000", 5.0,
+                            {"items": [{"product_id": "p"}], "cart_value": 3.5}, True),),
+    sends=(4.0, 5.5), decided=(123, 4_000_000_000))
+
+
+def test_round_trip_of_every_new_field() -> None:
+    data = encode_state(FULL)
+    assert decode_state(data) == FULL
+    assert encode_state(decode_state(data)) == data
+    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 3
+
+
+def test_marks_are_stored_compactly() -> None:
+    row = msgpack.unpackb(encode_state(FULL), strict_map_key=False)
+    marks = row[34]  # the version, 32 fields of version 2, the categories, then the marks
+    assert marks == [[6, 2024], [3, 1_700_000_000.25], ["custom_rule", 3], [7, 2]]
+    bare = replace(FULL, marks=())
+    assert len(encode_state(FULL)) - len(encode_state(bare)) < 40
+
+
+def test_version_2_records_are_read_with_defaults() -> None:
+    row = msgpack.unpackb(encode_state(FULL), strict_map_key=False)
+    v2 = msgpack.packb([2, *row[1:33]], use_bin_type=True)
+    old = decode_state(v2)
+    assert old == replace(FULL, categories=(), marks=(), loyalty_tier="", pending=(), sends=(),
+                          decided=())
+
+
+@pytest.mark.parametrize("data", [msgpack.packb([1, 2, 3]), msgpack.packb({"a": 1}), b"\xc1"])
+def test_unknown_formats_are_refused(data: bytes) -> None:
+    with pytest.raises(StateFormatError):
+        decode_state(data)
