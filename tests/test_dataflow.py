@@ -68,7 +68,8 @@ def outcome(client: redis.Redis, settings: Settings) -> tuple[dict[str, ClientSt
 
 
 def flat(seed: int, clients: int) -> list[dict[str, Any]]:
-    start = time.time() - 10 * DAY
+    # from a UTC midnight: the times of day, and so the quiet hours, are the same every run
+    start = (time.time() // DAY - 10) * DAY
     return [e for h in histories(seed, clients, start) for e in h]
 
 
