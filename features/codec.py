@@ -25,7 +25,7 @@ from features.rules import (
 )
 from features.state import CartLine, CategoryOrders, ClientState, OrderRecord, PendingTrigger
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 # Rule marks are stored by number: append only, never reorder (a name not listed is kept as
 # text). Whole-number values (flags, counts, whole-second times) are stored as integers.
@@ -58,7 +58,7 @@ def encode_state(state: ClientState) -> bytes:
         state.first_seen_at, state.last_seen_at, state.updated_at, state.last_received_at,
         state.registered_at, state.welcomed, dict(state.traits), state.traits_updated_at,
         state.last_visit_at, state.visits,
-        [[c.product_id, c.quantity, c.price, c.category] for c in state.cart],
+        [[c.product_id, c.quantity, c.price, c.category, c.added_at] for c in state.cart],
         state.cart_updated_at, state.cart_since, state.cart_reminded, state.cart_closed_at,
         [list(v) for v in state.viewed], state.browse_since, state.last_view_at,
         state.browse_closed_at, list(state.favourites),
@@ -73,6 +73,7 @@ def encode_state(state: ClientState) -> bytes:
         [[p.release_at, p.type, p.key, p.fired_at, dict(p.payload), p.deferred]
          for p in state.pending],
         list(state.sends), list(state.decided),
+        [list(r) for r in state.early_returns],
     ]
     return msgpack.packb(row, use_bin_type=True)
 
@@ -83,7 +84,10 @@ def decode_state(data: bytes) -> ClientState:
     except (ValueError, msgpack.UnpackException) as exc:
         raise StateFormatError(f"undecodable client state: {exc}") from exc
     if isinstance(row, list) and row and row[0] == 2 and len(row) == _V2_FIELDS:
-        row = [FORMAT_VERSION, *row[1:], [], [], "", [], [], []]
+        row = [3, *row[1:], [], [], "", [], [], []]
+    if isinstance(row, list) and row and row[0] == 3:
+        row = [FORMAT_VERSION, *row[1:], []]  # v4 added early_returns (cart lines' added_at
+        # is optional in a line, so v3 lines read as added at 0)
     if not isinstance(row, list) or not row or row[0] != FORMAT_VERSION:
         found = row[:1] if isinstance(row, list) else type(row).__name__
         raise StateFormatError(f"unknown client state format: {found}")
@@ -93,7 +97,7 @@ def decode_state(data: bytes) -> ClientState:
      favourites, orders, orders_count, monetary_total, first_order_at, last_order_at,
      checkout_started_at, support_requests, last_support_at, nps_score, nps_at,
      channel_engagement, recent_event_ids, categories, marks, loyalty_tier, pending, sends,
-     decided) = row
+     decided, early_returns) = row
     return ClientState(
         first_seen_at=first_seen_at, last_seen_at=last_seen_at, updated_at=updated_at,
         last_received_at=last_received_at,
@@ -114,4 +118,5 @@ def decode_state(data: bytes) -> ClientState:
         marks=_decode_marks(marks), loyalty_tier=loyalty_tier,
         pending=tuple(PendingTrigger(*p) for p in pending), sends=tuple(sends),
         decided=tuple(decided),
+        early_returns=tuple((oid, amount, cancel) for oid, amount, cancel in early_returns),
     )

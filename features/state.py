@@ -26,6 +26,7 @@ MAX_PENDING = 8  # triggers waiting for a configured delay or the end of quiet h
 MAX_SENDS = 32  # marketing sends kept for the rolling-day frequency cap
 MAX_DECIDED = 16  # occasions recently decided (manual touches and marketing triggers)
 MAX_CATEGORIES = 8  # product categories with order history, for per-category replenishment
+MAX_EARLY_RETURNS = 4  # cancellations and refunds that arrived before their order
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class CartLine:
     quantity: int
     price: float
     category: str | None = None
+    added_at: float = 0.0  # the line's latest add: a late order removes only earlier lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,8 @@ class ClientState:
     pending: tuple[PendingTrigger, ...] = ()  # by release time
     sends: tuple[float, ...] = ()  # times of recent marketing sends, oldest first
     decided: tuple[int, ...] = ()  # fingerprints of recently decided occasions
+    # (order id, amount or -1 for all, is a cancellation) seen before the order itself
+    early_returns: tuple[tuple[str, float, bool], ...] = ()
 
     @property
     def cart_value(self) -> float:
@@ -250,8 +254,7 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
     t = event.event_time
     changes: Changes = {}
     if event.type is EventType.CART_ADD:
-        changes["browse_since"] = None
-        changes["browse_closed_at"] = max(state.browse_closed_at, t)
+        changes.update(_close_browse(state, t))
     if t < state.cart_closed_at:
         return changes  # a late change to a cart that an order already closed
     cart = {line.product_id: line for line in state.cart}
@@ -261,7 +264,8 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
             quantity = product.quantity + (line.quantity if line else 0)
             cart[product.product_id] = CartLine(
                 product.product_id, quantity, product.price or (line.price if line else 0.0),
-                product.category or (line.category if line else None))
+                product.category or (line.category if line else None),
+                max(line.added_at, t) if line else t)
         elif line is not None:
             remaining = line.quantity - product.quantity
             if remaining > 0:
@@ -274,8 +278,19 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
         state.cart_updated_at, t)
     if not lines:
         changes.update(cart_since=None, cart_reminded=False, cart_updated_at=None)
-    elif state.cart_since is None:
+    elif state.cart_since is None or (
+            event.type is EventType.CART_ADD and state.cart_reminded
+            and t >= (state.cart_updated_at or t)):
+        # a first add, or an add after the reminder: a new episode, re-armed
         changes.update(cart_since=t, cart_reminded=False)
+    return changes
+
+
+def _close_browse(state: ClientState, t: float) -> Changes:
+    """A cart add or an order at `t` ends browsing that began before it (not views after)."""
+    changes: Changes = {"browse_closed_at": max(state.browse_closed_at, t)}
+    if state.browse_since is None or state.browse_since <= t:
+        changes["browse_since"] = None
     return changes
 
 
@@ -299,15 +314,27 @@ def _order_placed(state: ClientState, event: Event) -> Changes:
         "monetary_total": round(state.monetary_total + record.total, 2),
         "first_order_at": t if state.first_order_at is None else min(state.first_order_at, t),
         "last_order_at": t if state.last_order_at is None else max(state.last_order_at, t),
-        "browse_since": None,
-        "browse_closed_at": max(state.browse_closed_at, t),
+        **_close_browse(state, t),
     }
     categories = _order_categories(state, event)
     if categories is not None:
         changes["categories"] = categories
-    if state.cart_since is None or state.cart_since <= t:  # the order ends this cart episode
-        changes.update(cart=(), cart_updated_at=None, cart_since=None, cart_reminded=False)
+    later = tuple(line for line in state.cart if line.added_at > t)
+    if later != state.cart:  # the order bought what was in the cart before it
+        if later:  # lines added after the order (it arrived late): their own episode
+            changes.update(cart=later, cart_since=min(line.added_at for line in later),
+                           cart_updated_at=max(line.added_at for line in later),
+                           cart_reminded=False)
+        else:
+            changes.update(cart=(), cart_updated_at=None, cart_since=None, cart_reminded=False)
     changes["cart_closed_at"] = max(state.cart_closed_at, t)
+    early = next((r for r in state.early_returns if r[0] == record.order_id), None)
+    if early is not None:  # its cancellation or refund arrived first: apply it now
+        undone = _return_order(changes, len(changes["orders"]) - 1 - [
+            o.order_id for o in reversed(changes["orders"])].index(record.order_id),
+            amount=early[1], cancel=early[2])
+        changes.update(undone)
+        changes["early_returns"] = tuple(r for r in state.early_returns if r is not early)
     return changes
 
 
@@ -329,27 +356,49 @@ def _order_categories(state: ClientState, event: Event) -> tuple[CategoryOrders,
 
 
 def _order_returned(state: ClientState, event: Event) -> Changes:
-    """Cancellation or refund: money goes back; a cancellation also removes the order."""
+    """Cancellation or refund: money goes back; a cancellation also removes the order.
+
+    One that arrives before its order (out of order) is kept, bounded, and applied when the
+    order arrives.
+    """
     assert event.order is not None
+    cancel = event.type is EventType.ORDER_CANCELLED
     index = next((i for i, o in enumerate(state.orders)
                   if o.order_id == event.order.order_id), None)
     if index is None:
-        return {}  # unknown order (never seen, or beyond the kept history): nothing to undo
-    order = state.orders[index]
+        if any(r[0] == event.order.order_id for r in state.early_returns):
+            return {}
+        early = (event.order.order_id, event.order.total, cancel)
+        return {"early_returns": (*state.early_returns, early)[-MAX_EARLY_RETURNS:]}
+    current = {"orders": state.orders, "orders_count": state.orders_count,
+               "monetary_total": state.monetary_total, "first_order_at": state.first_order_at,
+               "last_order_at": state.last_order_at}
+    return _return_order(current, index, amount=event.order.total, cancel=cancel)
+
+
+def _return_order(current: Changes, index: int, *, amount: float, cancel: bool) -> Changes:
+    """Undo (part of) the order at `index`; `amount` < 0 means all of it."""
+    order: OrderRecord = current["orders"][index]
     if order.cancelled:
         return {}
     outstanding = round(order.total - order.returned, 2)
-    cancel = event.type is EventType.ORDER_CANCELLED
     # A cancellation undoes the whole order; a refund gives back what it says (all if silent).
-    amount = outstanding if cancel or event.order.total < 0 else min(event.order.total,
-                                                                     outstanding)
-    updated = replace(order, returned=round(order.returned + amount, 2), cancelled=cancel)
-    orders = state.orders[:index] + (updated,) + state.orders[index + 1:]
-    return {
+    given = outstanding if cancel or amount < 0 else min(amount, outstanding)
+    updated = replace(order, returned=round(order.returned + given, 2), cancelled=cancel)
+    orders = current["orders"][:index] + (updated,) + current["orders"][index + 1:]
+    changes: Changes = {
         "orders": orders,
-        "orders_count": state.orders_count - 1 if cancel else state.orders_count,
-        "monetary_total": max(0.0, round(state.monetary_total - amount, 2)),
+        "orders_count": current["orders_count"] - 1 if cancel else current["orders_count"],
+        "monetary_total": max(0.0, round(current["monetary_total"] - given, 2)),
     }
+    if cancel:  # a cancelled order no longer counts as the first or the last one
+        live = [o.placed_at for o in orders if not o.cancelled]
+        complete = len(orders) < MAX_ORDERS  # else older orders may lie beyond the list
+        if live or complete:
+            changes["last_order_at"] = max(live) if live else None
+        if complete:
+            changes["first_order_at"] = min(live) if live else None
+    return changes
 
 
 def _support_request(state: ClientState, event: Event) -> Changes:

@@ -104,9 +104,9 @@ def check_invariants(state: ClientState) -> None:
         assert state.orders_count == len(live)
         batch = round(sum(o.total - o.returned for o in state.orders), 2)
         assert state.monetary_total == batch
-        if state.orders:
-            assert state.first_order_at == min(o.placed_at for o in state.orders)
-            assert state.last_order_at == max(o.placed_at for o in state.orders)
+        if live:  # cancelled orders are neither the first nor the last
+            assert state.first_order_at == min(o.placed_at for o in live)
+            assert state.last_order_at == max(o.placed_at for o in live)
         else:
             assert state.first_order_at is None and state.last_order_at is None
     assert state.orders_count >= 0

@@ -169,7 +169,7 @@ def test_cart_add_accumulates_quantities() -> None:
 def test_cart_line_keeps_price_and_category_when_later_add_lacks_them() -> None:
     state = run([cart_add(10, ("p1", 1), price=5.0),
                  ev(EventType.CART_ADD, 20, products=(Product("p1", None, 0.0, 1),))])
-    assert state.cart == (CartLine("p1", 2, 5.0, "cat"),)
+    assert state.cart == (CartLine("p1", 2, 5.0, "cat", added_at=T0 + 20),)
 
 
 def test_cart_remove_partial_and_full() -> None:

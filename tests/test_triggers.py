@@ -213,11 +213,20 @@ def test_abandoned_cart_rearmed_by_cart_activity() -> None:
 
 
 def test_abandoned_cart_once_per_episode() -> None:
-    state, triggers = run([cart_add(0, "p1"), visit(2 * HOUR), cart_add(3 * HOUR, "p2"),
-                           visit(10 * HOUR)])
+    state, triggers = run([cart_add(0, "p1", "p2"), visit(2 * HOUR),
+                           cart_remove(3 * HOUR, "p2"), visit(10 * HOUR)])
     assert kinds(triggers) == [ABANDONED_CART]
     assert state.cart_reminded
     assert next_due(state, RULES) is None
+
+
+def test_a_cart_add_after_the_reminder_re_arms_it_as_a_new_episode() -> None:
+    state, triggers = run([cart_add(0, "p1"), visit(2 * HOUR), cart_add(3 * HOUR, "p2"),
+                           visit(10 * HOUR)])
+    assert kinds(triggers) == [ABANDONED_CART, ABANDONED_CART]
+    assert [t.fired_at for t in triggers] == [T0 + HOUR, T0 + 4 * HOUR]
+    assert triggers[0].trigger_id != triggers[1].trigger_id
+    assert {i["product_id"] for i in triggers[1].payload["items"]} == {"p1", "p2"}
 
 
 def test_new_episode_after_emptied_cart_fires_again_with_new_id() -> None:
@@ -450,3 +459,42 @@ def test_trigger_to_dict() -> None:
     assert deferred.ledger_field == "abc:deferred"
     later = replace(trigger, decided_at=T0 + 60)
     assert later.to_dict()["decided_at"] == "2023-11-14T22:14:20.000Z"
+
+
+# --- out-of-order arrivals (each found by review) -------------------------------------------------
+
+def cancel(t: float, order_id: str) -> Event:
+    return ev(EventType.ORDER_CANCELLED, t, order=Order(order_id, -1.0))
+
+
+def test_a_cancellation_arriving_before_its_order_is_applied_when_the_order_comes() -> None:
+    in_order, _ = run([order(0, "o1", total=50), cancel(60, "o1")])
+    reversed_, _ = run([cancel(60, "o1"), order(0, "o1", total=50)])
+    for state in (in_order, reversed_):
+        assert (state.orders_count, state.monetary_total) == (0, 0.0)
+        assert state.orders[0].cancelled
+    assert reversed_.early_returns == ()
+
+
+def test_a_late_cart_add_keeps_a_later_browse_episode() -> None:
+    events = [cart_add(HOUR, "p1"), order(HOUR + 100, "o1"), view(2 * HOUR, "p9")]
+    _, in_order = run([*events, visit(5 * HOUR)])
+    _, late_add = run([events[2], events[0], events[1], visit(5 * HOUR)])
+    assert ABANDONED_BROWSE in kinds(in_order)
+    assert ABANDONED_BROWSE in kinds(late_add)
+
+
+def test_a_late_order_leaves_lines_added_after_it() -> None:
+    events = [cart_add(10, "p1"), cart_add(30, "p2"), order(20, "o1")]
+    in_order, fired = run([events[0], events[2], events[1], visit(3 * HOUR)])
+    late, late_fired = run([*events, visit(3 * HOUR)])
+    for state in (in_order, late):
+        assert [line.product_id for line in state.cart] == ["p2"]
+    assert ABANDONED_CART in kinds(fired) and ABANDONED_CART in kinds(late_fired)
+
+
+def test_a_cancelled_order_is_neither_first_nor_last() -> None:
+    state, _ = run([order(0, "o1"), order(HOUR, "o2"), cancel(2 * HOUR, "o2")])
+    assert (state.first_order_at, state.last_order_at) == (T0, T0)
+    state, _ = run([order(0, "o1"), cancel(HOUR, "o1")])
+    assert (state.first_order_at, state.last_order_at) == (None, None)
