@@ -96,5 +96,17 @@ async def require_read_key(request: Request) -> Resources:
     return resources
 
 
+async def require_admin_key(request: Request, resources: ResourcesDep) -> None:
+    """Writes that act on a client's record (manual touches) need a secret key: the write
+    key is public in every browser that runs analytics.js."""
+    credential = _credential(request)
+    if credential is None:
+        raise _unauthorized("missing admin key: send Authorization: Bearer <admin key>",
+                            "Bearer")
+    if not _matches(credential[1], resources.settings.api.admin_keys):
+        raise _unauthorized("an admin key is required", "Bearer")
+
+
 WriteKey = Depends(require_write_key)
+AdminKey = Depends(require_admin_key)
 ReadAccess = Annotated[Resources, Depends(require_read_key)]

@@ -35,14 +35,16 @@ for _ = 1, tonumber(ARGV[8]) do
     redis.call('XADD', unpack(entry))
     table.insert(emitted, ARGV[i + 2])
     table.insert(emitted, ARGV[i + 3])
-    if redis.call('HLEN', ledger) > ledger_max then
+    -- Over the cap by a quarter: drop the oldest down to the cap in one pass (amortised,
+    -- instead of reading the whole ledger on every insert once it is full).
+    if redis.call('HLEN', ledger) > ledger_max + math.max(1, math.floor(ledger_max / 4)) then
       local entries = redis.call('HGETALL', ledger)
-      local oldest_id, oldest_at = nil, nil
+      local dated = {}
       for j = 1, #entries, 2 do
-        local at = cjson.decode(entries[j + 1])['fired_at']
-        if oldest_at == nil or at < oldest_at then oldest_id, oldest_at = entries[j], at end
+        table.insert(dated, {cjson.decode(entries[j + 1])['fired_at'], entries[j]})
       end
-      redis.call('HDEL', ledger, oldest_id)
+      table.sort(dated, function(a, b) return a[1] < b[1] end)
+      for j = 1, #dated - ledger_max do redis.call('HDEL', ledger, dated[j][2]) end
     end
   end
   i = i + 6 + 2 * fields

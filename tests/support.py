@@ -26,13 +26,15 @@ from sinks.keys import KeyLayout
 
 WRITE_KEY = "test-write-key"
 READ_KEY = "test-read-key"
+ADMIN_KEY = "test-admin-key"
 REPO = Path(__file__).resolve().parents[1]
 
 
 def make_settings(redis_url: str, prefix: str, **sections: dict[str, Any]) -> Settings:
     values: dict[str, Any] = {
         "redis": {"url": redis_url, "key_prefix": prefix},
-        "api": {"write_keys": [WRITE_KEY], "read_keys": [READ_KEY], "port": free_port()},
+        "api": {"write_keys": [WRITE_KEY], "read_keys": [READ_KEY], "admin_keys": [ADMIN_KEY],
+                "port": free_port()},
         "dataflow": {"partitions": 4, "buckets": 64, "metrics_port": 0,
                      "tick_interval": 0.1, "offset_flush_interval": 0.5,
                      "allowed_lateness": 0.5},

@@ -92,6 +92,20 @@ def test_ledger_keeps_the_newest_entries(redis_client: redis.Redis, key_prefix: 
     assert sorted(k.decode() for k in kept) == ["id2", "id3", "id4"]
 
 
+def test_ledger_trims_in_batches_of_a_quarter(redis_client: redis.Redis,
+                                              key_prefix: str) -> None:
+    s = store(redis_client, key_prefix, ledger_max=8)
+    bucket = s.layout.bucket_of("c1")
+    sizes = []
+    for n in range(12):
+        s.commit([BucketCommit(bucket=bucket, base=f"{n}-0" if n else START,
+                               position=f"{n + 1}-0", triggers=[trigger(n)])])
+        sizes.append(redis_client.hlen(s.layout.ledger("c1")))
+    assert sizes == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 8, 9]  # never below the newest eight
+    kept = {k.decode() for k in redis_client.hkeys(s.layout.ledger("c1"))}
+    assert kept == {f"id{n}" for n in range(3, 12)}
+
+
 def test_resume_position_is_the_least_of_the_partition_buckets(
         redis_client: redis.Redis, key_prefix: str) -> None:
     s = store(redis_client, key_prefix)

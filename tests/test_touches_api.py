@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from config.settings import Settings
 from features.triggers import trigger_id
 from tests.support import (
+    ADMIN_KEY,
     READ_KEY,
     WRITE_KEY,
     all_triggers,
@@ -40,8 +41,9 @@ def api(settings: Settings) -> Iterator[str]:
 
 
 def post_touch(api: str, client_id: str, body: dict[str, Any],
-               auth: tuple[str, str] | None = (WRITE_KEY, "")) -> httpx.Response:
-    return httpx.post(f"{api}/v1/profiles/{client_id}/touches", json=body, auth=auth,
+               key: str | None = ADMIN_KEY) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{api}/v1/profiles/{client_id}/touches", json=body, headers=headers,
                       timeout=10)
 
 
@@ -109,10 +111,12 @@ def test_a_manual_touch_counts_for_dedup_and_the_cap(api: str, settings: Setting
 
 def test_touch_auth_and_validation(api: str) -> None:
     good = {"occasion": "renewal_call", "status": "done"}
-    assert post_touch(api, "c1", good, auth=None).status_code == 401
-    read_only = httpx.post(f"{api}/v1/profiles/c1/touches", json=good,
-                           headers={"Authorization": f"Bearer {READ_KEY}"})
-    assert read_only.status_code == 401
+    assert post_touch(api, "c1", good, key=None).status_code == 401
+    for public_or_read in (WRITE_KEY, READ_KEY):  # the write key is public in browsers
+        assert post_touch(api, "c1", good, key=public_or_read).status_code == 401
+    sneaked = post_events(api, [{"type": "touch_recorded", "client_id": "c1",
+                                 "properties": {"occasion": "welcome", "status": "done"}}])
+    assert sneaked.status_code == 400 and "admin key" in sneaked.text
     for body, field in [({"status": "done"}, "occasion"),
                         ({**good, "occasion": "Renewal Call"}, "occasion"),
                         ({**good, "status": "maybe"}, "status"),

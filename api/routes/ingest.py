@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import Resources, ResourcesDep, check_write_key
 from config.durations import format_duration
-from features.events import Event, EventError
+from features.events import Event, EventError, EventType
 from features.segment import from_native, from_segment
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
@@ -92,6 +92,9 @@ def _parse(item: object, parser: Parser, received_at: float, resources: Resource
     if size > api.max_event_bytes:
         raise EventError("event", f"is {size} bytes; the limit per event is {api.max_event_bytes}")
     event = parser(item, received_at)
+    if event.type is EventType.TOUCH_RECORDED:  # the write key is public: see routes/touches
+        raise EventError("type", "touches are recorded through POST "
+                                 "/v1/profiles/{client_id}/touches with an admin key")
     if event.event_time > received_at + api.max_future_skew:
         raise EventError("timestamp", "more than "
                          f"{format_duration(api.max_future_skew)} in the future")

@@ -1,5 +1,6 @@
 """Manual touches (B2B practice): a manager records that a client was contacted, or that an
-occasion was skipped (write or admin key).
+occasion was skipped (admin key: the write key is public in browsers, and a touch can
+suppress a client's triggers).
 
 The API does not write client state; the dataflow owns it. A touch becomes a canonical
 `touch_recorded` event in the client's stream, acknowledged once Redis stored it (202).
@@ -17,12 +18,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path
 from fastapi.responses import JSONResponse
 
-from api.deps import ResourcesDep, WriteKey
+from api.deps import AdminKey, ResourcesDep
 from config.durations import format_duration
 from features.events import ANONYMOUS_PREFIX, EventError, content_event_id, parse_event, parse_time
 from features.triggers import trigger_id
 
-router = APIRouter(prefix="/v1/profiles", tags=["touches"], dependencies=[WriteKey])
+router = APIRouter(prefix="/v1/profiles", tags=["touches"], dependencies=[AdminKey])
 
 ClientId = Annotated[str, Path(min_length=1, max_length=205,
                                description="client id, or anon:<anonymous id>")]
