@@ -83,20 +83,23 @@ def with_redis(settings: Settings) -> tuple[Settings, EmbeddedLease | None]:
 def ensure_keys(settings: Settings, keys_file: Path) -> Settings:
     """For `crmflow up`: generate keys once (kept in var/) when none are configured."""
     api = settings.api
-    if api.write_keys and (api.read_keys or api.admin_keys):
+    if api.write_keys and api.read_keys and api.admin_keys:
         return settings
     stored: dict[str, Any] = {}
     if keys_file.exists():
         stored = json.loads(keys_file.read_text())
-    if not stored.get("write_key") or not stored.get("read_key"):
-        stored = {"write_key": "wk_" + secrets.token_urlsafe(18),
-                  "read_key": "rk_" + secrets.token_urlsafe(18)}
+    missing = {name: prefix for name, prefix in (("write_key", "wk_"), ("read_key", "rk_"),
+                                                 ("admin_key", "ak_")) if not stored.get(name)}
+    if missing:
+        stored.update({name: prefix + secrets.token_urlsafe(18)
+                       for name, prefix in missing.items()})
         keys_file.parent.mkdir(parents=True, exist_ok=True)
         keys_file.write_text(json.dumps(stored, indent=2))
         keys_file.chmod(0o600)
     update = {
         "write_keys": api.write_keys or [stored["write_key"]],
         "read_keys": api.read_keys or [stored["read_key"]],
+        "admin_keys": api.admin_keys or [stored["admin_key"]],
     }
     return settings.model_copy(update={"api": api.model_copy(update=update)})
 

@@ -75,6 +75,7 @@ def _wait_healthy(url: str, child: Child, timeout: float = 30.0) -> None:
 def _banner(settings: Settings, api_url: str, embedded: bool, demo: bool) -> str:
     write_key = settings.api.write_keys[0] if settings.api.write_keys else "(admin key)"
     read_key = settings.api.read_keys[0] if settings.api.read_keys else "(admin key)"
+    admin_key = settings.api.admin_keys[0] if settings.api.admin_keys else "(none configured)"
     where = f"embedded, data in {settings.redis.data_dir}" if embedded else "REDIS_URL"
     lines = [
         "",
@@ -85,6 +86,7 @@ def _banner(settings: Settings, api_url: str, embedded: bool, demo: bool) -> str
         f"  Redis      {settings.redis.url} ({where})",
         f"  Write key  {write_key}   (HTTP Basic user name, Segment style)",
         f"  Read key   {read_key}   (Authorization: Bearer)",
+        f"  Admin key  {admin_key}   (Bearer: manual touches; all of the above)",
         "  Try        curl -H 'Authorization: Bearer " + read_key + "' "
         + api_url + "/v1/profiles/<client id>",
         "  Demo       simulated shoppers are sending events now" if demo else
@@ -139,6 +141,7 @@ def run_up(settings: Settings, *, config_file: Path | None, demo: bool, keys_fil
         "REDIS_URL": settings.redis.url,
         "CRMFLOW_WRITE_KEY": ",".join(settings.api.write_keys),
         "CRMFLOW_READ_KEY": ",".join(settings.api.read_keys),
+        "CRMFLOW_ADMIN_KEY": ",".join(settings.api.admin_keys),
         "PYTHONUNBUFFERED": "1",
     })
     base = [sys.executable, "-m", "crmflow.cli"]
