@@ -321,6 +321,10 @@ class LoyaltySettings(_DelayedRule):
         names = [tier.name for tier in tiers]
         if len(set(names)) != len(names):
             raise ValueError("tier names must be distinct")
+        for lower, upper in zip(tiers, tiers[1:], strict=False):
+            if upper.min_orders < lower.min_orders or upper.min_money < lower.min_money:
+                raise ValueError(f"tiers must be listed lowest first: {upper.name!r} needs "
+                                 f"less than {lower.name!r} before it")
         return tiers
 
     def rule(self) -> LoyaltyRule:

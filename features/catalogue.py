@@ -94,7 +94,7 @@ def _cart_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Ca
         "cart_updated_at": format_time(state.cart_updated_at),
     }
     due = state.cart_updated_at + rules.abandoned_cart.delay
-    return (replace(state, cart_reminded=True),
+    return (replace(state, cart_reminded=due),
             Candidate(ABANDONED_CART, occasion_time(state.cart_since), due, payload))
 
 
@@ -111,8 +111,8 @@ def _browse_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, 
     candidate = Candidate(ABANDONED_BROWSE, occasion_time(since),
                           state.last_view_at + rules.abandoned_browse.delay,
                           {"products": products, "last_view_at": format_time(state.last_view_at)})
-    # views up to the last one reminded of are closed: a late one must not remind again
-    closed = max(state.browse_closed_at, state.last_view_at)
+    # views up to the reminder's due time are closed: a late one must not remind again
+    closed = max(state.browse_closed_at, state.last_view_at + rules.abandoned_browse.delay)
     return replace(state, browse_since=None, browse_closed_at=closed), candidate
 
 
@@ -380,7 +380,9 @@ def still_valid(state: ClientState, pending: PendingTrigger, rules: TriggerRules
     if kind == FIRST_ORDER_PROMO:
         return state.first_order_at is None
     if kind == SECOND_ORDER_NUDGE:
-        return state.orders_count <= 1
+        return state.orders_count == 1
+    if kind in (FEEDBACK_REQUEST, ONBOARDING):  # about an order that must still stand
+        return last_live_order(state) is not None
     if kind == CHURN_WINBACK:
         anchor = churn_anchor(state)
     elif kind == SERVICE_REMINDER:
@@ -478,7 +480,14 @@ def on_event(before: ClientState | None, after: ClientState, event: Event, rules
             and (before is None or not before.welcomed)):
         candidates.append(Candidate(WELCOME, "", event.event_time, {"traits": dict(after.traits)}))
     elif kind is EventType.ORDER_PLACED and event.order is not None:
-        if rules.order_confirmation.enabled:
+        placed = next((o for o in after.orders if o.order_id == event.order.order_id), None)
+        if placed is not None and placed.cancelled:  # its cancellation had come first
+            if rules.order_cancellation.enabled:
+                candidates.append(Candidate(
+                    ORDER_CANCELLATION, placed.order_id, event.event_time,
+                    {"order_id": placed.order_id, "total": placed.total,
+                     "returned": placed.returned, "placed_at": format_time(placed.placed_at)}))
+        elif rules.order_confirmation.enabled:
             order = event.order
             candidates.append(Candidate(
                 ORDER_CONFIRMATION, order.order_id, event.event_time,

@@ -25,7 +25,7 @@ from features.rules import (
 )
 from features.state import CartLine, CategoryOrders, ClientState, OrderRecord, PendingTrigger
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 # Rule marks are stored by number: append only, never reorder (a name not listed is kept as
 # text). Whole-number values (flags, counts, whole-second times) are stored as integers.
@@ -73,7 +73,7 @@ def encode_state(state: ClientState) -> bytes:
         [[p.release_at, p.type, p.key, p.fired_at, dict(p.payload), p.deferred]
          for p in state.pending],
         list(state.sends), list(state.decided),
-        [list(r) for r in state.early_returns],
+        [list(r) for r in state.early_returns], list(state.touched),
     ]
     return msgpack.packb(row, use_bin_type=True)
 
@@ -86,8 +86,11 @@ def decode_state(data: bytes) -> ClientState:
     if isinstance(row, list) and row and row[0] == 2 and len(row) == _V2_FIELDS:
         row = [3, *row[1:], [], [], "", [], [], []]
     if isinstance(row, list) and row and row[0] == 3:
-        row = [FORMAT_VERSION, *row[1:], []]  # v4 added early_returns (cart lines' added_at
-        # is optional in a line, so v3 lines read as added at 0)
+        row = [4, *row[1:], []]  # v4 added early_returns (cart lines' added_at is
+        # optional in a line, so v3 lines read as added at 0)
+    if isinstance(row, list) and row and row[0] == 4:
+        row = [FORMAT_VERSION, *row[1:], []]  # v5 added touched; cart_reminded became a time
+        row[14] = float(row[14])  # True (reminded, time unknown) reads as 1.0: still truthy
     if not isinstance(row, list) or not row or row[0] != FORMAT_VERSION:
         found = row[:1] if isinstance(row, list) else type(row).__name__
         raise StateFormatError(f"unknown client state format: {found}")
@@ -97,7 +100,7 @@ def decode_state(data: bytes) -> ClientState:
      favourites, orders, orders_count, monetary_total, first_order_at, last_order_at,
      checkout_started_at, support_requests, last_support_at, nps_score, nps_at,
      channel_engagement, recent_event_ids, categories, marks, loyalty_tier, pending, sends,
-     decided, early_returns) = row
+     decided, early_returns, touched) = row
     return ClientState(
         first_seen_at=first_seen_at, last_seen_at=last_seen_at, updated_at=updated_at,
         last_received_at=last_received_at,
@@ -119,4 +122,5 @@ def decode_state(data: bytes) -> ClientState:
         pending=tuple(PendingTrigger(*p) for p in pending), sends=tuple(sends),
         decided=tuple(decided),
         early_returns=tuple((oid, amount, cancel) for oid, amount, cancel in early_returns),
+        touched=tuple(touched),
     )

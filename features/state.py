@@ -27,6 +27,7 @@ MAX_SENDS = 32  # marketing sends kept for the rolling-day frequency cap
 MAX_DECIDED = 16  # occasions recently decided (manual touches and marketing triggers)
 MAX_CATEGORIES = 8  # product categories with order history, for per-category replenishment
 MAX_EARLY_RETURNS = 4  # cancellations and refunds that arrived before their order
+MAX_TOUCHED = 32  # occasions a manager decided by hand: automatic triggers must not repeat
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ class ClientState:
     cart: tuple[CartLine, ...] = ()
     cart_updated_at: float | None = None  # last cart change: the abandoned-cart timer's base
     cart_since: float | None = None  # first add of the current cart episode
-    cart_reminded: bool = False  # abandoned_cart fired in this episode
+    cart_reminded: float = 0.0  # when abandoned_cart fired in this episode (0: not yet)
     cart_closed_at: float = 0.0  # last order: cart changes before it are void
     viewed: tuple[tuple[str, float], ...] = ()  # (product_id, time), newest last
     browse_since: float | None = None  # first product view of the current browse episode
@@ -115,6 +116,7 @@ class ClientState:
     pending: tuple[PendingTrigger, ...] = ()  # by release time
     sends: tuple[float, ...] = ()  # times of recent marketing sends, oldest first
     decided: tuple[int, ...] = ()  # fingerprints of recently decided occasions
+    touched: tuple[int, ...] = ()  # fingerprints of occasions decided by manual touches
     # (order id, amount or -1 for all, is a cancellation) seen before the order itself
     early_returns: tuple[tuple[str, float, bool], ...] = ()
 
@@ -277,12 +279,13 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
     changes["cart_updated_at"] = t if state.cart_updated_at is None else max(
         state.cart_updated_at, t)
     if not lines:
-        changes.update(cart_since=None, cart_reminded=False, cart_updated_at=None)
+        changes.update(cart_since=None, cart_reminded=0.0, cart_updated_at=None)
     elif state.cart_since is None or (
             event.type is EventType.CART_ADD and state.cart_reminded
-            and t >= (state.cart_updated_at or t)):
-        # a first add, or an add after the reminder: a new episode, re-armed
-        changes.update(cart_since=t, cart_reminded=False)
+            and t >= state.cart_reminded):
+        # a first add, or an add after the reminder (not a late one from before it): a new
+        # episode, re-armed
+        changes.update(cart_since=t, cart_reminded=0.0)
     return changes
 
 
@@ -324,9 +327,9 @@ def _order_placed(state: ClientState, event: Event) -> Changes:
         if later:  # lines added after the order (it arrived late): their own episode
             changes.update(cart=later, cart_since=min(line.added_at for line in later),
                            cart_updated_at=max(line.added_at for line in later),
-                           cart_reminded=False)
+                           cart_reminded=0.0)
         else:
-            changes.update(cart=(), cart_updated_at=None, cart_since=None, cart_reminded=False)
+            changes.update(cart=(), cart_updated_at=None, cart_since=None, cart_reminded=0.0)
     changes["cart_closed_at"] = max(state.cart_closed_at, t)
     early = next((r for r in state.early_returns if r[0] == record.order_id), None)
     if early is not None:  # its cancellation or refund arrived first: apply it now

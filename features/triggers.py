@@ -65,6 +65,7 @@ from features.rules import (
 from features.state import (
     MAX_DECIDED,
     MAX_PENDING,
+    MAX_TOUCHED,
     ClientState,
     PendingTrigger,
     apply_event,
@@ -227,7 +228,8 @@ def _decide_all(client_key: str, state: ClientState,
     out: list[Trigger] = []
     for candidate, pending in items:
         waited = pending is not None and pending.deferred
-        if occasion_fingerprint(candidate.type, candidate.key) in state.decided:
+        fingerprint = occasion_fingerprint(candidate.type, candidate.key)
+        if fingerprint in state.decided or fingerprint in state.touched:
             continue  # decided already, or meanwhile by a manual touch: its final record
         if pending is not None and not catalogue.still_valid(state, pending, rules):
             if waited:
@@ -269,11 +271,12 @@ def _manual_touch(client_key: str, state: ClientState, event: Event
     key = str(properties.get("key") or "")
     status = str(properties["status"])
     fingerprint = occasion_fingerprint(occasion, key)
-    if fingerprint in state.decided:
+    if fingerprint in state.decided or fingerprint in state.touched:
         return state, []
     sends = (record_send(state.sends, event.event_time)
              if status == DONE and is_marketing(occasion) else state.sends)
-    state = replace(state, decided=(*state.decided, fingerprint)[-MAX_DECIDED:], sends=sends)
+    # kept apart from automatic decisions, so a burst of those cannot push a touch out
+    state = replace(state, touched=(*state.touched, fingerprint)[-MAX_TOUCHED:], sends=sends)
     payload = {name: properties.get(name) for name in ("comment", "author")}
     return state, [Trigger(trigger_id(client_key, occasion, key), occasion, client_key,
                            event.event_time, payload, status, None, event.channel, key,

@@ -418,3 +418,11 @@ def test_policy_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
     rules = load_settings().trigger_rules()
     assert rules.policy.quiet_hours == QuietHours(20 * 60, 8 * 60)
     assert rules.birthday.offset == 3 * DAY
+
+
+def test_loyalty_tiers_must_be_listed_lowest_first(tmp_path: Path) -> None:
+    path = write(tmp_path, "triggers:\n  loyalty_status:\n    tiers:\n"
+                           "      - {name: gold, min_orders: 10}\n"
+                           "      - {name: silver, min_orders: 3}\n")
+    with pytest.raises(ConfigError, match="triggers.loyalty_status.tiers: .*lowest first"):
+        load_settings(path)

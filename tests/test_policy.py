@@ -49,6 +49,7 @@ from tests.core_events import (
     HOUR,
     MINUTE,
     T0,
+    cancel,
     cart_add,
     days,
     ev,
@@ -469,3 +470,25 @@ def test_every_occasion_is_decided_once_under_the_full_policy(history: list[Even
                   and t.source == "auto")
     if history == sorted(history, key=lambda e: e.event_time):
         assert all(sum(1 for s in sent if a - days(1) < s <= a) <= 2 for a in sent)
+
+
+# --- found by review ------------------------------------------------------------------------------
+
+def test_a_deferred_feedback_request_for_a_cancelled_order_is_not_sent() -> None:
+    rules = only(TriggerRules(), FEEDBACK_REQUEST)  # quiet hours 21:00-09:00 UTC
+    events = [identify(0, **ANN), order(22 * HOUR, "o1"),  # due 22:00 on day 7: deferred
+              cancel(days(7) + 24 * HOUR, "o1")]  # cancelled before the 09:00 release
+    _, triggers = run(events, rules, until=days(9))
+    assert [(t.type, t.status) for t in triggers] == [(FEEDBACK_REQUEST, "deferred"),
+                                                      (FEEDBACK_REQUEST, SUPPRESSED)]
+
+
+def test_a_manual_touch_is_not_forgotten_after_many_automatic_decisions() -> None:
+    rules = with_rules(only(TriggerRules(), FIRST_ORDER_PROMO, ABANDONED_BROWSE),
+                       quiet_hours=None, frequency_cap_per_day=0)
+    events = [registered(0, **ANN), touch(days(1), FIRST_ORDER_PROMO, status="done")]
+    events += [ev(EventType.PRODUCT_VIEW, days(n) + NOON, products=(Product(f"p{n}"),))
+               for n in range(2, 29)]  # 27 browse reminders
+    _, triggers = run(events, rules, until=days(31))
+    promos = [(t.source, t.status) for t in triggers if t.type == FIRST_ORDER_PROMO]
+    assert promos == [("manual", "done")]

@@ -328,8 +328,11 @@ def test_late_view_after_browse_reminder_does_not_remind_again() -> None:
     _, again = run([view(10 * MINUTE, "p3"), view(20 * MINUTE, "p2"), visit(6 * HOUR)],
                    state=state)
     assert again == []
-    # a view newer than the reminded ones is a new episode
-    _, later = run([view(30 * MINUTE, "p4"), visit(6 * HOUR)], state=state)
+    # a late view from before the reminder fired (due at 2h20m) does not remind again
+    _, late = run([view(30 * MINUTE, "p4"), visit(6 * HOUR)], state=state)
+    assert late == []
+    # a view after the reminder is a new episode
+    _, later = run([view(3 * HOUR, "p4"), visit(6 * HOUR)], state=state)
     assert kinds(later) == [ABANDONED_BROWSE]
     assert later[0].trigger_id != triggers[0].trigger_id
     assert later[0].payload["products"] == ["p4"]
@@ -498,3 +501,17 @@ def test_a_cancelled_order_is_neither_first_nor_last() -> None:
     assert (state.first_order_at, state.last_order_at) == (T0, T0)
     state, _ = run([order(0, "o1"), cancel(HOUR, "o1")])
     assert (state.first_order_at, state.last_order_at) == (None, None)
+
+
+# --- found by review of the catalogue -------------------------------------------------------------
+
+def test_a_late_cart_add_from_before_the_reminder_does_not_re_arm_it() -> None:
+    state, triggers = run([cart_add(0, "p1"), visit(2 * HOUR)])
+    assert kinds(triggers) == [ABANDONED_CART]
+    _, late = run([cart_add(16 * MINUTE, "p2"), visit(6 * HOUR)], state=state)
+    assert late == []
+
+
+def test_an_order_arriving_after_its_cancellation_is_not_confirmed_but_cancelled() -> None:
+    _, triggers = run([cancel(60, "o1"), order(0, "o1")])
+    assert kinds(triggers) == [ORDER_CANCELLATION]
