@@ -193,12 +193,14 @@ ChannelName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 
 class ImmediateRuleSettings(Section):
-    """A transactional trigger raised by an event itself: it can be switched off."""
+    """A transactional trigger raised by an event itself: it can be switched off, or wait
+    `delay` after the event (never suppressed, capped, held out or deferred)."""
 
     enabled: bool = True
+    delay: Duration = 0.0
 
     def rule(self) -> TriggerRule:
-        return TriggerRule(enabled=self.enabled)
+        return TriggerRule(enabled=self.enabled, delay=self.delay)
 
 
 class _DelayedRule(Section):
@@ -226,9 +228,10 @@ class FeedbackSettings(_DelayedRule):
 class TaskSettings(Section):
     enabled: bool = True
     channel: ChannelName = "task"
+    delay: Duration = 0.0
 
     def rule(self) -> TaskRule:
-        return TaskRule(self.enabled, self.channel)
+        return TaskRule(self.enabled, self.channel, self.delay)
 
 
 class OfferSettings(_DelayedRule):

@@ -85,6 +85,7 @@ class TaskRule:
 
     enabled: bool = True
     channel: str = "task"
+    delay: float = 0.0  # seconds after the answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -515,3 +515,16 @@ def test_a_late_cart_add_from_before_the_reminder_does_not_re_arm_it() -> None:
 def test_an_order_arriving_after_its_cancellation_is_not_confirmed_but_cancelled() -> None:
     _, triggers = run([cancel(60, "o1"), order(0, "o1")])
     assert kinds(triggers) == [ORDER_CANCELLATION]
+
+
+def test_a_transactional_trigger_may_wait_its_configured_delay() -> None:
+    from config.settings import load_settings
+
+    settings = load_settings()
+    rules = settings.trigger_rules()
+    rules = replace(rules, order_confirmation=replace(rules.order_confirmation, delay=60.0),
+                    policy=replace(rules.policy, quiet_hours=None))
+    state, now = run([order(0, "o1")], rules)
+    assert now == []
+    _, later = fire_due("c1", state, T0 + 60, rules)
+    assert [(t.type, t.fired_at) for t in later] == [(ORDER_CONFIRMATION, T0 + 60)]
