@@ -208,13 +208,27 @@ def _remember(state: ClientState, candidate: Candidate, decision: Decision, at: 
     return replace(state, decided=(*state.decided, fingerprint)[-MAX_DECIDED:], sends=sends)
 
 
-def _wait(state: ClientState, candidate: Candidate, release_at: float, *, deferred: bool
+def _wait(client_key: str, state: ClientState, candidate: Candidate, release_at: float,
+          rules: TriggerRules, at: float, out: list[Trigger], *, deferred: bool
           ) -> ClientState | None:
-    if len(state.pending) >= MAX_PENDING:
-        return None
+    """The state with `candidate` waiting until `release_at`, or None when it cannot wait.
+
+    When the bounded list is full, the lowest-priority waiting trigger makes room for a
+    higher-priority newcomer; if it had been recorded as deferred, its final record
+    (suppressed, `pending_limit`) goes to `out`.
+    """
+    pending = list(state.pending)
+    if len(pending) >= MAX_PENDING:
+        lowest = max(pending, key=lambda p: (priority_rank(p.type, rules), p.release_at))
+        if priority_rank(lowest.type, rules) <= priority_rank(candidate.type, rules):
+            return None
+        pending.remove(lowest)
+        if lowest.deferred:
+            evicted = Candidate(lowest.type, lowest.key, lowest.fired_at, dict(lowest.payload))
+            out.append(_record(client_key, evicted, Decision(SUPPRESSED, PENDING_LIMIT), at))
     waiting = PendingTrigger(release_at, candidate.type, candidate.key, candidate.at,
                              candidate.payload, deferred)
-    pending = sorted((*state.pending, waiting), key=lambda p: (p.release_at, p.type, p.key))
+    pending = sorted((*pending, waiting), key=lambda p: (p.release_at, p.type, p.key))
     return replace(state, pending=tuple(pending))
 
 
@@ -238,7 +252,7 @@ def _decide_all(client_key: str, state: ClientState,
         delay = _delay_of(candidate.type, rules) if delayable else 0.0
         if delay > 0:  # an immediate trigger configured to wait: decided when it is due
             due = replace(candidate, at=candidate.at + delay)
-            waiting = _wait(state, due, due.at, deferred=False)
+            waiting = _wait(client_key, state, due, due.at, rules, at, out, deferred=False)
             if waiting is not None:
                 state = waiting
                 continue
@@ -248,7 +262,8 @@ def _decide_all(client_key: str, state: ClientState,
                               allow_defer=not waited)
         if decision.status == DEFERRED:
             assert decision.until is not None
-            waiting = _wait(state, candidate, decision.until, deferred=True)
+            waiting = _wait(client_key, state, candidate, decision.until, rules, at, out,
+                            deferred=True)
             if waiting is not None:
                 state = waiting
                 out.append(_record(client_key, candidate, decision, at))

@@ -492,3 +492,20 @@ def test_a_manual_touch_is_not_forgotten_after_many_automatic_decisions() -> Non
     _, triggers = run(events, rules, until=days(31))
     promos = [(t.source, t.status) for t in triggers if t.type == FIRST_ORDER_PROMO]
     assert promos == [("manual", "done")]
+
+
+def test_a_full_waiting_list_makes_room_for_a_higher_priority_trigger() -> None:
+    from features.catalogue import Candidate
+    from features.state import MAX_PENDING, PendingTrigger
+    from features.triggers import _decide_all  # the decision step itself
+
+    rules = TriggerRules()  # quiet hours 21:00-09:00 UTC: T0 is inside them
+    low = [PendingTrigger(T0 + 9 * HOUR, "onboarding", f"s{n}", T0, {}, True)
+           for n in range(MAX_PENDING)]
+    state = replace(client(**ANN), pending=tuple(low))
+    state, out = _decide_all(CLIENT, state, [(Candidate(ABANDONED_CART, "k", T0, {}), None)],
+                             T0, rules)
+    assert [(t.type, t.status, t.reason) for t in out] == [
+        ("onboarding", SUPPRESSED, "pending_limit"), (ABANDONED_CART, "deferred", "quiet_hours")]
+    assert len(state.pending) == MAX_PENDING
+    assert any(p.type == ABANDONED_CART for p in state.pending)
