@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from api.cors import IngestCORSMiddleware
 from api.deps import Resources
+from api.fast_reads import ProfileFastPath
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import health, ingest, profiles, touches
 from config.settings import Settings
@@ -40,6 +41,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.state.registry = registry
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(IngestCORSMiddleware, allowed_origins=settings.api.cors_origins)
+    if settings.api.fast_reads:  # outermost: it records its own metrics
+        app.add_middleware(ProfileFastPath)
     app.include_router(ingest.router)
     app.include_router(profiles.router)
     app.include_router(touches.router)

@@ -41,8 +41,11 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
 def _credential(request: Request) -> tuple[str, str] | None:
+    return credential_of(request.headers.get("authorization"))
+
+
+def credential_of(header: str | None) -> tuple[str, str] | None:
     """(scheme, secret) from Authorization: Basic user:  or  Bearer token."""
-    header = request.headers.get("authorization")
     if not header:
         return None
     scheme, _, value = header.partition(" ")
@@ -84,15 +87,23 @@ async def require_write_key(request: Request, resources: ResourcesDep) -> None:
     check_write_key(request, resources)
 
 
+def read_key_allows(resources: Resources, authorization: str | None) -> str | None:
+    """None when the Authorization header carries a read (or admin) key, else the refusal."""
+    credential = credential_of(authorization)
+    if credential is None or credential[0] != "bearer":
+        return "missing read key: send Authorization: Bearer <read key>"
+    api = resources.settings.api
+    if not _matches(credential[1], api.read_keys + api.admin_keys):
+        return "invalid read key"
+    return None
+
+
 async def require_read_key(request: Request) -> Resources:
     """The resources, for a caller with a read key (one dependency: reads are the hot path)."""
     resources: Resources = request.app.state.resources
-    credential = _credential(request)
-    if credential is None or credential[0] != "bearer":
-        raise _unauthorized("missing read key: send Authorization: Bearer <read key>", "Bearer")
-    api = resources.settings.api
-    if not _matches(credential[1], api.read_keys + api.admin_keys):
-        raise _unauthorized("invalid read key", "Bearer")
+    refusal = read_key_allows(resources, request.headers.get("authorization"))
+    if refusal is not None:
+        raise _unauthorized(refusal, "Bearer")
     return resources
 
 

@@ -129,6 +129,7 @@ class ApiSettings(Section):
     read_keys: KeyList = Field(default_factory=list)
     admin_keys: KeyList = Field(default_factory=list)
     cors_origins: KeyList = Field(default_factory=lambda: ["*"])
+    fast_reads: bool = True
     max_future_skew: Duration = 3600.0
     max_event_bytes: PositiveInt = 32 * 1024
     max_batch_bytes: PositiveInt = 500 * 1024

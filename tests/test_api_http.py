@@ -276,3 +276,34 @@ def test_client_ids_with_slashes_can_be_read(api: str, settings: Settings) -> No
         assert response.status_code == 200 and response.json()["client_id"] == "shop/42"
     touches = httpx.get(api + "/v1/profiles/shop%2F42/touches", headers=read_headers())
     assert touches.status_code == 200 and touches.json()["client_id"] == "shop/42"
+
+
+def test_the_fast_read_path_answers_as_the_fastapi_route(
+        redis_url: str, key_prefix: str) -> None:
+    now = time.time()
+    events = [{"event_id": "f1", "type": "registered", "client_id": "fast/1",
+               "event_time": now - 60, "traits": {"email": "f@example.com"}},
+              {"event_id": "f2", "type": "order_placed", "client_id": "fast/1",
+               "event_time": now - 30, "order": {"order_id": "o", "total": 7.5}}]
+    answers = {}
+    for fast in (True, False):
+        settings = make_settings(redis_url, key_prefix, api={"fast_reads": fast})
+        with api_server(settings) as url:
+            if fast:
+                httpx.post(url + "/v1/events", json=events, auth=(WRITE_KEY, ""))
+                drain(settings)
+            answers[fast] = [httpx.get(url + path, headers=headers) for path, headers in (
+                ("/v1/profiles/fast%2F1", read_headers()),
+                ("/v1/profiles/nobody", read_headers()),
+                ("/v1/profiles/fast%2F1", {"Authorization": f"Bearer {WRITE_KEY}"}),
+                ("/v1/profiles/fast%2F1", {}))]
+            metrics = httpx.get(url + "/metrics").text
+            assert ('crmflow_http_requests_total{method="GET",route="/v1/profiles/{client_id}",'
+                    'status="200"} 1.0') in metrics or fast is False
+    for fast_answer, route_answer in zip(answers[True], answers[False], strict=True):
+        assert fast_answer.status_code == route_answer.status_code
+        fast_body, route_body = fast_answer.json(), route_answer.json()
+        for body in (fast_body, route_body):  # computed at read time: a moment apart
+            body.get("features", {}).pop("recency_days", None)
+        assert fast_body == route_body
+    assert [a.status_code for a in answers[True]] == [200, 404, 401, 401]

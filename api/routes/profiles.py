@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
@@ -35,14 +35,31 @@ async def get_touches(client_id: str, resources: ReadAccess,
     return FastJSONResponse({"client_id": client_id, "touches": touches})
 
 
-@router.get("/{client_id:path}", response_class=FastJSONResponse)
-async def get_profile(client_id: str, resources: ReadAccess) -> FastJSONResponse:
-    """The client's current features (time-dependent ones computed now) and traits."""
+PROFILE_ROUTE = "/v1/profiles/{client_id}"
+
+
+async def read_profile(resources: Resources, client_id: str) -> dict[str, Any] | None:
+    """The profile document, or None for an unknown client: shared by the route below and
+    by the ASGI fast path (api/fast_reads.py), so the two cannot drift apart."""
     state = await ProfileStore(resources.redis, resources.layout).state(client_id)
     if state is None:
-        raise _not_found(resources, "/v1/profiles/{client_id}", client_id)
-    lifecycle = resources.settings
-    return FastJSONResponse(profile_document(
+        resources.metrics.not_found.labels(PROFILE_ROUTE).inc()
+        return None
+    settings = resources.settings
+    return profile_document(
         client_id, state, time.time(),
-        churn_after_days=lifecycle.triggers.churn_winback.delay / DAY,
-        loyal_after_orders=lifecycle.policy.loyal_after_orders))
+        churn_after_days=settings.triggers.churn_winback.delay / DAY,
+        loyal_after_orders=settings.policy.loyal_after_orders)
+
+
+@router.get("/{client_id:path}", response_class=FastJSONResponse)
+async def get_profile(client_id: str, resources: ReadAccess) -> FastJSONResponse:
+    """The client's current features (time-dependent ones computed now) and traits.
+
+    Served by the fast path in api/fast_reads.py unless `api.fast_reads` is off; this route
+    documents it and answers when it is.
+    """
+    document = await read_profile(resources, client_id)
+    if document is None:
+        raise HTTPException(404, detail=f"unknown client {client_id!r}")
+    return FastJSONResponse(document)

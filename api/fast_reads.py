@@ -1,0 +1,60 @@
+"""An ASGI fast path for the hottest read, `GET /v1/profiles/{client_id}`.
+
+Recommendation services call it on every page; through FastAPI's full machinery
+(routing, dependency solving, exception middleware) it cost more than the Redis read and
+the feature computation together. This path does the same work (the same key check, the
+same `read_profile`, the same metrics), nothing else; everything it does not recognise goes
+on to the FastAPI app, whose route documents the endpoint in OpenAPI.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import redis
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.deps import Resources, read_key_allows
+from api.routes.profiles import PROFILE_ROUTE, read_profile
+
+PREFIX = "/v1/profiles/"
+_JSON = [(b"content-type", b"application/json")]
+
+
+class ProfileFastPath:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if (scope["type"] != "http" or scope["method"] != "GET" or not path.startswith(PREFIX)
+                or path.endswith("/touches") or len(path) == len(PREFIX)):
+            await self.app(scope, receive, send)
+            return
+        resources: Resources = scope["app"].state.resources
+        started = time.perf_counter()
+        status, body, headers = await self._answer(resources, scope, path[len(PREFIX):])
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*_JSON, (b"content-length", str(len(body)).encode()),
+                                *headers]})
+        await send({"type": "http.response.body", "body": body})
+        metrics = resources.metrics
+        metrics.latency.labels(PROFILE_ROUTE, "GET").observe(time.perf_counter() - started)
+        metrics.requests.labels(PROFILE_ROUTE, "GET", str(status)).inc()
+
+    async def _answer(self, resources: Resources, scope: Scope, client_id: str
+                      ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        authorization = next((value for name, value in scope["headers"]
+                              if name == b"authorization"), b"").decode("latin-1")
+        refusal = read_key_allows(resources, authorization)
+        if refusal is not None:
+            return 401, orjson.dumps({"detail": refusal}), [(b"www-authenticate", b"Bearer")]
+        try:
+            document = await read_profile(resources, client_id)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return 503, orjson.dumps({"detail": "store unavailable; retry"}), [
+                (b"retry-after", b"1")]
+        if document is None:
+            return 404, orjson.dumps({"detail": f"unknown client {client_id!r}"}), []
+        return 200, orjson.dumps(document), []
