@@ -72,8 +72,11 @@ class EmbeddedRedis:
             "--daemonize", "no", "--loglevel", "warning",
             "--logfile", str(self.data_dir / "redis.log"),
         ]
+        # Its own session: a terminal's Ctrl-C reaches crmflow, which stops its users first
+        # and then this server (saving), rather than the server vanishing under them.
         self._process = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

@@ -60,6 +60,8 @@ class EmbeddedLease:
             else:
                 with contextlib.suppress(redis.ConnectionError):  # it closes the connection
                     client.shutdown(save=True)
+        except redis.ConnectionError:
+            log.debug("embedded redis already stopped")
         except redis.RedisError as exc:
             log.warning("embedded redis: %s", exc)
         finally:

@@ -122,6 +122,8 @@ def tail_triggers(settings: Settings, *, from_start: bool = False, since: float 
         try:
             replies = client.xread(positions, count=500, block=1000)  # type: ignore[arg-type]
         except redis.RedisError as exc:
+            if stop is not None and stop.is_set():
+                return  # shutting down: Redis may already be gone
             log.warning("trigger tail: %s", exc)
             time.sleep(1)
             continue
