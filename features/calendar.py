@@ -61,8 +61,25 @@ def quiet_until(t: float, quiet: QuietHours, tz: tzinfo) -> float | None:
         day += timedelta(days=1)  # the evening part: the window ends tomorrow morning
     elif minutes >= quiet.end:
         return None
-    end = datetime.combine(day, time(quiet.end // 60, quiet.end % 60), tzinfo=tz).timestamp()
-    return end if end > t else None  # a DST jump can swallow the window's end
+    return _first_instant_after(day, quiet.end, tz, t)
+
+
+def _first_instant_after(day: date, minutes: int, tz: tzinfo, t: float) -> float:
+    """The first instant after `t` at which the wall clock on `day` reads `minutes`: in a
+    repeated hour (clocks going back) the occurrence still ahead of `t`; in a skipped hour
+    (clocks going forward) the moment of the jump, when the wall clock passes it."""
+    wall = datetime.combine(day, time(minutes // 60, minutes % 60))
+    first, second = sorted(wall.replace(tzinfo=tz, fold=fold).timestamp() for fold in (0, 1))
+    if datetime.fromtimestamp(first, tz).replace(tzinfo=None) == wall:  # it exists
+        return first if first > t else second  # second: the repeated occurrence, or first
+    low, high = first, second  # a gap: the wall clock jumps over `minutes` in between
+    while high - low > 1:
+        middle = (low + high) / 2
+        if datetime.fromtimestamp(middle, tz).replace(tzinfo=None) >= wall:
+            high = middle
+        else:
+            low = middle
+    return round(high)
 
 
 def birthday_in(year: int, month: int, day: int) -> date:

@@ -82,7 +82,8 @@ def test_a_window_end_in_a_skipped_hour_never_goes_backwards() -> None:
     gap = QuietHours(0, 90)  # 00:00-01:30, but 01:00-02:00 does not exist on 2024-03-31
     moment = at("2024-03-31T00:30:00", LONDON)
     end = quiet_until(moment, gap, LONDON)
-    assert end is None or end > moment
+    assert end is not None and end > moment
+    assert iso(end) == "2024-03-31T01:00:00+00:00"  # the jump: the wall clock passes 01:30
 
 
 def test_empty_window_is_never_quiet() -> None:
@@ -136,3 +137,19 @@ def test_zones() -> None:
     assert zone("Mars/Base", "Mars/Moon") is UTC
     assert zone("../../etc/passwd") is UTC
     assert is_zone("Europe/London") and is_zone("UTC") and not is_zone("Mars/Base")
+
+
+BERLIN = zone("Europe/Berlin")
+LATE_NIGHT = QuietHours(22 * 60, 2 * 60 + 30)  # 22:00-02:30
+
+
+def test_the_repeated_hour_of_a_fall_back_night_is_quiet_until_its_second_2_30() -> None:
+    # 2026-10-25 in Berlin: 03:00 CEST goes back to 02:00 CET; 02:10 CET is 01:10 UTC
+    end = quiet_until(at("2026-10-25T01:10:00"), LATE_NIGHT, BERLIN)
+    assert iso(end) == "2026-10-25T01:30:00+00:00"  # 02:30 CET
+
+
+def test_a_window_ending_in_the_skipped_hour_ends_at_the_jump() -> None:
+    # 2026-03-29 in Berlin: 02:00 CET jumps to 03:00 CEST (01:00 UTC); 02:30 never happens
+    end = quiet_until(at("2026-03-29T00:30:00"), LATE_NIGHT, BERLIN)
+    assert iso(end) == "2026-03-29T01:00:00+00:00"
