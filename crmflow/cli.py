@@ -40,10 +40,21 @@ def _cmd_api(args: argparse.Namespace) -> None:
 
     from api.app import create_app
     from crmflow.runtime import check_api_keys, with_redis
+    from sinks.keys import KeyLayout, LayoutMismatch, claim_layout
+    from sinks.redis_client import sync_client
 
     settings = settings_from(args)
     check_api_keys(settings)
     settings, lease = with_redis(settings)
+    client = sync_client(settings.redis)
+    try:  # routing depends on the layout: an API with other counts would misroute events
+        claim_layout(client, KeyLayout.from_settings(settings))
+    except LayoutMismatch as exc:
+        if lease is not None:
+            lease.release()
+        raise SystemExit(f"crmflow api: {exc}") from None
+    finally:
+        client.close()
     try:
         uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port,
                     log_level="warning", access_log=False)

@@ -214,8 +214,7 @@ def _wait(client_key: str, state: ClientState, candidate: Candidate, release_at:
     """The state with `candidate` waiting until `release_at`, or None when it cannot wait.
 
     When the bounded list is full, the lowest-priority waiting trigger makes room for a
-    higher-priority newcomer; if it had been recorded as deferred, its final record
-    (suppressed, `pending_limit`) goes to `out`.
+    higher-priority newcomer; its final record (suppressed, `pending_limit`) goes to `out`.
     """
     pending = list(state.pending)
     if len(pending) >= MAX_PENDING:
@@ -223,9 +222,8 @@ def _wait(client_key: str, state: ClientState, candidate: Candidate, release_at:
         if priority_rank(lowest.type, rules) <= priority_rank(candidate.type, rules):
             return None
         pending.remove(lowest)
-        if lowest.deferred:
-            evicted = Candidate(lowest.type, lowest.key, lowest.fired_at, dict(lowest.payload))
-            out.append(_record(client_key, evicted, Decision(SUPPRESSED, PENDING_LIMIT), at))
+        evicted = Candidate(lowest.type, lowest.key, lowest.fired_at, dict(lowest.payload))
+        out.append(_record(client_key, evicted, Decision(SUPPRESSED, PENDING_LIMIT), at))
     waiting = PendingTrigger(release_at, candidate.type, candidate.key, candidate.at,
                              candidate.payload, deferred)
     pending = sorted((*pending, waiting), key=lambda p: (p.release_at, p.type, p.key))

@@ -123,3 +123,22 @@ def test_up_demo_shows_triggers_and_stops_cleanly(tmp_path: Path) -> None:
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "redis")], capture_output=True,
                               check=False)
     assert leftover.stdout == b"", "the embedded redis-server was left running"
+
+
+def test_api_refuses_a_layout_other_than_the_data_has(tmp_path: Path, redis_url: str,
+                                                      key_prefix: str) -> None:
+    import redis as redis_lib
+
+    from sinks.keys import KeyLayout, claim_layout
+
+    client = redis_lib.Redis.from_url(redis_url)
+    claim_layout(client, KeyLayout(key_prefix, 4, 1024))
+    client.close()
+    config = tmp_path / "other.yaml"
+    config.write_text(yaml.safe_dump({
+        "redis": {"url": redis_url, "key_prefix": key_prefix},
+        "api": {"write_keys": ["w"], "read_keys": ["r"], "port": free_port()},
+        "dataflow": {"buckets": 2048}}))
+    result = _crmflow("api", "--config", str(config), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "dataflow.buckets is 2048" in result.stderr
