@@ -14,29 +14,28 @@ from features.rules import DAY, QuietHours
 
 
 @lru_cache(maxsize=512)
+def _load(name: str) -> tzinfo | None:
+    """The zone called `name` (UTC under any of its usual names), or None if unknown."""
+    if name.upper() in ("UTC", "Z", "ETC/UTC"):
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
 def zone(name: str | None, default: str = "UTC") -> tzinfo:
     """The zone called `name`, else `default`, else UTC (unknown names never raise)."""
     for candidate in (name, default):
-        if not candidate:
-            continue
-        if candidate.upper() in ("UTC", "Z", "ETC/UTC"):
-            return UTC
-        try:
-            return ZoneInfo(candidate)
-        except (ZoneInfoNotFoundError, ValueError):
-            continue
+        found = _load(candidate) if candidate else None
+        if found is not None:
+            return found
     return UTC
 
 
 def is_zone(name: str) -> bool:
     """Whether `name` is a time zone this machine knows (UTC always is)."""
-    if name.upper() in ("UTC", "Z", "ETC/UTC"):
-        return True
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
+    return _load(name) is not None
 
 
 def _local_minutes(moment: datetime) -> float:

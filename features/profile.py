@@ -10,9 +10,9 @@ from typing import Any
 
 from features.events import format_time
 from features.lifecycle import is_churned, is_loyal, mean_order_interval
+from features.rules import DAY
 from features.state import ClientState
 
-DAY = 86400.0
 ORDER_WINDOWS_DAYS = (30, 90, 365)
 
 

@@ -9,7 +9,8 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from api.deps import ReadAccess, Resources
 from api.responses import FastJSONResponse
-from features.profile import DAY, profile_document
+from features.profile import profile_document
+from features.rules import DAY
 from sinks.profile_store import ProfileStore
 
 router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
