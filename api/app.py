@@ -14,7 +14,8 @@ from api.cors import IngestCORSMiddleware
 from api.deps import Resources
 from api.fast_reads import ProfileFastPath
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.routes import health, ingest, profiles, touches
+from api.routes import health, ingest, profiles, segments, touches
+from api.segment_rules_view import SegmentRulesView
 from config.settings import Settings
 from sinks.event_log import AppendOptions, AsyncEventLog
 from sinks.keys import KeyLayout
@@ -30,7 +31,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         client = async_client(settings.redis)
         layout = KeyLayout.from_settings(settings)
         event_log = AsyncEventLog(client, layout, AppendOptions(settings.redis.dedupe_window))
-        app.state.resources = Resources(settings, client, layout, event_log, metrics)
+        segments = SegmentRulesView(client, layout, settings.segment_rules())
+        app.state.resources = Resources(settings, client, layout, event_log, metrics, segments)
         try:
             yield
         finally:
@@ -46,6 +48,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.include_router(ingest.router)
     app.include_router(profiles.router)
     app.include_router(touches.router)
+    app.include_router(segments.router)
     app.include_router(health.router)
 
     @app.exception_handler(redis.ConnectionError)

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, HTTPException, Request, status
 
 from api.metrics import ApiMetrics
+from api.segment_rules_view import SegmentRulesView
 from config.settings import Settings
 from sinks.event_log import AsyncEventLog
 from sinks.keys import KeyLayout
@@ -30,6 +31,7 @@ class Resources:
     layout: KeyLayout
     event_log: AsyncEventLog
     metrics: ApiMetrics
+    segments: SegmentRulesView
 
 
 async def get_resources(request: Request) -> Resources:

@@ -29,7 +29,7 @@ class ProfileFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
         if (scope["type"] != "http" or scope["method"] != "GET" or not path.startswith(PREFIX)
-                or path.endswith("/touches") or len(path) == len(PREFIX)):
+                or path.endswith(("/touches", "/segments")) or len(path) == len(PREFIX)):
             await self.app(scope, receive, send)
             return
         resources: Resources = scope["app"].state.resources

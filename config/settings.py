@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import (
@@ -38,6 +38,7 @@ from pydantic_settings import (
 
 from config.durations import parse_duration
 from features.calendar import is_zone
+from features.rfm import FixedThresholds
 from features.rules import (
     DAY,
     DEFAULT_PRIORITY,
@@ -46,6 +47,7 @@ from features.rules import (
     BirthdayRule,
     Channel,
     FeedbackRule,
+    LifecycleRules,
     LoyaltyRule,
     LoyaltyTier,
     OfferRule,
@@ -55,12 +57,15 @@ from features.rules import (
     QuietHours,
     ReferralRule,
     ReplenishmentRule,
+    SegmentEnteredRule,
+    SegmentRules,
     ServiceRule,
     TaskRule,
     TriggerRule,
     TriggerRules,
 )
-from features.state import MAX_SENDS
+from features.segments import all_segment_names, compile_catalog
+from features.state import MAX_ORDERS, MAX_SENDS
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -338,6 +343,14 @@ class LoyaltySettings(_DelayedRule):
                            self.announce_downgrades)
 
 
+class SegmentEnteredSettings(_DelayedRule):
+    segments: list[str] = Field(default_factory=list)  # e.g. [rfm:at_risk, lifecycle:churned]
+
+    def rule(self) -> SegmentEnteredRule:
+        return SegmentEnteredRule(self.enabled, self.delay, self.holdout_percent,
+                                  frozenset(self.segments))
+
+
 class TriggerSettings(Section):
     welcome: TriggerRuleSettings = TriggerRuleSettings()
     order_confirmation: ImmediateRuleSettings = ImmediateRuleSettings()
@@ -356,6 +369,56 @@ class TriggerSettings(Section):
     birthday: BirthdaySettings = BirthdaySettings()
     onboarding: OnboardingSettings = OnboardingSettings()
     loyalty_status: LoyaltySettings = LoyaltySettings()
+    segment_entered: SegmentEnteredSettings = SegmentEnteredSettings()
+
+
+class LifecycleSettings(Section):
+    loyal_orders: Annotated[int, Field(ge=0, le=MAX_ORDERS)] = 4  # 0 = nobody is loyal
+    loyal_window: Duration = 365 * DAY
+    at_risk_after: Duration = 90 * DAY
+    churned_after: Duration = 180 * DAY
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LifecycleSettings:
+        if not 0 < self.at_risk_after < self.churned_after:
+            raise ValueError("at_risk_after must be positive and shorter than churned_after")
+        if self.loyal_window <= 0:
+            raise ValueError("loyal_window must be positive")
+        return self
+
+    def rules(self) -> LifecycleRules:
+        return LifecycleRules(self.loyal_orders, self.loyal_window, self.at_risk_after,
+                              self.churned_after)
+
+
+_FIXED = FixedThresholds()
+
+
+class RfmFixedSettings(Section):
+    recency_days: list[float] = Field(default_factory=lambda: list(_FIXED.recency_days))
+    frequency: list[float] = Field(default_factory=lambda: list(_FIXED.frequency))
+    monetary: list[float] = Field(default_factory=lambda: list(_FIXED.monetary))
+
+    @model_validator(mode="after")
+    def _valid(self) -> RfmFixedSettings:
+        self.thresholds()
+        return self
+
+    def thresholds(self) -> FixedThresholds:
+        try:
+            four = tuple[float, float, float, float]  # FixedThresholds checks the count
+            return FixedThresholds(cast(four, tuple(self.recency_days)),
+                                   cast(four, tuple(self.frequency)),
+                                   cast(four, tuple(self.monetary)))
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix("segments.rfm.fixed.")) from None
+
+
+class RfmSettings(Section):
+    enabled: bool = True
+    mode: Literal["quantile", "fixed"] = "quantile"
+    refresh: Duration = 60.0  # how often quantiles are recomputed (0 = never by itself)
+    fixed: RfmFixedSettings = RfmFixedSettings()
 
 
 class ChannelSettings(Section):
@@ -438,7 +501,34 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     triggers: TriggerSettings = TriggerSettings()
     policy: PolicySettings = PolicySettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    rfm: RfmSettings = RfmSettings()
+    segments: dict[str, Any] = Field(default_factory=dict)  # rule segments (README)
     demo: DemoSettings = DemoSettings()
+
+    @field_validator("segments")
+    @classmethod
+    def _compiled(cls, value: dict[str, Any]) -> dict[str, Any]:
+        compile_catalog(value)  # raises RuleError (a ValueError) naming the segment
+        return value
+
+    @model_validator(mode="after")
+    def _watched_segments_exist(self) -> Settings:
+        known = set(all_segment_names(self.segment_rules()))
+        unknown = [name for name in self.triggers.segment_entered.segments
+                   if name not in known]
+        if unknown:
+            raise ValueError(f"triggers.segment_entered.segments: unknown segment "
+                             f"{unknown[0]!r} (known: {', '.join(sorted(known))})")
+        return self
+
+    def segment_rules(self) -> SegmentRules:
+        """Lifecycle, RFM and the rule segments as the pure core's frozen values."""
+        return SegmentRules(
+            lifecycle=self.lifecycle.rules(), rfm_enabled=self.rfm.enabled,
+            rfm_mode=self.rfm.mode, rfm_refresh=self.rfm.refresh,
+            rfm_fixed=self.rfm.fixed.thresholds() if self.rfm.mode == "fixed" else None,
+            catalog=compile_catalog(self.segments) if self.segments else None)
 
     def trigger_rules(self) -> TriggerRules:
         """The catalogue and the policy, as the pure core's frozen values."""
@@ -456,7 +546,8 @@ class Settings(BaseSettings):
             replenishment_reminder=t.replenishment_reminder.rule(),
             service_reminder=t.service_reminder.rule(), birthday=t.birthday.rule(),
             onboarding=t.onboarding.rule(), loyalty_status=t.loyalty_status.rule(),
-            policy=self.policy.policy())
+            segment_entered=t.segment_entered.rule(), policy=self.policy.policy(),
+            segments=self.segment_rules())
 
     @classmethod
     def settings_customise_sources(
@@ -514,6 +605,10 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
+        if message.startswith(f"{where}.") or (
+                where == "(top level)" and re.match(r"[a-z_][\w.]*: ", message)):
+            where, _, message = message.partition(": ")  # the message names the field
+
         if error["type"] == "extra_forbidden":
             message = "unknown setting"
             if len(error["loc"]) == 2 and error["loc"][0] == "triggers":

@@ -23,12 +23,22 @@ import orjson
 from bytewax.operators import StatefulBatchLogic
 
 from dataflows.metrics import DataflowMetrics
+from dataflows.rfm_model import RfmModelCache
+from features import segments
 from features.codec import decode_state, encode_state
-from features.events import EventError, parse_event
+from features.events import Event, EventError, parse_event
+from features.identity import handle
 from features.routing import bucket_of
 from features.state import ClientState, is_live
-from features.triggers import Trigger, TriggerRules, fire_due, next_due, process_event
-from sinks.bucket_store import BucketCommit, BucketStore, DeadLetter, stream_id_key
+from features.triggers import Trigger, TriggerRules, fire_due, next_due, regroup
+from sinks.bucket_store import (
+    BucketCommit,
+    BucketStore,
+    DeadLetter,
+    RfmValues,
+    SegmentChange,
+    stream_id_key,
+)
 
 EVENT = "e"
 TICK = "t"
@@ -53,11 +63,16 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
     """Built by Bytewax on a bucket's first item; loads the bucket from Redis then."""
 
     def __init__(self, bucket: int, store: BucketStore, config: BucketConfig,
-                 metrics: DataflowMetrics) -> None:
+                 metrics: DataflowMetrics, models: RfmModelCache | None = None) -> None:
         loaded = store.load(bucket)
         self._bucket = bucket
         self._buckets = store.layout.buckets
         self._config = config
+        self._models = models
+        self._rules: TriggerRules = config.rules if models is None else models.rules
+        # each client changed in the current batch, as it was before the batch
+        self._before: dict[str, ClientState | None] = {}
+        self._emitted: list[Event] = []
         self._metrics = metrics
         self._counts: Counter[tuple[Any, str]] = Counter()  # metric updates of one batch
         self._position = loaded.position
@@ -79,7 +94,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         Entries are never removed from a heap: a popped entry that no longer matches the
         client's schedule is skipped or pushed again at the new time (lazy cancellation).
         """
-        due = next_due(state, self._config.rules)
+        due = next_due(state, self._rules)
         current = self._scheduled.get(client_key)
         if due is None:
             if current is not None:
@@ -104,15 +119,32 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
             if scheduled[0] > limit:
                 heapq.heappush(self._timers[scheduled[1]], (scheduled[0], client_key))
                 continue
-            state, fired = fire_due(client_key, self._states[client_key], limit,
-                                    self._config.rules)
+            before = self._states[client_key]
+            state, fired = fire_due(client_key, before, limit, self._rules)
             self._states[client_key] = state
             del self._scheduled[client_key]
             self._metrics.timers_pending.dec()
             self._schedule(client_key, state)
-            if fired:
+            if state is not before:
+                self._before.setdefault(client_key, before)
                 triggers.extend(fired)
                 dirty.add(client_key)
+
+    def _rescore(self, now: float, dirty: set[str], triggers: list[Trigger]) -> None:
+        """A new RFM model: re-evaluate the buyers whose RFM segment it changes."""
+        rules = self._rules.segments
+        for client_key, state in list(self._states.items()):
+            if state.orders_count <= 0 and not any(
+                    name.startswith(segments.RFM_PREFIX) for name, _ in state.segments):
+                continue
+            if segments.rfm_membership(state, now, rules) == segments.current_rfm(state):
+                continue
+            after, fired = regroup(client_key, state, now, self._rules)
+            self._before.setdefault(client_key, state)
+            self._states[client_key] = after
+            self._schedule(client_key, after)
+            triggers.extend(fired)
+            dirty.add(client_key)
 
     # --- Bytewax callbacks -----------------------------------------------------------------------
 
@@ -139,6 +171,11 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 if key > position_key:
                     position_key = key
                     self._position = position
+                if self._models is not None:
+                    rules = self._models.poll()
+                    if rules is not self._rules:
+                        self._rules = rules
+                        self._rescore(clock, dirty, triggers)
                 self._advance(LIVE, clock, dirty, triggers)
                 if at_head:
                     self._advance(BACKFILL, clock, dirty, triggers)
@@ -164,14 +201,18 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
             self._counts[(self._metrics.dead_letters, "misrouted")] += 1
             return 0
         before = self._states.get(client_key)
-        after, fired = process_event(client_key, before, event, self._config.rules)
-        if after is before:
-            self._counts[(self._metrics.duplicates, "")] += 1
+        outcome = handle(client_key, before, event, self._rules)
+        self._emitted.extend(outcome.emitted)
+        after = outcome.state
+        if after is before or after is None:
+            if not outcome.emitted:
+                self._counts[(self._metrics.duplicates, "")] += 1
             return 0
+        self._before.setdefault(client_key, before)
         self._states[client_key] = after
         self._schedule(client_key, after)
         dirty.add(client_key)
-        triggers.extend(fired)
+        triggers.extend(outcome.triggers)
         self._counts[(self._metrics.events_processed, event.type.value)] += 1
         return 1
 
@@ -179,13 +220,27 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 applied: int) -> list[BucketCommit]:
         now = time.monotonic()
         moved = self._position != self._committed
-        if not (dirty or triggers or dead) and not (
+        emitted, self._emitted = self._emitted, []
+        if not (dirty or triggers or dead or emitted) and not (
                 moved and now - self._last_commit >= self._config.offset_flush_interval):
             return []
+        changes: list[SegmentChange] = []
+        values: list[tuple[str, RfmValues | None]] = []
+        for key in sorted(dirty):
+            before, after = self._before.get(key), self._states[key]
+            changes.extend(SegmentChange(key, name, False, after.segments_at)
+                           for name in segments.left(before, after))
+            changes.extend(SegmentChange(key, name, True, at)
+                           for name, at in segments.entered(before, after))
+            triple = _rfm_values(after)
+            if before is None or triple != _rfm_values(before):
+                values.append((key, triple))
+        self._before.clear()
         commit = BucketCommit(
             bucket=self._bucket, base=self._committed, position=self._position,
             states=[(key, encode_state(self._states[key])) for key in sorted(dirty)],
-            triggers=triggers, dead_letters=dead, events=applied)
+            triggers=triggers, dead_letters=dead, events=applied, segment_changes=changes,
+            rfm_values=values, emitted=emitted)
         self._committed = self._position
         self._last_commit = now
         return [commit]
@@ -195,19 +250,28 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         return None
 
 
+def _rfm_values(state: ClientState) -> RfmValues | None:
+    """What the RFM population index holds for the client (None: not a buyer)."""
+    if state.orders_count <= 0 or state.last_order_at is None or state.merged_into:
+        return None
+    return state.last_order_at, state.orders_count, state.monetary_total
+
+
 class LazyBucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
     """Defers loading until the first batch names the bucket."""
 
     def __init__(self, store: BucketStore, config: BucketConfig,
-                 metrics: DataflowMetrics) -> None:
+                 metrics: DataflowMetrics, models: RfmModelCache | None = None) -> None:
         self._store = store
         self._config = config
         self._metrics = metrics
+        self._models = models
         self._logic: BucketLogic | None = None
 
     def on_batch(self, values: list[Item]) -> tuple[Iterable[BucketCommit], bool]:
         if self._logic is None:
-            self._logic = BucketLogic(values[0][1], self._store, self._config, self._metrics)
+            self._logic = BucketLogic(values[0][1], self._store, self._config, self._metrics,
+                                      self._models)
         return self._logic.on_batch(values)
 
     def snapshot(self) -> None:

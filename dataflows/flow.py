@@ -8,17 +8,21 @@ from bytewax.dataflow import Dataflow
 from config.settings import Settings
 from dataflows.buckets import BucketConfig, LazyBucketLogic
 from dataflows.metrics import DataflowMetrics
+from dataflows.rfm_model import RfmModelCache
 from dataflows.source import EventStreamSource, SourceConfig
 from sinks.bucket_store import BucketStore
 from sinks.bytewax_sink import BucketCommitSink
 from sinks.keys import KeyLayout
 from sinks.redis_client import sync_client
 
+RFM_POLL_SECONDS = 5.0  # how often a process looks for a newer RFM model
+
 
 def store_factory(settings: Settings) -> BucketStore:
     return BucketStore(sync_client(settings.redis), KeyLayout.from_settings(settings),
                        ledger_max_entries=settings.redis.ledger_max_entries,
-                       stream_maxlen=settings.redis.stream_maxlen)
+                       stream_maxlen=settings.redis.stream_maxlen,
+                       dedupe_window=settings.redis.dedupe_window)
 
 
 def build_flow(settings: Settings, metrics: DataflowMetrics, *,
@@ -32,6 +36,8 @@ def build_flow(settings: Settings, metrics: DataflowMetrics, *,
                                  offset_flush_interval=df.offset_flush_interval,
                                  allowed_lateness=df.allowed_lateness)
     loader = store_factory(settings)  # bucket loads share one connection pool per process
+    models = RfmModelCache(loader.client, loader.layout, bucket_config.rules,
+                           poll=RFM_POLL_SECONDS)
 
     def make_store() -> BucketStore:
         return store_factory(settings)
@@ -39,6 +45,6 @@ def build_flow(settings: Settings, metrics: DataflowMetrics, *,
     flow = Dataflow("crmflow")
     entries = op.input("events", flow, EventStreamSource(make_store, source_config, metrics))
     commits = op.stateful_batch(
-        "buckets", entries, lambda _resume: LazyBucketLogic(loader, bucket_config, metrics))
+        "buckets", entries, lambda _resume: LazyBucketLogic(loader, bucket_config, metrics, models))
     op.output("commit", commits, BucketCommitSink(make_store, metrics))
     return flow

@@ -48,6 +48,7 @@ from features.rules import (
     ORDER_CONFIRMATION,
     REPLENISHMENT_REMINDER,
     SECOND_ORDER_NUDGE,
+    SEGMENT_ENTERED,
     SERVICE_REMINDER,
     WELCOME,
     TriggerRules,
@@ -379,6 +380,8 @@ def still_valid(state: ClientState, pending: PendingTrigger, rules: TriggerRules
         return state.browse_closed_at <= pending.fired_at
     if kind == FIRST_ORDER_PROMO:
         return state.first_order_at is None
+    if kind == SEGMENT_ENTERED:  # still in the segment it entered
+        return any(f"{name}@{occasion_time(at)}" == pending.key for name, at in state.segments)
     if kind == SECOND_ORDER_NUDGE:
         return state.orders_count == 1
     if kind in (FEEDBACK_REQUEST, ONBOARDING):  # about an order that must still stand

@@ -23,9 +23,16 @@ from features.rules import (
     SECOND_ORDER_NUDGE,
     SERVICE_REMINDER,
 )
-from features.state import CartLine, CategoryOrders, ClientState, OrderRecord, PendingTrigger
+from features.state import (
+    CartLine,
+    CategoryInterest,
+    CategoryOrders,
+    ClientState,
+    OrderRecord,
+    PendingTrigger,
+)
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 
 # Rule marks are stored by number: append only, never reorder (a name not listed is kept as
 # text). Whole-number values (flags, counts, whole-second times) are stored as integers.
@@ -36,6 +43,11 @@ _MARK_CODES = {name: code for code, name in enumerate(_MARK_NAMES)}
 
 def _mark_value(value: float) -> float | int:
     return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+def _time(value: float | None) -> float | int | None:
+    """Whole-second times as integers: 5 bytes instead of 9."""
+    return None if value is None else _mark_value(float(value))
 
 
 def _encode_marks(marks: tuple[tuple[str, float], ...]) -> list[list[Any]]:
@@ -74,6 +86,13 @@ def encode_state(state: ClientState) -> bytes:
          for p in state.pending],
         list(state.sends), list(state.decided),
         [list(r) for r in state.early_returns], list(state.touched),
+        [list(b) for b in state.visit_days], [list(b) for b in state.view_hours],
+        [list(b) for b in state.view_days],
+        [[i.category, _time(i.viewed_at), _time(i.carted_at), _time(i.bought_at), i.count]
+         for i in state.interests],
+        _time(state.orders_updated_at), _time(state.cart_changed_at), _time(state.engagement_at),
+        [[name, _time(at)] for name, at in state.segments], _time(state.segments_at),
+        list(state.aliases), state.merged_into,
     ]
     return msgpack.packb(row, use_bin_type=True)
 
@@ -89,8 +108,11 @@ def decode_state(data: bytes) -> ClientState:
         row = [4, *row[1:], []]  # v4 added early_returns (cart lines' added_at is
         # optional in a line, so v3 lines read as added at 0)
     if isinstance(row, list) and row and row[0] == 4:
-        row = [FORMAT_VERSION, *row[1:], []]  # v5 added touched; cart_reminded became a time
+        row = [5, *row[1:], []]  # v5 added touched; cart_reminded became a time
         row[14] = float(row[14])  # True (reminded, time unknown) reads as 1.0: still truthy
+    if isinstance(row, list) and row and row[0] == 5:
+        # v6 added rolling activity, interests, group times, segments and identity
+        row = [FORMAT_VERSION, *row[1:], [], [], [], [], None, None, None, [], 0, [], None]
     if not isinstance(row, list) or not row or row[0] != FORMAT_VERSION:
         found = row[:1] if isinstance(row, list) else type(row).__name__
         raise StateFormatError(f"unknown client state format: {found}")
@@ -100,7 +122,9 @@ def decode_state(data: bytes) -> ClientState:
      favourites, orders, orders_count, monetary_total, first_order_at, last_order_at,
      checkout_started_at, support_requests, last_support_at, nps_score, nps_at,
      channel_engagement, recent_event_ids, categories, marks, loyalty_tier, pending, sends,
-     decided, early_returns, touched) = row
+     decided, early_returns, touched, visit_days, view_hours, view_days, interests,
+     orders_updated_at, cart_changed_at, engagement_at, segments, segments_at, aliases,
+     merged_into) = row
     return ClientState(
         first_seen_at=first_seen_at, last_seen_at=last_seen_at, updated_at=updated_at,
         last_received_at=last_received_at,
@@ -123,4 +147,12 @@ def decode_state(data: bytes) -> ClientState:
         decided=tuple(decided),
         early_returns=tuple((oid, amount, cancel) for oid, amount, cancel in early_returns),
         touched=tuple(touched),
+        visit_days=tuple((i, n) for i, n in visit_days),
+        view_hours=tuple((i, n) for i, n in view_hours),
+        view_days=tuple((i, n) for i, n in view_days),
+        interests=tuple(CategoryInterest(*i) for i in interests),
+        orders_updated_at=orders_updated_at, cart_changed_at=cart_changed_at,
+        engagement_at=engagement_at,
+        segments=tuple((name, float(at)) for name, at in segments),
+        segments_at=float(segments_at), aliases=tuple(aliases), merged_into=merged_into,
     )

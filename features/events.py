@@ -39,6 +39,9 @@ class EventType(StrEnum):
     MESSAGE_CLICKED = "message_clicked"
     SESSION_END = "session_end"
     TOUCH_RECORDED = "touch_recorded"  # a manual touch a manager recorded (B2B practice)
+    # identity steps the dataflow writes itself (features/identity.py); refused at ingest
+    IDENTITY_LINKED = "identity_linked"
+    PROFILE_MERGED = "profile_merged"
     CUSTOM = "custom"
 
 
@@ -299,6 +302,11 @@ def _touch(properties: Mapping[str, Any], channel: object) -> None:
         raise EventError("channel", f"expected a channel name such as 'phone', got {channel!r}")
 
 
+def _require_text(properties: Mapping[str, Any], name: str, event_type: EventType) -> None:
+    if not isinstance(properties.get(name), str) or not properties[name]:
+        raise EventError(f"properties.{name}", f"is required for {event_type.value}")
+
+
 def parse_event(raw: object) -> Event:
     """Validate a canonical event dict (as `event_to_dict` writes it).
 
@@ -346,6 +354,11 @@ def parse_event(raw: object) -> Event:
     properties = _mapping(raw, "properties")
     if event_type is EventType.TOUCH_RECORDED:
         _touch(properties, channel)
+    if event_type is EventType.IDENTITY_LINKED:
+        _require_text(properties, "client_id", event_type)
+    if event_type is EventType.PROFILE_MERGED:
+        _require_text(properties, "from", event_type)
+        _require_text(properties, "state", event_type)
     return Event(
         event_id=event_id,
         type=event_type,

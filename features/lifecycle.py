@@ -6,7 +6,7 @@ the mean interval between them, churn, loyalty and NPS groups.
 
 from __future__ import annotations
 
-from features.rules import LoyaltyTier
+from features.rules import LifecycleRules, LoyaltyTier
 from features.state import ClientState, OrderRecord
 
 DETRACTOR_MAX = 5  # NPS 0-5
@@ -80,3 +80,55 @@ def tier_rank(name: str, tiers: tuple[LoyaltyTier, ...]) -> int:
         if tier.name == name:
             return index + 1
     return -1
+
+
+VISITOR = "visitor"
+PROSPECT = "prospect"
+NEW = "new"
+REPEAT = "repeat"
+LOYAL = "loyal"
+AT_RISK = "at_risk"
+CHURNED = "churned"
+# The stages that are segments ("lifecycle:<stage>"); visitors (never registered, never
+# ordered: mostly anonymous traffic) are not materialised as a segment.
+SEGMENT_STAGES = (PROSPECT, NEW, REPEAT, LOYAL, AT_RISK, CHURNED)
+
+
+def orders_within(state: ClientState, now: float, window: float) -> list[float]:
+    """Times of live orders placed in (now - window, now], newest first."""
+    return sorted((o.placed_at for o in state.orders
+                   if not o.cancelled and 0 <= now - o.placed_at < window), reverse=True)
+
+
+def lifecycle_stage(state: ClientState, now: float, rules: LifecycleRules) -> str:
+    """churned > at_risk > loyal > repeat > new for buyers; prospect or visitor otherwise."""
+    last = last_live_order(state)
+    if last is None:
+        if state.registered_at is None:
+            return VISITOR
+        return CHURNED if now - state.registered_at >= rules.churned_after else PROSPECT
+    idle = now - last.placed_at
+    if idle >= rules.churned_after:
+        return CHURNED
+    if idle >= rules.at_risk_after:
+        return AT_RISK
+    if 0 < rules.loyal_orders <= len(orders_within(state, now, rules.loyal_window)):
+        return LOYAL
+    return NEW if state.orders_count <= 1 else REPEAT
+
+
+def lifecycle_next_change(state: ClientState, now: float, rules: LifecycleRules
+                          ) -> float | None:
+    """The earliest time after `now` at which the stage changes with no new event."""
+    last = last_live_order(state)
+    if last is None:
+        if state.registered_at is None:
+            return None
+        at = state.registered_at + rules.churned_after
+        return at if at > now else None
+    times = [last.placed_at + rules.at_risk_after, last.placed_at + rules.churned_after]
+    recent = orders_within(state, now, rules.loyal_window)
+    if 0 < rules.loyal_orders <= len(recent):
+        times.append(recent[rules.loyal_orders - 1] + rules.loyal_window)
+    later = [t for t in times if t > now]
+    return min(later) if later else None

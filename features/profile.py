@@ -1,103 +1,68 @@
-"""The features a profile read returns, computed from the state at a given `now`.
+"""The profile a read returns: every feature of `features.values` at a given `now`, the
+category interest, RFM scores and segment, memberships, traits, and per feature group the
+time it last changed.
 
-Features that depend on time (recency, windowed counts) are computed at read time, so a
-profile is never stale just because the client has been quiet.
+Features that depend on time (recency, windowed counts, lifecycle stage) are computed at
+read time, so a profile is never stale just because the client has been quiet.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from features import rfm
 from features.events import format_time
-from features.lifecycle import is_churned, is_loyal, mean_order_interval
-from features.rules import DAY
+from features.rules import SegmentRules
 from features.state import ClientState
-
-ORDER_WINDOWS_DAYS = (30, 90, 365)
-
-
-def lifecycle_stage(state: ClientState, now: float, churn_after_days: float = 180.0,
-                    loyal_after_orders: int = 5) -> str:
-    """visitor (never registered or ordered), prospect (registered, no order), new (1 order),
-    repeat (2+), loyal (`loyal_after_orders`+), churned (no order for `churn_after_days`
-    since the last order, or since registration for those who never ordered).
-
-    The defaults are the documented ones (triggers.churn_winback.delay and
-    policy.loyal_after_orders); callers with a configuration pass its values.
-    """
-    if is_churned(state, now, churn_after_days * DAY):
-        return "churned"
-    if state.orders_count == 0:
-        return "prospect" if state.registered_at is not None else "visitor"
-    if is_loyal(state, loyal_after_orders):
-        return "loyal"
-    return "new" if state.orders_count == 1 else "repeat"
+from features.values import FEATURES, Context, Kind, group_times, rfm_scores
 
 
-def mean_days_between_orders(state: ClientState) -> float | None:
-    interval = mean_order_interval(state)
-    return None if interval is None else round(interval / DAY, 3)
+def profile_features(state: ClientState, now: float, rules: SegmentRules) -> dict[str, Any]:
+    context = Context(state, now, rules)
+    features: dict[str, Any] = {}
+    for name, feature in FEATURES.items():
+        value = feature.get(context)
+        features[name] = format_time(value) if feature.kind is Kind.TIME else value
+    features.update(
+        cart_products=[line.product_id for line in state.cart],
+        recently_viewed=[pid for pid, _ in reversed(state.viewed)],
+        favourites=list(state.favourites),
+        checkout_started_at=format_time(state.checkout_started_at),
+    )
+    return features
 
 
-def profile_features(state: ClientState, now: float, *, churn_after_days: float = 180.0,
-                     loyal_after_orders: int = 5) -> dict[str, Any]:
-    live_orders = [o for o in state.orders if not o.cancelled]
-    windows = {
-        f"orders_{days}d": sum(1 for o in live_orders if now - o.placed_at <= days * DAY)
-        for days in ORDER_WINDOWS_DAYS
-    }
-    money_windows = {
-        f"monetary_{days}d": round(sum(o.total - o.returned for o in live_orders
-                                       if now - o.placed_at <= days * DAY), 2)
-        for days in ORDER_WINDOWS_DAYS
-    }
-    mean_interval = mean_days_between_orders(state)
-    interval = mean_order_interval(state)
-    last_live_order = max((o.placed_at for o in live_orders), default=None)
-    # the same prediction the replenishment reminder uses
-    predicted = (last_live_order + interval
-                 if interval is not None and last_live_order is not None else None)
-    return {
-        "lifecycle_stage": lifecycle_stage(state, now, churn_after_days, loyal_after_orders),
-        "registered_at": format_time(state.registered_at),
-        "first_seen_at": format_time(state.first_seen_at),
-        "last_seen_at": format_time(state.last_seen_at),
-        "last_visit_at": format_time(state.last_visit_at),
-        "visits": state.visits,
-        "cart_items": state.cart_items,
-        "cart_value": state.cart_value,
-        "cart_products": [line.product_id for line in state.cart],
-        "cart_updated_at": format_time(state.cart_updated_at),
-        "recently_viewed": [pid for pid, _ in reversed(state.viewed)],
-        "last_view_at": format_time(state.last_view_at),
-        "favourites": list(state.favourites),
-        "orders_count": state.orders_count,
-        "monetary_total": state.monetary_total,
-        "avg_order_value": (round(state.monetary_total / state.orders_count, 2)
-                            if state.orders_count else None),
-        "first_order_at": format_time(state.first_order_at),
-        "last_order_at": format_time(state.last_order_at),
-        "recency_days": (round((now - state.last_order_at) / DAY, 3)
-                         if state.last_order_at is not None else None),
-        **windows,
-        **money_windows,
-        "mean_days_between_orders": mean_interval,
-        "predicted_next_order_at": format_time(predicted),
-        "checkout_started_at": format_time(state.checkout_started_at),
-        "support_requests": state.support_requests,
-        "nps_score": state.nps_score,
-        "loyalty_tier": state.loyalty_tier or None,
-        "preferred_channel": state.channel_engagement[0][0] if state.channel_engagement else None,
-    }
+def category_interest(state: ClientState) -> list[dict[str, Any]]:
+    """Categories by interactions, most first (ties: most recent first)."""
+    ranked = sorted(state.interests, key=lambda i: (-i.count, -i.last_at, i.category))
+    return [{"category": i.category, "interactions": i.count,
+             "last_interaction_at": format_time(i.last_at),
+             "viewed_at": format_time(i.viewed_at), "carted_at": format_time(i.carted_at),
+             "bought_at": format_time(i.bought_at)} for i in ranked]
 
 
-def profile_document(client_key: str, state: ClientState, now: float, *,
-                     churn_after_days: float = 180.0, loyal_after_orders: int = 5
-                     ) -> dict[str, Any]:
+def rfm_document(state: ClientState, now: float, rules: SegmentRules) -> dict[str, Any] | None:
+    scores = rfm_scores(Context(state, now, rules))
+    if scores is None or rules.rfm_model is None:
+        return None
+    slug = rfm.rfm_segment(*scores)
+    return {"r": scores[0], "f": scores[1], "m": scores[2], "segment": slug,
+            "segment_name": dict(rfm.RFM_SEGMENTS)[slug], "mode": rules.rfm_model.mode,
+            "model_at": format_time(rules.rfm_model.computed_at)}
+
+
+def profile_document(client_key: str, state: ClientState, now: float,
+                     rules: SegmentRules | None = None) -> dict[str, Any]:
+    rules = SegmentRules() if rules is None else rules
     return {
         "client_id": client_key,
         "updated_at": format_time(state.updated_at),
-        "features": profile_features(state, now, churn_after_days=churn_after_days,
-                                     loyal_after_orders=loyal_after_orders),
+        "features": profile_features(state, now, rules),
+        "category_interest": category_interest(state),
+        "rfm": rfm_document(state, now, rules),
+        "segments": [{"segment": name, "entered_at": format_time(at)}
+                     for name, at in state.segments],
         "traits": dict(state.traits),
+        "aliases": list(state.aliases),
+        "freshness": {group: format_time(at) for group, at in group_times(state).items()},
     }

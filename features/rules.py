@@ -9,6 +9,11 @@ Durations are float seconds; times of day are minutes after local midnight.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from features.rfm import FixedThresholds, RfmModel
+    from features.segment_rules import SegmentCatalog
 
 DAY = 86400.0
 
@@ -30,12 +35,13 @@ SERVICE_REMINDER = "service_reminder"
 BIRTHDAY = "birthday"
 ONBOARDING = "onboarding"
 LOYALTY_STATUS = "loyalty_status"
+SEGMENT_ENTERED = "segment_entered"
 
 TRIGGER_TYPES = (
     WELCOME, ORDER_CONFIRMATION, ORDER_CANCELLATION, ABANDONED_CART, ABANDONED_BROWSE,
     FEEDBACK_REQUEST, NPS_DETRACTOR_TASK, NPS_PASSIVE_OFFER, NPS_PROMOTER_REFERRAL,
     SECOND_ORDER_NUDGE, FIRST_ORDER_PROMO, CHURN_WINBACK, REPLENISHMENT_REMINDER,
-    SERVICE_REMINDER, BIRTHDAY, ONBOARDING, LOYALTY_STATUS,
+    SERVICE_REMINDER, BIRTHDAY, ONBOARDING, LOYALTY_STATUS, SEGMENT_ENTERED,
 )
 # The rules that wait for a moment derived from the state (the others answer events).
 TIMER_TYPES = (
@@ -49,7 +55,8 @@ TRANSACTIONAL = frozenset({ORDER_CONFIRMATION, ORDER_CANCELLATION, NPS_DETRACTOR
 DEFAULT_PRIORITY = (
     ABANDONED_CART, ABANDONED_BROWSE, NPS_PROMOTER_REFERRAL, NPS_PASSIVE_OFFER,
     FEEDBACK_REQUEST, BIRTHDAY, LOYALTY_STATUS, WELCOME, REPLENISHMENT_REMINDER,
-    SERVICE_REMINDER, SECOND_ORDER_NUDGE, FIRST_ORDER_PROMO, ONBOARDING, CHURN_WINBACK,
+    SERVICE_REMINDER, SECOND_ORDER_NUDGE, FIRST_ORDER_PROMO, ONBOARDING, SEGMENT_ENTERED,
+    CHURN_WINBACK,
 )
 
 
@@ -167,6 +174,42 @@ class LoyaltyRule:
 
 
 @dataclass(frozen=True, slots=True)
+class SegmentEnteredRule:
+    """A trigger when a client enters one of `segments` (e.g. "rfm:at_risk")."""
+
+    enabled: bool = True
+    delay: float = 0.0
+    holdout_percent: float | None = None
+    segments: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleRules:
+    """Lifecycle stages: prospect (registered, no order), new (1 order), repeat (2+), loyal
+    (`loyal_orders` within `loyal_window`), at_risk (no order for `at_risk_after`), churned
+    (no order for `churned_after`, or none at all that long after registering)."""
+
+    loyal_orders: int = 4
+    loyal_window: float = 365 * DAY
+    at_risk_after: float = 90 * DAY
+    churned_after: float = 180 * DAY
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRules:
+    """What segments a client can be in. `rfm_model` is the latest population model the
+    adapter knows (None: no RFM segments yet); `catalog` holds the operator's rules."""
+
+    lifecycle: LifecycleRules = LifecycleRules()
+    rfm_enabled: bool = True
+    rfm_mode: str = "quantile"  # or "fixed"
+    rfm_refresh: float = 60.0
+    rfm_fixed: FixedThresholds | None = None  # mode fixed: the thresholds
+    rfm_model: RfmModel | None = None
+    catalog: SegmentCatalog | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class QuietHours:
     """[start, end) in local minutes after midnight; start > end spans midnight."""
 
@@ -204,7 +247,7 @@ class Policy:
 
 AnyRule = (TriggerRule | OffsetRule | FeedbackRule | TaskRule | OfferRule | ReferralRule
            | PromoRule | ReplenishmentRule | ServiceRule | BirthdayRule | OnboardingRule
-           | LoyaltyRule)
+           | LoyaltyRule | SegmentEnteredRule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +269,9 @@ class TriggerRules:
     birthday: BirthdayRule = BirthdayRule()
     onboarding: OnboardingRule = OnboardingRule()
     loyalty_status: LoyaltyRule = LoyaltyRule()
+    segment_entered: SegmentEnteredRule = SegmentEnteredRule()
     policy: Policy = field(default_factory=Policy)
+    segments: SegmentRules = SegmentRules()
     # derived: the timer rules switched on (the catalogue asks on every event)
     enabled_timers: tuple[str, ...] = field(init=False, repr=False, compare=False)
 

@@ -164,6 +164,8 @@ def from_segment(message: object, received_at: float) -> Event:
     elif kind == "alias":
         canonical.update(type=EventType.CUSTOM.value, name="alias",
                          properties={"previous_id": message.get("previousId")})
+        if canonical["anonymous_id"] is None:  # the id it was known by before: a link
+            canonical["anonymous_id"] = message.get("previousId")
     elif kind == "group":
         traits = message.get("traits")
         canonical.update(type=EventType.CUSTOM.value, name="group",

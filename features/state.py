@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from features import windows
 from features.events import Event, EventType, Product
+from features.rules import DAY
+from features.windows import HOUR, VIEW_DAYS, VIEW_HOURS, VISIT_DAYS, Buckets
 
 MAX_CART_LINES = 50
 MAX_VIEWED = 20
@@ -28,6 +31,8 @@ MAX_DECIDED = 16  # occasions recently decided (manual touches and marketing tri
 MAX_CATEGORIES = 8  # product categories with order history, for per-category replenishment
 MAX_EARLY_RETURNS = 4  # cancellations and refunds that arrived before their order
 MAX_TOUCHED = 32  # occasions a manager decided by hand: automatic triggers must not repeat
+MAX_INTERESTS = 8  # product categories the client interacted with, most recent kept
+MAX_ALIASES = 8  # anonymous ids merged into a client
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,22 @@ class CategoryOrders:
 
 
 @dataclass(frozen=True, slots=True)
+class CategoryInterest:
+    """The latest view, cart add and order of a product category, and how often."""
+
+    category: str
+    viewed_at: float | None = None
+    carted_at: float | None = None
+    bought_at: float | None = None
+    count: int = 0
+
+    @property
+    def last_at(self) -> float:
+        return max(t for t in (self.viewed_at, self.carted_at, self.bought_at, 0.0)
+                   if t is not None)
+
+
+@dataclass(frozen=True, slots=True)
 class ClientState:
     first_seen_at: float
     last_seen_at: float
@@ -119,6 +140,19 @@ class ClientState:
     touched: tuple[int, ...] = ()  # fingerprints of occasions decided by manual touches
     # (order id, amount or -1 for all, is a cancellation) seen before the order itself
     early_returns: tuple[tuple[str, float, bool], ...] = ()
+    # --- rolling activity, interests, and when each feature group last changed ---
+    visit_days: Buckets = ()  # visits per UTC day, the last VISIT_DAYS days
+    view_hours: Buckets = ()  # product views per UTC hour, the last VIEW_HOURS hours
+    view_days: Buckets = ()  # product views per UTC day, the last VIEW_DAYS days
+    interests: tuple[CategoryInterest, ...] = ()  # least recently active first
+    orders_updated_at: float | None = None  # latest order, cancellation or refund
+    cart_changed_at: float | None = None  # latest cart change (also when it emptied)
+    engagement_at: float | None = None  # latest message open or click
+    # --- segments (features/segments.py) and identity (features/identity.py) ---
+    segments: tuple[tuple[str, float], ...] = ()  # (segment, entered at), by name
+    segments_at: float = 0.0  # when the memberships were last evaluated
+    aliases: tuple[str, ...] = ()  # anonymous client keys merged into this client
+    merged_into: str | None = None  # set on an anonymous client merged into that key
 
     @property
     def cart_value(self) -> float:
@@ -220,7 +254,10 @@ def _merge_traits(state: ClientState, event: Event) -> Changes:
 def _visit(state: ClientState, event: Event) -> Changes:
     last = event.event_time if state.last_visit_at is None else max(state.last_visit_at,
                                                                      event.event_time)
-    return {"last_visit_at": last, "visits": state.visits + 1}
+    latest = max(state.updated_at, event.event_time)
+    return {"last_visit_at": last, "visits": state.visits + 1,
+            "visit_days": windows.add(state.visit_days, event.event_time, latest, DAY,
+                                      VISIT_DAYS)}
 
 
 def _registered(state: ClientState, event: Event) -> Changes:
@@ -239,7 +276,13 @@ def _product_view(state: ClientState, event: Event) -> Changes:
     viewed = [(pid, at) for pid, at in state.viewed if pid not in ids]
     viewed.extend((pid, max(t, latest.get(pid, t))) for pid in ids)
     viewed.sort(key=lambda item: item[1])
-    changes: Changes = {"viewed": tuple(viewed[-MAX_VIEWED:])}
+    newest = max(state.updated_at, t)
+    changes: Changes = {
+        "viewed": tuple(viewed[-MAX_VIEWED:]),
+        "view_hours": windows.add(state.view_hours, t, newest, HOUR, VIEW_HOURS),
+        "view_days": windows.add(state.view_days, t, newest, DAY, VIEW_DAYS),
+        "interests": _touch_interests(state.interests, event.products, t, "viewed_at"),
+    }
     if t > state.browse_closed_at:
         changes["browse_since"] = t if state.browse_since is None else min(state.browse_since, t)
         changes["last_view_at"] = t if state.last_view_at is None else max(state.last_view_at, t)
@@ -257,6 +300,8 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
     changes: Changes = {}
     if event.type is EventType.CART_ADD:
         changes.update(_close_browse(state, t))
+        changes["interests"] = _touch_interests(state.interests, event.products, t,
+                                                "carted_at")
     if t < state.cart_closed_at:
         return changes  # a late change to a cart that an order already closed
     cart = {line.product_id: line for line in state.cart}
@@ -276,6 +321,7 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
                 del cart[product.product_id]
     lines = tuple(cart.values())[-MAX_CART_LINES:]
     changes["cart"] = lines
+    changes["cart_changed_at"] = _later(state.cart_changed_at, t)
     changes["cart_updated_at"] = t if state.cart_updated_at is None else max(
         state.cart_updated_at, t)
     if not lines:
@@ -322,6 +368,8 @@ def _order_placed(state: ClientState, event: Event) -> Changes:
     categories = _order_categories(state, event)
     if categories is not None:
         changes["categories"] = categories
+    changes["orders_updated_at"] = _later(state.orders_updated_at, t)
+    changes["interests"] = _touch_interests(state.interests, event.order.items, t, "bought_at")
     later = tuple(line for line in state.cart if line.added_at > t)
     if later != state.cart:  # the order bought what was in the cart before it
         if later:  # lines added after the order (it arrived late): their own episode
@@ -330,6 +378,7 @@ def _order_placed(state: ClientState, event: Event) -> Changes:
                            cart_reminded=0.0)
         else:
             changes.update(cart=(), cart_updated_at=None, cart_since=None, cart_reminded=0.0)
+        changes["cart_changed_at"] = _later(state.cart_changed_at, t)
     changes["cart_closed_at"] = max(state.cart_closed_at, t)
     early = next((r for r in state.early_returns if r[0] == record.order_id), None)
     if early is not None:  # its cancellation or refund arrived first: apply it now
@@ -376,7 +425,10 @@ def _order_returned(state: ClientState, event: Event) -> Changes:
     current = {"orders": state.orders, "orders_count": state.orders_count,
                "monetary_total": state.monetary_total, "first_order_at": state.first_order_at,
                "last_order_at": state.last_order_at}
-    return _return_order(current, index, amount=event.order.total, cancel=cancel)
+    changes = _return_order(current, index, amount=event.order.total, cancel=cancel)
+    if changes:
+        changes["orders_updated_at"] = _later(state.orders_updated_at, event.event_time)
+    return changes
 
 
 def _return_order(current: Changes, index: int, *, amount: float, cancel: bool) -> Changes:
@@ -421,7 +473,33 @@ def _message_engagement(state: ClientState, event: Event) -> Changes:
     counts = dict(state.channel_engagement)
     counts[channel] = counts.get(channel, 0) + 1
     top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_CHANNELS]
-    return {"channel_engagement": tuple(top)}
+    return {"channel_engagement": tuple(top),
+            "engagement_at": _later(state.engagement_at, event.event_time)}
+
+
+def _later(current: float | None, t: float) -> float:
+    return t if current is None else max(current, t)
+
+
+def _touch_interests(interests: tuple[CategoryInterest, ...], products: tuple[Product, ...],
+                     t: float, kind: str) -> tuple[CategoryInterest, ...]:
+    """Record an interaction of `kind` (viewed_at, carted_at or bought_at) at `t` with the
+    products' categories; the least recently active categories make room for new ones."""
+    names = dict.fromkeys(p.category for p in products if p.category)
+    if not names:
+        return interests
+    known = {i.category: i for i in interests}
+    for name in names:
+        assert name is not None
+        interest = known.get(name, CategoryInterest(name))
+        times = {"viewed_at": interest.viewed_at, "carted_at": interest.carted_at,
+                 "bought_at": interest.bought_at}
+        previous = times[kind]
+        times[kind] = t if previous is None else max(previous, t)
+        known[name] = CategoryInterest(name, times["viewed_at"], times["carted_at"],
+                                       times["bought_at"], interest.count + 1)
+    ordered = sorted(known.values(), key=lambda i: (i.last_at, i.category))
+    return tuple(ordered[-MAX_INTERESTS:])
 
 
 _HANDLERS: dict[EventType, Any] = {

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from features import catalogue
-from features.catalogue import Candidate
+from features import catalogue, segments
+from features.catalogue import Candidate, occasion_time
 from features.events import Event, EventType, format_time
 from features.policy import (
     CANCELLED,
@@ -55,6 +55,7 @@ from features.rules import (
     ORDER_CONFIRMATION,
     REPLENISHMENT_REMINDER,
     SECOND_ORDER_NUDGE,
+    SEGMENT_ENTERED,
     SERVICE_REMINDER,
     TRANSACTIONAL,
     TRIGGER_TYPES,
@@ -77,9 +78,10 @@ __all__ = [
     "ABANDONED_BROWSE", "ABANDONED_CART", "BIRTHDAY", "CHURN_WINBACK", "FEEDBACK_REQUEST",
     "FIRST_ORDER_PROMO", "LOYALTY_STATUS", "NPS_DETRACTOR_TASK", "NPS_PASSIVE_OFFER",
     "NPS_PROMOTER_REFERRAL", "ONBOARDING", "ORDER_CANCELLATION", "ORDER_CONFIRMATION",
-    "REPLENISHMENT_REMINDER", "SECOND_ORDER_NUDGE", "SERVICE_REMINDER", "TRANSACTIONAL",
+    "REPLENISHMENT_REMINDER", "SECOND_ORDER_NUDGE", "SEGMENT_ENTERED", "SERVICE_REMINDER",
+    "TRANSACTIONAL",
     "TRIGGER_TYPES", "WELCOME", "Trigger", "TriggerRule", "TriggerRules", "due_timers",
-    "fire_due", "next_due", "process_event", "trigger_id",
+    "fire_due", "next_due", "process_event", "regroup", "trigger_id",
 ]
 
 AUTO = "auto"
@@ -137,12 +139,19 @@ def trigger_id(client_key: str, trigger_type: str, occasion: str) -> str:
 # --- timers ---------------------------------------------------------------------------------------
 
 def due_timers(state: ClientState, rules: TriggerRules) -> list[tuple[float, str]]:
-    """Pending timers as (due time, trigger type), earliest first: the catalogue's timer
-    rules and the triggers waiting in the state (a delay, or the end of quiet hours)."""
+    """Pending timers as (due time, kind), earliest first: the catalogue's timer rules, the
+    triggers waiting in the state (a delay, or the end of quiet hours), and the next moment
+    a segment membership may change with time (kind `segments`)."""
     timers = [(p.release_at, p.type) for p in state.pending]
     timers.extend(catalogue.rule_timers(state, rules))
+    regroup = segments.due(state, rules.segments)
+    if regroup is not None:
+        timers.append((regroup, SEGMENTS_TIMER))
     timers.sort()
     return timers
+
+
+SEGMENTS_TIMER = "segments"
 
 
 def next_due(state: ClientState, rules: TriggerRules) -> float | None:
@@ -153,17 +162,50 @@ def next_due(state: ClientState, rules: TriggerRules) -> float | None:
 def fire_due(client_key: str, state: ClientState, now: float, rules: TriggerRules
              ) -> tuple[ClientState, list[Trigger]]:
     """Decide every timer due at or before `now` (event time or wall time, the caller's
-    clock), in due order; those due at the same moment compete by priority."""
+    clock), in due order; those due at the same moment compete by priority. Segment
+    memberships are brought up to each of those moments too."""
     fired: list[Trigger] = []
     rule_timers = catalogue.rule_timers(state, rules)
     while True:
         at = min((p.release_at for p in state.pending), default=float("inf"))
         at = min(at, min((due for due, _ in rule_timers), default=float("inf")))
-        if at > now:
+        regroup = segments.due(state, rules.segments)
+        if at > now and (regroup is None or regroup > now):
             return state, fired
-        state, decided = _fire_at(client_key, state, at, rule_timers, rules)
+        if at <= now and (regroup is None or at <= regroup):
+            state, decided = _fire_at(client_key, state, at, rule_timers, rules)
+            fired.extend(decided)
+        else:
+            assert regroup is not None
+            at = regroup
+        state, decided = _resegment(client_key, state, at, rules)
         fired.extend(decided)
         rule_timers = catalogue.rule_timers(state, rules)
+
+
+def regroup(client_key: str, state: ClientState, at: float, rules: TriggerRules
+            ) -> tuple[ClientState, list[Trigger]]:
+    """Memberships as of `at` after something other than the client changed (a new RFM
+    model), with the `segment_entered` triggers that follow."""
+    return _resegment(client_key, state, at, rules)
+
+
+def _resegment(client_key: str, state: ClientState, at: float, rules: TriggerRules
+               ) -> tuple[ClientState, list[Trigger]]:
+    """Memberships as of `at`; entering a watched segment raises `segment_entered`."""
+    before = state
+    state = segments.resegment(state, at, rules.segments)
+    rule = rules.segment_entered
+    if not rule.enabled or not rule.segments:
+        return state, []
+    candidates = [Candidate(SEGMENT_ENTERED, f"{name}@{occasion_time(entered_at)}",
+                            entered_at, {"segment": name})
+                  for name, entered_at in segments.entered(before, state)
+                  if name in rule.segments]
+    if not candidates:
+        return state, []
+    return _decide_all(client_key, state, [(c, None) for c in candidates], state.segments_at,
+                       rules, delayable=True)
 
 
 def _fire_at(client_key: str, state: ClientState, at: float,
@@ -311,10 +353,12 @@ def process_event(client_key: str, state: ClientState | None, event: Event, rule
     after = apply_event(state, event)
     if event.type is EventType.TOUCH_RECORDED:
         after, touched = _manual_touch(client_key, after, event)
-        return after, fired + touched
+        after, entered = _resegment(client_key, after, event.event_time, rules)
+        return after, fired + touched + entered
     after, candidates = catalogue.on_event(state, after, event, rules)
-    if not candidates:
-        return after, fired
-    after, decided = _decide_all(client_key, after, [(c, None) for c in candidates],
-                                 event.event_time, rules, delayable=True)
-    return after, fired + decided
+    decided: list[Trigger] = []
+    if candidates:
+        after, decided = _decide_all(client_key, after, [(c, None) for c in candidates],
+                                     event.event_time, rules, delayable=True)
+    after, entered = _resegment(client_key, after, event.event_time, rules)
+    return after, fired + decided + entered

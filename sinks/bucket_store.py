@@ -21,7 +21,10 @@ from typing import Any, cast
 
 import redis
 
+from features.events import Event, format_time
 from features.triggers import Trigger
+from sinks import rfm_index
+from sinks.event_log import AppendOptions, EventLog
 from sinks.keys import KeyLayout
 from sinks.scripts import lua
 
@@ -69,6 +72,20 @@ class BucketCommit:
     triggers: Sequence[Trigger] = ()
     dead_letters: Sequence[DeadLetter] = ()
     events: int = 0  # events applied, for metrics
+    segment_changes: Sequence[SegmentChange] = ()
+    rfm_values: Sequence[tuple[str, RfmValues | None]] = ()  # None: no longer a buyer
+    emitted: Sequence[Event] = ()  # events for other clients: identity steps, forwards
+
+
+RfmValues = tuple[float, int, float]  # last order time, orders, money
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentChange:
+    client_id: str
+    segment: str
+    entered: bool
+    at: float
 
 
 @dataclass(slots=True)
@@ -83,12 +100,13 @@ class FencedError(RuntimeError):
 
 class BucketStore:
     def __init__(self, client: redis.Redis, layout: KeyLayout, *, ledger_max_entries: int,
-                 stream_maxlen: int) -> None:
+                 stream_maxlen: int, dedupe_window: float = 86400.0) -> None:
         self._client = client
         self._layout = layout
         self._ledger_max = ledger_max_entries
         self._maxlen = stream_maxlen
         self._commit = client.register_script(lua("commit_bucket"))
+        self._events = EventLog(client, layout, AppendOptions(dedupe_window))
 
     @property
     def layout(self) -> KeyLayout:
@@ -121,11 +139,13 @@ class BucketStore:
     def _call(self, commit: BucketCommit) -> tuple[list[str], list[str | bytes | int]]:
         partition = self._layout.partition_of_bucket(commit.bucket)
         keys = [self._layout.offsets(partition), self._layout.state(commit.bucket),
-                self._layout.triggers(partition), self._layout.dead_letters(partition)]
+                self._layout.triggers(partition), self._layout.dead_letters(partition),
+                self._layout.segment_changes(partition)]
         args: list[str | bytes | int] = [
             str(commit.bucket), commit.base, commit.position,
             self._layout.ledger_prefix(partition), self._ledger_max, self._maxlen,
-            len(commit.states), len(commit.triggers), len(commit.dead_letters)]
+            len(commit.states), len(commit.triggers), len(commit.dead_letters),
+            len(commit.segment_changes)]
         for client_key, state in commit.states:
             args += [client_key, state]
         for trigger in commit.triggers:
@@ -136,7 +156,26 @@ class BucketStore:
                      ledger, len(fields) // 2, *fields]
         for letter in commit.dead_letters:
             args += [letter.reason, letter.stream_id, letter.entry]
+        for change in commit.segment_changes:
+            args += [self._layout.segment_members(partition, change.segment), change.client_id,
+                     "entered" if change.entered else "left", change.segment,
+                     format_time(change.at) or ""]
         return keys, args
+
+    def _before_commit(self, commits: Sequence[BucketCommit]) -> None:
+        """Writes outside the bucket's slot, done first and idempotent, so a commit that
+        fails after them repeats them harmlessly: events for other clients (deduplicated
+        by id at their stream) and the RFM population."""
+        emitted = [event for commit in commits for event in commit.emitted]
+        if emitted:
+            self._events.append(emitted, dedupe_ids=[
+                f"dataflow>{event.client_key}>{event.event_id}" for event in emitted])
+        values = [item for commit in commits for item in commit.rfm_values]
+        if values:
+            pipe = self._client.pipeline(transaction=False)
+            for client_key, triple in values:
+                rfm_index.index_commands(pipe, self._layout, client_key, triple)
+            pipe.execute()
 
     def commit(self, commits: Sequence[BucketCommit], *, retry_for: float = float("inf")
                ) -> list[tuple[str, str]]:
@@ -149,6 +188,7 @@ class BucketStore:
         backoff = 0.05
         while True:
             try:
+                self._before_commit(commits)
                 pipe = self._client.pipeline(transaction=False)
                 for commit in commits:
                     keys, args = self._call(commit)

@@ -4,13 +4,16 @@
 -- process that lost the bucket (position neither BASE nor NEW) is refused.
 -- Returns {1, type and status of each trigger newly emitted...}, or {0} for a replayed commit.
 --
--- KEYS: 1 offsets hash, 2 bucket state hash, 3 trigger stream, 4 dead-letter stream
+-- KEYS: 1 offsets hash, 2 bucket state hash, 3 trigger stream, 4 dead-letter stream,
+--       5 segment-changes stream
 -- ARGV: 1 bucket, 2 base position, 3 new position, 4 ledger key prefix, 5 ledger max entries,
 --       6 stream maxlen, 7 number of states, 8 number of triggers, 9 number of dead letters,
+--       10 number of segment changes,
 --       then per state: client, state bytes
 --       then per trigger: client, ledger field, type, status, ledger json, number of stream
 --       fields N, then N field names and values for its trigger stream entry
 --       then per dead letter: reason, stream id, raw entry
+--       then per segment change: member set key, client, "entered" or "left", segment, time
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
 if not stored then stored = '0-0' end
 if stored ~= ARGV[2] then
@@ -20,7 +23,7 @@ if stored ~= ARGV[2] then
 end
 local maxlen = ARGV[6]
 local ledger_max = tonumber(ARGV[5])
-local i = 10
+local i = 11
 for _ = 1, tonumber(ARGV[7]) do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -53,6 +56,16 @@ for _ = 1, tonumber(ARGV[9]) do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*',
              'reason', ARGV[i], 'stream_id', ARGV[i + 1], 'entry', ARGV[i + 2])
   i = i + 3
+end
+for _ = 1, tonumber(ARGV[10]) do
+  if ARGV[i + 2] == 'entered' then
+    redis.call('ZADD', ARGV[i], 0, ARGV[i + 1])
+  else
+    redis.call('ZREM', ARGV[i], ARGV[i + 1])
+  end
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'client_id', ARGV[i + 1],
+             'segment', ARGV[i + 3], 'change', ARGV[i + 2], 'at', ARGV[i + 4])
+  i = i + 5
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return emitted

@@ -28,9 +28,11 @@ def encode_event(event: Event) -> bytes:
     return orjson.dumps(event_to_dict(event))
 
 
-def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Event]
+def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Event],
+                  dedupe_ids: Sequence[str] | None = None
                   ) -> list[tuple[list[int], list[str], list[str | bytes | int | float]]]:
-    """One script call per partition: (indexes of its events, keys, args)."""
+    """One script call per partition: (indexes of its events, keys, args). Events are
+    de-duplicated by their id, or by `dedupe_ids` when given."""
     grouped: dict[int, list[int]] = {}
     for index, event in enumerate(events):
         grouped.setdefault(layout.partition_of_client(event.client_key), []).append(index)
@@ -40,8 +42,8 @@ def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Ev
                                                  layout.seen(partition)]
         for index in indexes:
             event = events[index]
-            args += [event.event_id, event.client_key, repr(event.event_time),
-                     encode_event(event)]
+            args += [event.event_id if dedupe_ids is None else dedupe_ids[index],
+                     event.client_key, repr(event.event_time), encode_event(event)]
         calls.append((indexes, [layout.events(partition)], args))
     return calls
 
@@ -85,10 +87,11 @@ class EventLog:
         self._options = options
         self._script = client.register_script(lua("append_events"))
 
-    def append(self, events: Sequence[Event]) -> list[bool]:
+    def append(self, events: Sequence[Event], dedupe_ids: Sequence[str] | None = None
+               ) -> list[bool]:
         if not events:
             return []
-        calls = _script_calls(self._layout, self._options, events)
+        calls = _script_calls(self._layout, self._options, events, dedupe_ids)
         pipe = self._client.pipeline(transaction=False)
         for _, keys, args in calls:
             self._script(keys=keys, args=args, client=pipe)

@@ -63,6 +63,26 @@ class KeyLayout:
     def dead_letters(self, partition: int) -> str:
         return f"{self._tag(partition)}:deadletter"
 
+    def segment_members(self, partition: int, segment: str) -> str:
+        """A segment's members in one partition: a sorted set of client keys, all scored 0,
+        so members page in lexical order with a stable cursor."""
+        return f"{self._tag(partition)}:segment:{segment}"
+
+    def segment_changes(self, partition: int) -> str:
+        """Entries and exits of segments, in the order the dataflow decided them."""
+        return f"{self._tag(partition)}:segment-changes"
+
+    def rfm_values(self, dimension: str) -> str:
+        """Clients with orders by one RFM dimension ("r": last order time, "f": orders,
+        "m": money): global sorted sets, so quantiles are exact rank lookups."""
+        return f"{self.prefix}:rfm:{dimension}"
+
+    def rfm_model(self) -> str:
+        return f"{self.prefix}:rfm:model"
+
+    def rfm_lock(self) -> str:
+        return f"{self.prefix}:rfm:lock"
+
     def bucket_of(self, client_key: str) -> int:
         return bucket_of(client_key, self.buckets)
 

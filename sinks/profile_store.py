@@ -22,6 +22,15 @@ class ProfileStore:
                                       client_key)
         return decode_state(cast(bytes, raw)) if raw is not None else None
 
+    async def states(self, client_keys: list[str]) -> dict[str, ClientState]:
+        """Several clients' states in one round trip (unknown ones are left out)."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in client_keys:
+                pipe.hget(self._layout.state(self._layout.bucket_of(key)), key)
+            raws = await pipe.execute()
+        return {key: decode_state(cast(bytes, raw))
+                for key, raw in zip(client_keys, raws, strict=True) if raw is not None}
+
     async def touches(self, client_key: str, limit: int) -> list[dict[str, Any]] | None:
         """The client's touches, newest first; None when the client is unknown."""
         async with self._client.pipeline(transaction=False) as pipe:

@@ -11,7 +11,7 @@ from typing import Any
 from features.events import Event, EventType, Order, Product
 from features.rules import DAY, Channel, Policy, TriggerRules
 from features.state import ClientState
-from features.triggers import Trigger, fire_due, process_event
+from features.triggers import SEGMENTS_TIMER, Trigger, due_timers, fire_due, process_event
 
 T0 = 1_700_006_400.0  # 2023-11-15T00:00:00Z, a Wednesday
 HOUR = 3600.0
@@ -108,3 +108,13 @@ def only(rules: TriggerRules, *keep: str) -> TriggerRules:
 
 def days(n: float) -> float:
     return n * DAY
+
+
+def trigger_timers(state: ClientState, rules: TriggerRules) -> list[tuple[float, str]]:
+    """The state's timers that may raise a trigger (the segment re-evaluation left out)."""
+    return [timer for timer in due_timers(state, rules) if timer[1] != SEGMENTS_TIMER]
+
+
+def next_trigger_due(state: ClientState, rules: TriggerRules) -> float | None:
+    timers = trigger_timers(state, rules)
+    return timers[0][0] if timers else None

@@ -41,6 +41,7 @@ from tests.core_events import (
     ev,
     identify,
     kinds,
+    next_trigger_due,
     nps,
     of,
     only,
@@ -103,7 +104,7 @@ def test_feedback_request_seven_days_after_the_order_with_the_nps_question() -> 
     assert request.fired_at == T0 + days(7)
     assert request.payload == {"order_id": "o1", "placed_at": format_time(T0), "total": 42.0,
                                "nps_survey": True, "nps_question": NPS_QUESTION}
-    assert next_due(state, FEEDBACK) is None
+    assert next_trigger_due(state, FEEDBACK) is None
 
 
 def test_feedback_request_without_the_survey() -> None:
@@ -127,7 +128,7 @@ def test_each_order_is_asked_about_when_orders_are_far_apart() -> None:
 def test_a_cancelled_order_is_not_asked_about() -> None:
     state, triggers = run([order(0, "o1"), cancel(days(2), "o1")], FEEDBACK, until=days(30))
     assert triggers == []
-    assert next_due(state, FEEDBACK) is None
+    assert next_trigger_due(state, FEEDBACK) is None
 
 
 def test_cancelling_the_latest_order_after_its_request_does_not_ask_about_an_older_one() -> None:
@@ -238,7 +239,7 @@ def test_first_order_promo_thirty_days_after_registration() -> None:
     state, [promo] = run([registered(0)], rules, until=days(60))
     assert promo.fired_at == T0 + days(30)
     assert promo.payload == {"registered_at": format_time(T0), "promo_code": "FIRST10"}
-    assert next_due(state, rules) is None
+    assert next_trigger_due(state, rules) is None
 
 
 def test_first_order_promo_cancelled_by_an_order_and_not_for_visitors() -> None:
@@ -292,7 +293,7 @@ def test_replenishment_seven_days_before_the_predicted_order() -> None:
     assert reminder.key == "o2"
     assert reminder.payload["predicted_order_at"] == format_time(T0 + days(60))
     assert reminder.payload["mean_days_between_orders"] == 30.0
-    assert next_due(state, REPLENISH) is None
+    assert next_trigger_due(state, REPLENISH) is None
 
 
 def test_replenishment_needs_a_second_order_and_a_rhythm_longer_than_the_offset() -> None:
@@ -409,7 +410,7 @@ def test_onboarding_series_after_the_first_order() -> None:
         ("1", T0 + days(1)), ("2", T0 + days(3)), ("3", T0 + days(7))]
     assert triggers[1].payload == {"step": 2, "steps": 3, "days_after_first_order": 3.0,
                                    "first_order_at": format_time(T0)}
-    assert next_due(state, ONBOARD) is None
+    assert next_trigger_due(state, ONBOARD) is None
 
 
 def test_onboarding_stops_when_the_client_becomes_loyal() -> None:

@@ -26,7 +26,7 @@ def test_round_trip_of_every_new_field() -> None:
     data = encode_state(FULL)
     assert decode_state(data) == FULL
     assert encode_state(decode_state(data)) == data
-    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 5
+    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 6
 
 
 def test_marks_are_stored_compactly() -> None:

@@ -47,6 +47,8 @@ NEEDS: dict[EventType, dict[str, Any]] = {
     EventType.TOUCH_RECORDED: {"channel": "phone",
                                "properties": {"occasion": "renewal_call", "status": "done"}},
     EventType.CUSTOM: {"name": "coupon_copied"},
+    EventType.IDENTITY_LINKED: {"properties": {"client_id": "u1"}},
+    EventType.PROFILE_MERGED: {"properties": {"from": "anon:x", "state": "AAAA"}},
 }
 
 
@@ -168,6 +170,9 @@ def events(draw: st.DrawFn) -> Event:
         traits=draw(st.dictionaries(st.sampled_from(["plan", "vip", "score"]), _json_scalars,
                                     max_size=3)),
         properties=(draw(_touch_properties) if event_type is EventType.TOUCH_RECORDED
+                    else {**NEEDS[event_type]["properties"],
+                          **draw(st.dictionaries(_ids, _json_scalars, max_size=3))}
+                    if event_type in (EventType.IDENTITY_LINKED, EventType.PROFILE_MERGED)
                     else draw(st.dictionaries(_ids, _json_scalars, max_size=3))),
         nps_score=draw(st.integers(0, 10)) if event_type is EventType.NPS_ANSWER else None,
         channel=draw(st.none() | st.sampled_from(["email", "sms", "push"])),

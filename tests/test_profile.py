@@ -1,39 +1,10 @@
-"""Profile features that the trigger rules share: lifecycle stage, prediction, loyalty."""
+"""The profile document: features the trigger rules share, groups' freshness, interest."""
 
 from __future__ import annotations
 
-from features.events import format_time
-from features.profile import lifecycle_stage, profile_document
-from features.state import ClientState, apply_event
-from tests.core_events import T0, cancel, days, order, registered, run, visit
-
-
-def state_of(*events: object) -> ClientState:
-    state = None
-    for event in events:
-        state = apply_event(state, event)  # type: ignore[arg-type]
-    assert state is not None
-    return state
-
-
-def test_lifecycle_stages() -> None:
-    assert lifecycle_stage(state_of(visit(0)), T0 + days(400)) == "visitor"
-    assert lifecycle_stage(state_of(registered(0)), T0 + days(10)) == "prospect"
-    assert lifecycle_stage(state_of(registered(0)), T0 + days(180)) == "churned"
-    one = state_of(order(0, "o1"))
-    assert lifecycle_stage(one, T0 + days(179)) == "new"
-    assert lifecycle_stage(one, T0 + days(180)) == "churned"
-    four = state_of(*(order(i, f"o{i}") for i in range(4)))
-    assert lifecycle_stage(four, T0 + days(1)) == "repeat"
-    five = apply_event(four, order(10, "o5"))
-    assert lifecycle_stage(five, T0 + days(1)) == "loyal"
-    assert lifecycle_stage(five, T0 + days(1), loyal_after_orders=6) == "repeat"
-    assert lifecycle_stage(five, T0 + days(100), churn_after_days=90) == "churned"
-
-
-def test_churn_counts_from_the_last_order_not_cancelled() -> None:
-    state = state_of(order(0, "o1"), order(days(100), "o2"), cancel(days(101), "o2"))
-    assert lifecycle_stage(state, T0 + days(181)) == "churned"
+from features.events import EventType, Product, format_time
+from features.profile import profile_document
+from tests.core_events import T0, days, ev, order, run, visit
 
 
 def test_profile_predicts_what_the_replenishment_rule_uses_and_shows_the_tier() -> None:
@@ -43,3 +14,23 @@ def test_profile_predicts_what_the_replenishment_rule_uses_and_shows_the_tier() 
     assert features["predicted_next_order_at"] == format_time(T0 + days(37.5))
     assert features["loyalty_tier"] == "silver"
     assert features["lifecycle_stage"] == "repeat"
+
+
+def test_profile_reports_each_groups_freshness_and_category_interest() -> None:
+    view = ev(EventType.PRODUCT_VIEW, days(1), products=(Product("p1", "shoes", 10.0, 1),))
+    state, _ = run([visit(0), view, order(days(2), "o1", 30.0, "shoes")])
+    document = profile_document("c1", state, T0 + days(3))
+    freshness = document["freshness"]
+    assert freshness["visits"] == format_time(T0)
+    assert freshness["views"] == format_time(T0 + days(1))
+    assert freshness["orders"] == format_time(T0 + days(2))
+    assert freshness["cart"] is None
+    assert document["category_interest"] == [{
+        "category": "shoes", "interactions": 2,
+        "last_interaction_at": format_time(T0 + days(2)),
+        "viewed_at": format_time(T0 + days(1)), "carted_at": None,
+        "bought_at": format_time(T0 + days(2))}]
+    assert document["segments"] == [{"segment": "lifecycle:new",
+                                     "entered_at": format_time(T0 + days(2))}]
+    assert document["rfm"] is None  # no model yet
+    assert document["features"]["visits_7d"] == 1

@@ -1,4 +1,4 @@
-"""The profile read follows the configured churn age and loyalty threshold."""
+"""The profile read follows the configured lifecycle thresholds."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ def test_lifecycle_stage_uses_the_configuration(redis_client: redis.Redis, redis
                "event_time": now - 40 * 86400 + i, "order": {"order_id": f"o{i}", "total": 5}}
               for i in range(2)]
     stages = []
-    for name, triggers, policy in [("d", {}, {}),
-                                   ("c", {"churn_winback": {"delay": "30d"}}, {}),
-                                   ("l", {}, {"loyal_after_orders": 2})]:
-        settings = make_settings(redis_url, key_prefix + name, triggers=triggers, policy=policy)
+    for name, lifecycle in [("d", {}),
+                            ("c", {"at_risk_after": "10d", "churned_after": "30d"}),
+                            ("l", {"loyal_orders": 2})]:
+        settings = make_settings(redis_url, key_prefix + name, lifecycle=lifecycle)
         with api_server(settings) as url:
             assert post_events(url, orders).status_code == 200
             drain(settings)

@@ -9,8 +9,9 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from api.deps import ReadAccess, Resources
 from api.responses import FastJSONResponse
+from features.events import format_time
 from features.profile import profile_document
-from features.rules import DAY
+from features.state import ClientState
 from sinks.profile_store import ProfileStore
 
 router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
@@ -25,7 +26,7 @@ def _not_found(resources: Resources, route: str, client_id: str) -> HTTPExceptio
 
 
 # Client ids may contain '/': the path converter takes them whole. The more specific
-# route comes first, or the profile route would swallow '.../touches'.
+# routes come first, or the profile route would swallow '.../touches' and '.../segments'.
 @router.get("/{client_id:path}/touches", response_class=FastJSONResponse)
 async def get_touches(client_id: str, resources: ReadAccess,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> FastJSONResponse:
@@ -37,20 +38,83 @@ async def get_touches(client_id: str, resources: ReadAccess,
 
 
 PROFILE_ROUTE = "/v1/profiles/{client_id}"
+MAX_IDS = 100
+
+
+async def resolve(resources: Resources, client_id: str) -> tuple[str, ClientState] | None:
+    """The client's key and state; an anonymous id merged into a client resolves to that
+    client (identity stitching), so reads by either id see the merged profile."""
+    store = ProfileStore(resources.redis, resources.layout)
+    state = await store.state(client_id)
+    if state is not None and state.merged_into is not None:
+        target = await store.state(state.merged_into)
+        if target is not None:
+            return state.merged_into, target
+    return None if state is None else (client_id, state)
 
 
 async def read_profile(resources: Resources, client_id: str) -> dict[str, Any] | None:
     """The profile document, or None for an unknown client: shared by the route below and
     by the ASGI fast path (api/fast_reads.py), so the two cannot drift apart."""
-    state = await ProfileStore(resources.redis, resources.layout).state(client_id)
-    if state is None:
+    found = await resolve(resources, client_id)
+    if found is None:
         resources.metrics.not_found.labels(PROFILE_ROUTE).inc()
         return None
-    settings = resources.settings
-    return profile_document(
-        client_id, state, time.time(),
-        churn_after_days=settings.triggers.churn_winback.delay / DAY,
-        loyal_after_orders=settings.policy.loyal_after_orders)
+    key, state = found
+    document = profile_document(key, state, time.time(), await resources.segments.current())
+    if key != client_id:
+        document["requested_id"] = client_id
+    return document
+
+
+@router.get("", response_class=FastJSONResponse)
+async def get_profiles(resources: ReadAccess,
+                       ids: Annotated[str, Query(description="comma-separated client ids "
+                                                 f"(at most {MAX_IDS})")]
+                       ) -> FastJSONResponse:
+    """Many profiles in one round trip to Redis per id batch; unknown ids are listed apart."""
+    wanted = [i for i in dict.fromkeys(part.strip() for part in ids.split(",")) if i]
+    if not wanted:
+        raise HTTPException(422, detail="ids: give at least one client id")
+    if len(wanted) > MAX_IDS:
+        raise HTTPException(422, detail=f"ids: at most {MAX_IDS} ids per request, "
+                                        f"got {len(wanted)}")
+    store = ProfileStore(resources.redis, resources.layout)
+    states = await store.states(wanted)
+    merged = {s.merged_into for s in states.values() if s.merged_into is not None}
+    targets = await store.states(sorted(merged)) if merged else {}
+    rules = await resources.segments.current()
+    now = time.time()
+    profiles: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for client_id in wanted:
+        state = states.get(client_id)
+        key = client_id
+        if state is not None and state.merged_into in targets:
+            key = state.merged_into
+            state = targets[key]
+        if state is None:
+            missing.append(client_id)
+            continue
+        document = profile_document(key, state, now, rules)
+        if key != client_id:
+            document["requested_id"] = client_id
+        profiles.append(document)
+    return FastJSONResponse({"profiles": profiles, "missing": missing})
+
+
+@router.get("/{client_id:path}/segments", response_class=FastJSONResponse)
+async def get_profile_segments(client_id: str, resources: ReadAccess) -> FastJSONResponse:
+    """The segments the client is in, with the time each was entered."""
+    found = await resolve(resources, client_id)
+    if found is None:
+        raise _not_found(resources, "/v1/profiles/{client_id}/segments", client_id)
+    key, state = found
+    return FastJSONResponse({
+        "client_id": key,
+        "segments": [{"segment": name, "entered_at": format_time(at)}
+                     for name, at in state.segments],
+        "evaluated_at": format_time(state.segments_at or None)})
 
 
 @router.get("/{client_id:path}", response_class=FastJSONResponse)

@@ -1,0 +1,95 @@
+"""Segment membership for audiences and personalization (Bearer read key).
+
+Sizes and members come from sets the dataflow maintains as memberships change; nothing
+here evaluates a rule or scans clients.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query
+from pydantic import BaseModel, Field
+
+from api.deps import ReadAccess, Resources
+from api.responses import FastJSONResponse
+from features.rfm import RFM_SEGMENTS
+from features.segments import LIFECYCLE_PREFIX, RFM_PREFIX, all_segment_names
+from sinks.segment_store import BadCursor, SegmentStore
+
+router = APIRouter(prefix="/v1/segments", tags=["segments"])
+
+MAX_PAGE = 1000
+MAX_CONTAINS = 1000
+SegmentName = Annotated[str, Path(min_length=1, max_length=200,
+                                  description="e.g. rfm:at_risk, lifecycle:new, or a rule "
+                                              "segment's name")]
+
+
+class ContainsRequest(BaseModel):
+    client_ids: list[Annotated[str, Field(min_length=1, max_length=205)]] = Field(
+        min_length=1, max_length=MAX_CONTAINS)
+
+
+def _kind(name: str) -> str:
+    if name.startswith(LIFECYCLE_PREFIX):
+        return "lifecycle"
+    if name.startswith(RFM_PREFIX):
+        return "rfm"
+    return "rule"
+
+
+def _describe(resources: Resources, name: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": name, "kind": _kind(name)}
+    if name.startswith(RFM_PREFIX):
+        entry["title"] = dict(RFM_SEGMENTS).get(name.removeprefix(RFM_PREFIX))
+    catalog = resources.segments.base.catalog
+    if catalog is not None:
+        for segment in catalog.segments:
+            if name == segment.name or name.startswith(f"{segment.name}:"):
+                entry["description"] = segment.description
+    return entry
+
+
+def _known(resources: Resources, name: str) -> None:
+    names = all_segment_names(resources.segments.base)
+    if name not in names:
+        resources.metrics.not_found.labels("/v1/segments/{name}").inc()
+        raise HTTPException(404, detail=f"unknown segment {name!r}; GET /v1/segments "
+                                        "lists them")
+
+
+@router.get("", response_class=FastJSONResponse)
+async def list_segments(resources: ReadAccess) -> FastJSONResponse:
+    """Every segment this configuration defines, with its current size."""
+    names = all_segment_names(resources.segments.base)
+    sizes = await SegmentStore(resources.redis, resources.layout).sizes(names)
+    return FastJSONResponse({"segments": [{**_describe(resources, name), "size": sizes[name]}
+                                          for name in names]})
+
+
+@router.get("/{name}/members", response_class=FastJSONResponse)
+async def segment_members(name: SegmentName, resources: ReadAccess,
+                          cursor: Annotated[str | None, Query(max_length=600)] = None,
+                          limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100
+                          ) -> FastJSONResponse:
+    """A page of members in a stable order; pass `next_cursor` back for the next page
+    (null: no more)."""
+    _known(resources, name)
+    try:
+        page = await SegmentStore(resources.redis, resources.layout).page(name, cursor, limit)
+    except BadCursor as exc:
+        raise HTTPException(422, detail=str(exc)) from None
+    return FastJSONResponse({"segment": name, "members": page.members,
+                             "next_cursor": page.next_cursor})
+
+
+@router.post("/{name}/contains", response_class=FastJSONResponse)
+async def segment_contains(name: SegmentName, request: ContainsRequest,
+                           resources: ReadAccess) -> FastJSONResponse:
+    """Which of the given client ids are members (at most 1000 per request)."""
+    _known(resources, name)
+    members = await SegmentStore(resources.redis, resources.layout).contains(
+        name, request.client_ids)
+    return FastJSONResponse({"segment": name, "members": members,
+                             "checked": len(dict.fromkeys(request.client_ids))})

@@ -1,0 +1,224 @@
+"""Identity stitching: an anonymous visitor's history joins the client it turns out to be.
+
+Events with only an anonymous id build an anonymous client (key `anon:<id>`). When an event
+carries both ids (an identify, a login, a registration), the client records the alias and
+asks the anonymous client to merge: an `identity_linked` event for the anonymous key. That
+client answers with a `profile_merged` event carrying its whole state to the client, and
+becomes a tombstone pointing at it; events that still reach the tombstone are forwarded.
+Each step is a keyed event in the streams, so each key keeps exactly one writer, every
+event id is derived from the two keys, and a replayed step changes nothing.
+
+The first link wins: a tombstone ignores later links (a shared device does not hand one
+client's history to the next).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field, replace
+
+from features import windows
+from features.codec import decode_state, encode_state
+from features.events import ANONYMOUS_PREFIX, Event, EventType
+from features.rules import DAY
+from features.state import (
+    MAX_ALIASES,
+    MAX_CART_LINES,
+    MAX_DECIDED,
+    MAX_INTERESTS,
+    MAX_ORDERS,
+    MAX_RECENT_EVENT_IDS,
+    MAX_SENDS,
+    MAX_TOUCHED,
+    MAX_VIEWED,
+    CategoryInterest,
+    ClientState,
+    event_fingerprint,
+)
+from features.triggers import Trigger, TriggerRules, process_event
+from features.windows import HOUR, VIEW_DAYS, VIEW_HOURS, VISIT_DAYS
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one event did: the client's new state, its trigger decisions, and events for
+    other clients (identity steps and forwards) that the adapter appends to their streams."""
+
+    state: ClientState | None
+    triggers: list[Trigger] = field(default_factory=list)
+    emitted: list[Event] = field(default_factory=list)
+
+
+def handle(client_key: str, state: ClientState | None, event: Event, rules: TriggerRules
+           ) -> Outcome:
+    """`process_event` with identity: forwards, link requests, merges."""
+    if state is not None and state.merged_into is not None:
+        if event.type is EventType.IDENTITY_LINKED:
+            return Outcome(state)  # the first link won
+        return Outcome(state, emitted=[forwarded(event, state.merged_into)])
+    if event.type is EventType.IDENTITY_LINKED:
+        return _merge_away(client_key, state, event)
+    if event.type is EventType.PROFILE_MERGED:
+        return _absorb(client_key, state, event, rules)
+    after, fired = process_event(client_key, state, event, rules)
+    alias = _new_alias(after, event)
+    if alias is None:
+        return Outcome(after, fired)
+    after = replace(after, aliases=(*after.aliases, alias)[-MAX_ALIASES:])
+    return Outcome(after, fired, [link_request(alias, client_key, event)])
+
+
+def _new_alias(state: ClientState, event: Event) -> str | None:
+    if event.client_id is None or event.anonymous_id is None:
+        return None
+    alias = ANONYMOUS_PREFIX + event.anonymous_id
+    return None if alias in state.aliases else alias
+
+
+def link_request(alias: str, client_key: str, cause: Event) -> Event:
+    return Event(event_id=f"link:{alias}>{client_key}", type=EventType.IDENTITY_LINKED,
+                 event_time=cause.event_time, received_at=cause.received_at,
+                 anonymous_id=alias.removeprefix(ANONYMOUS_PREFIX),
+                 properties={"client_id": client_key})
+
+
+def forwarded(event: Event, client_key: str) -> Event:
+    """The event as the client it now belongs to receives it (same id: deduplicated there)."""
+    return replace(event, client_id=client_key)
+
+
+def _merge_away(client_key: str, state: ClientState | None, event: Event) -> Outcome:
+    target = str(event.properties["client_id"])
+    tombstone = ClientState(
+        first_seen_at=event.event_time if state is None else state.first_seen_at,
+        last_seen_at=event.event_time if state is None else state.last_seen_at,
+        updated_at=event.event_time if state is None else max(state.updated_at,
+                                                               event.event_time),
+        last_received_at=event.received_at, merged_into=target,
+        recent_event_ids=(event_fingerprint(event.event_id),))
+    if state is None:
+        return Outcome(tombstone)
+    merge = Event(event_id=f"merge:{client_key}>{target}", type=EventType.PROFILE_MERGED,
+                  event_time=event.event_time, received_at=event.received_at,
+                  client_id=target,
+                  properties={"from": client_key,
+                              "state": base64.b64encode(encode_state(state)).decode()})
+    return Outcome(tombstone, emitted=[merge])
+
+
+def _absorb(client_key: str, state: ClientState | None, event: Event, rules: TriggerRules
+            ) -> Outcome:
+    source = decode_state(base64.b64decode(str(event.properties["state"])))
+    alias = str(event.properties["from"])
+    fingerprint = event_fingerprint(event.event_id)
+    if state is not None and fingerprint in state.recent_event_ids:
+        return Outcome(state)
+    # fire what was due before the merge on the client's own history first
+    base, fired = (None, []) if state is None else process_event(
+        client_key, state, replace(event, type=EventType.CUSTOM, name="profile_merged"), rules)
+    merged = merge_states(base, source, alias, event.event_time)
+    merged = replace(merged, recent_event_ids=(*merged.recent_event_ids, fingerprint)[
+        -MAX_RECENT_EVENT_IDS:])
+    return Outcome(merged, fired)
+
+
+def merge_states(target: ClientState | None, source: ClientState, alias: str, at: float
+                 ) -> ClientState:
+    """The client's state with an anonymous client's history joined in.
+
+    Counts add up, times take the earliest first and the latest last, collections unite
+    (the newer entry wins for the same product or category), the client's own traits win,
+    and what either side decided stays decided, so nothing fires twice.
+    """
+    if target is None:
+        return replace(source, merged_into=None, segments=(), segments_at=0.0,
+                       aliases=(alias,))
+    t, s = target, source
+    latest = max(t.updated_at, s.updated_at)
+    cart = {line.product_id: line for line in s.cart}
+    for line in t.cart:
+        other = cart.get(line.product_id)
+        if other is None or line.added_at >= other.added_at:
+            cart[line.product_id] = line
+    cart_lines = tuple(sorted(cart.values(), key=lambda c: c.added_at))[-MAX_CART_LINES:]
+    viewed = {pid: at for pid, at in s.viewed}
+    for pid, seen in t.viewed:
+        viewed[pid] = max(seen, viewed.get(pid, seen))
+    orders = {o.order_id: o for o in s.orders}
+    duplicated = [o for o in t.orders if o.order_id in orders]  # the same order seen twice
+    orders.update({o.order_id: o for o in t.orders})
+    money_twice = sum(o.total - o.returned for o in duplicated if not o.cancelled)
+    count_twice = sum(1 for o in duplicated if not o.cancelled)
+    channels = dict(s.channel_engagement)
+    for name, count in t.channel_engagement:
+        channels[name] = channels.get(name, 0) + count
+    reminded = max(t.cart_reminded, s.cart_reminded) if cart_lines else 0.0
+    return replace(
+        t,
+        first_seen_at=min(t.first_seen_at, s.first_seen_at),
+        last_seen_at=max(t.last_seen_at, s.last_seen_at),
+        updated_at=latest,
+        registered_at=_earliest(t.registered_at, s.registered_at),
+        welcomed=t.welcomed or s.welcomed,
+        traits={**s.traits, **t.traits},
+        traits_updated_at=max(t.traits_updated_at, s.traits_updated_at),
+        last_visit_at=_latest(t.last_visit_at, s.last_visit_at),
+        visits=t.visits + s.visits,
+        cart=cart_lines,
+        cart_updated_at=(_latest(t.cart_updated_at, s.cart_updated_at) if cart_lines
+                         else None),
+        cart_since=(min(c.added_at for c in cart_lines) if cart_lines else None),
+        cart_reminded=reminded,
+        cart_closed_at=max(t.cart_closed_at, s.cart_closed_at),
+        viewed=tuple(sorted(viewed.items(), key=lambda v: v[1]))[-MAX_VIEWED:],
+        browse_since=_earliest(t.browse_since, s.browse_since),
+        last_view_at=_latest(t.last_view_at, s.last_view_at),
+        browse_closed_at=max(t.browse_closed_at, s.browse_closed_at),
+        favourites=tuple(dict.fromkeys((*s.favourites, *t.favourites)))[-MAX_VIEWED:],
+        orders=tuple(sorted(orders.values(), key=lambda o: o.placed_at))[-MAX_ORDERS:],
+        orders_count=t.orders_count + s.orders_count - count_twice,
+        monetary_total=round(t.monetary_total + s.monetary_total - money_twice, 2),
+        first_order_at=_earliest(t.first_order_at, s.first_order_at),
+        last_order_at=_latest(t.last_order_at, s.last_order_at),
+        checkout_started_at=_latest(t.checkout_started_at, s.checkout_started_at),
+        support_requests=t.support_requests + s.support_requests,
+        last_support_at=_latest(t.last_support_at, s.last_support_at),
+        nps_score=t.nps_score if (t.nps_at or 0) >= (s.nps_at or 0) else s.nps_score,
+        nps_at=_latest(t.nps_at, s.nps_at),
+        channel_engagement=tuple(sorted(channels.items(), key=lambda c: (-c[1], c[0])))[:8],
+        recent_event_ids=(*s.recent_event_ids, *t.recent_event_ids)[-MAX_RECENT_EVENT_IDS:],
+        marks=tuple(sorted({**dict(s.marks), **{k: max(v, dict(s.marks).get(k, v))
+                                                for k, v in t.marks}}.items())),
+        sends=tuple(sorted({*t.sends, *s.sends}))[-MAX_SENDS:],
+        decided=tuple(dict.fromkeys((*s.decided, *t.decided)))[-MAX_DECIDED:],
+        touched=tuple(dict.fromkeys((*s.touched, *t.touched)))[-MAX_TOUCHED:],
+        visit_days=windows.merge(t.visit_days, s.visit_days, latest, DAY, VISIT_DAYS),
+        view_hours=windows.merge(t.view_hours, s.view_hours, latest, HOUR, VIEW_HOURS),
+        view_days=windows.merge(t.view_days, s.view_days, latest, DAY, VIEW_DAYS),
+        interests=_merge_interests(t.interests, s.interests),
+        orders_updated_at=_latest(t.orders_updated_at, s.orders_updated_at),
+        cart_changed_at=_latest(t.cart_changed_at, s.cart_changed_at) or at,
+        engagement_at=_latest(t.engagement_at, s.engagement_at),
+        aliases=tuple(dict.fromkeys((*t.aliases, alias, *s.aliases)))[-MAX_ALIASES:],
+    )
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _merge_interests(a: tuple[CategoryInterest, ...], b: tuple[CategoryInterest, ...]
+                     ) -> tuple[CategoryInterest, ...]:
+    merged = {i.category: i for i in b}
+    for mine in a:
+        other = merged.get(mine.category)
+        merged[mine.category] = mine if other is None else CategoryInterest(
+            mine.category, _latest(mine.viewed_at, other.viewed_at),
+            _latest(mine.carted_at, other.carted_at), _latest(mine.bought_at, other.bought_at),
+            mine.count + other.count)
+    ordered = sorted(merged.values(), key=lambda i: (i.last_at, i.category))
+    return tuple(ordered[-MAX_INTERESTS:])

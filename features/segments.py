@@ -1,0 +1,169 @@
+"""Segment memberships: lifecycle stages, named RFM segments and the operator's rule
+segments, kept in the client's state with the time each was entered.
+
+Memberships are evaluated whenever the client's state changes and again when time alone
+would change one (`next_change`: an at_risk threshold, a rule's window expiring, a child's
+age band). The adapter diffs the memberships before and after to maintain the member sets
+and to record entries and exits, so reads never evaluate rules nor scan clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from features import rfm
+from features.calendar import parse_birthday
+from features.lifecycle import SEGMENT_STAGES, lifecycle_next_change, lifecycle_stage
+from features.rules import SegmentRules
+from features.segment_rules import FeatureKind, SegmentCatalog, compile_segments
+from features.state import ClientState
+from features.values import FEATURES, Context, Kind, rfm_scores
+
+LIFECYCLE_PREFIX = "lifecycle:"
+RFM_PREFIX = "rfm:"
+
+
+class ClientFacts:
+    """The segment rules' view of one client at one moment (features/segment_rules.py)."""
+
+    __slots__ = ("_context", "_values", "now")
+
+    def __init__(self, state: ClientState, now: float, rules: SegmentRules) -> None:
+        self.now = now
+        self._context = Context(state, now, rules)
+        self._values: dict[str, object | None] = {}
+
+    def value(self, name: str) -> object | None:
+        if name in self._values:
+            return self._values[name]
+        value: object | None
+        if name.startswith("traits."):
+            value = self._context.state.traits.get(name[7:])
+        else:
+            feature = FEATURES.get(name)
+            value = None if feature is None else feature.get(self._context)
+        self._values[name] = value
+        return value
+
+    def linear(self, name: str) -> tuple[float, float] | None:
+        feature = FEATURES.get(name)
+        if feature is None or feature.anchor is None:
+            return None
+        anchor = feature.anchor(self._context)
+        return None if anchor is None else (anchor, feature.unit)
+
+    def next_change(self, name: str) -> float | None:
+        feature = FEATURES.get(name)
+        if feature is None or feature.next_change is None:
+            return None
+        return feature.next_change(self._context)
+
+    def category_time(self, category: str, kind: str) -> float | None:
+        for interest in self._context.state.interests:
+            if interest.category == category:
+                value: float | None = getattr(interest, f"{kind}_at")
+                return value
+        return None
+
+    def time_of(self, name: str) -> float | None:
+        if name.startswith("traits."):
+            return trait_time(self._context.state.traits.get(name[7:]))
+        feature = FEATURES.get(name)
+        if feature is None or feature.kind is not Kind.TIME:
+            return None
+        value = feature.get(self._context)
+        return None if value is None else float(value)
+
+
+def trait_time(value: object) -> float | None:
+    """A date trait (YYYY-MM-DD, or an ISO date-time) as epoch seconds, UTC midnight."""
+    parsed = parse_birthday(value)
+    if parsed is None:
+        return None
+    return datetime(*parsed, tzinfo=UTC).timestamp()
+
+
+def memberships(state: ClientState, now: float, rules: SegmentRules) -> set[str]:
+    if state.merged_into is not None:
+        return set()  # a merged anonymous client lives on in the client it joined
+    names: set[str] = set()
+    stage = lifecycle_stage(state, now, rules.lifecycle)
+    if stage in SEGMENT_STAGES:
+        names.add(LIFECYCLE_PREFIX + stage)
+    rfm_name = rfm_membership(state, now, rules)
+    if rfm_name is not None:
+        names.add(rfm_name)
+    if rules.catalog is not None:
+        names.update(rules.catalog.memberships(ClientFacts(state, now, rules)))
+    return names
+
+
+def rfm_membership(state: ClientState, now: float, rules: SegmentRules) -> str | None:
+    """The RFM segment the client belongs in at `now` under the current model."""
+    if state.merged_into is not None:
+        return None
+    scores = rfm_scores(Context(state, now, rules))
+    return None if scores is None else RFM_PREFIX + rfm.rfm_segment(*scores)
+
+
+def current_rfm(state: ClientState) -> str | None:
+    """The RFM segment recorded in the state's memberships."""
+    return next((name for name, _ in state.segments if name.startswith(RFM_PREFIX)), None)
+
+
+def next_change(state: ClientState, now: float, rules: SegmentRules) -> float | None:
+    """The earliest time after `now` at which a membership may change with no new event."""
+    if state.merged_into is not None:
+        return None
+    times = [lifecycle_next_change(state, now, rules.lifecycle)]
+    if rules.rfm_enabled and rules.rfm_model is not None and state.last_order_at is not None:
+        times.append(rfm.next_score_change(rules.rfm_model, state.last_order_at, now))
+    if rules.catalog is not None:
+        times.append(rules.catalog.next_change(ClientFacts(state, now, rules)))
+    later = [t for t in times if t is not None and t > now]
+    return min(later) if later else None
+
+
+def due(state: ClientState, rules: SegmentRules) -> float | None:
+    """When the memberships are next evaluated by the clock (None: not until an event)."""
+    return next_change(state, state.segments_at, rules)
+
+
+def resegment(state: ClientState, now: float, rules: SegmentRules) -> ClientState:
+    """The state with its memberships as of `now` (never earlier than the last evaluation);
+    a segment kept keeps the time it was entered."""
+    now = max(now, state.segments_at)
+    entered = dict(state.segments)
+    names = memberships(state, now, rules)
+    segments = tuple(sorted((name, entered.get(name, now)) for name in names))
+    return replace(state, segments=segments, segments_at=now)
+
+
+def entered(before: ClientState | None, after: ClientState) -> list[tuple[str, float]]:
+    old = set() if before is None else {name for name, _ in before.segments}
+    return [(name, at) for name, at in after.segments if name not in old]
+
+
+def left(before: ClientState | None, after: ClientState) -> list[str]:
+    if before is None:
+        return []
+    new = {name for name, _ in after.segments}
+    return [name for name, _ in before.segments if name not in new]
+
+
+def all_segment_names(rules: SegmentRules) -> list[str]:
+    """Every segment this configuration can produce, in a stable order."""
+    names = [LIFECYCLE_PREFIX + stage for stage in SEGMENT_STAGES]
+    if rules.rfm_enabled:
+        names += [RFM_PREFIX + slug for slug, _ in rfm.RFM_SEGMENTS]
+    if rules.catalog is not None:
+        names += list(rules.catalog.names)
+    return names
+
+
+def compile_catalog(raw: dict[str, Any]) -> SegmentCatalog:
+    """The operator's `segments:` compiled against the feature table (RuleError if bad)."""
+    kinds = {name: FeatureKind(feature.kind.value) for name, feature in FEATURES.items()}
+    return compile_segments(raw, kinds)

@@ -1,0 +1,101 @@
+"""Segment reads for the API: sizes, member pages and membership checks, never a scan.
+
+A segment's members live in one sorted set per partition (`KeyLayout.segment_members`),
+maintained by the dataflow's bucket commits. All scores are 0, so members are in lexical
+order: a page is a ZRANGE BYLEX from the cursor, the cursor is (partition, last member),
+and paging stays stable while members come and go (each member present for the whole
+walk is returned exactly once).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from sinks.keys import KeyLayout
+
+
+class BadCursor(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    members: list[str]
+    next_cursor: str | None
+
+
+def encode_cursor(partition: int, member: str) -> str:
+    return base64.urlsafe_b64encode(f"{partition}:{member}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, partitions: int) -> tuple[int, str]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        partition_text, _, member = text.partition(":")
+        partition = int(partition_text)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadCursor("cursor: not a cursor this API returned") from None
+    if not 0 <= partition < partitions or not member:
+        raise BadCursor("cursor: not a cursor this API returned")
+    return partition, member
+
+
+def _lex_after(member: str) -> bytes:
+    return b"(" + member.encode()
+
+
+class SegmentStore:
+    def __init__(self, client: aioredis.Redis, layout: KeyLayout) -> None:
+        self._client = client
+        self._layout = layout
+
+    async def sizes(self, names: Sequence[str]) -> dict[str, int]:
+        """Each segment's size: one ZCARD per partition and segment, one round trip."""
+        partitions = range(self._layout.partitions)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name in names:
+                for partition in partitions:
+                    pipe.zcard(self._layout.segment_members(partition, name))
+            counts = cast(list[int], await pipe.execute())
+        width = len(partitions)
+        return {name: sum(counts[i * width:(i + 1) * width]) for i, name in enumerate(names)}
+
+    async def page(self, name: str, cursor: str | None, limit: int) -> Page:
+        partition, after = (0, None) if cursor is None else decode_cursor(
+            cursor, self._layout.partitions)
+        members: list[str] = []
+        last_partition = partition
+        while partition < self._layout.partitions and len(members) < limit:
+            low = _lex_after(after) if after is not None else b"-"
+            raw = cast(list[bytes], await self._client.zrange(
+                self._layout.segment_members(partition, name), low, b"+", bylex=True,
+                offset=0, num=limit - len(members)))
+            members.extend(item.decode() for item in raw)
+            last_partition = partition
+            if len(members) < limit:
+                partition, after = partition + 1, None
+        if len(members) < limit:
+            return Page(members, None)  # every partition walked to its end
+        return Page(members, encode_cursor(last_partition, members[-1]))
+
+    async def contains(self, name: str, client_ids: Sequence[str]) -> list[str]:
+        """The given ids that are members, in the order given (ZMSCORE per partition)."""
+        by_partition: dict[int, list[str]] = {}
+        for client_id in dict.fromkeys(client_ids):
+            by_partition.setdefault(self._layout.partition_of_client(client_id), []).append(
+                client_id)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for partition, ids in by_partition.items():
+                pipe.zmscore(self._layout.segment_members(partition, name), ids)
+            results = await pipe.execute()
+        found: set[str] = set()
+        for ids, scores in zip(by_partition.values(), results, strict=True):
+            found.update(client_id for client_id, score in zip(ids, scores, strict=True)
+                         if score is not None)
+        return [client_id for client_id in dict.fromkeys(client_ids) if client_id in found]

@@ -1,0 +1,118 @@
+"""Identity stitching in the pure core: link, merge, forward, and what the merged state
+holds (cart, views, interests, visits, timers)."""
+
+from __future__ import annotations
+
+from features.events import Event, EventType, Product
+from features.identity import Outcome, handle, merge_states
+from features.rules import ABANDONED_CART
+from features.state import ClientState
+from features.triggers import fire_due, next_due
+from features.values import FEATURES, Context
+from tests.core_events import HOUR, RULES, T0, of, only
+
+ANON = "anon:cookie-1"
+USER = "u1"
+CART_ONLY = only(RULES, ABANDONED_CART)
+
+
+def anon(kind: EventType, t: float, event_id: str, **fields: object) -> Event:
+    return Event(event_id=event_id, type=kind, event_time=T0 + t, received_at=T0 + t,
+                 anonymous_id="cookie-1", **fields)  # type: ignore[arg-type]
+
+
+def user(kind: EventType, t: float, event_id: str, *, with_cookie: bool = False,
+         **fields: object) -> Event:
+    return Event(event_id=event_id, type=kind, event_time=T0 + t, received_at=T0 + t,
+                 client_id=USER, anonymous_id="cookie-1" if with_cookie else None,
+                 **fields)  # type: ignore[arg-type]
+
+
+def shoes(pid: str) -> tuple[Product, ...]:
+    return (Product(pid, "shoes", 30.0, 1),)
+
+
+class World:
+    """Clients by key, and a queue of events routed by key, like the streams."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, ClientState | None] = {}
+        self.triggers: list = []  # type: ignore[type-arg]
+
+    def send(self, event: Event) -> None:
+        queue = [event]
+        while queue:
+            current = queue.pop(0)
+            key = current.client_key
+            outcome: Outcome = handle(key, self.states.get(key), current, CART_ONLY)
+            self.states[key] = outcome.state
+            self.triggers.extend(outcome.triggers)
+            queue.extend(outcome.emitted)
+
+
+def test_anonymous_cart_and_views_survive_registration_and_the_cart_fires_once() -> None:
+    world = World()
+    world.send(anon(EventType.VISIT, 0, "v1"))
+    world.send(anon(EventType.PRODUCT_VIEW, 60, "pv1", products=shoes("p9")))
+    world.send(anon(EventType.CART_ADD, 120, "ca1", products=shoes("p1")))
+    world.send(user(EventType.REGISTERED, 600, "r1", with_cookie=True,
+                    traits={"email": "a@example.com"}))
+    merged = world.states[USER]
+    assert merged is not None
+    assert [line.product_id for line in merged.cart] == ["p1"]
+    assert [pid for pid, _ in merged.viewed] == ["p9"]
+    assert merged.visits == 2 and merged.aliases == (ANON,)
+    assert merged.interests[0].category == "shoes"
+    tombstone = world.states[ANON]
+    assert tombstone is not None and tombstone.merged_into == USER and not tombstone.cart
+    assert next_due(tombstone, CART_ONLY) is None
+    # the cart's timer re-armed on the client: due one hour after the anonymous add
+    assert next_due(merged, CART_ONLY) == T0 + 120 + HOUR
+    state, fired = fire_due(USER, merged, T0 + 2 * HOUR, CART_ONLY)
+    carts = of(fired, ABANDONED_CART)
+    assert len(carts) == 1 and carts[0].client_id == USER
+    state, fired = fire_due(USER, state, T0 + 10 * HOUR, CART_ONLY)
+    assert of(fired, ABANDONED_CART) == []
+
+
+def test_later_anonymous_events_are_forwarded_and_deduplicated() -> None:
+    world = World()
+    world.send(anon(EventType.PRODUCT_VIEW, 0, "pv1", products=shoes("p1")))
+    world.send(user(EventType.IDENTIFY, 10, "i1", with_cookie=True))
+    world.send(anon(EventType.PRODUCT_VIEW, 20, "pv2", products=shoes("p2")))
+    world.send(anon(EventType.PRODUCT_VIEW, 20, "pv2", products=shoes("p2")))  # resent
+    merged = world.states[USER]
+    assert merged is not None
+    assert [pid for pid, _ in merged.viewed] == ["p1", "p2"]
+    context = Context(merged, T0 + 30, RULES.segments)
+    assert FEATURES["views_24h"].get(context) == 2
+
+
+def test_repeated_links_change_nothing_and_the_first_link_wins() -> None:
+    world = World()
+    world.send(anon(EventType.CART_ADD, 0, "ca1", products=shoes("p1")))
+    world.send(user(EventType.IDENTIFY, 10, "i1", with_cookie=True))
+    once = world.states[USER]
+    world.send(user(EventType.IDENTIFY, 20, "i2", with_cookie=True))
+    assert world.states[USER] is not None
+    assert world.states[USER].cart == once.cart  # type: ignore[union-attr]
+    other = Event(event_id="i3", type=EventType.IDENTIFY, event_time=T0 + 30,
+                  received_at=T0 + 30, client_id="u2", anonymous_id="cookie-1")
+    world.send(other)
+    second = world.states["u2"]
+    assert second is not None and second.cart == ()  # the cookie's history went to u1
+
+
+def test_merge_adds_counts_and_keeps_the_clients_own_traits() -> None:
+    world = World()
+    world.send(anon(EventType.VISIT, 0, "v1"))
+    world.send(anon(EventType.IDENTIFY, 1, "t1", traits={"city": "Porto", "gender": "f"}))
+    world.send(user(EventType.VISIT, 5, "v2"))
+    world.send(user(EventType.IDENTIFY, 6, "t2", traits={"city": "Lisbon"}))
+    target = world.states[USER]
+    source = world.states[ANON]
+    assert target is not None and source is not None
+    merged = merge_states(target, source, ANON, T0 + 10)
+    assert merged.visits == 2
+    assert merged.traits == {"city": "Lisbon", "gender": "f"}
+    assert merged.first_seen_at == T0

@@ -1,0 +1,122 @@
+"""Lifecycle stages, segment memberships kept in the state, their timers, and the
+`segment_entered` trigger."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from features import segments
+from features.lifecycle import lifecycle_next_change, lifecycle_stage
+from features.rfm import RfmModel, quantile_cuts
+from features.rules import SEGMENT_ENTERED, LifecycleRules, SegmentEnteredRule, SegmentRules
+from features.segments import compile_catalog
+from features.state import ClientState, apply_event
+from features.triggers import next_due
+from tests.core_events import RULES, T0, cancel, days, of, order, registered, run, visit
+
+LIFE = LifecycleRules()
+
+
+def state_of(*events: object) -> ClientState:
+    state = None
+    for event in events:
+        state = apply_event(state, event)  # type: ignore[arg-type]
+    assert state is not None
+    return state
+
+
+def test_every_lifecycle_transition() -> None:
+    assert lifecycle_stage(state_of(visit(0)), T0 + days(400), LIFE) == "visitor"
+    assert lifecycle_stage(state_of(registered(0)), T0 + days(10), LIFE) == "prospect"
+    assert lifecycle_stage(state_of(registered(0)), T0 + days(180), LIFE) == "churned"
+    one = state_of(order(0, "o1"))
+    assert lifecycle_stage(one, T0 + days(89), LIFE) == "new"
+    assert lifecycle_stage(one, T0 + days(90), LIFE) == "at_risk"
+    assert lifecycle_stage(one, T0 + days(180), LIFE) == "churned"
+    two = apply_event(one, order(days(10), "o2"))
+    assert lifecycle_stage(two, T0 + days(11), LIFE) == "repeat"
+    four = state_of(*(order(days(i * 30), f"o{i}") for i in range(4)))
+    assert lifecycle_stage(four, T0 + days(91), LIFE) == "loyal"
+    # loyal while 4 orders are within 365 days: until the oldest of them is 365 days old
+    assert lifecycle_next_change(four, T0 + days(91), LIFE) == T0 + days(90 + 90)
+    assert lifecycle_stage(four, T0 + days(180), LIFE) == "at_risk"  # 90 days idle wins
+    busy = state_of(*(order(days(i * 30), f"o{i}") for i in range(14)))
+    assert lifecycle_stage(busy, T0 + days(30 * 13 + 1), LIFE) == "loyal"
+    assert lifecycle_stage(busy, T0 + days(30 * 13 + 1),
+                           replace(LIFE, loyal_orders=0)) == "repeat"
+    cancelled = apply_event(two, cancel(days(12), "o2"))
+    assert lifecycle_stage(cancelled, T0 + days(13), LIFE) == "new"
+
+
+def test_next_change_is_exact_for_at_risk_and_churned() -> None:
+    one = state_of(order(0, "o1"))
+    assert lifecycle_next_change(one, T0, LIFE) == T0 + days(90)
+    assert lifecycle_next_change(one, T0 + days(90), LIFE) == T0 + days(180)
+    assert lifecycle_next_change(one, T0 + days(180), LIFE) is None
+
+
+def test_memberships_move_with_time_on_their_own_timer() -> None:
+    state, _ = run([registered(0), order(days(1), "o1")])
+    assert [name for name, _ in state.segments] == ["lifecycle:new"]
+    assert next_due(replace(state, pending=()), replace(RULES, **{
+        k: replace(RULES.rule(k), enabled=False) for k in (
+            "feedback_request", "second_order_nudge", "churn_winback", "onboarding",
+            "replenishment_reminder", "service_reminder")})) == T0 + days(91)
+    state, _ = run([], state=state, until=days(91))
+    assert state.segments == (("lifecycle:at_risk", T0 + days(91)),)
+    state, _ = run([], state=state, until=days(181))
+    assert state.segments == (("lifecycle:churned", T0 + days(181)),)
+
+
+def test_entered_time_is_kept_while_the_client_stays() -> None:
+    state, _ = run([order(0, "o1"), order(days(1), "o2"), visit(days(2))])
+    assert state.segments == (("lifecycle:repeat", T0 + days(1)),)
+
+
+def test_segment_entered_fires_once_per_entry() -> None:
+    rules = replace(RULES, segment_entered=SegmentEnteredRule(
+        segments=frozenset({"lifecycle:at_risk"})))
+    state, fired = run([order(0, "o1")], rules, until=days(100))
+    entered = of(fired, SEGMENT_ENTERED)
+    assert len(entered) == 1
+    assert entered[0].payload == {"segment": "lifecycle:at_risk"}
+    assert entered[0].fired_at == T0 + days(90)
+    state, fired = run([], rules, state=state, until=days(120))
+    assert of(fired, SEGMENT_ENTERED) == []
+    # back to buying, then at risk again: a new occasion
+    state, fired = run([order(days(130), "o2")], rules, state=state, until=days(230))
+    assert len(of(fired, SEGMENT_ENTERED)) == 1
+
+
+def test_rfm_segment_is_a_membership_once_a_model_exists() -> None:
+    model = RfmModel("quantile", T0, 5, quantile_cuts([T0, T0, T0 + 1, T0 + 2, T0 + 3]),
+                     quantile_cuts([1, 1, 1, 2, 3]), quantile_cuts([5, 10, 20, 30, 40]))
+    rules = replace(RULES, segments=replace(RULES.segments, rfm_model=model))
+    state, _ = run([order(3, "o1", 40.0), order(3.5, "o2", 10.0), order(3.7, "o3", 5.0)],
+                   rules)
+    names = [name for name, _ in state.segments]
+    assert names == ["lifecycle:repeat", "rfm:champions"]
+    assert segments.rfm_membership(state, T0 + 10, rules.segments) == "rfm:champions"
+    assert segments.current_rfm(state) == "rfm:champions"
+
+
+def test_rule_segments_enter_and_leave_with_time() -> None:
+    catalog = compile_catalog({"shoe_fans": {"rule": 'bought("shoes", 30d)'},
+                               "spenders": {"rule": "monetary_total >= 50"}})
+    rules = replace(RULES, segments=SegmentRules(catalog=catalog))
+    state, _ = run([order(0, "o1", 60.0, "shoes")], rules)
+    assert {"shoe_fans", "spenders"} <= {name for name, _ in state.segments}
+    state, _ = run([], rules, state=state, until=days(31))
+    names = {name for name, _ in state.segments}
+    assert "shoe_fans" not in names and "spenders" in names
+    assert dict(state.segments)["spenders"] == T0
+
+
+def test_all_segment_names_lists_every_kind() -> None:
+    catalog = compile_catalog({"kids": {"stages": {"from": "traits.child_birth_date",
+                                                   "bands": {"newborn": {"until": "28d"},
+                                                             "older": {"from": "28d"}}}}})
+    names = segments.all_segment_names(SegmentRules(catalog=catalog))
+    assert names[:6] == ["lifecycle:prospect", "lifecycle:new", "lifecycle:repeat",
+                         "lifecycle:loyal", "lifecycle:at_risk", "lifecycle:churned"]
+    assert "rfm:cant_lose_them" in names and "kids:newborn" in names
