@@ -70,6 +70,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         self._config = config
         self._models = models
         self._rules: TriggerRules = config.rules if models is None else models.rules
+        self._rescored = False  # buyers re-scored under the current model since loading
         # each client changed in the current batch, as it was before the batch
         self._before: dict[str, ClientState | None] = {}
         self._emitted: list[Event] = []
@@ -173,8 +174,9 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                     self._position = position
                 if self._models is not None:
                     rules = self._models.poll()
-                    if rules is not self._rules:
+                    if rules is not self._rules or not self._rescored:
                         self._rules = rules
+                        self._rescored = True
                         self._rescore(clock, dirty, triggers)
                 self._advance(LIVE, clock, dirty, triggers)
                 if at_head:

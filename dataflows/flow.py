@@ -38,6 +38,7 @@ def build_flow(settings: Settings, metrics: DataflowMetrics, *,
     loader = store_factory(settings)  # bucket loads share one connection pool per process
     models = RfmModelCache(loader.client, loader.layout, bucket_config.rules,
                            poll=RFM_POLL_SECONDS)
+    models.poll()  # buckets start with the current model, not without one
 
     def make_store() -> BucketStore:
         return store_factory(settings)

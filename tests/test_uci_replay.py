@@ -12,22 +12,28 @@ hours and hold-outs are off, and the channel needs no contact (the data has none
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+import pyarrow.compute as pc
 import pyarrow.csv as pv
 import pytest
 import redis
 
 from features.events import format_time, parse_event
+from features.rfm import RFM_SEGMENTS, rfm_segment
 from features.rules import DAY
 from features.state import MAX_ORDERS
+from sinks import rfm_index
 from sinks.event_log import AppendOptions, EventLog
 from sinks.keys import KeyLayout
 from tests.conftest import SHARED_DATA
-from tests.support import all_triggers, drain, make_settings
+from tests.support import all_triggers, api_server, drain, make_settings, read_headers
 
 UCI = SHARED_DATA / "uci_online_retail.csv.gz"
 AS_OF = datetime(2011, 12, 10, tzinfo=UTC).timestamp()
@@ -112,6 +118,86 @@ def expected_replenishments(orders: dict[str, list[float]]
     return out
 
 
+def expected_profiles() -> dict[str, dict[str, Any]]:
+    """Per client, from the raw file with pyarrow group-bys (independent of the loader
+    above): invoice totals in whole pence, then per client the orders (invoices not starting with
+    "C"), their money, and the first and last order times."""
+    table = pv.read_csv(UCI, convert_options=pv.ConvertOptions(column_types={
+        "InvoiceNo": "string", "CustomerID": "string"}))
+    table = table.filter(pc.and_(pc.is_valid(table["CustomerID"]),
+                                 pc.not_equal(table["CustomerID"], "")))
+    table = table.append_column("amount", pc.multiply(table["Quantity"], table["UnitPrice"]))
+    invoices = table.group_by(["InvoiceNo", "CustomerID"]).aggregate(
+        [("amount", "sum"), ("InvoiceDate", "min")])
+    invoices = invoices.filter(pc.invert(pc.starts_with(invoices["InvoiceNo"], "C")))
+    invoices = invoices.append_column("rounded", pc.round(  # whole pence per invoice
+        pc.multiply(invoices["amount_sum"], 100.0), 0))
+    clients = invoices.group_by("CustomerID").aggregate(
+        [("InvoiceNo", "count"), ("rounded", "sum"), ("InvoiceDate_min", "min"),
+         ("InvoiceDate_min", "max")])
+    out: dict[str, dict[str, Any]] = {}
+    for row in clients.to_pylist():
+        out[str(int(float(row["CustomerID"])))] = {
+            "orders_count": row["InvoiceNo_count"],
+            "monetary_total": row["rounded_sum"] / 100,
+            "first_order_at": row["InvoiceDate_min_min"].replace(tzinfo=UTC).timestamp(),
+            "last_order_at": row["InvoiceDate_min_max"].replace(tzinfo=UTC).timestamp()}
+    return out
+
+
+def midrank_scores(values: dict[str, float]) -> dict[str, int]:
+    """Score 1-5 by mid-rank percentile: p = (less + equal / 2) / N, 1 + floor(5p) capped."""
+    ordered = sorted(values.values())
+    n = len(ordered)
+    scores = {}
+    for client, value in values.items():
+        less = bisect.bisect_left(ordered, value)
+        equal = bisect.bisect_right(ordered, value) - less
+        scores[client] = min(5, 1 + math.floor(5 * (less + equal / 2) / n))
+    return scores
+
+
+def check_profiles_and_rfm(settings: Any, redis_client: redis.Redis) -> None:
+    """Every client's frequency, money, first/last order and RFM scores, through the API."""
+    expected = expected_profiles()
+    layout = KeyLayout.from_settings(settings)
+    model = rfm_index.compute_model(redis_client, layout, AS_OF)
+    rfm_index.store_model(redis_client, layout, model)
+    assert model.population == len(expected)
+    r = midrank_scores({c: e["last_order_at"] for c, e in expected.items()})
+    f = midrank_scores({c: e["orders_count"] for c, e in expected.items()})
+    m = midrank_scores({c: e["monetary_total"] for c, e in expected.items()})
+    ids = sorted(expected)
+    with api_server(settings) as url, httpx.Client(base_url=url, headers=read_headers(),
+                                                    timeout=30) as http:
+        for start in range(0, len(ids), 100):
+            answer = http.get("/v1/profiles", params={"ids": ",".join(ids[start:start + 100])})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["missing"] == []
+            for profile in answer.json()["profiles"]:
+                client = profile["client_id"]
+                want, features = expected[client], profile["features"]
+                assert features["orders_count"] == want["orders_count"], client
+                assert features["monetary_total"] == want["monetary_total"], client
+                assert features["first_order_at"] == format_time(want["first_order_at"])
+                assert features["last_order_at"] == format_time(want["last_order_at"])
+                rfm = profile["rfm"]
+                assert (rfm["r"], rfm["f"], rfm["m"]) == (r[client], f[client], m[client]), (
+                    client)
+    scores = Counter((r[c], f[c], m[c]) for c in ids)
+    assert len(scores) > 50  # the population spreads over the score grid
+    print(f"RFM checked for {len(ids)} clients; most common (R, F, M): "
+          f"{scores.most_common(3)}")
+    # The dataflow adopts the model on its next run and files every buyer under its segment.
+    drain(settings, as_of=AS_OF)
+    named = Counter(f"rfm:{rfm_segment(*score)}" for score in (
+        (r[c], f[c], m[c]) for c in ids))
+    sizes = {name: sum(redis_client.zcard(layout.segment_members(p, name))
+                       for p in range(layout.partitions)) for name, _ in
+             ((f"rfm:{slug}", title) for slug, title in RFM_SEGMENTS)}
+    assert sizes == {name: named.get(name, 0) for name in sizes}
+
+
 def test_uci_online_retail_replay(redis_client: redis.Redis, redis_url: str,
                                   key_prefix: str) -> None:
     data = invoices()
@@ -153,6 +239,7 @@ def test_uci_online_retail_replay(redis_client: redis.Redis, redis_url: str,
                         for t in by_type["replenishment_reminder"])
     assert reminders == expected_replenishments(orders)
     assert all(t["fired_at"] <= format_time(AS_OF) for t in triggers)  # type: ignore[operator]
+    check_profiles_and_rfm(settings, redis_client)
 
     print(f"\nUCI replay: {len(replay)} events ({len(placed)} orders) of {len(orders)} clients "
           f"drained in {elapsed:.1f}s; triggers: "
