@@ -28,7 +28,14 @@ import yaml
 
 from bench.floors import bytewax_floor, naive_consumer
 from bench.workload import Entry, events
-from bench.wrk import batch_post_script, random_get_script, run_wrk, wrk_available
+from bench.wrk import (
+    batch_post_script,
+    contains_script,
+    paths_script,
+    random_get_script,
+    run_wrk,
+    wrk_available,
+)
 from config.settings import Settings
 from crmflow.redis_server import EmbeddedRedis, free_port
 from sinks.keys import KeyLayout
@@ -203,9 +210,37 @@ def reads_section(client: redis.Redis, url: str, plan: Plan, folder: Path) -> di
                 results[f"{name}_c{connections}"] = result.as_dict()
                 log(f"reads {name} c={connections}: {result.requests_per_s:,.0f} req/s "
                     f"p50 {result.p50_ms} ms p99 {result.p99_ms} ms errors {result.errors}")
+            if app == "crmflow":
+                results["segments"] = segment_loads(base, size, plan, auth)
     results["vs_floor_c32"] = round(results["crmflow_c32"]["requests_per_s"]
                                     / results["floor_c32"]["requests_per_s"], 3)
     return results
+
+
+def segment_loads(base: str, size: int, plan: Plan, auth: dict[str, str]) -> dict[str, Any]:
+    """Member pages (100 per page, random cursors of the largest segment) and contains
+    checks of 100 random ids, at concurrency 32."""
+    listing = httpx.get(base + "/v1/segments", headers=auth, timeout=30).json()["segments"]
+    largest = max(listing, key=lambda s: s["size"])
+    name = largest["name"]
+    paths = [f"/v1/segments/{name}/members?limit=100"]
+    cursor = None
+    while len(paths) < 300:  # the first pages, each reachable by its cursor
+        page = httpx.get(f"{base}{paths[-1]}", headers=auth, timeout=30).json()
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        paths.append(f"/v1/segments/{name}/members?limit=100&cursor={cursor}")
+    pages = run_wrk(base + paths[0], paths_script(paths, auth), connections=32,
+                    seconds=plan.load_seconds)
+    contains = run_wrk(base + f"/v1/segments/{name}/contains",
+                       contains_script(f"/v1/segments/{name}/contains", size, 100, auth),
+                       connections=32, seconds=plan.load_seconds)
+    log(f"segment {name} ({largest['size']:,} members): pages {pages.requests_per_s:,.0f} "
+        f"req/s p99 {pages.p99_ms} ms; contains(100) {contains.requests_per_s:,.0f} req/s "
+        f"p99 {contains.p99_ms} ms")
+    return {"segment": name, "members": largest["size"], "pages_c32": pages.as_dict(),
+            "contains100_c32": contains.as_dict()}
 
 
 def ingest_section(url: str, plan: Plan, folder: Path) -> dict[str, Any]:
@@ -322,6 +357,13 @@ def table(results: dict[str, Any]) -> str:
                          ">= 1.0x at c=32" if c == 32 else ""))
             rows.append((f"  p50 / p99 ms, c={c}", f"{mine['p50_ms']} / {mine['p99_ms']}",
                          f"{floor['p50_ms']} / {floor['p99_ms']}", "", ""))
+    segments = (reads or {}).get("segments")
+    if segments:
+        for label, key in (("segment member pages (100)", "pages_c32"),
+                           ("segment contains (100 ids)", "contains100_c32")):
+            load = segments[key]
+            rows.append((f"{label} req/s, c=32", f"{load['requests_per_s']:,}",
+                         f"p50 {load['p50_ms']} / p99 {load['p99_ms']} ms", "", ""))
     ingest = results.get("ingest")
     if ingest:
         rows.append(("ingest events/s (batch of 100)", f"{ingest['events_per_s']:,}", "", "",

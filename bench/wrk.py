@@ -91,3 +91,32 @@ request = function()
   return wrk.format("POST", "{path}", nil, '{{"batch":[' .. table.concat(parts, ",") .. ']}}')
 end
 """
+
+
+def paths_script(paths: list[str], headers: dict[str, str]) -> str:
+    """GET one of `paths` at random per request (e.g. pages of a segment by cursor)."""
+    header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    quoted = ",".join(f'"{p}"' for p in paths)
+    return f"""{header_lines}
+math.randomseed(os.time())
+local paths = {{{quoted}}}
+request = function()
+  return wrk.format("GET", paths[math.random(1, #paths)])
+end
+"""
+
+
+def contains_script(path: str, ids: int, per_request: int, headers: dict[str, str]) -> str:
+    """POST `per_request` random client ids (c0 .. c<ids-1>) to a contains endpoint."""
+    header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    return f"""{header_lines}
+wrk.headers["Content-Type"] = "application/json"
+math.randomseed(os.time())
+request = function()
+  local parts = {{}}
+  for i = 1, {per_request} do
+    parts[i] = '"c' .. math.random(0, {ids - 1}) .. '"'
+  end
+  return wrk.format("POST", "{path}", nil, '{{"client_ids":[' .. table.concat(parts, ",") .. ']}}')
+end
+"""

@@ -37,7 +37,31 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
         host = settings.dataflow.metrics_host
         start_http_server(port, addr=host, registry=registry)
         log.info("dataflow metrics on http://%s:%d/metrics", host, port)
-    flow = build_flow(settings, metrics, stop_when_caught_up=stop_when_caught_up, as_of=as_of)
-    cli_main(  # type: ignore[no-untyped-call]
-        flow, workers_per_process=settings.dataflow.workers, process_id=process_id,
-        addresses=addresses, epoch_interval=timedelta(seconds=settings.dataflow.epoch_interval))
+    for _ in range(MAX_DRAIN_ROUNDS if stop_when_caught_up else 1):
+        heads = _stream_heads(settings)
+        flow = build_flow(settings, metrics, stop_when_caught_up=stop_when_caught_up,
+                          as_of=as_of)
+        cli_main(  # type: ignore[no-untyped-call]
+            flow, workers_per_process=settings.dataflow.workers, process_id=process_id,
+            addresses=addresses,
+            epoch_interval=timedelta(seconds=settings.dataflow.epoch_interval))
+        if _stream_heads(settings) == heads:
+            return  # nothing was appended meanwhile: every entry has been read
+        # The dataflow appends events for other clients (identity steps, forwards) that a
+        # partition which had already reached its head did not read: another round.
+
+
+MAX_DRAIN_ROUNDS = 10
+
+
+def _stream_heads(settings: Settings) -> list[object]:
+    """The last entry id of every event stream."""
+    store = store_factory(settings)
+    try:
+        heads: list[object] = []
+        for stream in store.layout.all_event_streams():
+            last = store.client.xrevrange(stream, count=1)
+            heads.append(last[0][0] if last else None)
+        return heads
+    finally:
+        store.client.close()

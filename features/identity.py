@@ -1,9 +1,11 @@
 """Identity stitching: an anonymous visitor's history joins the client it turns out to be.
 
 Events with only an anonymous id build an anonymous client (key `anon:<id>`). When an event
-carries both ids (an identify, a login, a registration), the client records the alias and
-asks the anonymous client to merge: an `identity_linked` event for the anonymous key. That
-client answers with a `profile_merged` event carrying its whole state to the client, and
+carries both ids (an identify, a login, a registration), the client records the alias, and
+the event log appends, with the event itself, an `identity_linked` event to the anonymous
+key's stream (`with_links`): so in a replay the link sits at its place in the anonymous
+client's history, exactly as it did live. The anonymous client fires what was due before
+the link, answers with a `profile_merged` event carrying its whole state to the client, and
 becomes a tombstone pointing at it; events that still reach the tombstone are forwarded.
 Each step is a keyed event in the streams, so each key keeps exactly one writer, every
 event id is derived from the two keys, and a replayed step changes nothing.
@@ -15,6 +17,7 @@ client's history to the next).
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from features import windows
@@ -35,7 +38,7 @@ from features.state import (
     ClientState,
     event_fingerprint,
 )
-from features.triggers import Trigger, TriggerRules, process_event
+from features.triggers import Trigger, TriggerRules, fire_due, process_event
 from features.windows import HOUR, VIEW_DAYS, VIEW_HOURS, VISIT_DAYS
 
 
@@ -57,15 +60,14 @@ def handle(client_key: str, state: ClientState | None, event: Event, rules: Trig
             return Outcome(state)  # the first link won
         return Outcome(state, emitted=[forwarded(event, state.merged_into)])
     if event.type is EventType.IDENTITY_LINKED:
-        return _merge_away(client_key, state, event)
+        return _merge_away(client_key, state, event, rules)
     if event.type is EventType.PROFILE_MERGED:
         return _absorb(client_key, state, event, rules)
     after, fired = process_event(client_key, state, event, rules)
     alias = _new_alias(after, event)
-    if alias is None:
-        return Outcome(after, fired)
-    after = replace(after, aliases=(*after.aliases, alias)[-MAX_ALIASES:])
-    return Outcome(after, fired, [link_request(alias, client_key, event)])
+    if alias is not None:
+        after = replace(after, aliases=(*after.aliases, alias)[-MAX_ALIASES:])
+    return Outcome(after, fired)
 
 
 def _new_alias(state: ClientState, event: Event) -> str | None:
@@ -73,6 +75,18 @@ def _new_alias(state: ClientState, event: Event) -> str | None:
         return None
     alias = ANONYMOUS_PREFIX + event.anonymous_id
     return None if alias in state.aliases else alias
+
+
+def with_links(events: Sequence[Event]) -> list[Event]:
+    """`events`, each one that carries both ids followed by its link request."""
+    out: list[Event] = []
+    for event in events:
+        out.append(event)
+        if (event.client_id is not None and event.anonymous_id is not None
+                and event.type not in (EventType.IDENTITY_LINKED, EventType.PROFILE_MERGED)):
+            out.append(link_request(ANONYMOUS_PREFIX + event.anonymous_id, event.client_id,
+                                    event))
+    return out
 
 
 def link_request(alias: str, client_key: str, cause: Event) -> Event:
@@ -87,8 +101,12 @@ def forwarded(event: Event, client_key: str) -> Event:
     return replace(event, client_id=client_key)
 
 
-def _merge_away(client_key: str, state: ClientState | None, event: Event) -> Outcome:
+def _merge_away(client_key: str, state: ClientState | None, event: Event,
+                rules: TriggerRules) -> Outcome:
     target = str(event.properties["client_id"])
+    fired: list[Trigger] = []
+    if state is not None:  # what was due before the link is decided here, as it was live
+        state, fired = fire_due(client_key, state, event.event_time, rules)
     tombstone = ClientState(
         first_seen_at=event.event_time if state is None else state.first_seen_at,
         last_seen_at=event.event_time if state is None else state.last_seen_at,
@@ -103,7 +121,7 @@ def _merge_away(client_key: str, state: ClientState | None, event: Event) -> Out
                   client_id=target,
                   properties={"from": client_key,
                               "state": base64.b64encode(encode_state(state)).decode()})
-    return Outcome(tombstone, emitted=[merge])
+    return Outcome(tombstone, fired, [merge])
 
 
 def _absorb(client_key: str, state: ClientState | None, event: Event, rules: TriggerRules

@@ -141,6 +141,18 @@ def resegment(state: ClientState, now: float, rules: SegmentRules) -> ClientStat
     return replace(state, segments=segments, segments_at=now)
 
 
+def refile_rfm(state: ClientState, now: float, rules: SegmentRules) -> ClientState:
+    """Only the RFM membership brought up to date (a new population model)."""
+    wanted = rfm_membership(state, now, rules)
+    current = current_rfm(state)
+    if wanted == current:
+        return state
+    kept = [(name, at) for name, at in state.segments if name != current]
+    if wanted is not None:
+        kept.append((wanted, max(now, state.segments_at)))
+    return replace(state, segments=tuple(sorted(kept)))
+
+
 def entered(before: ClientState | None, after: ClientState) -> list[tuple[str, float]]:
     old = set() if before is None else {name for name, _ in before.segments}
     return [(name, at) for name, at in after.segments if name not in old]

@@ -185,16 +185,20 @@ def fire_due(client_key: str, state: ClientState, now: float, rules: TriggerRule
 
 def regroup(client_key: str, state: ClientState, at: float, rules: TriggerRules
             ) -> tuple[ClientState, list[Trigger]]:
-    """Memberships as of `at` after something other than the client changed (a new RFM
-    model), with the `segment_entered` triggers that follow."""
-    return _resegment(client_key, state, at, rules)
+    """The client's RFM segment refiled at `at` under a new RFM model (nothing else moves:
+    memberships that time changes keep waiting for their own timer), with the
+    `segment_entered` trigger that may follow."""
+    return _entered(client_key, state, segments.refile_rfm(state, at, rules.segments), rules)
 
 
 def _resegment(client_key: str, state: ClientState, at: float, rules: TriggerRules
                ) -> tuple[ClientState, list[Trigger]]:
     """Memberships as of `at`; entering a watched segment raises `segment_entered`."""
-    before = state
-    state = segments.resegment(state, at, rules.segments)
+    return _entered(client_key, state, segments.resegment(state, at, rules.segments), rules)
+
+
+def _entered(client_key: str, before: ClientState, state: ClientState, rules: TriggerRules
+             ) -> tuple[ClientState, list[Trigger]]:
     rule = rules.segment_entered
     if not rule.enabled or not rule.segments:
         return state, []

@@ -15,6 +15,7 @@ import redis
 import redis.asyncio as aioredis
 
 from features.events import Event, event_to_dict
+from features.identity import with_links
 from sinks.keys import KeyLayout
 from sinks.scripts import lua
 
@@ -58,6 +59,15 @@ def _outcomes(count: int, calls: list[tuple[list[int], list[str], list[str | byt
     return stored
 
 
+def _own_outcomes(events: Sequence[Event], linked: Sequence[Event], outcomes: list[bool]
+                  ) -> list[bool]:
+    """The outcomes of the caller's events, without those of the link requests added."""
+    if len(linked) == len(events):
+        return outcomes
+    own = {id(event) for event in events}
+    return [ok for event, ok in zip(linked, outcomes, strict=True) if id(event) in own]
+
+
 class AsyncEventLog:
     """For the API: one pipelined round trip per request, however many events it carries."""
 
@@ -68,14 +78,17 @@ class AsyncEventLog:
         self._script = client.register_script(lua("append_events"))
 
     async def append(self, events: Sequence[Event]) -> list[bool]:
+        """Per event: True when appended, False for a duplicate. Link requests for events
+        that carry both ids go with them (features/identity.py)."""
         if not events:
             return []
-        calls = _script_calls(self._layout, self._options, events)
+        linked = with_links(events)
+        calls = _script_calls(self._layout, self._options, linked)
         async with self._client.pipeline(transaction=False) as pipe:
             for _, keys, args in calls:
                 await self._script(keys=keys, args=args, client=pipe)
             results = await pipe.execute()
-        return _outcomes(len(events), calls, results)
+        return _own_outcomes(events, linked, _outcomes(len(linked), calls, results))
 
 
 class EventLog:
@@ -91,8 +104,10 @@ class EventLog:
                ) -> list[bool]:
         if not events:
             return []
-        calls = _script_calls(self._layout, self._options, events, dedupe_ids)
+        # the dataflow's own events (identity steps, forwards; dedupe_ids) need no new links
+        linked = with_links(events) if dedupe_ids is None else list(events)
+        calls = _script_calls(self._layout, self._options, linked, dedupe_ids)
         pipe = self._client.pipeline(transaction=False)
         for _, keys, args in calls:
             self._script(keys=keys, args=args, client=pipe)
-        return _outcomes(len(events), calls, pipe.execute())
+        return _own_outcomes(events, linked, _outcomes(len(linked), calls, pipe.execute()))

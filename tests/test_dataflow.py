@@ -30,11 +30,19 @@ from tests.support import (
     api_server,
     dataflow_process,
     drain,
-    make_settings,
     post_events,
     wait_for,
     write_config,
 )
+from tests.support import make_settings as base_settings
+
+
+def make_settings(redis_url: str, prefix: str, **sections: dict[str, Any]) -> Settings:
+    """Test settings without the automatic RFM refresh: quintiles follow the wall clock, so
+    when a run adopts a model depends on timing, and these tests compare runs (RFM through
+    the dataflow is covered by tests/test_uci_replay.py)."""
+    return base_settings(redis_url, prefix, **{"rfm": {"refresh": 0}, **sections})
+
 
 RECEIVED = time.time()  # when the tests "receive" their history: older events are backfill
 

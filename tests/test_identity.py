@@ -4,7 +4,7 @@ holds (cart, views, interests, visits, timers)."""
 from __future__ import annotations
 
 from features.events import Event, EventType, Product
-from features.identity import Outcome, handle, merge_states
+from features.identity import Outcome, handle, merge_states, with_links
 from features.rules import ABANDONED_CART
 from features.state import ClientState
 from features.triggers import fire_due, next_due
@@ -33,14 +33,15 @@ def shoes(pid: str) -> tuple[Product, ...]:
 
 
 class World:
-    """Clients by key, and a queue of events routed by key, like the streams."""
+    """Clients by key, and a queue of events routed by key, like the streams (an event
+    with both ids brings its link request, as the event log appends it)."""
 
     def __init__(self) -> None:
         self.states: dict[str, ClientState | None] = {}
         self.triggers: list = []  # type: ignore[type-arg]
 
     def send(self, event: Event) -> None:
-        queue = [event]
+        queue = with_links([event])
         while queue:
             current = queue.pop(0)
             key = current.client_key

@@ -1,0 +1,239 @@
+"""Identity stitching through the whole path: Segment messages over HTTP -> event streams ->
+the real dataflow (link, merge, forward) -> the merged profile over HTTP and the abandoned
+cart trigger, sent once, to the registered client."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import httpx
+import redis
+
+from config.settings import Settings
+from features.events import format_time
+from sinks.keys import KeyLayout
+from tests.support import WRITE_KEY, all_triggers, api_server, drain, make_settings, read_headers
+
+USER = "ann"
+COOKIE = "cookie-7f3a"
+ANON = f"anon:{COOKIE}"
+CART_DELAY = 60.0
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat()
+
+
+def identity_settings(redis_url: str, prefix: str) -> Settings:
+    return make_settings(
+        redis_url, prefix,
+        triggers={"abandoned_cart": {"delay": "1m"}, "abandoned_browse": {"enabled": False}},
+        policy={"quiet_hours": None, "frequency_cap_per_day": 0, "holdout_percent": 0})
+
+
+def anonymous_visit(t0: float) -> list[dict[str, Any]]:
+    """A visitor with a cookie only: a session, two product views, a cart add."""
+    def track(message_id: str, offset: float, event: str, **properties: Any) -> dict[str, Any]:
+        return {"type": "track", "anonymousId": COOKIE, "messageId": message_id,
+                "event": event, "timestamp": iso(t0 + offset), "properties": properties}
+
+    return [
+        track("m-session", 0, "Session Started"),
+        track("m-view-1", 5, "Product Viewed", product_id="p9", category="shoes", price=30),
+        track("m-view-2", 8, "Product Viewed", product_id="p7", category="bags", price=80),
+        track("m-add", 10, "Product Added", product_id="p1", category="shoes", price=30,
+              quantity=2),
+    ]
+
+
+def registration(t0: float) -> list[dict[str, Any]]:
+    """Both ids in one message: the identify that links the cookie, then the sign-up."""
+    return [
+        {"type": "identify", "userId": USER, "anonymousId": COOKIE, "messageId": "m-identify",
+         "timestamp": iso(t0 + 30), "traits": {"email": "ann@example.com", "city": "Leeds"}},
+        {"type": "track", "userId": USER, "anonymousId": COOKIE, "messageId": "m-signup",
+         "event": "Signed Up", "timestamp": iso(t0 + 31)},
+    ]
+
+
+LATE_VIEW_OFFSET = 50.0
+
+
+def late_view(t0: float) -> dict[str, Any]:
+    """An anonymous event sent after the merge (the old cookie on another tab)."""
+    return {"type": "track", "anonymousId": COOKIE, "messageId": "m-view-late",
+            "event": "Product Viewed", "timestamp": iso(t0 + LATE_VIEW_OFFSET),
+            "properties": {"product_id": "p5", "category": "hats", "price": 15}}
+
+
+def post_batch(url: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    response = httpx.post(url + "/v1/batch", json={"batch": messages}, auth=(WRITE_KEY, ""),
+                          timeout=10)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert body["rejected"] == []
+    return body
+
+
+def stream_entries(client: redis.Redis, settings: Settings) -> int:
+    layout = KeyLayout.from_settings(settings)
+    return sum(int(client.xlen(stream)) for stream in layout.all_event_streams())
+
+
+def settle(client: redis.Redis, settings: Settings, as_of: float | None = None) -> int:
+    """Drain until a drain appends nothing new to the event streams: the identity steps
+    (link request, merge, forwards) are stream entries the dataflow writes itself, and a
+    drain stops at the head it first reached (see test_one_drain_applies_the_identity_steps).
+    Returns the number of drains it took."""
+    for rounds in range(1, 8):
+        before = stream_entries(client, settings)
+        drain(settings, as_of=as_of)
+        if stream_entries(client, settings) == before:
+            return rounds
+    raise AssertionError("the dataflow keeps appending events")
+
+
+def profile(url: str, client_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{url}/v1/profiles/{client_id}", headers=read_headers(), timeout=10)
+    assert response.status_code == 200, (client_id, response.text)
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def stored_state(client: redis.Redis, settings: Settings, key: str) -> bytes | None:
+    layout = KeyLayout.from_settings(settings)
+    return cast(bytes | None, client.hget(layout.state(layout.bucket_of(key)), key))
+
+
+STABLE = ("updated_at", "category_interest", "segments", "traits", "aliases", "freshness")
+STABLE_FEATURES = ("visits", "views_7d", "last_view_at", "cart_items", "cart_value",
+                   "cart_products", "recently_viewed", "cart_updated_at", "registered_at",
+                   "first_seen_at", "last_visit_at", "top_category", "lifecycle_stage")
+
+
+def stable_view(document: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a profile that do not move with the reading clock."""
+    view = {name: document[name] for name in STABLE}
+    view["features"] = {name: document["features"][name] for name in STABLE_FEATURES}
+    return view
+
+
+def test_an_anonymous_history_joins_the_registered_client(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    settings = identity_settings(redis_url, key_prefix)
+    t0 = time.time() - 2 * 3600
+    cart_due = t0 + 10 + CART_DELAY
+
+    def triggers_of(kind: str) -> list[dict[str, str]]:
+        return [t for t in all_triggers(redis_client, settings) if t["type"] == kind]
+
+    with api_server(settings) as url:
+        post_batch(url, anonymous_visit(t0) + registration(t0))
+        # history as of just after the registration: the cart's timer is not due yet
+        settle(redis_client, settings, as_of=t0 + 40)
+        assert triggers_of("abandoned_cart") == []
+
+        merged = profile(url, USER)
+        features = merged["features"]
+        assert merged["client_id"] == USER and "requested_id" not in merged
+        assert merged["aliases"] == [ANON]
+        assert merged["traits"]["email"] == "ann@example.com"
+        assert features["cart_items"] == 2 and features["cart_value"] == 60
+        assert features["cart_products"] == ["p1"]
+        assert features["recently_viewed"] == ["p7", "p9"]
+        assert features["views_7d"] == 2
+        assert features["visits"] == 2  # the anonymous session and the sign-up
+        assert features["last_visit_at"] == format_time(t0 + 31)
+        assert features["first_seen_at"] == format_time(t0)
+        assert features["registered_at"] == format_time(t0 + 31)
+        assert features["lifecycle_stage"] == "prospect"
+        interest = {c["category"]: c["interactions"] for c in merged["category_interest"]}
+        assert interest == {"shoes": 2, "bags": 1}
+        assert [s["segment"] for s in merged["segments"]] == ["lifecycle:prospect"]
+
+        by_cookie = profile(url, ANON)
+        assert by_cookie["client_id"] == USER and by_cookie["requested_id"] == ANON
+        assert stable_view(by_cookie) == stable_view(merged)
+        batch = httpx.get(f"{url}/v1/profiles", params={"ids": f"{ANON},{USER}"},
+                          headers=read_headers(), timeout=10).json()
+        assert [p["client_id"] for p in batch["profiles"]] == [USER, USER]
+        assert batch["profiles"][0]["requested_id"] == ANON and batch["missing"] == []
+        segments = httpx.get(f"{url}/v1/profiles/{ANON}/segments", headers=read_headers(),
+                             timeout=10).json()
+        assert segments["client_id"] == USER
+        assert [s["segment"] for s in segments["segments"]] == ["lifecycle:prospect"]
+        # the cookie's own record is a tombstone: no memberships of its own
+        members = httpx.get(f"{url}/v1/segments/lifecycle:prospect/members",
+                            headers=read_headers(), timeout=10).json()["members"]
+        assert members == [USER]
+
+        # after the merge the cookie alone still speaks for the client: forwarded, and a
+        # resend of the same message is not counted twice
+        assert post_batch(url, [late_view(t0)])["duplicates"] == 0
+        settle(redis_client, settings, as_of=t0 + 55)
+        assert post_batch(url, [late_view(t0)])["duplicates"] == 1
+        settle(redis_client, settings, as_of=t0 + 55)
+        features = profile(url, USER)["features"]
+        assert features["recently_viewed"] == ["p5", "p7", "p9"]
+        assert features["views_7d"] == 3
+        assert features["last_view_at"] == format_time(t0 + LATE_VIEW_OFFSET)
+        interest = {c["category"]: c["interactions"]
+                    for c in profile(url, USER)["category_interest"]}
+        assert interest == {"shoes": 2, "bags": 1, "hats": 1}
+
+        # now: the cart has waited past its delay, and fires for the client, once
+        settle(redis_client, settings)
+        carts = triggers_of("abandoned_cart")
+        assert len(carts) == 1, carts
+        cart = carts[0]
+        assert cart["client_id"] == USER
+        assert cart["status"] == "sent" and cart["channel"] == "email", cart
+        assert cart["fired_at"] == format_time(cart_due)
+        assert '"product_id":"p1"' in cart["payload"]
+        assert [t for t in all_triggers(redis_client, settings) if t["client_id"] == ANON] == []
+        assert sorted(t["type"] for t in all_triggers(redis_client, settings)) == [
+            "abandoned_cart", "welcome"]
+        touches = httpx.get(f"{url}/v1/profiles/{USER}/touches", headers=read_headers(),
+                            timeout=10).json()["touches"]
+        assert sorted(t["type"] for t in touches) == ["abandoned_cart", "welcome"]
+
+        # a restart (two more drains) changes nothing
+        triggers = all_triggers(redis_client, settings)
+        states = {key: stored_state(redis_client, settings, key) for key in (USER, ANON)}
+        before = stable_view(profile(url, USER))
+        entries = stream_entries(redis_client, settings)
+        for _ in range(2):
+            drain(settings)
+        assert all_triggers(redis_client, settings) == triggers
+        assert {key: stored_state(redis_client, settings, key) for key in (USER, ANON)} == states
+        assert stable_view(profile(url, USER)) == before
+        assert stable_view(profile(url, ANON)) == before
+        assert stream_entries(redis_client, settings) == entries
+
+
+def test_one_drain_applies_the_identity_steps_as_well(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """The link request and the merge are stream entries the dataflow writes itself;
+    `drain` runs the dataflow "until every stream entry is processed"."""
+    settings = identity_settings(redis_url, key_prefix)
+    t0 = time.time() - 2 * 3600
+    with api_server(settings) as url:
+        post_batch(url, anonymous_visit(t0) + registration(t0))
+        drain(settings, as_of=t0 + 40)
+        merged = profile(url, USER)
+    assert merged["aliases"] == [ANON]
+    assert merged["features"]["cart_products"] == ["p1"]
+
+
+def test_a_backfilled_history_gives_the_cart_to_the_registered_client(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    settings = identity_settings(redis_url, key_prefix)
+    t0 = time.time() - 2 * 3600
+    with api_server(settings) as url:
+        post_batch(url, anonymous_visit(t0) + registration(t0))
+        settle(redis_client, settings)
+    owners = [(t["client_id"], t["status"]) for t in all_triggers(redis_client, settings)
+              if t["type"] == "abandoned_cart"]
+    assert owners == [(USER, "sent")]
