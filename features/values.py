@@ -181,6 +181,15 @@ def _state(attr: str) -> Getter:
     return lambda c: getattr(c.state, attr)
 
 
+def _since(name: str, group: str, attr: str, unit: float = DAY) -> Feature:
+    """A feature that grows linearly with time: units elapsed since a time in the state."""
+    def get(c: Context) -> float | None:
+        anchor = getattr(c.state, attr)
+        return None if anchor is None else round((c.now - anchor) / unit, 3)
+    return Feature(name, Kind.NUMBER, group, get, anchor=lambda c: getattr(c.state, attr),
+                   unit=unit)
+
+
 # --- the table -----------------------------------------------------------------------------------
 
 def _build() -> dict[str, Feature]:
@@ -193,10 +202,7 @@ def _build() -> dict[str, Feature]:
             if c.state.orders_count > 0 else None)),
         Feature("first_order_at", T, "orders", _state("first_order_at")),
         Feature("last_order_at", T, "orders", _state("last_order_at")),
-        Feature("recency_days", N, "orders", lambda c: (
-            None if c.state.last_order_at is None
-            else round((c.now - c.state.last_order_at) / DAY, 3)),
-            anchor=lambda c: c.state.last_order_at),
+        _since("recency_days", "orders", "last_order_at"),
         *(Feature(f"orders_{d}d", N, "orders", _orders_in(d),
                   next_change=_order_window_change(d)) for d in ORDER_WINDOWS_DAYS),
         *(Feature(f"monetary_{d}d", N, "orders", _money_in(d),
@@ -211,17 +217,11 @@ def _build() -> dict[str, Feature]:
         Feature("rfm_m", N, "rfm", _rfm_part(2)),
         Feature("rfm_segment", X, "rfm", _rfm_segment, next_change=_rfm_change),
         Feature("registered_at", T, "profile", _state("registered_at")),
-        Feature("days_since_registration", N, "profile", lambda c: (
-            None if c.state.registered_at is None
-            else round((c.now - c.state.registered_at) / DAY, 3)),
-            anchor=lambda c: c.state.registered_at),
+        _since("days_since_registration", "profile", "registered_at"),
         Feature("first_seen_at", T, "visits", _state("first_seen_at")),
         Feature("last_seen_at", T, "visits", _state("last_seen_at")),
         Feature("last_visit_at", T, "visits", _state("last_visit_at")),
-        Feature("days_since_last_visit", N, "visits", lambda c: (
-            None if c.state.last_visit_at is None
-            else round((c.now - c.state.last_visit_at) / DAY, 3)),
-            anchor=lambda c: c.state.last_visit_at),
+        _since("days_since_last_visit", "visits", "last_visit_at"),
         Feature("visits", N, "visits", _state("visits")),
         Feature("visits_7d", N, "visits", _bucket_total("visit_days", DAY, 7),
                 next_change=_bucket_change("visit_days", DAY, 7)),
@@ -235,10 +235,7 @@ def _build() -> dict[str, Feature]:
         Feature("cart_items", N, "cart", lambda c: c.state.cart_items),
         Feature("cart_value", N, "cart", lambda c: c.state.cart_value),
         Feature("cart_updated_at", T, "cart", _state("cart_updated_at")),
-        Feature("cart_age_hours", N, "cart", lambda c: (
-            None if c.state.cart_since is None
-            else round((c.now - c.state.cart_since) / HOUR, 3)),
-            anchor=lambda c: c.state.cart_since, unit=HOUR),
+        _since("cart_age_hours", "cart", "cart_since", HOUR),
         Feature("top_category", X, "categories", _top_category),
         Feature("preferred_channel", X, "engagement", lambda c: (
             c.state.channel_engagement[0][0] if c.state.channel_engagement else None)),

@@ -10,7 +10,7 @@ from typing import Any
 
 from features.events import Event, EventType, Order, Product
 from features.rules import DAY, Channel, Policy, TriggerRules
-from features.state import ClientState
+from features.state import ClientState, apply_event
 from features.triggers import SEGMENTS_TIMER, Trigger, due_timers, fire_due, process_event
 
 T0 = 1_700_006_400.0  # 2023-11-15T00:00:00Z, a Wednesday
@@ -88,6 +88,15 @@ def run(events: Iterable[Event], rules: TriggerRules = RULES, *,
         state, fired = fire_due(CLIENT, state, T0 + until, rules)
         out.extend(fired)
     return state, out
+
+
+def state_of(*events: Event) -> ClientState:
+    """The state after `events`, applied in order (no triggers)."""
+    state: ClientState | None = None
+    for event in events:
+        state = apply_event(state, event)
+    assert state is not None
+    return state
 
 
 def of(triggers: list[Trigger], kind: str) -> list[Trigger]:

@@ -6,19 +6,12 @@ from __future__ import annotations
 
 from features.events import EventType, Order, Product
 from features.rules import DAY, SegmentRules
-from features.state import ClientState, apply_event
+from features.state import ClientState
 from features.values import FEATURES, Context
-from tests.core_events import HOUR, T0, cancel, days, ev, order, visit
+from tests.core_events import HOUR, T0, cancel, days, ev, order, state_of, visit
 
 RULES = SegmentRules()
 
-
-def state_of(*events: object) -> ClientState:
-    state = None
-    for event in events:
-        state = apply_event(state, event)  # type: ignore[arg-type]
-    assert state is not None
-    return state
 
 
 def value(state: ClientState, name: str, at: float) -> object:

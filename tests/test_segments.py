@@ -10,19 +10,12 @@ from features.lifecycle import lifecycle_next_change, lifecycle_stage
 from features.rfm import RfmModel, quantile_cuts
 from features.rules import SEGMENT_ENTERED, LifecycleRules, SegmentEnteredRule, SegmentRules
 from features.segments import compile_catalog
-from features.state import ClientState, apply_event
+from features.state import apply_event
 from features.triggers import next_due
-from tests.core_events import RULES, T0, cancel, days, of, order, registered, run, visit
+from tests.core_events import RULES, T0, cancel, days, of, order, registered, run, state_of, visit
 
 LIFE = LifecycleRules()
 
-
-def state_of(*events: object) -> ClientState:
-    state = None
-    for event in events:
-        state = apply_event(state, event)  # type: ignore[arg-type]
-    assert state is not None
-    return state
 
 
 def test_every_lifecycle_transition() -> None:
