@@ -43,6 +43,6 @@ class SegmentRulesView:
         except (RedisError, ValueError) as exc:
             log.warning("could not read the RFM model (%s); keeping the last one", exc)
             return self._rules
-        if model is not None and (model.population > 0 or model.mode == "fixed"):
+        if model is not None and not model.empty:
             self._rules = replace(self._rules, rfm_model=model)
         return self._rules

@@ -64,7 +64,7 @@ class RfmModelCache:
 
     def _adopt(self, model: RfmModel | None) -> None:
         current = self._rules.segments.rfm_model
-        if model is None or model.population == 0 and model.mode == "quantile":
+        if model is None or model.empty:
             return  # no buyers yet: no RFM segments rather than everybody "lost"
         if current is not None and current == model:
             return

@@ -208,6 +208,11 @@ class RfmModel:
         for name in ("recency_cuts", "frequency_cuts", "monetary_cuts"):
             object.__setattr__(self, name, _cuts(name, getattr(self, name)))
 
+    @property
+    def empty(self) -> bool:
+        """Quintiles of no buyers: scoring with it would call everybody "lost"."""
+        return self.mode == "quantile" and self.population == 0
+
 
 def rfm_scores(model: RfmModel, last_order_at: float | None, orders_count: int,
                monetary: float, now: float) -> tuple[int, int, int] | None:

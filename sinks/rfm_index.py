@@ -164,7 +164,7 @@ def _current(model: RfmModel | None, now: float, period: float, mode: RfmMode,
     """Fresh enough, and built with the settings in force (a settings change recomputes)."""
     if model is None or model.mode != mode or now - model.computed_at >= period:
         return False
-    if mode == "quantile" and model.population == 0:
+    if model.empty:
         return False  # no buyers at the last look: look again rather than wait a period
     return mode != "fixed" or model.fixed == (fixed if fixed is not None else FixedThresholds())
 
