@@ -27,6 +27,7 @@ import redis
 import yaml
 
 from bench.floors import bytewax_floor, naive_consumer
+from bench.replays import replay_section
 from bench.workload import Entry, events
 from bench.wrk import (
     batch_post_script,
@@ -52,12 +53,13 @@ class Plan:
     naive_events: int
     load_seconds: float
     latency_seconds: float
+    replay_events: int = 1_000_000
 
 
 FULL = Plan(sizes=(100_000, 1_000_000), events_per_client=2, naive_events=30_000,
             load_seconds=10, latency_seconds=20)
 QUICK = Plan(sizes=(100_000,), events_per_client=2, naive_events=10_000, load_seconds=3,
-             latency_seconds=8)
+             latency_seconds=8, replay_events=100_000)
 
 
 def log(message: str) -> None:
@@ -376,6 +378,12 @@ def table(results: dict[str, Any]) -> str:
         rows.append(("order trigger lag p50 / p99 ms",
                      f"{latency['order'].get('p50_ms')} / {latency['order'].get('p99_ms')}",
                      "", "", ""))
+    for name, label in (("uci", "replay UCI Online Retail"), ("synthetic", "replay synthetic")):
+        figures = results.get("replay", {}).get(name, {})
+        if "events" in figures:
+            rows.append((f"{label}, {figures['rows']:,} rows", f"{figures['rows_per_s']:,} rows/s",
+                         f"{figures['events_per_s']:,} events/s",
+                         f"{figures['seconds']}s", ""))
     widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
     return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths,
                                                                              strict=True))
@@ -405,6 +413,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 log("wrk not found: install Debian's wrk for the HTTP loads (make bench does)")
             max_rate = results["dataflow"]["sizes"][str(plan.sizes[0])]["crmflow_events_per_s"]
             results["latency"] = latency_section(client, server.url, plan, folder, max_rate)
+            log("replay: UCI Online Retail and a synthetic file")
+            results["replay"] = replay_section(server.url, plan.replay_events, folder)
         finally:
             client.close()
             server.stop()

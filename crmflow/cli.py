@@ -1,4 +1,5 @@
-"""The `crmflow` command: up, api, dataflow, demo, tail, config, check-config."""
+"""The `crmflow` command: up, api, dataflow, demo, tail, replay, backfill, export, config,
+check-config."""
 
 from __future__ import annotations
 
@@ -125,6 +126,72 @@ def _cmd_tail(args: argparse.Namespace) -> None:
             lease.release()
 
 
+def _as_of(text: str | None) -> float | None:
+    from features.events import EventError, parse_time
+
+    if text is None:
+        return None
+    try:
+        return parse_time(text.strip(), "--as-of")
+    except EventError as exc:
+        raise SystemExit(f"crmflow: {exc}") from None
+
+
+def _cmd_replay(args: argparse.Namespace) -> None:
+    from history.files import HistoryError
+    from history.formats import parse_mapping
+    from history.load import Progress
+    from history.replay import replay
+
+    settings = settings_from(args)
+    for name in ("dataflows", "crmflow.redis_server"):  # the progress line says it better
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        result = replay(args.inputs, args.format, args.out, settings, as_of=_as_of(args.as_of),
+                        workers=args.workers, batch_size=args.batch_size,
+                        mapping=parse_mapping(args.map), strict=args.strict,
+                        progress=Progress())
+    except HistoryError as exc:
+        raise SystemExit(f"crmflow replay: {exc}") from None
+    sys.stdout.write("\n".join([*result.summary(), f"written to {args.out}/: "
+                                "profiles.parquet, segments.parquet, triggers.parquet"]) + "\n")
+
+
+def _cmd_backfill(args: argparse.Namespace) -> None:
+    from crmflow.runtime import with_redis
+    from history.backfill import backfill
+    from history.files import HistoryError
+    from history.formats import parse_mapping
+    from history.load import Progress
+
+    settings, lease = with_redis(settings_from(args))
+    try:
+        result = backfill(args.inputs, args.format, settings, mapping=parse_mapping(args.map),
+                          strict=args.strict, wait=None if args.no_wait else args.wait,
+                          progress=Progress())
+    except HistoryError as exc:
+        raise SystemExit(f"crmflow backfill: {exc}") from None
+    finally:
+        if lease is not None:
+            lease.release()
+    sys.stdout.write("\n".join(result.summary()) + "\n")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from crmflow.runtime import with_redis
+    from history.export import export
+
+    settings, lease = with_redis(settings_from(args))
+    try:
+        summary = export(settings, args.out, as_of=_as_of(args.as_of))
+    finally:
+        if lease is not None:
+            lease.release()
+    sys.stdout.write(f"profiles: {summary.profiles:,}; memberships: {summary.memberships:,}; "
+                     f"triggers: {summary.triggers:,}\nwritten to {args.out}/: "
+                     "profiles.parquet, segments.parquet, triggers/day=YYYY-MM-DD/\n")
+
+
 def _cmd_config(args: argparse.Namespace) -> None:
     values = settings_from(args).model_dump(mode="json")
     for name in ("write_keys", "read_keys", "admin_keys"):  # never print secrets
@@ -176,6 +243,47 @@ def build_parser() -> argparse.ArgumentParser:
     tail = command("tail", "print triggers as they are raised")
     tail.add_argument("--from-start", action="store_true", help="print past triggers first")
     tail.set_defaults(func=_cmd_tail)
+
+    def history_input(cmd: argparse.ArgumentParser) -> None:
+        from history.formats import FORMATS
+
+        cmd.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                         help="history files (CSV and JSON lines may be gzipped)")
+        cmd.add_argument("--format", required=True, choices=FORMATS)
+        cmd.add_argument("--map", default=None, metavar="NAME=COLUMN,...",
+                         help="orders: the file's column names, e.g. "
+                              "client_id=CustomerID,timestamp=InvoiceDate")
+        cmd.add_argument("--strict", action="store_true",
+                         help="stop at the first bad row (default: skip, count, report)")
+
+    replay_cmd = command("replay", "run the dataflow on event time over history files and "
+                                   "write profiles, segments and triggers as Parquet")
+    history_input(replay_cmd)
+    replay_cmd.add_argument("--out", type=Path, required=True, help="output folder")
+    replay_cmd.add_argument("--as-of", default=None, metavar="TIME",
+                            help="ISO-8601 or epoch seconds (default: the last event's time)")
+    replay_cmd.add_argument("--workers", type=int, default=None,
+                            help="Bytewax workers (default: dataflow.workers)")
+    replay_cmd.add_argument("--batch-size", type=int, default=None,
+                            help="stream entries per read (default: dataflow.batch_size)")
+    replay_cmd.set_defaults(func=_cmd_replay)
+
+    backfill_cmd = command("backfill", "feed history files through the live dataflow; past "
+                                       "occasions are recorded as suppressed (backfill)")
+    history_input(backfill_cmd)
+    backfill_cmd.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                              help="wait at most this long for the dataflow to apply it all "
+                                   "(default 0: as long as it takes)")
+    backfill_cmd.add_argument("--no-wait", action="store_true",
+                              help="return once the history is appended")
+    backfill_cmd.set_defaults(func=_cmd_backfill)
+
+    export_cmd = command("export", "write the live profiles, memberships and trigger log "
+                                   "as Parquet")
+    export_cmd.add_argument("--out", type=Path, required=True, help="output folder")
+    export_cmd.add_argument("--as-of", default=None, metavar="TIME",
+                            help="the time features are computed at (default: now)")
+    export_cmd.set_defaults(func=_cmd_export)
 
     show = command("config", "validate the configuration and print the effective values")
     show.set_defaults(func=_cmd_config)

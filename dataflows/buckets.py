@@ -57,6 +57,7 @@ class BucketConfig:
     rules: TriggerRules
     offset_flush_interval: float
     allowed_lateness: float
+    replay: bool = False  # event time only: no timer fires on the arrival clock
 
 
 class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
@@ -69,7 +70,9 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         self._buckets = store.layout.buckets
         self._config = config
         self._models = models
-        self._rules: TriggerRules = config.rules if models is None else models.rules
+        # a replay adopts its model at its end, after the timers due by then have fired
+        self._rules: TriggerRules = (config.rules if models is None or config.replay
+                                     else models.rules)
         self._rescored = False  # buyers re-scored under the current model since loading
         # each client changed in the current batch, as it was before the batch
         self._before: dict[str, ClientState | None] = {}
@@ -102,7 +105,8 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 del self._scheduled[client_key]
                 self._metrics.timers_pending.dec()
             return
-        clock = LIVE if is_live(state, self._config.allowed_lateness) else BACKFILL
+        live = not self._config.replay and is_live(state, self._config.allowed_lateness)
+        clock = LIVE if live else BACKFILL
         if current is None:
             self._metrics.timers_pending.inc()
         if current is None or current[1] != clock or due < current[0]:
@@ -155,6 +159,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         dead: list[DeadLetter] = []
         self._counts.clear()
         applied = 0
+        head_reached = False
         position_key = stream_id_key(self._position)
         for item in values:
             if item[0] == EVENT:
@@ -172,21 +177,25 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 if key > position_key:
                     position_key = key
                     self._position = position
-                if self._models is not None:
+                self._advance(LIVE, clock, dirty, triggers)
+                if at_head:
+                    self._advance(BACKFILL, clock, dirty, triggers)
+                    head_reached = self._config.replay  # a replay's end: keep the position
+                # a new RFM model re-files buyers as of this clock, after the timers due by
+                # then (a replay's arrival clock is not history's: it re-scores at its end)
+                if self._models is not None and (at_head or not self._config.replay):
                     rules = self._models.poll()
                     if rules is not self._rules or not self._rescored:
                         self._rules = rules
                         self._rescored = True
                         self._rescore(clock, dirty, triggers)
-                self._advance(LIVE, clock, dirty, triggers)
-                if at_head:
-                    self._advance(BACKFILL, clock, dirty, triggers)
         for (metric, label), count in self._counts.items():  # one update per batch, not event
             if label:
                 metric.labels(label).inc(count)
             else:
                 metric.inc(count)
-        return self._commit(dirty, triggers, dead, applied), StatefulBatchLogic.RETAIN
+        return (self._commit(dirty, triggers, dead, applied, flush=head_reached),
+                StatefulBatchLogic.RETAIN)
 
     def _apply(self, stream_id: str, client_key: str, raw: bytes, dirty: set[str],
                triggers: list[Trigger], dead: list[DeadLetter]) -> int:
@@ -219,12 +228,12 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         return 1
 
     def _commit(self, dirty: set[str], triggers: list[Trigger], dead: list[DeadLetter],
-                applied: int) -> list[BucketCommit]:
+                applied: int, *, flush: bool = False) -> list[BucketCommit]:
         now = time.monotonic()
         moved = self._position != self._committed
         emitted, self._emitted = self._emitted, []
-        if not (dirty or triggers or dead or emitted) and not (
-                moved and now - self._last_commit >= self._config.offset_flush_interval):
+        if not (dirty or triggers or dead or emitted) and not (moved and (
+                flush or now - self._last_commit >= self._config.offset_flush_interval)):
             return []
         changes: list[SegmentChange] = []
         values: list[tuple[str, RfmValues | None]] = []

@@ -10,6 +10,7 @@ from dataflows.buckets import BucketConfig, LazyBucketLogic
 from dataflows.metrics import DataflowMetrics
 from dataflows.rfm_model import RfmModelCache
 from dataflows.source import EventStreamSource, SourceConfig
+from features.rfm import RfmModel
 from sinks.bucket_store import BucketStore
 from sinks.bytewax_sink import BucketCommitSink
 from sinks.keys import KeyLayout
@@ -26,7 +27,10 @@ def store_factory(settings: Settings) -> BucketStore:
 
 
 def build_flow(settings: Settings, metrics: DataflowMetrics, *,
-               stop_when_caught_up: bool = False, as_of: float | None = None) -> Dataflow:
+               stop_when_caught_up: bool = False, as_of: float | None = None,
+               replay: bool = False, rfm_model: RfmModel | None = None) -> Dataflow:
+    """`replay`: timers run on event time alone (see BucketConfig); `rfm_model`: score with
+    this model instead of polling Redis for one (with `rfm.refresh` 0)."""
     df = settings.dataflow
     source_config = SourceConfig(
         batch_size=df.batch_size, tick_interval=df.tick_interval, idle_wait=df.idle_wait,
@@ -34,10 +38,10 @@ def build_flow(settings: Settings, metrics: DataflowMetrics, *,
         stop_when_caught_up=stop_when_caught_up, as_of=as_of)
     bucket_config = BucketConfig(rules=settings.trigger_rules(),
                                  offset_flush_interval=df.offset_flush_interval,
-                                 allowed_lateness=df.allowed_lateness)
+                                 allowed_lateness=df.allowed_lateness, replay=replay)
     loader = store_factory(settings)  # bucket loads share one connection pool per process
     models = RfmModelCache(loader.client, loader.layout, bucket_config.rules,
-                           poll=RFM_POLL_SECONDS)
+                           poll=RFM_POLL_SECONDS, model=rfm_model)
     models.poll()  # buckets start with the current model, not without one
 
     def make_store() -> BucketStore:

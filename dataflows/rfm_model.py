@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 class RfmModelCache:
     def __init__(self, client: redis.Redis, layout: KeyLayout, rules: TriggerRules, *,
-                 poll: float) -> None:
+                 poll: float, model: RfmModel | None = None) -> None:
         self._client = client
         self._layout = layout
         self._base = rules
@@ -33,6 +33,7 @@ class RfmModelCache:
         self._poll = poll
         self._checked = -float("inf")
         self._lock = threading.Lock()
+        self._adopt(model)  # a replay's model as of its end; live processes poll for theirs
 
     @property
     def rules(self) -> TriggerRules:

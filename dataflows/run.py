@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from config.settings import Settings
 from dataflows.flow import build_flow, store_factory
 from dataflows.metrics import DataflowMetrics
+from features.rfm import RfmModel
 from sinks.keys import claim_layout
 
 log = logging.getLogger(__name__)
@@ -19,11 +20,13 @@ log = logging.getLogger(__name__)
 def run_dataflow(settings: Settings, *, process_id: int | None = None,
                  addresses: list[str] | None = None, stop_when_caught_up: bool = False,
                  registry: CollectorRegistry | None = None, metrics_port: int | None = None,
-                 as_of: float | None = None) -> None:
+                 as_of: float | None = None, replay: bool = False,
+                 rfm_model: RfmModel | None = None) -> None:
     """Blocks until the dataflow ends (never, unless `stop_when_caught_up`).
 
     `as_of` (with `stop_when_caught_up`, for replays): at the stream head, timers fire up
-    to this time instead of the wall clock, and no later.
+    to this time instead of the wall clock, and no later. `replay` and `rfm_model`: see
+    `build_flow`.
     """
     store = store_factory(settings)
     claim_layout(store.client, store.layout)
@@ -40,7 +43,7 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
     for _ in range(MAX_DRAIN_ROUNDS if stop_when_caught_up else 1):
         heads = _stream_heads(settings)
         flow = build_flow(settings, metrics, stop_when_caught_up=stop_when_caught_up,
-                          as_of=as_of)
+                          as_of=as_of, replay=replay, rfm_model=rfm_model)
         cli_main(  # type: ignore[no-untyped-call]
             flow, workers_per_process=settings.dataflow.workers, process_id=process_id,
             addresses=addresses,

@@ -32,7 +32,7 @@ from features.state import (
     PendingTrigger,
 )
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 
 # Rule marks are stored by number: append only, never reorder (a name not listed is kept as
 # text). Whole-number values (flags, counts, whole-second times) are stored as integers.
@@ -92,7 +92,7 @@ def encode_state(state: ClientState) -> bytes:
          for i in state.interests],
         _time(state.orders_updated_at), _time(state.cart_changed_at), _time(state.engagement_at),
         [[name, _time(at)] for name, at in state.segments], _time(state.segments_at),
-        list(state.aliases), state.merged_into,
+        list(state.aliases), state.merged_into, _time(state.history_until),
     ]
     return msgpack.packb(row, use_bin_type=True)
 
@@ -112,7 +112,9 @@ def decode_state(data: bytes) -> ClientState:
         row[14] = float(row[14])  # True (reminded, time unknown) reads as 1.0: still truthy
     if isinstance(row, list) and row and row[0] == 5:
         # v6 added rolling activity, interests, group times, segments and identity
-        row = [FORMAT_VERSION, *row[1:], [], [], [], [], None, None, None, [], 0, [], None]
+        row = [6, *row[1:], [], [], [], [], None, None, None, [], 0, [], None]
+    if isinstance(row, list) and row and row[0] == 6:
+        row = [FORMAT_VERSION, *row[1:], 0]  # v7 added history_until (backfills)
     if not isinstance(row, list) or not row or row[0] != FORMAT_VERSION:
         found = row[:1] if isinstance(row, list) else type(row).__name__
         raise StateFormatError(f"unknown client state format: {found}")
@@ -124,7 +126,7 @@ def decode_state(data: bytes) -> ClientState:
      channel_engagement, recent_event_ids, categories, marks, loyalty_tier, pending, sends,
      decided, early_returns, touched, visit_days, view_hours, view_days, interests,
      orders_updated_at, cart_changed_at, engagement_at, segments, segments_at, aliases,
-     merged_into) = row
+     merged_into, history_until) = row
     return ClientState(
         first_seen_at=first_seen_at, last_seen_at=last_seen_at, updated_at=updated_at,
         last_received_at=last_received_at,
@@ -155,4 +157,5 @@ def decode_state(data: bytes) -> ClientState:
         engagement_at=engagement_at,
         segments=tuple((name, float(at)) for name, at in segments),
         segments_at=float(segments_at), aliases=tuple(aliases), merged_into=merged_into,
+        history_until=float(history_until),
     )

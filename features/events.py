@@ -87,6 +87,9 @@ class Event:
     properties: Mapping[str, Any] = field(default_factory=dict)
     nps_score: int | None = None
     channel: str | None = None
+    # part of a backfill: its occasions that were due before it arrived are recorded as
+    # suppressed (reason `backfill`), not sent
+    history: bool = False
 
     @property
     def client_key(self) -> str:
@@ -352,6 +355,9 @@ def parse_event(raw: object) -> Event:
     if channel is not None and not isinstance(channel, str):
         raise EventError("channel", "expected a string")
     properties = _mapping(raw, "properties")
+    history = raw.get("history", False)
+    if not isinstance(history, bool):
+        raise EventError("history", "expected true or false")
     if event_type is EventType.TOUCH_RECORDED:
         _touch(properties, channel)
     if event_type is EventType.IDENTITY_LINKED:
@@ -373,6 +379,7 @@ def parse_event(raw: object) -> Event:
         properties=properties,
         nps_score=nps_score,
         channel=channel,
+        history=history,
     )
 
 
@@ -416,6 +423,8 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         out["nps_score"] = event.nps_score
     if event.channel is not None:
         out["channel"] = event.channel
+    if event.history:
+        out["history"] = True
     return out
 
 

@@ -210,6 +210,7 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         sends=tuple(sorted({*t.sends, *s.sends}))[-MAX_SENDS:],
         decided=tuple(dict.fromkeys((*s.decided, *t.decided)))[-MAX_DECIDED:],
         touched=tuple(dict.fromkeys((*s.touched, *t.touched)))[-MAX_TOUCHED:],
+        history_until=max(t.history_until, s.history_until),
         visit_days=windows.merge(t.visit_days, s.visit_days, latest, DAY, VISIT_DAYS),
         view_hours=windows.merge(t.view_hours, s.view_hours, latest, HOUR, VIEW_HOURS),
         view_days=windows.merge(t.view_days, s.view_days, latest, DAY, VIEW_DAYS),

@@ -44,6 +44,7 @@ QUIET_HOURS = "quiet_hours"
 FREQUENCY_CAP = "frequency_cap"
 CANCELLED = "cancelled"  # the occasion ended while the trigger waited
 PENDING_LIMIT = "pending_limit"  # too many triggers already waiting for this client
+BACKFILL = "backfill"  # due before the history that raised it arrived: never sent late
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,17 @@ def profile_features(state: ClientState, now: float, rules: SegmentRules) -> dic
     return features
 
 
+def profile_row(client_key: str, state: ClientState, now: float, rules: SegmentRules
+                ) -> dict[str, Any]:
+    """One flat row for tables (Parquet): every feature at `now`, times as epoch seconds."""
+    context = Context(state, now, rules)
+    row: dict[str, Any] = {"client_id": client_key}
+    for name, feature in FEATURES.items():
+        row[name] = feature.get(context)
+    row["updated_at"] = state.updated_at
+    return row
+
+
 def category_interest(state: ClientState) -> list[dict[str, Any]]:
     """Categories by interactions, most first (ties: most recent first)."""
     ranked = sorted(state.interests, key=lambda i: (-i.count, -i.last_at, i.category))

@@ -153,6 +153,8 @@ class ClientState:
     segments_at: float = 0.0  # when the memberships were last evaluated
     aliases: tuple[str, ...] = ()  # anonymous client keys merged into this client
     merged_into: str | None = None  # set on an anonymous client merged into that key
+    # --- backfill (history/backfill.py) ---
+    history_until: float = 0.0  # when the latest backfilled history arrived: older is past
 
     @property
     def cart_value(self) -> float:
@@ -198,7 +200,8 @@ def is_duplicate(state: ClientState | None, event: Event) -> bool:
 def new_state(event: Event) -> ClientState:
     t = event.event_time
     return ClientState(first_seen_at=t, last_seen_at=t, updated_at=t,
-                       last_received_at=event.received_at)
+                       last_received_at=event.received_at,
+                       history_until=event.received_at if event.history else 0.0)
 
 
 def is_live(state: ClientState, allowed_lateness: float) -> bool:
@@ -228,6 +231,8 @@ def apply_event(state: ClientState | None, event: Event) -> ClientState:
             -MAX_RECENT_EVENT_IDS:
         ],
     }
+    if event.history and event.received_at > state.history_until:
+        changes["history_until"] = event.received_at
     handler = _HANDLERS.get(event.type)
     if handler is not None:
         changes.update(handler(state, event))

@@ -27,6 +27,7 @@ from features import catalogue, segments
 from features.catalogue import Candidate, occasion_time
 from features.events import Event, EventType, format_time
 from features.policy import (
+    BACKFILL,
     CANCELLED,
     DEFERRED,
     DONE,
@@ -191,14 +192,15 @@ def regroup(client_key: str, state: ClientState, at: float, rules: TriggerRules
     return _entered(client_key, state, segments.refile_rfm(state, at, rules.segments), rules)
 
 
-def _resegment(client_key: str, state: ClientState, at: float, rules: TriggerRules
-               ) -> tuple[ClientState, list[Trigger]]:
+def _resegment(client_key: str, state: ClientState, at: float, rules: TriggerRules, *,
+               live: bool = False) -> tuple[ClientState, list[Trigger]]:
     """Memberships as of `at`; entering a watched segment raises `segment_entered`."""
-    return _entered(client_key, state, segments.resegment(state, at, rules.segments), rules)
+    return _entered(client_key, state, segments.resegment(state, at, rules.segments), rules,
+                    live=live)
 
 
-def _entered(client_key: str, before: ClientState, state: ClientState, rules: TriggerRules
-             ) -> tuple[ClientState, list[Trigger]]:
+def _entered(client_key: str, before: ClientState, state: ClientState, rules: TriggerRules,
+             *, live: bool = False) -> tuple[ClientState, list[Trigger]]:
     rule = rules.segment_entered
     if not rule.enabled or not rule.segments:
         return state, []
@@ -209,7 +211,7 @@ def _entered(client_key: str, before: ClientState, state: ClientState, rules: Tr
     if not candidates:
         return state, []
     return _decide_all(client_key, state, [(c, None) for c in candidates], state.segments_at,
-                       rules, delayable=True)
+                       rules, delayable=True, live=live)
 
 
 def _fire_at(client_key: str, state: ClientState, at: float,
@@ -278,10 +280,14 @@ def _wait(client_key: str, state: ClientState, candidate: Candidate, release_at:
 
 def _decide_all(client_key: str, state: ClientState,
                 items: list[tuple[Candidate, PendingTrigger | None]], at: float,
-                rules: TriggerRules, *, delayable: bool = False
+                rules: TriggerRules, *, delayable: bool = False, live: bool = False
                 ) -> tuple[ClientState, list[Trigger]]:
     """Decide candidates due at the same moment `at`, highest priority first, each seeing
-    the sends decided before it (so the frequency cap keeps the most important)."""
+    the sends decided before it (so the frequency cap keeps the most important).
+
+    Occasions due before the client's backfilled history arrived are past: recorded as
+    suppressed (`backfill`), unless `live` (raised by a live event, however late)."""
+    past_before = 0.0 if live else state.history_until
     items.sort(key=lambda item: (priority_rank(item[0].type, rules), item[0].key))
     out: list[Trigger] = []
     for candidate, pending in items:
@@ -301,6 +307,8 @@ def _decide_all(client_key: str, state: ClientState,
                 state = waiting
                 continue
             decision = Decision(SUPPRESSED, PENDING_LIMIT)
+        elif at < past_before:  # a backfilled past: recorded, never sent late
+            decision = Decision(SUPPRESSED, BACKFILL)
         else:
             decision = decide(client_key, state, candidate.type, at, rules,
                               allow_defer=not waited)
@@ -357,12 +365,15 @@ def process_event(client_key: str, state: ClientState | None, event: Event, rule
     after = apply_event(state, event)
     if event.type is EventType.TOUCH_RECORDED:
         after, touched = _manual_touch(client_key, after, event)
-        after, entered = _resegment(client_key, after, event.event_time, rules)
+        after, entered = _resegment(client_key, after, event.event_time, rules,
+                                    live=not event.history)
         return after, fired + touched + entered
     after, candidates = catalogue.on_event(state, after, event, rules)
     decided: list[Trigger] = []
     if candidates:
         after, decided = _decide_all(client_key, after, [(c, None) for c in candidates],
-                                     event.event_time, rules, delayable=True)
-    after, entered = _resegment(client_key, after, event.event_time, rules)
+                                     event.event_time, rules, delayable=True,
+                                     live=not event.history)
+    after, entered = _resegment(client_key, after, event.event_time, rules,
+                                live=not event.history)
     return after, fired + decided + entered

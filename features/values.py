@@ -62,6 +62,7 @@ class Feature:
     next_change: Stepper | None = None  # changes stepwise with time alone
     anchor: Anchor | None = None  # value = (now - anchor) / unit
     unit: float = DAY
+    whole: bool = False  # a NUMBER that is always a whole number (a count, a score)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def _since(name: str, group: str, attr: str, unit: float = DAY) -> Feature:
 def _build() -> dict[str, Feature]:
     N, T, X = Kind.NUMBER, Kind.TIME, Kind.TEXT
     table = [
-        Feature("orders_count", N, "orders", _state("orders_count")),
+        Feature("orders_count", N, "orders", _state("orders_count"), whole=True),
         Feature("monetary_total", N, "orders", _state("monetary_total")),
         Feature("avg_order_value", N, "orders", lambda c: (
             round(c.state.monetary_total / c.state.orders_count, 2)
@@ -204,7 +205,7 @@ def _build() -> dict[str, Feature]:
         Feature("last_order_at", T, "orders", _state("last_order_at")),
         _since("recency_days", "orders", "last_order_at"),
         *(Feature(f"orders_{d}d", N, "orders", _orders_in(d),
-                  next_change=_order_window_change(d)) for d in ORDER_WINDOWS_DAYS),
+                  next_change=_order_window_change(d), whole=True) for d in ORDER_WINDOWS_DAYS),
         *(Feature(f"monetary_{d}d", N, "orders", _money_in(d),
                   next_change=_order_window_change(d)) for d in ORDER_WINDOWS_DAYS),
         Feature("mean_days_between_orders", N, "orders", lambda c: (
@@ -212,9 +213,9 @@ def _build() -> dict[str, Feature]:
         Feature("predicted_next_order_at", T, "orders", _predicted_next_order),
         Feature("lifecycle_stage", X, "orders", _stage,
                 next_change=lambda c: lifecycle_next_change(c.state, c.now, c.rules.lifecycle)),
-        Feature("rfm_r", N, "rfm", _rfm_part(0), next_change=_rfm_change),
-        Feature("rfm_f", N, "rfm", _rfm_part(1)),
-        Feature("rfm_m", N, "rfm", _rfm_part(2)),
+        Feature("rfm_r", N, "rfm", _rfm_part(0), next_change=_rfm_change, whole=True),
+        Feature("rfm_f", N, "rfm", _rfm_part(1), whole=True),
+        Feature("rfm_m", N, "rfm", _rfm_part(2), whole=True),
         Feature("rfm_segment", X, "rfm", _rfm_segment, next_change=_rfm_change),
         Feature("registered_at", T, "profile", _state("registered_at")),
         _since("days_since_registration", "profile", "registered_at"),
@@ -222,28 +223,28 @@ def _build() -> dict[str, Feature]:
         Feature("last_seen_at", T, "visits", _state("last_seen_at")),
         Feature("last_visit_at", T, "visits", _state("last_visit_at")),
         _since("days_since_last_visit", "visits", "last_visit_at"),
-        Feature("visits", N, "visits", _state("visits")),
+        Feature("visits", N, "visits", _state("visits"), whole=True),
         Feature("visits_7d", N, "visits", _bucket_total("visit_days", DAY, 7),
-                next_change=_bucket_change("visit_days", DAY, 7)),
+                next_change=_bucket_change("visit_days", DAY, 7), whole=True),
         Feature("visits_30d", N, "visits", _bucket_total("visit_days", DAY, VISIT_DAYS),
-                next_change=_bucket_change("visit_days", DAY, VISIT_DAYS)),
+                next_change=_bucket_change("visit_days", DAY, VISIT_DAYS), whole=True),
         Feature("views_24h", N, "views", _bucket_total("view_hours", HOUR, VIEW_HOURS),
-                next_change=_bucket_change("view_hours", HOUR, VIEW_HOURS)),
+                next_change=_bucket_change("view_hours", HOUR, VIEW_HOURS), whole=True),
         Feature("views_7d", N, "views", _bucket_total("view_days", DAY, VIEW_DAYS),
-                next_change=_bucket_change("view_days", DAY, VIEW_DAYS)),
+                next_change=_bucket_change("view_days", DAY, VIEW_DAYS), whole=True),
         Feature("last_view_at", T, "views", lambda c: _latest_view(c.state)),
-        Feature("cart_items", N, "cart", lambda c: c.state.cart_items),
+        Feature("cart_items", N, "cart", lambda c: c.state.cart_items, whole=True),
         Feature("cart_value", N, "cart", lambda c: c.state.cart_value),
         Feature("cart_updated_at", T, "cart", _state("cart_updated_at")),
         _since("cart_age_hours", "cart", "cart_since", HOUR),
         Feature("top_category", X, "categories", _top_category),
         Feature("preferred_channel", X, "engagement", lambda c: (
             c.state.channel_engagement[0][0] if c.state.channel_engagement else None)),
-        Feature("nps_score", N, "nps", _state("nps_score")),
+        Feature("nps_score", N, "nps", _state("nps_score"), whole=True),
         Feature("nps_at", T, "nps", _state("nps_at")),
-        Feature("support_requests", N, "support", _state("support_requests")),
+        Feature("support_requests", N, "support", _state("support_requests"), whole=True),
         Feature("loyalty_tier", X, "orders", lambda c: c.state.loyalty_tier or None),
-        Feature("age", N, "profile", _age, next_change=_age_change),
+        Feature("age", N, "profile", _age, next_change=_age_change, whole=True),
     ]
     return {f.name: f for f in table}
 

@@ -19,14 +19,20 @@ FULL = ClientState(
     loyalty_tier="silver",
     pending=(PendingTrigger(10.0, "abandoned_cart", "1.000", 5.0,
                             {"items": [{"product_id": "p"}], "cart_value": 3.5}, True),),
-    sends=(4.0, 5.5), decided=(123, 4_000_000_000))
+    sends=(4.0, 5.5), decided=(123, 4_000_000_000), history_until=1_700_000_100.0)
 
 
 def test_round_trip_of_every_new_field() -> None:
     data = encode_state(FULL)
     assert decode_state(data) == FULL
     assert encode_state(decode_state(data)) == data
-    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 6
+    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 7
+
+
+def test_version_6_records_read_as_never_backfilled() -> None:
+    row = msgpack.unpackb(encode_state(FULL))
+    old = msgpack.packb([6, *row[1:-1]])
+    assert decode_state(old) == replace(FULL, history_until=0.0)
 
 
 def test_marks_are_stored_compactly() -> None:
@@ -42,7 +48,7 @@ def test_version_2_records_are_read_with_defaults() -> None:
     v2 = msgpack.packb([2, *row[1:33]], use_bin_type=True)
     old = decode_state(v2)
     assert old == replace(FULL, categories=(), marks=(), loyalty_tier="", pending=(), sends=(),
-                          decided=())
+                          decided=(), history_until=0.0)
 
 
 @pytest.mark.parametrize("data", [msgpack.packb([1, 2, 3]), msgpack.packb({"a": 1}), b"\xc1"])

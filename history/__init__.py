@@ -1,0 +1,1 @@
+"""History in and features out: input formats, replay, backfill and Parquet export."""

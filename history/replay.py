@@ -1,0 +1,214 @@
+"""`crmflow replay`: the live dataflow run on event time over a history, into Parquet.
+
+Nothing is recomputed apart: the events go into the event streams of a private Redis (an
+embedded server of the replay's own, unless one is given), the same Bytewax dataflow and
+pure core run over them with the clock taken from event time alone, and the same exporter
+as `crmflow export` writes the result. What differs from live is only the clock:
+
+- every timer fires on its client's own next event or, at the end, at the as-of time;
+  none on the arrival clock, whose times are the replay's, not the history's. So a
+  client's outcome depends on its own events only, whatever the workers or batch size;
+- RFM scores are relative to all buyers: the model is computed once, as of the end, and
+  the dataflow then re-files every buyer under it (entered at the as-of time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import redis
+from prometheus_client import CollectorRegistry
+
+from config.settings import Settings
+from crmflow.redis_server import EmbeddedRedis
+from dataflows.run import run_dataflow
+from features.events import format_time
+from features.rfm import RfmMode, RfmModel
+from history.load import History, Progress, describe, load_history
+from sinks import rfm_index
+from sinks.event_log import AppendOptions, EventLog
+from sinks.keys import KeyLayout
+from sinks.parquet_export import ExportSummary, write_profiles, write_triggers
+from sinks.redis_client import sync_client
+
+APPEND_CHUNK = 5000
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    history: History
+    as_of: float
+    export: ExportSummary
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    def summary(self) -> list[str]:
+        total = max(self.total_seconds, 1e-9)
+        rows, events = self.history.tally.rows, len(self.history.events)
+        lines = describe(self.history)
+        lines.append(f"as of: {format_time(self.as_of)}")
+        lines.append(f"profiles: {self.export.profiles:,}; memberships: "
+                     f"{self.export.memberships:,}; merged clients: {self.export.tombstones:,}")
+        lines.append(f"triggers: {self.export.triggers:,}")
+        by_type: dict[str, list[str]] = {}
+        for (kind, status), count in sorted(self.export.triggers_by_type.items()):
+            by_type.setdefault(kind, []).append(f"{status} {count:,}")
+        lines.extend(f"  {kind}: {', '.join(parts)}" for kind, parts in by_type.items())
+        lines.append("time: " + ", ".join(f"{stage} {s:.1f}s" for stage, s in
+                                           self.seconds.items())
+                     + f"; total {total:.1f}s ({rows / total:,.0f} rows/s, "
+                       f"{events / total:,.0f} events/s)")
+        return lines
+
+
+def replay_settings(settings: Settings, redis_url: str, key_prefix: str, *,
+                    workers: int | None, batch_size: int | None) -> Settings:
+    """The settings a replay runs with: its Redis, and event time as the only clock."""
+    redis_section = settings.redis.model_copy(update={
+        "url": redis_url, "key_prefix": key_prefix, "dedupe_window": 0.0})
+    dataflow = settings.dataflow.model_copy(update={
+        "workers": workers or settings.dataflow.workers,
+        "batch_size": batch_size or settings.dataflow.batch_size,
+        "allowed_lateness": 0.0, "metrics_port": 0})
+    rfm = settings.rfm.model_copy(update={"refresh": 0.0})  # one model, as of the end
+    return settings.model_copy(update={"redis": redis_section, "dataflow": dataflow,
+                                       "rfm": rfm})
+
+
+@contextlib.contextmanager
+def _private_redis() -> Iterator[str]:
+    folder = Path(tempfile.mkdtemp(prefix="crmflow-replay-"))
+    server = EmbeddedRedis(folder, appendonly=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.kill()  # scratch data: nothing to save
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class _DataflowProgress:
+    """Shows the dataflow's count of entries read while it runs (from its own metrics)."""
+
+    def __init__(self, progress: Progress, registry: CollectorRegistry, total: int) -> None:
+        self._progress = progress
+        self._registry = registry
+        self._total = total
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _read(self) -> float:
+        return sum(sample.value for metric in self._registry.collect()
+                   if metric.name == "crmflow_dataflow_events_read"
+                   for sample in metric.samples if sample.name.endswith("_total"))
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.wait(0.5):
+            read = self._read()
+            rate = read / max(time.monotonic() - started, 1e-9)
+            self._progress.show(f"dataflow: {read:,.0f} of {self._total:,} events "
+                                f"({rate:,.0f}/s)")
+
+    def __enter__(self) -> _DataflowProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def replay(inputs: Sequence[Path], fmt: str, out: Path, settings: Settings, *,
+           as_of: float | None = None, workers: int | None = None,
+           batch_size: int | None = None, mapping: Mapping[str, str] | None = None,
+           strict: bool = False, redis_url: str | None = None, key_prefix: str = "replay",
+           progress: Progress | None = None) -> ReplayResult:
+    """Replay `inputs` and write profiles, segments and triggers as Parquet into `out`.
+
+    `redis_url`: run on this Redis under `key_prefix` (which must hold no other data)
+    instead of a private embedded server.
+    """
+    progress = progress or Progress(enabled=False)
+    seconds: dict[str, float] = {}
+    started = time.monotonic()
+    history = load_history(inputs, fmt, mapping=mapping, strict=strict, as_of=as_of,
+                           progress=progress)
+    seconds["read"] = time.monotonic() - started
+    end = as_of if as_of is not None else history.last_time
+    if end is None:
+        end = time.time()  # nothing to replay: empty tables, as of now
+    with contextlib.ExitStack() as stack:
+        url = redis_url or stack.enter_context(_private_redis())
+        run = replay_settings(settings, url, key_prefix, workers=workers,
+                              batch_size=batch_size)
+        export = _run(history, run, out, end, progress, seconds)
+    return ReplayResult(history, end, export, seconds)
+
+
+def _run(history: History, settings: Settings, out: Path, as_of: float, progress: Progress,
+         seconds: dict[str, float]) -> ExportSummary:
+    client = sync_client(settings.redis)
+    layout = KeyLayout.from_settings(settings)
+    try:
+        started = time.monotonic()
+        log = EventLog(client, layout, AppendOptions(dedupe_window=0))
+        events = history.events
+        for start in range(0, len(events), APPEND_CHUNK):
+            log.append(events[start:start + APPEND_CHUNK])
+            progress.show(f"appending: {min(start + APPEND_CHUNK, len(events)):,} of "
+                          f"{len(events):,} events")
+        seconds["append"] = time.monotonic() - started
+
+        started = time.monotonic()
+        registry = CollectorRegistry()
+        # First every event, including those the dataflow writes itself (identity merges
+        # and forwards), with the head clock before history began: nothing fires at the
+        # head yet. Then the RFM model as of the end, and the head clock at the as-of time:
+        # what is still due fires, and buyers are filed under the model.
+        before = events[0].event_time - 1.0 if events else as_of
+        with _DataflowProgress(progress, registry, len(events)):
+            run_dataflow(settings, stop_when_caught_up=True, registry=registry,
+                         metrics_port=0, as_of=min(before, as_of), replay=True)
+        rules = settings.trigger_rules().segments
+        model = _final_model(settings, client, layout, as_of)
+        run_dataflow(settings, stop_when_caught_up=True, registry=CollectorRegistry(),
+                     metrics_port=0, as_of=as_of, replay=True, rfm_model=model)
+        if model is not None:
+            rules = replace(rules, rfm_model=model)
+        seconds["dataflow"] = time.monotonic() - started
+
+        started = time.monotonic()
+        progress.show("writing Parquet", force=True)
+        out.mkdir(parents=True, exist_ok=True)
+        summary = ExportSummary()
+        write_profiles(client, layout, rules, out, as_of, summary)
+        write_triggers(client, layout, out, summary, by_day=False)
+        seconds["write"] = time.monotonic() - started
+        progress.done()
+        return summary
+    finally:
+        client.close()
+
+
+def _final_model(settings: Settings, client: redis.Redis, layout: KeyLayout, as_of: float
+                 ) -> RfmModel | None:
+    rules = settings.trigger_rules().segments
+    if not rules.rfm_enabled:
+        return None
+    mode: RfmMode = "fixed" if rules.rfm_mode == "fixed" else "quantile"
+    model = rfm_index.compute_model(client, layout, as_of, mode, rules.rfm_fixed)
+    if model.empty:
+        return None
+    rfm_index.store_model(client, layout, model)
+    return model

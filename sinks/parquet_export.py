@@ -1,0 +1,209 @@
+"""Profiles, segment memberships and the trigger log from Redis to Parquet, in batches.
+
+One writer serves `crmflow export` (the live system) and `crmflow replay` (a private
+Redis the replay filled), so the two write the same columns with the same types.
+
+Memory is bounded by the batch size, not by the number of clients: states are read a
+bucket at a time with HSCAN (the bucket hashes are known by number; nothing scans the
+keyspace), triggers a page at a time with XRANGE, and rows leave as Parquet row groups.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import redis
+
+from features.codec import decode_state
+from features.profile import profile_row
+from features.rules import SegmentRules
+from features.state import ClientState
+from features.values import FEATURES, Kind
+from sinks.keys import KeyLayout
+
+BATCH_ROWS = 10_000
+PAGE = 1000
+_TIME = pa.timestamp("ms", tz="UTC")
+
+
+def _feature_type(name: str) -> pa.DataType:
+    feature = FEATURES[name]
+    if feature.kind is Kind.TIME:
+        return _TIME
+    if feature.kind is Kind.NUMBER:
+        return pa.int64() if feature.whole else pa.float64()
+    if feature.kind is Kind.BOOL:
+        return pa.bool_()
+    return pa.string()
+
+
+PROFILE_SCHEMA = pa.schema([pa.field("client_id", pa.string(), nullable=False),
+                            *(pa.field(name, _feature_type(name)) for name in FEATURES),
+                            pa.field("updated_at", _TIME),
+                            pa.field("traits", pa.string())])  # JSON text
+SEGMENT_SCHEMA = pa.schema([pa.field("client_id", pa.string(), nullable=False),
+                            pa.field("segment", pa.string(), nullable=False),
+                            pa.field("entered_at", _TIME)])
+TRIGGER_SCHEMA = pa.schema([
+    pa.field("trigger_id", pa.string(), nullable=False), pa.field("client_id", pa.string()),
+    pa.field("type", pa.string()), pa.field("key", pa.string()),
+    pa.field("fired_at", _TIME), pa.field("decided_at", _TIME),
+    pa.field("status", pa.string()), pa.field("reason", pa.string()),
+    pa.field("channel", pa.string()), pa.field("source", pa.string()),
+    pa.field("deferred_until", _TIME), pa.field("payload", pa.string())])
+_TRIGGER_TIMES = ("fired_at", "decided_at", "deferred_until")
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+def _ms_of_text(text: str | None) -> int | None:
+    return None if not text else _ms(datetime.fromisoformat(text).timestamp())
+
+
+class _BatchedWriter:
+    """Rows in, Parquet row groups of `batch` rows out; the file exists only once written
+    (an empty table still gets its schema)."""
+
+    def __init__(self, path: Path, schema: pa.Schema, batch: int = BATCH_ROWS) -> None:
+        self._path = path
+        self._schema = schema
+        self._batch = batch
+        self._rows: list[dict[str, Any]] = []
+        self._writer: pq.ParquetWriter | None = None
+        self.written = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= self._batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._writer is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self._path, self._schema, compression="zstd")
+        self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self._schema))
+        self.written += len(self._rows)
+        self._rows = []
+
+    def close(self) -> None:
+        if self._rows or self._writer is None:
+            self._flush()
+        assert self._writer is not None
+        self._writer.close()
+
+
+@dataclass(slots=True)
+class ExportSummary:
+    profiles: int = 0
+    memberships: int = 0
+    triggers: int = 0
+    tombstones: int = 0  # anonymous clients merged into another: pointers, not profiles
+    triggers_by_type: Counter[tuple[str, str]] = field(default_factory=Counter)
+    files: list[Path] = field(default_factory=list)
+
+
+def client_states(client: redis.Redis, layout: KeyLayout) -> Iterator[tuple[str, ClientState]]:
+    """Every stored client, a bucket at a time, a page of a bucket at a time."""
+    for bucket in range(layout.buckets):
+        for key, raw in client.hscan_iter(layout.state(bucket), count=PAGE):
+            yield cast(bytes, key).decode(), decode_state(cast(bytes, raw))
+
+
+def trigger_records(client: redis.Redis, layout: KeyLayout) -> Iterator[dict[str, Any]]:
+    """Every decision the trigger streams hold, as table rows, a page at a time."""
+    for stream in layout.all_trigger_streams():
+        start = "-"
+        while True:
+            page = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                        client.xrange(stream, min=start, max="+", count=PAGE))
+            for _, fields in page:
+                record = {k.decode(): v.decode() for k, v in fields.items()}
+                row: dict[str, Any] = {name: record.get(name) for name in TRIGGER_SCHEMA.names}
+                for name in _TRIGGER_TIMES:
+                    row[name] = _ms_of_text(record.get(name))
+                yield row
+            if len(page) < PAGE:
+                break
+            start = "(" + page[-1][0].decode()
+
+
+def write_profiles(client: redis.Redis, layout: KeyLayout, rules: SegmentRules, out: Path,
+                   as_of: float, summary: ExportSummary) -> None:
+    """`profiles.parquet` (features as of `as_of`) and `segments.parquet`."""
+    profiles = _BatchedWriter(out / "profiles.parquet", PROFILE_SCHEMA)
+    segments = _BatchedWriter(out / "segments.parquet", SEGMENT_SCHEMA)
+    times = [name for name in PROFILE_SCHEMA.names if PROFILE_SCHEMA.field(name).type == _TIME]
+    for client_key, state in client_states(client, layout):
+        if state.merged_into:
+            summary.tombstones += 1
+            continue
+        row = profile_row(client_key, state, as_of, rules)
+        for name in times:
+            row[name] = _ms(row[name])
+        row["traits"] = json.dumps(dict(state.traits), sort_keys=True, separators=(",", ":"),
+                                   default=str) if state.traits else None
+        profiles.add(row)
+        for name, entered_at in state.segments:
+            segments.add({"client_id": client_key, "segment": name,
+                          "entered_at": _ms(entered_at)})
+    for writer in (profiles, segments):
+        writer.close()
+    summary.profiles, summary.memberships = profiles.written, segments.written
+    summary.files += [out / "profiles.parquet", out / "segments.parquet"]
+
+
+def write_triggers(client: redis.Redis, layout: KeyLayout, out: Path, summary: ExportSummary,
+                   *, by_day: bool) -> None:
+    """`triggers.parquet`, or with `by_day` a Hive-partitioned `triggers/day=YYYY-MM-DD/`
+    folder (one part file per day per batch, so memory stays bounded)."""
+    if not by_day:
+        writer = _BatchedWriter(out / "triggers.parquet", TRIGGER_SCHEMA)
+        for row in trigger_records(client, layout):
+            writer.add(row)
+            summary.triggers_by_type[row["type"], row["status"]] += 1
+        writer.close()
+        summary.triggers = writer.written
+        summary.files.append(out / "triggers.parquet")
+        return
+    folder = out / "triggers"
+    if folder.exists():
+        shutil.rmtree(folder)  # a fresh export, not parts of an older one mixed in
+    folder.mkdir(parents=True)
+    days: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    buffered = parts = 0
+
+    def flush() -> None:
+        nonlocal buffered, parts
+        for day, rows in sorted(days.items()):
+            path = folder / f"day={day}" / f"part-{parts:05d}.parquet"
+            path.parent.mkdir(exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(rows, schema=TRIGGER_SCHEMA), path,
+                           compression="zstd")
+            summary.files.append(path)
+        parts += 1
+        days.clear()
+        buffered = 0
+
+    for row in trigger_records(client, layout):
+        fired = row["fired_at"]
+        day = (datetime.fromtimestamp(fired / 1000, UTC).date().isoformat()
+               if fired is not None else "unknown")
+        days[day].append(row)
+        buffered += 1
+        summary.triggers += 1
+        summary.triggers_by_type[row["type"], row["status"]] += 1
+        if buffered >= BATCH_ROWS:
+            flush()
+    if buffered:
+        flush()

@@ -1,0 +1,210 @@
+"""History formats: the mapping of each input format to canonical events, bad rows counted
+by reason or (strict) stopping at their line, and independence from how input is split."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from features.events import EventType, event_to_dict
+from history.files import HistoryError
+from history.formats import Tally, parse_mapping, read_events
+from history.load import load_history
+
+
+def write(path: Path, text: str, *, gz: bool = False) -> Path:
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def events_of(fmt: str, paths: list[Path], **kwargs: object) -> tuple[list[dict], Tally]:
+    tally = Tally()
+    events = [event_to_dict(e) for e in read_events(fmt, paths, tally, **kwargs)]  # type: ignore[arg-type]
+    return sorted(events, key=lambda e: (e["event_time"], e["event_id"])), tally
+
+
+ORDERS = """CustomerID,InvoiceDate,Amount,Invoice,Qty
+42,2024-03-01 10:00:00,10.5,A1,1
+42,2024-03-01T10:05:00+02:00,4.5,A1,2
+43,2024-03-02T09:00:00Z,7,B7,1
+,2024-03-02T09:00:00Z,7,B8,1
+44,yesterday,7,B9,1
+45,2024-03-02T09:00:00Z,seven,C1,1
+"""
+
+
+def test_orders_with_mapped_columns_group_lines_and_count_bad_rows(tmp_path: Path) -> None:
+    path = write(tmp_path / "orders.csv.gz", ORDERS, gz=True)
+    mapping = parse_mapping("client_id=CustomerID,timestamp=InvoiceDate,amount=Amount,"
+                            "order_id=Invoice,quantity=Qty")
+    events, tally = events_of("orders", [path], mapping=mapping)
+    assert [(e["client_id"], e["order"]["order_id"], e["order"]["total"]) for e in events] == [
+        ("42", "A1", 15.0), ("43", "B7", 7.0)]
+    # a line's zone is honoured (10:05+02:00 is 08:05Z): the order is placed at its earliest
+    assert events[0]["event_time"] == pytest.approx(1709280300.0)  # 2024-03-01T08:05Z
+    assert tally.rows == 6
+    assert tally.bad == {"missing client_id": 1, "bad timestamp": 1, "bad amount": 1}
+    assert tally.examples["bad timestamp"].startswith(f"{path}:6: bad timestamp")
+
+
+def test_orders_without_an_order_id_make_one_order_per_row(tmp_path: Path) -> None:
+    text = "client_id,timestamp,amount\n1,2024-01-01,5\n1,2024-01-01,5\n1,2024-01-02,-3\n"
+    events, tally = events_of("orders", [write(tmp_path / "o.csv", text)])
+    assert len(events) == 2 and {e["order"]["total"] for e in events} == {5.0}
+    assert len({e["event_id"] for e in events}) == 2  # identical rows stay two orders
+    assert tally.bad == {"negative order amount": 1}
+
+
+def test_strict_stops_at_the_first_bad_row_naming_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "orders.csv", ORDERS)
+    mapping = parse_mapping("client_id=CustomerID,timestamp=InvoiceDate,amount=Amount")
+    with pytest.raises(HistoryError, match=rf"{path}:5: missing client_id"):
+        list(read_events("orders", [path], Tally(strict=True), mapping))
+
+
+def test_missing_columns_and_bad_mappings_are_named(tmp_path: Path) -> None:
+    path = write(tmp_path / "o.csv", "who,when,much\n1,2024-01-01,5\n")
+    with pytest.raises(HistoryError, match="missing column.*client_id, timestamp, amount"):
+        list(read_events("orders", [path], Tally()))
+    with pytest.raises(HistoryError, match="unknown name 'customer'"):
+        parse_mapping("customer=who")
+    with pytest.raises(HistoryError, match="no such file"):
+        list(read_events("orders", [tmp_path / "nope.csv"], Tally()))
+    with pytest.raises(HistoryError, match="--map applies to --format orders only"):
+        read_events("events", [path], Tally(), {"client_id": "who"})
+
+
+def test_orders_from_parquet_with_timestamps(tmp_path: Path) -> None:
+    table = pa.table({"client_id": ["1", "2"], "amount": [3.0, 4.0],
+                      "timestamp": pa.array([1_700_000_000_000, 1_700_000_100_000],
+                                            type=pa.timestamp("ms"))})
+    pq.write_table(table, tmp_path / "orders.parquet")
+    events, tally = events_of("orders", [tmp_path / "orders.parquet"])
+    assert [(e["client_id"], e["event_time"]) for e in events] == [
+        ("1", 1_700_000_000.0), ("2", 1_700_000_100.0)]
+    assert tally.rows == 2 and not tally.bad
+
+
+def test_canonical_events_from_json_lines_and_parquet(tmp_path: Path) -> None:
+    good = {"event_id": "e1", "type": "cart_add", "client_id": "c1",
+            "event_time": "2024-05-01T10:00:00Z",
+            "products": [{"product_id": "p1", "price": 9.5, "quantity": 2}]}
+    lines = [json.dumps(good), "", "{not json", json.dumps([1]),
+             json.dumps({**good, "event_id": "e2", "type": "cart_add", "products": []}),
+             json.dumps({**good, "event_id": "e3", "type": "identity_linked",
+                         "properties": {"client_id": "c9"}}),
+             json.dumps({k: v for k, v in good.items() if k != "event_id"})]
+    path = write(tmp_path / "events.jsonl.gz", "\n".join(lines) + "\n", gz=True)
+    events, tally = events_of("events", [path])
+    assert [e["event_id"][:2] for e in events] == ["e1", "h-"]  # the second: a content id
+    assert tally.bad == {"invalid json": 1, "not an object": 1, "invalid products": 1,
+                         "invalid type": 1}
+    assert tally.examples["invalid products"].startswith(f"{path}:5:")
+    pq.write_table(pa.Table.from_pylist([good]), tmp_path / "events.parquet")
+    from_parquet, _ = events_of("events", [tmp_path / "events.parquet"])
+    assert from_parquet == events[:1]
+
+
+def test_segment_messages(tmp_path: Path) -> None:
+    messages = [
+        {"type": "track", "event": "Order Completed", "userId": "u1", "messageId": "m1",
+         "timestamp": "2024-05-01T10:00:00Z",
+         "properties": {"order_id": "o1", "revenue": 20, "products": []}},
+        {"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m2",
+         "timestamp": "2024-05-01T09:00:00Z", "traits": {"email": "u1@example.com"}},
+        {"type": "track", "event": "Product Viewed", "userId": "u2"},  # no time at all
+    ]
+    path = write(tmp_path / "segment.jsonl", "\n".join(map(json.dumps, messages)))
+    events, tally = events_of("segment", [path])
+    assert [(e["type"], e["client_id"]) for e in events] == [("identify", "u1"),
+                                                            ("order_placed", "u1")]
+    assert tally.bad == {"invalid timestamp": 1}
+
+
+UCI_HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+
+
+def test_uci_invoices_become_orders_and_c_invoices_cancellations(tmp_path: Path) -> None:
+    text = UCI_HEADER + (
+        "536365,85123A,HEART,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom\n"
+        "536365,71053,LANTERN,6,2010-12-01 08:26:00,3.39,17850.0,United Kingdom\n"
+        "C536379,D,Discount,-1,2010-12-01 09:41:00,27.5,14527.0,United Kingdom\n"
+        "536414,22139,,56,2010-12-01 11:52:00,0,,United Kingdom\n"
+        "536415,22139,,x,2010-12-01 11:52:00,0,17850.0,United Kingdom\n")
+    events, tally = events_of("uci-online-retail", [write(tmp_path / "uci.csv", text)])
+    assert [(e["type"], e["client_id"], e["order"]["order_id"], e["order"]["total"])
+            for e in events] == [("order_placed", "17850", "536365", 35.64),
+                                 ("order_cancelled", "14527", "C536379", 27.5)]
+    assert events[0]["traits"] == {"country": "United Kingdom"}
+    assert tally.skipped == {"no CustomerID": 1}
+    assert tally.bad == {"unreadable number or date": 1}
+
+
+REES46_HEADER = ("event_time,event_type,product_id,category_id,category_code,brand,price,"
+                 "user_id,user_session\n")
+
+
+def test_rees46_sessions_views_carts_and_orders(tmp_path: Path) -> None:
+    text = REES46_HEADER + (
+        "2019-10-01 00:00:05 UTC,view,1,9,electronics.phone,x,100.0,7,s1\n"
+        "2019-10-01 00:00:00 UTC,view,2,9,,x,50.0,7,s1\n"
+        "2019-10-01 00:01:00 UTC,cart,1,9,electronics.phone,x,100.0,7,s1\n"
+        "2019-10-01 00:02:00 UTC,purchase,1,9,electronics.phone,x,100.0,7,s1\n"
+        "2019-10-01 00:02:00 UTC,purchase,2,9,,x,50.0,7,s1\n"
+        "2019-10-01 00:03:00 UTC,remove_from_cart,2,9,,x,50.0,7,s1\n"
+        "2019-10-01 00:04:00 UTC,wishlist,2,9,,x,50.0,7,s1\n")
+    events, tally = events_of("rees46", [write(tmp_path / "r.csv", text)])
+    kinds = [(e["type"], e["event_time"] % 3600) for e in events]
+    assert kinds == [("product_view", 0), ("visit", 0), ("product_view", 5), ("cart_add", 60),
+                     ("order_placed", 120), ("cart_remove", 180)]
+    order = next(e for e in events if e["type"] == "order_placed")["order"]
+    assert order["total"] == 150.0 and len(order["items"]) == 2
+    assert tally.bad == {"unknown event_type": 1}
+
+
+def test_the_same_rows_split_into_files_in_any_order_give_the_same_events(
+        tmp_path: Path) -> None:
+    rng = random.Random(7)
+    rows = [f"{rng.randrange(20)},2024-01-{rng.randrange(1, 28):02d}T10:00:00Z,"
+            f"{rng.randrange(1, 50)},{'o' + str(rng.randrange(40)) if n % 3 else ''}"
+            for n in range(300)]
+    whole = write(tmp_path / "all.csv", "client_id,timestamp,amount,order_id\n" + "\n".join(rows))
+    parts = []
+    for k in range(3):
+        parts.append(write(tmp_path / f"part{k}.csv",
+                           "client_id,timestamp,amount,order_id\n" + "\n".join(rows[k::3])))
+    one = load_history([whole], "orders")
+    split = load_history(parts[::-1], "orders")
+    assert [event_to_dict(e) for e in one.events] == [event_to_dict(e) for e in split.events]
+    assert one.tally.bad == split.tally.bad
+    times = [e.event_time for e in one.events]
+    assert times == sorted(times)
+    assert all(e.type is EventType.ORDER_PLACED for e in one.events)
+
+
+def test_progress_shows_rows_events_and_clients_on_a_terminal(tmp_path: Path) -> None:
+    import io
+
+    from history.load import Progress
+
+    text = "client_id,timestamp,amount\n" + "".join(
+        f"c{n % 700},2024-01-01T00:00:{n % 60:02d}Z,{n + 1}\n" for n in range(2500))
+    screen = io.StringIO()
+    history = load_history([write(tmp_path / "o.csv", text)], "orders",
+                           progress=Progress(screen, enabled=True))
+    assert history.clients == 700
+    shown = screen.getvalue()
+    assert "read 2,500 rows, 2,500 events, 700 clients" in shown and shown.endswith("\n")
+    quiet = io.StringIO()
+    load_history([tmp_path / "o.csv"], "orders", progress=Progress(quiet))  # not a terminal
+    assert quiet.getvalue() == ""
