@@ -59,7 +59,7 @@ class Plan:
 FULL = Plan(sizes=(100_000, 1_000_000), events_per_client=2, naive_events=30_000,
             load_seconds=10, latency_seconds=20)
 QUICK = Plan(sizes=(100_000,), events_per_client=2, naive_events=10_000, load_seconds=3,
-             latency_seconds=8, replay_events=100_000)
+             latency_seconds=8, replay_events=50_000)
 
 
 def log(message: str) -> None:
