@@ -14,7 +14,7 @@ from api.cors import IngestCORSMiddleware
 from api.deps import Resources
 from api.fast_reads import ProfileFastPath
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.routes import health, ingest, profiles, segments, touches
+from api.routes import erasure, health, ingest, profiles, segments, touches
 from api.segment_rules_view import SegmentRulesView
 from config.settings import Settings
 from sinks.event_log import AppendOptions, AsyncEventLog
@@ -48,6 +48,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.include_router(ingest.router)
     app.include_router(profiles.router)
     app.include_router(touches.router)
+    app.include_router(erasure.router)
     app.include_router(segments.router)
     app.include_router(health.router)
 

@@ -116,7 +116,11 @@ async def require_admin_key(request: Request, resources: ResourcesDep) -> None:
     if credential is None:
         raise _unauthorized("missing admin key: send Authorization: Bearer <admin key>",
                             "Bearer")
-    if not _matches(credential[1], resources.settings.api.admin_keys):
+    api = resources.settings.api
+    if not _matches(credential[1], api.admin_keys):
+        if _matches(credential[1], api.read_keys + api.write_keys):
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                detail="this key may not do this: an admin key is required")
         raise _unauthorized("an admin key is required", "Bearer")
 
 

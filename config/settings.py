@@ -133,7 +133,7 @@ class ApiSettings(Section):
     write_keys: KeyList = Field(default_factory=list)
     read_keys: KeyList = Field(default_factory=list)
     admin_keys: KeyList = Field(default_factory=list)
-    cors_origins: KeyList = Field(default_factory=lambda: ["*"])
+    cors_origins: KeyList = Field(default_factory=list)  # closed unless sites are listed
     fast_reads: bool = True
     max_future_skew: Duration = 3600.0
     max_event_bytes: PositiveInt = 32 * 1024

@@ -16,7 +16,7 @@ import heapq
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -26,7 +26,7 @@ from dataflows.metrics import DataflowMetrics
 from dataflows.rfm_model import RfmModelCache
 from features import segments
 from features.codec import decode_state, encode_state
-from features.events import Event, EventError, parse_event
+from features.events import ANONYMOUS_PREFIX, Event, EventError, EventType, parse_event
 from features.identity import handle
 from features.routing import bucket_of
 from features.state import ClientState, is_live
@@ -35,6 +35,7 @@ from sinks.bucket_store import (
     BucketCommit,
     BucketStore,
     DeadLetter,
+    Erasure,
     RfmValues,
     SegmentChange,
     stream_id_key,
@@ -77,6 +78,8 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         # each client changed in the current batch, as it was before the batch
         self._before: dict[str, ClientState | None] = {}
         self._emitted: list[Event] = []
+        self._erasures: list[Erasure] = []
+        self._unindexed: list[str] = []  # erased clients to take out of the RFM population
         self._metrics = metrics
         self._counts: Counter[tuple[Any, str]] = Counter()  # metric updates of one batch
         self._position = loaded.position
@@ -211,6 +214,9 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                                    stream_id, raw))
             self._counts[(self._metrics.dead_letters, "misrouted")] += 1
             return 0
+        if event.type is EventType.ERASURE_REQUESTED:
+            self._erase(client_key, event, stream_id, dirty, triggers)
+            return 1
         before = self._states.get(client_key)
         outcome = handle(client_key, before, event, self._rules)
         self._emitted.extend(outcome.emitted)
@@ -227,12 +233,34 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         self._counts[(self._metrics.events_processed, event.type.value)] += 1
         return 1
 
+    def _erase(self, client_key: str, event: Event, stream_id: str, dirty: set[str],
+               triggers: list[Trigger]) -> None:
+        """Forget the client: its state, timers and this batch's decisions about it; the
+        anonymous ids merged into it are erased too (their own requests, in their order)."""
+        state = self._states.pop(client_key, None)
+        if self._scheduled.pop(client_key, None) is not None:
+            self._metrics.timers_pending.dec()
+        dirty.discard(client_key)
+        self._before.pop(client_key, None)
+        triggers[:] = [t for t in triggers if t.client_id != client_key]
+        self._emitted = [e for e in self._emitted if e.client_key != client_key]
+        self._erasures.append(Erasure(
+            client_key, event.event_id, stream_id, event.received_at,
+            tuple(name for name, _ in state.segments) if state is not None else ()))
+        if state is not None:
+            self._unindexed.append(client_key)
+        for n, alias in enumerate(state.aliases if state is not None else (), 1):
+            self._emitted.append(replace(event, event_id=f"{event.event_id}.{n}",
+                                         client_id=None, anonymous_id=alias.removeprefix(
+                                             ANONYMOUS_PREFIX)))
+
     def _commit(self, dirty: set[str], triggers: list[Trigger], dead: list[DeadLetter],
                 applied: int, *, flush: bool = False) -> list[BucketCommit]:
         now = time.monotonic()
         moved = self._position != self._committed
         emitted, self._emitted = self._emitted, []
-        if not (dirty or triggers or dead or emitted) and not (moved and (
+        erasures, self._erasures = self._erasures, []
+        if not (dirty or triggers or dead or emitted or erasures) and not (moved and (
                 flush or now - self._last_commit >= self._config.offset_flush_interval)):
             return []
         changes: list[SegmentChange] = []
@@ -247,11 +275,14 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
             if before is None or triple != _rfm_values(before):
                 values.append((key, triple))
         self._before.clear()
+        # erased buyers leave the RFM population first: one may have bought again since
+        values[:0] = [(key, None) for key in self._unindexed]
+        self._unindexed = []
         commit = BucketCommit(
             bucket=self._bucket, base=self._committed, position=self._position,
             states=[(key, encode_state(self._states[key])) for key in sorted(dirty)],
             triggers=triggers, dead_letters=dead, events=applied, segment_changes=changes,
-            rfm_values=values, emitted=emitted)
+            rfm_values=values, emitted=emitted, erasures=erasures)
         self._committed = self._position
         self._last_commit = now
         return [commit]

@@ -42,7 +42,14 @@ class EventType(StrEnum):
     # identity steps the dataflow writes itself (features/identity.py); refused at ingest
     IDENTITY_LINKED = "identity_linked"
     PROFILE_MERGED = "profile_merged"
+    # an admin's erasure request (DELETE /v1/profiles/{id}), applied in the client's order
+    ERASURE_REQUESTED = "erasure_requested"
     CUSTOM = "custom"
+
+
+# Written by crmflow itself, never accepted from a source.
+INTERNAL_TYPES = frozenset({EventType.IDENTITY_LINKED, EventType.PROFILE_MERGED,
+                            EventType.ERASURE_REQUESTED})
 
 
 class EventError(ValueError):

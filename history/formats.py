@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from features.events import (
+    INTERNAL_TYPES,
     Event,
     EventError,
     EventType,
@@ -35,7 +36,6 @@ from history.files import is_parquet as _is_parquet
 
 FORMATS = ("events", "segment", "orders", "uci-online-retail", "rees46")
 ORDER_COLUMNS = ("client_id", "timestamp", "amount", "order_id", "quantity")
-_DATAFLOW_ONLY = (EventType.IDENTITY_LINKED, EventType.PROFILE_MERGED)
 
 
 @dataclass(slots=True)
@@ -72,8 +72,8 @@ def _validated(tally: Tally, where: str, raw: Mapping[str, Any]) -> Event | None
     except EventError as exc:
         _event_error(tally, where, exc)
         return None
-    if event.type in _DATAFLOW_ONLY:
-        tally.reject(where, "invalid type", f"{event.type.value} is written by the dataflow")
+    if event.type in INTERNAL_TYPES:
+        tally.reject(where, "invalid type", f"{event.type.value} is written by crmflow")
         return None
     return event
 

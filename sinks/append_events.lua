@@ -12,7 +12,9 @@ local results = {}
 for i = 4, #ARGV, 4 do
   local fresh = true
   if window > 0 then
-    fresh = redis.call('SET', ARGV[3] .. ARGV[i], '1', 'NX', 'EX', window)
+    -- keyed by a digest of the id: ids may carry client ids, and an erased client must
+    -- leave no key naming it
+    fresh = redis.call('SET', ARGV[3] .. redis.sha1hex(ARGV[i]), '1', 'NX', 'EX', window)
   end
   if fresh then
     table.insert(results, redis.call('XADD', KEYS[1], '*',

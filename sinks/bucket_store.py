@@ -75,6 +75,7 @@ class BucketCommit:
     segment_changes: Sequence[SegmentChange] = ()
     rfm_values: Sequence[tuple[str, RfmValues | None]] = ()  # None: no longer a buyer
     emitted: Sequence[Event] = ()  # events for other clients: identity steps, forwards
+    erasures: Sequence[Erasure] = ()  # clients erased, applied after everything above
 
 
 RfmValues = tuple[float, int, float]  # last order time, orders, money
@@ -86,6 +87,17 @@ class SegmentChange:
     segment: str
     entered: bool
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """A client erased by an admin's request: what the commit deletes besides its state."""
+
+    client_id: str
+    erasure_id: str
+    stream_id: str  # the request's entry: the client's entries up to it are purged
+    requested_at: float
+    segments: tuple[str, ...] = ()  # memberships to remove
 
 
 @dataclass(slots=True)
@@ -140,12 +152,17 @@ class BucketStore:
         partition = self._layout.partition_of_bucket(commit.bucket)
         keys = [self._layout.offsets(partition), self._layout.state(commit.bucket),
                 self._layout.triggers(partition), self._layout.dead_letters(partition),
-                self._layout.segment_changes(partition)]
+                self._layout.segment_changes(partition), self._layout.erasures(partition)]
         args: list[str | bytes | int] = [
             str(commit.bucket), commit.base, commit.position,
             self._layout.ledger_prefix(partition), self._ledger_max, self._maxlen,
             len(commit.states), len(commit.triggers), len(commit.dead_letters),
-            len(commit.segment_changes)]
+            len(commit.segment_changes), len(commit.erasures)]
+        for erasure in commit.erasures:
+            args += [erasure.client_id, erasure.erasure_id, erasure.stream_id,
+                     format_time(erasure.requested_at) or "", len(erasure.segments),
+                     *(self._layout.segment_members(partition, name)
+                       for name in erasure.segments)]
         for client_key, state in commit.states:
             args += [client_key, state]
         for trigger in commit.triggers:

@@ -8,11 +8,12 @@ and trigger ids are deterministic, so nothing is written twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from dataflows.metrics import DataflowMetrics, trigger_label
+from sinks import erasure
 from sinks.bucket_store import BucketCommit, BucketStore
 
 KeyedCommit = tuple[str, BucketCommit]
@@ -32,6 +33,13 @@ class _BucketCommitPartition(StatelessSinkPartition[KeyedCommit]):
     def __init__(self, store: BucketStore, metrics: DataflowMetrics) -> None:
         self._store = store
         self._metrics = metrics
+        # erasures a crash left committed but not purged: finished before anything else
+        self._purge(range(store.layout.partitions))
+
+    def _purge(self, partitions: Iterable[int]) -> None:
+        layout = self._store.layout
+        for partition in partitions:
+            erasure.purge(self._store.client, layout, partition, time.time())
 
     def write_batch(self, items: list[KeyedCommit]) -> None:
         commits = [commit for _, commit in items]
@@ -43,6 +51,8 @@ class _BucketCommitPartition(StatelessSinkPartition[KeyedCommit]):
         self._metrics.commits.inc(len(commits))
         for trigger_type, status in emitted:
             self._metrics.triggers.labels(trigger_label(trigger_type), status).inc()
+        layout = self._store.layout
+        self._purge({layout.partition_of_bucket(c.bucket) for c in commits if c.erasures})
 
     def close(self) -> None:
         self._store.client.close()

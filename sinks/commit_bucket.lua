@@ -5,10 +5,13 @@
 -- Returns {1, type and status of each trigger newly emitted...}, or {0} for a replayed commit.
 --
 -- KEYS: 1 offsets hash, 2 bucket state hash, 3 trigger stream, 4 dead-letter stream,
---       5 segment-changes stream
+--       5 segment-changes stream, 6 pending erasures hash
 -- ARGV: 1 bucket, 2 base position, 3 new position, 4 ledger key prefix, 5 ledger max entries,
 --       6 stream maxlen, 7 number of states, 8 number of triggers, 9 number of dead letters,
---       10 number of segment changes,
+--       10 number of segment changes, 11 number of erasures,
+--       then per erasure (applied first: a client may start afresh later in the batch):
+--       client, erasure id, its event's stream id, requested at, number of member sets N,
+--       then N member set keys
 --       then per state: client, state bytes
 --       then per trigger: client, ledger field, type, status, ledger json, number of stream
 --       fields N, then N field names and values for its trigger stream entry
@@ -23,7 +26,27 @@ if stored ~= ARGV[2] then
 end
 local maxlen = ARGV[6]
 local ledger_max = tonumber(ARGV[5])
-local i = 11
+local i = 12
+-- An erasure deletes the client's state, touch ledger and memberships here, atomically with
+-- the position; the entries that mention it in the partition's streams up to now are
+-- purged next (sinks/erasure.py), from the job recorded here.
+local function last_id(stream)
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if #last == 0 then return '0-0' end
+  return last[1][1]
+end
+for _ = 1, tonumber(ARGV[11]) do
+  local client = ARGV[i]
+  redis.call('HDEL', KEYS[2], client)
+  redis.call('DEL', ARGV[4] .. client)
+  local sets = tonumber(ARGV[i + 4])
+  for j = i + 5, i + 4 + sets do redis.call('ZREM', ARGV[j], client) end
+  redis.call('HSET', KEYS[6], ARGV[i + 1], cjson.encode({
+    client = client, requested_at = ARGV[i + 3], events_through = ARGV[i + 2],
+    triggers_through = last_id(KEYS[3]), changes_through = last_id(KEYS[5]),
+    dead_through = last_id(KEYS[4]), memberships = sets}))
+  i = i + 5 + sets
+end
 for _ = 1, tonumber(ARGV[7]) do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   i = i + 2

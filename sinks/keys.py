@@ -42,7 +42,7 @@ class KeyLayout:
         return f"{self._tag(partition)}:events"
 
     def seen(self, partition: int) -> str:
-        """Prefix of the ingest de-duplication keys; the event id follows."""
+        """Prefix of the ingest de-duplication keys; the SHA-1 of the event id follows."""
         return f"{self._tag(partition)}:seen:"
 
     def offsets(self, partition: int) -> str:
@@ -71,6 +71,19 @@ class KeyLayout:
     def segment_changes(self, partition: int) -> str:
         """Entries and exits of segments, in the order the dataflow decided them."""
         return f"{self._tag(partition)}:segment-changes"
+
+    def erasures(self, partition: int) -> str:
+        """Erasures committed but not yet purged from the partition's streams: a hash of
+        erasure id -> job (the only place an erased client's id waits, until purged)."""
+        return f"{self._tag(partition)}:erasures"
+
+    def erasure_log(self) -> str:
+        """The audit trail of erasures (no personal data): a stream."""
+        return f"{self.prefix}:audit:erasures"
+
+    def erasure_status(self) -> str:
+        """Erasure id -> its outcome, for the API (no personal data)."""
+        return f"{self.prefix}:erasure-status"
 
     def rfm_values(self, dimension: str) -> str:
         """Clients with orders by one RFM dimension ("r": last order time, "f": orders,

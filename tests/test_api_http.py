@@ -26,7 +26,7 @@ from tests.support import (
 
 @pytest.fixture
 def settings(redis_url: str, key_prefix: str) -> Settings:
-    return make_settings(redis_url, key_prefix)
+    return make_settings(redis_url, key_prefix, api={"cors_origins": ["https://shop.example"]})
 
 
 @pytest.fixture
@@ -307,3 +307,18 @@ def test_the_fast_read_path_answers_as_the_fastapi_route(
             body.get("features", {}).pop("recency_days", None)
         assert fast_body == route_body
     assert [a.status_code for a in answers[True]] == [200, 404, 401, 401]
+
+
+def test_cors_is_closed_unless_sites_are_listed(redis_url: str, key_prefix: str) -> None:
+    closed = make_settings(redis_url, key_prefix)
+    assert closed.api.cors_origins == []
+    with api_server(closed) as url:
+        preflight = httpx.options(url + "/v1/b", headers={
+            "Origin": "https://shop.example", "Access-Control-Request-Method": "POST"})
+        assert preflight.status_code == 403
+        assert "access-control-allow-origin" not in preflight.headers
+        posted = httpx.post(url + "/v1/t", headers={"Origin": "https://shop.example"},
+                            json={"writeKey": WRITE_KEY, "type": "track", "event": "Visit",
+                                  "userId": "u1", "messageId": "cors-1"})
+        assert posted.status_code == 200  # stored; the browser just may not read the answer
+        assert "access-control-allow-origin" not in posted.headers

@@ -49,6 +49,7 @@ NEEDS: dict[EventType, dict[str, Any]] = {
     EventType.CUSTOM: {"name": "coupon_copied"},
     EventType.IDENTITY_LINKED: {"properties": {"client_id": "u1"}},
     EventType.PROFILE_MERGED: {"properties": {"from": "anon:x", "state": "AAAA"}},
+    EventType.ERASURE_REQUESTED: {},
 }
 
 

@@ -113,7 +113,8 @@ def test_touch_auth_and_validation(api: str) -> None:
     good = {"occasion": "renewal_call", "status": "done"}
     assert post_touch(api, "c1", good, key=None).status_code == 401
     for public_or_read in (WRITE_KEY, READ_KEY):  # the write key is public in browsers
-        assert post_touch(api, "c1", good, key=public_or_read).status_code == 401
+        assert post_touch(api, "c1", good, key=public_or_read).status_code == 403  # scope
+    assert post_touch(api, "c1", good, key="not-a-key").status_code == 401
     sneaked = post_events(api, [{"type": "touch_recorded", "client_id": "c1",
                                  "properties": {"occasion": "welcome", "status": "done"}}])
     assert sneaked.status_code == 400 and "admin key" in sneaked.text

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import Resources, ResourcesDep, check_write_key
 from config.durations import format_duration
-from features.events import Event, EventError, EventType
+from features.events import INTERNAL_TYPES, Event, EventError, EventType
 from features.segment import from_native, from_segment
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
@@ -95,9 +95,10 @@ def _parse(item: object, parser: Parser, received_at: float, resources: Resource
     if event.type is EventType.TOUCH_RECORDED:  # the write key is public: see routes/touches
         raise EventError("type", "touches are recorded through POST "
                                  "/v1/profiles/{client_id}/touches with an admin key")
-    if event.type in (EventType.IDENTITY_LINKED, EventType.PROFILE_MERGED):
-        raise EventError("type", f"{event.type.value} is written by the dataflow itself; "
-                                 "send an identify with userId and anonymousId to link")
+    if event.type in INTERNAL_TYPES:
+        raise EventError("type", f"{event.type.value} is written by crmflow itself (send an "
+                                 "identify with userId and anonymousId to link; erase with "
+                                 "DELETE /v1/profiles/{client_id})")
     if event.event_time > received_at + api.max_future_skew:
         raise EventError("timestamp", "more than "
                          f"{format_duration(api.max_future_skew)} in the future")

@@ -1,0 +1,88 @@
+"""Erasure of a client on request: the last step, and the audit trail.
+
+An erasure travels as an event in the client's own stream, so the dataflow applies it in
+order: whatever arrived before it is erased with it, whatever arrives after it starts a
+fresh profile. The bucket commit deletes the state, touch ledger and memberships and
+records a job (commit_bucket.lua); this module then purges the entries that mention the
+client from its partition's streams (events, triggers, segment changes, dead letters, up
+to that moment), and writes the audit record, which holds no personal data: the erasure
+id, the times, and how much was removed.
+
+Purging reads the partition's streams a page at a time and deletes matching entries: its
+cost grows with the streams' length (bounded by retention and `redis.stream_maxlen`), and
+it is paid once per erasure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+import redis
+
+from features.events import format_time
+from sinks.keys import KeyLayout
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000
+Fields = dict[bytes, bytes]
+
+
+def _purge_stream(client: redis.Redis, stream: str, through: str,
+                  mentions: Callable[[Fields], bool]) -> int:
+    """Delete the entries up to `through` that mention the client; how many were."""
+    removed = 0
+    start = "-"
+    while True:
+        page = cast(list[tuple[bytes, Fields]],
+                    client.xrange(stream, min=start, max=through, count=PAGE))
+        doomed = [entry_id for entry_id, fields in page if mentions(fields)]
+        if doomed:
+            removed += client.xdel(stream, *doomed)
+        if len(page) < PAGE:
+            return removed
+        start = "(" + page[-1][0].decode()
+
+
+def _purge_job(client: redis.Redis, layout: KeyLayout, partition: int, job: dict[str, Any]
+               ) -> dict[str, int]:
+    """Delete every entry of the partition's streams that mentions the job's client, up to
+    where the streams were when the erasure was committed; how many, per stream."""
+    key = str(job["client"]).encode()
+    return {
+        "events": _purge_stream(client, layout.events(partition), job["events_through"],
+                                lambda f: f.get(b"k") == key),
+        "triggers": _purge_stream(client, layout.triggers(partition), job["triggers_through"],
+                                  lambda f: f.get(b"client_id") == key),
+        "segment_changes": _purge_stream(client, layout.segment_changes(partition),
+                                         job["changes_through"],
+                                         lambda f: f.get(b"client_id") == key),
+        "dead_letters": _purge_stream(client, layout.dead_letters(partition),
+                                      job["dead_through"],
+                                      lambda f: key in f.get(b"entry", b"")),
+    }
+
+
+def purge(client: redis.Redis, layout: KeyLayout, partition: int, now: float) -> int:
+    """Finish the partition's pending erasures; how many were finished here."""
+    jobs = cast(dict[bytes, bytes], client.hgetall(layout.erasures(partition)))
+    done = 0
+    for erasure_id_raw, raw in jobs.items():
+        erasure_id = erasure_id_raw.decode()
+        job: dict[str, Any] = json.loads(raw)
+        removed = _purge_job(client, layout, partition, job)
+        record = {"erasure_id": erasure_id, "status": "done",
+                  "requested_at": job["requested_at"], "completed_at": format_time(now),
+                  "memberships_removed": int(job["memberships"]),
+                  **{f"{name}_removed": count for name, count in removed.items()}}
+        if client.hdel(layout.erasures(partition), erasure_id):  # once, whoever purged too
+            pipe = client.pipeline(transaction=False)
+            pipe.xadd(layout.erasure_log(), {k: str(v) for k, v in record.items()})
+            pipe.hset(layout.erasure_status(), erasure_id, json.dumps(record))
+            pipe.execute()
+            log.info("erasure %s done: %s", erasure_id, removed)
+            done += 1
+    return done

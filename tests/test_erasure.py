@@ -1,0 +1,132 @@
+"""Erasure on request: `DELETE /v1/profiles/{id}` through real HTTP and the real dataflow
+leaves no Redis key that mentions the client, keeps an audit record without personal data,
+and a later event starts a fresh profile."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import redis
+
+from sinks.keys import KeyLayout
+from tests.support import (
+    ADMIN_KEY,
+    READ_KEY,
+    WRITE_KEY,
+    api_server,
+    drain,
+    make_settings,
+    read_headers,
+)
+
+CLIENT = "zoe-erase-41"
+EMAIL = "zoe.erase41@example.org"
+COOKIE = "ck-erase-41"
+OTHER = "other-keep-7"
+SECRETS = (CLIENT, EMAIL, COOKIE)
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat()
+
+
+def history(t0: float) -> list[dict[str, Any]]:
+    """Segment messages: an anonymous visit and cart, the identify that links it, an order
+    of the client, and another client's order (ids that do not name anybody)."""
+    def track(message_id: str, offset: float, event: str, **fields: Any) -> dict[str, Any]:
+        return {"type": "track", "messageId": message_id, "event": event,
+                "timestamp": iso(t0 + offset), **fields}
+
+    return [
+        track("m1", 0, "Product Viewed", anonymousId=COOKIE,
+              properties={"product_id": "p1", "price": 30, "category": "shoes"}),
+        track("m2", 5, "Product Added", anonymousId=COOKIE,
+              properties={"product_id": "p1", "price": 30}),
+        {"type": "identify", "userId": CLIENT, "anonymousId": COOKIE, "messageId": "m3",
+         "timestamp": iso(t0 + 30), "traits": {"email": EMAIL, "first_name": "Zoe"}},
+        track("m4", 40, "Order Completed", userId=CLIENT,
+              properties={"order_id": "o-1", "revenue": 80, "products": []}),
+        track("m5", 41, "Order Completed", userId=OTHER,
+              properties={"order_id": "o-2", "revenue": 20, "products": []}),
+    ]
+
+
+def mentions(client: redis.Redis, prefix: str) -> list[str]:
+    """Every key under the prefix whose name or content holds one of the secrets."""
+    found = []
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        kind = client.type(key).decode()
+        if kind == "string":
+            content: Any = client.get(key)
+        elif kind == "hash":
+            content = client.hgetall(key)
+        elif kind == "zset":
+            content = client.zrange(key, 0, -1)
+        elif kind == "set":
+            content = client.smembers(key)
+        elif kind == "list":
+            content = client.lrange(key, 0, -1)
+        else:
+            content = client.xrange(key)
+        text = repr(key) + repr(content)
+        found += [f"{key.decode()} mentions {s}" for s in SECRETS if s in text]
+    return found
+
+
+def test_erasure_leaves_no_trace_and_an_audit_record(redis_client: redis.Redis,
+                                                     redis_url: str, key_prefix: str) -> None:
+    settings = make_settings(redis_url, key_prefix, policy={
+        "quiet_hours": None, "frequency_cap_per_day": 0, "holdout_percent": 0})
+    layout = KeyLayout.from_settings(settings)
+    t0 = time.time() - 3600
+    with api_server(settings) as url, httpx.Client(base_url=url, timeout=30) as http:
+        sent = http.post("/v1/batch", json={"batch": history(t0)}, auth=(WRITE_KEY, ""))
+        assert sent.status_code == 200, sent.text
+        drain(settings)
+        profile = http.get(f"/v1/profiles/{CLIENT}", headers=read_headers())
+        assert profile.status_code == 200 and profile.json()["traits"]["email"] == EMAIL
+        assert profile.json()["segments"] and mentions(redis_client, key_prefix)
+
+        assert http.delete(f"/v1/profiles/{CLIENT}").status_code == 401
+        for key in (READ_KEY, WRITE_KEY):
+            refused = http.delete(f"/v1/profiles/{CLIENT}",
+                                  headers={"Authorization": f"Bearer {key}"})
+            assert refused.status_code == 403, refused.text
+        accepted = http.delete(f"/v1/profiles/{CLIENT}", params={"wait": 0}, headers=ADMIN)
+        assert accepted.status_code == 202 and accepted.json()["status"] == "pending"
+        erasure_id = accepted.json()["erasure_id"]
+        drain(settings)  # the dataflow applies it in the client's order, then purges
+
+        status = http.get(f"/v1/erasures/{erasure_id}", headers=ADMIN).json()
+        assert status["status"] == "done"
+        assert status["events_removed"] >= 3 and status["triggers_removed"] >= 1
+        assert status["memberships_removed"] >= 1
+        for read in (f"/v1/profiles/{CLIENT}", f"/v1/profiles/anon:{COOKIE}",
+                     f"/v1/profiles/{CLIENT}/touches"):
+            assert http.get(read, headers=read_headers()).status_code == 404, read
+        assert mentions(redis_client, key_prefix) == []
+        assert http.get(f"/v1/profiles/{OTHER}", headers=read_headers()).status_code == 200
+
+        audit = redis_client.xrange(layout.erasure_log())
+        # one record for the client, one for the anonymous id merged into it
+        assert sorted(fields[b"erasure_id"].decode() for _, fields in audit) == [
+            erasure_id, f"{erasure_id}.1"]
+        assert not any(s.encode() in repr(audit).encode() for s in SECRETS)
+
+        # Later events start afresh; erasing an unknown client is done at once.
+        again = http.post("/v1/batch", auth=(WRITE_KEY, ""), json={"batch": [
+            {"type": "track", "messageId": "m6", "event": "Order Completed",
+             "userId": CLIENT, "properties": {"order_id": "o-3", "revenue": 15}}]})
+        assert again.status_code == 200
+        drain(settings)
+        fresh = http.get(f"/v1/profiles/{CLIENT}", headers=read_headers()).json()
+        assert fresh["features"]["orders_count"] == 1 and "email" not in fresh["traits"]
+        nobody = http.delete("/v1/profiles/nobody-at-all", params={"wait": 0}, headers=ADMIN)
+        drain(settings)
+        done = http.get(f"/v1/erasures/{nobody.json()['erasure_id']}", headers=ADMIN).json()
+        assert done["status"] == "done" and done["memberships_removed"] == 0
+        assert http.get("/v1/erasures/erasure-unknown", headers=ADMIN).status_code == 404
