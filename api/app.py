@@ -30,7 +30,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = async_client(settings.redis)
         layout = KeyLayout.from_settings(settings)
-        event_log = AsyncEventLog(client, layout, AppendOptions(settings.redis.dedupe_window))
+        event_log = AsyncEventLog(client, layout, AppendOptions(
+            settings.redis.dedupe_window, settings.redis.max_stream_length))
         segments = SegmentRulesView(client, layout, settings.segment_rules())
         app.state.resources = Resources(settings, client, layout, event_log, metrics, segments)
         try:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -25,6 +25,7 @@ class ApiMetrics:
     rejected: Counter
     duplicates: Counter
     not_found: Counter
+    stream_length: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ApiMetrics:
@@ -42,6 +43,10 @@ class ApiMetrics:
                                ["source"], registry=registry),
             not_found=Counter("crmflow_profile_not_found", "Profile reads for unknown clients",
                               ["route"], registry=registry),
+            stream_length=Gauge("crmflow_event_stream_length",
+                                "Entries in an event stream as of the latest append "
+                                "(capped by redis.max_stream_length)", ["partition"],
+                                registry=registry),
         )
 
 

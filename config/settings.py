@@ -99,6 +99,8 @@ class RedisSettings(Section):
     data_dir: Path = Path("var/redis")
     embedded_port: Port = 6390
     stream_maxlen: PositiveInt = 5_000_000
+    # per event stream: ingest answers 503 beyond it (the dataflow is behind); 0 = no cap
+    max_stream_length: Annotated[int, Field(ge=0)] = 1_000_000
     stream_retention: Duration = 86400.0
     dedupe_window: Duration = 86400.0
     ledger_max_entries: PositiveInt = 200

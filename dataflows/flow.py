@@ -35,7 +35,8 @@ def build_flow(settings: Settings, metrics: DataflowMetrics, *,
     source_config = SourceConfig(
         batch_size=df.batch_size, tick_interval=df.tick_interval, idle_wait=df.idle_wait,
         heartbeat_ttl=df.heartbeat_ttl, retention=settings.redis.stream_retention,
-        stop_when_caught_up=stop_when_caught_up, as_of=as_of)
+        stop_when_caught_up=stop_when_caught_up, as_of=as_of,
+        max_stream_length=settings.redis.max_stream_length)
     bucket_config = BucketConfig(rules=settings.trigger_rules(),
                                  offset_flush_interval=df.offset_flush_interval,
                                  allowed_lateness=df.allowed_lateness, replay=replay)

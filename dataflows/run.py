@@ -12,6 +12,7 @@ from config.settings import Settings
 from dataflows.flow import build_flow, store_factory
 from dataflows.metrics import DataflowMetrics
 from features.rfm import RfmModel
+from sinks.bucket_store import retrying
 from sinks.keys import claim_layout
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
     `build_flow`.
     """
     store = store_factory(settings)
-    claim_layout(store.client, store.layout)
+    retrying(lambda: claim_layout(store.client, store.layout), "starting")  # Redis may be late
     store.client.close()
     registry = registry if registry is not None else REGISTRY
     metrics = DataflowMetrics.create(registry)

@@ -46,6 +46,7 @@ class SourceConfig:
     retention: float = 86400.0  # applied entries older than this are trimmed from the stream
     stop_when_caught_up: bool = False  # for drains and tests: EOF once every entry is read
     as_of: float | None = None  # replays: the head clock is this time, not the wall clock
+    max_stream_length: int = 0  # over half of it, applied entries go at once
 
 
 class EventStreamSource(FixedPartitionedSource[KeyedItem, None]):
@@ -121,13 +122,17 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
         return items
 
     def _trim(self, now: float) -> None:
-        """Drop entries every bucket has applied, once older than the retention: the
-        stream is a buffer with a replay window, never the place where unread events die."""
+        """Drop entries every bucket has applied, once older than the retention (at once
+        while the stream is over half its length cap, which ingest enforces, so a caught-up
+        dataflow always leaves room): the stream is a buffer with a replay window, never
+        the place where unread events die."""
         self._last_trim = now
         with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
             applied = stream_id_key(self._store.resume_position(self._partition))
             expired = (int((now - self._config.retention) * 1000), 0)
-            ms, seq = min(applied, expired)
+            cap = self._config.max_stream_length
+            over = cap > 0 and self._client.xlen(self._stream) * 2 >= cap
+            ms, seq = applied if over else min(applied, expired)
             if ms > 0:
                 self._client.xtrim(self._stream, minid=f"{ms}-{seq}", approximate=False)
 

@@ -23,9 +23,10 @@ from typing import cast
 
 from config.settings import Settings
 from dataflows.flow import store_factory
+from features.events import Event
 from history.load import History, Progress, describe, load_history
 from sinks.bucket_store import stream_id_key
-from sinks.event_log import AppendOptions, EventLog
+from sinks.event_log import AppendOptions, BacklogFull, EventLog
 from sinks.keys import KeyLayout
 from sinks.redis_client import sync_client
 
@@ -66,11 +67,12 @@ def backfill(inputs: Sequence[Path], fmt: str, settings: Settings, *,
     client = sync_client(settings.redis)
     layout = KeyLayout.from_settings(settings)
     try:
-        log = EventLog(client, layout, AppendOptions(settings.redis.dedupe_window))
+        log = EventLog(client, layout, AppendOptions(settings.redis.dedupe_window,
+                                                     settings.redis.max_stream_length))
         appended = 0
         events = history.events
         for start in range(0, len(events), APPEND_CHUNK):
-            appended += sum(log.append(events[start:start + APPEND_CHUNK]))
+            appended += _append_when_room(log, events[start:start + APPEND_CHUNK], progress)
             progress.show(f"appending: {min(start + APPEND_CHUNK, len(events)):,} of "
                           f"{len(events):,} events")
         caught_up = None if wait is None else _wait_applied(settings, layout, wait, progress)
@@ -79,6 +81,21 @@ def backfill(inputs: Sequence[Path], fmt: str, settings: Settings, *,
         progress.done()
     return BackfillResult(history, started_at, appended, len(events) - appended, caught_up,
                           time.time() - started_at)
+
+
+def _append_when_room(log: EventLog, chunk: Sequence[Event], progress: Progress) -> int:
+    """Append, waiting while a stream is at its cap (the dataflow catches up meanwhile).
+    What a refused try had appended to other streams is de-duplicated by id on the next
+    (and counted among the duplicates)."""
+    while True:
+        try:
+            return sum(log.append(chunk))
+        except BacklogFull as exc:
+            progress.show(f"waiting for the dataflow: {exc}")
+            time.sleep(BACKLOG_WAIT)
+
+
+BACKLOG_WAIT = 1.0
 
 
 def _wait_applied(settings: Settings, layout: KeyLayout, limit: float, progress: Progress

@@ -3,12 +3,19 @@
 -- No MAXLEN: an acknowledged event is never trimmed before the dataflow has applied it
 -- (the dataflow trims what it has applied, after the retention).
 -- KEYS: 1 event stream
--- ARGV: 1 window seconds (0 = no de-duplication), 2 (unused), 3 de-duplication key
---       prefix (same hash tag as the stream), then per event: event id, client key,
---       event time, event json
--- Returns, per event, its new stream id, or 0 for a duplicate.
+-- ARGV: 1 window seconds (0 = no de-duplication), 2 the stream's length cap (0 = none),
+--       3 de-duplication key prefix (same hash tag as the stream), then per event: event
+--       id, client key, event time, event json
+-- Returns the stream's length, then per event its new stream id, or 0 for a duplicate; or
+-- {-1, length} when the events would take the stream over its cap (nothing appended: the
+-- caller answers "retry later", and no unprocessed event is ever dropped to make room).
 local window = tonumber(ARGV[1])
-local results = {}
+local cap = tonumber(ARGV[2])
+if cap > 0 then
+  local length = redis.call('XLEN', KEYS[1])
+  if length + (#ARGV - 3) / 4 > cap then return {-1, length} end
+end
+local results = {0}
 for i = 4, #ARGV, 4 do
   local fresh = true
   if window > 0 then
@@ -23,4 +30,5 @@ for i = 4, #ARGV, 4 do
     table.insert(results, 0)
   end
 end
+results[1] = redis.call('XLEN', KEYS[1])
 return results

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -29,6 +29,7 @@ from sinks.keys import KeyLayout
 from sinks.scripts import lua
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 START = "0-0"
 
@@ -52,6 +53,23 @@ def stream_fields(record: dict[str, Any]) -> list[str]:
             fields += [name, str(value)]
     fields += ["payload", json.dumps(record["payload"], separators=(",", ":"), sort_keys=True)]
     return fields
+
+
+def retrying(call: Callable[[], T], what: str, *, retry_for: float = float("inf")) -> T:
+    """`call()`, again with backoff (50 ms doubling to 2 s) while Redis is unreachable, for
+    up to `retry_for` seconds: an outage pauses the dataflow instead of killing it."""
+    deadline = time.monotonic() + retry_for
+    backoff = 0.05
+    while True:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() + backoff > deadline:
+                raise
+            log.warning("redis unavailable while %s (%s); retrying in %.2fs", what, exc,
+                        backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +147,16 @@ class BucketStore:
         return self._client
 
     def load(self, bucket: int) -> LoadedBucket:
+        """The bucket's position and states; waits while Redis is away."""
         partition = self._layout.partition_of_bucket(bucket)
-        pipe = self._client.pipeline(transaction=True)
-        pipe.hget(self._layout.offsets(partition), str(bucket))
-        pipe.hgetall(self._layout.state(bucket))
-        position, states = cast(tuple[bytes | None, dict[bytes, bytes]], pipe.execute())
+
+        def read() -> tuple[bytes | None, dict[bytes, bytes]]:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hget(self._layout.offsets(partition), str(bucket))
+            pipe.hgetall(self._layout.state(bucket))
+            return cast(tuple[bytes | None, dict[bytes, bytes]], pipe.execute())
+
+        position, states = retrying(read, f"loading bucket {bucket}")
         return LoadedBucket(position.decode() if position else START,
                             {k.decode(): v for k, v in states.items()})
 
@@ -201,24 +224,15 @@ class BucketStore:
         Returns (type, status) of each trigger newly emitted. Raises FencedError when
         another process owns a bucket now.
         """
-        deadline = time.monotonic() + retry_for
-        backoff = 0.05
-        while True:
-            try:
-                self._before_commit(commits)
-                pipe = self._client.pipeline(transaction=False)
-                for commit in commits:
-                    keys, args = self._call(commit)
-                    self._commit(keys=keys, args=args, client=pipe)
-                results = pipe.execute(raise_on_error=False)
-                break
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if time.monotonic() + backoff > deadline:
-                    raise
-                log.warning("redis unavailable while committing (%s); retrying in %.2fs",
-                            exc, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+        def write() -> list[Any]:
+            self._before_commit(commits)
+            pipe = self._client.pipeline(transaction=False)
+            for commit in commits:
+                keys, args = self._call(commit)
+                self._commit(keys=keys, args=args, client=pipe)
+            return pipe.execute(raise_on_error=False)
+
+        results = retrying(write, "committing", retry_for=retry_for)
         emitted: list[tuple[str, str]] = []
         for result in results:
             if isinstance(result, Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import orjson
 import redis
@@ -23,6 +24,22 @@ from sinks.scripts import lua
 @dataclass(frozen=True, slots=True)
 class AppendOptions:
     dedupe_window: float
+    max_stream_length: int = 0  # per event stream; 0: no cap (the dataflow's own appends)
+
+
+class BacklogFull(RuntimeError):
+    """A partition's event stream is at its cap: the dataflow is behind or stopped. Nothing
+    of that partition's share was appended; the rest of the request may have been."""
+
+    def __init__(self, partition: int, length: int, cap: int) -> None:
+        super().__init__(f"event stream {partition} holds {length} entries (cap {cap}): "
+                         "the dataflow is behind; retry later")
+        self.partition = partition
+        self.length = length
+
+
+# partition, indexes of its events in the request, script keys, script args
+Call = tuple[int, list[int], list[str], list[str | bytes | int | float]]
 
 
 def encode_event(event: Event) -> bytes:
@@ -30,8 +47,7 @@ def encode_event(event: Event) -> bytes:
 
 
 def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Event],
-                  dedupe_ids: Sequence[str] | None = None
-                  ) -> list[tuple[list[int], list[str], list[str | bytes | int | float]]]:
+                  dedupe_ids: Sequence[str] | None = None) -> list[Call]:
     """One script call per partition: (indexes of its events, keys, args). Events are
     de-duplicated by their id, or by `dedupe_ids` when given."""
     grouped: dict[int, list[int]] = {}
@@ -39,23 +55,36 @@ def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Ev
         grouped.setdefault(layout.partition_of_client(event.client_key), []).append(index)
     calls = []
     for partition, indexes in grouped.items():
-        args: list[str | bytes | int | float] = [int(options.dedupe_window), 0,
+        args: list[str | bytes | int | float] = [int(options.dedupe_window),
+                                                 options.max_stream_length,
                                                  layout.seen(partition)]
         for index in indexes:
             event = events[index]
             args += [event.event_id if dedupe_ids is None else dedupe_ids[index],
                      event.client_key, repr(event.event_time), encode_event(event)]
-        calls.append((indexes, [layout.events(partition)], args))
+        calls.append((partition, indexes, [layout.events(partition)], args))
     return calls
 
 
-def _outcomes(count: int, calls: list[tuple[list[int], list[str], list[str | bytes | int | float]]],
-              results: list[list[object]]) -> list[bool]:
-    """Per event, in request order: True when appended, False for a duplicate."""
+def _outcomes(count: int, options: AppendOptions, calls: list[Call],
+              results: list[list[object]], lengths: dict[int, int] | None = None
+              ) -> list[bool]:
+    """Per event, in request order: True when appended, False for a duplicate. Raises
+    BacklogFull (after the other partitions' shares were appended) when a stream is full.
+    `lengths` receives each partition's stream length."""
     stored = [False] * count
-    for (indexes, _, _), result in zip(calls, results, strict=True):
-        for index, outcome in zip(indexes, result, strict=True):
+    full: BacklogFull | None = None
+    for (partition, indexes, _, _), result in zip(calls, results, strict=True):
+        length = int(cast(int, result[1] if result[0] == -1 else result[0]))
+        if lengths is not None:
+            lengths[partition] = length
+        if result[0] == -1:
+            full = BacklogFull(partition, length, options.max_stream_length)
+            continue
+        for index, outcome in zip(indexes, result[1:], strict=True):
             stored[index] = outcome not in (0, b"0", "0")
+    if full is not None:
+        raise full
     return stored
 
 
@@ -77,18 +106,21 @@ class AsyncEventLog:
         self._options = options
         self._script = client.register_script(lua("append_events"))
 
-    async def append(self, events: Sequence[Event]) -> list[bool]:
+    async def append(self, events: Sequence[Event], lengths: dict[int, int] | None = None
+                     ) -> list[bool]:
         """Per event: True when appended, False for a duplicate. Link requests for events
-        that carry both ids go with them (features/identity.py)."""
+        that carry both ids go with them (features/identity.py). Raises BacklogFull;
+        `lengths` receives each touched partition's stream length."""
         if not events:
             return []
         linked = with_links(events)
         calls = _script_calls(self._layout, self._options, linked)
         async with self._client.pipeline(transaction=False) as pipe:
-            for _, keys, args in calls:
+            for _, _, keys, args in calls:
                 await self._script(keys=keys, args=args, client=pipe)
             results = await pipe.execute()
-        return _own_outcomes(events, linked, _outcomes(len(linked), calls, results))
+        return _own_outcomes(events, linked,
+                             _outcomes(len(linked), self._options, calls, results, lengths))
 
 
 class EventLog:
@@ -108,6 +140,7 @@ class EventLog:
         linked = with_links(events) if dedupe_ids is None else list(events)
         calls = _script_calls(self._layout, self._options, linked, dedupe_ids)
         pipe = self._client.pipeline(transaction=False)
-        for _, keys, args in calls:
+        for _, _, keys, args in calls:
             self._script(keys=keys, args=args, client=pipe)
-        return _own_outcomes(events, linked, _outcomes(len(linked), calls, pipe.execute()))
+        return _own_outcomes(events, linked,
+                             _outcomes(len(linked), self._options, calls, pipe.execute()))

@@ -13,6 +13,7 @@ lists each rejected item with its index and reason.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import zlib
@@ -27,6 +28,9 @@ from api.deps import Resources, ResourcesDep, check_write_key
 from config.durations import format_duration
 from features.events import INTERNAL_TYPES, Event, EventError, EventType
 from features.segment import from_native, from_segment
+from sinks.event_log import BacklogFull
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
@@ -105,6 +109,30 @@ def _parse(item: object, parser: Parser, received_at: float, resources: Resource
     return event
 
 
+BACKLOG_RETRY_AFTER = 5
+BACKLOG_WARN_AT = 0.8  # of the cap
+_warned_at = 0.0
+
+
+def _warn_backlog(message: str) -> None:
+    """At most one warning a minute: a full backlog refuses many requests."""
+    global _warned_at
+    now = time.monotonic()
+    if now - _warned_at >= 60:
+        _warned_at = now
+        log.warning("%s", message)
+
+
+def _record_lengths(resources: Resources, lengths: dict[int, int]) -> None:
+    cap = resources.settings.redis.max_stream_length
+    for partition, length in lengths.items():
+        resources.metrics.stream_length.labels(str(partition)).set(length)
+        if cap and length >= BACKLOG_WARN_AT * cap:
+            _warn_backlog(f"event stream {partition} holds {length} entries, "
+                          f"{length / cap:.0%} of redis.max_stream_length: is the dataflow "
+                          "running?")
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"success": False, "detail": message, **extra}, status_code=status)
 
@@ -123,11 +151,19 @@ async def _ingest(items: Sequence[object], *, parser: Parser, source: str, singl
             if isinstance(item, dict) and isinstance(item.get("messageId"), str):
                 entry["messageId"] = item["messageId"]
             rejected.append(entry)
+    lengths: dict[int, int] = {}
     try:
-        stored = await resources.event_log.append(events)
+        stored = await resources.event_log.append(events, lengths)
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         return JSONResponse({"success": False, "detail": "event store unavailable; retry"},
                             status_code=503, headers={"Retry-After": "1"})
+    except BacklogFull as exc:  # the rest may be stored: a retry is de-duplicated by id
+        _record_lengths(resources, {**lengths, exc.partition: exc.length})
+        resources.metrics.rejected.labels(source, "backlog_full").inc(len(events))
+        _warn_backlog(str(exc))
+        return JSONResponse({"success": False, "detail": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(BACKLOG_RETRY_AFTER)})
+    _record_lengths(resources, lengths)
     accepted = len(events)
     duplicates = accepted - sum(stored)
     if accepted:
