@@ -18,6 +18,7 @@ from fastapi import Depends, HTTPException, Request, status
 from api.metrics import ApiMetrics
 from api.segment_rules_view import SegmentRulesView
 from config.settings import Settings
+from features.state import ClientState
 from sinks.event_log import AsyncEventLog
 from sinks.keys import KeyLayout
 
@@ -82,6 +83,9 @@ def check_write_key(request: Request, resources: Resources, body_key: object = N
                             "or as writeKey in the body", 'Basic realm="crmflow"')
     api = resources.settings.api
     if not _matches(key, api.write_keys + api.admin_keys):
+        if _matches(key, api.read_keys + list(api.point_read_keys)):
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                detail="a read key may not write events: send a write key")
         raise _unauthorized("invalid write key", 'Basic realm="crmflow"')
 
 
@@ -89,23 +93,63 @@ async def require_write_key(request: Request, resources: ResourcesDep) -> None:
     check_write_key(request, resources)
 
 
-def read_key_allows(resources: Resources, authorization: str | None) -> str | None:
-    """None when the Authorization header carries a read (or admin) key, else the refusal."""
+@dataclass(frozen=True, slots=True)
+class ReadGrant:
+    """A read key's reach: every client, or (a point's key) the clients of one point."""
+
+    point: str | None = None
+
+    def sees(self, state: ClientState) -> bool:
+        """A client of another point is answered as unknown (404): its existence is not
+        the key's business either."""
+        return self.point is None or str(state.traits.get("point_id", "")) == self.point
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: int  # 401: no valid key; 403: a valid key of another scope
+    detail: str
+
+
+def read_grant(resources: Resources, authorization: str | None) -> ReadGrant | Refusal:
+    """What the Authorization header's read (or admin) key may read, else the refusal."""
     credential = credential_of(authorization)
     if credential is None or credential[0] != "bearer":
-        return "missing read key: send Authorization: Bearer <read key>"
+        return Refusal(401, "missing read key: send Authorization: Bearer <read key>")
     api = resources.settings.api
-    if not _matches(credential[1], api.read_keys + api.admin_keys):
-        return "invalid read key"
-    return None
+    if _matches(credential[1], api.read_keys + api.admin_keys):
+        return ReadGrant()
+    for key, point in api.point_read_keys.items():
+        if hmac.compare_digest(credential[1].encode(), key.encode()):
+            return ReadGrant(point)
+    if _matches(credential[1], api.write_keys):
+        return Refusal(403, "a write key may not read: send a read key")
+    return Refusal(401, "invalid read key")
 
 
 async def require_read_key(request: Request) -> Resources:
-    """The resources, for a caller with a read key (one dependency: reads are the hot path)."""
+    """The resources, for a caller with a read key (one dependency: reads are the hot path).
+    The key's reach is left in `request.state.grant`."""
     resources: Resources = request.app.state.resources
-    refusal = read_key_allows(resources, request.headers.get("authorization"))
-    if refusal is not None:
-        raise _unauthorized(refusal, "Bearer")
+    grant = read_grant(resources, request.headers.get("authorization"))
+    if isinstance(grant, Refusal):
+        if grant.status == status.HTTP_403_FORBIDDEN:
+            raise HTTPException(grant.status, detail=grant.detail)
+        raise _unauthorized(grant.detail, "Bearer")
+    request.state.grant = grant
+    return resources
+
+
+async def grant_of(request: Request) -> ReadGrant:
+    grant: ReadGrant = request.state.grant
+    return grant
+
+
+async def require_all_clients(request: Request, resources: ReadAccess) -> Resources:
+    """Reads across clients (segment listings) are for keys that see every point."""
+    if (await grant_of(request)).point is not None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            detail="a point's read key reads its own clients' profiles only")
     return resources
 
 
@@ -127,3 +171,5 @@ async def require_admin_key(request: Request, resources: ResourcesDep) -> None:
 WriteKey = Depends(require_write_key)
 AdminKey = Depends(require_admin_key)
 ReadAccess = Annotated[Resources, Depends(require_read_key)]
+AllClientsAccess = Annotated[Resources, Depends(require_all_clients)]
+Grant = Annotated[ReadGrant, Depends(grant_of)]

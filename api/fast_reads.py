@@ -15,7 +15,7 @@ import orjson
 import redis
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.deps import Resources, read_key_allows
+from api.deps import Refusal, Resources, read_grant
 from api.routes.profiles import PROFILE_ROUTE, read_profile
 
 PREFIX = "/v1/profiles/"
@@ -47,11 +47,12 @@ class ProfileFastPath:
                       ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         authorization = next((value for name, value in scope["headers"]
                               if name == b"authorization"), b"").decode("latin-1")
-        refusal = read_key_allows(resources, authorization)
-        if refusal is not None:
-            return 401, orjson.dumps({"detail": refusal}), [(b"www-authenticate", b"Bearer")]
+        grant = read_grant(resources, authorization)
+        if isinstance(grant, Refusal):
+            challenge = [(b"www-authenticate", b"Bearer")] if grant.status == 401 else []
+            return grant.status, orjson.dumps({"detail": grant.detail}), challenge
         try:
-            document = await read_profile(resources, client_id)
+            document = await read_profile(resources, client_id, grant)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             return 503, orjson.dumps({"detail": "store unavailable; retry"}), [
                 (b"retry-after", b"1")]

@@ -54,12 +54,13 @@ class Plan:
     load_seconds: float
     latency_seconds: float
     replay_events: int = 1_000_000
+    soak_seconds: float = 120.0
 
 
 FULL = Plan(sizes=(100_000, 1_000_000), events_per_client=2, naive_events=30_000,
             load_seconds=10, latency_seconds=20)
 QUICK = Plan(sizes=(100_000,), events_per_client=2, naive_events=10_000, load_seconds=3,
-             latency_seconds=8, replay_events=50_000)
+             latency_seconds=8, replay_events=50_000, soak_seconds=20)
 
 
 def log(message: str) -> None:
@@ -170,6 +171,14 @@ def dataflow_section(client: redis.Redis, url: str, plan: Plan, folder: Path
 def served(app: str, settings: Settings, folder: Path, floor_prefix: str = ""
            ) -> Iterator[str]:
     """Both apps through bench/serve.py: the same uvicorn settings, one worker."""
+    with served_process(app, settings, folder, floor_prefix) as (url, _):
+        yield url
+
+
+@contextmanager
+def served_process(app: str, settings: Settings, folder: Path, floor_prefix: str = ""
+                   ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`served`, also handing out the server's process (the soak samples its memory)."""
     config = _config_file(settings, folder, f"serve-{app}")
     env = _env() | {"REDIS_URL": settings.redis.url or "", "FLOOR_PREFIX": floor_prefix}
     process = subprocess.Popen(
@@ -186,7 +195,7 @@ def served(app: str, settings: Settings, folder: Path, floor_prefix: str = ""
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError(f"{app} server did not start") from None
                 time.sleep(0.1)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         process.wait(10)
@@ -384,6 +393,34 @@ def table(results: dict[str, Any]) -> str:
             rows.append((f"{label}, {figures['rows']:,} rows", f"{figures['rows_per_s']:,} rows/s",
                          f"{figures['events_per_s']:,} events/s",
                          f"{figures['seconds']}s", ""))
+    soak = results.get("soak")
+    if soak and "ingest" not in soak:
+        rows.append(("soak", "not run", soak.get("skipped") or soak.get("error", ""), "", ""))
+    elif soak:
+        ingest, reads = soak["ingest"], soak["reads"]
+        for label, load, rate in (
+                (f"soak {soak['seconds']:.0f}s: ingest events/s, c=1", ingest,
+                 f"{ingest['events_per_s']:,}"),
+                (f"  profile reads req/s, c={reads['connections']}", reads,
+                 f"{reads['requests_per_s']:,}" if "requests_per_s" in reads else "failed")):
+            rows.append((label, rate, f"p50 {load.get('p50_ms')} / p99 {load.get('p99_ms')} ms",
+                         f"errors {load.get('errors', load.get('error'))}", "0 errors"))
+        rows.append(("  events ingested", f"{ingest['events_ingested']:,}",
+                     f"target {ingest['target_events_per_s']:,}/s", "", ""))
+        for key, label in (("api_rss_mib", "API RSS"), ("dataflow_rss_mib", "dataflow RSS"),
+                           ("redis_used_mib", "redis used_memory")):
+            m = soak[key]
+            rows.append((f"  {label} MiB start / end / max",
+                         f"{m['start']} / {m['end']} / {m['max']}",
+                         f"{m['growth_mib_per_min']} MiB/min, 2nd half", "",
+                         "flat" if key != "redis_used_mib" else ""))
+        backlog = soak["backlog"]
+        rows.append(("  backlog entries max / end",
+                     f"{backlog.get('max_entries')} / {backlog.get('end_entries')}",
+                     f"lag max {backlog.get('max_lag_s')} s, "
+                     f"empty {backlog.get('drained_after_s')} s after",
+                     {True: "bounded", False: "growing"}.get(backlog["bounded"], "unknown"),
+                     "bounded"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
     return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths,
                                                                              strict=True))
@@ -391,6 +428,8 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from bench.soak import soak_section  # bench.soak builds on this module's helpers
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100k clients, short loads")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
@@ -415,6 +454,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             results["latency"] = latency_section(client, server.url, plan, folder, max_rate)
             log("replay: UCI Online Retail and a synthetic file")
             results["replay"] = replay_section(server.url, plan.replay_events, folder)
+            log(f"soak: ingest and profile reads together for {plan.soak_seconds:.0f}s")
+            results["soak"] = soak_section(client, server.url, plan, folder)
         finally:
             client.close()
             server.stop()

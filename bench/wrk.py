@@ -73,8 +73,10 @@ end
 """
 
 
-def batch_post_script(path: str, events_per_request: int, headers: dict[str, str]) -> str:
-    """Segment batches of product views with fresh message ids, as a site would send."""
+def batch_post_script(path: str, events_per_request: int, headers: dict[str, str], *,
+                      user_prefix: str = "u", users: int = 100_000) -> str:
+    """Segment batches of product views with fresh message ids, as a site would send, by
+    random users `<user_prefix>0` .. `<user_prefix><users - 1>`."""
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     return f"""{header_lines}
 wrk.headers["Content-Type"] = "application/json"
@@ -84,8 +86,8 @@ request = function()
   local parts = {{}}
   for i = 1, {events_per_request} do
     counter = counter + 1
-    parts[i] = '{{"type":"track","event":"Product Viewed","userId":"u' ..
-      math.random(0, 99999) .. '","messageId":"' .. thread_id .. '-' .. counter ..
+    parts[i] = '{{"type":"track","event":"Product Viewed","userId":"{user_prefix}' ..
+      math.random(0, {users - 1}) .. '","messageId":"' .. thread_id .. '-' .. counter ..
       '","properties":{{"product_id":"p' .. math.random(0, 4999) .. '","price":9.5}}}}'
   end
   return wrk.format("POST", "{path}", nil, '{{"batch":[' .. table.concat(parts, ",") .. ']}}')

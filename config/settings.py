@@ -135,9 +135,13 @@ class ApiSettings(Section):
     write_keys: KeyList = Field(default_factory=list)
     read_keys: KeyList = Field(default_factory=list)
     admin_keys: KeyList = Field(default_factory=list)
+    # read keys limited to one point (store): key -> the point_id trait of its clients
+    point_read_keys: dict[str, str] = Field(default_factory=dict)
     cors_origins: KeyList = Field(default_factory=list)  # closed unless sites are listed
     fast_reads: bool = True
     max_future_skew: Duration = 3600.0
+    max_past_age: Duration = 0.0  # 0: any past time (from 1990) is accepted
+    out_of_window: Literal["reject", "clamp"] = "reject"
     max_event_bytes: PositiveInt = 32 * 1024
     max_batch_bytes: PositiveInt = 500 * 1024
 
@@ -602,6 +606,20 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+SECRET_NAMES = ("write_keys", "read_keys", "admin_keys", "point_read_keys")
+
+
+def _secrets(path: Path) -> dict[str, Any]:
+    """The key lists of a secrets file (YAML: write_keys, read_keys, admin_keys,
+    point_read_keys), and nothing else."""
+    data = read_yaml(path)
+    unknown = sorted(set(data) - set(SECRET_NAMES))
+    if unknown:
+        raise ConfigError(f"secrets file {path}: unknown entry {unknown[0]!r} (expected "
+                          f"{', '.join(SECRET_NAMES)})")
+    return data
+
+
 def _format_errors(exc: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for error in exc.errors():
@@ -639,6 +657,8 @@ def load_settings(
     if path:
         values = _deep_merge(values, read_yaml(Path(path)))
         source = str(path)
+    if env.get("CRMFLOW_SECRETS_FILE"):  # keys kept apart from the configuration
+        values = _deep_merge(values, {"api": _secrets(Path(env["CRMFLOW_SECRETS_FILE"]))})
     for variable, (section, name) in _SHORTCUTS.items():
         if env.get(variable):
             values = _deep_merge(values, {section: {name: env[variable]}})

@@ -194,9 +194,14 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 def _cmd_config(args: argparse.Namespace) -> None:
     values = settings_from(args).model_dump(mode="json")
+
+    def masked(key: str) -> str:
+        return f"***{key[-2:]}" if len(key) > 8 else "***"
+
     for name in ("write_keys", "read_keys", "admin_keys"):  # never print secrets
-        values["api"][name] = [f"***{key[-2:]}" if len(key) > 8 else "***"
-                               for key in values["api"][name]]
+        values["api"][name] = [masked(key) for key in values["api"][name]]
+    values["api"]["point_read_keys"] = {masked(key): point for key, point
+                                        in values["api"]["point_read_keys"].items()}
     sys.stdout.write(yaml.safe_dump(values, sort_keys=False))
 
 

@@ -143,10 +143,11 @@ def test_auth(api: str) -> None:
     message = {"type": "track", "event": "Session Started", "userId": "u"}
     assert httpx.post(api + "/v1/track", json=message).status_code == 401
     assert httpx.post(api + "/v1/track", json=message, auth=("nope", "")).status_code == 401
-    assert httpx.post(api + "/v1/track", json=message, auth=(READ_KEY, "")).status_code == 401
+    # a valid key of another scope: 403
+    assert httpx.post(api + "/v1/track", json=message, auth=(READ_KEY, "")).status_code == 403
     assert httpx.get(api + "/v1/profiles/u").status_code == 401
     assert httpx.get(api + "/v1/profiles/u",
-                     headers={"Authorization": f"Bearer {WRITE_KEY}"}).status_code == 401
+                     headers={"Authorization": f"Bearer {WRITE_KEY}"}).status_code == 403
 
 
 def test_duplicates_are_acknowledged_once(api: str, settings: Settings,
@@ -306,7 +307,7 @@ def test_the_fast_read_path_answers_as_the_fastapi_route(
         for body in (fast_body, route_body):  # computed at read time: a moment apart
             body.get("features", {}).pop("recency_days", None)
         assert fast_body == route_body
-    assert [a.status_code for a in answers[True]] == [200, 404, 401, 401]
+    assert [a.status_code for a in answers[True]] == [200, 404, 403, 401]
 
 
 def test_cors_is_closed_unless_sites_are_listed(redis_url: str, key_prefix: str) -> None:
@@ -322,3 +323,51 @@ def test_cors_is_closed_unless_sites_are_listed(redis_url: str, key_prefix: str)
                                   "userId": "u1", "messageId": "cors-1"})
         assert posted.status_code == 200  # stored; the browser just may not read the answer
         assert "access-control-allow-origin" not in posted.headers
+
+
+def test_bodies_that_are_not_json_text_get_a_clear_400(api: str) -> None:
+    cases = {
+        b"\xff\xfe{\"type\": \"track\"}": "not valid UTF-8",
+        b"[" * 100_000 + b"]" * 100_000: "nested too deeply",
+        b"{\"batch\": [": "malformed JSON",
+        b"   ": "empty body",
+    }
+    for body, message in cases.items():
+        response = httpx.post(api + "/v1/batch", content=body, auth=(WRITE_KEY, ""),
+                              headers={"Content-Type": "application/json"})
+        assert response.status_code == 400, body[:20]
+        assert message in response.json()["detail"]
+    metrics = httpx.get(api + "/metrics").text
+    assert 'crmflow_ingest_events_rejected_total{reason="malformed",source="segment"} 4.0' \
+        in metrics
+
+
+def _window_settings(redis_url: str, key_prefix: str, policy: str) -> Settings:
+    return make_settings(redis_url, key_prefix, api={
+        "max_past_age": "30d", "max_future_skew": "1h", "out_of_window": policy})
+
+
+def test_timestamps_outside_the_window_are_rejected_or_clamped(
+        redis_url: str, key_prefix: str, redis_client: redis.Redis) -> None:
+    old = {"type": "track", "event": "Session Started", "userId": "u1", "messageId": "old",
+           "timestamp": "2001-01-01T00:00:00Z"}
+    future = {**old, "messageId": "future", "timestamp": "2090-01-01T00:00:00Z"}
+    rejecting = _window_settings(redis_url, key_prefix, "reject")
+    with api_server(rejecting) as url:
+        response = httpx.post(url + "/v1/batch", json={"batch": [old, future]},
+                              auth=(WRITE_KEY, ""))
+        assert response.status_code == 400
+        errors = [r["error"] for r in response.json()["rejected"]]
+        assert errors == ["timestamp: more than 30d in the past",
+                          "timestamp: more than 1h in the future"]
+    clamping = _window_settings(redis_url, key_prefix + "c", "clamp")
+    with api_server(clamping) as url:
+        before = time.time()
+        response = httpx.post(url + "/v1/batch", json={"batch": [old, future]},
+                              auth=(WRITE_KEY, ""))
+        assert response.status_code == 200 and response.json()["accepted"] == 2
+    stored = {e["event_id"]: e for e in _stream_entries(redis_client, clamping)}
+    assert stored["old"]["properties"]["clamped_event_time"] == "2001-01-01T00:00:00.000Z"
+    assert abs(stored["old"]["event_time"] - (before - 30 * 86400)) < 5
+    assert stored["future"]["properties"]["clamped_event_time"] == "2090-01-01T00:00:00.000Z"
+    assert abs(stored["future"]["event_time"] - (before + 3600)) < 5

@@ -4,11 +4,13 @@ and a later event starts a fresh profile."""
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
 from sinks.keys import KeyLayout
@@ -77,8 +79,10 @@ def mentions(client: redis.Redis, prefix: str) -> list[str]:
     return found
 
 
-def test_erasure_leaves_no_trace_and_an_audit_record(redis_client: redis.Redis,
-                                                     redis_url: str, key_prefix: str) -> None:
+def test_erasure_leaves_no_trace_and_an_audit_record(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     settings = make_settings(redis_url, key_prefix, policy={
         "quiet_hours": None, "frequency_cap_per_day": 0, "holdout_percent": 0})
     layout = KeyLayout.from_settings(settings)
@@ -130,3 +134,9 @@ def test_erasure_leaves_no_trace_and_an_audit_record(redis_client: redis.Redis,
         done = http.get(f"/v1/erasures/{nobody.json()['erasure_id']}", headers=ADMIN).json()
         assert done["status"] == "done" and done["memberships_removed"] == 0
         assert http.get("/v1/erasures/erasure-unknown", headers=ADMIN).status_code == 404
+        metrics = http.get("/metrics").text
+    # nothing personal in the logs of the API and the dataflow (the test's own HTTP client
+    # logs its URLs), nor in the metrics
+    ours = "\n".join(r.getMessage() for r in caplog.records
+                     if not r.name.startswith(("httpx", "httpcore")))
+    assert ours and not [s for s in (EMAIL, COOKIE, "Zoe") if s in ours + metrics]

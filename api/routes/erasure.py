@@ -19,10 +19,12 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
 
 from api.deps import AdminKey, ResourcesDep
+from api.responses import problems
 from api.routes.profiles import ClientId
 from features.events import ANONYMOUS_PREFIX, EventError, format_time, parse_event
 
-router = APIRouter(tags=["erasure"], dependencies=[AdminKey])
+router = APIRouter(tags=["erasure"], dependencies=[AdminKey],
+                   responses=problems(400, 401, 403, 404, 422, 503))
 POLL_SECONDS = 0.1
 
 

@@ -20,7 +20,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "not ready: the checks say why"}})
 async def readyz(resources: ResourcesDep) -> JSONResponse:
     """Ready when Redis answers and a dataflow process has beaten its heart recently."""
     checks: dict[str, Any] = {}

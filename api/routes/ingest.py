@@ -18,6 +18,7 @@ import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -25,14 +26,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import Resources, ResourcesDep, check_write_key
+from api.responses import problems
 from config.durations import format_duration
-from features.events import INTERNAL_TYPES, Event, EventError, EventType
+from config.settings import ApiSettings
+from features.events import INTERNAL_TYPES, Event, EventError, EventType, format_time
 from features.segment import from_native, from_segment
 from sinks.event_log import BacklogFull
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1", tags=["ingest"])
+router = APIRouter(prefix="/v1", tags=["ingest"], responses=problems(400, 401, 413, 503))
 
 Parser = Callable[[object, float], Event]
 _INDEX = re.compile(r"\[\d+\]")
@@ -103,10 +106,24 @@ def _parse(item: object, parser: Parser, received_at: float, resources: Resource
         raise EventError("type", f"{event.type.value} is written by crmflow itself (send an "
                                  "identify with userId and anonymousId to link; erase with "
                                  "DELETE /v1/profiles/{client_id})")
-    if event.event_time > received_at + api.max_future_skew:
-        raise EventError("timestamp", "more than "
-                         f"{format_duration(api.max_future_skew)} in the future")
-    return event
+    return _in_window(event, received_at, api)
+
+
+def _in_window(event: Event, received_at: float, api: ApiSettings) -> Event:
+    """The event time within [now - max_past_age, now + max_future_skew]: refused outside,
+    or (out_of_window: clamp) moved to the edge, with the original time kept."""
+    latest = received_at + api.max_future_skew
+    earliest = received_at - api.max_past_age if api.max_past_age > 0 else None
+    if event.event_time > latest:
+        edge, problem = latest, f"more than {format_duration(api.max_future_skew)} in the future"
+    elif earliest is not None and event.event_time < earliest:
+        edge, problem = earliest, f"more than {format_duration(api.max_past_age)} in the past"
+    else:
+        return event
+    if api.out_of_window == "reject":
+        raise EventError("timestamp", problem)
+    properties = {**event.properties, "clamped_event_time": format_time(event.event_time)}
+    return replace(event, event_time=edge, properties=properties)
 
 
 BACKLOG_RETRY_AFTER = 5

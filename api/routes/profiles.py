@@ -7,14 +7,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from api.deps import ReadAccess, Resources
-from api.responses import FastJSONResponse
+from api.deps import Grant, ReadAccess, ReadGrant, Resources
+from api.responses import FastJSONResponse, problems
 from features.events import format_time
 from features.profile import profile_document
 from features.state import ClientState
 from sinks.profile_store import ProfileStore
 
-router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
+router = APIRouter(prefix="/v1/profiles", tags=["profiles"],
+                   responses=problems(401, 404, 422, 503))
 
 ClientId = Annotated[str, Path(min_length=1, max_length=205,
                                description="client id, or anon:<anonymous id>")]
@@ -28,10 +29,13 @@ def _not_found(resources: Resources, route: str, client_id: str) -> HTTPExceptio
 # Client ids may contain '/': the path converter takes them whole. The more specific
 # routes come first, or the profile route would swallow '.../touches' and '.../segments'.
 @router.get("/{client_id:path}/touches", response_class=FastJSONResponse)
-async def get_touches(client_id: str, resources: ReadAccess,
+async def get_touches(client_id: str, resources: ReadAccess, grant: Grant,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> FastJSONResponse:
     """The client's touch ledger, newest first: trigger decisions and manual touches."""
-    touches = await ProfileStore(resources.redis, resources.layout).touches(client_id, limit)
+    store = ProfileStore(resources.redis, resources.layout)
+    state = await store.state(client_id) if grant.point is not None else None
+    visible = grant.point is None or (state is not None and grant.sees(state))
+    touches = await store.touches(client_id, limit) if visible else None
     if touches is None:
         raise _not_found(resources, "/v1/profiles/{client_id}/touches", client_id)
     return FastJSONResponse({"client_id": client_id, "touches": touches})
@@ -41,22 +45,26 @@ PROFILE_ROUTE = "/v1/profiles/{client_id}"
 MAX_IDS = 100
 
 
-async def resolve(resources: Resources, client_id: str) -> tuple[str, ClientState] | None:
+async def resolve(resources: Resources, client_id: str, grant: ReadGrant
+                  ) -> tuple[str, ClientState] | None:
     """The client's key and state; an anonymous id merged into a client resolves to that
-    client (identity stitching), so reads by either id see the merged profile."""
+    client (identity stitching), so reads by either id see the merged profile. A client the
+    key may not see is None, like an unknown one."""
     store = ProfileStore(resources.redis, resources.layout)
     state = await store.state(client_id)
+    key = client_id
     if state is not None and state.merged_into is not None:
         target = await store.state(state.merged_into)
         if target is not None:
-            return state.merged_into, target
-    return None if state is None else (client_id, state)
+            key, state = state.merged_into, target
+    return None if state is None or not grant.sees(state) else (key, state)
 
 
-async def read_profile(resources: Resources, client_id: str) -> dict[str, Any] | None:
+async def read_profile(resources: Resources, client_id: str, grant: ReadGrant
+                       ) -> dict[str, Any] | None:
     """The profile document, or None for an unknown client: shared by the route below and
     by the ASGI fast path (api/fast_reads.py), so the two cannot drift apart."""
-    found = await resolve(resources, client_id)
+    found = await resolve(resources, client_id, grant)
     if found is None:
         resources.metrics.not_found.labels(PROFILE_ROUTE).inc()
         return None
@@ -68,7 +76,7 @@ async def read_profile(resources: Resources, client_id: str) -> dict[str, Any] |
 
 
 @router.get("", response_class=FastJSONResponse)
-async def get_profiles(resources: ReadAccess,
+async def get_profiles(resources: ReadAccess, grant: Grant,
                        ids: Annotated[str, Query(description="comma-separated client ids "
                                                  f"(at most {MAX_IDS})")]
                        ) -> FastJSONResponse:
@@ -93,7 +101,7 @@ async def get_profiles(resources: ReadAccess,
         if state is not None and state.merged_into in targets:
             key = state.merged_into
             state = targets[key]
-        if state is None:
+        if state is None or not grant.sees(state):
             missing.append(client_id)
             continue
         document = profile_document(key, state, now, rules)
@@ -104,9 +112,10 @@ async def get_profiles(resources: ReadAccess,
 
 
 @router.get("/{client_id:path}/segments", response_class=FastJSONResponse)
-async def get_profile_segments(client_id: str, resources: ReadAccess) -> FastJSONResponse:
+async def get_profile_segments(client_id: str, resources: ReadAccess, grant: Grant
+                               ) -> FastJSONResponse:
     """The segments the client is in, with the time each was entered."""
-    found = await resolve(resources, client_id)
+    found = await resolve(resources, client_id, grant)
     if found is None:
         raise _not_found(resources, "/v1/profiles/{client_id}/segments", client_id)
     key, state = found
@@ -118,13 +127,13 @@ async def get_profile_segments(client_id: str, resources: ReadAccess) -> FastJSO
 
 
 @router.get("/{client_id:path}", response_class=FastJSONResponse)
-async def get_profile(client_id: str, resources: ReadAccess) -> FastJSONResponse:
+async def get_profile(client_id: str, resources: ReadAccess, grant: Grant) -> FastJSONResponse:
     """The client's current features (time-dependent ones computed now) and traits.
 
     Served by the fast path in api/fast_reads.py unless `api.fast_reads` is off; this route
     documents it and answers when it is.
     """
-    document = await read_profile(resources, client_id)
+    document = await read_profile(resources, client_id, grant)
     if document is None:
         raise HTTPException(404, detail=f"unknown client {client_id!r}")
     return FastJSONResponse(document)

@@ -11,13 +11,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
-from api.deps import ReadAccess, Resources
-from api.responses import FastJSONResponse
+from api.deps import AllClientsAccess, Resources
+from api.responses import FastJSONResponse, problems
 from features.rfm import RFM_SEGMENTS
 from features.segments import LIFECYCLE_PREFIX, RFM_PREFIX, all_segment_names
 from sinks.segment_store import BadCursor, SegmentStore
 
-router = APIRouter(prefix="/v1/segments", tags=["segments"])
+router = APIRouter(prefix="/v1/segments", tags=["segments"],
+                   responses=problems(400, 401, 404, 422, 503))
 
 MAX_PAGE = 1000
 MAX_CONTAINS = 1000
@@ -60,7 +61,7 @@ def _known(resources: Resources, name: str) -> None:
 
 
 @router.get("", response_class=FastJSONResponse)
-async def list_segments(resources: ReadAccess) -> FastJSONResponse:
+async def list_segments(resources: AllClientsAccess) -> FastJSONResponse:
     """Every segment this configuration defines, with its current size."""
     names = all_segment_names(resources.segments.base)
     sizes = await SegmentStore(resources.redis, resources.layout).sizes(names)
@@ -69,7 +70,7 @@ async def list_segments(resources: ReadAccess) -> FastJSONResponse:
 
 
 @router.get("/{name}/members", response_class=FastJSONResponse)
-async def segment_members(name: SegmentName, resources: ReadAccess,
+async def segment_members(name: SegmentName, resources: AllClientsAccess,
                           cursor: Annotated[str | None, Query(max_length=600)] = None,
                           limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100
                           ) -> FastJSONResponse:
@@ -86,7 +87,7 @@ async def segment_members(name: SegmentName, resources: ReadAccess,
 
 @router.post("/{name}/contains", response_class=FastJSONResponse)
 async def segment_contains(name: SegmentName, request: ContainsRequest,
-                           resources: ReadAccess) -> FastJSONResponse:
+                           resources: AllClientsAccess) -> FastJSONResponse:
     """Which of the given client ids are members (at most 1000 per request)."""
     _known(resources, name)
     members = await SegmentStore(resources.redis, resources.layout).contains(

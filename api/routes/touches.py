@@ -19,11 +19,13 @@ from fastapi import APIRouter, Body, Path
 from fastapi.responses import JSONResponse
 
 from api.deps import AdminKey, ResourcesDep
+from api.responses import problems
 from config.durations import format_duration
 from features.events import ANONYMOUS_PREFIX, EventError, content_event_id, parse_event, parse_time
 from features.triggers import trigger_id
 
-router = APIRouter(prefix="/v1/profiles", tags=["touches"], dependencies=[AdminKey])
+router = APIRouter(prefix="/v1/profiles", tags=["touches"], dependencies=[AdminKey],
+                   responses=problems(400, 401, 403, 404, 413, 422, 503))
 
 ClientId = Annotated[str, Path(min_length=1, max_length=205,
                                description="client id, or anon:<anonymous id>")]
