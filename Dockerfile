@@ -10,6 +10,7 @@ COPY sinks sinks
 COPY api api
 COPY config config
 COPY crmflow crmflow
+COPY history history
 RUN pip install . && useradd --create-home crmflow
 USER crmflow
 EXPOSE 8000 9101

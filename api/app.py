@@ -16,6 +16,7 @@ from api.fast_reads import ProfileFastPath
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import erasure, health, ingest, profiles, segments, touches
 from api.segment_rules_view import SegmentRulesView
+from api.store_metrics import StoreMetrics
 from config.settings import Settings
 from sinks.event_log import AppendOptions, AsyncEventLog
 from sinks.keys import KeyLayout
@@ -42,6 +43,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app = FastAPI(title="crmflow", version="0.1.0", lifespan=lifespan,
                   description="Real-time CRM triggers and customer features.")
     app.state.registry = registry
+    app.state.store_metrics = StoreMetrics(registry)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(IngestCORSMiddleware, allowed_origins=settings.api.cors_origins)
     if settings.api.fast_reads:  # outermost: it records its own metrics

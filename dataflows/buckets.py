@@ -231,6 +231,8 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         dirty.add(client_key)
         triggers.extend(outcome.triggers)
         self._counts[(self._metrics.events_processed, event.type.value)] += 1
+        if before is not None and event.event_time < before.updated_at:
+            self._counts[(self._metrics.late_events, event.type.value)] += 1
         return 1
 
     def _erase(self, client_key: str, event: Event, stream_id: str, dirty: set[str],

@@ -23,6 +23,7 @@ def trigger_label(trigger_type: str) -> str:
 class DataflowMetrics:
     events_read: Counter
     events_processed: Counter
+    late_events: Counter
     duplicates: Counter
     triggers: Counter
     dead_letters: Counter
@@ -40,6 +41,9 @@ class DataflowMetrics:
             events_processed=Counter("crmflow_dataflow_events_processed",
                                      "Events applied to client state", ["type"],
                                      registry=registry),
+            late_events=Counter("crmflow_dataflow_late_events",
+                                "Events applied after a later event of the same client",
+                                ["type"], registry=registry),
             duplicates=Counter("crmflow_dataflow_duplicate_events",
                                "Events ignored as duplicates of one already applied",
                                registry=registry),

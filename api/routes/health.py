@@ -37,5 +37,7 @@ async def readyz(resources: ResourcesDep) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, resources: ResourcesDep) -> Response:
+    await request.app.state.store_metrics.refresh(resources.redis, resources.layout,
+                                                  await resources.segments.current())
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
