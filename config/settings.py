@@ -95,6 +95,7 @@ class Section(BaseModel):
 
 class RedisSettings(Section):
     url: str | None = None  # unset: crmflow runs an embedded Redis
+    cluster: bool = False  # url names a node of a Redis Cluster
     key_prefix: str = "crmflow"
     data_dir: Path = Path("var/redis")
     embedded_port: Port = 6390
@@ -124,6 +125,8 @@ class DataflowSettings(Section):
     offset_flush_interval: Duration = 5.0
     heartbeat_ttl: PositiveDuration = 15.0
     workers: PositiveInt = 1
+    processes: Annotated[int, Field(ge=1, le=64)] = 1  # Bytewax processes on this host
+    cluster_port: Port = 2101  # processes > 1: their loopback ports start here
     metrics_host: str = "127.0.0.1"
     metrics_port: Port = 9101
     epoch_interval: PositiveDuration = 10.0

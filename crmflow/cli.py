@@ -69,6 +69,15 @@ def _cmd_dataflow(args: argparse.Namespace) -> None:
     from dataflows.run import run_dataflow
 
     settings, lease = with_redis(settings_from(args))
+    if settings.dataflow.processes > 1 and args.addresses is None:
+        from crmflow.dataflow_group import run_group
+
+        try:  # the children use the Redis found (or started) here
+            code = run_group(settings, args.config)
+        finally:
+            if lease is not None:
+                lease.release()
+        sys.exit(code)
     addresses = args.addresses.split(";") if args.addresses else None
 
     def exit_now(signum: int, frame: object) -> None:

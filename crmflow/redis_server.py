@@ -42,10 +42,12 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path, *, port: int = 0, appendonly: bool = True) -> None:
+    def __init__(self, data_dir: Path, *, port: int = 0, appendonly: bool = True,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra_args = extra_args  # e.g. a cluster node's settings
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,7 +72,7 @@ class EmbeddedRedis:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec", "--save", "300 1",
             "--daemonize", "no", "--loglevel", "warning",
-            "--logfile", str(self.data_dir / "redis.log"),
+            "--logfile", str(self.data_dir / "redis.log"), *self.extra_args,
         ]
         # Its own session: a terminal's Ctrl-C reaches crmflow, which stops its users first
         # and then this server (saving), rather than the server vanishing under them.

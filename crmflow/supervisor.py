@@ -25,6 +25,7 @@ from config.settings import Settings
 from crmflow.redis_server import EmbeddedRedis
 from crmflow.runtime import ensure_keys, with_redis
 from sinks.keys import KeyLayout
+from sinks.redis_client import sync_client
 
 log = logging.getLogger("crmflow.up")
 STABLE_AFTER = 60.0
@@ -115,22 +116,36 @@ def tail_triggers(settings: Settings, *, from_start: bool = False, since: float 
     start, from the time `since` (epoch seconds), or from now."""
     layout = KeyLayout.from_settings(settings)
     assert settings.redis.url is not None
-    client = redis.Redis.from_url(settings.redis.url, socket_timeout=5)
+    client = sync_client(settings.redis)
     first = "0-0" if from_start else f"{int(since * 1000)}-0" if since is not None else "$"
     positions: dict[str, str] = dict.fromkeys(layout.all_trigger_streams(), first)
     while stop is None or not stop.is_set():
         try:
-            replies = client.xread(positions, count=500, block=1000)  # type: ignore[arg-type]
+            replies = _read_triggers(client, positions, settings.redis.cluster)
         except redis.RedisError as exc:
             if stop is not None and stop.is_set():
                 return  # shutting down: Redis may already be gone
             log.warning("trigger tail: %s", exc)
             time.sleep(1)
             continue
-        for stream, entries in cast(StreamReply, replies) or []:
+        for stream, entries in replies or []:
             for entry_id, fields in entries:
                 print(_format_trigger(fields), flush=True)  # noqa: T201 - the user asked to see them
                 positions[stream.decode()] = entry_id.decode()
+
+
+def _read_triggers(client: redis.Redis, positions: dict[str, str], cluster: bool
+                   ) -> StreamReply:
+    """The next trigger entries: one blocking read of every stream, or, on a cluster (where
+    the streams live in different slots), a read of each in turn and a pause when idle."""
+    if not cluster:
+        return cast(StreamReply, client.xread(positions, count=500, block=1000))  # type: ignore[arg-type]
+    replies: StreamReply = []
+    for stream, position in positions.items():
+        replies += cast(StreamReply, client.xread({stream: position}, count=500))
+    if not any(entries for _, entries in replies):
+        time.sleep(0.5)
+    return replies
 
 
 def run_up(settings: Settings, *, config_file: Path | None, demo: bool, keys_file: Path) -> None:

@@ -26,7 +26,7 @@ from features.triggers import Trigger
 from sinks import rfm_index
 from sinks.event_log import AppendOptions, EventLog
 from sinks.keys import KeyLayout
-from sinks.scripts import lua
+from sinks.scripts import lua, run_scripts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -226,11 +226,9 @@ class BucketStore:
         """
         def write() -> list[Any]:
             self._before_commit(commits)
-            pipe = self._client.pipeline(transaction=False)
-            for commit in commits:
-                keys, args = self._call(commit)
-                self._commit(keys=keys, args=args, client=pipe)
-            return pipe.execute(raise_on_error=False)
+            return run_scripts(self._client, self._commit,
+                               [self._call(commit) for commit in commits],
+                               raise_on_error=False)
 
         results = retrying(write, "committing", retry_for=retry_for)
         emitted: list[tuple[str, str]] = []

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from features.events import Event, event_to_dict
 from features.identity import with_links
 from sinks.keys import KeyLayout
-from sinks.scripts import lua
+from sinks.scripts import lua, run_scripts, run_scripts_async
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +115,8 @@ class AsyncEventLog:
             return []
         linked = with_links(events)
         calls = _script_calls(self._layout, self._options, linked)
-        async with self._client.pipeline(transaction=False) as pipe:
-            for _, _, keys, args in calls:
-                await self._script(keys=keys, args=args, client=pipe)
-            results = await pipe.execute()
+        results = await run_scripts_async(self._client, self._script,
+                                          [(keys, args) for _, _, keys, args in calls])
         return _own_outcomes(events, linked,
                              _outcomes(len(linked), self._options, calls, results, lengths))
 
@@ -139,8 +137,7 @@ class EventLog:
         # the dataflow's own events (identity steps, forwards; dedupe_ids) need no new links
         linked = with_links(events) if dedupe_ids is None else list(events)
         calls = _script_calls(self._layout, self._options, linked, dedupe_ids)
-        pipe = self._client.pipeline(transaction=False)
-        for _, _, keys, args in calls:
-            self._script(keys=keys, args=args, client=pipe)
+        results = run_scripts(self._client, self._script,
+                              [(keys, args) for _, _, keys, args in calls])
         return _own_outcomes(events, linked,
-                             _outcomes(len(linked), self._options, calls, pipe.execute()))
+                             _outcomes(len(linked), self._options, calls, results))

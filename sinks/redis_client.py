@@ -1,8 +1,15 @@
-"""Redis connections built from settings (hiredis parses replies when installed)."""
+"""Redis connections built from settings (hiredis parses replies when installed).
+
+With `redis.cluster`, the URL names any node of a Redis Cluster and the clients are cluster
+clients. Every key crmflow writes together carries its partition's hash tag (sinks/keys.py),
+so each script and transaction stays in one slot; a cluster client answers every command
+crmflow uses as a single-node client does, which is why it is typed as one here.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -22,12 +29,18 @@ def _url(settings: RedisSettings) -> str:
 
 
 def sync_client(settings: RedisSettings) -> redis.Redis:
-    return redis.Redis.from_url(_url(settings), socket_timeout=settings.socket_timeout,
-                                socket_connect_timeout=settings.socket_timeout,
-                                client_name=connection_name())
+    options: dict[str, Any] = {"socket_timeout": settings.socket_timeout,
+                               "socket_connect_timeout": settings.socket_timeout,
+                               "client_name": connection_name()}
+    if settings.cluster:
+        return cast(redis.Redis, redis.RedisCluster.from_url(_url(settings), **options))
+    return redis.Redis.from_url(_url(settings), **options)
 
 
 def async_client(settings: RedisSettings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(_url(settings), socket_timeout=settings.socket_timeout,
-                                   socket_connect_timeout=settings.socket_timeout,
-                                   max_connections=256, client_name=connection_name())
+    options: dict[str, Any] = {"socket_timeout": settings.socket_timeout,
+                               "socket_connect_timeout": settings.socket_timeout,
+                               "client_name": connection_name()}
+    if settings.cluster:
+        return cast(aioredis.Redis, aioredis.RedisCluster.from_url(_url(settings), **options))
+    return aioredis.Redis.from_url(_url(settings), max_connections=256, **options)

@@ -1,0 +1,72 @@
+"""`crmflow dataflow` with `dataflow.processes` > 1: a group of Bytewax processes on one host.
+
+Each child is `crmflow dataflow --process-id I --addresses ...` on loopback ports from
+`dataflow.cluster_port`; Bytewax shares the streams' partitions among them, and each serves
+its metrics on `dataflow.metrics_port + I`. The group lives and dies as one (a Bytewax
+cluster cannot lose a member): when a child exits, the others are stopped and the group
+exits with that child's code, for the supervisor (compose, systemd, `crmflow up`) to
+restart it. The dataflow keeps no state of its own, so a restart resumes from Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from config.settings import Settings
+
+log = logging.getLogger("crmflow.dataflow")
+STOP_TIMEOUT = 10.0
+
+
+def addresses(settings: Settings) -> str:
+    base = settings.dataflow.cluster_port
+    return ";".join(f"127.0.0.1:{base + n}" for n in range(settings.dataflow.processes))
+
+
+def run_group(settings: Settings, config_file: Path | None) -> int:
+    """Run the group until a child exits or a signal arrives; the exit code."""
+    argv = [sys.executable, "-m", "crmflow.cli", "dataflow", "--addresses",
+            addresses(settings)]
+    if config_file is not None:
+        argv += ["--config", str(config_file)]
+    env = dict(os.environ)
+    if settings.redis.url:
+        env["REDIS_URL"] = settings.redis.url
+    children = [subprocess.Popen([*argv, "--process-id", str(n)], env=env)  # noqa: S603
+                for n in range(settings.dataflow.processes)]
+    log.info("dataflow group of %d processes: %s", len(children), addresses(settings))
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = 0
+    while not stopping:
+        exited = [child for child in children if child.poll() is not None]
+        if exited:
+            code = exited[0].returncode or 1
+            log.error("dataflow process %d exited (%s): stopping the group",
+                      children.index(exited[0]), exited[0].returncode)
+            break
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:  # waiting for its peers, it may not hear SIGTERM
+            child.kill()
+            child.wait()
+    return 0 if stopping else code

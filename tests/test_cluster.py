@@ -1,0 +1,124 @@
+"""Scale-out: a real 3-node Redis Cluster on loopback and two Bytewax processes (one
+`crmflow dataflow` with `dataflow.processes: 2`) give the same profiles and trigger ids as
+one process on one Redis."""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from config.settings import Settings
+from crmflow.redis_server import EmbeddedRedis, free_port
+from features.codec import decode_state
+from sinks.keys import KeyLayout
+from tests.histories import histories
+from tests.support import (
+    api_server,
+    dataflow_process,
+    drain,
+    make_settings,
+    post_events,
+    wait_for,
+    write_config,
+)
+
+SLOTS = 16384
+DAY = 86400.0
+
+
+def node_port() -> int:
+    """A free port whose cluster-bus port (10,000 higher) is free too."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20_000, 55_000)
+        with socket.socket() as one, socket.socket() as two:
+            try:
+                one.bind(("127.0.0.1", port))
+                two.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+            return port
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[str]:
+    """Three masters sharing the slots; the URL of the first."""
+    nodes = [EmbeddedRedis(tmp_path / f"node{n}", port=node_port(), appendonly=False, extra_args=(
+        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+        "--cluster-node-timeout", "5000")) for n in range(3)]
+    for node in nodes:
+        node.start()
+    clients = [redis.Redis(host="127.0.0.1", port=node.port) for node in nodes]
+    try:
+        share = SLOTS // len(nodes)
+        for n, client in enumerate(clients):
+            last = SLOTS if n == len(nodes) - 1 else (n + 1) * share
+            client.execute_command("CLUSTER ADDSLOTS", *range(n * share, last))
+        for node in nodes[1:]:
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+        wait_for(lambda: all(c.cluster("info")["cluster_state"] == "ok" for c in clients)
+                 and all(len(c.cluster("nodes")) == 3 for c in clients), 30,
+                 "the cluster to form", interval=0.2)
+        yield nodes[0].url
+    finally:
+        for client in clients:
+            client.close()
+        for node in nodes:
+            node.kill()
+
+
+def outcome(settings: Settings) -> tuple[dict[str, Any], list[str]]:
+    client: Any = (redis.RedisCluster.from_url(settings.redis.url or "") if settings.redis.cluster
+                   else redis.Redis.from_url(settings.redis.url or ""))
+    layout = KeyLayout.from_settings(settings)
+    try:
+        states = {key.decode(): decode_state(raw) for bucket in range(layout.buckets)
+                  for key, raw in client.hgetall(layout.state(bucket)).items()}
+        ids = sorted(fields[b"trigger_id"].decode() + fields[b"status"].decode()
+                     for stream in layout.all_trigger_streams()
+                     for _, fields in client.xrange(stream))
+        return states, ids
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+def test_two_processes_on_a_cluster_match_one_on_one_redis(
+        redis_cluster: str, redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+    start = (time.time() // DAY - 10) * DAY
+    events = [e for h in histories(7, 400, start) for e in h]
+    clustered = make_settings(redis_cluster, key_prefix, redis={"cluster": True}, dataflow={
+        "processes": 2, "cluster_port": free_port(), "metrics_port": free_port()})
+    config = write_config(clustered, tmp_path / "cluster.yaml")
+    with api_server(clustered) as url:
+        for chunk in range(0, len(events), 500):
+            response = post_events(url, events[chunk:chunk + 500])
+            assert response.status_code == 200, response.text
+        with dataflow_process(config) as group:  # `dataflow.processes: 2`: two Bytewax processes
+            single = make_settings(redis_url, key_prefix + "s")
+            with api_server(single) as single_url:
+                for chunk in range(0, len(events), 500):
+                    assert post_events(single_url, events[chunk:chunk + 500]).status_code == 200
+            drain(single)
+            expected_states, expected_ids = outcome(single)
+
+            def caught_up() -> bool:
+                states, ids = outcome(clustered)
+                return len(states) == len(expected_states) and len(ids) >= len(expected_ids)
+
+            wait_for(caught_up, 120, "the two processes to apply everything", interval=1)
+            time.sleep(2)  # timers due by now fire on the head clock in both
+            assert group.poll() is None
+    states, ids = outcome(clustered)
+    strip = {"last_received_at": 0.0}
+    from dataclasses import replace
+    assert {k: replace(v, **strip) for k, v in states.items()} == {
+        k: replace(v, **strip) for k, v in expected_states.items()}
+    assert ids == expected_ids
