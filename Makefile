@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench bench-quick wrk clean
+.PHONY: install run test lint bench bench-quick wrk compose-tool clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "crmflow needs Python 3.11 or 3.12 (Bytewax 0.21 has no wheels for others)"; exit 1; }
@@ -23,7 +23,7 @@ install: $(STAMP)
 run: install
 	$(BIN)/crmflow up --demo
 
-test: install
+test: install compose-tool
 	$(BIN)/python -m pytest
 
 lint: install
@@ -41,6 +41,12 @@ wrk:
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } \
 		|| echo "wrk is not installed (apt-get install wrk): the HTTP loads will be skipped"
+
+# `docker-compose config` validates docker-compose.yml without a Docker engine (a test runs it).
+compose-tool:
+	@command -v docker-compose >/dev/null 2>&1 || command -v docker >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] \
+		&& command -v apt-get >/dev/null 2>&1 && apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } \
+		|| echo "docker-compose is not installed: the compose file's validation will be skipped"
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -129,6 +129,7 @@ class DataflowSettings(Section):
     cluster_port: Port = 2101  # processes > 1: their loopback ports start here
     metrics_host: str = "127.0.0.1"
     metrics_port: Port = 9101
+    bytewax_metrics_port: Port = 0  # Bytewax's own metrics server (0 = off); + process id
     epoch_interval: PositiveDuration = 10.0
 
 

@@ -28,6 +28,7 @@ class DataflowMetrics:
     triggers: Counter
     dead_letters: Counter
     lag_seconds: Gauge
+    pending_entries: Gauge
     watermark: Gauge
     timers_pending: Gauge
     commit_seconds: Histogram
@@ -55,6 +56,9 @@ class DataflowMetrics:
             lag_seconds=Gauge("crmflow_consumer_lag_seconds",
                               "Age of the oldest stream entry not yet read (0 when caught up)",
                               ["partition"], registry=registry),
+            pending_entries=Gauge("crmflow_consumer_pending_entries",
+                                  "Stream entries appended but not yet read",
+                                  ["partition"], registry=registry),
             watermark=Gauge("crmflow_watermark_seconds",
                             "The partition's clock for timers, epoch seconds",
                             ["partition"], registry=registry),

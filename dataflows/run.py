@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from datetime import timedelta
 
 from bytewax.run import cli_main
@@ -41,6 +42,11 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
         host = settings.dataflow.metrics_host
         start_http_server(port, addr=host, registry=registry)
         log.info("dataflow metrics on http://%s:%d/metrics", host, port)
+    bytewax_port = settings.dataflow.bytewax_metrics_port
+    if bytewax_port:  # read by Bytewax's runtime when the dataflow starts
+        os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "1"
+        os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(bytewax_port + (process_id or 0))
+        log.info("Bytewax metrics on :%d/metrics", bytewax_port + (process_id or 0))
     for _ in range(MAX_DRAIN_ROUNDS if stop_when_caught_up else 1):
         heads = _stream_heads(settings)
         flow = build_flow(settings, metrics, stop_when_caught_up=stop_when_caught_up,

@@ -87,6 +87,8 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
         self._own = [str(b) for b in range(partition, layout.buckets, layout.partitions)]
         self._misrouted_to = self._own[0]
         self._position = store.resume_position(partition)
+        self._count_key = layout.events_count(partition)
+        self._read_number: int | None = None  # `n` of the last entry read
         self._caught_up = False
         self._last_tick = 0.0
         self._last_heartbeat = 0.0
@@ -105,11 +107,16 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
             items.append((target, (EVENT, int(target), stream_id, client_key,
                                    fields.get(b"e", b""))))
             self._position = stream_id
+            number = fields.get(b"n")
+            if number is not None:
+                self._read_number = int(number)
         if entries:
             self._metrics.events_read.labels(self._label).inc(len(entries))
         self._caught_up = len(entries) < self._config.batch_size
         now = time.time()
         self._update_lag(entries, now)
+        if self._caught_up:
+            self._metrics.pending_entries.labels(self._label).set(0)
         if now - self._last_tick >= self._config.tick_interval or (
                 self._caught_up and self._config.stop_when_caught_up):
             items.extend(self._ticks(now))
@@ -154,6 +161,8 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
         clock as it was."""
         self._last_tick = now
         at_head = self._caught_up
+        if not at_head:
+            self._count_pending()
         if at_head:
             clock = now if self._config.as_of is None else self._config.as_of
         else:
@@ -161,6 +170,16 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
         self._metrics.watermark.labels(self._label).set(clock)
         return [(bucket, (TICK, int(bucket), clock, self._position, at_head))
                 for bucket in self._own]
+
+    def _count_pending(self) -> None:
+        """Entries appended less those read (by the entries' numbers), once per tick."""
+        if self._read_number is None:
+            return  # entries written before they were numbered: unknown until the next
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+            appended = self._client.get(self._count_key)
+            if appended is not None:
+                pending = max(0, int(cast(bytes, appended)) - self._read_number)
+                self._metrics.pending_entries.labels(self._label).set(pending)
 
     def _update_lag(self, entries: list[tuple[bytes, dict[bytes, bytes]]], now: float) -> None:
         """The age of the oldest entry not yet read, as of this read: the first entry it

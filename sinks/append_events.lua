@@ -6,6 +6,8 @@
 -- ARGV: 1 window seconds (0 = no de-duplication), 2 the stream's length cap (0 = none),
 --       3 de-duplication key prefix (same hash tag as the stream), then per event: event
 --       id, client key, event time, event json
+-- Each entry carries `n`, its number in the stream (a counter beside it, same hash tag): the
+-- dataflow's pending entries are the counter less the `n` it last read.
 -- Returns the stream's length, then per event its new stream id, or 0 for a duplicate; or
 -- {-1, length} when the events would take the stream over its cap (nothing appended: the
 -- caller answers "retry later", and no unprocessed event is ever dropped to make room).
@@ -24,8 +26,9 @@ for i = 4, #ARGV, 4 do
     fresh = redis.call('SET', ARGV[3] .. redis.sha1hex(ARGV[i]), '1', 'NX', 'EX', window)
   end
   if fresh then
-    table.insert(results, redis.call('XADD', KEYS[1], '*',
-                                     'k', ARGV[i + 1], 't', ARGV[i + 2], 'e', ARGV[i + 3]))
+    local n = redis.call('INCR', KEYS[1] .. ':count')
+    table.insert(results, redis.call('XADD', KEYS[1], '*', 'k', ARGV[i + 1], 't', ARGV[i + 2],
+                                     'e', ARGV[i + 3], 'n', n))
   else
     table.insert(results, 0)
   end

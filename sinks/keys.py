@@ -41,6 +41,10 @@ class KeyLayout:
     def events(self, partition: int) -> str:
         return f"{self._tag(partition)}:events"
 
+    def events_count(self, partition: int) -> str:
+        """How many entries were ever appended to the partition's stream."""
+        return f"{self.events(partition)}:count"
+
     def seen(self, partition: int) -> str:
         """Prefix of the ingest de-duplication keys; the SHA-1 of the event id follows."""
         return f"{self._tag(partition)}:seen:"

@@ -272,6 +272,32 @@ def test_lag_is_the_age_of_the_oldest_unread_entry(redis_client: redis.Redis, re
     partition.close()
 
 
+def test_pending_entries_count_what_is_appended_and_not_yet_read(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    settings = make_settings(redis_url, key_prefix, dataflow={"partitions": 1})
+    append(redis_client, settings, [{"event_id": f"p{n}", "type": "visit", "client_id": "c",
+                                     "event_time": RECEIVED - 100 + n} for n in range(25)],
+           dedupe_window=0)
+    registry = CollectorRegistry()
+    source = EventStreamSource(lambda: store_factory(settings),
+                               SourceConfig(batch_size=10, tick_interval=0.05, idle_wait=0.01,
+                                            heartbeat_ttl=5), DataflowMetrics.create(registry))
+    partition = source.build_part("events", "0", None)
+
+    def pending() -> float | None:
+        return registry.get_sample_value("crmflow_consumer_pending_entries",
+                                         {"partition": "0"})
+
+    partition.next_batch()
+    assert pending() == 15
+    time.sleep(0.06)
+    partition.next_batch()
+    assert pending() == 5
+    partition.next_batch()  # the last 5: caught up
+    assert pending() == 0
+    partition.close()
+
+
 def test_as_of_bounds_which_timers_fire(redis_client: redis.Redis, redis_url: str,
                                         key_prefix: str) -> None:
     settings = make_settings(redis_url, key_prefix)

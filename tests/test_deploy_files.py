@@ -65,7 +65,9 @@ def test_the_dashboard_queries_only_metrics_the_code_exports() -> None:
         titles.add(panel["title"])
         for target in panel["targets"]:
             named = set(re.findall(r"\bcrmflow_[a-z_]+", target["expr"]))
-            assert named and named <= exported, (panel["title"], named - exported)
+            bytewax = set(re.findall(r"\bbytewax_[a-z_]+", target["expr"]))
+            assert named or bytewax, panel["title"]  # Bytewax's: see test_metrics.py
+            assert named <= exported, (panel["title"], named - exported)
     wanted = ("Ingest", "lag", "Triggers", "Segment sizes", "API latency")
     assert all(any(word in title for title in titles) for word in wanted)
 
@@ -77,7 +79,33 @@ def test_prometheus_scrapes_the_api_and_the_dataflow_and_grafana_is_provisioned(
     scrape = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
     targets = {t for job in scrape["scrape_configs"] for group in job["static_configs"]
                for t in group["targets"]}
-    assert targets == {"api:8000", "dataflow:9101"}
+    assert {"api:8000", "dataflow:9101", "dataflow:3030"} <= targets
+    environment = services["dataflow"]["environment"]
+    assert environment["CRMFLOW_DATAFLOW__PROCESSES"].startswith("${CRMFLOW_DATAFLOW_PROCESSES")
     for volume in services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
         source = volume.split(":")[0]
         assert not source.startswith("./") or (REPO / source).exists(), source
+
+
+def test_docker_compose_validates_the_file() -> None:
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("docker-compose"):
+        command = ["docker-compose", "config", "-q"]
+    elif shutil.which("docker"):
+        command = ["docker", "compose", "config", "-q"]
+    else:
+        pytest.skip("neither docker-compose nor docker is installed (make test installs "
+                    "Debian's docker-compose when it runs as root)")
+    env = {**os.environ, "CRMFLOW_WRITE_KEY": "w", "CRMFLOW_READ_KEY": "r",
+           "GRAFANA_ADMIN_PASSWORD": "g"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    missing = subprocess.run(command, cwd=REPO, env={**env, "CRMFLOW_WRITE_KEY": ""},
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert missing.returncode != 0 and "CRMFLOW_WRITE_KEY" in missing.stderr

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
+from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.support import api_server, drain, make_settings, post_events, read_headers
+from crmflow.redis_server import free_port
+from tests.support import (
+    REPO,
+    api_server,
+    dataflow_process,
+    drain,
+    make_settings,
+    post_events,
+    read_headers,
+    wait_for,
+    write_config,
+)
 
 
 def test_store_gauges_and_late_events(redis_url: str, key_prefix: str) -> None:
@@ -48,3 +63,29 @@ def test_store_gauges_and_late_events(redis_url: str, key_prefix: str) -> None:
     used = next(line for line in text.splitlines()
                 if line.startswith("crmflow_redis_used_memory_bytes "))
     assert float(used.split()[1]) > 0
+
+
+@pytest.mark.slow
+def test_bytewax_metrics_are_served_beside_ours(redis_url: str, key_prefix: str,
+                                                tmp_path: Path) -> None:
+    port = free_port()
+    settings = make_settings(redis_url, key_prefix, dataflow={"bytewax_metrics_port": port})
+    with api_server(settings) as url:
+        assert post_events(url, [{"event_id": "b1", "type": "visit", "client_id": "b",
+                                  "event_time": time.time()}]).status_code == 200
+    with dataflow_process(write_config(settings, tmp_path / "crmflow.yaml")):
+        def scraped() -> str:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                return ""
+
+        text = wait_for(lambda: "item_inp_count" in (t := scraped()) and t, 60,
+                        "Bytewax's metrics server", interval=0.5)
+    assert "stateful_batch_on_batch_duration_seconds" in text  # our bucket logic's step
+    dashboard = json.loads((REPO / "deploy/grafana/dashboards/crmflow.json").read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"\bbytewax_[a-z_]+", target["expr"])}
+    assert queried
+    for name in queried:  # every Bytewax metric the panels query is served
+        assert f"\n{name}{{" in text, name
