@@ -55,12 +55,13 @@ class Plan:
     latency_seconds: float
     replay_events: int = 1_000_000
     soak_seconds: float = 120.0
+    scale_out: bool = True  # one process against a group of two (full plan only)
 
 
 FULL = Plan(sizes=(100_000, 1_000_000), events_per_client=2, naive_events=30_000,
             load_seconds=10, latency_seconds=20)
 QUICK = Plan(sizes=(100_000,), events_per_client=2, naive_events=10_000, load_seconds=3,
-             latency_seconds=8, replay_events=50_000, soak_seconds=20)
+             latency_seconds=8, replay_events=50_000, soak_seconds=20, scale_out=False)
 
 
 def log(message: str) -> None:
@@ -393,6 +394,12 @@ def table(results: dict[str, Any]) -> str:
             rows.append((f"{label}, {figures['rows']:,} rows", f"{figures['rows_per_s']:,} rows/s",
                          f"{figures['events_per_s']:,} events/s",
                          f"{figures['seconds']}s", ""))
+    scale = results.get("scale_out")
+    if scale:
+        rows.append((f"dataflow, 2 processes vs 1 ({scale['events']:,} events)",
+                     f"{scale['two_processes_events_per_s']:,}",
+                     f"1 process {scale['one_process_events_per_s']:,}", f"{scale['ratio']}x",
+                     ""))
     soak = results.get("soak")
     if soak and "ingest" not in soak:
         rows.append(("soak", "not run", soak.get("skipped") or soak.get("error", ""), "", ""))
@@ -428,7 +435,8 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from bench.soak import soak_section  # bench.soak builds on this module's helpers
+    from bench.scale import scale_section  # both build on this module's helpers
+    from bench.soak import soak_section
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100k clients, short loads")
@@ -454,6 +462,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             results["latency"] = latency_section(client, server.url, plan, folder, max_rate)
             log("replay: UCI Online Retail and a synthetic file")
             results["replay"] = replay_section(server.url, plan.replay_events, folder)
+            if plan.scale_out:
+                results["scale_out"] = scale_section(client, server.url, plan, folder)
             log(f"soak: ingest and profile reads together for {plan.soak_seconds:.0f}s")
             results["soak"] = soak_section(client, server.url, plan, folder)
         finally:

@@ -127,6 +127,17 @@ class DataflowSettings(Section):
     workers: PositiveInt = 1
     processes: Annotated[int, Field(ge=1, le=64)] = 1  # Bytewax processes on this host
     cluster_port: Port = 2101  # processes > 1: their loopback ports start here
+    # several hosts: every process's host:port, and this one's index among them
+    addresses: KeyList = Field(default_factory=list)
+    process_id: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _process_in_addresses(self) -> DataflowSettings:
+        if self.addresses and (self.process_id is None
+                               or self.process_id >= len(self.addresses)):
+            raise ValueError(f"process_id must be an index into addresses (0.."
+                             f"{len(self.addresses) - 1}), got {self.process_id}")
+        return self
     metrics_host: str = "127.0.0.1"
     metrics_port: Port = 9101
     bytewax_metrics_port: Port = 0  # Bytewax's own metrics server (0 = off); + process id

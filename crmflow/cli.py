@@ -69,6 +69,10 @@ def _cmd_dataflow(args: argparse.Namespace) -> None:
     from dataflows.run import run_dataflow
 
     settings, lease = with_redis(settings_from(args))
+    if args.addresses is None and settings.dataflow.addresses:  # from the configuration
+        args.addresses = ";".join(settings.dataflow.addresses)
+        args.process_id = (settings.dataflow.process_id if args.process_id is None
+                           else args.process_id)
     if settings.dataflow.processes > 1 and args.addresses is None:
         from crmflow.dataflow_group import run_group
 

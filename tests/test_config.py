@@ -426,3 +426,14 @@ def test_loyalty_tiers_must_be_listed_lowest_first(tmp_path: Path) -> None:
                            "      - {name: silver, min_orders: 3}\n")
     with pytest.raises(ConfigError, match="triggers.loyalty_status.tiers: .*lowest first"):
         load_settings(path)
+
+
+def test_several_hosts_are_configured_by_addresses_and_process_id(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRMFLOW_DATAFLOW__ADDRESSES", "10.0.0.1:2101,10.0.0.2:2101")
+    monkeypatch.setenv("CRMFLOW_DATAFLOW__PROCESS_ID", "1")
+    dataflow = load_settings().dataflow
+    assert (dataflow.addresses, dataflow.process_id) == (["10.0.0.1:2101", "10.0.0.2:2101"], 1)
+    monkeypatch.setenv("CRMFLOW_DATAFLOW__PROCESS_ID", "2")
+    with pytest.raises(ConfigError, match=r"dataflow.*process_id must be an index"):
+        load_settings()
