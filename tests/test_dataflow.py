@@ -249,6 +249,16 @@ def test_live_dataflow_fires_timers_on_wall_clock(redis_client: redis.Redis, red
     assert "crmflow_timers_pending 0.0" in metrics
 
 
+def first_partition(settings: Settings, registry: CollectorRegistry, *, tick_interval: float
+                    ) -> Any:
+    """The source's reader of partition 0, in batches of 10, reporting to `registry`."""
+    source = EventStreamSource(lambda: store_factory(settings),
+                               SourceConfig(batch_size=10, tick_interval=tick_interval,
+                                            idle_wait=0.01, heartbeat_ttl=5),
+                               DataflowMetrics.create(registry))
+    return source.build_part("events", "0", None)
+
+
 def test_lag_is_the_age_of_the_oldest_unread_entry(redis_client: redis.Redis, redis_url: str,
                                                    key_prefix: str) -> None:
     settings = make_settings(redis_url, key_prefix)
@@ -256,10 +266,7 @@ def test_lag_is_the_age_of_the_oldest_unread_entry(redis_client: redis.Redis, re
     appended = int((time.time() - 30) * 1000)
     redis_client.xadd(layout.events(0), {"k": "x", "t": "0", "e": "{}"}, id=f"{appended}-0")
     registry = CollectorRegistry()
-    source = EventStreamSource(lambda: store_factory(settings),
-                               SourceConfig(batch_size=10, tick_interval=0.1, idle_wait=0.01,
-                                            heartbeat_ttl=5), DataflowMetrics.create(registry))
-    partition = source.build_part("events", "0", None)
+    partition = first_partition(settings, registry, tick_interval=0.1)
 
     def lag() -> float | None:
         return registry.get_sample_value("crmflow_consumer_lag_seconds", {"partition": "0"})
@@ -279,10 +286,7 @@ def test_pending_entries_count_what_is_appended_and_not_yet_read(
                                      "event_time": RECEIVED - 100 + n} for n in range(25)],
            dedupe_window=0)
     registry = CollectorRegistry()
-    source = EventStreamSource(lambda: store_factory(settings),
-                               SourceConfig(batch_size=10, tick_interval=0.05, idle_wait=0.01,
-                                            heartbeat_ttl=5), DataflowMetrics.create(registry))
-    partition = source.build_part("events", "0", None)
+    partition = first_partition(settings, registry, tick_interval=0.05)
 
     def pending() -> float | None:
         return registry.get_sample_value("crmflow_consumer_pending_entries",
