@@ -53,7 +53,14 @@ from features.rules import (
     WELCOME,
     TriggerRules,
 )
-from features.state import CategoryOrders, ClientState, PendingTrigger, mark_of, with_mark
+from features.state import (
+    CategoryOrders,
+    ClientState,
+    PendingTrigger,
+    evolve,
+    mark_of,
+    with_mark,
+)
 
 NPS_QUESTION = "How likely are you to recommend us to a friend or colleague, from 0 to 10?"
 DONE_ONCE = 1.0  # the mark of a once-per-client rule that has fired
@@ -95,7 +102,7 @@ def _cart_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Ca
         "cart_updated_at": format_time(state.cart_updated_at),
     }
     due = state.cart_updated_at + rules.abandoned_cart.delay
-    return (replace(state, cart_reminded=due),
+    return (evolve(state, cart_reminded=due),
             Candidate(ABANDONED_CART, occasion_time(state.cart_since), due, payload))
 
 
@@ -114,7 +121,7 @@ def _browse_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, 
                           {"products": products, "last_view_at": format_time(state.last_view_at)})
     # views up to the reminder's due time are closed: a late one must not remind again
     closed = max(state.browse_closed_at, state.last_view_at + rules.abandoned_browse.delay)
-    return replace(state, browse_since=None, browse_closed_at=closed), candidate
+    return evolve(state, browse_since=None, browse_closed_at=closed), candidate
 
 
 def _feedback_due(state: ClientState, rules: TriggerRules) -> float | None:
@@ -228,7 +235,7 @@ def _replenish_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientStat
         payload = {"category": stats.category, "last_order_at": format_time(stats.last_at),
                    "mean_days_between_orders": round(cycle / DAY, 3),
                    "predicted_order_at": format_time(stats.last_at + cycle)}
-        return (replace(state, categories=categories),
+        return (evolve(state, categories=categories),
                 Candidate(REPLENISHMENT_REMINDER,
                           f"{stats.category}:{occasion_time(stats.last_at)}", due, payload))
     last = last_live_order(state)
@@ -454,7 +461,7 @@ def _loyalty(after: ClientState, event: Event, rules: TriggerRules
     previous = after.loyalty_tier
     if tier == previous:
         return after, []
-    after = replace(after, loyalty_tier=tier)
+    after = evolve(after, loyalty_tier=tier)
     rank = tier_rank(tier, rule.tiers)
     up = rank > tier_rank(previous, rule.tiers)
     if not rule.enabled:

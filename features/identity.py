@@ -37,6 +37,7 @@ from features.state import (
     CategoryInterest,
     ClientState,
     event_fingerprint,
+    evolve,
 )
 from features.triggers import Trigger, TriggerRules, fire_due, process_event
 from features.windows import HOUR, VIEW_DAYS, VIEW_HOURS, VISIT_DAYS
@@ -66,7 +67,7 @@ def handle(client_key: str, state: ClientState | None, event: Event, rules: Trig
     after, fired = process_event(client_key, state, event, rules)
     alias = _new_alias(after, event)
     if alias is not None:
-        after = replace(after, aliases=(*after.aliases, alias)[-MAX_ALIASES:])
+        after = evolve(after, aliases=(*after.aliases, alias)[-MAX_ALIASES:])
     return Outcome(after, fired)
 
 
@@ -135,7 +136,7 @@ def _absorb(client_key: str, state: ClientState | None, event: Event, rules: Tri
     base, fired = (None, []) if state is None else process_event(
         client_key, state, replace(event, type=EventType.CUSTOM, name="profile_merged"), rules)
     merged = merge_states(base, source, alias, event.event_time)
-    merged = replace(merged, recent_event_ids=(*merged.recent_event_ids, fingerprint)[
+    merged = evolve(merged, recent_event_ids=(*merged.recent_event_ids, fingerprint)[
         -MAX_RECENT_EVENT_IDS:])
     return Outcome(merged, fired)
 
@@ -149,7 +150,7 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
     and what either side decided stays decided, so nothing fires twice.
     """
     if target is None:
-        return replace(source, merged_into=None, segments=(), segments_at=0.0,
+        return evolve(source, merged_into=None, segments=(), segments_at=0.0,
                        aliases=(alias,))
     t, s = target, source
     latest = max(t.updated_at, s.updated_at)
@@ -171,7 +172,7 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
     for name, count in t.channel_engagement:
         channels[name] = channels.get(name, 0) + count
     reminded = max(t.cart_reminded, s.cart_reminded) if cart_lines else 0.0
-    return replace(
+    return evolve(
         t,
         first_seen_at=min(t.first_seen_at, s.first_seen_at),
         last_seen_at=max(t.last_seen_at, s.last_seen_at),

@@ -9,7 +9,6 @@ and to record entries and exits, so reads never evaluate rules nor scan clients.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +17,7 @@ from features.calendar import parse_birthday
 from features.lifecycle import SEGMENT_STAGES, lifecycle_next_change, lifecycle_stage
 from features.rules import SegmentRules
 from features.segment_rules import FeatureKind, SegmentCatalog, compile_segments
-from features.state import ClientState
+from features.state import ClientState, evolve
 from features.values import FEATURES, Context, Kind, rfm_scores
 
 LIFECYCLE_PREFIX = "lifecycle:"
@@ -138,7 +137,7 @@ def resegment(state: ClientState, now: float, rules: SegmentRules) -> ClientStat
     entered = dict(state.segments)
     names = memberships(state, now, rules)
     segments = tuple(sorted((name, entered.get(name, now)) for name in names))
-    return replace(state, segments=segments, segments_at=now)
+    return evolve(state, segments=segments, segments_at=now)
 
 
 def refile_rfm(state: ClientState, now: float, rules: SegmentRules) -> ClientState:
@@ -150,7 +149,7 @@ def refile_rfm(state: ClientState, now: float, rules: SegmentRules) -> ClientSta
     kept = [(name, at) for name, at in state.segments if name != current]
     if wanted is not None:
         kept.append((wanted, max(now, state.segments_at)))
-    return replace(state, segments=tuple(sorted(kept)))
+    return evolve(state, segments=tuple(sorted(kept)))
 
 
 def entered(before: ClientState | None, after: ClientState) -> list[tuple[str, float]]:

@@ -10,9 +10,9 @@ recent events, or an order id already known) change nothing.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, cast
 
 from features import windows
 from features.events import Event, EventType, Product
@@ -165,6 +165,38 @@ class ClientState:
         return sum(line.quantity for line in self.cart)
 
 
+def _copier() -> Callable[[ClientState], ClientState]:
+    """A function copying every slot of a state into a new one, written out slot by slot.
+
+    `dataclasses.replace` re-runs `__init__` over the 50-odd fields, about 9 µs a call; it
+    was a third of the dataflow's time (profiled, bench/README.md). Copying the slots with
+    their descriptors is about 1.5 µs. Built once, like dataclasses builds `__init__`.
+    """
+    names = [f.name for f in fields(ClientState)]
+    body = "".join(f"    set_{n}(new, state.{n})\n" for n in names)
+    source = f"def copy(state):\n    new = make(ClientState)\n{body}    return new\n"
+    namespace: dict[str, Any] = {"make": object.__new__, "ClientState": ClientState}
+    namespace.update({f"set_{n}": getattr(ClientState, n).__set__ for n in names})
+    exec(source, namespace)  # noqa: S102 - our own text, from the dataclass's own fields
+    return cast(Callable[[ClientState], ClientState], namespace["copy"])
+
+
+_copy = _copier()
+_SETTERS: dict[str, Callable[[ClientState, Any], None]] = {
+    f.name: getattr(ClientState, f.name).__set__ for f in fields(ClientState)}
+
+
+def evolve(state: ClientState, **changes: Any) -> ClientState:
+    """`dataclasses.replace` for the client state, several times faster (see `_copier`)."""
+    new = _copy(state)
+    for name, value in changes.items():
+        try:
+            _SETTERS[name](new, value)
+        except KeyError:
+            raise TypeError(f"ClientState has no field {name!r}") from None
+    return new
+
+
 def mark_of(state: ClientState, name: str) -> float | None:
     for key, value in state.marks:
         if key == name:
@@ -174,7 +206,7 @@ def mark_of(state: ClientState, name: str) -> float | None:
 
 def with_mark(state: ClientState, name: str, value: float) -> ClientState:
     marks = tuple(sorted({**dict(state.marks), name: value}.items()))
-    return replace(state, marks=marks)
+    return evolve(state, marks=marks)
 
 
 def occasion_fingerprint(trigger_type: str, key: str) -> int:
@@ -238,7 +270,7 @@ def apply_event(state: ClientState | None, event: Event) -> ClientState:
         changes.update(handler(state, event))
     if event.traits:
         changes.update(_merge_traits(state, event))
-    return replace(state, **changes)
+    return evolve(state, **changes)
 
 
 # --- handlers: each returns the fields it changes ------------------------------------------------

@@ -71,6 +71,7 @@ from features.state import (
     ClientState,
     PendingTrigger,
     apply_event,
+    evolve,
     is_duplicate,
     occasion_fingerprint,
 )
@@ -222,7 +223,7 @@ def _fire_at(client_key: str, state: ClientState, at: float,
     items: list[tuple[Candidate, PendingTrigger | None]] = []
     released = [p for p in state.pending if p.release_at <= at]
     if released:
-        state = replace(state, pending=tuple(p for p in state.pending if p.release_at > at))
+        state = evolve(state, pending=tuple(p for p in state.pending if p.release_at > at))
         items.extend((Candidate(p.type, p.key, p.fired_at, dict(p.payload)), p)
                      for p in released)
     for due, kind in rule_timers:
@@ -253,7 +254,7 @@ def _remember(state: ClientState, candidate: Candidate, decision: Decision, at: 
         return state
     fingerprint = occasion_fingerprint(candidate.type, candidate.key)
     sends = record_send(state.sends, at) if decision.status == SENT else state.sends
-    return replace(state, decided=(*state.decided, fingerprint)[-MAX_DECIDED:], sends=sends)
+    return evolve(state, decided=(*state.decided, fingerprint)[-MAX_DECIDED:], sends=sends)
 
 
 def _wait(client_key: str, state: ClientState, candidate: Candidate, release_at: float,
@@ -275,7 +276,7 @@ def _wait(client_key: str, state: ClientState, candidate: Candidate, release_at:
     waiting = PendingTrigger(release_at, candidate.type, candidate.key, candidate.at,
                              candidate.payload, deferred)
     pending = sorted((*pending, waiting), key=lambda p: (p.release_at, p.type, p.key))
-    return replace(state, pending=tuple(pending))
+    return evolve(state, pending=tuple(pending))
 
 
 def _decide_all(client_key: str, state: ClientState,
@@ -343,7 +344,7 @@ def _manual_touch(client_key: str, state: ClientState, event: Event
     sends = (record_send(state.sends, event.event_time)
              if status == DONE and is_marketing(occasion) else state.sends)
     # kept apart from automatic decisions, so a burst of those cannot push a touch out
-    state = replace(state, touched=(*state.touched, fingerprint)[-MAX_TOUCHED:], sends=sends)
+    state = evolve(state, touched=(*state.touched, fingerprint)[-MAX_TOUCHED:], sends=sends)
     payload = {name: properties.get(name) for name in ("comment", "author")}
     return state, [Trigger(trigger_id(client_key, occasion, key), occasion, client_key,
                            event.event_time, payload, status, None, event.channel, key,

@@ -53,10 +53,10 @@ def redis_cluster(tmp_path: Path) -> Iterator[str]:
     nodes = [EmbeddedRedis(tmp_path / f"node{n}", port=node_port(), appendonly=False, extra_args=(
         "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
         "--cluster-node-timeout", "5000")) for n in range(3)]
-    for node in nodes:
-        node.start()
     clients = [redis.Redis(host="127.0.0.1", port=node.port) for node in nodes]
     try:
+        for node in nodes:  # inside: a node that fails to start must not leave the others
+            node.start()
         share = SLOTS // len(nodes)
         for n, client in enumerate(clients):
             last = SLOTS if n == len(nodes) - 1 else (n + 1) * share
