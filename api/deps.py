@@ -17,7 +17,7 @@ from fastapi import Depends, HTTPException, Request, status
 
 from api.metrics import ApiMetrics
 from api.segment_rules_view import SegmentRulesView
-from config.settings import Settings
+from config.settings import ApiSettings, Settings
 from features.state import ClientState
 from sinks.event_log import AsyncEventLog
 from sinks.keys import KeyLayout
@@ -68,6 +68,18 @@ def _matches(secret: str, keys: list[str]) -> bool:
     return any(hmac.compare_digest(secret.encode(), key.encode()) for key in keys)
 
 
+def _scopes(key: str, api: ApiSettings) -> frozenset[str]:
+    """The scopes a key holds (write, read, admin, point), each compared in constant time:
+    a valid key of another scope is refused with 403, an unknown one with 401."""
+    lists = {"write": api.write_keys, "read": api.read_keys, "admin": api.admin_keys,
+             "point": list(api.point_read_keys)}
+    return frozenset(scope for scope, keys in lists.items() if _matches(key, keys))
+
+
+def _forbidden(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_403_FORBIDDEN, detail=detail)
+
+
 def _unauthorized(detail: str, scheme: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail,
                          headers={"WWW-Authenticate": scheme})
@@ -81,11 +93,10 @@ def check_write_key(request: Request, resources: Resources, body_key: object = N
     if not isinstance(key, str) or not key:
         raise _unauthorized("missing write key: send it as the HTTP Basic user name "
                             "or as writeKey in the body", 'Basic realm="crmflow"')
-    api = resources.settings.api
-    if not _matches(key, api.write_keys + api.admin_keys):
-        if _matches(key, api.read_keys + list(api.point_read_keys)):
-            raise HTTPException(status.HTTP_403_FORBIDDEN,
-                                detail="a read key may not write events: send a write key")
+    scopes = _scopes(key, resources.settings.api)
+    if not scopes & {"write", "admin"}:
+        if scopes:
+            raise _forbidden("a read key may not write events: send a write key")
         raise _unauthorized("invalid write key", 'Basic realm="crmflow"')
 
 
@@ -117,12 +128,13 @@ def read_grant(resources: Resources, authorization: str | None) -> ReadGrant | R
     if credential is None or credential[0] != "bearer":
         return Refusal(401, "missing read key: send Authorization: Bearer <read key>")
     api = resources.settings.api
-    if _matches(credential[1], api.read_keys + api.admin_keys):
+    scopes = _scopes(credential[1], api)
+    if scopes & {"read", "admin"}:
         return ReadGrant()
-    for key, point in api.point_read_keys.items():
-        if hmac.compare_digest(credential[1].encode(), key.encode()):
-            return ReadGrant(point)
-    if _matches(credential[1], api.write_keys):
+    if "point" in scopes:
+        return ReadGrant(next(point for key, point in api.point_read_keys.items()
+                              if hmac.compare_digest(credential[1].encode(), key.encode())))
+    if scopes:
         return Refusal(403, "a write key may not read: send a read key")
     return Refusal(401, "invalid read key")
 
@@ -134,7 +146,7 @@ async def require_read_key(request: Request) -> Resources:
     grant = read_grant(resources, request.headers.get("authorization"))
     if isinstance(grant, Refusal):
         if grant.status == status.HTTP_403_FORBIDDEN:
-            raise HTTPException(grant.status, detail=grant.detail)
+            raise _forbidden(grant.detail)
         raise _unauthorized(grant.detail, "Bearer")
     request.state.grant = grant
     return resources
@@ -148,8 +160,7 @@ async def grant_of(request: Request) -> ReadGrant:
 async def require_all_clients(request: Request, resources: ReadAccess) -> Resources:
     """Reads across clients (segment listings) are for keys that see every point."""
     if (await grant_of(request)).point is not None:
-        raise HTTPException(status.HTTP_403_FORBIDDEN,
-                            detail="a point's read key reads its own clients' profiles only")
+        raise _forbidden("a point's read key reads its own clients' profiles only")
     return resources
 
 
@@ -160,11 +171,10 @@ async def require_admin_key(request: Request, resources: ResourcesDep) -> None:
     if credential is None:
         raise _unauthorized("missing admin key: send Authorization: Bearer <admin key>",
                             "Bearer")
-    api = resources.settings.api
-    if not _matches(credential[1], api.admin_keys):
-        if _matches(credential[1], api.read_keys + api.write_keys):
-            raise HTTPException(status.HTTP_403_FORBIDDEN,
-                                detail="this key may not do this: an admin key is required")
+    scopes = _scopes(credential[1], resources.settings.api)
+    if "admin" not in scopes:
+        if scopes:
+            raise _forbidden("this key may not do this: an admin key is required")
         raise _unauthorized("an admin key is required", "Bearer")
 
 
