@@ -20,7 +20,6 @@ from bench.run import DAY, REPO, Plan, _config_file, _env, append_entries, log, 
 from bench.workload import events
 from crmflow.redis_server import free_port
 from dataflows.flow import store_factory
-from sinks.bucket_store import stream_id_key
 from sinks.keys import KeyLayout
 
 TIMEOUT = 900.0
@@ -29,7 +28,7 @@ TIMEOUT = 900.0
 def _applied(settings: Any, heads: dict[int, tuple[int, int]]) -> bool:
     store = store_factory(settings)
     try:
-        return all(stream_id_key(store.resume_position(p)) >= head for p, head in heads.items())
+        return not store.partitions_behind(heads)
     finally:
         store.client.close()
 
@@ -42,11 +41,9 @@ def _run(client: redis.Redis, url: str, processes: int, count: int, clients: int
     now = time.time()
     append_entries(client, layout, list(events(count, clients, start=now - 3 * DAY,
                                                span=3 * DAY, received_at=now)))
-    heads = {}
-    for partition in range(layout.partitions):
-        last = client.xrevrange(layout.events(partition), count=1)
-        if last:
-            heads[partition] = stream_id_key(last[0][0].decode())
+    store = store_factory(settings)
+    heads = store.stream_heads()
+    store.client.close()
     config = _config_file(settings, folder, f"scale{processes}")
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "crmflow.cli", "dataflow", "--config",

@@ -48,7 +48,7 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
         os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(bytewax_port + (process_id or 0))
         log.info("Bytewax metrics on :%d/metrics", bytewax_port + (process_id or 0))
     for _ in range(MAX_DRAIN_ROUNDS if stop_when_caught_up else 1):
-        heads = _stream_heads(settings)
+        heads = _stream_heads(settings)  # before the round
         flow = build_flow(settings, metrics, stop_when_caught_up=stop_when_caught_up,
                           as_of=as_of, replay=replay, rfm_model=rfm_model)
         cli_main(  # type: ignore[no-untyped-call]
@@ -64,14 +64,9 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
 MAX_DRAIN_ROUNDS = 10
 
 
-def _stream_heads(settings: Settings) -> list[object]:
-    """The last entry id of every event stream."""
+def _stream_heads(settings: Settings) -> dict[int, tuple[int, int]]:
     store = store_factory(settings)
     try:
-        heads: list[object] = []
-        for stream in store.layout.all_event_streams():
-            last = store.client.xrevrange(stream, count=1)
-            heads.append(last[0][0] if last else None)
-        return heads
+        return store.stream_heads()
     finally:
         store.client.close()

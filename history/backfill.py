@@ -19,13 +19,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 from config.settings import Settings
 from dataflows.flow import store_factory
 from features.events import Event
 from history.load import History, Progress, describe, load_history
-from sinks.bucket_store import stream_id_key
 from sinks.event_log import AppendOptions, BacklogFull, EventLog
 from sinks.keys import KeyLayout
 from sinks.redis_client import sync_client
@@ -75,7 +73,7 @@ def backfill(inputs: Sequence[Path], fmt: str, settings: Settings, *,
             appended += _append_when_room(log, events[start:start + APPEND_CHUNK], progress)
             progress.show(f"appending: {min(start + APPEND_CHUNK, len(events)):,} of "
                           f"{len(events):,} events")
-        caught_up = None if wait is None else _wait_applied(settings, layout, wait, progress)
+        caught_up = None if wait is None else _wait_applied(settings, wait, progress)
     finally:
         client.close()
         progress.done()
@@ -98,21 +96,14 @@ def _append_when_room(log: EventLog, chunk: Sequence[Event], progress: Progress)
 BACKLOG_WAIT = 1.0
 
 
-def _wait_applied(settings: Settings, layout: KeyLayout, limit: float, progress: Progress
-                  ) -> bool:
+def _wait_applied(settings: Settings, limit: float, progress: Progress) -> bool:
     """Until every partition's committed position reaches its stream's head as of now."""
     store = store_factory(settings)
     try:
-        heads: dict[int, tuple[int, int]] = {}
-        for partition in range(layout.partitions):
-            last = cast(list[tuple[bytes, object]],
-                        store.client.xrevrange(layout.events(partition), count=1))
-            if last:
-                heads[partition] = stream_id_key(last[0][0].decode())
+        heads = store.stream_heads()
         deadline = time.monotonic() + limit if limit > 0 else float("inf")
         while True:
-            behind = [p for p, head in heads.items()
-                      if stream_id_key(store.resume_position(p)) < head]
+            behind = store.partitions_behind(heads)
             if not behind:
                 return True
             if time.monotonic() >= deadline:

@@ -171,6 +171,21 @@ class BucketStore:
         least = min((positions.get(b, START) for b in buckets), key=stream_id_key, default=START)
         return least
 
+    def stream_heads(self) -> dict[int, tuple[int, int]]:
+        """The last entry of every non-empty event stream, by partition."""
+        heads: dict[int, tuple[int, int]] = {}
+        for partition in range(self._layout.partitions):
+            last = cast(list[tuple[bytes, object]],
+                        self._client.xrevrange(self._layout.events(partition), count=1))
+            if last:
+                heads[partition] = stream_id_key(last[0][0].decode())
+        return heads
+
+    def partitions_behind(self, heads: dict[int, tuple[int, int]]) -> list[int]:
+        """The partitions whose committed position has not reached `heads` yet."""
+        return [p for p, head in heads.items()
+                if stream_id_key(self.resume_position(p)) < head]
+
     def _call(self, commit: BucketCommit) -> tuple[list[str], list[str | bytes | int]]:
         partition = self._layout.partition_of_bucket(commit.bucket)
         keys = [self._layout.offsets(partition), self._layout.state(commit.bucket),
