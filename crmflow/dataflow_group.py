@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from types import FrameType
 
 from config.settings import Settings
+from crmflow.supervisor import Child
 
 log = logging.getLogger("crmflow.dataflow")
 STOP_TIMEOUT = 10.0
@@ -39,8 +39,10 @@ def run_group(settings: Settings, config_file: Path | None) -> int:
     env = dict(os.environ)
     if settings.redis.url:
         env["REDIS_URL"] = settings.redis.url
-    children = [subprocess.Popen([*argv, "--process-id", str(n)], env=env)  # noqa: S603
+    children = [Child(f"dataflow {n}", [*argv, "--process-id", str(n)], env)
                 for n in range(settings.dataflow.processes)]
+    for child in children:
+        child.start()
     log.info("dataflow group of %d processes: %s", len(children), addresses(settings))
     stopping = False
 
@@ -52,21 +54,13 @@ def run_group(settings: Settings, config_file: Path | None) -> int:
     signal.signal(signal.SIGINT, stop)
     code = 0
     while not stopping:
-        exited = [child for child in children if child.poll() is not None]
+        exited = [child for child in children if not child.alive()]
         if exited:
-            code = exited[0].returncode or 1
-            log.error("dataflow process %d exited (%s): stopping the group",
-                      children.index(exited[0]), exited[0].returncode)
+            returncode = exited[0].process.returncode if exited[0].process else None
+            code = returncode or 1
+            log.error("%s exited (%s): stopping the group", exited[0].name, returncode)
             break
         time.sleep(0.2)
-    for child in children:
-        if child.poll() is None:
-            child.terminate()
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for child in children:
-        try:
-            child.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:  # waiting for its peers, it may not hear SIGTERM
-            child.kill()
-            child.wait()
+    for child in children:  # one waiting for its peers may not hear SIGTERM: then SIGKILL
+        child.stop(STOP_TIMEOUT)
     return 0 if stopping else code

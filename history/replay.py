@@ -31,6 +31,7 @@ from crmflow.redis_server import EmbeddedRedis
 from dataflows.run import run_dataflow
 from features.events import format_time
 from features.rfm import RfmMode, RfmModel
+from features.rules import SegmentRules
 from history.load import History, Progress, describe, load_history
 from sinks import rfm_index
 from sinks.event_log import AppendOptions, EventLog
@@ -181,7 +182,7 @@ def _run(history: History, settings: Settings, out: Path, as_of: float, progress
             run_dataflow(settings, stop_when_caught_up=True, registry=registry,
                          metrics_port=0, as_of=min(before, as_of), replay=True)
         rules = settings.trigger_rules().segments
-        model = _final_model(settings, client, layout, as_of)
+        model = _final_model(rules, client, layout, as_of)
         run_dataflow(settings, stop_when_caught_up=True, registry=CollectorRegistry(),
                      metrics_port=0, as_of=as_of, replay=True, rfm_model=model)
         if model is not None:
@@ -201,9 +202,8 @@ def _run(history: History, settings: Settings, out: Path, as_of: float, progress
         client.close()
 
 
-def _final_model(settings: Settings, client: redis.Redis, layout: KeyLayout, as_of: float
+def _final_model(rules: SegmentRules, client: redis.Redis, layout: KeyLayout, as_of: float
                  ) -> RfmModel | None:
-    rules = settings.trigger_rules().segments
     if not rules.rfm_enabled:
         return None
     mode: RfmMode = "fixed" if rules.rfm_mode == "fixed" else "quantile"
