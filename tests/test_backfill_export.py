@@ -18,7 +18,6 @@ import polars as pl
 import pyarrow.parquet as pq
 import redis
 
-from features.codec import decode_state
 from features.events import parse_event
 from features.triggers import due_timers
 from history.backfill import backfill
@@ -26,6 +25,7 @@ from history.export import export
 from history.replay import replay
 from sinks.event_log import AppendOptions, EventLog
 from sinks.keys import KeyLayout
+from sinks.parquet_export import client_states
 from tests.histories import histories
 from tests.support import REPO, all_triggers, drain, make_settings, write_config
 
@@ -54,14 +54,6 @@ def live_events(prefix: str, clients: list[str], now: float) -> list[dict[str, A
 def append_live(log: EventLog, events: list[dict[str, Any]]) -> None:
     assert all(log.append([parse_event({**e, "received_at": e["event_time"]})
                            for e in events]))
-
-
-def states(client: redis.Redis, layout: KeyLayout) -> dict[str, Any]:
-    out = {}
-    for bucket in range(layout.buckets):
-        for key, raw in client.hgetall(layout.state(bucket)).items():
-            out[key.decode()] = decode_state(raw)
-    return out
 
 
 def without_rfm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -117,8 +109,8 @@ def test_backfill_then_live_matches_a_replay_and_sends_nothing_past(
     # Pending timers are the replay's: the same next occasions, due after now.
     rules = settings.trigger_rules()
     replay_layout = KeyLayout(replay_prefix, layout.partitions, layout.buckets)
-    live_states, replay_states = states(redis_client, layout), states(redis_client,
-                                                                      replay_layout)
+    live_states = dict(client_states(redis_client, layout))
+    replay_states = dict(client_states(redis_client, replay_layout))
 
     def future(all_states: dict[str, Any]) -> dict[str, list[tuple[float, str]]]:
         return {key: [t for t in due_timers(state, rules) if t[0] > as_of]

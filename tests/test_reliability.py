@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from crmflow.redis_server import EmbeddedRedis, free_port
-from features.codec import decode_state
 from sinks.keys import KeyLayout
+from sinks.parquet_export import client_states
 from tests.support import (
     api_server,
     dataflow_process,
@@ -68,8 +68,7 @@ def applied(url: str, layout: KeyLayout) -> int:
     """Orders applied, over every client state."""
     client = redis.Redis.from_url(url)
     try:
-        return sum(decode_state(raw).orders_count for bucket in range(layout.buckets)
-                   for raw in client.hgetall(layout.state(bucket)).values())
+        return sum(state.orders_count for _, state in client_states(client, layout))
     finally:
         client.close()
 
