@@ -14,8 +14,18 @@ from api.cors import IngestCORSMiddleware
 from api.deps import Resources
 from api.fast_reads import ProfileFastPath
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.routes import erasure, health, ingest, profiles, segments, touches
+from api.routes import (
+    console,
+    console_data,
+    erasure,
+    health,
+    ingest,
+    profiles,
+    segments,
+    touches,
+)
 from api.segment_rules_view import SegmentRulesView
+from api.size_history import recording
 from api.store_metrics import StoreMetrics
 from config.settings import Settings
 from sinks.event_log import AppendOptions, AsyncEventLog
@@ -34,9 +44,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         event_log = AsyncEventLog(client, layout, AppendOptions(
             settings.redis.dedupe_window, settings.redis.max_stream_length))
         segments = SegmentRulesView(client, layout, settings.segment_rules())
-        app.state.resources = Resources(settings, client, layout, event_log, metrics, segments)
+        resources = Resources(settings, client, layout, event_log, metrics, segments)
+        app.state.resources = resources
         try:
-            yield
+            if settings.console.enabled:
+                async with recording(resources):
+                    yield
+            else:
+                yield
         finally:
             await client.aclose()
 
@@ -53,7 +68,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.include_router(touches.router)
     app.include_router(erasure.router)
     app.include_router(segments.router)
+    app.include_router(console_data.router)
     app.include_router(health.router)
+    if settings.console.enabled:
+        app.include_router(console.router)
 
     @app.exception_handler(redis.ConnectionError)
     @app.exception_handler(redis.TimeoutError)

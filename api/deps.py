@@ -18,6 +18,7 @@ from fastapi import Depends, HTTPException, Request, status
 from api.metrics import ApiMetrics
 from api.segment_rules_view import SegmentRulesView
 from config.settings import ApiSettings, Settings
+from features.lookup import point_of
 from features.state import ClientState
 from sinks.event_log import AsyncEventLog
 from sinks.keys import KeyLayout
@@ -109,11 +110,12 @@ class ReadGrant:
     """A read key's reach: every client, or (a point's key) the clients of one point."""
 
     point: str | None = None
+    scope: str = "read"  # read, admin or point: what the key was issued as
 
     def sees(self, state: ClientState) -> bool:
         """A client of another point is answered as unknown (404): its existence is not
         the key's business either."""
-        return self.point is None or str(state.traits.get("point_id", "")) == self.point
+        return self.point is None or point_of(state.traits) == self.point
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +131,14 @@ def read_grant(resources: Resources, authorization: str | None) -> ReadGrant | R
         return Refusal(401, "missing read key: send Authorization: Bearer <read key>")
     api = resources.settings.api
     scopes = _scopes(credential[1], api)
-    if scopes & {"read", "admin"}:
+    if "admin" in scopes:
+        return ReadGrant(scope="admin")
+    if "read" in scopes:
         return ReadGrant()
     if "point" in scopes:
         return ReadGrant(next(point for key, point in api.point_read_keys.items()
-                              if hmac.compare_digest(credential[1].encode(), key.encode())))
+                              if hmac.compare_digest(credential[1].encode(), key.encode())),
+                         "point")
     if scopes:
         return Refusal(403, "a write key may not read: send a read key")
     return Refusal(401, "invalid read key")
@@ -157,13 +162,6 @@ async def grant_of(request: Request) -> ReadGrant:
     return grant
 
 
-async def require_all_clients(request: Request, resources: ReadAccess) -> Resources:
-    """Reads across clients (segment listings) are for keys that see every point."""
-    if (await grant_of(request)).point is not None:
-        raise _forbidden("a point's read key reads its own clients' profiles only")
-    return resources
-
-
 async def require_admin_key(request: Request, resources: ResourcesDep) -> None:
     """Writes that act on a client's record (manual touches) need a secret key: the write
     key is public in every browser that runs analytics.js."""
@@ -181,5 +179,4 @@ async def require_admin_key(request: Request, resources: ResourcesDep) -> None:
 WriteKey = Depends(require_write_key)
 AdminKey = Depends(require_admin_key)
 ReadAccess = Annotated[Resources, Depends(require_read_key)]
-AllClientsAccess = Annotated[Resources, Depends(require_all_clients)]
 Grant = Annotated[ReadGrant, Depends(grant_of)]

@@ -16,7 +16,7 @@ import redis
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import Refusal, Resources, read_grant
-from api.routes.profiles import PROFILE_ROUTE, read_profile
+from api.routes.profiles import PROFILE_ROUTE, SUBRESOURCES, read_profile
 
 PREFIX = "/v1/profiles/"
 _JSON = [(b"content-type", b"application/json")]
@@ -29,7 +29,7 @@ class ProfileFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
         if (scope["type"] != "http" or scope["method"] != "GET" or not path.startswith(PREFIX)
-                or path.endswith(("/touches", "/segments")) or len(path) == len(PREFIX)):
+                or path.endswith(SUBRESOURCES) or len(path) == len(PREFIX)):
             await self.app(scope, receive, send)
             return
         resources: Resources = scope["app"].state.resources

@@ -168,6 +168,18 @@ class ApiSettings(Section):
         return self
 
 
+class ConsoleSettings(Section):
+    """The web console (/console) and what the store keeps for it."""
+
+    enabled: bool = True
+    # the last events kept per client for the timeline (0: none); memory per client grows
+    # by about 30 bytes per entry
+    timeline_events: Annotated[int, Field(ge=0, le=200)] = 10
+    activity_retention: PositiveDuration = 3 * 3600.0  # per-minute counts, for the overview
+    size_history_interval: PositiveDuration = 3600.0  # segment sizes recorded this often
+    size_history_retention: PositiveDuration = 30 * 86400.0
+
+
 Percent = Annotated[float, Field(ge=0, le=100)]
 _TIME_OF_DAY = re.compile(r"(\d{1,2}):(\d{2})")
 
@@ -526,6 +538,7 @@ class Settings(BaseSettings):
     rfm: RfmSettings = RfmSettings()
     segments: dict[str, Any] = Field(default_factory=dict)  # rule segments (README)
     demo: DemoSettings = DemoSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @field_validator("segments")
     @classmethod

@@ -28,16 +28,21 @@ from features import segments
 from features.codec import decode_state, encode_state
 from features.events import ANONYMOUS_PREFIX, Event, EventError, EventType, parse_event
 from features.identity import handle
+from features.lookup import lookup_keys, point_of
 from features.routing import bucket_of
 from features.state import ClientState, is_live
+from features.timeline import SEPARATOR, timeline_entry
 from features.triggers import Trigger, TriggerRules, fire_due, next_due, regroup
 from sinks.bucket_store import (
     BucketCommit,
     BucketStore,
     DeadLetter,
     Erasure,
+    MemberOp,
     RfmValues,
     SegmentChange,
+    lookup_member,
+    minute_of,
     stream_id_key,
 )
 
@@ -82,6 +87,11 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         self._unindexed: list[str] = []  # erased clients to take out of the RFM population
         self._metrics = metrics
         self._counts: Counter[tuple[Any, str]] = Counter()  # metric updates of one batch
+        # what the console reads, gathered until the next commit: each client's new
+        # timeline lines (oldest first) and the events applied per (minute, field)
+        self._timelines: dict[str, list[str]] = {}
+        self._activity: Counter[tuple[int, str]] = Counter()
+        self._clock = 0.0  # the arrival clock of the newest item (seconds)
         self._position = loaded.position
         self._committed = loaded.position
         self._last_commit = time.monotonic()
@@ -142,10 +152,10 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         """A new RFM model: re-evaluate the buyers whose RFM segment it changes."""
         rules = self._rules.segments
         for client_key, state in list(self._states.items()):
-            if state.orders_count <= 0 and not any(
-                    name.startswith(segments.RFM_PREFIX) for name, _ in state.segments):
+            filed = segments.current_filing(state)
+            if state.orders_count <= 0 and not filed:
                 continue
-            if segments.rfm_membership(state, now, rules) == segments.current_rfm(state):
+            if segments.rfm_filing(state, now, rules) == filed:
                 continue
             after, fired = regroup(client_key, state, now, self._rules)
             self._before.setdefault(client_key, state)
@@ -172,10 +182,12 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                     continue  # already applied before a restart
                 position_key = key
                 self._position = stream_id
-                self._advance(LIVE, key[0] / 1000, dirty, triggers)
+                self._clock = key[0] / 1000
+                self._advance(LIVE, self._clock, dirty, triggers)
                 applied += self._apply(stream_id, client_key, raw, dirty, triggers, dead)
             else:
                 _, _, clock, position, at_head = item
+                self._clock = max(self._clock, clock)
                 key = stream_id_key(position)
                 if key > position_key:
                     position_key = key
@@ -231,6 +243,14 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         dirty.add(client_key)
         triggers.extend(outcome.triggers)
         self._counts[(self._metrics.events_processed, event.type.value)] += 1
+        line = timeline_entry(event)
+        if line is not None:
+            self._timelines.setdefault(client_key, []).append(line)
+        minute = minute_of(self._clock)
+        self._activity[(minute, f"e:{event.type.value}")] += 1
+        point = point_of(after.traits)
+        if point is not None:
+            self._activity[(minute, f"e:{event.type.value}@{point}")] += 1
         if before is not None and event.event_time < before.updated_at:
             self._counts[(self._metrics.late_events, event.type.value)] += 1
         return 1
@@ -246,9 +266,12 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         self._before.pop(client_key, None)
         triggers[:] = [t for t in triggers if t.client_id != client_key]
         self._emitted = [e for e in self._emitted if e.client_key != client_key]
+        self._timelines.pop(client_key, None)
         self._erasures.append(Erasure(
             client_key, event.event_id, stream_id, event.received_at,
-            tuple(name for name, _ in state.segments) if state is not None else ()))
+            tuple(name for name, _ in state.segments) if state is not None else (),
+            point_of(state.traits) if state is not None else None,
+            tuple(sorted(lookup_keys(state.traits))) if state is not None else ()))
         if state is not None:
             self._unindexed.append(client_key)
         for n, alias in enumerate(state.aliases if state is not None else (), 1):
@@ -266,13 +289,20 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 flush or now - self._last_commit >= self._config.offset_flush_interval)):
             return []
         changes: list[SegmentChange] = []
+        ops: list[MemberOp] = []
+        points: set[str] = set()
         values: list[tuple[str, RfmValues | None]] = []
         for key in sorted(dirty):
             before, after = self._before.get(key), self._states[key]
             changes.extend(SegmentChange(key, name, False, after.segments_at)
-                           for name in segments.left(before, after))
+                           for name in segments.left(before, after) if segments.is_public(name))
             changes.extend(SegmentChange(key, name, True, at)
-                           for name, at in segments.entered(before, after))
+                           for name, at in segments.entered(before, after)
+                           if segments.is_public(name))
+            ops.extend(_member_ops(key, before, after))
+            point = point_of(after.traits)
+            if point is not None and (before is None or point_of(before.traits) != point):
+                points.add(point)
             triple = _rfm_values(after)
             if before is None or triple != _rfm_values(before):
                 values.append((key, triple))
@@ -280,11 +310,20 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         # erased buyers leave the RFM population first: one may have bought again since
         values[:0] = [(key, None) for key in self._unindexed]
         self._unindexed = []
+        timelines, self._timelines = self._timelines, {}
+        activity, self._activity = self._activity, Counter()
+        trigger_points = {t.client_id: point for t in triggers
+                          if t.client_id in self._states
+                          and (point := point_of(self._states[t.client_id].traits)) is not None}
         commit = BucketCommit(
             bucket=self._bucket, base=self._committed, position=self._position,
             states=[(key, encode_state(self._states[key])) for key in sorted(dirty)],
             triggers=triggers, dead_letters=dead, events=applied, segment_changes=changes,
-            rfm_values=values, emitted=emitted, erasures=erasures)
+            rfm_values=values, emitted=emitted, erasures=erasures, member_ops=ops,
+            timelines=[(key, SEPARATOR.join(reversed(lines)))
+                       for key, lines in sorted(timelines.items()) if key in self._states],
+            activity=[(minute, name, count) for (minute, name), count in activity.items()],
+            clock=self._clock, trigger_points=trigger_points, points=sorted(points))
         self._committed = self._position
         self._last_commit = now
         return [commit]
@@ -292,6 +331,31 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
     def snapshot(self) -> None:
         """Nothing: Redis, not Bytewax recovery, is the home of this state."""
         return None
+
+
+def _member_ops(client_key: str, before: ClientState | None, after: ClientState
+                ) -> list[MemberOp]:
+    """The set changes that keep the member sets (all clients, and the client's point's)
+    and the lookup index in step with the client's memberships and traits."""
+    had = {name for name, _ in before.segments} if before is not None else set()
+    has = {name for name, _ in after.segments}
+    old_point = point_of(before.traits) if before is not None else None
+    new_point = point_of(after.traits)
+    ops = [MemberOp(client_key, False, name) for name in sorted(had - has)]
+    ops += [MemberOp(client_key, True, name) for name in sorted(has - had)]
+    if old_point == new_point:
+        if new_point is not None:
+            ops += [replace(op, point=new_point) for op in list(ops)]
+    else:
+        if old_point is not None:
+            ops += [MemberOp(client_key, False, name, old_point) for name in sorted(had)]
+        if new_point is not None:
+            ops += [MemberOp(client_key, True, name, new_point) for name in sorted(has)]
+    old_keys = lookup_keys(before.traits) if before is not None else frozenset()
+    new_keys = lookup_keys(after.traits) if after.merged_into is None else frozenset()
+    ops += [MemberOp(lookup_member(k, client_key), False) for k in sorted(old_keys - new_keys)]
+    ops += [MemberOp(lookup_member(k, client_key), True) for k in sorted(new_keys - old_keys)]
+    return ops
 
 
 def _rfm_values(state: ClientState) -> RfmValues | None:

@@ -23,7 +23,9 @@ def store_factory(settings: Settings) -> BucketStore:
     return BucketStore(sync_client(settings.redis), KeyLayout.from_settings(settings),
                        ledger_max_entries=settings.redis.ledger_max_entries,
                        stream_maxlen=settings.redis.stream_maxlen,
-                       dedupe_window=settings.redis.dedupe_window)
+                       dedupe_window=settings.redis.dedupe_window,
+                       timeline_events=settings.console.timeline_events,
+                       activity_retention=settings.console.activity_retention)
 
 
 def build_flow(settings: Settings, metrics: DataflowMetrics, *,

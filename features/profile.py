@@ -13,6 +13,7 @@ from typing import Any
 from features import rfm
 from features.events import format_time
 from features.rules import SegmentRules
+from features.segments import public_segments
 from features.state import ClientState
 from features.values import FEATURES, Context, Kind, group_times, rfm_scores
 
@@ -72,7 +73,7 @@ def profile_document(client_key: str, state: ClientState, now: float,
         "category_interest": category_interest(state),
         "rfm": rfm_document(state, now, rules),
         "segments": [{"segment": name, "entered_at": format_time(at)}
-                     for name, at in state.segments],
+                     for name, at in public_segments(state)],
         "traits": dict(state.traits),
         "aliases": list(state.aliases),
         "freshness": {group: format_time(at) for group, at in group_times(state).items()},

@@ -22,6 +22,32 @@ from features.values import FEATURES, Context, Kind, rfm_scores
 
 LIFECYCLE_PREFIX = "lifecycle:"
 RFM_PREFIX = "rfm:"
+# The cell of the RFM map (R score x F score) a buyer is filed in: an internal membership,
+# kept like a segment so the map's counts and member lists are set reads, never a scan; it
+# is not a segment of the API (not listed, not in profiles, no entry/exit records).
+RFM_CELL_PREFIX = "rfm-cell:"
+SCORES = range(1, 6)
+
+
+def rfm_cell_name(r: int, f: int) -> str:
+    return f"{RFM_CELL_PREFIX}r{r}f{f}"
+
+
+def rfm_cell_names() -> list[str]:
+    return [rfm_cell_name(r, f) for r in SCORES for f in SCORES]
+
+
+def is_public(name: str) -> bool:
+    """A segment the API and exports show (not an RFM map cell)."""
+    return not name.startswith(RFM_CELL_PREFIX)
+
+
+def public_segments(state: ClientState) -> list[tuple[str, float]]:
+    return [(name, at) for name, at in state.segments if is_public(name)]
+
+
+def _is_rfm(name: str) -> bool:
+    return name.startswith((RFM_PREFIX, RFM_CELL_PREFIX))
 
 
 class ClientFacts:
@@ -91,9 +117,7 @@ def memberships(state: ClientState, now: float, rules: SegmentRules) -> set[str]
     stage = lifecycle_stage(state, now, rules.lifecycle)
     if stage in SEGMENT_STAGES:
         names.add(LIFECYCLE_PREFIX + stage)
-    rfm_name = rfm_membership(state, now, rules)
-    if rfm_name is not None:
-        names.add(rfm_name)
+    names.update(rfm_filing(state, now, rules))
     if rules.catalog is not None:
         names.update(rules.catalog.memberships(ClientFacts(state, now, rules)))
     return names
@@ -107,9 +131,25 @@ def rfm_membership(state: ClientState, now: float, rules: SegmentRules) -> str |
     return None if scores is None else RFM_PREFIX + rfm.rfm_segment(*scores)
 
 
+def rfm_filing(state: ClientState, now: float, rules: SegmentRules) -> frozenset[str]:
+    """The RFM segment and map cell the client belongs in at `now` (none for non-buyers)."""
+    if state.merged_into is not None:
+        return frozenset()
+    scores = rfm_scores(Context(state, now, rules))
+    if scores is None:
+        return frozenset()
+    return frozenset((RFM_PREFIX + rfm.rfm_segment(*scores), rfm_cell_name(scores[0],
+                                                                           scores[1])))
+
+
 def current_rfm(state: ClientState) -> str | None:
     """The RFM segment recorded in the state's memberships."""
     return next((name for name, _ in state.segments if name.startswith(RFM_PREFIX)), None)
+
+
+def current_filing(state: ClientState) -> frozenset[str]:
+    """The RFM segment and cell recorded in the state's memberships."""
+    return frozenset(name for name, _ in state.segments if _is_rfm(name))
 
 
 def next_change(state: ClientState, now: float, rules: SegmentRules) -> float | None:
@@ -141,14 +181,14 @@ def resegment(state: ClientState, now: float, rules: SegmentRules) -> ClientStat
 
 
 def refile_rfm(state: ClientState, now: float, rules: SegmentRules) -> ClientState:
-    """Only the RFM membership brought up to date (a new population model)."""
-    wanted = rfm_membership(state, now, rules)
-    current = current_rfm(state)
-    if wanted == current:
+    """Only the RFM membership (segment and map cell) brought up to date (a new population
+    model); a membership kept keeps its entry time."""
+    wanted = rfm_filing(state, now, rules)
+    if wanted == current_filing(state):
         return state
-    kept = [(name, at) for name, at in state.segments if name != current]
-    if wanted is not None:
-        kept.append((wanted, max(now, state.segments_at)))
+    kept = [(name, at) for name, at in state.segments if not _is_rfm(name) or name in wanted]
+    had = {name for name, _ in kept}
+    kept += [(name, max(now, state.segments_at)) for name in wanted if name not in had]
     return evolve(state, segments=tuple(sorted(kept)))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -32,6 +32,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 START = "0-0"
+
+
+def minute_of(clock: float) -> int:
+    """The start of the minute `clock` (epoch seconds) falls in."""
+    return int(clock // 60) * 60
+
+
+def lookup_member(key: str, client_key: str) -> str:
+    """A lookup index member: the normalised value, NUL, the client (features/lookup.py)."""
+    return f"{key}\0{client_key}"
 
 
 def stream_id_key(stream_id: str) -> tuple[int, int]:
@@ -94,6 +104,12 @@ class BucketCommit:
     rfm_values: Sequence[tuple[str, RfmValues | None]] = ()  # None: no longer a buyer
     emitted: Sequence[Event] = ()  # events for other clients: identity steps, forwards
     erasures: Sequence[Erasure] = ()  # clients erased, applied after everything above
+    member_ops: Sequence[MemberOp] = ()  # segment, point and lookup set changes
+    timelines: Sequence[tuple[str, str]] = ()  # client, its new timeline lines newest first
+    activity: Sequence[tuple[int, str, int]] = ()  # minute, field, count (events applied)
+    clock: float = 0.0  # the batch's arrival clock: the minute its triggers count in
+    trigger_points: Mapping[str, str] = field(default_factory=dict)  # client -> its point
+    points: Sequence[str] = ()  # points the batch's clients belong to
 
 
 RfmValues = tuple[float, int, float]  # last order time, orders, money
@@ -108,6 +124,17 @@ class SegmentChange:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberOp:
+    """Add a member to, or remove it from, one of the partition's sorted sets: a segment's
+    members (all, or one point's), or the lookup index (`segment` empty)."""
+
+    member: str
+    add: bool
+    segment: str = ""
+    point: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Erasure:
     """A client erased by an admin's request: what the commit deletes besides its state."""
 
@@ -116,6 +143,8 @@ class Erasure:
     stream_id: str  # the request's entry: the client's entries up to it are purged
     requested_at: float
     segments: tuple[str, ...] = ()  # memberships to remove
+    point: str | None = None  # the point whose member sets hold it too
+    lookup: tuple[str, ...] = ()  # its lookup index entries
 
 
 @dataclass(slots=True)
@@ -130,11 +159,14 @@ class FencedError(RuntimeError):
 
 class BucketStore:
     def __init__(self, client: redis.Redis, layout: KeyLayout, *, ledger_max_entries: int,
-                 stream_maxlen: int, dedupe_window: float = 86400.0) -> None:
+                 stream_maxlen: int, dedupe_window: float = 86400.0,
+                 timeline_events: int = 10, activity_retention: float = 3 * 3600.0) -> None:
         self._client = client
         self._layout = layout
         self._ledger_max = ledger_max_entries
         self._maxlen = stream_maxlen
+        self._timeline_max = timeline_events
+        self._activity_ttl = max(1, int(activity_retention))
         self._commit = client.register_script(lua("commit_bucket"))
         self._events = EventLog(client, layout, AppendOptions(dedupe_window))
 
@@ -187,20 +219,31 @@ class BucketStore:
                 if stream_id_key(self.resume_position(p)) < head]
 
     def _call(self, commit: BucketCommit) -> tuple[list[str], list[str | bytes | int]]:
-        partition = self._layout.partition_of_bucket(commit.bucket)
-        keys = [self._layout.offsets(partition), self._layout.state(commit.bucket),
-                self._layout.triggers(partition), self._layout.dead_letters(partition),
-                self._layout.segment_changes(partition), self._layout.erasures(partition)]
+        layout = self._layout
+        partition = layout.partition_of_bucket(commit.bucket)
+        keys = [layout.offsets(partition), layout.state(commit.bucket),
+                layout.triggers(partition), layout.dead_letters(partition),
+                layout.segment_changes(partition), layout.erasures(partition),
+                layout.timeline(commit.bucket), layout.points(partition),
+                layout.activity(partition, minute_of(commit.clock))]
+        timelines = commit.timelines if self._timeline_max > 0 else ()
         args: list[str | bytes | int] = [
             str(commit.bucket), commit.base, commit.position,
-            self._layout.ledger_prefix(partition), self._ledger_max, self._maxlen,
+            layout.ledger_prefix(partition), self._ledger_max, self._maxlen,
             len(commit.states), len(commit.triggers), len(commit.dead_letters),
-            len(commit.segment_changes), len(commit.erasures)]
+            len(commit.segment_changes), len(commit.erasures), len(commit.member_ops),
+            len(timelines), self._timeline_max, len(commit.activity), self._activity_ttl,
+            len(commit.points)]
         for erasure in commit.erasures:
+            points = (None,) if erasure.point is None else (None, erasure.point)
+            entries = [(layout.members(partition, name, point), erasure.client_id)
+                       for name in erasure.segments for point in points]
+            entries += [(layout.lookup(partition), lookup_member(key, erasure.client_id))
+                        for key in erasure.lookup]
             args += [erasure.client_id, erasure.erasure_id, erasure.stream_id,
-                     format_time(erasure.requested_at) or "", len(erasure.segments),
-                     *(self._layout.segment_members(partition, name)
-                       for name in erasure.segments)]
+                     format_time(erasure.requested_at) or "", len(entries)]
+            for key, member in entries:
+                args += [key, member]
         for client_key, state in commit.states:
             args += [client_key, state]
         for trigger in commit.triggers:
@@ -208,13 +251,22 @@ class BucketStore:
             ledger = json.dumps(record, separators=(",", ":"), sort_keys=True)
             fields = stream_fields(record)
             args += [trigger.client_id, trigger.ledger_field, trigger.type, trigger.status,
-                     ledger, len(fields) // 2, *fields]
+                     ledger, commit.trigger_points.get(trigger.client_id, ""),
+                     len(fields) // 2, *fields]
         for letter in commit.dead_letters:
             args += [letter.reason, letter.stream_id, letter.entry]
         for change in commit.segment_changes:
-            args += [self._layout.segment_members(partition, change.segment), change.client_id,
-                     "entered" if change.entered else "left", change.segment,
+            args += [change.client_id, "entered" if change.entered else "left", change.segment,
                      format_time(change.at) or ""]
+        for op in commit.member_ops:
+            key = (layout.members(partition, op.segment, op.point) if op.segment
+                   else layout.lookup(partition))
+            args += [key, op.member, "+" if op.add else "-"]
+        for client_key, lines in timelines:
+            args += [client_key, lines]
+        for minute, name, count in commit.activity:
+            args += [layout.activity(partition, minute), name, count]
+        args += list(commit.points)
         return keys, args
 
     def _before_commit(self, commits: Sequence[BucketCommit]) -> None:

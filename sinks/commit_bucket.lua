@@ -1,22 +1,30 @@
 -- Commit one bucket's batch atomically: client states, touch ledger entries, trigger stream
--- entries, dead letters and the bucket's stream position, guarded by compare-and-set on
--- that position. A replayed commit (position already at NEW) is a no-op; a commit from a
--- process that lost the bucket (position neither BASE nor NEW) is refused.
+-- entries, dead letters, segment and index memberships, timelines, activity counts and the
+-- bucket's stream position, guarded by compare-and-set on that position. A replayed commit
+-- (position already at NEW) is a no-op, so the counts here are never counted twice; a commit
+-- from a process that lost the bucket (position neither BASE nor NEW) is refused.
 -- Returns {1, type and status of each trigger newly emitted...}, or {0} for a replayed commit.
 --
 -- KEYS: 1 offsets hash, 2 bucket state hash, 3 trigger stream, 4 dead-letter stream,
---       5 segment-changes stream, 6 pending erasures hash
+--       5 segment-changes stream, 6 pending erasures hash, 7 bucket timeline hash,
+--       8 partition's points set, 9 activity hash of the batch's minute (for triggers)
 -- ARGV: 1 bucket, 2 base position, 3 new position, 4 ledger key prefix, 5 ledger max entries,
 --       6 stream maxlen, 7 number of states, 8 number of triggers, 9 number of dead letters,
---       10 number of segment changes, 11 number of erasures,
+--       10 number of segment changes, 11 number of erasures, 12 number of member operations,
+--       13 number of timelines, 14 timeline max entries, 15 number of activity counts,
+--       16 activity ttl seconds, 17 number of points,
 --       then per erasure (applied first: a client may start afresh later in the batch):
---       client, erasure id, its event's stream id, requested at, number of member sets N,
---       then N member set keys
+--       client, erasure id, its event's stream id, requested at, number of set entries N,
+--       then N pairs of sorted set key and member to remove
 --       then per state: client, state bytes
---       then per trigger: client, ledger field, type, status, ledger json, number of stream
---       fields N, then N field names and values for its trigger stream entry
+--       then per trigger: client, ledger field, type, status, ledger json, point ("" for
+--       none), number of stream fields N, then N field names and values for its entry
 --       then per dead letter: reason, stream id, raw entry
---       then per segment change: member set key, client, "entered" or "left", segment, time
+--       then per segment change: client, "entered" or "left", segment, time
+--       then per member operation: sorted set key, member, "+" (add) or "-" (remove)
+--       then per timeline: client, new lines (newest first)
+--       then per activity count: hash key, field, count
+--       then the points newly seen
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
 if not stored then stored = '0-0' end
 if stored ~= ARGV[2] then
@@ -26,7 +34,8 @@ if stored ~= ARGV[2] then
 end
 local maxlen = ARGV[6]
 local ledger_max = tonumber(ARGV[5])
-local i = 12
+local i = 18
+local activity_ttl = tonumber(ARGV[16])
 -- An erasure deletes the client's state, touch ledger and memberships here, atomically with
 -- the position; the entries that mention it in the partition's streams up to now are
 -- purged next (sinks/erasure.py), from the job recorded here.
@@ -38,14 +47,15 @@ end
 for _ = 1, tonumber(ARGV[11]) do
   local client = ARGV[i]
   redis.call('HDEL', KEYS[2], client)
+  redis.call('HDEL', KEYS[7], client)
   redis.call('DEL', ARGV[4] .. client)
   local sets = tonumber(ARGV[i + 4])
-  for j = i + 5, i + 4 + sets do redis.call('ZREM', ARGV[j], client) end
+  for j = i + 5, i + 4 + 2 * sets, 2 do redis.call('ZREM', ARGV[j], ARGV[j + 1]) end
   redis.call('HSET', KEYS[6], ARGV[i + 1], cjson.encode({
     client = client, requested_at = ARGV[i + 3], events_through = ARGV[i + 2],
     triggers_through = last_id(KEYS[3]), changes_through = last_id(KEYS[5]),
     dead_through = last_id(KEYS[4]), memberships = sets}))
-  i = i + 5 + sets
+  i = i + 5 + 2 * sets
 end
 for _ = 1, tonumber(ARGV[7]) do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
@@ -54,13 +64,17 @@ end
 local emitted = {1}
 for _ = 1, tonumber(ARGV[8]) do
   local ledger = ARGV[4] .. ARGV[i]
-  local fields = tonumber(ARGV[i + 5])
+  local fields = tonumber(ARGV[i + 6])
   if redis.call('HSETNX', ledger, ARGV[i + 1], ARGV[i + 4]) == 1 then
     local entry = {KEYS[3], 'MAXLEN', '~', maxlen, '*'}
-    for j = i + 6, i + 5 + 2 * fields do table.insert(entry, ARGV[j]) end
+    for j = i + 7, i + 6 + 2 * fields do table.insert(entry, ARGV[j]) end
     redis.call('XADD', unpack(entry))
     table.insert(emitted, ARGV[i + 2])
     table.insert(emitted, ARGV[i + 3])
+    local counted = 't:' .. ARGV[i + 2] .. '|' .. ARGV[i + 3]
+    redis.call('HINCRBY', KEYS[9], counted, 1)
+    if ARGV[i + 5] ~= '' then redis.call('HINCRBY', KEYS[9], counted .. '@' .. ARGV[i + 5], 1) end
+    redis.call('EXPIRE', KEYS[9], activity_ttl)
     -- Over the cap by a quarter: drop the oldest down to the cap in one pass (amortised,
     -- instead of reading the whole ledger on every insert once it is full).
     if redis.call('HLEN', ledger) > ledger_max + math.max(1, math.floor(ledger_max / 4)) then
@@ -73,7 +87,7 @@ for _ = 1, tonumber(ARGV[8]) do
       for j = 1, #dated - ledger_max do redis.call('HDEL', ledger, dated[j][2]) end
     end
   end
-  i = i + 6 + 2 * fields
+  i = i + 7 + 2 * fields
 end
 for _ = 1, tonumber(ARGV[9]) do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*',
@@ -81,14 +95,46 @@ for _ = 1, tonumber(ARGV[9]) do
   i = i + 3
 end
 for _ = 1, tonumber(ARGV[10]) do
-  if ARGV[i + 2] == 'entered' then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'client_id', ARGV[i],
+             'segment', ARGV[i + 2], 'change', ARGV[i + 1], 'at', ARGV[i + 3])
+  i = i + 4
+end
+for _ = 1, tonumber(ARGV[12]) do
+  if ARGV[i + 2] == '+' then
     redis.call('ZADD', ARGV[i], 0, ARGV[i + 1])
   else
     redis.call('ZREM', ARGV[i], ARGV[i + 1])
   end
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'client_id', ARGV[i + 1],
-             'segment', ARGV[i + 3], 'change', ARGV[i + 2], 'at', ARGV[i + 4])
-  i = i + 5
+  i = i + 3
+end
+-- A timeline keeps its newest lines: the batch's, then the stored ones, up to the limit.
+local timeline_max = tonumber(ARGV[14])
+for _ = 1, tonumber(ARGV[13]) do
+  local lines = ARGV[i + 1]
+  local old = redis.call('HGET', KEYS[7], ARGV[i])
+  if old then lines = lines .. '\n' .. old end
+  local kept, count, start = {}, 0, 1
+  while count < timeline_max do
+    local stop = string.find(lines, '\n', start, true)
+    count = count + 1
+    if not stop then
+      table.insert(kept, string.sub(lines, start))
+      break
+    end
+    table.insert(kept, string.sub(lines, start, stop - 1))
+    start = stop + 1
+  end
+  redis.call('HSET', KEYS[7], ARGV[i], table.concat(kept, '\n'))
+  i = i + 2
+end
+for _ = 1, tonumber(ARGV[15]) do
+  redis.call('HINCRBY', ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  redis.call('EXPIRE', ARGV[i], activity_ttl)
+  i = i + 3
+end
+for _ = 1, tonumber(ARGV[17]) do
+  redis.call('SADD', KEYS[8], ARGV[i])
+  i = i + 1
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return emitted

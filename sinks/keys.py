@@ -72,6 +72,38 @@ class KeyLayout:
         so members page in lexical order with a stable cursor."""
         return f"{self._tag(partition)}:segment:{segment}"
 
+    def point_segment_members(self, partition: int, segment: str, point: str) -> str:
+        """The members of a segment who belong to one point (store, branch): what a point
+        manager's key reads instead of `segment_members`."""
+        return f"{self._tag(partition)}:point:{point}:segment:{segment}"
+
+    def members(self, partition: int, segment: str, point: str | None) -> str:
+        return (self.segment_members(partition, segment) if point is None
+                else self.point_segment_members(partition, segment, point))
+
+    def points(self, partition: int) -> str:
+        """The points whose clients this partition has ever held: a set."""
+        return f"{self._tag(partition)}:points"
+
+    def lookup(self, partition: int) -> str:
+        """Email and phone index: a sorted set of "<kind>:<value>\\0<client>", all scored
+        0, so an exact value or a prefix is a ZRANGE BYLEX (see features/lookup.py)."""
+        return f"{self._tag(partition)}:lookup"
+
+    def timeline(self, bucket: int) -> str:
+        """A bucket's clients' recent events: client -> lines (features/timeline.py)."""
+        return f"{self._tag(self.partition_of_bucket(bucket))}:timeline:{bucket}"
+
+    def activity(self, partition: int, minute: int) -> str:
+        """Events and triggers of one minute (epoch seconds of its start), by type: a
+        hash kept for a few hours, for the console's live overview."""
+        return f"{self._tag(partition)}:activity:{minute}"
+
+    def segment_sizes(self, segment: str, point: str | None) -> str:
+        """A segment's size over time: hash of epoch seconds -> size (api/size_history.py)."""
+        scope = "" if point is None else f"@{point}"
+        return f"{self.prefix}:segment-sizes:{segment}{scope}"
+
     def segment_changes(self, partition: int) -> str:
         """Entries and exits of segments, in the order the dataflow decided them."""
         return f"{self._tag(partition)}:segment-changes"

@@ -26,6 +26,7 @@ import redis
 from features.codec import decode_state
 from features.profile import profile_row
 from features.rules import SegmentRules
+from features.segments import public_segments
 from features.state import ClientState
 from features.values import FEATURES, Kind
 from sinks.keys import KeyLayout
@@ -154,7 +155,7 @@ def write_profiles(client: redis.Redis, layout: KeyLayout, rules: SegmentRules, 
         row["traits"] = json.dumps(dict(state.traits), sort_keys=True, separators=(",", ":"),
                                    default=str) if state.traits else None
         profiles.add(row)
-        for name, entered_at in state.segments:
+        for name, entered_at in public_segments(state):
             segments.add({"client_id": client_key, "segment": name,
                           "entered_at": _ms(entered_at)})
     for writer in (profiles, segments):

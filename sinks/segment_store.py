@@ -51,9 +51,16 @@ def _lex_after(member: str) -> bytes:
 
 
 class SegmentStore:
-    def __init__(self, client: aioredis.Redis, layout: KeyLayout) -> None:
+    """One scope's view: every client, or (`point`) the clients of one point."""
+
+    def __init__(self, client: aioredis.Redis, layout: KeyLayout,
+                 point: str | None = None) -> None:
         self._client = client
         self._layout = layout
+        self._point = point
+
+    def _key(self, partition: int, name: str) -> str:
+        return self._layout.members(partition, name, self._point)
 
     async def sizes(self, names: Sequence[str]) -> dict[str, int]:
         """Each segment's size: one ZCARD per partition and segment, one round trip."""
@@ -61,7 +68,7 @@ class SegmentStore:
         async with self._client.pipeline(transaction=False) as pipe:
             for name in names:
                 for partition in partitions:
-                    pipe.zcard(self._layout.segment_members(partition, name))
+                    pipe.zcard(self._key(partition, name))
             counts = cast(list[int], await pipe.execute())
         width = len(partitions)
         return {name: sum(counts[i * width:(i + 1) * width]) for i, name in enumerate(names)}
@@ -74,7 +81,7 @@ class SegmentStore:
         while partition < self._layout.partitions and len(members) < limit:
             low = _lex_after(after) if after is not None else b"-"
             raw = cast(list[bytes], await self._client.zrange(
-                self._layout.segment_members(partition, name), low, b"+", bylex=True,
+                self._key(partition, name), low, b"+", bylex=True,
                 offset=0, num=limit - len(members)))
             members.extend(item.decode() for item in raw)
             last_partition = partition
@@ -84,6 +91,27 @@ class SegmentStore:
             return Page(members, None)  # every partition walked to its end
         return Page(members, encode_cursor(last_partition, members[-1]))
 
+    async def sample(self, name: str, size: int) -> tuple[list[str], bool]:
+        """Up to `size` members drawn at random, spread over the partitions by their share,
+        and whether that is every member (a small segment is taken whole)."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for partition in range(self._layout.partitions):
+                pipe.zcard(self._key(partition, name))
+            cards = cast(list[int], await pipe.execute())
+        if not any(cards):
+            return [], True
+        whole = sum(cards) <= size
+        async with self._client.pipeline(transaction=False) as pipe:
+            for partition, card in enumerate(cards):
+                if whole:
+                    pipe.zrange(self._key(partition, name), 0, -1)
+                elif card:
+                    share = max(1, round(size * card / sum(cards)))
+                    pipe.zrandmember(self._key(partition, name), min(share, card))
+            replies = cast(list[list[bytes] | None], await pipe.execute())
+        members = [item.decode() for reply in replies for item in reply or ()]
+        return members, whole
+
     async def contains(self, name: str, client_ids: Sequence[str]) -> list[str]:
         """The given ids that are members, in the order given (ZMSCORE per partition)."""
         by_partition: dict[int, list[str]] = {}
@@ -92,7 +120,7 @@ class SegmentStore:
                 client_id)
         async with self._client.pipeline(transaction=False) as pipe:
             for partition, ids in by_partition.items():
-                pipe.zmscore(self._layout.segment_members(partition, name), ids)
+                pipe.zmscore(self._key(partition, name), ids)
             results = await pipe.execute()
         found: set[str] = set()
         for ids, scores in zip(by_partition.values(), results, strict=True):

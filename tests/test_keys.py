@@ -1,6 +1,7 @@
-"""Keys and their scopes over real HTTP: a point's read key sees its own clients only (and
-another point's client is unknown to it), a write key cannot read, keys can live in a
-secrets file, and `crmflow config` never prints them."""
+"""Keys and their scopes over real HTTP: a point's read key sees its own clients only
+(another point's client is unknown to it; segments count and list its clients only), a
+write key cannot read, keys can live in a secrets file, and `crmflow config` never prints
+them."""
 
 from __future__ import annotations
 
@@ -38,8 +39,16 @@ def test_a_point_key_reads_its_own_clients_only(redis_client: redis.Redis, redis
         both = httpx.get(url + "/v1/profiles", params={"ids": "ann,bob"}, headers=leeds).json()
         assert [p["client_id"] for p in both["profiles"]] == ["ann"]
         assert both["missing"] == ["bob"]
-        listing = httpx.get(url + "/v1/segments", headers=leeds)
-        assert listing.status_code == 403 and "own clients" in listing.json()["detail"]
+        # segment reads answer for the point's clients: ann is Leeds's one client
+        def lifecycle(key: str) -> dict[str, int]:
+            listing = httpx.get(url + "/v1/segments", headers={"Authorization": f"Bearer {key}"})
+            return {s["name"]: s["size"] for s in listing.json()["segments"]
+                    if s["kind"] == "lifecycle" and s["size"]}
+
+        [(stage, one)] = lifecycle(LEEDS_KEY).items()
+        assert (one, lifecycle("test-read-key")[stage]) == (1, 2)
+        members = httpx.get(url + f"/v1/segments/{stage}/members", headers=leeds)
+        assert members.json()["members"] == ["ann"]
         writer = httpx.get(url + "/v1/profiles/ann", headers={
             "Authorization": f"Bearer {WRITE_KEY}"})
         assert writer.status_code == 403

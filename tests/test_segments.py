@@ -88,7 +88,9 @@ def test_rfm_segment_is_a_membership_once_a_model_exists() -> None:
     state, _ = run([order(3, "o1", 40.0), order(3.5, "o2", 10.0), order(3.7, "o3", 5.0)],
                    rules)
     names = [name for name, _ in state.segments]
-    assert names == ["lifecycle:repeat", "rfm:champions"]
+    assert names == ["lifecycle:repeat", "rfm-cell:r5f5", "rfm:champions"]
+    assert [name for name, _ in segments.public_segments(state)] == [
+        "lifecycle:repeat", "rfm:champions"]
     assert segments.rfm_membership(state, T0 + 10, rules.segments) == "rfm:champions"
     assert segments.current_rfm(state) == "rfm:champions"
 

@@ -9,9 +9,11 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from api.deps import Grant, ReadAccess, ReadGrant, Resources
 from api.responses import FastJSONResponse, problems
-from features.events import format_time
+from features.events import format_time, parse_time
 from features.profile import profile_document
+from features.segments import public_segments
 from features.state import ClientState
+from sinks import console_store
 from sinks.profile_store import ProfileStore
 
 router = APIRouter(prefix="/v1/profiles", tags=["profiles"],
@@ -24,6 +26,10 @@ ClientId = Annotated[str, Path(min_length=1, max_length=205,
 def _not_found(resources: Resources, route: str, client_id: str) -> HTTPException:
     resources.metrics.not_found.labels(route).inc()
     return HTTPException(404, detail=f"unknown client {client_id!r}")
+
+
+# What a client's path may end with besides its id (the fast path leaves these alone).
+SUBRESOURCES = ("/touches", "/segments", "/timeline")
 
 
 # Client ids may contain '/': the path converter takes them whole. The more specific
@@ -39,6 +45,35 @@ async def get_touches(client_id: str, resources: ReadAccess, grant: Grant,
     if touches is None:
         raise _not_found(resources, "/v1/profiles/{client_id}/touches", client_id)
     return FastJSONResponse({"client_id": client_id, "touches": touches})
+
+
+@router.get("/{client_id:path}/timeline", response_class=FastJSONResponse)
+async def get_timeline(client_id: str, resources: ReadAccess, grant: Grant,
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> FastJSONResponse:
+    """The client's recent events (the last `console.timeline_events`) and touches (trigger
+    decisions and manual touches) in one list, newest first."""
+    found = await resolve(resources, client_id, grant)
+    if found is None:
+        raise _not_found(resources, "/v1/profiles/{client_id}/timeline", client_id)
+    key, _ = found
+    store = ProfileStore(resources.redis, resources.layout)
+    touches = await store.touches(key, limit) or []
+    entries: list[tuple[float, int, dict[str, Any]]] = [
+        (entry.at, 0, {"kind": "event", "at": format_time(entry.at), "type": entry.type,
+                       "summary": entry.summary})
+        for entry in await console_store.timeline(resources.redis, resources.layout, key)]
+    for touch in touches:
+        at = touch.get("decided_at") or touch["fired_at"]
+        payload = touch.get("payload") or {}
+        entries.append((parse_time(at, "decided_at"), 1, {
+            "kind": "touch", "at": at, "type": touch["type"], "status": touch["status"],
+            "reason": touch.get("reason"), "channel": touch.get("channel"),
+            "source": "manual" if touch.get("source") == "manual" else "trigger",
+            "author": payload.get("author"), "comment": payload.get("comment"),
+            "trigger_id": touch["trigger_id"], "key": touch.get("key", "")}))
+    entries.sort(key=lambda item: (item[0], item[1]), reverse=True)
+    return FastJSONResponse({"client_id": key,
+                             "entries": [entry for _, _, entry in entries[:limit]]})
 
 
 PROFILE_ROUTE = "/v1/profiles/{client_id}"
@@ -122,7 +157,7 @@ async def get_profile_segments(client_id: str, resources: ReadAccess, grant: Gra
     return FastJSONResponse({
         "client_id": key,
         "segments": [{"segment": name, "entered_at": format_time(at)}
-                     for name, at in state.segments],
+                     for name, at in public_segments(state)],
         "evaluated_at": format_time(state.segments_at or None)})
 
 

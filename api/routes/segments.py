@@ -1,20 +1,28 @@
 """Segment membership for audiences and personalization (Bearer read key).
 
 Sizes and members come from sets the dataflow maintains as memberships change; nothing
-here evaluates a rule or scans clients.
+here evaluates a rule or scans clients. A point's read key sees its point's members only:
+the dataflow keeps a member set per point too.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from api.deps import AllClientsAccess, Resources
+from api.deps import Grant, ReadAccess, Resources
 from api.responses import FastJSONResponse, problems
+from features.events import format_time
 from features.rfm import RFM_SEGMENTS
 from features.segments import LIFECYCLE_PREFIX, RFM_PREFIX, all_segment_names
+from sinks import console_store
 from sinks.segment_store import BadCursor, SegmentStore
 
 router = APIRouter(prefix="/v1/segments", tags=["segments"],
@@ -61,16 +69,16 @@ def _known(resources: Resources, name: str) -> None:
 
 
 @router.get("", response_class=FastJSONResponse)
-async def list_segments(resources: AllClientsAccess) -> FastJSONResponse:
+async def list_segments(resources: ReadAccess, grant: Grant) -> FastJSONResponse:
     """Every segment this configuration defines, with its current size."""
     names = all_segment_names(resources.segments.base)
-    sizes = await SegmentStore(resources.redis, resources.layout).sizes(names)
+    sizes = await SegmentStore(resources.redis, resources.layout, grant.point).sizes(names)
     return FastJSONResponse({"segments": [{**_describe(resources, name), "size": sizes[name]}
                                           for name in names]})
 
 
 @router.get("/{name}/members", response_class=FastJSONResponse)
-async def segment_members(name: SegmentName, resources: AllClientsAccess,
+async def segment_members(name: SegmentName, resources: ReadAccess, grant: Grant,
                           cursor: Annotated[str | None, Query(max_length=600)] = None,
                           limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100
                           ) -> FastJSONResponse:
@@ -78,7 +86,8 @@ async def segment_members(name: SegmentName, resources: AllClientsAccess,
     (null: no more)."""
     _known(resources, name)
     try:
-        page = await SegmentStore(resources.redis, resources.layout).page(name, cursor, limit)
+        page = await SegmentStore(resources.redis, resources.layout, grant.point).page(
+            name, cursor, limit)
     except BadCursor as exc:
         raise HTTPException(422, detail=str(exc)) from None
     return FastJSONResponse({"segment": name, "members": page.members,
@@ -87,10 +96,54 @@ async def segment_members(name: SegmentName, resources: AllClientsAccess,
 
 @router.post("/{name}/contains", response_class=FastJSONResponse)
 async def segment_contains(name: SegmentName, request: ContainsRequest,
-                           resources: AllClientsAccess) -> FastJSONResponse:
+                           resources: ReadAccess, grant: Grant) -> FastJSONResponse:
     """Which of the given client ids are members (at most 1000 per request)."""
     _known(resources, name)
-    members = await SegmentStore(resources.redis, resources.layout).contains(
+    members = await SegmentStore(resources.redis, resources.layout, grant.point).contains(
         name, request.client_ids)
     return FastJSONResponse({"segment": name, "members": members,
                              "checked": len(dict.fromkeys(request.client_ids))})
+
+
+CSV_PAGE = 1000
+
+
+@router.get("/{name}/members.csv", response_class=StreamingResponse,
+            responses={200: {"content": {"text/csv": {}},
+                             "description": "client_id, one member per line"}})
+async def segment_members_csv(name: SegmentName, resources: ReadAccess, grant: Grant
+                              ) -> StreamingResponse:
+    """Every member as CSV, streamed page by page (memory stays flat at any size)."""
+    _known(resources, name)
+    store = SegmentStore(resources.redis, resources.layout, grant.point)
+
+    async def rows() -> AsyncIterator[str]:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["client_id"])
+        cursor: str | None = None
+        while True:
+            page = await store.page(name, cursor, CSV_PAGE)
+            writer.writerows([member] for member in page.members)
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    filename = name.replace(":", "-").replace('"', "")
+    return StreamingResponse(rows(), media_type="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{filename}.csv"'})
+
+
+@router.get("/{name}/history", response_class=FastJSONResponse)
+async def segment_history(name: SegmentName, resources: ReadAccess, grant: Grant,
+                          days: Annotated[int, Query(ge=1, le=365)] = 14
+                          ) -> FastJSONResponse:
+    """The segment's size as recorded every `console.size_history_interval`, oldest first."""
+    _known(resources, name)
+    points = await console_store.size_history(resources.redis, resources.layout, name,
+                                              grant.point, time.time() - days * 86400)
+    return FastJSONResponse({"segment": name, "points": [
+        {"at": format_time(at), "size": size} for at, size in points]})

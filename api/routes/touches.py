@@ -1,6 +1,6 @@
 """Manual touches (B2B practice): a manager records that a client was contacted, or that an
-occasion was skipped (admin key: the write key is public in browsers, and a touch can
-suppress a client's triggers).
+occasion was skipped. It takes an admin key, or a point manager's key for a client of that
+point: the write key is public in browsers, and a touch can suppress a client's triggers.
 
 The API does not write client state; the dataflow owns it. A touch becomes a canonical
 `touch_recorded` event in the client's stream, acknowledged once Redis stored it (202).
@@ -15,16 +15,17 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 
-from api.deps import AdminKey, ResourcesDep
+from api.deps import ReadGrant, Refusal, Resources, ResourcesDep, read_grant
 from api.responses import problems
+from api.routes.profiles import resolve
 from config.durations import format_duration
 from features.events import ANONYMOUS_PREFIX, EventError, content_event_id, parse_event, parse_time
 from features.triggers import trigger_id
 
-router = APIRouter(prefix="/v1/profiles", tags=["touches"], dependencies=[AdminKey],
+router = APIRouter(prefix="/v1/profiles", tags=["touches"],
                    responses=problems(400, 401, 403, 404, 413, 422, 503))
 
 ClientId = Annotated[str, Path(min_length=1, max_length=205,
@@ -41,15 +42,36 @@ TouchBody = Annotated[dict[str, Any], Body(
                 "author, touched_at (default now), touch_id (an idempotency key)")]
 
 
+def can_record(grant: ReadGrant) -> bool:
+    return grant.scope in ("admin", "point")
+
+
+async def _check_writer(request: Request, resources: Resources, client_id: str) -> None:
+    """An admin key records for anyone; a point's key for its own clients (another point's
+    client, or an unknown one, is answered 404 as on reads)."""
+    grant = read_grant(resources, request.headers.get("authorization"))
+    if isinstance(grant, Refusal):
+        detail = grant.detail.replace("read key", "admin key")
+        raise HTTPException(grant.status, detail=detail,
+                            headers={"WWW-Authenticate": "Bearer"} if grant.status == 401
+                            else None)
+    if not can_record(grant):
+        raise HTTPException(403, detail="recording a touch needs an admin key or a point "
+                                        "manager's key")
+    if grant.point is not None and await resolve(resources, client_id, grant) is None:
+        raise HTTPException(404, detail=f"unknown client {client_id!r}")
+
+
 def _bad(field: str, message: str) -> JSONResponse:
     return JSONResponse({"detail": f"{field}: {message}", "field": field}, status_code=400)
 
 
 # Client ids may contain '/', as on the read routes: the path converter takes them whole.
 @router.post("/{client_id:path}/touches", status_code=202)
-async def record_touch(client_id: ClientId, body: TouchBody,
+async def record_touch(client_id: ClientId, body: TouchBody, request: Request,
                        resources: ResourcesDep) -> JSONResponse:
     """Record a manual touch; answers 202 with the touch's id (its occasion's trigger id)."""
+    await _check_writer(request, resources, client_id)
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         return _bad(unknown[0], f"unknown field (known: {', '.join(FIELDS)})")

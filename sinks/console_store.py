@@ -1,0 +1,141 @@
+"""What the console reads besides profiles and segments: per-minute activity, the lookup
+index, client timelines, and segment sizes over time. Every read is a bounded number of
+key reads (minutes x partitions, partitions, one field); none scans the keyspace.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from features.timeline import TimelineEntry, parse_timeline
+from sinks.bucket_store import minute_of
+from sinks.keys import KeyLayout
+
+
+@dataclass(frozen=True, slots=True)
+class Minute:
+    start: int  # epoch seconds
+    events: dict[str, int] = field(default_factory=dict)  # by event type
+    triggers: dict[str, int] = field(default_factory=dict)  # sent, by trigger type
+    decisions: dict[str, int] = field(default_factory=dict)  # every decision, by status
+
+
+def _scoped(name: str, point: str | None) -> str | None:
+    """The counter's unscoped name if it belongs to the scope, else None."""
+    base, at, owner = name.partition("@")
+    if point is None:
+        return None if at else base
+    return base if at and owner == point else None
+
+
+async def activity(client: aioredis.Redis, layout: KeyLayout, now: float, minutes: int,
+                   point: str | None = None) -> list[Minute]:
+    """The last `minutes` minutes up to the one `now` falls in, oldest first, zeros kept."""
+    last = minute_of(now)
+    starts = [last - 60 * k for k in range(minutes - 1, -1, -1)]
+    async with client.pipeline(transaction=False) as pipe:
+        for start in starts:
+            for partition in range(layout.partitions):
+                pipe.hgetall(layout.activity(partition, start))
+        replies = cast(list[dict[bytes, bytes]], await pipe.execute())
+    out: list[Minute] = []
+    for i, start in enumerate(starts):
+        events: Counter[str] = Counter()
+        sent: Counter[str] = Counter()
+        statuses: Counter[str] = Counter()
+        for reply in replies[i * layout.partitions:(i + 1) * layout.partitions]:
+            for raw_name, raw_count in reply.items():
+                name = _scoped(raw_name.decode(), point)
+                if name is None:
+                    continue
+                count = int(raw_count)
+                kind, _, rest = name.partition(":")
+                if kind == "e":
+                    events[rest] += count
+                elif kind == "t":
+                    trigger_type, _, status = rest.partition("|")
+                    statuses[status] += count
+                    if status == "sent":
+                        sent[trigger_type] += count
+        out.append(Minute(start, dict(events), dict(sent), dict(statuses)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    client_id: str
+    matched: str  # email or phone
+    value: str
+
+
+async def lookup(client: aioredis.Redis, layout: KeyLayout, prefixes: Sequence[str],
+                 limit: int) -> list[Match]:
+    """Clients whose email or phone starts with one of `prefixes` ("email:ali"...), at
+    most `limit` from each partition, in value order."""
+    async with client.pipeline(transaction=False) as pipe:
+        for prefix in prefixes:
+            low = b"[" + prefix.encode()
+            high = b"[" + prefix.encode() + b"\xff"
+            for partition in range(layout.partitions):
+                pipe.zrange(layout.lookup(partition), low, high, bylex=True, offset=0,
+                            num=limit)
+        replies = cast(list[list[bytes]], await pipe.execute())
+    found: dict[tuple[str, str], Match] = {}
+    for reply in replies:
+        for raw in reply:
+            key, _, client_id = raw.decode().partition("\0")
+            kind, _, value = key.partition(":")
+            found.setdefault((client_id, key), Match(client_id, kind, value))
+    return sorted(found.values(), key=lambda m: (m.value, m.client_id))[:limit]
+
+
+async def timeline(client: aioredis.Redis, layout: KeyLayout, client_key: str
+                   ) -> list[TimelineEntry]:
+    raw = await client.hget(layout.timeline(layout.bucket_of(client_key)), client_key)
+    return parse_timeline(cast(bytes, raw).decode()) if raw is not None else []
+
+
+async def points(client: aioredis.Redis, layout: KeyLayout) -> list[str]:
+    """Every point any partition has seen a client of."""
+    async with client.pipeline(transaction=False) as pipe:
+        for partition in range(layout.partitions):
+            pipe.smembers(layout.points(partition))
+        replies = cast(list[set[bytes]], await pipe.execute())
+    return sorted({item.decode() for reply in replies for item in reply})
+
+
+async def record_sizes(client: aioredis.Redis, layout: KeyLayout, at: float,
+                       sizes: dict[tuple[str, str | None], int], interval: float,
+                       retention: float) -> None:
+    """Each (segment, point) size at the start of `at`'s interval (a repeat within the
+    interval overwrites: any number of API processes may record), and the entries older
+    than `retention` dropped."""
+    slot = int(at // interval * interval)
+    oldest = at - retention
+    async with client.pipeline(transaction=False) as pipe:
+        for (name, point), size in sizes.items():
+            pipe.hset(layout.segment_sizes(name, point), str(slot), size)
+            pipe.hkeys(layout.segment_sizes(name, point))
+        replies = await pipe.execute()
+    stale: dict[str, list[bytes]] = {}
+    for (name, point), fields in zip(sizes, replies[1::2], strict=True):
+        old = [f for f in cast(list[bytes], fields) if int(f) < oldest]
+        if old:
+            stale[layout.segment_sizes(name, point)] = old
+    if stale:
+        async with client.pipeline(transaction=False) as pipe:
+            for key, old in stale.items():
+                pipe.hdel(key, *old)
+            await pipe.execute()
+
+
+async def size_history(client: aioredis.Redis, layout: KeyLayout, name: str,
+                       point: str | None, since: float) -> list[tuple[int, int]]:
+    """(epoch seconds, size) recorded since `since`, oldest first."""
+    raw = cast(dict[bytes, bytes], await client.hgetall(layout.segment_sizes(name, point)))
+    return sorted((int(at), int(size)) for at, size in raw.items() if int(at) >= since)
