@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench bench-quick wrk compose-tool clean
+.PHONY: install run test lint bench bench-quick wrk compose-tool browser-tool clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "crmflow needs Python 3.11 or 3.12 (Bytewax 0.21 has no wheels for others)"; exit 1; }
@@ -23,7 +23,7 @@ install: $(STAMP)
 run: install
 	$(BIN)/crmflow up --demo
 
-test: install compose-tool
+test: install compose-tool browser-tool
 	$(BIN)/python -m pytest
 
 lint: install
@@ -48,5 +48,11 @@ compose-tool:
 		&& command -v apt-get >/dev/null 2>&1 && apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } \
 		|| echo "docker-compose is not installed: the compose file's validation will be skipped"
 
+# The console's browser tests drive Debian's Chromium (Playwright uses it; it downloads none).
+browser-tool:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium is not installed (apt-get install chromium): the browser tests will be skipped"
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info test-artifacts

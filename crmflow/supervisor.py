@@ -82,6 +82,8 @@ def _banner(settings: Settings, api_url: str, embedded: bool, demo: bool) -> str
         "",
         "crmflow is up",
         f"  API        {api_url}   docs {api_url}/docs   metrics {api_url}/metrics",
+        *([f"  Console    {api_url}/console   (sign in with the read or admin key)"]
+          if settings.console.enabled else []),
         f"  Dataflow   metrics http://{settings.dataflow.metrics_host}:"
         f"{settings.dataflow.metrics_port}/metrics",
         f"  Redis      {settings.redis.url} ({where})",
