@@ -376,6 +376,16 @@ def table(results: dict[str, Any]) -> str:
             load = segments[key]
             rows.append((f"{label} req/s, c=32", f"{load['requests_per_s']:,}",
                          f"p50 {load['p50_ms']} / p99 {load['p99_ms']} ms", "", ""))
+    console = results.get("console")
+    if console:
+        slowest = max((v for v in console.values() if isinstance(v, dict) and "p50_ms" in v),
+                      key=lambda v: v["p50_ms"])
+        name = next(k for k, v in console.items() if v is slowest)
+        rows.append((f"console reads, {console['clients']:,} clients",
+                     f"slowest p50 {slowest['p50_ms']} ms", name, "", ""))
+        csv_download = console["csv download"]
+        rows.append(("  segment CSV download", f"{csv_download['rows']:,} rows",
+                     csv_download["segment"], f"{csv_download['seconds']}s", ""))
     ingest = results.get("ingest")
     if ingest:
         rows.append(("ingest events/s (batch of 100)", f"{ingest['events_per_s']:,}", "", "",
@@ -435,7 +445,8 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from bench.scale import scale_section  # both build on this module's helpers
+    from bench.console import console_section  # these build on this module's helpers
+    from bench.scale import scale_section
     from bench.soak import soak_section
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -458,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 results["ingest"] = ingest_section(server.url, plan, folder)
             else:
                 log("wrk not found: install Debian's wrk for the HTTP loads (make bench does)")
+            log(f"console reads at {plan.sizes[-1]:,} clients")
+            results["console"] = console_section(client, server.url, plan, folder)
             max_rate = results["dataflow"]["sizes"][str(plan.sizes[0])]["crmflow_events_per_s"]
             results["latency"] = latency_section(client, server.url, plan, folder, max_rate)
             log("replay: UCI Online Retail and a synthetic file")

@@ -4,6 +4,7 @@ lookup and the active rules. Each is a bounded number of key reads; none loads c
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
@@ -54,15 +55,18 @@ async def rfm_map(resources: ReadAccess, grant: Grant) -> FastJSONResponse:
     store = SegmentStore(resources.redis, resources.layout, grant.point)
     names = {(r, f): rfm_cell_name(r, f) for r in SCORES for f in SCORES}
     sizes = await store.sizes(list(names.values()))
-    cells: list[dict[str, Any]] = []
-    for (r, f), name in names.items():
+
+    async def cell(r: int, f: int) -> dict[str, Any]:
+        name = names[(r, f)]
         members, whole = await store.sample(name, MONEY_SAMPLE) if sizes[name] else ([], True)
         money = await resources.redis.zmscore(resources.layout.rfm_values("m"),
                                               members) if members else []
         known = [float(value) for value in money if value is not None]
-        cells.append({"r": r, "f": f, "clients": sizes[name],
-                      "average_money": round(sum(known) / len(known), 2) if known else None,
-                      "money_sample": len(known), "money_exact": whole})
+        return {"r": r, "f": f, "clients": sizes[name],
+                "average_money": round(sum(known) / len(known), 2) if known else None,
+                "money_sample": len(known), "money_exact": whole}
+
+    cells = await asyncio.gather(*(cell(r, f) for r, f in names))
     return FastJSONResponse({
         "model": None if model is None or model.empty else {
             "mode": model.mode, "computed_at": format_time(model.computed_at),
