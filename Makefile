@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench bench-quick wrk compose-tool browser-tool clean
+.PHONY: install run test lint bench bench-quick bench-peers wrk compose-tool browser-tool clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "crmflow needs Python 3.11 or 3.12 (Bytewax 0.21 has no wheels for others)"; exit 1; }
@@ -37,6 +37,16 @@ bench: install wrk
 bench-quick: install wrk
 	$(BIN)/python -m bench.run --quick
 
+# Feast's feature server, from its own environment (it pins its own pandas, pyarrow and redis).
+FEAST_VENV ?= .venv-feast
+$(FEAST_VENV)/bin/feast:
+	$(PYTHON) -m venv $(FEAST_VENV)
+	$(FEAST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FEAST_VENV)/bin/python -m pip install --quiet 'feast[redis]'
+
+bench-peers: install wrk $(FEAST_VENV)/bin/feast
+	$(BIN)/python -m bench.peers --feast-venv $(FEAST_VENV)
+
 wrk:
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } \
@@ -55,4 +65,4 @@ browser-tool:
 		|| echo "chromium is not installed (apt-get install chromium): the browser tests will be skipped"
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info test-artifacts
+	rm -rf $(VENV) $(FEAST_VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info test-artifacts
