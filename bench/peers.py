@@ -32,6 +32,8 @@ from bench.run import (
     _config_file,
     append_entries,
     log,
+    read_rows,
+    render,
     run_drain,
     served,
     settings_for,
@@ -239,25 +241,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def table(results: dict[str, Any]) -> str:
-    rows = [("measure", "crmflow", "feast", "ratio", "target")]
+    rows: list[tuple[str, ...]] = [("measure", "crmflow", "feast", "ratio", "target")]
     for c in (1, 32):
-        mine, theirs = results[f"crmflow_c{c}"], results[f"feast_c{c}"]
-        rows.append((f"reads req/s, c={c}", f"{mine['requests_per_s']:,}",
-                     f"{theirs['requests_per_s']:,}",
-                     f"{mine['requests_per_s'] / theirs['requests_per_s']:.2f}x",
-                     ">= 3x at c=32" if c == 32 else ""))
-        rows.append((f"  p50 / p99 ms, c={c}", f"{mine['p50_ms']} / {mine['p99_ms']}",
-                     f"{theirs['p50_ms']} / {theirs['p99_ms']}",
-                     f"p99 {mine['p99_ms'] / theirs['p99_ms']:.2f}x",
-                     "p99 <= 0.33x at c=32" if c == 32 else ""))
+        rows += read_rows(f"reads req/s, c={c}", results[f"crmflow_c{c}"],
+                          results[f"feast_c{c}"], "feast", ">= 3x at c=32" if c == 32 else "",
+                          "p99 <= 0.33x at c=32" if c == 32 else "")
     rows.append(("redis bytes per client (all / 10 features)",
                  f"{results['crmflow_redis_bytes_per_client']:,}",
                  f"{results['feast_redis_bytes_per_entity']:,}", "", ""))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
-    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True))
-                     for row in rows) + (f"\n\n{results['clients']:,} clients, "
-                                         f"{results['values_checked']} checked equal, "
-                                         f"{results['seconds']}s")
+    return render(rows) + (f"\n\n{results['clients']:,} clients, "
+                           f"{results['values_checked']} checked equal, "
+                           f"{results['seconds']}s")
 
 
 if __name__ == "__main__":

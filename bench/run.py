@@ -362,13 +362,9 @@ def table(results: dict[str, Any]) -> str:
     reads = results.get("reads")
     if reads:
         for c in (1, 32):
-            mine, floor = reads[f"crmflow_c{c}"], reads[f"floor_c{c}"]
-            rows.append((f"profile reads req/s, c={c}", f"{mine['requests_per_s']:,}",
-                         f"floor {floor['requests_per_s']:,}",
-                         f"{mine['requests_per_s'] / floor['requests_per_s']:.2f}x",
-                         ">= 1.0x at c=32" if c == 32 else ""))
-            rows.append((f"  p50 / p99 ms, c={c}", f"{mine['p50_ms']} / {mine['p99_ms']}",
-                         f"{floor['p50_ms']} / {floor['p99_ms']}", "", ""))
+            rows += read_rows(f"profile reads req/s, c={c}", reads[f"crmflow_c{c}"],
+                              reads[f"floor_c{c}"], "floor",
+                              ">= 1.0x at c=32" if c == 32 else "")
     segments = (reads or {}).get("segments")
     if segments:
         for label, key in (("segment member pages (100)", "pages_c32"),
@@ -438,7 +434,25 @@ def table(results: dict[str, Any]) -> str:
                      f"empty {backlog.get('drained_after_s')} s after",
                      {True: "bounded", False: "growing"}.get(backlog["bounded"], "unknown"),
                      "bounded"))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    return render(rows)
+
+
+Row = tuple[str, str, str, str, str]  # measure, crmflow, floor or peer, ratio, target
+
+
+def read_rows(label: str, mine: dict[str, Any], other: dict[str, Any], other_name: str,
+              target: str = "", p99_target: str = "") -> list[Row]:
+    """A read load against its floor or peer: requests/s with their ratio, then p50/p99."""
+    return [(label, f"{mine['requests_per_s']:,}",
+             f"{other_name} {other['requests_per_s']:,}",
+             f"{mine['requests_per_s'] / other['requests_per_s']:.2f}x", target),
+            ("  p50 / p99 ms", f"{mine['p50_ms']} / {mine['p99_ms']}",
+             f"{other['p50_ms']} / {other['p99_ms']}",
+             f"p99 {mine['p99_ms'] / other['p99_ms']:.2f}x", p99_target)]
+
+
+def render(rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths,
                                                                              strict=True))
                      for row in rows)

@@ -90,7 +90,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         # what the console reads, gathered until the next commit: each client's new
         # timeline lines (oldest first) and the events applied per (minute, field)
         self._timelines: dict[str, list[str]] = {}
-        self._activity: Counter[tuple[int, str]] = Counter()
+        self._activity: Counter[tuple[int, str | None, str]] = Counter()
         self._clock = 0.0  # the arrival clock of the newest item (seconds)
         self._position = loaded.position
         self._committed = loaded.position
@@ -246,11 +246,11 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         line = timeline_entry(event)
         if line is not None:
             self._timelines.setdefault(client_key, []).append(line)
-        minute = minute_of(self._clock)
-        self._activity[(minute, f"e:{event.type.value}")] += 1
+        minute, counted = minute_of(self._clock), f"e:{event.type.value}"
+        self._activity[(minute, None, counted)] += 1
         point = point_of(after.traits)
         if point is not None:
-            self._activity[(minute, f"e:{event.type.value}@{point}")] += 1
+            self._activity[(minute, point, counted)] += 1
         if before is not None and event.event_time < before.updated_at:
             self._counts[(self._metrics.late_events, event.type.value)] += 1
         return 1
@@ -322,7 +322,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
             rfm_values=values, emitted=emitted, erasures=erasures, member_ops=ops,
             timelines=[(key, SEPARATOR.join(reversed(lines)))
                        for key, lines in sorted(timelines.items()) if key in self._states],
-            activity=[(minute, name, count) for (minute, name), count in activity.items()],
+            activity=[(*key, count) for key, count in activity.items()],
             clock=self._clock, trigger_points=trigger_points, points=sorted(points))
         self._committed = self._position
         self._last_commit = now

@@ -106,7 +106,8 @@ class BucketCommit:
     erasures: Sequence[Erasure] = ()  # clients erased, applied after everything above
     member_ops: Sequence[MemberOp] = ()  # segment, point and lookup set changes
     timelines: Sequence[tuple[str, str]] = ()  # client, its new timeline lines newest first
-    activity: Sequence[tuple[int, str, int]] = ()  # minute, field, count (events applied)
+    # events applied: (minute, point or None for all clients, "e:<type>", count)
+    activity: Sequence[tuple[int, str | None, str, int]] = ()
     clock: float = 0.0  # the batch's arrival clock: the minute its triggers count in
     trigger_points: Mapping[str, str] = field(default_factory=dict)  # client -> its point
     points: Sequence[str] = ()  # points the batch's clients belong to
@@ -264,8 +265,8 @@ class BucketStore:
             args += [key, op.member, "+" if op.add else "-"]
         for client_key, lines in timelines:
             args += [client_key, lines]
-        for minute, name, count in commit.activity:
-            args += [layout.activity(partition, minute), name, count]
+        for minute, point, name, count in commit.activity:
+            args += [layout.activity(partition, minute, point), name, count]
         args += list(commit.points)
         return keys, args
 

@@ -73,8 +73,12 @@ for _ = 1, tonumber(ARGV[8]) do
     table.insert(emitted, ARGV[i + 3])
     local counted = 't:' .. ARGV[i + 2] .. '|' .. ARGV[i + 3]
     redis.call('HINCRBY', KEYS[9], counted, 1)
-    if ARGV[i + 5] ~= '' then redis.call('HINCRBY', KEYS[9], counted .. '@' .. ARGV[i + 5], 1) end
     redis.call('EXPIRE', KEYS[9], activity_ttl)
+    if ARGV[i + 5] ~= '' then
+      local scoped = KEYS[9] .. '@' .. ARGV[i + 5]
+      redis.call('HINCRBY', scoped, counted, 1)
+      redis.call('EXPIRE', scoped, activity_ttl)
+    end
     -- Over the cap by a quarter: drop the oldest down to the cap in one pass (amortised,
     -- instead of reading the whole ledger on every insert once it is full).
     if redis.call('HLEN', ledger) > ledger_max + math.max(1, math.floor(ledger_max / 4)) then

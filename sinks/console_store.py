@@ -25,14 +25,6 @@ class Minute:
     decisions: dict[str, int] = field(default_factory=dict)  # every decision, by status
 
 
-def _scoped(name: str, point: str | None) -> str | None:
-    """The counter's unscoped name if it belongs to the scope, else None."""
-    base, at, owner = name.partition("@")
-    if point is None:
-        return None if at else base
-    return base if at and owner == point else None
-
-
 async def activity(client: aioredis.Redis, layout: KeyLayout, now: float, minutes: int,
                    point: str | None = None) -> list[Minute]:
     """The last `minutes` minutes up to the one `now` falls in, oldest first, zeros kept."""
@@ -41,7 +33,7 @@ async def activity(client: aioredis.Redis, layout: KeyLayout, now: float, minute
     async with client.pipeline(transaction=False) as pipe:
         for start in starts:
             for partition in range(layout.partitions):
-                pipe.hgetall(layout.activity(partition, start))
+                pipe.hgetall(layout.activity(partition, start, point))
         replies = cast(list[dict[bytes, bytes]], await pipe.execute())
     out: list[Minute] = []
     for i, start in enumerate(starts):
@@ -50,11 +42,8 @@ async def activity(client: aioredis.Redis, layout: KeyLayout, now: float, minute
         statuses: Counter[str] = Counter()
         for reply in replies[i * layout.partitions:(i + 1) * layout.partitions]:
             for raw_name, raw_count in reply.items():
-                name = _scoped(raw_name.decode(), point)
-                if name is None:
-                    continue
                 count = int(raw_count)
-                kind, _, rest = name.partition(":")
+                kind, _, rest = raw_name.decode().partition(":")
                 if kind == "e":
                     events[rest] += count
                 elif kind == "t":

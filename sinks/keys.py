@@ -94,10 +94,12 @@ class KeyLayout:
         """A bucket's clients' recent events: client -> lines (features/timeline.py)."""
         return f"{self._tag(self.partition_of_bucket(bucket))}:timeline:{bucket}"
 
-    def activity(self, partition: int, minute: int) -> str:
-        """Events and triggers of one minute (epoch seconds of its start), by type: a
-        hash kept for a few hours, for the console's live overview."""
-        return f"{self._tag(partition)}:activity:{minute}"
+    def activity(self, partition: int, minute: int, point: str | None = None) -> str:
+        """Events and triggers of one minute (epoch seconds of its start), by type, of all
+        clients or of one point's: a hash kept for a few hours, for the console's overview
+        (the commit script appends "@<point>" to the first form for the second)."""
+        scope = "" if point is None else f"@{point}"
+        return f"{self._tag(partition)}:activity:{minute}{scope}"
 
     def segment_sizes(self, segment: str, point: str | None) -> str:
         """A segment's size over time: hash of epoch seconds -> size (api/size_history.py)."""
