@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,6 +32,19 @@ from config.settings import Settings
 from sinks.event_log import AppendOptions, AsyncEventLog
 from sinks.keys import KeyLayout
 from sinks.redis_client import async_client
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive now (modules, the app, its routes and models) out of the
+    garbage collector's reach before serving.
+
+    The cyclic collector's full passes otherwise walk those hundreds of thousands of
+    long-lived objects every few thousand requests, and a request waiting behind one pass
+    shows as the tail: at 32 connections, p99 of profile reads fell from 46 ms to 7 ms, with
+    p50 unchanged (`bench/README.md`). Call it once per process, just before serving.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:

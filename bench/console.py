@@ -13,6 +13,7 @@ import httpx
 import redis
 
 from bench.run import READ_KEY, Plan, log, served, settings_for
+from sinks.keys import KeyLayout
 
 REPEAT = 20
 
@@ -35,13 +36,16 @@ def console_section(client: redis.Redis, url: str, plan: Plan, folder: Path
                     ) -> dict[str, Any]:
     size = plan.sizes[-1]
     settings = settings_for(url, f"df{size}")  # the clients the last dataflow run left
+    layout = KeyLayout.from_settings(settings)
     results: dict[str, Any] = {"clients": size}
     with served("crmflow", settings, folder) as base, httpx.Client(
             base_url=base, timeout=120,
             headers={"Authorization": f"Bearer {READ_KEY}"}) as http:
         segments = http.get("/v1/segments").json()["segments"]
         largest = max(segments, key=lambda s: s["size"])
-        email = "c7@example.com"
+        indexed = client.zrange(layout.lookup(0), 0, 0)
+        email = (indexed[0].decode().split("\0")[0].removeprefix("email:") if indexed
+                 else "c7@example.com")
         calls = {
             "overview: activity": "/v1/activity?minutes=60",
             "overview: segments": "/v1/segments",

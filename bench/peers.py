@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feast-venv", type=Path, default=REPO / ".venv-feast")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "peers.json")
     args = parser.parse_args(argv)
+    args.feast_venv = args.feast_venv.resolve()  # Feast runs in its repository's folder
     if not wrk_available():
         raise SystemExit("wrk is needed (apt-get install wrk; make bench-peers does)")
     if not (args.feast_venv / "bin" / "feast").exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import uvicorn
 
-from api.app import create_app
+from api.app import create_app, freeze_startup_objects
 from config.settings import load_settings
 
 
@@ -17,6 +17,7 @@ def main() -> None:
         app = create_app(load_settings(config))
     else:
         from bench.floor_app import app
+    freeze_startup_objects()  # as `crmflow api` does; the floor gets the same treatment
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 

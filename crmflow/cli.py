@@ -39,7 +39,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def _cmd_api(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from api.app import create_app
+    from api.app import create_app, freeze_startup_objects
     from crmflow.runtime import check_api_keys, with_redis
     from sinks.keys import KeyLayout, LayoutMismatch, claim_layout
     from sinks.redis_client import sync_client
@@ -57,7 +57,9 @@ def _cmd_api(args: argparse.Namespace) -> None:
     finally:
         client.close()
     try:
-        uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port,
+        app = create_app(settings)
+        freeze_startup_objects()
+        uvicorn.run(app, host=settings.api.host, port=settings.api.port,
                     log_level="warning", access_log=False)
     finally:
         if lease is not None:

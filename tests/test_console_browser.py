@@ -132,8 +132,8 @@ def crmflow(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def browser(crmflow: Crmflow) -> Iterator[Any]:
-    executable = chromium()
+def browser() -> Iterator[Any]:
+    executable = chromium()  # first: without a browser, the backfill is not worth its time
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable, headless=True,
                                               args=CHROMIUM_FLAGS)
@@ -176,7 +176,7 @@ def sign_in(browser: Any, url: str, key: str) -> Console:
 
 
 @pytest.fixture
-def console(browser: Any, crmflow: Crmflow) -> Iterator[Console]:
+def console(browser: Any, crmflow: Crmflow) -> Iterator[Console]:  # browser first
     signed_in = sign_in(browser, crmflow.url, ADMIN_KEY)
     yield signed_in
     signed_in.page.context.close()
