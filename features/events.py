@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 ANONYMOUS_PREFIX = "anon:"
@@ -142,9 +143,15 @@ def format_time(seconds: float | None) -> str | None:
     """Epoch seconds -> ISO-8601 UTC with milliseconds, or None."""
     if seconds is None:
         return None
+    return _iso(seconds)
+
+
+@lru_cache(maxsize=1 << 14)
+def _iso(seconds: float) -> str:
+    # Cached: a profile repeats its times (freshness groups, last seen and updated), and a
+    # read-heavy API formats the same clients' times again and again.
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+        "+00:00", "Z")
 
 
 def _opt_id(raw: Mapping[str, Any], name: str) -> str | None:

@@ -17,13 +17,16 @@ from features.segments import public_segments
 from features.state import ClientState
 from features.values import FEATURES, Context, Kind, group_times, rfm_scores
 
+# (name, getter, is a time) of every feature, in table order: read on every profile request
+_GETTERS = tuple((name, f.get, f.kind is Kind.TIME) for name, f in FEATURES.items())
+
 
 def profile_features(state: ClientState, now: float, rules: SegmentRules) -> dict[str, Any]:
     context = Context(state, now, rules)
     features: dict[str, Any] = {}
-    for name, feature in FEATURES.items():
-        value = feature.get(context)
-        features[name] = format_time(value) if feature.kind is Kind.TIME else value
+    for name, get, is_time in _GETTERS:
+        value = get(context)
+        features[name] = format_time(value) if is_time else value
     features.update(
         cart_products=[line.product_id for line in state.cart],
         recently_viewed=[pid for pid, _ in reversed(state.viewed)],
