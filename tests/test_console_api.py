@@ -144,6 +144,14 @@ def test_the_rfm_map_counts_the_cells_the_profiles_are_in(world: World) -> None:
         "segments"])
 
 
+def test_cells_leave_no_record_in_the_segment_changes(world: World,
+                                                     redis_client: redis.Redis) -> None:
+    changes = [fields[b"segment"].decode() for p in range(world.layout.partitions)
+               for _, fields in redis_client.xrange(world.layout.segment_changes(p))]
+    assert any(name.startswith("rfm:") for name in changes)
+    assert not any(name.startswith("rfm-cell") for name in changes)
+
+
 def test_a_cell_lists_its_clients_and_their_average_money(world: World) -> None:
     by_cell: dict[tuple[int, int], list[Client]] = {}
     for c in world.clients:
