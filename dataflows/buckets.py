@@ -26,7 +26,14 @@ from dataflows.metrics import DataflowMetrics
 from dataflows.rfm_model import RfmModelCache
 from features import segments
 from features.codec import decode_state, encode_state
-from features.events import ANONYMOUS_PREFIX, Event, EventError, EventType, parse_event
+from features.events import (
+    ANONYMOUS_PREFIX,
+    INTERNAL_TYPES,
+    Event,
+    EventError,
+    EventType,
+    parse_event,
+)
 from features.identity import handle
 from features.lookup import lookup_keys, point_of
 from features.routing import bucket_of
@@ -246,11 +253,12 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         line = timeline_entry(event)
         if line is not None:
             self._timelines.setdefault(client_key, []).append(line)
-        minute, counted = minute_of(self._clock), f"e:{event.type.value}"
-        self._activity[(minute, None, counted)] += 1
-        point = point_of(after.traits)
-        if point is not None:
-            self._activity[(minute, point, counted)] += 1
+        if event.type not in INTERNAL_TYPES:  # what clients did, not identity bookkeeping
+            minute, counted = minute_of(self._clock), f"e:{event.type.value}"
+            self._activity[(minute, None, counted)] += 1
+            point = point_of(after.traits)
+            if point is not None:
+                self._activity[(minute, point, counted)] += 1
         if before is not None and event.event_time < before.updated_at:
             self._counts[(self._metrics.late_events, event.type.value)] += 1
         return 1
