@@ -60,8 +60,8 @@ class Plan:
 
 FULL = Plan(sizes=(100_000, 1_000_000), events_per_client=2, naive_events=30_000,
             load_seconds=10, latency_seconds=20)
-QUICK = Plan(sizes=(100_000,), events_per_client=2, naive_events=10_000, load_seconds=3,
-             latency_seconds=8, replay_events=50_000, soak_seconds=20, scale_out=False)
+QUICK = Plan(sizes=(100_000,), events_per_client=2, naive_events=5_000, load_seconds=3,
+             latency_seconds=5, replay_events=20_000, soak_seconds=12, scale_out=False)
 
 
 def log(message: str) -> None:
