@@ -15,7 +15,6 @@ import json
 import math
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +34,7 @@ from bench.run import (
     read_rows,
     render,
     run_drain,
+    scratch_redis,
     served,
     settings_for,
     used_memory,
@@ -42,7 +42,7 @@ from bench.run import (
 from bench.workload import events
 from bench.wrk import LoadResult, random_get_script, run_wrk, wrk_available
 from config.settings import Settings
-from crmflow.redis_server import EmbeddedRedis, free_port
+from crmflow.redis_server import free_port
 from features.rules import SegmentRules
 from sinks.keys import KeyLayout
 from sinks.parquet_export import client_states
@@ -172,67 +172,59 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no Feast at {args.feast_venv} (make bench-peers installs it)")
     started = time.time()
     results: dict[str, Any] = {"clients": args.clients}
-    with tempfile.TemporaryDirectory(prefix="crmflow-peers-") as tmp:
-        folder = Path(tmp)
-        server = EmbeddedRedis(folder / "redis", port=0)
-        server.start()
-        client = redis.Redis.from_url(server.url)
+    with scratch_redis("peers") as (folder, url, client):
+        settings = settings_for(url, "peer")
+        layout = KeyLayout.from_settings(settings)
+        now = time.time()
+        empty = used_memory(client)
+        append_entries(client, layout, list(events(2 * args.clients, args.clients,
+                                                   start=now - 3 * 86400, span=3 * 86400,
+                                                   received_at=now)))
+        run_drain(_config_file(settings, folder, "peer"))
+        for stream in (*layout.all_event_streams(), *layout.all_trigger_streams()):
+            client.delete(stream)
+        results["crmflow_redis_bytes_per_client"] = round((used_memory(client) - empty)
+                                                          / args.clients)
+        log(f"crmflow holds {args.clients:,} clients, "
+            f"{results['crmflow_redis_bytes_per_client']} B/client")
+        source = folder / "clients.parquet"
+        rows = feature_table(client, settings, source, now)
+        repo = feast_repo(folder, int(url.rsplit(":", 1)[1].split("/")[0]), source)
+        _feast(args.feast_venv, repo, "apply")
+        before = used_memory(client)
+        materialize_started = time.perf_counter()
+        _feast(args.feast_venv, repo, "materialize", "--disable-event-timestamp")
+        results["feast_materialize_seconds"] = round(
+            time.perf_counter() - materialize_started, 1)
+        results["feast_redis_bytes_per_entity"] = round((used_memory(client) - before)
+                                                        / rows)
+        log(f"feast materialized {rows:,} entities in "
+            f"{results['feast_materialize_seconds']}s, "
+            f"{results['feast_redis_bytes_per_entity']} B/entity")
+        feast_port = free_port()
+        feast = serve_feast(args.feast_venv, repo, feast_port)
         try:
-            settings = settings_for(server.url, "peer")
-            layout = KeyLayout.from_settings(settings)
-            now = time.time()
-            empty = used_memory(client)
-            append_entries(client, layout, list(events(2 * args.clients, args.clients,
-                                                       start=now - 3 * 86400, span=3 * 86400,
-                                                       received_at=now)))
-            run_drain(_config_file(settings, folder, "peer"))
-            for stream in (*layout.all_event_streams(), *layout.all_trigger_streams()):
-                client.delete(stream)
-            results["crmflow_redis_bytes_per_client"] = round((used_memory(client) - empty)
-                                                              / args.clients)
-            log(f"crmflow holds {args.clients:,} clients, "
-                f"{results['crmflow_redis_bytes_per_client']} B/client")
-            source = folder / "clients.parquet"
-            rows = feature_table(client, settings, source, now)
-            repo = feast_repo(folder, int(server.url.rsplit(":", 1)[1].split("/")[0]), source)
-            _feast(args.feast_venv, repo, "apply")
-            before = used_memory(client)
-            materialize_started = time.perf_counter()
-            _feast(args.feast_venv, repo, "materialize", "--disable-event-timestamp")
-            results["feast_materialize_seconds"] = round(
-                time.perf_counter() - materialize_started, 1)
-            results["feast_redis_bytes_per_entity"] = round((used_memory(client) - before)
-                                                            / rows)
-            log(f"feast materialized {rows:,} entities in "
-                f"{results['feast_materialize_seconds']}s, "
-                f"{results['feast_redis_bytes_per_entity']} B/entity")
-            feast_port = free_port()
-            feast = serve_feast(args.feast_venv, repo, feast_port)
-            try:
-                with served("crmflow", settings, folder) as base:
-                    results["values_checked"] = check_same_values(
-                        base, feast_port, [f"c{n}" for n in range(0, args.clients, 997)])
-                    auth = {"Authorization": f"Bearer {READ_KEY}"}
-                    for connections in (1, 32):
-                        loads: dict[str, LoadResult] = {
-                            "crmflow": run_wrk(base + "/v1/profiles/c0",
-                                               random_get_script("/v1/profiles/c",
-                                                                 args.clients, auth),
-                                               connections=connections, seconds=args.seconds),
-                            "feast": run_wrk(f"http://127.0.0.1:{feast_port}/",
-                                             feast_script(args.clients),
-                                             connections=connections, seconds=args.seconds)}
-                        for name, load in loads.items():
-                            results[f"{name}_c{connections}"] = load.as_dict()
-                            log(f"{name} c={connections}: {load.requests_per_s:,.0f} req/s "
-                                f"p50 {load.p50_ms} ms p99 {load.p99_ms} ms "
-                                f"errors {load.errors}")
-            finally:
-                feast.terminate()
-                feast.wait(30)
+            with served("crmflow", settings, folder) as base:
+                results["values_checked"] = check_same_values(
+                    base, feast_port, [f"c{n}" for n in range(0, args.clients, 997)])
+                auth = {"Authorization": f"Bearer {READ_KEY}"}
+                for connections in (1, 32):
+                    loads: dict[str, LoadResult] = {
+                        "crmflow": run_wrk(base + "/v1/profiles/c0",
+                                           random_get_script("/v1/profiles/c",
+                                                             args.clients, auth),
+                                           connections=connections, seconds=args.seconds),
+                        "feast": run_wrk(f"http://127.0.0.1:{feast_port}/",
+                                         feast_script(args.clients),
+                                         connections=connections, seconds=args.seconds)}
+                    for name, load in loads.items():
+                        results[f"{name}_c{connections}"] = load.as_dict()
+                        log(f"{name} c={connections}: {load.requests_per_s:,.0f} req/s "
+                            f"p50 {load.p50_ms} ms p99 {load.p99_ms} ms "
+                            f"errors {load.errors}")
         finally:
-            client.close()
-            server.stop()
+            feast.terminate()
+            feast.wait(30)
     mine, theirs = results["crmflow_c32"], results["feast_c32"]
     results["reads_vs_feast_c32"] = round(mine["requests_per_s"] / theirs["requests_per_s"], 2)
     results["p99_vs_feast_c32"] = round(mine["p99_ms"] / theirs["p99_ms"], 3)

@@ -129,6 +129,21 @@ def append_entries(client: redis.Redis, layout: KeyLayout, entries: Sequence[Ent
     return len(entries) / (time.perf_counter() - started)
 
 
+@contextmanager
+def scratch_redis(name: str) -> Iterator[tuple[Path, str, redis.Redis]]:
+    """A temporary folder with a fresh Redis server in it, for one benchmark run."""
+    with tempfile.TemporaryDirectory(prefix=f"crmflow-{name}-") as tmp:
+        folder = Path(tmp)
+        server = EmbeddedRedis(folder / "redis", port=0)
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        try:
+            yield folder, server.url, client
+        finally:
+            client.close()
+            server.stop()
+
+
 def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
@@ -471,31 +486,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.time()
     results: dict[str, Any] = {"machine": machine(), "plan": plan.__dict__,
                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    with tempfile.TemporaryDirectory(prefix="crmflow-bench-") as tmp:
-        folder = Path(tmp)
-        server = EmbeddedRedis(folder / "redis", port=0)
-        server.start()
-        client = redis.Redis.from_url(server.url)
-        try:
-            results["dataflow"] = dataflow_section(client, server.url, plan, folder)
-            if wrk_available():
-                results["reads"] = reads_section(client, server.url, plan, folder)
-                results["ingest"] = ingest_section(server.url, plan, folder)
-            else:
-                log("wrk not found: install Debian's wrk for the HTTP loads (make bench does)")
-            log(f"console reads at {plan.sizes[-1]:,} clients")
-            results["console"] = console_section(client, server.url, plan, folder)
-            max_rate = results["dataflow"]["sizes"][str(plan.sizes[0])]["crmflow_events_per_s"]
-            results["latency"] = latency_section(client, server.url, plan, folder, max_rate)
-            log("replay: UCI Online Retail and a synthetic file")
-            results["replay"] = replay_section(server.url, plan.replay_events, folder)
-            if plan.scale_out:
-                results["scale_out"] = scale_section(client, server.url, plan, folder)
-            log(f"soak: ingest and profile reads together for {plan.soak_seconds:.0f}s")
-            results["soak"] = soak_section(client, server.url, plan, folder)
-        finally:
-            client.close()
-            server.stop()
+    with scratch_redis("bench") as (folder, url, client):
+        results["dataflow"] = dataflow_section(client, url, plan, folder)
+        if wrk_available():
+            results["reads"] = reads_section(client, url, plan, folder)
+            results["ingest"] = ingest_section(url, plan, folder)
+        else:
+            log("wrk not found: install Debian's wrk for the HTTP loads (make bench does)")
+        log(f"console reads at {plan.sizes[-1]:,} clients")
+        results["console"] = console_section(client, url, plan, folder)
+        max_rate = results["dataflow"]["sizes"][str(plan.sizes[0])]["crmflow_events_per_s"]
+        results["latency"] = latency_section(client, url, plan, folder, max_rate)
+        log("replay: UCI Online Retail and a synthetic file")
+        results["replay"] = replay_section(url, plan.replay_events, folder)
+        if plan.scale_out:
+            results["scale_out"] = scale_section(client, url, plan, folder)
+        log(f"soak: ingest and profile reads together for {plan.soak_seconds:.0f}s")
+        results["soak"] = soak_section(client, url, plan, folder)
     results["seconds"] = round(time.time() - started)
     args.out.write_text(json.dumps(results, indent=2))
     print(table(results))
