@@ -30,6 +30,13 @@ class Page:
     next_cursor: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    size: int
+    members: list[str]
+    whole: bool  # every member, not a random draw
+
+
 def encode_cursor(partition: int, member: str) -> str:
     return base64.urlsafe_b64encode(f"{partition}:{member}".encode()).decode().rstrip("=")
 
@@ -91,15 +98,15 @@ class SegmentStore:
             return Page(members, None)  # every partition walked to its end
         return Page(members, encode_cursor(last_partition, members[-1]))
 
-    async def sample(self, name: str, size: int) -> tuple[list[str], bool]:
-        """Up to `size` members drawn at random, spread over the partitions by their share,
-        and whether that is every member (a small segment is taken whole)."""
+    async def sample(self, name: str, size: int) -> Sample:
+        """The segment's size and up to `size` members drawn at random, spread over the
+        partitions by their share (a small segment is taken whole)."""
         async with self._client.pipeline(transaction=False) as pipe:
             for partition in range(self._layout.partitions):
                 pipe.zcard(self._key(partition, name))
             cards = cast(list[int], await pipe.execute())
         if not any(cards):
-            return [], True
+            return Sample(0, [], True)
         whole = sum(cards) <= size
         async with self._client.pipeline(transaction=False) as pipe:
             for partition, card in enumerate(cards):
@@ -110,7 +117,7 @@ class SegmentStore:
                     pipe.zrandmember(self._key(partition, name), min(share, card))
             replies = cast(list[list[bytes] | None], await pipe.execute())
         members = [item.decode() for reply in replies for item in reply or ()]
-        return members, whole
+        return Sample(sum(cards), members, whole)
 
     async def contains(self, name: str, client_ids: Sequence[str]) -> list[str]:
         """The given ids that are members, in the order given (ZMSCORE per partition)."""

@@ -53,25 +53,22 @@ async def rfm_map(resources: ReadAccess, grant: Grant) -> FastJSONResponse:
     for a cell of at most 200 clients, else the mean of a random sample of 200."""
     model = await rfm_index.load_model_async(resources.redis, resources.layout)
     store = SegmentStore(resources.redis, resources.layout, grant.point)
-    names = {(r, f): rfm_cell_name(r, f) for r in SCORES for f in SCORES}
-    sizes = await store.sizes(list(names.values()))
 
     async def cell(r: int, f: int) -> dict[str, Any]:
-        name = names[(r, f)]
-        members, whole = await store.sample(name, MONEY_SAMPLE) if sizes[name] else ([], True)
+        sample = await store.sample(rfm_cell_name(r, f), MONEY_SAMPLE)
         money = await resources.redis.zmscore(resources.layout.rfm_values("m"),
-                                              members) if members else []
+                                              sample.members) if sample.members else []
         known = [float(value) for value in money if value is not None]
-        return {"r": r, "f": f, "clients": sizes[name],
+        return {"r": r, "f": f, "clients": sample.size,
                 "average_money": round(sum(known) / len(known), 2) if known else None,
-                "money_sample": len(known), "money_exact": whole}
+                "money_sample": len(known), "money_exact": sample.whole}
 
-    cells = await asyncio.gather(*(cell(r, f) for r, f in names))
+    cells = await asyncio.gather(*(cell(r, f) for r in SCORES for f in SCORES))
     return FastJSONResponse({
         "model": None if model is None or model.empty else {
             "mode": model.mode, "computed_at": format_time(model.computed_at),
             "population": model.population},
-        "clients": sum(sizes.values()), "cells": cells})
+        "clients": sum(cell["clients"] for cell in cells), "cells": cells})
 
 
 @router.get("/rfm/map/cells/{r}/{f}/members", response_class=FastJSONResponse)
