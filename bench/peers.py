@@ -43,6 +43,7 @@ from bench.workload import events
 from bench.wrk import LoadResult, random_get_script, run_wrk, wrk_available
 from config.settings import Settings
 from crmflow.redis_server import free_port
+from crmflow.supervisor import stop_process
 from features.rules import SegmentRules
 from sinks.keys import KeyLayout
 from sinks.parquet_export import client_states
@@ -223,8 +224,7 @@ def main(argv: list[str] | None = None) -> None:
                             f"p50 {load.p50_ms} ms p99 {load.p99_ms} ms "
                             f"errors {load.errors}")
         finally:
-            feast.terminate()
-            feast.wait(30)
+            stop_process(feast, 30)
     mine, theirs = results["crmflow_c32"], results["feast_c32"]
     results["reads_vs_feast_c32"] = round(mine["requests_per_s"] / theirs["requests_per_s"], 2)
     results["p99_vs_feast_c32"] = round(mine["p99_ms"] / theirs["p99_ms"], 3)

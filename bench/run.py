@@ -39,6 +39,7 @@ from bench.wrk import (
 )
 from config.settings import Settings
 from crmflow.redis_server import EmbeddedRedis, free_port
+from crmflow.supervisor import stop_process
 from sinks.keys import KeyLayout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,8 +214,7 @@ def served_process(app: str, settings: Settings, folder: Path, floor_prefix: str
                 time.sleep(0.1)
         yield url, process
     finally:
-        process.terminate()
-        process.wait(10)
+        stop_process(process)
 
 
 def reads_section(client: redis.Redis, url: str, plan: Plan, folder: Path) -> dict[str, Any]:
@@ -326,8 +326,7 @@ def latency_section(client: redis.Redis, url: str, plan: Plan, folder: Path,
             time.sleep(0.005)
         time.sleep(delay + 3)
     finally:
-        process.terminate()
-        process.wait(10)
+        stop_process(process)
     timer_lags, order_lags = [], []
     for stream in layout.all_trigger_streams():
         for entry_id, fields in client.xrange(stream):

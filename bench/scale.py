@@ -19,6 +19,7 @@ import redis
 from bench.run import DAY, REPO, Plan, _config_file, _env, append_entries, log, settings_for
 from bench.workload import events
 from crmflow.redis_server import free_port
+from crmflow.supervisor import stop_process
 from dataflows.flow import store_factory
 from sinks.keys import KeyLayout
 
@@ -56,12 +57,7 @@ def _run(client: redis.Redis, url: str, processes: int, count: int, clients: int
             time.sleep(0.2)
         return count / (time.perf_counter() - started)
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 15)
 
 
 def scale_section(client: redis.Redis, url: str, plan: Plan, folder: Path) -> dict[str, Any]:

@@ -62,6 +62,7 @@ from bench.run import (
 from bench.workload import events
 from bench.wrk import LoadResult, batch_post_script, random_get_script, run_wrk, wrk_available
 from crmflow.redis_server import free_port
+from crmflow.supervisor import stop_process
 from sinks.keys import KeyLayout
 
 # Few enough that ingest fills every client's bounded state (views, recent ids) within the
@@ -140,8 +141,7 @@ def dataflow_process(config: Path, stderr: Path) -> Iterator[subprocess.Popen[by
         try:
             yield process
         finally:
-            process.terminate()
-            process.wait(10)
+            stop_process(process)
 
 
 def paced(script: str, requests_per_s: float) -> str:

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from api.app import create_app
 from config.settings import Settings
 from crmflow.redis_server import free_port
+from crmflow.supervisor import stop_process
 from dataflows.run import run_dataflow
 from sinks.keys import KeyLayout
 
@@ -92,13 +93,7 @@ def dataflow_process(config_file: Path, *extra: str) -> Iterator[subprocess.Pope
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
         if process.stderr:
             process.stderr.close()
 
