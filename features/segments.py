@@ -123,14 +123,6 @@ def memberships(state: ClientState, now: float, rules: SegmentRules) -> set[str]
     return names
 
 
-def rfm_membership(state: ClientState, now: float, rules: SegmentRules) -> str | None:
-    """The RFM segment the client belongs in at `now` under the current model."""
-    if state.merged_into is not None:
-        return None
-    scores = rfm_scores(Context(state, now, rules))
-    return None if scores is None else RFM_PREFIX + rfm.rfm_segment(*scores)
-
-
 def rfm_filing(state: ClientState, now: float, rules: SegmentRules) -> frozenset[str]:
     """The RFM segment and map cell the client belongs in at `now` (none for non-buyers)."""
     if state.merged_into is not None:
@@ -140,11 +132,6 @@ def rfm_filing(state: ClientState, now: float, rules: SegmentRules) -> frozenset
         return frozenset()
     return frozenset((RFM_PREFIX + rfm.rfm_segment(*scores), rfm_cell_name(scores[0],
                                                                            scores[1])))
-
-
-def current_rfm(state: ClientState) -> str | None:
-    """The RFM segment recorded in the state's memberships."""
-    return next((name for name, _ in state.segments if name.startswith(RFM_PREFIX)), None)
 
 
 def current_filing(state: ClientState) -> frozenset[str]:

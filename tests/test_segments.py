@@ -91,8 +91,9 @@ def test_rfm_segment_is_a_membership_once_a_model_exists() -> None:
     assert names == ["lifecycle:repeat", "rfm-cell:r5f5", "rfm:champions"]
     assert [name for name, _ in segments.public_segments(state)] == [
         "lifecycle:repeat", "rfm:champions"]
-    assert segments.rfm_membership(state, T0 + 10, rules.segments) == "rfm:champions"
-    assert segments.current_rfm(state) == "rfm:champions"
+    filing = {"rfm:champions", "rfm-cell:r5f5"}
+    assert segments.rfm_filing(state, T0 + 10, rules.segments) == filing
+    assert segments.current_filing(state) == filing
 
 
 def test_rule_segments_enter_and_leave_with_time() -> None:
