@@ -124,11 +124,13 @@ class Refusal:
     detail: str
 
 
-def read_grant(resources: Resources, authorization: str | None) -> ReadGrant | Refusal:
-    """What the Authorization header's read (or admin) key may read, else the refusal."""
+def read_grant(resources: Resources, authorization: str | None, *, needs: str = "read key",
+               action: str = "read") -> ReadGrant | Refusal:
+    """What the Authorization header's read (or admin) key may read, else the refusal;
+    `needs` and `action` name the key and the act in the refusal's words."""
     credential = credential_of(authorization)
     if credential is None or credential[0] != "bearer":
-        return Refusal(401, "missing read key: send Authorization: Bearer <read key>")
+        return Refusal(401, f"missing {needs}: send Authorization: Bearer <{needs}>")
     api = resources.settings.api
     scopes = _scopes(credential[1], api)
     if "admin" in scopes:
@@ -140,20 +142,26 @@ def read_grant(resources: Resources, authorization: str | None) -> ReadGrant | R
                               if hmac.compare_digest(credential[1].encode(), key.encode())),
                          "point")
     if scopes:
-        return Refusal(403, "a write key may not read: send a read key")
-    return Refusal(401, "invalid read key")
+        article = "an" if needs[0] in "aeiou" else "a"
+        return Refusal(403, f"a write key may not {action}: send {article} {needs}")
+    return Refusal(401, f"invalid {needs}")
+
+
+def granted(resources: Resources, request: Request, **words: str) -> ReadGrant:
+    """`read_grant` of the request's key, or the refusal raised as 401 or 403."""
+    grant = read_grant(resources, request.headers.get("authorization"), **words)
+    if isinstance(grant, Refusal):
+        if grant.status == status.HTTP_403_FORBIDDEN:
+            raise _forbidden(grant.detail)
+        raise _unauthorized(grant.detail, "Bearer")
+    return grant
 
 
 async def require_read_key(request: Request) -> Resources:
     """The resources, for a caller with a read key (one dependency: reads are the hot path).
     The key's reach is left in `request.state.grant`."""
     resources: Resources = request.app.state.resources
-    grant = read_grant(resources, request.headers.get("authorization"))
-    if isinstance(grant, Refusal):
-        if grant.status == status.HTTP_403_FORBIDDEN:
-            raise _forbidden(grant.detail)
-        raise _unauthorized(grant.detail, "Bearer")
-    request.state.grant = grant
+    request.state.grant = granted(resources, request)
     return resources
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 
-from api.deps import ReadGrant, Refusal, Resources, ResourcesDep, read_grant
+from api.deps import ReadGrant, Resources, ResourcesDep, granted
 from api.responses import problems
 from api.routes.profiles import resolve
 from config.durations import format_duration
@@ -49,12 +49,7 @@ def can_record(grant: ReadGrant) -> bool:
 async def _check_writer(request: Request, resources: Resources, client_id: str) -> None:
     """An admin key records for anyone; a point's key for its own clients (another point's
     client, or an unknown one, is answered 404 as on reads)."""
-    grant = read_grant(resources, request.headers.get("authorization"))
-    if isinstance(grant, Refusal):
-        detail = grant.detail.replace("read key", "admin key")
-        raise HTTPException(grant.status, detail=detail,
-                            headers={"WWW-Authenticate": "Bearer"} if grant.status == 401
-                            else None)
+    grant = granted(resources, request, needs="admin key", action="record touches")
     if not can_record(grant):
         raise HTTPException(403, detail="recording a touch needs an admin key or a point "
                                         "manager's key")
