@@ -275,11 +275,9 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         triggers[:] = [t for t in triggers if t.client_id != client_key]
         self._emitted = [e for e in self._emitted if e.client_key != client_key]
         self._timelines.pop(client_key, None)
-        self._erasures.append(Erasure(
-            client_key, event.event_id, stream_id, event.received_at,
-            tuple(name for name, _ in state.segments) if state is not None else (),
-            point_of(state.traits) if state is not None else None,
-            tuple(sorted(lookup_keys(state.traits))) if state is not None else ()))
+        self._erasures.append(Erasure(client_key, event.event_id, stream_id,
+                                      event.received_at,
+                                      tuple(_member_ops(client_key, state, None))))
         if state is not None:
             self._unindexed.append(client_key)
         for n, alias in enumerate(state.aliases if state is not None else (), 1):
@@ -341,14 +339,15 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         return None
 
 
-def _member_ops(client_key: str, before: ClientState | None, after: ClientState
+def _member_ops(client_key: str, before: ClientState | None, after: ClientState | None
                 ) -> list[MemberOp]:
     """The set changes that keep the member sets (all clients, and the client's point's)
-    and the lookup index in step with the client's memberships and traits."""
+    and the lookup index in step with the client's memberships and traits (`after` None:
+    the client is erased, and leaves them all)."""
     had = {name for name, _ in before.segments} if before is not None else set()
-    has = {name for name, _ in after.segments}
+    has = {name for name, _ in after.segments} if after is not None else set()
     old_point = point_of(before.traits) if before is not None else None
-    new_point = point_of(after.traits)
+    new_point = point_of(after.traits) if after is not None else None
     ops = [MemberOp(client_key, False, name) for name in sorted(had - has)]
     ops += [MemberOp(client_key, True, name) for name in sorted(has - had)]
     if old_point == new_point:
@@ -360,7 +359,8 @@ def _member_ops(client_key: str, before: ClientState | None, after: ClientState
         if new_point is not None:
             ops += [MemberOp(client_key, True, name, new_point) for name in sorted(has)]
     old_keys = lookup_keys(before.traits) if before is not None else frozenset()
-    new_keys = lookup_keys(after.traits) if after.merged_into is None else frozenset()
+    new_keys = (lookup_keys(after.traits) if after is not None and after.merged_into is None
+                else frozenset())
     ops += [MemberOp(lookup_member(k, client_key), False) for k in sorted(old_keys - new_keys)]
     ops += [MemberOp(lookup_member(k, client_key), True) for k in sorted(new_keys - old_keys)]
     return ops

@@ -143,9 +143,7 @@ class Erasure:
     erasure_id: str
     stream_id: str  # the request's entry: the client's entries up to it are purged
     requested_at: float
-    segments: tuple[str, ...] = ()  # memberships to remove
-    point: str | None = None  # the point whose member sets hold it too
-    lookup: tuple[str, ...] = ()  # its lookup index entries
+    removals: tuple[MemberOp, ...] = ()  # its memberships and lookup entries
 
 
 @dataclass(slots=True)
@@ -236,15 +234,10 @@ class BucketStore:
             len(timelines), self._timeline_max, len(commit.activity), self._activity_ttl,
             len(commit.points)]
         for erasure in commit.erasures:
-            points = (None,) if erasure.point is None else (None, erasure.point)
-            entries = [(layout.members(partition, name, point), erasure.client_id)
-                       for name in erasure.segments for point in points]
-            entries += [(layout.lookup(partition), lookup_member(key, erasure.client_id))
-                        for key in erasure.lookup]
             args += [erasure.client_id, erasure.erasure_id, erasure.stream_id,
-                     format_time(erasure.requested_at) or "", len(entries)]
-            for key, member in entries:
-                args += [key, member]
+                     format_time(erasure.requested_at) or "", len(erasure.removals)]
+            for op in erasure.removals:
+                args += [self._set_key(partition, op), op.member]
         for client_key, state in commit.states:
             args += [client_key, state]
         for trigger in commit.triggers:
@@ -260,15 +253,17 @@ class BucketStore:
             args += [change.client_id, "entered" if change.entered else "left", change.segment,
                      format_time(change.at) or ""]
         for op in commit.member_ops:
-            key = (layout.members(partition, op.segment, op.point) if op.segment
-                   else layout.lookup(partition))
-            args += [key, op.member, "+" if op.add else "-"]
+            args += [self._set_key(partition, op), op.member, "+" if op.add else "-"]
         for client_key, lines in timelines:
             args += [client_key, lines]
         for minute, point, name, count in commit.activity:
             args += [layout.activity(partition, minute, point), name, count]
         args += list(commit.points)
         return keys, args
+
+    def _set_key(self, partition: int, op: MemberOp) -> str:
+        return (self._layout.members(partition, op.segment, op.point) if op.segment
+                else self._layout.lookup(partition))
 
     def _before_commit(self, commits: Sequence[BucketCommit]) -> None:
         """Writes outside the bucket's slot, done first and idempotent, so a commit that
