@@ -65,6 +65,7 @@ class StateFormatError(ValueError):
 
 
 def encode_state(state: ClientState) -> bytes:
+    # tuples of plain values pack as arrays as they are (msgpack's default): no copies
     row: list[Any] = [
         FORMAT_VERSION,
         state.first_seen_at, state.last_seen_at, state.updated_at, state.last_received_at,
@@ -72,27 +73,24 @@ def encode_state(state: ClientState) -> bytes:
         state.last_visit_at, state.visits,
         [[c.product_id, c.quantity, c.price, c.category, c.added_at] for c in state.cart],
         state.cart_updated_at, state.cart_since, state.cart_reminded, state.cart_closed_at,
-        [list(v) for v in state.viewed], state.browse_since, state.last_view_at,
-        state.browse_closed_at, list(state.favourites),
+        state.viewed, state.browse_since, state.last_view_at,
+        state.browse_closed_at, state.favourites,
         [[o.order_id, o.placed_at, o.total, o.returned, o.cancelled] for o in state.orders],
         state.orders_count, state.monetary_total, state.first_order_at, state.last_order_at,
         state.checkout_started_at, state.support_requests, state.last_support_at,
-        state.nps_score, state.nps_at, [list(c) for c in state.channel_engagement],
-        list(state.recent_event_ids),
+        state.nps_score, state.nps_at, state.channel_engagement, state.recent_event_ids,
         [[c.category, c.first_at, c.last_at, c.count, c.reminded_through]
          for c in state.categories],
         _encode_marks(state.marks), state.loyalty_tier,
         [[p.release_at, p.type, p.key, p.fired_at, dict(p.payload), p.deferred]
          for p in state.pending],
-        list(state.sends), list(state.decided),
-        [list(r) for r in state.early_returns], list(state.touched),
-        [list(b) for b in state.visit_days], [list(b) for b in state.view_hours],
-        [list(b) for b in state.view_days],
+        state.sends, state.decided, state.early_returns, state.touched, state.visit_days,
+        state.view_hours, state.view_days,
         [[i.category, _time(i.viewed_at), _time(i.carted_at), _time(i.bought_at), i.count]
          for i in state.interests],
         _time(state.orders_updated_at), _time(state.cart_changed_at), _time(state.engagement_at),
         [[name, _time(at)] for name, at in state.segments], _time(state.segments_at),
-        list(state.aliases), state.merged_into, _time(state.history_until),
+        state.aliases, state.merged_into, _time(state.history_until),
     ]
     return msgpack.packb(row, use_bin_type=True)
 

@@ -53,9 +53,10 @@ class Outcome:
     emitted: list[Event] = field(default_factory=list)
 
 
-def handle(client_key: str, state: ClientState | None, event: Event, rules: TriggerRules
-           ) -> Outcome:
-    """`process_event` with identity: forwards, link requests, merges."""
+def handle(client_key: str, state: ClientState | None, event: Event, rules: TriggerRules,
+           *, next_timer: float = float("-inf")) -> Outcome:
+    """`process_event` with identity: forwards, link requests, merges. `next_timer`: see
+    `process_event`."""
     if state is not None and state.merged_into is not None:
         if event.type is EventType.IDENTITY_LINKED:
             return Outcome(state)  # the first link won
@@ -64,7 +65,7 @@ def handle(client_key: str, state: ClientState | None, event: Event, rules: Trig
         return _merge_away(client_key, state, event, rules)
     if event.type is EventType.PROFILE_MERGED:
         return _absorb(client_key, state, event, rules)
-    after, fired = process_event(client_key, state, event, rules)
+    after, fired = process_event(client_key, state, event, rules, next_timer=next_timer)
     alias = _new_alias(after, event)
     if alias is not None:
         after = evolve(after, aliases=(*after.aliases, alias)[-MAX_ALIASES:])

@@ -34,9 +34,15 @@ def first_live_order(state: ClientState) -> OrderRecord | None:
 
 def mean_order_interval(state: ClientState) -> float | None:
     """Mean seconds between the client's live orders (from the second order on)."""
-    first = first_live_order(state)
-    last = last_live_order(state)
-    count = sum(1 for o in state.orders if not o.cancelled)
+    first: OrderRecord | None = None
+    last: OrderRecord | None = None
+    count = 0
+    for order in state.orders:  # one pass: timer rules ask on every event
+        if not order.cancelled:
+            count += 1
+            if first is None:
+                first = order
+            last = order
     if first is None or last is None or count < 2:
         return None
     return (last.placed_at - first.placed_at) / (count - 1)

@@ -351,17 +351,19 @@ def _manual_touch(client_key: str, state: ClientState, event: Event
                            None, MANUAL)]
 
 
-def process_event(client_key: str, state: ClientState | None, event: Event, rules: TriggerRules
-                  ) -> tuple[ClientState, list[Trigger]]:
+def process_event(client_key: str, state: ClientState | None, event: Event, rules: TriggerRules,
+                  *, next_timer: float = float("-inf")) -> tuple[ClientState, list[Trigger]]:
     """Apply one event: first fire the client's timers due before it, then apply it.
 
     Firing first makes the outcome independent of when ticks arrive: a timer due at `d`
     always sees exactly the client's events before `d` that had arrived, in replay and live.
+    `next_timer`: `next_due(state, rules)` when the caller already knows it (inf: none), so
+    an event before it skips looking for due timers; the outcome is the same.
     """
     if state is not None and is_duplicate(state, event):
         return state, []
     fired: list[Trigger] = []
-    if state is not None:
+    if state is not None and event.event_time >= next_timer:
         state, fired = fire_due(client_key, state, event.event_time, rules)
     after = apply_event(state, event)
     if event.type is EventType.TOUCH_RECORDED:
