@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from bytewax.operators import StatefulBatchLogic
 
+from dataflows.heap import freeze_survivors
 from dataflows.metrics import DataflowMetrics
 from dataflows.rfm_model import RfmModelCache
 from features import segments
@@ -104,6 +105,8 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         self._last_commit = time.monotonic()
         self._states: dict[str, ClientState] = {}
         self._scheduled: dict[str, tuple[float, int]] = {}
+        # clients whose schedule was computed under rules since replaced (a new RFM model)
+        self._stale: set[str] = set()
         self._timers: tuple[list[tuple[float, str]], list[tuple[float, str]]] = ([], [])
         for client_key, raw in loaded.states.items():
             state = decode_state(raw)
@@ -119,6 +122,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         client's schedule is skipped or pushed again at the new time (lazy cancellation).
         """
         due = next_due(state, self._rules)
+        self._stale.discard(client_key)
         current = self._scheduled.get(client_key)
         if due is None:
             if current is not None:
@@ -132,6 +136,13 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         if current is None or current[1] != clock or due < current[0]:
             heapq.heappush(self._timers[clock], (due, client_key))
         self._scheduled[client_key] = (due, clock)
+
+    def _next_timer(self, client_key: str) -> float:
+        """The client's earliest due time as scheduled (inf: none), or -inf when unknown."""
+        if client_key in self._stale:
+            return float("-inf")
+        scheduled = self._scheduled.get(client_key)
+        return float("inf") if scheduled is None else scheduled[0]
 
     def _advance(self, clock: int, now: float, dirty: set[str], triggers: list[Trigger]) -> None:
         limit = now - self._config.allowed_lateness
@@ -208,9 +219,12 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 if self._models is not None and (at_head or not self._config.replay):
                     rules = self._models.poll()
                     if rules is not self._rules or not self._rescored:
+                        if rules is not self._rules:
+                            self._stale = set(self._states)
                         self._rules = rules
                         self._rescored = True
                         self._rescore(clock, dirty, triggers)
+        freeze_survivors()
         for (metric, label), count in self._counts.items():  # one update per batch, not event
             if label:
                 metric.labels(label).inc(count)
@@ -237,7 +251,8 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
             self._erase(client_key, event, stream_id, dirty, triggers)
             return 1
         before = self._states.get(client_key)
-        outcome = handle(client_key, before, event, self._rules)
+        outcome = handle(client_key, before, event, self._rules,
+                         next_timer=self._next_timer(client_key))
         self._emitted.extend(outcome.emitted)
         after = outcome.state
         if after is before or after is None:
@@ -268,6 +283,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         """Forget the client: its state, timers and this batch's decisions about it; the
         anonymous ids merged into it are erased too (their own requests, in their order)."""
         state = self._states.pop(client_key, None)
+        self._stale.discard(client_key)
         if self._scheduled.pop(client_key, None) is not None:
             self._metrics.timers_pending.dec()
         dirty.discard(client_key)
@@ -300,6 +316,10 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         values: list[tuple[str, RfmValues | None]] = []
         for key in sorted(dirty):
             before, after = self._before.get(key), self._states[key]
+            if (before is not None and before.segments == after.segments
+                    and before.traits is after.traits and before.merged_into == after.merged_into
+                    and _rfm_values(before) == _rfm_values(after)):
+                continue  # the common case: no membership, trait or RFM value moved
             changes.extend(SegmentChange(key, name, False, after.segments_at)
                            for name in segments.left(before, after) if segments.is_public(name))
             changes.extend(SegmentChange(key, name, True, at)
@@ -310,7 +330,8 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
             if point is not None and (before is None or point_of(before.traits) != point):
                 points.add(point)
             triple = _rfm_values(after)
-            if before is None or triple != _rfm_values(before):
+            # a client new to the bucket was never indexed: only a buyer is added
+            if triple != (None if before is None else _rfm_values(before)):
                 values.append((key, triple))
         self._before.clear()
         # erased buyers leave the RFM population first: one may have bought again since
