@@ -118,7 +118,7 @@ class RedisSettings(Section):
 class DataflowSettings(Section):
     partitions: Annotated[int, Field(ge=1, le=1024)] = 4
     buckets: Annotated[int, Field(ge=1, le=1_048_576)] = 1024
-    batch_size: PositiveInt = 2000
+    batch_size: PositiveInt = 8000
     tick_interval: Duration = 0.25
     idle_wait: Duration = 0.05
     allowed_lateness: Duration = 5.0
