@@ -26,9 +26,8 @@ import httpx
 import redis
 import yaml
 
-from bench.floors import bytewax_floor, naive_consumer
 from bench.replays import replay_section
-from bench.workload import Entry, events
+from bench.workload import Entry
 from bench.wrk import (
     batch_post_script,
     contains_script,
@@ -54,15 +53,17 @@ class Plan:
     naive_events: int
     load_seconds: float
     latency_seconds: float
+    measured_events: int  # applied by a running dataflow on each filled client base
     replay_events: int = 1_000_000
-    soak_seconds: float = 120.0
+    soak_seconds: float = 60.0
     scale_out: bool = True  # one process against a group of two (full plan only)
 
 
 FULL = Plan(sizes=(100_000, 1_000_000), events_per_client=2, naive_events=30_000,
-            load_seconds=10, latency_seconds=20)
+            load_seconds=8, latency_seconds=20, measured_events=200_000)
 QUICK = Plan(sizes=(100_000,), events_per_client=2, naive_events=5_000, load_seconds=3,
-             latency_seconds=5, replay_events=20_000, soak_seconds=12, scale_out=False)
+             latency_seconds=5, measured_events=100_000, replay_events=20_000,
+             soak_seconds=12, scale_out=False)
 
 
 def log(message: str) -> None:
@@ -74,7 +75,7 @@ def settings_for(url: str, prefix: str, triggers: dict[str, Any] | None = None,
     return Settings(
         redis={"url": url, "key_prefix": prefix, "stream_maxlen": 50_000_000},
         api={"write_keys": [WRITE_KEY], "read_keys": [READ_KEY], "port": free_port()},
-        dataflow={"partitions": 4, "buckets": 2048, "metrics_port": 0, **dataflow},
+        dataflow={"metrics_port": 0, **dataflow},
         triggers=triggers or {},
     )
 
@@ -147,41 +148,6 @@ def scratch_redis(name: str) -> Iterator[tuple[Path, str, redis.Redis]]:
 
 def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
-
-
-def dataflow_section(client: redis.Redis, url: str, plan: Plan, folder: Path
-                     ) -> dict[str, Any]:
-    startup, _ = run_drain(_config_file(settings_for(url, "warmup"), folder, "warmup"))
-    log(f"dataflow process start-up and empty drain: {startup:.1f}s")
-    results: dict[str, Any] = {"startup_seconds": round(startup, 2), "sizes": {}}
-    now = time.time()
-    for size in plan.sizes:
-        settings = settings_for(url, f"df{size}")
-        layout = KeyLayout.from_settings(settings)
-        count = size * plan.events_per_client
-        entries = list(events(count, size, start=now - 3 * DAY, span=3 * DAY, received_at=now))
-        baseline = used_memory(client)
-        append_rate = append_entries(client, layout, entries)
-        log(f"{size:,} clients: {count:,} events appended ({append_rate:,.0f}/s); draining")
-        seconds, rss = run_drain(_config_file(settings, folder, f"df{size}"))
-        rate = count / max(seconds - startup, 1e-9)
-        for stream in (*layout.all_event_streams(), *layout.all_trigger_streams(),
-                       *(layout.dead_letters(p) for p in range(layout.partitions))):
-            client.delete(stream)
-        per_client = (used_memory(client) - baseline) / size
-        log(f"{size:,} clients: crmflow {rate:,.0f} events/s, {per_client:.0f} B/client")
-        floor = bytewax_floor(entries)
-        log(f"{size:,} clients: bare Bytewax floor {floor:,.0f} events/s")
-        naive = naive_consumer(client, entries[:plan.naive_events], f"naive{size}")
-        log(f"{size:,} clients: naive consumer {naive:,.0f} events/s")
-        results["sizes"][str(size)] = {
-            "events": count, "crmflow_events_per_s": round(rate),
-            "bytewax_floor_events_per_s": round(floor), "naive_events_per_s": round(naive),
-            "vs_floor": round(rate / floor, 3), "vs_naive": round(rate / naive, 2),
-            "redis_bytes_per_client": round(per_client), "dataflow_rss_mib": round(rss / 1024),
-        }
-        del entries
-    return results
 
 
 @contextmanager
@@ -367,8 +333,8 @@ def table(results: dict[str, Any]) -> str:
                      f"naive {r['naive_events_per_s']:,}", f"{r['vs_naive']}x", ">= 10x"))
         rows.append((f"  redis bytes/client, {int(size):,}", f"{r['redis_bytes_per_client']:,}",
                      "", "", "<= 1024 at 1M"))
-        rows.append((f"  dataflow RSS MiB, {int(size):,}", f"{r['dataflow_rss_mib']:,}", "", "",
-                     ""))
+        rows.append((f"  dataflow RSS MiB, {int(size):,}", f"{r['dataflow_rss_mib']:,}",
+                     f"start-up and loading {r['loading_seconds']}s", "", ""))
     sizes = results["dataflow"]["sizes"]
     if len(sizes) > 1:
         first, last = (sizes[k]["crmflow_events_per_s"] for k in list(sizes)[::len(sizes) - 1])
@@ -416,7 +382,7 @@ def table(results: dict[str, Any]) -> str:
                          f"{figures['seconds']}s", ""))
     scale = results.get("scale_out")
     if scale:
-        rows.append((f"dataflow, 2 processes vs 1 ({scale['events']:,} events)",
+        rows.append((f"dataflow, 2 processes vs 1 ({scale['clients']:,} clients)",
                      f"{scale['two_processes_events_per_s']:,}",
                      f"1 process {scale['one_process_events_per_s']:,}", f"{scale['ratio']}x",
                      ""))
@@ -474,7 +440,7 @@ def render(rows: Sequence[tuple[str, ...]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     from bench.console import console_section  # these build on this module's helpers
-    from bench.scale import scale_section
+    from bench.dataflow import dataflow_section
     from bench.soak import soak_section
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -487,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with scratch_redis("bench") as (folder, url, client):
         results["dataflow"] = dataflow_section(client, url, plan, folder)
+        if "scale_out" in results["dataflow"]:
+            results["scale_out"] = results["dataflow"].pop("scale_out")
         if wrk_available():
             results["reads"] = reads_section(client, url, plan, folder)
             results["ingest"] = ingest_section(url, plan, folder)
@@ -498,8 +466,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         results["latency"] = latency_section(client, url, plan, folder, max_rate)
         log("replay: UCI Online Retail and a synthetic file")
         results["replay"] = replay_section(url, plan.replay_events, folder)
-        if plan.scale_out:
-            results["scale_out"] = scale_section(client, url, plan, folder)
         log(f"soak: ingest and profile reads together for {plan.soak_seconds:.0f}s")
         results["soak"] = soak_section(client, url, plan, folder)
     results["seconds"] = round(time.time() - started)

@@ -25,27 +25,31 @@ class Entry:
 
 
 def events(count: int, clients: int, *, start: float, span: float, seed: int = 1,
-           received_at: float | None = None) -> Iterator[Entry]:
+           received_at: float | None = None, first_id: int = 0, cover: bool = True
+           ) -> Iterator[Entry]:
     """`count` events over `clients` clients, times spread evenly over `span` seconds.
 
-    Every client gets at least one event when count >= clients (the first `clients` events
-    visit each client once), so memory per client is measured over all of them.
+    With `cover`, every client gets at least one event when count >= clients (the first
+    `clients` events visit each client once), so memory per client is measured over all of
+    them; without, every event goes to a random client (more events for a base already
+    built). Event ids run from `e<first_id>`, so a second batch does not repeat the first's.
     """
     rng = random.Random(seed)
     kinds = [kind for kind, weight in MIX for _ in range(weight)]
     step = span / max(count, 1)
     for n in range(count):
-        client = f"c{n}" if n < clients else f"c{rng.randrange(clients)}"
-        kind = "visit" if n < clients else rng.choice(kinds)
+        covering = cover and n < clients
+        client = f"c{n}" if covering else f"c{rng.randrange(clients)}"
+        kind = "visit" if covering else rng.choice(kinds)
         t = start + n * step
-        event: dict[str, object] = {"event_id": f"e{n}", "type": kind, "client_id": client,
-                                    "event_time": round(t, 3),
+        event: dict[str, object] = {"event_id": f"e{first_id + n}", "type": kind,
+                                    "client_id": client, "event_time": round(t, 3),
                                     "received_at": round(received_at or t, 3)}
         if kind in ("product_view", "cart_add", "cart_remove"):
             event["products"] = [{"product_id": f"p{rng.randrange(5000)}",
                                   "price": rng.randrange(1, 200), "quantity": 1}]
         elif kind == "order_placed":
-            event["order"] = {"order_id": f"o{n}", "total": rng.randrange(5, 500)}
+            event["order"] = {"order_id": f"o{first_id + n}", "total": rng.randrange(5, 500)}
         elif kind == "registered":
             event["traits"] = {"email": f"{client}@example.com"}
         yield Entry(client, t, json.dumps(event, separators=(",", ":")))
