@@ -12,13 +12,13 @@ position, and produces the same commits with the same trigger ids (exactly-once 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+import orjson
 import redis
 
 from features.events import Event, format_time
@@ -53,15 +53,15 @@ _STREAM_FIELDS = ("trigger_id", "type", "key", "client_id", "fired_at", "decided
                   "status", "reason", "channel", "source", "deferred_until")
 
 
-def stream_fields(record: dict[str, Any]) -> list[str]:
+def stream_fields(record: dict[str, Any]) -> list[str | bytes]:
     """A trigger record as flat trigger-stream fields; empty ones are left out, the payload
     is JSON."""
-    fields: list[str] = []
+    fields: list[str | bytes] = []
     for name in _STREAM_FIELDS:
         value = record.get(name)
         if value is not None:
             fields += [name, str(value)]
-    fields += ["payload", json.dumps(record["payload"], separators=(",", ":"), sort_keys=True)]
+    fields += ["payload", orjson.dumps(record["payload"], option=orjson.OPT_SORT_KEYS)]
     return fields
 
 
@@ -242,7 +242,7 @@ class BucketStore:
             args += [client_key, state]
         for trigger in commit.triggers:
             record = trigger.to_dict()
-            ledger = json.dumps(record, separators=(",", ":"), sort_keys=True)
+            ledger = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
             fields = stream_fields(record)
             args += [trigger.client_id, trigger.ledger_field, trigger.type, trigger.status,
                      ledger, commit.trigger_points.get(trigger.client_id, ""),
