@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -87,15 +88,15 @@ def dataflow_process(config_file: Path, *extra: str) -> Iterator[subprocess.Pope
     """`crmflow dataflow` as a separate OS process (so it can be killed with SIGKILL)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRMFLOW_")}
     env.pop("REDIS_URL", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "crmflow.cli", "dataflow", "--config", str(config_file), *extra],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        yield process
-    finally:
-        stop_process(process)
-        if process.stderr:
-            process.stderr.close()
+    # stderr to a file, not a pipe nobody reads: a chatty process would block on a full pipe
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "crmflow.cli", "dataflow", "--config", str(config_file),
+             *extra], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            yield process
+        finally:
+            stop_process(process)
 
 
 def read_headers() -> dict[str, str]:
