@@ -43,6 +43,7 @@ from config.settings import Settings
 from crmflow.redis_server import free_port
 from crmflow.supervisor import stop_process
 from dataflows.flow import store_factory
+from dataflows.run import stream_heads
 from sinks.keys import KeyLayout
 
 TIMEOUT = 1800.0
@@ -137,14 +138,6 @@ def _settings(url: str, size: int, processes: int) -> Settings:
                         offset_flush_interval=0.2)
 
 
-def _heads(settings: Settings) -> dict[int, tuple[int, int]]:
-    store = store_factory(settings)
-    try:
-        return store.stream_heads()
-    finally:
-        store.client.close()
-
-
 def _measure(client: redis.Redis, url: str, size: int, processes: int, count: int,
              first_id: int, now: float, folder: Path) -> dict[str, Any]:
     """Events/s of a running group of `processes` on the base of `size` clients."""
@@ -156,7 +149,7 @@ def _measure(client: redis.Redis, url: str, size: int, processes: int, count: in
         loading = dataflow.wait_idle()
         started = time.perf_counter()
         append_entries(client, layout, entries)
-        seconds = dataflow.wait_applied(_heads(settings), started)
+        seconds = dataflow.wait_applied(stream_heads(settings), started)
     rate = count / seconds
     log(f"{size:,} clients, {processes} process(es): {rate:,.0f} events/s over {count:,} "
         f"events ({loading:.1f}s start-up and loading before)")
@@ -173,7 +166,7 @@ def _fill(client: redis.Redis, url: str, size: int, now: float, folder: Path
     entries = list(events(2 * size, size, start=now - 4 * DAY, span=3 * DAY, received_at=now))
     baseline = used_memory(client)
     append_entries(client, layout, entries)
-    heads = _heads(settings)
+    heads = stream_heads(settings)
     with live_dataflow(settings, folder, f"fill{size}") as dataflow:
         started = time.perf_counter()
         seconds = dataflow.wait_applied(heads, started)

@@ -48,14 +48,14 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
         os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(bytewax_port + (process_id or 0))
         log.info("Bytewax metrics on :%d/metrics", bytewax_port + (process_id or 0))
     for _ in range(MAX_DRAIN_ROUNDS if stop_when_caught_up else 1):
-        heads = _stream_heads(settings)  # before the round
+        heads = stream_heads(settings)  # before the round
         flow = build_flow(settings, metrics, stop_when_caught_up=stop_when_caught_up,
                           as_of=as_of, replay=replay, rfm_model=rfm_model)
         cli_main(  # type: ignore[no-untyped-call]
             flow, workers_per_process=settings.dataflow.workers, process_id=process_id,
             addresses=addresses,
             epoch_interval=timedelta(seconds=settings.dataflow.epoch_interval))
-        if _stream_heads(settings) == heads:
+        if stream_heads(settings) == heads:
             return  # nothing was appended meanwhile: every entry has been read
         # The dataflow appends events for other clients (identity steps, forwards) that a
         # partition which had already reached its head did not read: another round.
@@ -64,7 +64,8 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
 MAX_DRAIN_ROUNDS = 10
 
 
-def _stream_heads(settings: Settings) -> dict[int, tuple[int, int]]:
+def stream_heads(settings: Settings) -> dict[int, tuple[int, int]]:
+    """The last entry of every non-empty event stream, by partition (own connection)."""
     store = store_factory(settings)
     try:
         return store.stream_heads()
