@@ -40,7 +40,7 @@ from bench.run import (
 )
 from bench.workload import events
 from config.settings import Settings
-from crmflow.redis_server import free_port
+from crmflow.redis_server import free_ports
 from crmflow.supervisor import stop_process
 from dataflows.flow import store_factory
 from dataflows.run import stream_heads
@@ -134,7 +134,7 @@ def live_dataflow(settings: Settings, folder: Path, name: str) -> Iterator[LiveD
 
 def _settings(url: str, size: int, processes: int) -> Settings:
     # positions recorded promptly, so "applied" is seen as soon as it is true
-    return settings_for(url, f"df{size}", processes=processes, cluster_port=free_port(),
+    return settings_for(url, f"df{size}", processes=processes, cluster_port=free_ports(2),
                         offset_flush_interval=0.2)
 
 

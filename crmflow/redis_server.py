@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -39,6 +40,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free loopback ports (a dataflow group's `base + n`).
+
+    Not from the kernel's ephemeral range: port 0 always yields an odd port there and
+    outgoing connections take the even ones, so `free_port() + 1` was often some client
+    socket's, and the group's second process could not bind it.
+    """
+    rng = random.Random()  # noqa: S311 - spreads ports, guards nothing
+    while True:
+        base = rng.randrange(20_000, 32_768 - count)
+        sockets = [socket.socket() for _ in range(count)]
+        try:
+            for n, sock in enumerate(sockets):
+                sock.bind(("127.0.0.1", base + n))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
 
 
 class EmbeddedRedis:

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from config.settings import Settings
-from crmflow.redis_server import EmbeddedRedis, free_port
+from crmflow.redis_server import EmbeddedRedis, free_ports
 from features.codec import decode_state
 from sinks.keys import KeyLayout
 from tests.histories import histories
@@ -99,7 +99,7 @@ def test_two_processes_on_a_cluster_match_one_on_one_redis(
     # this comparison is not about).
     no_rfm_model = {"refresh": 0}
     clustered = make_settings(redis_cluster, key_prefix, redis={"cluster": True}, dataflow={
-        "processes": 2, "cluster_port": free_port(), "metrics_port": free_port()},
+        "processes": 2, "cluster_port": free_ports(2), "metrics_port": free_ports(2)},
         rfm=no_rfm_model)
     config = write_config(clustered, tmp_path / "cluster.yaml")
     with api_server(clustered) as url:
