@@ -2,7 +2,8 @@
 size, next to the bare Bytewax floor and a naive consumer, and Redis bytes per client.
 
 Per size:
-1. Fill: every client gets 2 events (a visit, then one of the mix), applied by a group of
+1. Fill: every client gets the plan's `events_per_client` (2: a visit, then one of the
+   mix), applied by a group of
    two processes (both cores: the base is set-up, and this is the slow part at 1M). Redis
    `used_memory` after the fill, less before, gives the bytes per client.
 2. Measure: one process starts on the filled base and loads its buckets; once it is idle,
@@ -15,6 +16,7 @@ Per size:
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -48,6 +50,7 @@ from sinks.keys import KeyLayout
 
 TIMEOUT = 1800.0
 IDLE_CPU_SHARE = 0.3  # below this share of a core for a second, start-up and loading are over
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/<pid>/stat's CPU times
 
 
 def _tree(pid: int) -> list[int]:
@@ -72,7 +75,7 @@ def _cpu_seconds(pids: list[int]) -> float:
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-    return total / 100
+    return total / CLOCK_TICKS
 
 
 class LiveDataflow:
@@ -157,13 +160,14 @@ def _measure(client: redis.Redis, url: str, size: int, processes: int, count: in
             "rss_mib": round(dataflow.peak_rss_kib / 1024)}
 
 
-def _fill(client: redis.Redis, url: str, size: int, now: float, folder: Path
-          ) -> tuple[list[Any], float, float]:
-    """Every client's first two events, applied by two processes: (entries, events/s,
-    Redis bytes per client)."""
+def _fill(client: redis.Redis, url: str, size: int, per_client: int, now: float,
+          folder: Path) -> tuple[list[Any], float, float]:
+    """Every client's first `per_client` events, applied by two processes: (entries,
+    events/s, Redis bytes per client)."""
     settings = _settings(url, size, 2)
     layout = KeyLayout.from_settings(settings)
-    entries = list(events(2 * size, size, start=now - 4 * DAY, span=3 * DAY, received_at=now))
+    entries = list(events(per_client * size, size, start=now - 4 * DAY, span=3 * DAY,
+                          received_at=now))
     baseline = used_memory(client)
     append_entries(client, layout, entries)
     heads = stream_heads(settings)
@@ -173,11 +177,11 @@ def _fill(client: redis.Redis, url: str, size: int, now: float, folder: Path
     for stream in (*layout.all_event_streams(), *layout.all_trigger_streams(),
                    *(layout.dead_letters(p) for p in range(layout.partitions))):
         client.delete(stream)  # logs with their own caps, not per-client memory
-    per_client = (used_memory(client) - baseline) / size
+    bytes_per_client = (used_memory(client) - baseline) / size
     rate = len(entries) / seconds
     log(f"{size:,} clients: filled with {len(entries):,} events by 2 processes "
-        f"({rate:,.0f} events/s, start-up included), {per_client:.0f} B/client")
-    return entries, rate, per_client
+        f"({rate:,.0f} events/s, start-up included), {bytes_per_client:.0f} B/client")
+    return entries, rate, bytes_per_client
 
 
 def dataflow_section(client: redis.Redis, url: str, plan: Plan, folder: Path
@@ -185,8 +189,10 @@ def dataflow_section(client: redis.Redis, url: str, plan: Plan, folder: Path
     results: dict[str, Any] = {"measured_events": plan.measured_events, "sizes": {}}
     now = time.time()
     for n, size in enumerate(plan.sizes):
-        entries, fill_rate, per_client = _fill(client, url, size, now, folder)
-        one = _measure(client, url, size, 1, plan.measured_events, 2 * size, now, folder)
+        entries, fill_rate, per_client = _fill(client, url, size, plan.events_per_client,
+                                               now, folder)
+        filled = len(entries)  # the measured events' ids follow the fill's
+        one = _measure(client, url, size, 1, plan.measured_events, filled, now, folder)
         floor = bytewax_floor(entries)
         log(f"{size:,} clients: bare Bytewax floor {floor:,.0f} events/s")
         naive = naive_consumer(client, entries[:plan.naive_events], f"naive{size}")
@@ -203,7 +209,7 @@ def dataflow_section(client: redis.Redis, url: str, plan: Plan, folder: Path
         }
         if n == 0 and plan.scale_out:
             two = _measure(client, url, size, 2, plan.measured_events,
-                           2 * size + plan.measured_events, now, folder)
+                           filled + plan.measured_events, now, folder)
             results["scale_out"] = {
                 "events": plan.measured_events, "clients": size,
                 "one_process_events_per_s": rate,

@@ -316,9 +316,12 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         values: list[tuple[str, RfmValues | None]] = []
         for key in sorted(dirty):
             before, after = self._before.get(key), self._states[key]
+            # a client new to the bucket was never indexed: only a buyer is added
+            indexed = None if before is None else _rfm_values(before)
+            triple = _rfm_values(after)
             if (before is not None and before.segments == after.segments
                     and before.traits is after.traits and before.merged_into == after.merged_into
-                    and _rfm_values(before) == _rfm_values(after)):
+                    and indexed == triple):
                 continue  # the common case: no membership, trait or RFM value moved
             changes.extend(SegmentChange(key, name, False, after.segments_at)
                            for name in segments.left(before, after) if segments.is_public(name))
@@ -329,9 +332,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
             point = point_of(after.traits)
             if point is not None and (before is None or point_of(before.traits) != point):
                 points.add(point)
-            triple = _rfm_values(after)
-            # a client new to the bucket was never indexed: only a buyer is added
-            if triple != (None if before is None else _rfm_values(before)):
+            if triple != indexed:
                 values.append((key, triple))
         self._before.clear()
         # erased buyers leave the RFM population first: one may have bought again since
