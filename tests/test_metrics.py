@@ -73,6 +73,10 @@ def test_bytewax_metrics_are_served_beside_ours(redis_url: str, key_prefix: str,
     with api_server(settings) as url:
         assert post_events(url, [{"event_id": "b1", "type": "visit", "client_id": "b",
                                   "event_time": time.time()}]).status_code == 200
+    dashboard = json.loads((REPO / "deploy/grafana/dashboards/crmflow.json").read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"\bbytewax_[a-z_]+", target["expr"])}
+    assert queried
     with dataflow_process(write_config(settings, tmp_path / "crmflow.yaml")):
         def scraped() -> str:
             try:
@@ -80,12 +84,9 @@ def test_bytewax_metrics_are_served_beside_ours(redis_url: str, key_prefix: str,
             except httpx.HTTPError:
                 return ""
 
-        text = wait_for(lambda: "item_inp_count" in (t := scraped()) and t, 60,
-                        "Bytewax's metrics server", interval=0.5)
+        # a step's series appear once it has run: the sink's after its first write
+        text = wait_for(lambda: "item_inp_count" in (t := scraped())
+                        and all(f"\n{name}{{" in t for name in queried) and t, 60,
+                        "Bytewax's metrics server with every series the dashboard queries",
+                        interval=0.5)
     assert "stateful_batch_on_batch_duration_seconds" in text  # our bucket logic's step
-    dashboard = json.loads((REPO / "deploy/grafana/dashboards/crmflow.json").read_text())
-    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
-               for name in re.findall(r"\bbytewax_[a-z_]+", target["expr"])}
-    assert queried
-    for name in queried:  # every Bytewax metric the panels query is served
-        assert f"\n{name}{{" in text, name
