@@ -11,6 +11,8 @@ import httpx
 import pytest
 import redis
 
+from api.app import create_app
+from api.fast_reads import ProfileFastPath
 from config.settings import Settings
 from sinks.keys import KeyLayout
 from tests.support import (
@@ -308,6 +310,15 @@ def test_the_fast_read_path_answers_as_the_fastapi_route(
             body.get("features", {}).pop("recency_days", None)
         assert fast_body == route_body
     assert [a.status_code for a in answers[True]] == [200, 404, 403, 401]
+
+
+def test_the_fast_path_answers_in_front_of_the_whole_middleware_stack(
+        redis_url: str, key_prefix: str) -> None:
+    """Not behind Starlette's error middleware or FastAPI's telemetry and body limit: those
+    cost a profile read 5% (bench/README.md)."""
+    for fast in (True, False):
+        app = create_app(make_settings(redis_url, key_prefix, api={"fast_reads": fast}))
+        assert isinstance(app.build_middleware_stack(), ProfileFastPath) is fast
 
 
 def test_cors_is_closed_unless_sites_are_listed(redis_url: str, key_prefix: str) -> None:
