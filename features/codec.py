@@ -8,6 +8,7 @@ are still read: the fields added since take their defaults.
 
 from __future__ import annotations
 
+from itertools import starmap
 from typing import Any
 
 import msgpack
@@ -30,6 +31,7 @@ from features.state import (
     ClientState,
     OrderRecord,
     PendingTrigger,
+    assemble,
 )
 
 FORMAT_VERSION = 7
@@ -125,32 +127,32 @@ def decode_state(data: bytes) -> ClientState:
      decided, early_returns, touched, visit_days, view_hours, view_days, interests,
      orders_updated_at, cart_changed_at, engagement_at, segments, segments_at, aliases,
      merged_into, history_until) = row
-    return ClientState(
+    return assemble(
         first_seen_at=first_seen_at, last_seen_at=last_seen_at, updated_at=updated_at,
         last_received_at=last_received_at,
         registered_at=registered_at, welcomed=welcomed, traits=traits,
         traits_updated_at=traits_updated_at, last_visit_at=last_visit_at, visits=visits,
-        cart=tuple(CartLine(*c) for c in cart), cart_updated_at=cart_updated_at,
+        cart=tuple(starmap(CartLine, cart)), cart_updated_at=cart_updated_at,
         cart_since=cart_since, cart_reminded=cart_reminded, cart_closed_at=cart_closed_at,
-        viewed=tuple((pid, at) for pid, at in viewed), browse_since=browse_since,
+        viewed=tuple(map(tuple, viewed)), browse_since=browse_since,
         last_view_at=last_view_at, browse_closed_at=browse_closed_at,
-        favourites=tuple(favourites), orders=tuple(OrderRecord(*o) for o in orders),
+        favourites=tuple(favourites), orders=tuple(starmap(OrderRecord, orders)),
         orders_count=orders_count, monetary_total=monetary_total,
         first_order_at=first_order_at, last_order_at=last_order_at,
         checkout_started_at=checkout_started_at, support_requests=support_requests,
         last_support_at=last_support_at, nps_score=nps_score, nps_at=nps_at,
-        channel_engagement=tuple((ch, n) for ch, n in channel_engagement),
+        channel_engagement=tuple(map(tuple, channel_engagement)),
         recent_event_ids=tuple(recent_event_ids),
-        categories=tuple(CategoryOrders(*c) for c in categories),
+        categories=tuple(starmap(CategoryOrders, categories)),
         marks=_decode_marks(marks), loyalty_tier=loyalty_tier,
-        pending=tuple(PendingTrigger(*p) for p in pending), sends=tuple(sends),
+        pending=tuple(starmap(PendingTrigger, pending)), sends=tuple(sends),
         decided=tuple(decided),
-        early_returns=tuple((oid, amount, cancel) for oid, amount, cancel in early_returns),
+        early_returns=tuple(map(tuple, early_returns)),
         touched=tuple(touched),
-        visit_days=tuple((i, n) for i, n in visit_days),
-        view_hours=tuple((i, n) for i, n in view_hours),
-        view_days=tuple((i, n) for i, n in view_days),
-        interests=tuple(CategoryInterest(*i) for i in interests),
+        visit_days=tuple(map(tuple, visit_days)),
+        view_hours=tuple(map(tuple, view_hours)),
+        view_days=tuple(map(tuple, view_days)),
+        interests=tuple(starmap(CategoryInterest, interests)),
         orders_updated_at=orders_updated_at, cart_changed_at=cart_changed_at,
         engagement_at=engagement_at,
         segments=tuple((name, float(at)) for name, at in segments),

@@ -165,29 +165,36 @@ class ClientState:
         return sum(line.quantity for line in self.cart)
 
 
-def _copier() -> Callable[[ClientState], ClientState]:
-    """A function copying every slot of a state into a new one, written out slot by slot.
+def _generated(name: str, params: str, source: str) -> Callable[..., ClientState]:
+    """A function that builds a new state slot by slot, written out like dataclasses
+    writes `__init__`, from `source` (the lines that fill `new`).
 
-    `dataclasses.replace` re-runs `__init__` over the 50-odd fields, about 9 µs a call; it
-    was a third of the dataflow's time (profiled, bench/README.md). Copying the slots with
-    their descriptors is about 1.5 µs. Built once, like dataclasses builds `__init__`.
+    `__init__` of a frozen dataclass sets each of the 50-odd fields through
+    `object.__setattr__`, about 5.4 µs a state; setting the slots through their descriptors
+    is about 1.9 µs. `evolve` was a third of the dataflow's time with `dataclasses.replace`,
+    and `decode_state` (every read, every client a dataflow loads) half its time with
+    `__init__` (bench/README.md).
     """
-    names = [f.name for f in fields(ClientState)]
-    body = "".join(f"    set_{n}(new, state.{n})\n" for n in names)
-    source = f"def copy(state):\n    new = make(ClientState)\n{body}    return new\n"
+    code = f"def {name}({params}):\n    new = make(ClientState)\n{source}    return new\n"
     namespace: dict[str, Any] = {"make": object.__new__, "ClientState": ClientState}
-    namespace.update({f"set_{n}": getattr(ClientState, n).__set__ for n in names})
-    exec(source, namespace)  # noqa: S102 - our own text, from the dataclass's own fields
-    return cast(Callable[[ClientState], ClientState], namespace["copy"])
+    namespace.update({f"set_{n}": getattr(ClientState, n).__set__ for n in _FIELD_NAMES})
+    exec(code, namespace)  # noqa: S102 - our own text, from the dataclass's own fields
+    return cast(Callable[..., ClientState], namespace[name])
 
 
-_copy = _copier()
+_FIELD_NAMES = tuple(f.name for f in fields(ClientState))
+# a copy of every slot of a state
+_copy = _generated("copy", "state", "".join(f"    set_{n}(new, state.{n})\n"
+                                            for n in _FIELD_NAMES))
+# `ClientState(**fields)` with every field given by keyword (no defaults: none is forgotten)
+assemble = _generated("assemble", "*, " + ", ".join(_FIELD_NAMES),
+                      "".join(f"    set_{n}(new, {n})\n" for n in _FIELD_NAMES))
 _SETTERS: dict[str, Callable[[ClientState, Any], None]] = {
-    f.name: getattr(ClientState, f.name).__set__ for f in fields(ClientState)}
+    name: getattr(ClientState, name).__set__ for name in _FIELD_NAMES}
 
 
 def evolve(state: ClientState, **changes: Any) -> ClientState:
-    """`dataclasses.replace` for the client state, several times faster (see `_copier`)."""
+    """`dataclasses.replace` for the client state, several times faster (see `_generated`)."""
     new = _copy(state)
     for name, value in changes.items():
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from features.state import (
     ClientState,
     OrderRecord,
     apply_event,
+    assemble,
     is_duplicate,
     is_live,
 )
@@ -547,3 +549,13 @@ def test_replaying_everything_changes_nothing(repeat: int) -> None:
     once = run(ORDER_FREE_EVENTS)
     again = run(ORDER_FREE_EVENTS * repeat, None)
     assert again == once
+
+
+def test_assemble_builds_what_the_constructor_builds_and_needs_every_field() -> None:
+    state = apply_event(None, ev(EventType.CART_ADD, 0, products=(
+        Product("p1", price=5.0, quantity=2),)))
+    given_fields = {f.name: getattr(state, f.name) for f in fields(ClientState)}
+    assert assemble(**given_fields) == ClientState(**given_fields) == state
+    del given_fields["cart"]
+    with pytest.raises(TypeError, match="cart"):
+        assemble(**given_fields)  # no defaults: a decoder cannot forget a field
