@@ -13,6 +13,7 @@ import time
 
 import orjson
 import redis
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import Refusal, Resources, read_grant
@@ -25,6 +26,9 @@ _JSON = [(b"content-type", b"application/json")]
 class ProfileFastPath:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # the metrics' labelled series, looked up once (`labels()` is 1.8 µs a request)
+        self._latency: Histogram | None = None
+        self._requests: dict[int, Counter] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -39,9 +43,17 @@ class ProfileFastPath:
                     "headers": [*_JSON, (b"content-length", str(len(body)).encode()),
                                 *headers]})
         await send({"type": "http.response.body", "body": body})
-        metrics = resources.metrics
-        metrics.latency.labels(PROFILE_ROUTE, "GET").observe(time.perf_counter() - started)
-        metrics.requests.labels(PROFILE_ROUTE, "GET", str(status)).inc()
+        self._record(resources, status, time.perf_counter() - started)
+
+    def _record(self, resources: Resources, status: int, seconds: float) -> None:
+        if self._latency is None:
+            self._latency = resources.metrics.latency.labels(PROFILE_ROUTE, "GET")
+        self._latency.observe(seconds)
+        requests = self._requests.get(status)
+        if requests is None:
+            requests = resources.metrics.requests.labels(PROFILE_ROUTE, "GET", str(status))
+            self._requests[status] = requests
+        requests.inc()
 
     async def _answer(self, resources: Resources, scope: Scope, client_id: str
                       ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
