@@ -29,6 +29,7 @@ import yaml
 from bench.replays import replay_section
 from bench.workload import Entry
 from bench.wrk import (
+    LoadResult,
     batch_post_script,
     contains_script,
     paths_script,
@@ -57,13 +58,17 @@ class Plan:
     replay_events: int = 1_000_000
     soak_seconds: float = 60.0
     scale_out: bool = True  # one process against a group of two (full plan only)
+    # profile reads: rounds alternating crmflow and its floor, each of read_seconds; the
+    # median round is reported (one load each swung the ratio 0.69-1.07x over six runs)
+    read_rounds: int = 3
+    read_seconds: float = 4
 
 
 FULL = Plan(sizes=(100_000, 1_000_000), events_per_client=2, naive_events=30_000,
             load_seconds=8, latency_seconds=20, measured_events=200_000)
 QUICK = Plan(sizes=(100_000,), events_per_client=2, naive_events=5_000, load_seconds=3,
              latency_seconds=5, measured_events=100_000, replay_events=20_000,
-             soak_seconds=12, scale_out=False)
+             soak_seconds=12, scale_out=False, read_rounds=1, read_seconds=3)
 
 
 def log(message: str) -> None:
@@ -199,8 +204,8 @@ def served_process(app: str, settings: Settings, folder: Path, floor_prefix: str
 
 
 def reads_section(client: redis.Redis, url: str, plan: Plan, folder: Path) -> dict[str, Any]:
+    """Profile reads of crmflow and of the floor, both served at once and loaded in turn."""
     size = plan.sizes[0]
-    settings = settings_for(url, f"df{size}")  # the clients the first dataflow run left
     pipe = client.pipeline(transaction=False)
     for n in range(size):  # the floor's own copy: 10 features per client, one hash each
         pipe.hset(f"floor:c{n}", mapping={f"f{i}": n * 0.5 + i for i in range(10)})
@@ -208,19 +213,28 @@ def reads_section(client: redis.Redis, url: str, plan: Plan, folder: Path) -> di
             pipe.execute()
     pipe.execute()
     auth = {"Authorization": f"Bearer {READ_KEY}"}
+    script = random_get_script("/v1/profiles/c", size, auth)
     results: dict[str, Any] = {}
-    for name, app, prefix in (("crmflow", "crmflow", ""), ("floor", "floor", "floor")):
-        with served(app, settings, folder, prefix) as base:
-            for connections in (1, 32):
-                wait_until_quiet(client)
-                result = run_wrk(base + "/v1/profiles/c0",
-                                 random_get_script("/v1/profiles/c", size, auth),
-                                 connections=connections, seconds=plan.load_seconds)
-                results[f"{name}_c{connections}"] = result.as_dict()
-                log(f"reads {name} c={connections}: {result.requests_per_s:,.0f} req/s "
-                    f"p50 {result.p50_ms} ms p99 {result.p99_ms} ms errors {result.errors}")
-            if app == "crmflow":
-                results["segments"] = segment_loads(base, size, plan, auth)
+    # the clients the first dataflow run left; each app on a port of its own
+    with (served("crmflow", settings_for(url, f"df{size}"), folder) as crmflow,
+          served("floor", settings_for(url, f"df{size}"), folder, "floor") as floor):
+        bases = {"crmflow": crmflow, "floor": floor}
+        for connections in (1, 32):
+            rounds: dict[str, list[LoadResult]] = {name: [] for name in bases}
+            for _ in range(plan.read_rounds):
+                for name, base in bases.items():
+                    wait_until_quiet(client)
+                    rounds[name].append(run_wrk(base + "/v1/profiles/c0", script,
+                                                connections=connections,
+                                                seconds=plan.read_seconds))
+            for name, loads in rounds.items():
+                median = sorted(loads, key=lambda load: load.requests_per_s)[len(loads) // 2]
+                results[f"{name}_c{connections}"] = median.as_dict() | {
+                    "rounds_requests_per_s": [round(load.requests_per_s) for load in loads]}
+                log(f"reads {name} c={connections}: {median.requests_per_s:,.0f} req/s "
+                    f"p50 {median.p50_ms} ms p99 {median.p99_ms} ms errors {median.errors} "
+                    f"(median of {[round(load.requests_per_s) for load in loads]})")
+        results["segments"] = segment_loads(crmflow, size, plan, auth)
     results["vs_floor_c32"] = round(results["crmflow_c32"]["requests_per_s"]
                                     / results["floor_c32"]["requests_per_s"], 3)
     return results
