@@ -58,8 +58,9 @@ class Plan:
     replay_events: int = 1_000_000
     soak_seconds: float = 60.0
     scale_out: bool = True  # one process against a group of two (full plan only)
-    # profile reads: rounds alternating crmflow and its floor, each of read_seconds; the
-    # median round is reported (one load each swung the ratio 0.69-1.07x over six runs)
+    # profile reads: rounds alternating crmflow and its floor, each of read_seconds; each
+    # side's median round and the median of the rounds' ratios are reported (one load each
+    # swung the ratio 0.69-1.07x over six runs)
     read_rounds: int = 3
     read_seconds: float = 4
 
@@ -231,11 +232,12 @@ def reads_section(client: redis.Redis, url: str, plan: Plan, folder: Path) -> di
                                                 seconds=plan.read_seconds))
             for name, loads in rounds.items():
                 median = sorted(loads, key=lambda load: load.requests_per_s)[len(loads) // 2]
+                each = [round(load.requests_per_s) for load in loads]
                 results[f"{name}_c{connections}"] = median.as_dict() | {
-                    "rounds_requests_per_s": [round(load.requests_per_s) for load in loads]}
+                    "rounds_requests_per_s": each}
                 log(f"reads {name} c={connections}: {median.requests_per_s:,.0f} req/s "
                     f"p50 {median.p50_ms} ms p99 {median.p99_ms} ms errors {median.errors} "
-                    f"(median of {[round(load.requests_per_s) for load in loads]})")
+                    f"(median of {each})")
             # a round's two loads run seconds apart, so their ratio is less exposed to the
             # machine's drift over the rounds; the median of those is the ratio reported
             ratios = sorted(mine.requests_per_s / floor_load.requests_per_s

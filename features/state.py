@@ -177,20 +177,20 @@ def _generated(name: str, params: str, source: str) -> Callable[..., ClientState
     """
     code = f"def {name}({params}):\n    new = make(ClientState)\n{source}    return new\n"
     namespace: dict[str, Any] = {"make": object.__new__, "ClientState": ClientState}
-    namespace.update({f"set_{n}": getattr(ClientState, n).__set__ for n in _FIELD_NAMES})
+    namespace.update({f"set_{n}": setter for n, setter in _SETTERS.items()})
     exec(code, namespace)  # noqa: S102 - our own text, from the dataclass's own fields
     return cast(Callable[..., ClientState], namespace[name])
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(ClientState))
+_SETTERS: dict[str, Callable[[ClientState, Any], None]] = {
+    name: getattr(ClientState, name).__set__ for name in _FIELD_NAMES}
 # a copy of every slot of a state
 _copy = _generated("copy", "state", "".join(f"    set_{n}(new, state.{n})\n"
                                             for n in _FIELD_NAMES))
 # `ClientState(**fields)` with every field given by keyword (no defaults: none is forgotten)
 assemble = _generated("assemble", "*, " + ", ".join(_FIELD_NAMES),
                       "".join(f"    set_{n}(new, {n})\n" for n in _FIELD_NAMES))
-_SETTERS: dict[str, Callable[[ClientState, Any], None]] = {
-    name: getattr(ClientState, name).__set__ for name in _FIELD_NAMES}
 
 
 def evolve(state: ClientState, **changes: Any) -> ClientState:
