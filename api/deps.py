@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import redis.asyncio as aioredis
 from fastapi import Depends, HTTPException, Request, status
 
+from api.keys import KeyScopes
 from api.metrics import ApiMetrics
 from api.segment_rules_view import SegmentRulesView
-from config.settings import ApiSettings, Settings
+from config.settings import Settings
 from features.lookup import point_of
 from features.state import ClientState
 from sinks.event_log import AsyncEventLog
@@ -34,6 +34,10 @@ class Resources:
     event_log: AsyncEventLog
     metrics: ApiMetrics
     segments: SegmentRulesView
+    keys: KeyScopes = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", KeyScopes.from_settings(self.settings.api))
 
 
 async def get_resources(request: Request) -> Resources:
@@ -65,18 +69,6 @@ def credential_of(header: str | None) -> tuple[str, str] | None:
     return None
 
 
-def _matches(secret: str, keys: list[str]) -> bool:
-    return any(hmac.compare_digest(secret.encode(), key.encode()) for key in keys)
-
-
-def _scopes(key: str, api: ApiSettings) -> frozenset[str]:
-    """The scopes a key holds (write, read, admin, point), each compared in constant time:
-    a valid key of another scope is refused with 403, an unknown one with 401."""
-    lists = {"write": api.write_keys, "read": api.read_keys, "admin": api.admin_keys,
-             "point": list(api.point_read_keys)}
-    return frozenset(scope for scope, keys in lists.items() if _matches(key, keys))
-
-
 def _forbidden(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_403_FORBIDDEN, detail=detail)
 
@@ -94,7 +86,7 @@ def check_write_key(request: Request, resources: Resources, body_key: object = N
     if not isinstance(key, str) or not key:
         raise _unauthorized("missing write key: send it as the HTTP Basic user name "
                             "or as writeKey in the body", 'Basic realm="crmflow"')
-    scopes = _scopes(key, resources.settings.api)
+    scopes = resources.keys.of(key)
     if not scopes & {"write", "admin"}:
         if scopes:
             raise _forbidden("a read key may not write events: send a write key")
@@ -118,6 +110,9 @@ class ReadGrant:
         return self.point is None or point_of(state.traits) == self.point
 
 
+READ_GRANT, ADMIN_GRANT = ReadGrant(), ReadGrant(scope="admin")
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     status: int  # 401: no valid key; 403: a valid key of another scope
@@ -131,16 +126,13 @@ def read_grant(resources: Resources, authorization: str | None, *, needs: str = 
     credential = credential_of(authorization)
     if credential is None or credential[0] != "bearer":
         return Refusal(401, f"missing {needs}: send Authorization: Bearer <{needs}>")
-    api = resources.settings.api
-    scopes = _scopes(credential[1], api)
+    scopes = resources.keys.of(credential[1])
     if "admin" in scopes:
-        return ReadGrant(scope="admin")
+        return ADMIN_GRANT
     if "read" in scopes:
-        return ReadGrant()
+        return READ_GRANT
     if "point" in scopes:
-        return ReadGrant(next(point for key, point in api.point_read_keys.items()
-                              if hmac.compare_digest(credential[1].encode(), key.encode())),
-                         "point")
+        return ReadGrant(resources.keys.point(credential[1]), "point")
     if scopes:
         article = "an" if needs[0] in "aeiou" else "a"
         return Refusal(403, f"a write key may not {action}: send {article} {needs}")
@@ -177,7 +169,7 @@ async def require_admin_key(request: Request, resources: ResourcesDep) -> None:
     if credential is None:
         raise _unauthorized("missing admin key: send Authorization: Bearer <admin key>",
                             "Bearer")
-    scopes = _scopes(credential[1], resources.settings.api)
+    scopes = resources.keys.of(credential[1])
     if "admin" not in scopes:
         if scopes:
             raise _forbidden("this key may not do this: an admin key is required")

@@ -14,6 +14,7 @@ import time
 import orjson
 import redis
 from prometheus_client import Counter, Histogram
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import Refusal, Resources, read_grant
@@ -24,8 +25,12 @@ _JSON = [(b"content-type", b"application/json")]
 
 
 class ProfileFastPath:
-    def __init__(self, app: ASGIApp) -> None:
+    """Answers profile reads; passes everything else on to `app`. `owner` is the FastAPI app
+    whose state holds the resources (in front of FastAPI, `scope["app"]` is not set yet)."""
+
+    def __init__(self, app: ASGIApp, owner: Starlette) -> None:
         self.app = app
+        self.owner = owner
         # the metrics' labelled series, looked up once (`labels()` is 1.8 µs a request)
         self._latency: Histogram | None = None
         self._requests: dict[int, Counter] = {}
@@ -36,7 +41,7 @@ class ProfileFastPath:
                 or path.endswith(SUBRESOURCES) or len(path) == len(PREFIX)):
             await self.app(scope, receive, send)
             return
-        resources: Resources = scope["app"].state.resources
+        resources: Resources = self.owner.state.resources
         started = time.perf_counter()
         status, body, headers = await self._answer(resources, scope, path[len(PREFIX):])
         await send({"type": "http.response.start", "status": status,

@@ -143,11 +143,11 @@ def format_time(seconds: float | None) -> str | None:
     """Epoch seconds -> ISO-8601 UTC with milliseconds, or None."""
     if seconds is None:
         return None
-    return _iso(seconds)
+    return iso_time(seconds)
 
 
 @lru_cache(maxsize=1 << 14)
-def _iso(seconds: float) -> str:
+def iso_time(seconds: float) -> str:
     # Cached: a profile repeats its times (freshness groups, last seen and updated), and a
     # read-heavy API formats the same clients' times again and again.
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace(

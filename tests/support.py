@@ -17,6 +17,7 @@ import httpx
 import redis
 import uvicorn
 import yaml
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from api.app import create_app
@@ -63,9 +64,11 @@ def drain(settings: Settings, registry: CollectorRegistry | None = None,
 
 
 @contextmanager
-def api_server(settings: Settings) -> Iterator[str]:
-    """The real app on a real socket, in a thread; yields its base URL."""
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.api.port,
+def api_server(settings: Settings, app: FastAPI | None = None) -> Iterator[str]:
+    """The real app (or `app`, built on `settings`) on a real socket, in a thread; yields
+    its base URL."""
+    app = create_app(settings) if app is None else app
+    config = uvicorn.Config(app, host="127.0.0.1", port=settings.api.port,
                             log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

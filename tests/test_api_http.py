@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import redis
+from starlette.types import Receive, Scope, Send
 
 from api.app import create_app
 from api.fast_reads import ProfileFastPath
@@ -312,10 +313,27 @@ def test_the_fast_read_path_answers_as_the_fastapi_route(
     assert [a.status_code for a in answers[True]] == [200, 404, 403, 401]
 
 
-def test_the_fast_path_answers_in_front_of_the_whole_middleware_stack(
-        redis_url: str, key_prefix: str) -> None:
-    """Not behind Starlette's error middleware or FastAPI's telemetry and body limit: those
-    cost a profile read 5% (bench/README.md)."""
+def test_the_fast_path_answers_in_front_of_fastapi(redis_url: str, key_prefix: str) -> None:
+    """Not behind FastAPI's per-request telemetry check, Starlette's error middleware or
+    FastAPI's body limit (bench/README.md)."""
+    settings = make_settings(redis_url, key_prefix)
+    app = create_app(settings)
+    with api_server(settings, app) as url:
+        async def teapot(scope: Scope, receive: Receive, send: Send) -> None:
+            await send({"type": "http.response.start", "status": 418, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        app.middleware_stack = teapot  # whatever reaches FastAPI's stack now answers 418
+        assert httpx.get(url + "/v1/profiles/nobody", headers=read_headers()).status_code == 404
+        assert httpx.get(url + "/v1/profiles/nobody").status_code == 401
+        assert httpx.get(url + "/v1/profiles/nobody/segments",
+                         headers=read_headers()).status_code == 418
+        assert httpx.get(url + "/healthz").status_code == 418
+
+
+def test_the_fast_path_is_in_the_middleware_stack_too(redis_url: str, key_prefix: str) -> None:
+    """Where OpenTelemetry is configured, reads go through FastAPI (to be traced) and the
+    fast path answers from the front of the middleware stack; off, it is nowhere."""
     for fast in (True, False):
         app = create_app(make_settings(redis_url, key_prefix, api={"fast_reads": fast}))
         assert isinstance(app.build_middleware_stack(), ProfileFastPath) is fast
