@@ -416,6 +416,8 @@ def table(results: dict[str, Any]) -> str:
     for name, label in (("uci", "replay UCI Online Retail"), ("synthetic", "replay synthetic")):
         figures = results.get("replay", {}).get(name, {})
         if "events" in figures:
+            processes = figures.get("processes", 1)
+            label += f" ({processes} processes)" if processes > 1 else ""
             rows.append((f"{label}, {figures['rows']:,} rows", f"{figures['rows_per_s']:,} rows/s",
                          f"{figures['events_per_s']:,} events/s",
                          f"{figures['seconds']}s", ""))

@@ -141,6 +141,16 @@ def _cmd_tail(args: argparse.Namespace) -> None:
             lease.release()
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _as_of(text: str | None) -> float | None:
     from features.events import EventError, parse_time
 
@@ -157,6 +167,7 @@ def _cmd_replay(args: argparse.Namespace) -> None:
     from history.formats import parse_mapping
     from history.load import Progress
     from history.replay import replay
+    from history.replay_group import ReplayGroupError
 
     settings = settings_from(args)
     for name in ("dataflows", "crmflow.redis_server"):  # the progress line says it better
@@ -165,8 +176,8 @@ def _cmd_replay(args: argparse.Namespace) -> None:
         result = replay(args.inputs, args.format, args.out, settings, as_of=_as_of(args.as_of),
                         workers=args.workers, batch_size=args.batch_size,
                         mapping=parse_mapping(args.map), strict=args.strict,
-                        progress=Progress())
-    except HistoryError as exc:
+                        progress=Progress(), processes=args.processes)
+    except (HistoryError, ReplayGroupError) as exc:
         raise SystemExit(f"crmflow replay: {exc}") from None
     sys.stdout.write("\n".join([*result.summary(), f"written to {args.out}/: "
                                 "profiles.parquet, segments.parquet, triggers.parquet"]) + "\n")
@@ -286,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="Bytewax workers (default: dataflow.workers)")
     replay_cmd.add_argument("--batch-size", type=int, default=None,
                             help="stream entries per read (default: dataflow.batch_size)")
+    replay_cmd.add_argument("--processes", type=_at_least_one, default=1,
+                            help="dataflow processes, one per core to use (default 1); "
+                                 "the output is the same for any number")
     replay_cmd.set_defaults(func=_cmd_replay)
 
     backfill_cmd = command("backfill", "feed history files through the live dataflow; past "

@@ -33,6 +33,7 @@ from features.events import format_time
 from features.rfm import RfmMode, RfmModel
 from features.rules import SegmentRules
 from history.load import History, Progress, describe, load_history
+from history.replay_group import run_group
 from sinks import rfm_index
 from sinks.event_log import AppendOptions, EventLog
 from sinks.keys import KeyLayout
@@ -134,12 +135,15 @@ def replay(inputs: Sequence[Path], fmt: str, out: Path, settings: Settings, *,
            as_of: float | None = None, workers: int | None = None,
            batch_size: int | None = None, mapping: Mapping[str, str] | None = None,
            strict: bool = False, redis_url: str | None = None, key_prefix: str = "replay",
-           progress: Progress | None = None) -> ReplayResult:
+           progress: Progress | None = None, processes: int = 1) -> ReplayResult:
     """Replay `inputs` and write profiles, segments and triggers as Parquet into `out`.
 
     `redis_url`: run on this Redis under `key_prefix` (which must hold no other data)
-    instead of a private embedded server.
+    instead of a private embedded server. `processes`: the dataflow's, one per core to use
+    (history/replay_group.py); the output is the same for any number.
     """
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, not {processes}")
     progress = progress or Progress(enabled=False)
     seconds: dict[str, float] = {}
     started = time.monotonic()
@@ -153,12 +157,12 @@ def replay(inputs: Sequence[Path], fmt: str, out: Path, settings: Settings, *,
         url = redis_url or stack.enter_context(_private_redis())
         run = replay_settings(settings, url, key_prefix, workers=workers,
                               batch_size=batch_size)
-        export = _run(history, run, out, end, progress, seconds)
+        export = _run(history, run, out, end, progress, seconds, processes)
     return ReplayResult(history, end, export, seconds)
 
 
 def _run(history: History, settings: Settings, out: Path, as_of: float, progress: Progress,
-         seconds: dict[str, float]) -> ExportSummary:
+         seconds: dict[str, float], processes: int) -> ExportSummary:
     client = sync_client(settings.redis)
     layout = KeyLayout.from_settings(settings)
     try:
@@ -172,19 +176,18 @@ def _run(history: History, settings: Settings, out: Path, as_of: float, progress
         seconds["append"] = time.monotonic() - started
 
         started = time.monotonic()
-        registry = CollectorRegistry()
         # First every event, including those the dataflow writes itself (identity merges
         # and forwards), with the head clock before history began: nothing fires at the
         # head yet. Then the RFM model as of the end, and the head clock at the as-of time:
         # what is still due fires, and buyers are filed under the model.
         before = events[0].event_time - 1.0 if events else as_of
-        with _DataflowProgress(progress, registry, len(events)):
-            run_dataflow(settings, stop_when_caught_up=True, registry=registry,
-                         metrics_port=0, as_of=min(before, as_of), replay=True)
+        if processes > 1:
+            progress.show(f"dataflow: {len(events):,} events in {processes} processes",
+                          force=True)
+        _dataflow(settings, processes, min(before, as_of), None, progress, len(events))
         rules = settings.trigger_rules().segments
         model = _final_model(rules, client, layout, as_of)
-        run_dataflow(settings, stop_when_caught_up=True, registry=CollectorRegistry(),
-                     metrics_port=0, as_of=as_of, replay=True, rfm_model=model)
+        _dataflow(settings, processes, as_of, model, Progress(enabled=False), 0)
         if model is not None:
             rules = replace(rules, rfm_model=model)
         seconds["dataflow"] = time.monotonic() - started
@@ -200,6 +203,19 @@ def _run(history: History, settings: Settings, out: Path, as_of: float, progress
         return summary
     finally:
         client.close()
+
+
+def _dataflow(settings: Settings, processes: int, as_of: float, model: RfmModel | None,
+              progress: Progress, events: int) -> None:
+    """The replay's dataflow to its end, in this process or a group (`model`: as stored in
+    Redis by `_final_model`)."""
+    if processes > 1:
+        run_group(settings, processes, as_of=as_of, stored_model=model is not None)
+        return
+    registry = CollectorRegistry()
+    with _DataflowProgress(progress, registry, events):
+        run_dataflow(settings, stop_when_caught_up=True, registry=registry, metrics_port=0,
+                     as_of=as_of, replay=True, rfm_model=model)
 
 
 def _final_model(rules: SegmentRules, client: redis.Redis, layout: KeyLayout, as_of: float

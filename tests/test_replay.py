@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from config.settings import Settings
-from history.replay import ReplayResult, replay
+from history.replay import ReplayResult, replay, replay_settings
+from history.replay_group import ReplayGroupError, run_group
 from tests.conftest import SHARED_DATA
 from tests.histories import histories
 from tests.support import REPO, make_settings
@@ -197,7 +198,7 @@ def write_lines(path: Path, events: list[dict[str, Any]]) -> Path:
     return path
 
 
-def test_replay_output_does_not_depend_on_workers_batches_or_file_splits(
+def test_replay_output_does_not_depend_on_workers_processes_batches_or_file_splits(
         tmp_path: Path, redis_url: str) -> None:
     events = synthetic_history(tmp_path)
     whole = write_lines(tmp_path / "all.jsonl", events)
@@ -211,16 +212,18 @@ def test_replay_output_does_not_depend_on_workers_batches_or_file_splits(
         "one worker": ([whole], {"workers": 1, "batch_size": 2000}),
         "two workers, small batches, split files": (parts[::-1], {"workers": 2,
                                                                   "batch_size": 37}),
+        "two processes, split files": (parts, {"processes": 2, "batch_size": 500}),
     }
     outputs: dict[str, dict[str, pa.Table]] = {}
     for name, (inputs, options) in runs.items():
         out = tmp_path / name.replace(" ", "_").replace(",", "")
         run(inputs, "events", out, settings, redis_url, as_of=as_of, **options)
         outputs[name] = {kind: table(out, kind, keys) for kind, keys in SORT_KEYS.items()}
-    first, second = outputs.values()
+    first, *others = outputs.values()
     for kind in SORT_KEYS:
         assert first[kind].num_rows > 0, kind
-        assert first[kind].equals(second[kind]), kind
+        for other in others:
+            assert first[kind].equals(other[kind]), kind
     kinds = Counter(first["triggers"].column("type").to_pylist())
     assert {"abandoned_cart", "order_confirmation", "welcome"} <= set(kinds)
     merged = [p for p in first["profiles"].to_pylist() if p["client_id"] == "c0"]
@@ -252,3 +255,12 @@ def test_replay_command_prints_a_summary_and_strict_names_the_bad_line(tmp_path:
                             timeout=120, check=False)
     assert strict.returncode == 1
     assert f"bad row at {data}:4: bad amount" in strict.stderr
+
+
+def test_a_failing_replay_process_fails_the_group_and_says_why(redis_url: str) -> None:
+    settings = replay_settings(settings_for(redis_url), redis_url, f"r{uuid.uuid4().hex[:10]}",
+                               workers=None, batch_size=None)
+    with pytest.raises(ReplayGroupError) as failure:  # no model was stored under this prefix
+        run_group(settings, 2, as_of=0.0, stored_model=True)
+    assert "replay process" in str(failure.value) and "failed (exit 1)" in str(failure.value)
+    assert "no RFM model stored for this replay" in str(failure.value)
