@@ -265,7 +265,7 @@ class BucketStore:
         return (self._layout.members(partition, op.segment, op.point) if op.segment
                 else self._layout.lookup(partition))
 
-    def _before_commit(self, commits: Sequence[BucketCommit]) -> None:
+    def before_commit(self, commits: Sequence[BucketCommit]) -> None:
         """Writes outside the bucket's slot, done first and idempotent, so a commit that
         fails after them repeats them harmlessly: events for other clients (deduplicated
         by id at their stream) and the RFM population."""
@@ -288,19 +288,45 @@ class BucketStore:
         another process owns a bucket now.
         """
         def write() -> list[Any]:
-            self._before_commit(commits)
+            self.before_commit(commits)
             return run_scripts(self._client, self._commit,
                                [self._call(commit) for commit in commits],
                                raise_on_error=False)
 
-        results = retrying(write, "committing", retry_for=retry_for)
-        emitted: list[tuple[str, str]] = []
-        for result in results:
-            if isinstance(result, Exception):
-                if "CRMFLOW_FENCED" in str(result):
-                    raise FencedError(str(result))
-                raise result
-            pairs = result[1:]
-            emitted.extend((pairs[j].decode(), pairs[j + 1].decode())
-                           for j in range(0, len(pairs), 2))
-        return emitted
+        return emitted_triggers(retrying(write, "committing", retry_for=retry_for))
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether commits may be sent as raw EVALSHA commands on a connection of their own
+        (`packed_commit`): on a single Redis, not on a cluster."""
+        return not isinstance(self._client, redis.RedisCluster)
+
+    def commit_commands(self, commits: Sequence[BucketCommit]
+                        ) -> list[tuple[str | bytes | int, ...]]:
+        """The commits as EVALSHA commands, for a connection of their own (`CommitWriter`):
+        `before_commit` must be done first, and the script loaded (`load_script`)."""
+        sha = self._commit.sha
+        commands: list[tuple[str | bytes | int, ...]] = []
+        for commit in commits:
+            keys, args = self._call(commit)
+            commands.append(("EVALSHA", sha, len(keys), *keys, *args))
+        return commands
+
+    def load_script(self) -> None:
+        """Load the commit script into Redis (again after a restart flushed it)."""
+        self._commit.sha = self._client.script_load(self._commit.script)
+
+
+def emitted_triggers(results: Sequence[Any]) -> list[tuple[str, str]]:
+    """(type, status) of each trigger the commit scripts' `results` newly emitted; raises
+    FencedError for a bucket another process owns now, and any other error reply."""
+    emitted: list[tuple[str, str]] = []
+    for result in results:
+        if isinstance(result, Exception):
+            if "CRMFLOW_FENCED" in str(result):
+                raise FencedError(str(result))
+            raise result
+        pairs = result[1:]
+        emitted.extend((pairs[j].decode(), pairs[j + 1].decode())
+                       for j in range(0, len(pairs), 2))
+    return emitted

@@ -15,6 +15,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from dataflows.metrics import DataflowMetrics, trigger_label
 from sinks import erasure
 from sinks.bucket_store import BucketCommit, BucketStore
+from sinks.commit_writer import CommitWriter
 
 KeyedCommit = tuple[str, BucketCommit]
 
@@ -33,8 +34,16 @@ class _BucketCommitPartition(StatelessSinkPartition[KeyedCommit]):
     def __init__(self, store: BucketStore, metrics: DataflowMetrics) -> None:
         self._store = store
         self._metrics = metrics
+        self._writer = CommitWriter(store, self._applied)
         # erasures a crash left committed but not purged: finished before anything else
         self._purge(range(store.layout.partitions))
+
+    def _applied(self, commits: int, emitted: list[tuple[str, str]], seconds: float) -> None:
+        """Called once a batch is applied (on the commit writer's thread)."""
+        self._metrics.commit_seconds.observe(seconds)
+        self._metrics.commits.inc(commits)
+        for trigger_type, status in emitted:
+            self._metrics.triggers.labels(trigger_label(trigger_type), status).inc()
 
     def _purge(self, partitions: Iterable[int]) -> None:
         layout = self._store.layout
@@ -45,14 +54,12 @@ class _BucketCommitPartition(StatelessSinkPartition[KeyedCommit]):
         commits = [commit for _, commit in items]
         if not commits:
             return
-        started = time.perf_counter()
-        emitted = self._store.commit(commits)
-        self._metrics.commit_seconds.observe(time.perf_counter() - started)
-        self._metrics.commits.inc(len(commits))
-        for trigger_type, status in emitted:
-            self._metrics.triggers.labels(trigger_label(trigger_type), status).inc()
+        self._writer.submit(commits)
         layout = self._store.layout
         self._purge({layout.partition_of_bucket(c.bucket) for c in commits if c.erasures})
 
     def close(self) -> None:
-        self._store.client.close()
+        try:
+            self._writer.close()
+        finally:
+            self._store.client.close()

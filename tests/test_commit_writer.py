@@ -1,0 +1,92 @@
+"""The commit writer against a real Redis: batches applied in order and reported from its
+thread, fencing raised at the next batch, and a lost connection or a forgotten script
+sending the batch again, applied once."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from sinks.bucket_store import START, BucketCommit, FencedError
+from sinks.commit_writer import CommitWriter
+from tests.test_bucket_store import store, trigger
+
+
+class Reports:
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, list[tuple[str, str]]]] = []
+        self.threads: set[str] = set()
+
+    def __call__(self, commits: int, emitted: list[tuple[str, str]], seconds: float) -> None:
+        assert seconds >= 0
+        self.batches.append((commits, emitted))
+        self.threads.add(threading.current_thread().name)
+
+
+def batch(bucket: int, n: int) -> list[BucketCommit]:
+    """The n-th batch of a bucket: its position moves from n-0 (START first) to n+1-0."""
+    return [BucketCommit(bucket=bucket, base=f"{n}-0" if n else START, position=f"{n + 1}-0",
+                         states=[("c1", f"state {n}".encode())], triggers=[trigger(n)])]
+
+
+def test_batches_are_applied_in_order_and_reported_from_the_writer_thread(
+        redis_client: redis.Redis, key_prefix: str) -> None:
+    s = store(redis_client, key_prefix)
+    bucket = s.layout.bucket_of("c1")
+    reports = Reports()
+    writer = CommitWriter(s, reports)
+    for n in range(20):
+        writer.submit(batch(bucket, n))  # each starts where the one before (in flight) ends
+    writer.close()
+    loaded = s.load(bucket)
+    assert loaded.position == "20-0" and loaded.states == {"c1": b"state 19"}
+    assert reports.batches == [(1, [("welcome", "sent")])] * 20
+    assert reports.threads and all(name.startswith("crmflow-commit") for name in reports.threads)
+    assert redis_client.xlen(s.layout.triggers(s.layout.partition_of_bucket(bucket))) == 20
+
+
+def test_a_fenced_bucket_is_raised_at_the_next_batch(redis_client: redis.Redis,
+                                                     key_prefix: str) -> None:
+    s = store(redis_client, key_prefix)
+    bucket = s.layout.bucket_of("c1")
+    s.commit(batch(bucket, 0))  # another process got there first
+    writer = CommitWriter(s, Reports())
+    writer.submit(batch(bucket, 5))  # from a position this bucket is not at
+    with pytest.raises(FencedError, match="CRMFLOW_FENCED"):
+        writer.submit(batch(bucket, 6))
+    writer.close()
+    assert s.load(bucket).position == "1-0"
+
+
+def test_a_lost_connection_sends_the_batch_again(redis_client: redis.Redis,
+                                                 key_prefix: str) -> None:
+    s = store(redis_client, key_prefix)
+    bucket = s.layout.bucket_of("c1")
+    reports = Reports()
+    writer = CommitWriter(s, reports)
+    writer.submit(batch(bucket, 0))
+    writer.flush()
+    redis_client.client_kill_filter(_type="normal", skipme=True)  # the writer's connection too
+    writer.submit(batch(bucket, 1))  # sent on a dead connection, then again synchronously
+    writer.submit(batch(bucket, 2))
+    writer.close()
+    assert s.load(bucket).position == "3-0"
+    assert [emitted for _, emitted in reports.batches] == [[("welcome", "sent")]] * 3
+
+
+def test_a_script_redis_forgot_is_loaded_again(redis_client: redis.Redis,
+                                               key_prefix: str) -> None:
+    s = store(redis_client, key_prefix)
+    bucket = s.layout.bucket_of("c1")
+    reports = Reports()
+    writer = CommitWriter(s, reports)
+    writer.submit(batch(bucket, 0))
+    writer.flush()
+    redis_client.script_flush()  # as after a restart without persistence of scripts
+    writer.submit(batch(bucket, 1))
+    writer.submit(batch(bucket, 2))
+    writer.close()
+    assert s.load(bucket).position == "3-0"
+    assert len(reports.batches) == 3
