@@ -56,6 +56,7 @@ class Plan:
     latency_seconds: float
     measured_events: int  # applied by a running dataflow on each filled client base
     replay_events: int = 1_000_000
+    replay_processes: int = 2  # the synthetic file's replay, on both cores
     soak_seconds: float = 60.0
     scale_out: bool = True  # one process against a group of two (full plan only)
     # profile reads: rounds alternating crmflow and its floor, each of read_seconds; each
@@ -69,6 +70,7 @@ FULL = Plan(sizes=(100_000, 1_000_000), events_per_client=2, naive_events=30_000
             load_seconds=8, latency_seconds=20, measured_events=200_000)
 QUICK = Plan(sizes=(100_000,), events_per_client=2, naive_events=5_000, load_seconds=3,
              latency_seconds=5, measured_events=100_000, replay_events=20_000,
+             replay_processes=1,
              soak_seconds=12, scale_out=False, read_rounds=1, read_seconds=3)
 
 
@@ -509,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_rate = results["dataflow"]["sizes"][str(plan.sizes[0])]["crmflow_events_per_s"]
         results["latency"] = latency_section(client, url, plan, folder, max_rate)
         log("replay: UCI Online Retail and a synthetic file")
-        results["replay"] = replay_section(url, plan.replay_events, folder)
+        results["replay"] = replay_section(url, plan.replay_events, plan.replay_processes,
+                                           folder)
         log(f"soak: ingest and profile reads together for {plan.soak_seconds:.0f}s")
         results["soak"] = soak_section(client, url, plan, folder)
     results["seconds"] = round(time.time() - started)

@@ -4,8 +4,9 @@ computes its next batch while Redis applies this one.
 A batch's commit is a megabyte or more of script calls, more than a loopback socket
 buffers: sending it blocks until Redis has read, and so applied, most of it. Sent from a
 thread, that wait releases the GIL and the dataflow's Python goes on: at 100k clients the
-process went from 87% to 94% on the CPU, and +6-11% events/s (bench/README.md). The Python work (building the calls and packing them)
-stays on the dataflow's thread; the writer thread only sends and reads the replies.
+process went from 87% to 94% on the CPU, and +6-11% events/s (bench/README.md). The
+Python work (building the calls and packing them) stays on the dataflow's thread; the
+writer thread only sends and reads the replies.
 
 Order and delivery: one connection, so Redis applies the batches in the order they were
 sent. A batch's outcome is settled at the next `submit` (or `flush`): a bucket another

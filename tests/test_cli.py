@@ -84,6 +84,13 @@ def test_api_refuses_to_start_without_keys(tmp_path: Path) -> None:
     assert result.returncode != 0 and "api.write_keys" in result.stderr
 
 
+def test_replay_refuses_a_process_count_below_one(tmp_path: Path) -> None:
+    for value, words in (("0", "must be at least 1, not 0"), ("two", "not a whole number")):
+        result = _crmflow("replay", "x.jsonl", "--format", "events", "--out", "out",
+                          "--processes", value, cwd=tmp_path)
+        assert result.returncode == 2 and f"--processes: {words}" in result.stderr
+
+
 @pytest.mark.slow
 def test_up_demo_shows_triggers_and_stops_cleanly(tmp_path: Path) -> None:
     """What `make run` does: embedded Redis, dataflow, API and demo shoppers."""
