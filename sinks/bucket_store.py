@@ -298,7 +298,7 @@ class BucketStore:
     @property
     def pipelined(self) -> bool:
         """Whether commits may be sent as raw EVALSHA commands on a connection of their own
-        (`packed_commit`): on a single Redis, not on a cluster."""
+        (`commit_commands`): on a single Redis, not on a cluster."""
         return not isinstance(self._client, redis.RedisCluster)
 
     def commit_commands(self, commits: Sequence[BucketCommit]
