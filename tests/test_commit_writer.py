@@ -5,6 +5,7 @@ sending the batch again, applied once."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -60,33 +61,28 @@ def test_a_fenced_bucket_is_raised_at_the_next_batch(redis_client: redis.Redis,
     assert s.load(bucket).position == "1-0"
 
 
-def test_a_lost_connection_sends_the_batch_again(redis_client: redis.Redis,
-                                                 key_prefix: str) -> None:
+def _kill_other_connections(client: redis.Redis) -> None:
+    client.client_kill_filter(_type="normal", skipme=True)  # the writer's connection too
+
+
+def _forget_scripts(client: redis.Redis) -> None:
+    client.script_flush()  # as after a restart: Redis keeps no scripts
+
+
+@pytest.mark.parametrize("mishap", [_kill_other_connections, _forget_scripts],
+                         ids=["connection lost", "script forgotten"])
+def test_a_batch_that_did_not_apply_is_sent_again(
+        redis_client: redis.Redis, key_prefix: str,
+        mishap: Callable[[redis.Redis], None]) -> None:
     s = store(redis_client, key_prefix)
     bucket = s.layout.bucket_of("c1")
     reports = Reports()
     writer = CommitWriter(s, reports)
     writer.submit(batch(bucket, 0))
     writer.flush()
-    redis_client.client_kill_filter(_type="normal", skipme=True)  # the writer's connection too
-    writer.submit(batch(bucket, 1))  # sent on a dead connection, then again synchronously
+    mishap(redis_client)
+    writer.submit(batch(bucket, 1))  # fails on the writer's connection, then goes again
     writer.submit(batch(bucket, 2))
     writer.close()
     assert s.load(bucket).position == "3-0"
     assert [emitted for _, emitted in reports.batches] == [[("welcome", "sent")]] * 3
-
-
-def test_a_script_redis_forgot_is_loaded_again(redis_client: redis.Redis,
-                                               key_prefix: str) -> None:
-    s = store(redis_client, key_prefix)
-    bucket = s.layout.bucket_of("c1")
-    reports = Reports()
-    writer = CommitWriter(s, reports)
-    writer.submit(batch(bucket, 0))
-    writer.flush()
-    redis_client.script_flush()  # as after a restart without persistence of scripts
-    writer.submit(batch(bucket, 1))
-    writer.submit(batch(bucket, 2))
-    writer.close()
-    assert s.load(bucket).position == "3-0"
-    assert len(reports.batches) == 3
