@@ -143,11 +143,11 @@ def format_time(seconds: float | None) -> str | None:
     """Epoch seconds -> ISO-8601 UTC with milliseconds, or None."""
     if seconds is None:
         return None
-    return iso_time(seconds)
+    return _iso(seconds)
 
 
 @lru_cache(maxsize=1 << 14)
-def iso_time(seconds: float) -> str:
+def _iso(seconds: float) -> str:
     """What `datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")` gives,
     with Z, at three quarters of its cost: the date part is cached per day, the rest is
     arithmetic. Cached too: a profile repeats its times (freshness groups, last seen and

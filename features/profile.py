@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from features import rfm
-from features.events import format_time, iso_time
+from features.events import format_time
 from features.rules import SegmentRules
 from features.segments import public_segments
 from features.state import ClientState
@@ -26,7 +26,7 @@ def profile_features(state: ClientState, now: float, rules: SegmentRules) -> dic
     features: dict[str, Any] = {}
     for name, get, is_time in _GETTERS:
         value = get(context)
-        features[name] = value if value is None or not is_time else iso_time(value)
+        features[name] = format_time(value) if is_time else value
     features.update(
         cart_products=[line.product_id for line in state.cart],
         recently_viewed=[pid for pid, _ in reversed(state.viewed)],
