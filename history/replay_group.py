@@ -54,14 +54,15 @@ def run_group(settings: Settings, processes: int, *, as_of: float,
         document = settings.model_copy(update={"api": type(settings.api)()})
         config.write_text(yaml.safe_dump(document.model_dump(mode="json")))
         base = free_ports(processes)
-        addresses = ";".join(f"127.0.0.1:{base + n}" for n in range(processes))
+        group_addresses = ";".join(f"127.0.0.1:{base + n}" for n in range(processes))
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("CRMFLOW_") and k != "REDIS_URL"}  # the file says all
         logs = [Path(folder) / f"process{n}.log" for n in range(processes)]
         children = []
         for n, log in enumerate(logs):
             argv = [sys.executable, "-m", "history.replay_group", str(config),
-                    "--process-id", str(n), "--addresses", addresses, "--as-of", repr(as_of)]
+                    "--process-id", str(n), "--addresses", group_addresses,
+                    "--as-of", repr(as_of)]
             with log.open("wb") as sink:
                 children.append(subprocess.Popen(  # noqa: S603 - this interpreter, our module
                     [*argv, *(["--stored-model"] if stored_model else [])],
@@ -76,10 +77,7 @@ def run_group(settings: Settings, processes: int, *, as_of: float,
 def _wait(children: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path]) -> None:
     first_done: float | None = None
     while any(child.poll() is None for child in children):
-        for n, child in enumerate(children):
-            if child.returncode not in (None, 0):
-                raise ReplayGroupError(f"replay process {n} of {len(children)} failed (exit "
-                                       f"{child.returncode}):\n{_tail(logs[n])}")
+        _raise_if_failed(children, logs)
         if first_done is None and any(child.returncode == 0 for child in children):
             first_done = time.monotonic()
         if first_done is not None and time.monotonic() - first_done > PEERS_GRACE:
@@ -88,8 +86,13 @@ def _wait(children: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path]) -> 
                 f"replay processes {late} did not finish {PEERS_GRACE:.0f}s after the "
                 f"first one did:\n{_tail(logs[late[0]])}")
         time.sleep(0.05)
+    _raise_if_failed(children, logs)
+
+
+def _raise_if_failed(children: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path]
+                     ) -> None:
     for n, child in enumerate(children):
-        if child.returncode != 0:
+        if child.returncode not in (None, 0):
             raise ReplayGroupError(f"replay process {n} of {len(children)} failed (exit "
                                    f"{child.returncode}):\n{_tail(logs[n])}")
 
