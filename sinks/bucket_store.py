@@ -313,8 +313,9 @@ class BucketStore:
         return commands
 
     def load_script(self) -> None:
-        """Load the commit script into Redis (again after a restart flushed it)."""
-        self._commit.sha = self._client.script_load(self._commit.script)
+        """Load the commit script into Redis (again after a restart flushed it); its sha,
+        which `commit_commands` names, is the script's own hash."""
+        self._client.script_load(self._commit.script)
 
 
 def emitted_triggers(results: Sequence[Any]) -> list[tuple[str, str]]:
