@@ -22,6 +22,7 @@ from features.lookup import point_of
 from features.state import ClientState
 from sinks.event_log import AsyncEventLog
 from sinks.keys import KeyLayout
+from sinks.profile_store import ProfileStore
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,11 @@ class Resources:
     metrics: ApiMetrics
     segments: SegmentRulesView
     keys: KeyScopes = field(init=False)
+    profiles: ProfileStore = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", KeyScopes.from_settings(self.settings.api))
+        object.__setattr__(self, "profiles", ProfileStore(self.redis, self.layout))
 
 
 async def get_resources(request: Request) -> Resources:

@@ -10,16 +10,20 @@ import redis.asyncio as aioredis
 from features.codec import decode_state
 from features.state import ClientState
 from sinks.keys import KeyLayout
+from sinks.read_batcher import HashReadBatcher
 
 
 class ProfileStore:
+    """One per app: single profile reads share its batcher (sinks/read_batcher.py)."""
+
     def __init__(self, client: aioredis.Redis, layout: KeyLayout) -> None:
         self._client = client
         self._layout = layout
+        self._reads = HashReadBatcher(client)
 
     async def state(self, client_key: str) -> ClientState | None:
-        raw = await self._client.hget(self._layout.state(self._layout.bucket_of(client_key)),
-                                      client_key)
+        raw = await self._reads.hget(self._layout.state(self._layout.bucket_of(client_key)),
+                                     client_key)
         return decode_state(cast(bytes, raw)) if raw is not None else None
 
     async def states(self, client_keys: list[str]) -> dict[str, ClientState]:

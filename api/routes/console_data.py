@@ -19,7 +19,6 @@ from features.events import format_time
 from features.lookup import query_prefixes
 from features.segments import SCORES, rfm_cell_name
 from sinks import console_store, rfm_index
-from sinks.profile_store import ProfileStore
 from sinks.segment_store import BadCursor, SegmentStore
 
 router = APIRouter(prefix="/v1", tags=["console"], responses=problems(401, 403, 422, 503))
@@ -104,7 +103,7 @@ async def lookup(resources: ReadAccess, grant: Grant,
     matches = await console_store.lookup(resources.redis, resources.layout,
                                          query_prefixes(query), limit)
     if grant.point is not None and matches:
-        states = await ProfileStore(resources.redis, resources.layout).states(
+        states = await resources.profiles.states(
             sorted({m.client_id for m in matches}))
         matches = [m for m in matches
                    if m.client_id in states and grant.sees(states[m.client_id])]

@@ -14,7 +14,6 @@ from features.profile import profile_document
 from features.segments import public_segments
 from features.state import ClientState
 from sinks import console_store
-from sinks.profile_store import ProfileStore
 
 router = APIRouter(prefix="/v1/profiles", tags=["profiles"],
                    responses=problems(401, 404, 422, 503))
@@ -38,7 +37,7 @@ SUBRESOURCES = ("/touches", "/segments", "/timeline")
 async def get_touches(client_id: str, resources: ReadAccess, grant: Grant,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> FastJSONResponse:
     """The client's touch ledger, newest first: trigger decisions and manual touches."""
-    store = ProfileStore(resources.redis, resources.layout)
+    store = resources.profiles
     state = await store.state(client_id) if grant.point is not None else None
     visible = grant.point is None or (state is not None and grant.sees(state))
     touches = await store.touches(client_id, limit) if visible else None
@@ -56,7 +55,7 @@ async def get_timeline(client_id: str, resources: ReadAccess, grant: Grant,
     if found is None:
         raise _not_found(resources, "/v1/profiles/{client_id}/timeline", client_id)
     key, _ = found
-    store = ProfileStore(resources.redis, resources.layout)
+    store = resources.profiles
     touches = await store.touches(key, limit) or []
     entries: list[tuple[float, int, dict[str, Any]]] = [
         (entry.at, 0, {"kind": "event", "at": format_time(entry.at), "type": entry.type,
@@ -85,7 +84,7 @@ async def resolve(resources: Resources, client_id: str, grant: ReadGrant
     """The client's key and state; an anonymous id merged into a client resolves to that
     client (identity stitching), so reads by either id see the merged profile. A client the
     key may not see is None, like an unknown one."""
-    store = ProfileStore(resources.redis, resources.layout)
+    store = resources.profiles
     state = await store.state(client_id)
     key = client_id
     if state is not None and state.merged_into is not None:
@@ -122,7 +121,7 @@ async def get_profiles(resources: ReadAccess, grant: Grant,
     if len(wanted) > MAX_IDS:
         raise HTTPException(422, detail=f"ids: at most {MAX_IDS} ids per request, "
                                         f"got {len(wanted)}")
-    store = ProfileStore(resources.redis, resources.layout)
+    store = resources.profiles
     states = await store.states(wanted)
     merged = {s.merged_into for s in states.values() if s.merged_into is not None}
     targets = await store.states(sorted(merged)) if merged else {}
