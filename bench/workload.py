@@ -6,10 +6,11 @@ Per event: 45% product views, 20% visits, 15% cart adds, 5% cart removes, 5% ord
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+import orjson
 
 MIX = (("product_view", 45), ("visit", 20), ("cart_add", 15), ("cart_remove", 5),
        ("order_placed", 5), ("page_view", 5), ("registered", 3), ("checkout_started", 2))
@@ -21,7 +22,7 @@ class Entry:
 
     client_key: str
     event_time: float
-    body: str
+    body: bytes
 
 
 def events(count: int, clients: int, *, start: float, span: float, seed: int = 1,
@@ -33,6 +34,7 @@ def events(count: int, clients: int, *, start: float, span: float, seed: int = 1
     `clients` events visit each client once), so memory per client is measured over all of
     them; without, every event goes to a random client (more events for a base already
     built). Event ids run from `e<first_id>`, so a second batch does not repeat the first's.
+    Without `received_at`, events carry none (a history file's rows).
     """
     rng = random.Random(seed)
     kinds = [kind for kind, weight in MIX for _ in range(weight)]
@@ -43,8 +45,9 @@ def events(count: int, clients: int, *, start: float, span: float, seed: int = 1
         kind = "visit" if covering else rng.choice(kinds)
         t = start + n * step
         event: dict[str, object] = {"event_id": f"e{first_id + n}", "type": kind,
-                                    "client_id": client, "event_time": round(t, 3),
-                                    "received_at": round(received_at or t, 3)}
+                                    "client_id": client, "event_time": round(t, 3)}
+        if received_at is not None:
+            event["received_at"] = round(received_at, 3)
         if kind in ("product_view", "cart_add", "cart_remove"):
             event["products"] = [{"product_id": f"p{rng.randrange(5000)}",
                                   "price": rng.randrange(1, 200), "quantity": 1}]
@@ -52,4 +55,4 @@ def events(count: int, clients: int, *, start: float, span: float, seed: int = 1
             event["order"] = {"order_id": f"o{first_id + n}", "total": rng.randrange(5, 500)}
         elif kind == "registered":
             event["traits"] = {"email": f"{client}@example.com"}
-        yield Entry(client, t, json.dumps(event, separators=(",", ":")))
+        yield Entry(client, t, orjson.dumps(event))
