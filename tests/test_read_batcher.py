@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import pytest
 import redis
 import redis.asyncio as aioredis
 
@@ -36,7 +35,7 @@ def test_concurrent_reads_each_get_their_own_reply_and_share_pipelines(
 
     replies, pipelined = asyncio.run(read())
     assert replies == [f"v{n}".encode() if n % 5 else None for n in range(300)]
-    assert pipelined >= 290  # only the first reads (one per lane) went out alone
+    assert pipelined == 299  # only the first read, sent while none was in flight, went alone
 
 
 def test_one_read_alone_is_sent_at_once(redis_url: str, redis_client: redis.Redis,
@@ -78,14 +77,14 @@ def test_a_command_error_reaches_only_its_reader(redis_url: str, redis_client: r
         f"v{n}".encode() for n in range(50) if n != 25]
 
 
-def test_an_unreachable_redis_fails_every_reader_and_frees_the_lanes() -> None:
+def test_an_unreachable_redis_fails_every_reader_and_the_next_reads_too() -> None:
     async def read() -> tuple[list[BaseException | object], list[BaseException | object]]:
         client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0",
                                          socket_connect_timeout=1)
         batcher = HashReadBatcher(client)
         try:
             rounds = []
-            for _ in range(2):  # a second round would hang if a lane stayed taken
+            for _ in range(2):  # the second round: nothing left waiting from the first
                 rounds.append(list(await asyncio.wait_for(asyncio.gather(
                     *(batcher.hget("h", f"f{n}") for n in range(40)),
                     return_exceptions=True), timeout=20)))
@@ -109,7 +108,7 @@ def test_a_reader_gone_while_queued_leaves_the_others_their_replies(
         try:
             tasks = [asyncio.create_task(batcher.hget(f"{key_prefix}:h{n % 7}", f"f{n}"))
                      for n in range(30)]
-            await asyncio.sleep(0)  # every read has started: the first two are in flight
+            await asyncio.sleep(0)  # every read has started: the first in flight, the rest queued
             tasks[10].cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await tasks[10]
@@ -119,20 +118,3 @@ def test_a_reader_gone_while_queued_leaves_the_others_their_replies(
             await client.aclose()
 
     assert asyncio.run(read()) == [f"v{n}".encode() for n in range(30) if n != 10]
-
-
-@pytest.mark.parametrize("lanes", [1, 3])
-def test_any_number_of_lanes_answers_everyone(redis_url: str, redis_client: redis.Redis,
-                                              key_prefix: str, lanes: int) -> None:
-    _fill(redis_client, key_prefix, 100)
-
-    async def read() -> list[object]:
-        client = aioredis.Redis.from_url(redis_url)
-        batcher = HashReadBatcher(client, lanes=lanes)
-        try:
-            return list(await asyncio.gather(*(batcher.hget(f"{key_prefix}:h{n % 7}", f"f{n}")
-                                               for n in range(100))))
-        finally:
-            await client.aclose()
-
-    assert asyncio.run(read()) == [f"v{n}".encode() for n in range(100)]
