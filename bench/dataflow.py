@@ -38,7 +38,7 @@ from bench.run import (
     append_entries,
     log,
     settings_for,
-    used_memory,
+    settled_used_memory,
 )
 from bench.workload import events
 from config.settings import Settings
@@ -168,7 +168,7 @@ def _fill(client: redis.Redis, url: str, size: int, per_client: int, now: float,
     layout = KeyLayout.from_settings(settings)
     entries = list(events(per_client * size, size, start=now - 4 * DAY, span=3 * DAY,
                           received_at=now))
-    baseline = used_memory(client)
+    baseline = settled_used_memory(client)
     append_entries(client, layout, entries)
     heads = stream_heads(settings)
     with live_dataflow(settings, folder, f"fill{size}") as dataflow:
@@ -177,7 +177,7 @@ def _fill(client: redis.Redis, url: str, size: int, per_client: int, now: float,
     for stream in (*layout.all_event_streams(), *layout.all_trigger_streams(),
                    *(layout.dead_letters(p) for p in range(layout.partitions))):
         client.delete(stream)  # logs with their own caps, not per-client memory
-    bytes_per_client = (used_memory(client) - baseline) / size
+    bytes_per_client = (settled_used_memory(client) - baseline) / size
     rate = len(entries) / seconds
     log(f"{size:,} clients: filled with {len(entries):,} events by 2 processes "
         f"({rate:,.0f} events/s, start-up included), {bytes_per_client:.0f} B/client")
