@@ -69,7 +69,7 @@ class Plan:
 FULL = Plan(sizes=(100_000, 1_000_000), events_per_client=2, naive_events=30_000,
             load_seconds=8, latency_seconds=20, measured_events=200_000)
 QUICK = Plan(sizes=(100_000,), events_per_client=2, naive_events=5_000, load_seconds=3,
-             latency_seconds=5, measured_events=100_000, replay_events=20_000,
+             latency_seconds=5, measured_events=60_000, replay_events=20_000,
              replay_processes=1,
              soak_seconds=12, scale_out=False, read_rounds=1, read_seconds=3)
 
