@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from config.settings import Settings
 from crmflow.redis_server import EmbeddedRedis
+from dataflows.flow import store_factory
 from dataflows.run import run_dataflow
 from features.events import format_time
 from features.rfm import RfmMode, RfmModel
@@ -35,6 +36,7 @@ from features.rules import SegmentRules
 from history.load import History, Progress, describe, load_history
 from history.replay_group import run_group
 from sinks import rfm_index
+from sinks.bucket_store import BucketStore
 from sinks.event_log import AppendOptions, EventLog
 from sinks.keys import KeyLayout
 from sinks.parquet_export import ExportSummary, write_profiles, write_triggers
@@ -100,35 +102,66 @@ def _private_redis() -> Iterator[str]:
 
 
 class _DataflowProgress:
-    """Shows the dataflow's count of entries read while it runs (from its own metrics)."""
+    """Shows the dataflow's count of events while it runs, and the final count at its end.
 
-    def __init__(self, progress: Progress, registry: CollectorRegistry, total: int) -> None:
+    `count`: events read so far, from the dataflow's own metrics when it runs in this
+    process (`_metrics_count`), else from the positions its processes committed to Redis
+    (`_committed_count`)."""
+
+    def __init__(self, progress: Progress, count: Callable[[], float], total: int,
+                 processes: int = 1) -> None:
         self._progress = progress
-        self._registry = registry
+        self._count = count
         self._total = total
+        self._where = f" in {processes} processes" if processes > 1 else ""
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _read(self) -> float:
-        return sum(sample.value for metric in self._registry.collect()
-                   if metric.name == "crmflow_dataflow_events_read"
-                   for sample in metric.samples if sample.name.endswith("_total"))
+    def _show(self, *, force: bool = False) -> None:
+        read = self._count()
+        rate = read / max(time.monotonic() - self._started, 1e-9)
+        # what the dataflow reads includes the events it writes itself (merges, forwards)
+        self._progress.show(f"dataflow: {read:,.0f} events read ({self._total:,} from the "
+                            f"history, {rate:,.0f}/s){self._where}", force=force)
 
     def _run(self) -> None:
-        started = time.monotonic()
         while not self._stop.wait(0.5):
-            read = self._read()
-            rate = read / max(time.monotonic() - started, 1e-9)
-            self._progress.show(f"dataflow: {read:,.0f} of {self._total:,} events "
-                                f"({rate:,.0f}/s)")
+            self._show()
 
     def __enter__(self) -> _DataflowProgress:
+        self._started = time.monotonic()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        if exc[0] is None:
+            self._show(force=True)
+
+
+def _metrics_count(registry: CollectorRegistry) -> Callable[[], float]:
+    def count() -> float:
+        return sum(sample.value for metric in registry.collect()
+                   if metric.name == "crmflow_dataflow_events_read"
+                   for sample in metric.samples if sample.name.endswith("_total"))
+    return count
+
+
+def _committed_count(store: BucketStore) -> Callable[[], float]:
+    """Entries applied by every bucket, over all partitions; a partition whose entry at its
+    least position was trimmed since keeps its last figure."""
+    last: dict[int, int] = {}
+
+    def count() -> float:
+        for partition in range(store.layout.partitions):
+            with contextlib.suppress(redis.RedisError):
+                applied = store.entries_applied(partition)
+                if applied is not None:
+                    last[partition] = max(applied, last.get(partition, 0))
+        return sum(last.values())
+    return count
 
 
 def replay(inputs: Sequence[Path], fmt: str, out: Path, settings: Settings, *,
@@ -181,9 +214,6 @@ def _run(history: History, settings: Settings, out: Path, as_of: float, progress
         # head yet. Then the RFM model as of the end, and the head clock at the as-of time:
         # what is still due fires, and buyers are filed under the model.
         before = events[0].event_time - 1.0 if events else as_of
-        if processes > 1:
-            progress.show(f"dataflow: {len(events):,} events in {processes} processes",
-                          force=True)
         _dataflow(settings, processes, min(before, as_of), None, progress, len(events))
         rules = settings.trigger_rules().segments
         model = _final_model(rules, client, layout, as_of)
@@ -210,10 +240,15 @@ def _dataflow(settings: Settings, processes: int, as_of: float, model: RfmModel 
     """The replay's dataflow to its end, in this process or a group (`model`: as stored in
     Redis by `_final_model`)."""
     if processes > 1:
-        run_group(settings, processes, as_of=as_of, stored_model=model is not None)
+        store = store_factory(settings)
+        try:
+            with _DataflowProgress(progress, _committed_count(store), events, processes):
+                run_group(settings, processes, as_of=as_of, stored_model=model is not None)
+        finally:
+            store.client.close()
         return
     registry = CollectorRegistry()
-    with _DataflowProgress(progress, registry, events):
+    with _DataflowProgress(progress, _metrics_count(registry), events):
         run_dataflow(settings, stop_when_caught_up=True, registry=registry, metrics_port=0,
                      as_of=as_of, replay=True, rfm_model=model)
 

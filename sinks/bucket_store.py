@@ -212,6 +212,18 @@ class BucketStore:
                 heads[partition] = stream_id_key(last[0][0].decode())
         return heads
 
+    def entries_applied(self, partition: int) -> int | None:
+        """How many of the partition's entries every one of its buckets has applied: the
+        number (`n`) of the entry at its least position (0 before the first; None when that
+        entry has been trimmed since, or carries no number)."""
+        position = self.resume_position(partition)
+        if position == START:
+            return 0
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], self._client.xrange(
+            self._layout.events(partition), position, position, count=1))
+        number = entries[0][1].get(b"n") if entries else None
+        return int(number) if number is not None else None
+
     def partitions_behind(self, heads: dict[int, tuple[int, int]]) -> list[int]:
         """The partitions whose committed position has not reached `heads` yet."""
         return [p for p, head in heads.items()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 import uuid
@@ -21,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from config.settings import Settings
+from history.load import Progress
 from history.replay import ReplayResult, replay, replay_settings
 from history.replay_group import ReplayGroupError, run_group
 from tests.conftest import SHARED_DATA
@@ -217,8 +220,21 @@ def test_replay_output_does_not_depend_on_workers_processes_batches_or_file_spli
     outputs: dict[str, dict[str, pa.Table]] = {}
     for name, (inputs, options) in runs.items():
         out = tmp_path / name.replace(" ", "_").replace(",", "")
-        run(inputs, "events", out, settings, redis_url, as_of=as_of, **options)
+        screen = io.StringIO()
+        result = run(inputs, "events", out, settings, redis_url, as_of=as_of,
+                     progress=Progress(screen, enabled=True), **options)
         outputs[name] = {kind: table(out, kind, keys) for kind, keys in SORT_KEYS.items()}
+        # the dataflow's final count, in one process (its metrics) or a group (the
+        # positions committed to Redis): every event, and those it wrote itself (merges)
+        shown = [line for line in screen.getvalue().split("\r") if "dataflow:" in line][-1]
+        found = re.search(r"dataflow: ([\d,]+) events read \(([\d,]+) from the history, "
+                          r"[\d,]+/s\)(.*)", shown)
+        assert found, shown
+        read, total = (int(found[n].replace(",", "")) for n in (1, 2))
+        assert total == len(result.history.events)
+        assert total <= read <= total + 50, shown
+        processes = options.get("processes", 1)
+        assert found[3].strip() == (f"in {processes} processes" if processes > 1 else ""), shown
     first, *others = outputs.values()
     for kind in SORT_KEYS:
         assert first[kind].num_rows > 0, kind
