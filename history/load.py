@@ -38,6 +38,10 @@ class Progress:
         self._drawn = 0.0
         self._width = 0
 
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
     def show(self, text: str, *, force: bool = False) -> None:
         now = time.monotonic()
         if not self._enabled or (not force and now - self._drawn < 0.5):

@@ -131,10 +131,13 @@ class _DataflowProgress:
 
     def __enter__(self) -> _DataflowProgress:
         self._started = time.monotonic()
-        self._thread.start()
+        if self._progress.enabled:  # no line to draw: nothing to count either
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if not self._progress.enabled:
+            return
         self._stop.set()
         self._thread.join()
         if exc[0] is None:
