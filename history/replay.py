@@ -130,7 +130,6 @@ class _DataflowProgress:
             self._show()
 
     def __enter__(self) -> _DataflowProgress:
-        self._started = time.monotonic()
         if self._progress.enabled:  # no line to draw: nothing to count either
             self._thread.start()
         return self
