@@ -40,7 +40,7 @@ from bench.run import (
     settings_for,
     settled_used_memory,
 )
-from bench.workload import events
+from bench.workload import entry_list, events
 from config.settings import Settings
 from crmflow.redis_server import free_ports
 from crmflow.supervisor import stop_process
@@ -146,7 +146,7 @@ def _measure(client: redis.Redis, url: str, size: int, processes: int, count: in
     """Events/s of a running group of `processes` on the base of `size` clients."""
     settings = _settings(url, size, processes)
     layout = KeyLayout.from_settings(settings)
-    entries = list(events(count, size, start=now - DAY, span=DAY, received_at=now,
+    entries = entry_list(events(count, size, start=now - DAY, span=DAY, received_at=now,
                           seed=2 + processes, first_id=first_id, cover=False))
     with live_dataflow(settings, folder, f"df{size}-{processes}") as dataflow:
         loading = dataflow.wait_idle()
@@ -166,7 +166,7 @@ def _fill(client: redis.Redis, url: str, size: int, per_client: int, now: float,
     events/s, Redis bytes per client)."""
     settings = _settings(url, size, 2)
     layout = KeyLayout.from_settings(settings)
-    entries = list(events(per_client * size, size, start=now - 4 * DAY, span=3 * DAY,
+    entries = entry_list(events(per_client * size, size, start=now - 4 * DAY, span=3 * DAY,
                           received_at=now))
     baseline = settled_used_memory(client)
     append_entries(client, layout, entries)

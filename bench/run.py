@@ -126,16 +126,31 @@ def run_drain(config: Path) -> tuple[float, int]:
     return seconds, peak
 
 
+# XADD in Redis, a partition's share of a chunk per call: redis-py's pipeline cost 10 µs an
+# entry on the producer's side (21 s for the 1M base's 2M entries), this about 2.
+_APPEND_SCRIPT = """
+for i = 1, #ARGV, 3 do
+  redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 't', ARGV[i + 1], 'e', ARGV[i + 2])
+end
+return #ARGV / 3
+"""
+APPEND_CHUNK = 5000
+
+
 def append_entries(client: redis.Redis, layout: KeyLayout, entries: Sequence[Entry]) -> float:
-    """Producers' side, outside the measured path: XADD in pipelines. Returns entries/s."""
+    """Producers' side, outside the measured path: entries appended in chunks, in order
+    within each partition. Returns entries/s."""
     started = time.perf_counter()
+    script = client.register_script(_APPEND_SCRIPT)
     pipe = client.pipeline(transaction=False)
-    for n, entry in enumerate(entries, 1):
-        pipe.xadd(layout.events(layout.partition_of_client(entry.client_key)),
-                  {"k": entry.client_key, "t": repr(entry.event_time), "e": entry.body})
-        if n % 5000 == 0:
-            pipe.execute()
-    pipe.execute()
+    for first in range(0, len(entries), APPEND_CHUNK):
+        shares: dict[int, list[str | bytes]] = {}
+        for entry in entries[first:first + APPEND_CHUNK]:
+            shares.setdefault(layout.partition_of_client(entry.client_key), []).extend(
+                (entry.client_key, repr(entry.event_time), entry.body))
+        for partition, args in shares.items():
+            script(keys=[layout.events(partition)], args=args, client=pipe)
+        pipe.execute()
     return len(entries) / (time.perf_counter() - started)
 
 

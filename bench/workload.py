@@ -6,8 +6,9 @@ Per event: 45% product views, 20% visits, 15% cart adds, 5% cart removes, 5% ord
 
 from __future__ import annotations
 
+import gc
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -56,3 +57,15 @@ def events(count: int, clients: int, *, start: float, span: float, seed: int = 1
         elif kind == "registered":
             event["traits"] = {"email": f"{client}@example.com"}
         yield Entry(client, t, orjson.dumps(event))
+
+
+def entry_list(entries: Iterable[Entry]) -> list[Entry]:
+    """The entries in a list, built with the cyclic collector paused and then frozen: its
+    full passes walked every entry made so far (2M for the 1M base), 20-25% of the time."""
+    gc.disable()
+    try:
+        built = list(entries)
+    finally:
+        gc.enable()
+    gc.freeze()  # none is in a cycle: reference counting still frees them
+    return built

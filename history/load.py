@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
+from dataflows.heap import freeze_survivors
 from features.events import Event, EventType, format_time
 from history.formats import Tally, read_events
 
@@ -105,6 +106,7 @@ def load_history(paths: Sequence[Path], fmt: str, *, mapping: Mapping[str, str] 
             event = replace(event, received_at=event.event_time, history=False)
         events.append(event)
         clients.add(event.client_key)
+        freeze_survivors()  # the events are kept to the end: full collections walked them
     events.sort(key=order_key)
     progress.show(f"read {tally.rows:,} rows, {len(events):,} events, {len(clients):,} clients",
                   force=True)
