@@ -147,7 +147,7 @@ def _measure(client: redis.Redis, url: str, size: int, processes: int, count: in
     settings = _settings(url, size, processes)
     layout = KeyLayout.from_settings(settings)
     entries = entry_list(events(count, size, start=now - DAY, span=DAY, received_at=now,
-                          seed=2 + processes, first_id=first_id, cover=False))
+                                seed=2 + processes, first_id=first_id, cover=False))
     with live_dataflow(settings, folder, f"df{size}-{processes}") as dataflow:
         loading = dataflow.wait_idle()
         started = time.perf_counter()
@@ -166,8 +166,8 @@ def _fill(client: redis.Redis, url: str, size: int, per_client: int, now: float,
     events/s, Redis bytes per client)."""
     settings = _settings(url, size, 2)
     layout = KeyLayout.from_settings(settings)
-    entries = entry_list(events(per_client * size, size, start=now - 4 * DAY, span=3 * DAY,
-                          received_at=now))
+    entries = entry_list(events(per_client * size, size, start=now - 4 * DAY,
+                                span=3 * DAY, received_at=now))
     baseline = settled_used_memory(client)
     append_entries(client, layout, entries)
     heads = stream_heads(settings)
