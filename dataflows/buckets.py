@@ -12,21 +12,25 @@ stream and so identical in replay and live, whatever the batch size or tick rate
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import heapq
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
 from bytewax.operators import StatefulBatchLogic
 
-from dataflows.heap import freeze_survivors
+import features
+from dataflows.heap import freeze_survivors, frozen_on_arrival
 from dataflows.metrics import DataflowMetrics
 from dataflows.rfm_model import RfmModelCache
 from features import segments
-from features.codec import decode_state, encode_state
+from features.codec import decode_state, encode_state, encode_stored, stored_schedule
 from features.events import (
     ANONYMOUS_PREFIX,
     INTERNAL_TYPES,
@@ -39,6 +43,7 @@ from features.identity import handle
 from features.lookup import lookup_keys, point_of
 from features.routing import bucket_of
 from features.state import ClientState, is_live
+from features.stored_schedule import SchedulePrints, StoredSchedule
 from features.timeline import SEPARATOR, timeline_entry
 from features.triggers import Trigger, TriggerRules, fire_due, next_due, regroup
 from sinks.bucket_store import (
@@ -87,6 +92,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         # a replay adopts its model at its end, after the timers due by then have fired
         self._rules: TriggerRules = (config.rules if models is None or config.replay
                                      else models.rules)
+        self._prints = _prints_of(self._rules, config.allowed_lateness)
         self._rescored = False  # buyers re-scored under the current model since loading
         # each client changed in the current batch, as it was before the batch
         self._before: dict[str, ClientState | None] = {}
@@ -108,10 +114,15 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         # clients whose schedule was computed under rules since replaced (a new RFM model)
         self._stale: set[str] = set()
         self._timers: tuple[list[tuple[float, str]], list[tuple[float, str]]] = ([], [])
-        for client_key, raw in loaded.states.items():
-            state = decode_state(raw)
-            self._states[client_key] = state
-            self._schedule(client_key, state)
+        with frozen_on_arrival():
+            for client_key, raw in loaded.states.items():
+                state = decode_state(raw)
+                self._states[client_key] = state
+                stored = stored_schedule(raw)
+                if stored is not None and self._prints.trusts(stored):
+                    self._set_schedule(client_key, stored.due, stored.live)
+                else:
+                    self._schedule(client_key, state)
 
     # --- timers --------------------------------------------------------------------------------
 
@@ -121,16 +132,18 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         Entries are never removed from a heap: a popped entry that no longer matches the
         client's schedule is skipped or pushed again at the new time (lazy cancellation).
         """
-        due = next_due(state, self._rules)
         self._stale.discard(client_key)
+        self._set_schedule(client_key, next_due(state, self._rules),
+                           is_live(state, self._config.allowed_lateness))
+
+    def _set_schedule(self, client_key: str, due: float | None, live: bool) -> None:
         current = self._scheduled.get(client_key)
         if due is None:
             if current is not None:
                 del self._scheduled[client_key]
                 self._metrics.timers_pending.dec()
             return
-        live = not self._config.replay and is_live(state, self._config.allowed_lateness)
-        clock = LIVE if live else BACKFILL
+        clock = LIVE if live and not self._config.replay else BACKFILL
         if current is None:
             self._metrics.timers_pending.inc()
         if current is None or current[1] != clock or due < current[0]:
@@ -221,6 +234,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                     if rules is not self._rules or not self._rescored:
                         if rules is not self._rules:
                             self._stale = set(self._states)
+                            self._prints = _prints_of(rules, self._config.allowed_lateness)
                         self._rules = rules
                         self._rescored = True
                         self._rescore(clock, dirty, triggers)
@@ -345,7 +359,8 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                           and (point := point_of(self._states[t.client_id].traits)) is not None}
         commit = BucketCommit(
             bucket=self._bucket, base=self._committed, position=self._position,
-            states=[(key, encode_state(self._states[key])) for key in sorted(dirty)],
+            states=[(key, encode_stored(encode_state(self._states[key]),
+                                        self._stored_schedule(key))) for key in sorted(dirty)],
             triggers=triggers, dead_letters=dead, events=applied, segment_changes=changes,
             rfm_values=values, emitted=emitted, erasures=erasures, member_ops=ops,
             timelines=[(key, SEPARATOR.join(reversed(lines)))
@@ -356,9 +371,45 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         self._last_commit = now
         return [commit]
 
+    def _stored_schedule(self, client_key: str) -> StoredSchedule | None:
+        """The client's schedule as a later load may trust it: none while it is stale (it
+        was computed under rules since replaced)."""
+        if client_key in self._stale:
+            return None
+        scheduled = self._scheduled.get(client_key)
+        state = self._states[client_key]
+        return self._prints.stamp(None if scheduled is None else scheduled[0],
+                                  is_live(state, self._config.allowed_lateness), state)
+
     def snapshot(self) -> None:
         """Nothing: Redis, not Bytewax recovery, is the home of this state."""
         return None
+
+
+@functools.cache
+def core_digest() -> bytes | None:
+    """A digest of the core's sources: due times stored by other code are not trusted (None:
+    the sources cannot be read, so none is)."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        for path in sorted(Path(features.__file__).parent.glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    except OSError:
+        return None
+    return digest.digest()
+
+
+_last_prints: tuple[TriggerRules, float, SchedulePrints] | None = None
+
+
+def _prints_of(rules: TriggerRules, allowed_lateness: float) -> SchedulePrints:
+    """The rules' fingerprints, computed once for all the buckets that share them."""
+    global _last_prints
+    if (_last_prints is None or _last_prints[0] is not rules
+            or _last_prints[1] != allowed_lateness):
+        _last_prints = (rules, allowed_lateness,
+                        SchedulePrints.of(rules, allowed_lateness, core_digest()))
+    return _last_prints[2]
 
 
 def _member_ops(client_key: str, before: ClientState | None, after: ClientState | None

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 FREEZE_EVERY = 1.0  # seconds: cycles younger than this are still collected as usual
 
@@ -25,4 +27,20 @@ def freeze_survivors() -> None:
     now = time.monotonic()
     if now - _last_freeze >= FREEZE_EVERY:
         _last_freeze = now
+        gc.freeze()
+
+
+@contextmanager
+def frozen_on_arrival() -> Iterator[None]:
+    """Objects made inside are all long-lived (a bucket's states as it loads): the collector
+    is paused while they are made and they are frozen at once. Loading a bucket with the
+    collector on took about half of a 100,000-client start-up: each full pass walked the
+    states loaded since the last freeze."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
         gc.freeze()

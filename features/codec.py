@@ -4,10 +4,15 @@ Positional, not keyed: field names would cost more than the values for most clie
 The first element is the format version; a decoder refuses versions it does not know
 rather than misreading them. Version 2 records (before the trigger catalogue's bookkeeping)
 are still read: the fields added since take their defaults.
+
+A stored state may be preceded by its timer schedule (`encode_stored`): a fixed header whose
+first byte, 0xc1, is the one byte msgpack never uses, so no state can start with it.
 """
 
 from __future__ import annotations
 
+import math
+import struct
 from itertools import starmap
 from typing import Any
 
@@ -33,6 +38,7 @@ from features.state import (
     PendingTrigger,
     assemble,
 )
+from features.stored_schedule import StoredSchedule
 
 FORMAT_VERSION = 7
 
@@ -60,6 +66,11 @@ def _decode_marks(rows: list[list[Any]]) -> tuple[tuple[str, float], ...]:
     return tuple((_MARK_NAMES[key] if isinstance(key, int) else key, float(value))
                  for key, value in rows)
 _V2_FIELDS = 33  # version 2 rows: the version and 32 fields
+
+_SCHEDULE_MARK = 0xC1
+# mark, due (NaN: none), flags (1 live, 2 buyer), rules' and model's fingerprints
+_SCHEDULE = struct.Struct("<BdBII")
+_LIVE, _BUYER = 1, 2
 
 
 class StateFormatError(ValueError):
@@ -97,7 +108,31 @@ def encode_state(state: ClientState) -> bytes:
     return msgpack.packb(row, use_bin_type=True)
 
 
+def encode_stored(state: bytes, schedule: StoredSchedule | None) -> bytes:
+    """An encoded state as a bucket stores it, after its schedule when there is one."""
+    if schedule is None:
+        return state
+    due = math.nan if schedule.due is None else schedule.due
+    flags = (_LIVE if schedule.live else 0) | (_BUYER if schedule.buyer else 0)
+    return _SCHEDULE.pack(_SCHEDULE_MARK, due, flags, schedule.rules_print,
+                          schedule.model_print) + state
+
+
+def stored_schedule(data: bytes) -> StoredSchedule | None:
+    """The schedule stored before a state (None: none)."""
+    if not data or data[0] != _SCHEDULE_MARK:
+        return None
+    if len(data) < _SCHEDULE.size:
+        raise StateFormatError("truncated client state schedule")
+    _, due, flags, rules_print, model_print = _SCHEDULE.unpack_from(data)
+    return StoredSchedule(None if math.isnan(due) else due, bool(flags & _LIVE),
+                          bool(flags & _BUYER), rules_print, model_print)
+
+
 def decode_state(data: bytes) -> ClientState:
+    """A state from `encode_state`'s bytes, or from a stored value with its schedule."""
+    if data[:1] == b"\xc1":
+        data = data[_SCHEDULE.size:]
     try:
         row = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (ValueError, msgpack.UnpackException) as exc:

@@ -36,3 +36,18 @@ def test_survivors_are_frozen_at_most_once_a_second_and_still_freed_by_refcount(
         assert cycle() is None
     finally:
         gc.unfreeze()
+
+
+def test_objects_made_on_arrival_are_frozen_and_the_collector_is_restored() -> None:
+    try:
+        for enabled in (True, False):
+            (gc.enable if enabled else gc.disable)()
+            with heap.frozen_on_arrival():
+                assert not gc.isenabled()  # no full pass walks the states as they load
+                loaded = Node()
+                assert any(o is loaded for o in gc.get_objects())
+            assert gc.isenabled() is enabled
+            assert not any(o is loaded for o in gc.get_objects())  # frozen: out of sight
+    finally:
+        gc.enable()
+        gc.unfreeze()
