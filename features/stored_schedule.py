@@ -2,7 +2,7 @@
 trust it instead of recomputing it.
 
 Computing each client's next due time (every timer rule, every segment's next change) was
-a fifth of loading a bucket once the collector was out of the way. A stored due time holds
+a quarter of loading a bucket once the collector was out of the way. A stored due time holds
 only for the code and rules it was computed under, so it carries their fingerprints: the
 rules' own (with the RFM population model left out, plus the allowed lateness that decides
 the clock, plus a digest of the core's code), and the model's, which matters only to
