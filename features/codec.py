@@ -131,7 +131,7 @@ def stored_schedule(data: bytes) -> StoredSchedule | None:
 
 def decode_state(data: bytes) -> ClientState:
     """A state from `encode_state`'s bytes, or from a stored value with its schedule."""
-    if data[:1] == b"\xc1":
+    if data and data[0] == _SCHEDULE_MARK:
         data = data[_SCHEDULE.size:]
     try:
         row = msgpack.unpackb(data, raw=False, strict_map_key=False)

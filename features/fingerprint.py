@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from enum import Enum
 
-Canonical = object
-
 
 def fingerprint(value: object) -> int:
     """A 32-bit digest of `value`; TypeError for a value with no canonical form (an
@@ -23,7 +21,7 @@ def fingerprint(value: object) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=4).digest(), "little")
 
 
-def _canonical(value: object) -> Canonical:
+def _canonical(value: object) -> object:
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return value
     if isinstance(value, Enum):

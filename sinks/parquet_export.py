@@ -94,23 +94,25 @@ class _BatchedWriter:
             self._flush()
 
     def add_batch(self, batch: pa.RecordBatch) -> None:
-        if self._rows:  # rows keep their order among batches
-            self._batches.append(pa.RecordBatch.from_pylist(self._rows, schema=self._schema))
-            self._rows = []
+        self._rows_to_batch()  # rows keep their order among batches
         self._batches.append(batch)
         self._buffered += batch.num_rows
         if self._buffered >= self._batch:
             self._flush()
 
+    def _rows_to_batch(self) -> None:
+        if self._rows:
+            self._batches.append(pa.RecordBatch.from_pylist(self._rows, schema=self._schema))
+            self._rows = []
+
     def _flush(self) -> None:
         if self._writer is None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(self._path, self._schema, compression="zstd")
-        if self._rows:
-            self._batches.append(pa.RecordBatch.from_pylist(self._rows, schema=self._schema))
+        self._rows_to_batch()
         self._writer.write_table(pa.Table.from_batches(self._batches, schema=self._schema))
         self.written += self._buffered
-        self._rows, self._batches, self._buffered = [], [], 0
+        self._batches, self._buffered = [], 0
 
     def close(self) -> None:
         if self._buffered or self._writer is None:
