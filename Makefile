@@ -53,8 +53,9 @@ wrk:
 		|| echo "wrk is not installed (apt-get install wrk): the HTTP loads will be skipped"
 
 # `docker-compose config` validates docker-compose.yml without a Docker engine (a test runs it).
+# A `docker` without its compose plugin does not count: `docker compose` fails there.
 compose-tool:
-	@command -v docker-compose >/dev/null 2>&1 || command -v docker >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] \
+	@docker-compose version >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] \
 		&& command -v apt-get >/dev/null 2>&1 && apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } \
 		|| echo "docker-compose is not installed: the compose file's validation will be skipped"
 
