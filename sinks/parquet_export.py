@@ -161,12 +161,11 @@ _TRIGGER_KEYS = tuple((name.encode(), name in _TRIGGER_TIMES) for name in TRIGGE
 def _trigger_batch(records: list[dict[bytes, bytes]]) -> pa.RecordBatch:
     columns = []
     for key, is_time in _TRIGGER_KEYS:
-        if is_time:  # no time, or an empty one: null
-            text = pa.array([r.get(key) or None for r in records], pa.binary()).cast(pa.string())
-            columns.append(_times(text))
-        else:
-            columns.append(pa.array([r.get(key) for r in records], pa.binary()).cast(
-                pa.string()))
+        values = [r.get(key) for r in records]
+        if is_time:
+            values = [value or None for value in values]  # an empty time: null
+        text = pa.array(values, pa.binary()).cast(pa.string())
+        columns.append(_times(text) if is_time else text)
     return pa.RecordBatch.from_arrays(columns, schema=TRIGGER_SCHEMA)
 
 
