@@ -391,8 +391,16 @@ def still_valid(state: ClientState, pending: PendingTrigger, rules: TriggerRules
         return any(f"{name}@{occasion_time(at)}" == pending.key for name, at in state.segments)
     if kind == SECOND_ORDER_NUDGE:
         return state.orders_count == 1
-    if kind in (FEEDBACK_REQUEST, ONBOARDING):  # about an order that must still stand
+    if kind == FEEDBACK_REQUEST:  # about the order in its key, which must still stand
+        return any(o.order_id == pending.key and not o.cancelled for o in state.orders)
+    if kind == ONBOARDING:  # a series after the first order: some order must still stand
         return last_live_order(state) is not None
+    if kind == REPLENISHMENT_REMINDER and not rules.replenishment_reminder.per_category:
+        # predicted from the orders as they were: the last must still be the last live one,
+        # and still follow another (a cancellation may leave a single order: no prediction)
+        last = last_live_order(state)
+        return (last is not None and last.order_id == pending.key
+                and mean_order_interval(state) is not None)
     if kind == CHURN_WINBACK:
         anchor = churn_anchor(state)
     elif kind == SERVICE_REMINDER:

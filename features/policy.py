@@ -107,9 +107,18 @@ def choose_channel(state: ClientState, trigger_type: str, rules: TriggerRules) -
     return usable[0]
 
 
-def sends_in_day(state: ClientState, at: float) -> int:
-    """Marketing sends in the rolling day ending at `at`: (at - 1 day, at]."""
-    return sum(1 for sent in state.sends if at - DAY < sent <= at)
+def cap_reached(sends: tuple[float, ...], at: float, cap: int) -> bool:
+    """Whether a send at `at` would make some rolling day hold more than `cap` sends.
+
+    A send decided late (a late event) may land before sends already made: every day-long
+    window holding `at` counts, not only the one ending at it. Windows are open at the
+    start, as (t - 1 day, t]: sends a day or more apart never share one."""
+    near = sorted(s for s in sends if at - DAY < s < at + DAY)
+    for first in range(len(near) - cap + 1):
+        group = near[first:first + cap]
+        if max(group[-1], at) - min(group[0], at) < DAY:
+            return True
+    return False
 
 
 def record_send(sends: tuple[float, ...], at: float) -> tuple[float, ...]:
@@ -158,6 +167,6 @@ def decide(client_key: str, state: ClientState, trigger_type: str, at: float,
         if until is not None:
             return Decision(DEFERRED, QUIET_HOURS, channel, until)
     cap = policy.frequency_cap_per_day
-    if cap and sends_in_day(state, at) >= cap:
+    if cap and cap_reached(state.sends, at, cap):
         return Decision(SUPPRESSED, FREQUENCY_CAP, channel)
     return Decision(SENT, channel=channel)

@@ -376,14 +376,18 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
         # a first add, or an add after the reminder (not a late one from before it): a new
         # episode, re-armed
         changes.update(cart_since=t, cart_reminded=0.0)
+    elif event.type is EventType.CART_ADD and not state.cart_reminded and t < state.cart_since:
+        changes["cart_since"] = t  # a late first add: the episode (and its id) began then
     return changes
 
 
 def _close_browse(state: ClientState, t: float) -> Changes:
-    """A cart add or an order at `t` ends browsing that began before it (not views after)."""
+    """A cart add or an order at `t` ends browsing that began before it, not views after it:
+    when it arrives late, the views after it are a browse of their own, as in order."""
     changes: Changes = {"browse_closed_at": max(state.browse_closed_at, t)}
-    if state.browse_since is None or state.browse_since <= t:
-        changes["browse_since"] = None
+    if state.browse_since is not None and state.browse_since <= t:
+        later = [at for _, at in state.viewed if at > t]
+        changes["browse_since"] = min(later) if later else None
     return changes
 
 
@@ -416,10 +420,10 @@ def _order_placed(state: ClientState, event: Event) -> Changes:
     changes["interests"] = _touch_interests(state.interests, event.order.items, t, "bought_at")
     later = tuple(line for line in state.cart if line.added_at > t)
     if later != state.cart:  # the order bought what was in the cart before it
-        if later:  # lines added after the order (it arrived late): their own episode
+        if later:  # lines added after the order (it arrived late): their own episode,
+            # last changed when the cart last changed (after the order, as a line was)
             changes.update(cart=later, cart_since=min(line.added_at for line in later),
-                           cart_updated_at=max(line.added_at for line in later),
-                           cart_reminded=0.0)
+                           cart_updated_at=state.cart_updated_at, cart_reminded=0.0)
         else:
             changes.update(cart=(), cart_updated_at=None, cart_since=None, cart_reminded=0.0)
         changes["cart_changed_at"] = _later(state.cart_changed_at, t)

@@ -301,18 +301,21 @@ def _decide_all(client_key: str, state: ClientState,
                 out.append(_record(client_key, candidate, Decision(SUPPRESSED, CANCELLED), at))
             continue
         delay = _delay_of(candidate.type, rules) if delayable else 0.0
+        decision: Decision | None = None
         if delay > 0:  # an immediate trigger configured to wait: decided when it is due
             due = replace(candidate, at=candidate.at + delay)
             waiting = _wait(client_key, state, due, due.at, rules, at, out, deferred=False)
             if waiting is not None:
                 state = waiting
                 continue
-            decision = Decision(SUPPRESSED, PENDING_LIMIT)
-        elif at < past_before:  # a backfilled past: recorded, never sent late
-            decision = Decision(SUPPRESSED, BACKFILL)
-        else:
-            decision = decide(client_key, state, candidate.type, at, rules,
-                              allow_defer=not waited)
+            # no room to wait: a marketing trigger is dropped; a transactional one, never
+            # suppressed, is decided now without its delay
+            if candidate.type not in TRANSACTIONAL:
+                decision = Decision(SUPPRESSED, PENDING_LIMIT)
+        if decision is None:
+            decision = (Decision(SUPPRESSED, BACKFILL) if at < past_before  # never sent late
+                        else decide(client_key, state, candidate.type, at, rules,
+                                    allow_defer=not waited))
         if decision.status == DEFERRED:
             assert decision.until is not None
             waiting = _wait(client_key, state, candidate, decision.until, rules, at, out,

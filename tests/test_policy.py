@@ -17,6 +17,7 @@ from features.policy import (
     SENT,
     SUPPRESSED,
     Decision,
+    cap_reached,
     choose_channel,
     decide,
     in_holdout,
@@ -27,7 +28,9 @@ from features.rules import (
     BIRTHDAY,
     FEEDBACK_REQUEST,
     FIRST_ORDER_PROMO,
+    LOYALTY_STATUS,
     NPS_DETRACTOR_TASK,
+    NPS_PROMOTER_REFERRAL,
     ONBOARDING,
     ORDER_CONFIRMATION,
     REPLENISHMENT_REMINDER,
@@ -217,6 +220,45 @@ def test_pending_triggers_are_bounded() -> None:
     assert decode_state(encode_state(state)) == state
 
 
+def test_a_transactional_trigger_is_decided_at_once_when_it_cannot_wait() -> None:
+    """Order confirmations configured to wait 10 minutes, nine orders in five: the ninth
+    finds every waiting place taken by the others; it is sent without its delay, never
+    suppressed."""
+    rules = only(TriggerRules(), ORDER_CONFIRMATION)
+    rules = with_rules(replace(rules, order_confirmation=replace(rules.order_confirmation,
+                                                                  delay=10 * MINUTE)),
+                       quiet_hours=None)
+    events = [identify(0, **ANN)] + [order(NOON + i * 30, f"o{i}") for i in range(9)]
+    _, triggers = run(events, rules, until=NOON + HOUR)
+    assert {(t.status, t.reason) for t in triggers} == {(SENT, None)}
+    assert sorted(t.key for t in triggers) == [f"o{i}" for i in range(9)]
+    ninth = next(t for t in triggers if t.key == "o8")
+    assert ninth.fired_at == T0 + NOON + 8 * 30  # at once: no place to wait its delay
+
+
+def test_a_deferred_request_about_an_order_cancelled_meanwhile_is_not_sent() -> None:
+    """Feedback on order o2 falls due at 22:00 and waits for 09:00; o2 is cancelled at 23:00
+    (o1 still stands, but the request names o2)."""
+    rules = only(TriggerRules(), FEEDBACK_REQUEST)
+    events = [identify(0, **ANN), order(10 * HOUR, "o1"), order(days(1) + 22 * HOUR, "o2")]
+    state, triggers = run(events, rules, until=days(8) + 22 * HOUR)
+    assert [(t.key, t.status) for t in triggers] == [("o2", DEFERRED)]
+    _, later = run([cancel(days(8) + 23 * HOUR, "o2")], rules, state=state, until=days(10))
+    assert [(t.key, t.status, t.reason) for t in later] == [
+        ("o2", SUPPRESSED, "cancelled")]
+
+
+def test_a_deferred_reminder_predicted_from_an_order_cancelled_meanwhile_is_not_sent() -> None:
+    """Orders 30 days apart predict the next on day 60: the reminder, due on day 53 at 22:00,
+    waits for 09:00; the second order's cancellation leaves one order, and no prediction."""
+    rules = only(TriggerRules(), REPLENISHMENT_REMINDER)
+    events = [identify(0, **ANN), order(22 * HOUR, "o1"), order(days(30) + 22 * HOUR, "o2")]
+    state, triggers = run(events, rules, until=days(53) + 22 * HOUR)
+    assert [(t.key, t.status) for t in triggers] == [("o2", DEFERRED)]
+    _, later = run([cancel(days(53) + 23 * HOUR, "o2")], rules, state=state, until=days(60))
+    assert [(t.key, t.status, t.reason) for t in later] == [("o2", SUPPRESSED, "cancelled")]
+
+
 # --- frequency cap and priority ------------------------------------------------------------------
 
 FEEDBACK_NOW = replace(only(TriggerRules(), FEEDBACK_REQUEST),
@@ -257,6 +299,33 @@ def test_priority_decides_which_deferred_trigger_the_cap_lets_through() -> None:
     _, triggers = run(events, swapped, until=days(2))
     final = [(t.type, t.status) for t in triggers if t.status != DEFERRED]
     assert final == [(ABANDONED_BROWSE, SENT), (ABANDONED_CART, SUPPRESSED)]
+
+
+def test_a_late_send_counts_in_every_rolling_day_it_falls_in() -> None:
+    """Two sends at 12:00 and 12:30; an order stamped 11:00 arrives after them and raises
+    the silver tier: a send at 11:00 would put three in the day from 11:00 to 11:00."""
+    rules = with_rules(only(TriggerRules(), WELCOME, NPS_PROMOTER_REFERRAL, LOYALTY_STATUS),
+                       quiet_hours=None)
+    events = [identify(0, **ANN), order(HOUR, "o1"), order(2 * HOUR, "o2"),
+              registered(days(1) + NOON), nps(days(1) + NOON + 30 * MINUTE, 9),
+              order(days(1) + 11 * HOUR, "o3")]
+    state, triggers = run(events, rules)
+    assert [(t.type, t.status, t.reason) for t in triggers] == [
+        (WELCOME, SENT, None), (NPS_PROMOTER_REFERRAL, SENT, None),
+        (LOYALTY_STATUS, SUPPRESSED, "frequency_cap")]
+    assert len(state.sends) == 2
+
+
+@given(st.lists(st.floats(0, 3 * 86400), max_size=12), st.floats(0, 3 * 86400),
+       st.integers(1, 4))
+def test_cap_reached_is_whether_some_rolling_day_would_hold_one_too_many(
+        sends: list[float], at: float, cap: int) -> None:
+    def over(times: list[float]) -> bool:  # every window (t - 1 day, t] ending at a send
+        return any(sum(1 for s in times if t - 86400 < s <= t) > cap for t in times)
+
+    if over(sends):
+        return  # the engine never holds more than the cap: only allowed histories
+    assert cap_reached(tuple(sends), at, cap) == over([*sends, at])
 
 
 def test_sends_kept_for_the_cap_are_bounded() -> None:

@@ -489,6 +489,19 @@ def test_a_late_cart_add_keeps_a_later_browse_episode() -> None:
     assert ABANDONED_BROWSE in kinds(late_add)
 
 
+def test_a_late_cart_add_or_order_ends_only_the_browsing_before_it() -> None:
+    """Views at 00:00 and 00:30, a cart add (or an order) stamped 00:15 arriving last: the
+    00:30 view is a browse of its own, reminded of as it would be in order."""
+    for closing in (cart_add(15 * MINUTE, "p1"), order(15 * MINUTE, "o1")):
+        events = [view(0, "p1"), closing, view(30 * MINUTE, "p2")]
+        _, in_order = run([*events, visit(5 * HOUR)])
+        _, late = run([events[0], events[2], events[1], visit(5 * HOUR)])
+        browses = [[(t.trigger_id, t.fired_at, t.payload["products"]) for t in triggers
+                    if t.type == ABANDONED_BROWSE] for triggers in (in_order, late)]
+        assert browses[0] == browses[1] == [
+            (browses[0][0][0], T0 + 150 * MINUTE, ["p2"])]
+
+
 def test_a_late_order_leaves_lines_added_after_it() -> None:
     events = [cart_add(10, "p1"), cart_add(30, "p2"), order(20, "o1")]
     in_order, fired = run([events[0], events[2], events[1], visit(3 * HOUR)])
@@ -496,6 +509,27 @@ def test_a_late_order_leaves_lines_added_after_it() -> None:
     for state in (in_order, late):
         assert [line.product_id for line in state.cart] == ["p2"]
     assert ABANDONED_CART in kinds(fired) and ABANDONED_CART in kinds(late_fired)
+
+
+def test_a_late_order_keeps_the_later_cart_changes_timing_the_reminder() -> None:
+    """Lines B and C added after the order, C removed at 00:50: the reminder is due an hour
+    after that last change whether the order arrives in its place or last."""
+    events = [cart_add(0, "A"), order(10 * MINUTE, "o1"), cart_add(20 * MINUTE, "B"),
+              cart_add(25 * MINUTE, "C"), cart_remove(50 * MINUTE, "C")]
+    _, in_order = run([*events, visit(5 * HOUR)])
+    _, late = run([*events[:1], *events[2:], events[1], visit(5 * HOUR)])
+    reminders = [[(t.trigger_id, t.fired_at) for t in triggers if t.type == ABANDONED_CART]
+                 for triggers in (in_order, late)]
+    assert reminders[0] == reminders[1]
+    assert [at for _, at in reminders[0]] == [T0 + 110 * MINUTE]
+
+
+def test_a_late_first_add_starts_the_cart_episode_and_names_it() -> None:
+    events = [cart_add(0, "A"), cart_add(10 * MINUTE, "B")]
+    _, in_order = run([*events, visit(5 * HOUR)])
+    _, late = run([events[1], events[0], visit(5 * HOUR)])
+    assert ([t.trigger_id for t in in_order if t.type == ABANDONED_CART]
+            == [t.trigger_id for t in late if t.type == ABANDONED_CART] != [])
 
 
 def test_a_cancelled_order_is_neither_first_nor_last() -> None:
