@@ -118,7 +118,10 @@ def parse_time(value: object, field_name: str) -> float:
     if isinstance(value, bool):
         raise EventError(field_name, "expected an ISO-8601 time or epoch seconds")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond any float, such as 10**400
+            raise EventError(field_name, "time out of range (1990..2100)") from None
         if seconds > 1e11:  # milliseconds, as JavaScript sends them
             seconds /= 1000.0
     elif isinstance(value, str):
@@ -197,6 +200,11 @@ def _number(value: object, field_name: str, *, minimum: float | None = 0.0) -> f
             value = float(value)
         except ValueError:
             raise EventError(field_name, f"expected a number, got {value!r}") from None
+    if isinstance(value, int):
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float, such as 10**400
+            raise EventError(field_name, f"must be at most {MAX_AMOUNT:g}") from None
     if not isinstance(value, int | float) or not math.isfinite(value):
         raise EventError(field_name, "expected a finite number")
     if minimum is not None and value < minimum:
@@ -206,12 +214,33 @@ def _number(value: object, field_name: str, *, minimum: float | None = 0.0) -> f
     return float(value)
 
 
+MAX_DEPTH = 64  # levels of objects and lists inside properties or traits
+
+
+def _check_depth(value: object, field_name: str) -> None:
+    """Refuse a value nested deeper than MAX_DEPTH levels (without recursing: a deep value
+    must not exhaust the stack, and the event log's encoder stops at 255 levels)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise EventError(field_name, f"nested more than {MAX_DEPTH} levels deep")
+        stack.extend((child, depth + 1) for child in children)
+
+
 def _mapping(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = raw.get(name)
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise EventError(name, "expected an object")
+    _check_depth(value, name)
     return value
 
 

@@ -400,3 +400,60 @@ def test_timestamps_outside_the_window_are_rejected_or_clamped(
     assert abs(stored["old"]["event_time"] - (before - 30 * 86400)) < 5
     assert stored["future"]["properties"]["clamped_event_time"] == "2090-01-01T00:00:00.000Z"
     assert abs(stored["future"]["event_time"] - (before + 3600)) < 5
+
+
+def test_deeply_nested_events_are_refused_and_the_rest_of_the_batch_kept(
+        api: str, settings: Settings, redis_client: redis.Redis) -> None:
+    """json reads up to ~1000 levels, the event log's encoder only 255: an event nested
+    deeper than 64 levels is a 400 naming its field, not a 500 losing the whole batch."""
+    def nested(depth: int, leaf: str = "1") -> str:
+        return '{"a":' * depth + leaf + "}" * depth
+
+    ok = '{"event_id":"ok-1","type":"visit","client_id":"c1"}'
+    for depth in (300, 950):
+        deep = (f'{{"event_id":"deep-{depth}","type":"custom","client_id":"c2",'
+                f'"properties":{nested(depth)}}}')
+        response = httpx.post(api + "/v1/events", content=f'{{"events":[{ok},{deep}]}}',
+                              auth=(WRITE_KEY, ""))
+        assert response.status_code == 200, response.text
+        [rejected] = response.json()["rejected"]
+        assert rejected["index"] == 1 and rejected["field"] == "properties"
+        assert "nested more than 64 levels" in rejected["error"]
+    traits = '[' * 300 + '1' + ']' * 300
+    single = httpx.post(api + "/v1/identify", auth=(WRITE_KEY, ""), content=(
+        '{"type":"identify","userId":"c3","messageId":"s1","traits":{"x":DEEP}}'
+    ).replace("DEEP", traits))
+    assert single.status_code == 400 and single.json()["field"] == "traits", single.text
+    at_limit = ('{"event_id":"deep-ok","type":"custom","client_id":"c2","properties":DEEP}'
+                .replace("DEEP", nested(63)))
+    assert httpx.post(api + "/v1/events", content=at_limit,
+                      auth=(WRITE_KEY, "")).status_code == 200
+    stored = {e["event_id"] for e in _stream_entries(redis_client, settings)}
+    assert stored == {"ok-1", "deep-ok"}
+
+
+def test_integers_beyond_any_float_are_refused_naming_the_field(api: str) -> None:
+    big = "1" + "0" * 400
+    cases = {
+        '{"event_id":"b1","type":"visit","client_id":"c","event_time":BIG}': "event_time",
+        '{"event_id":"b2","type":"cart_add","client_id":"c","products":'
+        '[{"product_id":"p","price":BIG}]}': "products[0].price",
+        '{"event_id":"b3","type":"cart_add","client_id":"c","products":'
+        '[{"product_id":"p","quantity":BIG}]}': "products[0].quantity",
+        '{"event_id":"b4","type":"nps_answer","client_id":"c","nps_score":BIG}': "nps_score",
+        '{"event_id":"b5","type":"order_placed","client_id":"c","order":'
+        '{"order_id":"o","total":BIG}}': "order.total",
+    }
+    for template, field in cases.items():
+        response = httpx.post(api + "/v1/events", content=template.replace("BIG", big),
+                              auth=(WRITE_KEY, ""))
+        assert response.status_code == 400, (field, response.text)
+        assert response.json()["field"] == field
+    batch = ('{"events":[{"event_id":"ok1","type":"visit","client_id":"c"},'
+             '{"event_id":"b6","type":"visit","client_id":"c","event_time":BIG}]}'
+             ).replace("BIG", big)
+    response = httpx.post(api + "/v1/events", content=batch, auth=(WRITE_KEY, ""))
+    assert response.status_code == 200 and response.json()["accepted"] == 1, response.text
+    track = httpx.post(api + "/v1/track", auth=(WRITE_KEY, ""), content=(
+        '{"type":"track","userId":"c","event":"x","timestamp":BIG}').replace("BIG", big))
+    assert track.status_code == 400 and track.json()["field"] == "timestamp", track.text
