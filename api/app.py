@@ -31,7 +31,7 @@ from api.segment_rules_view import SegmentRulesView
 from api.size_history import recording
 from api.store_metrics import StoreMetrics
 from config.settings import Settings
-from sinks.event_log import AppendOptions, AsyncEventLog
+from sinks.event_log import AppendOptions, AsyncEventLog, BacklogFull
 from sinks.keys import KeyLayout
 from sinks.redis_client import async_client
 
@@ -129,5 +129,12 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": "store unavailable; retry"}, status_code=503,
                             headers={"Retry-After": "1"})
+
+    @app.exception_handler(BacklogFull)
+    async def backlog_full(request: Request, exc: BacklogFull) -> JSONResponse:
+        """Touches and erasures appended to a full stream (ingest answers it itself)."""
+        ingest.warn_backlog(str(exc))
+        return JSONResponse({"detail": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(ingest.BACKLOG_RETRY_AFTER)})
 
     return app

@@ -141,3 +141,21 @@ def test_erasure_leaves_no_trace_and_an_audit_record(
                      if not r.name.startswith(("httpx", "httpcore")))
     assert ours and not [s for s in (EMAIL, COOKIE, "Zoe", ADMIN_KEY, READ_KEY, WRITE_KEY)
                          if s in ours + metrics]  # nor any key
+
+
+def test_a_full_backlog_answers_touches_and_erasures_503_and_leaves_no_pending_status(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    settings = make_settings(redis_url, key_prefix, redis={"max_stream_length": 1},
+                             dataflow={"partitions": 1, "buckets": 4})
+    layout = KeyLayout.from_settings(settings)
+    with api_server(settings) as url, httpx.Client(base_url=url, timeout=30) as http:
+        for n in range(2):  # the stream reaches its cap: the dataflow is not running
+            http.post("/v1/events", auth=(WRITE_KEY, ""),
+                      json={"event_id": f"e{n}", "type": "visit", "client_id": CLIENT})
+        touch = http.post(f"/v1/profiles/{CLIENT}/touches", headers=ADMIN,
+                          json={"occasion": "call", "status": "done"})
+        assert touch.status_code == 503 and touch.headers["retry-after"] == "5", touch.text
+        assert "retry later" in touch.json()["detail"]
+        erased = http.delete(f"/v1/profiles/{CLIENT}", params={"wait": 0}, headers=ADMIN)
+        assert erased.status_code == 503 and erased.headers["retry-after"] == "5", erased.text
+    assert redis_client.hgetall(layout.erasure_status()) == {}

@@ -10,11 +10,13 @@ audit record holds the client's id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
 from typing import Annotated, Any, cast
 
+import redis
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
 
@@ -53,9 +55,16 @@ async def erase_profile(client_id: ClientId, resources: ResourcesDep,
     except EventError as exc:
         raise HTTPException(400, detail=str(exc)) from None
     pending = {"erasure_id": erasure_id, "status": "pending", "requested_at": format_time(now)}
+    # Written before the event, so the dataflow's "done" cannot be overwritten by it; taken
+    # back if the event was not stored (a full backlog, an outage): no orphaned pending.
     await resources.redis.hset(resources.layout.erasure_status(), erasure_id,
                                json.dumps(pending))
-    await resources.event_log.append([event])
+    try:
+        await resources.event_log.append([event])
+    except BaseException:
+        with contextlib.suppress(redis.RedisError, OSError):
+            await resources.redis.hdel(resources.layout.erasure_status(), erasure_id)
+        raise
     deadline = time.monotonic() + wait
     while True:
         status = await _status(resources, erasure_id)

@@ -131,7 +131,7 @@ BACKLOG_WARN_AT = 0.8  # of the cap
 _warned_at = 0.0
 
 
-def _warn_backlog(message: str) -> None:
+def warn_backlog(message: str) -> None:
     """At most one warning a minute: a full backlog refuses many requests."""
     global _warned_at
     now = time.monotonic()
@@ -145,7 +145,7 @@ def _record_lengths(resources: Resources, lengths: dict[int, int]) -> None:
     for partition, length in lengths.items():
         resources.metrics.stream_length.labels(str(partition)).set(length)
         if cap and length >= BACKLOG_WARN_AT * cap:
-            _warn_backlog(f"event stream {partition} holds {length} entries, "
+            warn_backlog(f"event stream {partition} holds {length} entries, "
                           f"{length / cap:.0%} of redis.max_stream_length: is the dataflow "
                           "running?")
 
@@ -177,7 +177,7 @@ async def _ingest(items: Sequence[object], *, parser: Parser, source: str, singl
     except BacklogFull as exc:  # the rest may be stored: a retry is de-duplicated by id
         _record_lengths(resources, {**lengths, exc.partition: exc.length})
         resources.metrics.rejected.labels(source, "backlog_full").inc(len(events))
-        _warn_backlog(str(exc))
+        warn_backlog(str(exc))
         return JSONResponse({"success": False, "detail": str(exc)}, status_code=503,
                             headers={"Retry-After": str(BACKLOG_RETRY_AFTER)})
     _record_lengths(resources, lengths)
