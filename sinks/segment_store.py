@@ -17,6 +17,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
+from features.events import ANONYMOUS_PREFIX, MAX_ID_LENGTH
 from sinks.keys import KeyLayout
 
 
@@ -35,6 +36,13 @@ class Sample:
     size: int
     members: list[str]
     whole: bool  # every member, not a random draw
+
+
+# The longest cursor encode_cursor can return: a partition below 10,000, ':', and the
+# longest client key (an anonymous id with its prefix) at 4 UTF-8 bytes a character, in
+# unpadded base64 (4 characters for every 3 bytes).
+_LONGEST_CURSOR_BYTES = 4 + 1 + 4 * (len(ANONYMOUS_PREFIX) + MAX_ID_LENGTH)
+MAX_CURSOR_LENGTH = -(-_LONGEST_CURSOR_BYTES * 4 // 3)
 
 
 def encode_cursor(partition: int, member: str) -> str:
@@ -81,7 +89,8 @@ class SegmentStore:
         return {name: sum(counts[i * width:(i + 1) * width]) for i, name in enumerate(names)}
 
     async def page(self, name: str, cursor: str | None, limit: int) -> Page:
-        partition, after = (0, None) if cursor is None else decode_cursor(
+        # no cursor, or an empty one (`?cursor=&limit=`): the first page
+        partition, after = (0, None) if not cursor else decode_cursor(
             cursor, self._layout.partitions)
         members: list[str] = []
         last_partition = partition

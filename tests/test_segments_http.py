@@ -20,6 +20,7 @@ from config.settings import Settings
 from features.events import format_time
 from features.rfm import RFM_SEGMENTS, SEGMENT_GRID
 from sinks.keys import KeyLayout
+from sinks.segment_store import MAX_CURSOR_LENGTH, encode_cursor
 from tests.support import api_server, drain, make_settings, post_events, read_headers
 
 DAY = 86400.0
@@ -282,6 +283,32 @@ def test_member_reads_refuse_bad_cursors_unknown_segments_and_missing_keys(
             assert response.status_code == 401, (target, headers)
         response = contains(world.url, "lifecycle:new", ["n01"], headers=headers)
         assert response.status_code == 401
+
+
+def test_an_empty_cursor_means_the_first_page(world: World) -> None:
+    path = "/v1/segments/lifecycle:new/members"
+    first = get(world.url, path, limit=3)
+    empty = get(world.url, path, cursor="", limit=3)
+    assert empty.status_code == 200, empty.text
+    assert empty.json() == first.json()
+    cell = get(world.url, "/v1/rfm/map/cells/3/1/members", cursor="")
+    assert cell.status_code == 200, cell.text
+    assert cell.json() == get(world.url, "/v1/rfm/map/cells/3/1/members").json()
+
+
+def test_cursors_after_the_longest_client_keys_are_accepted(world: World) -> None:
+    """A page ending on a 200-character id of 3- or 4-byte characters gives a cursor of
+    800 to 1,080 characters: the API takes back every cursor it can emit."""
+    for member in ["中" * 200, "anon:" + "中" * 200, "anon:" + "\U0001F600" * 200]:
+        cursor = encode_cursor(world.settings.dataflow.partitions - 1, member)
+        assert len(cursor) <= MAX_CURSOR_LENGTH
+        for path in ["/v1/segments/lifecycle:new/members", "/v1/rfm/map/cells/3/1/members"]:
+            response = get(world.url, path, cursor=cursor)
+            assert response.status_code == 200, (len(cursor), response.text)
+            assert response.json()["next_cursor"] is None
+    too_long = get(world.url, "/v1/segments/lifecycle:new/members",
+                   cursor="A" * (MAX_CURSOR_LENGTH + 1))
+    assert too_long.status_code == 422
 
 
 def test_contains_returns_exactly_the_members_in_the_order_given(world: World) -> None:

@@ -19,7 +19,7 @@ from features.events import format_time
 from features.lookup import query_prefixes
 from features.segments import SCORES, rfm_cell_name
 from sinks import console_store, rfm_index
-from sinks.segment_store import BadCursor, SegmentStore
+from sinks.segment_store import MAX_CURSOR_LENGTH, BadCursor, SegmentStore
 
 router = APIRouter(prefix="/v1", tags=["console"], responses=problems(401, 403, 422, 503))
 
@@ -72,7 +72,8 @@ async def rfm_map(resources: ReadAccess, grant: Grant) -> FastJSONResponse:
 
 @router.get("/rfm/map/cells/{r}/{f}/members", response_class=FastJSONResponse)
 async def rfm_cell_members(r: Score, f: Score, resources: ReadAccess, grant: Grant,
-                           cursor: Annotated[str | None, Query(max_length=600)] = None,
+                           cursor: Annotated[str | None,
+                                             Query(max_length=MAX_CURSOR_LENGTH)] = None,
                            limit: Annotated[int, Query(ge=1, le=1000)] = 100
                            ) -> FastJSONResponse:
     """A page of the clients of one RFM map cell; pass `next_cursor` back for the next."""

@@ -23,7 +23,7 @@ from features.events import format_time
 from features.rfm import RFM_SEGMENTS
 from features.segments import LIFECYCLE_PREFIX, RFM_PREFIX, all_segment_names
 from sinks import console_store
-from sinks.segment_store import BadCursor, SegmentStore
+from sinks.segment_store import MAX_CURSOR_LENGTH, BadCursor, SegmentStore
 
 router = APIRouter(prefix="/v1/segments", tags=["segments"],
                    responses=problems(400, 401, 404, 422, 503))
@@ -79,7 +79,7 @@ async def list_segments(resources: ReadAccess, grant: Grant) -> FastJSONResponse
 
 @router.get("/{name}/members", response_class=FastJSONResponse)
 async def segment_members(name: SegmentName, resources: ReadAccess, grant: Grant,
-                          cursor: Annotated[str | None, Query(max_length=600)] = None,
+                          cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_LENGTH)] = None,
                           limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100
                           ) -> FastJSONResponse:
     """A page of members in a stable order; pass `next_cursor` back for the next page
