@@ -389,6 +389,12 @@ def test_timestamps_outside_the_window_are_rejected_or_clamped(
         errors = [r["error"] for r in response.json()["rejected"]]
         assert errors == ["timestamp: more than 30d in the past",
                           "timestamp: more than 1h in the future"]
+        native = httpx.post(url + "/v1/events", auth=(WRITE_KEY, ""), json=[
+            {"event_id": "n-old", "type": "visit", "client_id": "u1",
+             "event_time": "2001-01-01T00:00:00Z"}])
+        assert native.status_code == 400
+        assert [(r["field"], r["error"]) for r in native.json()["rejected"]] == [
+            ("event_time", "event_time: more than 30d in the past")]
     clamping = _window_settings(redis_url, key_prefix + "c", "clamp")
     with api_server(clamping) as url:
         before = time.time()

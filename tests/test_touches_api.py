@@ -3,6 +3,7 @@ the ledger and the trigger stream, counted for dedup and caps like automatic tri
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,9 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from config.settings import Settings
+from features.events import format_time
 from features.triggers import trigger_id
+from sinks.keys import KeyLayout
 from tests.support import (
     ADMIN_KEY,
     READ_KEY,
@@ -148,3 +151,33 @@ def test_touch_for_a_client_id_with_a_slash(api: str, settings: Settings) -> Non
     assert response.json()["touch_id"] == trigger_id("shop/42", "renewal_call", "")
     drain(settings)
     assert [t["type"] for t in touches(api, "shop/42")] == ["renewal_call"]
+
+
+def test_touches_follow_the_events_time_window(redis_url: str, key_prefix: str,
+                                               redis_client: redis.Redis) -> None:
+    """touched_at is held to api.max_past_age and api.out_of_window like an event's time,
+    and a time no float can hold is a 400 naming it."""
+    good = {"occasion": "renewal_call", "status": "done"}
+    old = time.time() - 40 * 86400
+    window = {"max_past_age": "30d", "max_future_skew": "1h"}
+    rejecting = make_settings(redis_url, key_prefix, policy=POLICY,
+                              api={**window, "out_of_window": "reject"})
+    with api_server(rejecting) as url:
+        for touched_at, problem in [(old, "more than 30d in the past"),
+                                    (time.time() + 86400, "more than 1h in the future"),
+                                    (10 ** 400, "time out of range")]:
+            response = post_touch(url, "c1", {**good, "touched_at": touched_at})
+            assert response.status_code == 400, response.text
+            assert response.json()["field"] == "touched_at"
+            assert problem in response.json()["detail"]
+    clamping = make_settings(redis_url, key_prefix + "c", policy=POLICY,
+                             api={**window, "out_of_window": "clamp"})
+    with api_server(clamping) as url:
+        before = time.time()
+        response = post_touch(url, "c1", {**good, "touched_at": old})
+        assert response.status_code == 202, response.text
+    [(_, fields)] = [entry for stream in KeyLayout.from_settings(clamping).all_event_streams()
+                     for entry in redis_client.xrange(stream)]
+    stored = json.loads(fields[b"e"])
+    assert abs(stored["event_time"] - (before - 30 * 86400)) < 5
+    assert stored["properties"]["clamped_event_time"] == format_time(old)

@@ -93,7 +93,8 @@ def _reason(error: EventError) -> str:
     return _INDEX.sub("", error.field).split(".")[0][:32]
 
 
-def _parse(item: object, parser: Parser, received_at: float, resources: Resources) -> Event:
+def _parse(item: object, parser: Parser, received_at: float, resources: Resources,
+           time_field: str) -> Event:
     api = resources.settings.api
     size = len(json.dumps(item, separators=(",", ":"), default=str))
     if size > api.max_event_bytes:
@@ -106,12 +107,13 @@ def _parse(item: object, parser: Parser, received_at: float, resources: Resource
         raise EventError("type", f"{event.type.value} is written by crmflow itself (send an "
                                  "identify with userId and anonymousId to link; erase with "
                                  "DELETE /v1/profiles/{client_id})")
-    return _in_window(event, received_at, api)
+    return in_window(event, received_at, api, time_field)
 
 
-def _in_window(event: Event, received_at: float, api: ApiSettings) -> Event:
-    """The event time within [now - max_past_age, now + max_future_skew]: refused outside,
-    or (out_of_window: clamp) moved to the edge, with the original time kept."""
+def in_window(event: Event, received_at: float, api: ApiSettings, time_field: str) -> Event:
+    """The event time within [now - max_past_age, now + max_future_skew]: refused outside
+    (the error names `time_field`, the field the sender set the time in), or (out_of_window:
+    clamp) moved to the edge, with the original time kept."""
     latest = received_at + api.max_future_skew
     earliest = received_at - api.max_past_age if api.max_past_age > 0 else None
     if event.event_time > latest:
@@ -121,11 +123,13 @@ def _in_window(event: Event, received_at: float, api: ApiSettings) -> Event:
     else:
         return event
     if api.out_of_window == "reject":
-        raise EventError("timestamp", problem)
+        raise EventError(time_field, problem)
     properties = {**event.properties, "clamped_event_time": format_time(event.event_time)}
     return replace(event, event_time=edge, properties=properties)
 
 
+# the field an event's time is sent in, per source
+TIME_FIELDS = {"native": "event_time", "segment": "timestamp"}
 BACKLOG_RETRY_AFTER = 5
 BACKLOG_WARN_AT = 0.8  # of the cap
 _warned_at = 0.0
@@ -157,11 +161,12 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
 async def _ingest(items: Sequence[object], *, parser: Parser, source: str, single: bool,
                   resources: Resources) -> JSONResponse:
     received_at = time.time()
+    time_field = TIME_FIELDS[source]
     events: list[Event] = []
     rejected: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
-            events.append(_parse(item, parser, received_at, resources))
+            events.append(_parse(item, parser, received_at, resources, time_field))
         except EventError as exc:
             resources.metrics.rejected.labels(source, _reason(exc)).inc()
             entry: dict[str, Any] = {"index": index, "field": exc.field, "error": str(exc)}

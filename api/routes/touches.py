@@ -20,8 +20,8 @@ from fastapi.responses import JSONResponse
 
 from api.deps import ReadGrant, Resources, ResourcesDep, granted
 from api.responses import problems
+from api.routes.ingest import in_window
 from api.routes.profiles import resolve
-from config.durations import format_duration
 from features.events import ANONYMOUS_PREFIX, EventError, content_event_id, parse_event, parse_time
 from features.triggers import trigger_id
 
@@ -74,10 +74,6 @@ async def record_touch(client_id: ClientId, body: TouchBody, request: Request,
     try:
         event_time = (received_at if body.get("touched_at") is None
                       else parse_time(body["touched_at"], "touched_at"))
-        if event_time > received_at + resources.settings.api.max_future_skew:
-            raise EventError("touched_at", "more than "
-                             f"{format_duration(resources.settings.api.max_future_skew)} "
-                             "in the future")
         touch_id = body.get("touch_id")
         if touch_id is not None and (not isinstance(touch_id, str) or not touch_id
                                      or len(touch_id) > 200):
@@ -93,7 +89,8 @@ async def record_touch(client_id: ClientId, body: TouchBody, request: Request,
             raw["client_id"] = client_id
         if body.get("channel") is not None:
             raw["channel"] = body["channel"]
-        event = parse_event(raw)
+        # the same window as ingested events: refused, or clamped with the time kept
+        event = in_window(parse_event(raw), received_at, resources.settings.api, "touched_at")
     except EventError as exc:
         return _bad(exc.field.removeprefix("properties."), exc.message)
     if len(json.dumps(raw, default=str)) > resources.settings.api.max_event_bytes:
