@@ -161,6 +161,30 @@ class ApiSettings(Section):
     max_batch_bytes: PositiveInt = 500 * 1024
 
     @model_validator(mode="after")
+    def _keys_are_distinct_and_not_empty(self) -> ApiSettings:
+        """A key mistake must stop start-up, not widen access: an empty key would let an
+        empty bearer token in, and a key in two roles gets the wider one (a point's key
+        also listed in read_keys would read every point). Messages never show a key."""
+        roles: dict[str, str] = {}
+        lists = (("write_keys", self.write_keys), ("read_keys", self.read_keys),
+                 ("admin_keys", self.admin_keys), ("point_read_keys", list(self.point_read_keys)))
+        for name, keys in lists:
+            for index, key in enumerate(keys):
+                where = f"api.{name}" + ("" if name == "point_read_keys" else f"[{index}]")
+                if not key.strip():
+                    raise ValueError(f"{where}: an empty key (it would accept an empty "
+                                     "token)")
+                other = roles.setdefault(key, name)
+                if other != name:
+                    raise ValueError(f"api.{name}: a key is also in api.{other}; give each "
+                                     "role its own keys")
+        for point in self.point_read_keys.values():
+            if not point.strip():
+                raise ValueError("api.point_read_keys: a key with an empty point (expected "
+                                 "{key: point_id})")
+        return self
+
+    @model_validator(mode="after")
     def _batch_holds_an_event(self) -> ApiSettings:
         if self.max_batch_bytes < self.max_event_bytes:
             raise ValueError(f"max_batch_bytes ({self.max_batch_bytes}) must be at least "

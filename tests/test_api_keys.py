@@ -8,11 +8,11 @@ from config.settings import ApiSettings
 
 def test_each_key_holds_the_scopes_of_the_lists_it_is_in() -> None:
     keys = KeyScopes.from_settings(ApiSettings(
-        write_keys=["wk"], read_keys=["rk", "shared"], admin_keys=["ak", "shared"],
+        write_keys=["wk"], read_keys=["rk", "rk2"], admin_keys=["ak"],
         point_read_keys={"pk-leeds": "leeds", "pk-york": "york"}))
     assert keys.of("wk") == {"write"}
     assert keys.of("rk") == {"read"}
-    assert keys.of("shared") == {"read", "admin"}
+    assert keys.of("rk2") == {"read"} and keys.of("ak") == {"admin"}
     assert keys.of("pk-york") == {"point"}
     assert keys.point("pk-leeds") == "leeds" and keys.point("rk") is None
     for unknown in ("", "w", "wk ", "WK", "rk-point-leeds"):

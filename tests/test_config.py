@@ -437,3 +437,18 @@ def test_several_hosts_are_configured_by_addresses_and_process_id(
     monkeypatch.setenv("CRMFLOW_DATAFLOW__PROCESS_ID", "2")
     with pytest.raises(ConfigError, match=r"dataflow.*process_id must be an index"):
         load_settings()
+
+
+@pytest.mark.parametrize(("api", "expected"), [
+    ("read_keys: ['']", "api.read_keys[0]: an empty key"),
+    ("write_keys: [w, '  ']", "api.write_keys[1]: an empty key"),
+    ("point_read_keys: {'': leeds}", "api.point_read_keys: an empty key"),
+    ("point_read_keys: {pk: ''}", "api.point_read_keys: a key with an empty point"),
+    ("read_keys: [rk]\n  point_read_keys: {rk: leeds}",
+     "api.point_read_keys: a key is also in api.read_keys"),
+    ("write_keys: [k1]\n  admin_keys: [k1]", "api.admin_keys: a key is also in api.write_keys"),
+])
+def test_key_mistakes_that_would_widen_access_stop_start_up(
+        tmp_path: Path, api: str, expected: str) -> None:
+    message = config_error(write(tmp_path, f"api:\n  {api}\n"))
+    assert expected in message
