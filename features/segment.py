@@ -7,7 +7,9 @@ become `custom` events (kept, not dropped).
 
 Event time follows Segment's clock-skew correction: a device's `timestamp` is shifted by
 the difference between when crmflow received the message and the device's `sentAt`, so a
-phone whose clock is an hour fast still records events when they happened.
+phone whose clock is an hour fast still records events when they happened. A message
+Segment already processed (with `receivedAt` or `originalTimestamp`, as archives hold
+them) carries the corrected `timestamp`, used as is.
 """
 
 from __future__ import annotations
@@ -126,10 +128,23 @@ def _channel_from_name(name: str) -> str | None:
 
 
 def _event_time(message: Mapping[str, Any], received_at: float) -> float:
-    stamped = _first(message, "timestamp", "originalTimestamp")
-    if stamped is None:
+    """When the event happened, as Segment's spec computes `timestamp`:
+    receivedAt - (sentAt - device time).
+
+    A library sends the device time as `timestamp` (or `originalTimestamp`) with `sentAt`;
+    it is corrected by the skew. A message Segment already processed (an archive: it
+    carries `receivedAt` or `originalTimestamp`) holds the corrected time in `timestamp`,
+    taken as is: correcting it again would move it by the skew twice. Without `timestamp`,
+    its `originalTimestamp` is corrected."""
+    processed = _first(message, "receivedAt", "originalTimestamp") is not None
+    if message.get("timestamp") not in (None, ""):
+        event_time = parse_time(message["timestamp"], "timestamp")
+        if processed:
+            return event_time
+    elif message.get("originalTimestamp") not in (None, ""):
+        event_time = parse_time(message["originalTimestamp"], "originalTimestamp")
+    else:
         return received_at
-    event_time = parse_time(stamped, "timestamp")
     sent = message.get("sentAt")
     if sent is not None:
         with contextlib.suppress(EventError):  # a bad sentAt loses the correction, not the event
@@ -176,12 +191,19 @@ def from_segment(message: object, received_at: float) -> Event:
         raise EventError("type", f"unsupported message type {kind!r} (expected track, "
                                  "identify, page, screen, alias or group)")
     message_id = message.get("messageId")
-    # Without an id, the content and the (corrected) time identify the event: a resend
-    # is recognised, the same action repeated later is not mistaken for one.
-    canonical["event_id"] = message_id if message_id else content_event_id(
-        {**{k: v for k, v in message.items() if k not in ("sentAt", "receivedAt")},
-         "event_time": canonical["event_time"]})
+    canonical["event_id"] = message_id if message_id else _content_id(message, canonical)
     return parse_event(canonical)
+
+
+def _content_id(message: Mapping[str, Any], canonical: Mapping[str, Any]) -> str:
+    """The id of a message sent without messageId: its own fields, times as sent, so a
+    resend is recognised (not the corrected time, which moves with sentAt and the arrival).
+    A message with no time of its own adds the arrival, so the same action repeated later
+    is not mistaken for a resend."""
+    content = {k: v for k, v in message.items() if k not in ("sentAt", "receivedAt")}
+    if _first(message, "timestamp", "originalTimestamp") is None:
+        content["event_time"] = canonical["event_time"]
+    return content_event_id(content)
 
 
 def from_native(raw: object, received_at: float) -> Event:

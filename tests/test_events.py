@@ -454,3 +454,47 @@ def test_refund_with_items_and_no_total_refunds_those_items() -> None:
                          "order": {"order_id": "o1",
                                    "items": [{"product_id": "b", "price": 40}]}})
     assert event.order is not None and event.order.total == 40.0
+
+
+# --- Segment times and ids --------------------------------------------------------------------
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def test_segment_time_is_corrected_once() -> None:
+    """A library's device time is corrected by receivedAt - sentAt; a message Segment already
+    processed (an archive: receivedAt, originalTimestamp) holds the corrected timestamp."""
+    from features.segment import from_segment
+    received = T0 + 7200  # the device clock is 2 h behind
+    live = {"type": "track", "event": "x", "userId": "u", "messageId": "m",
+            "timestamp": _iso(T0 - 60), "sentAt": _iso(T0)}
+    expected = pytest.approx(received - 60, abs=0.01)
+    assert from_segment(live, received).event_time == expected
+    archived = {**live, "timestamp": _iso(received - 60), "originalTimestamp": _iso(T0 - 60),
+                "receivedAt": _iso(received)}
+    assert from_segment(archived, received).event_time == expected
+    without_original = {k: v for k, v in archived.items() if k != "originalTimestamp"}
+    assert from_segment(without_original, received).event_time == expected
+    only_original = {k: v for k, v in archived.items() if k != "timestamp"}
+    assert from_segment(only_original, received).event_time == expected
+    with pytest.raises(EventError) as info:
+        from_segment({**only_original, "originalTimestamp": "soon"}, received)
+    assert info.value.field == "originalTimestamp"
+    with pytest.raises(EventError) as info:
+        from_segment({**archived, "timestamp": "soon"}, received)
+    assert info.value.field == "timestamp"
+
+
+def test_a_segment_resend_without_message_id_keeps_its_id() -> None:
+    """Without messageId the id hashes the message as sent: a resend later (another sentAt,
+    another arrival) is the same event; without a time of its own, the arrival counts."""
+    from features.segment import from_segment
+    message = {"type": "track", "event": "Order Completed", "userId": "u1",
+               "timestamp": _iso(T0), "properties": {"order_id": "o1", "total": 10}}
+    first = from_segment({**message, "sentAt": _iso(T0 + 5)}, T0 + 6)
+    resent = from_segment({**message, "sentAt": _iso(T0 + 600)}, T0 + 601)
+    assert first.event_id == resent.event_id
+    assert from_segment(message, T0 + 6).event_id == first.event_id
+    untimed = {k: v for k, v in message.items() if k != "timestamp"}
+    assert from_segment(untimed, T0).event_id != from_segment(untimed, T0 + 60).event_id
