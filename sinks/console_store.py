@@ -6,7 +6,7 @@ key reads (minutes x partitions, partitions, one field); none scans the keyspace
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -62,24 +62,53 @@ class Match:
     value: str
 
 
+Keep = Callable[[list[Match]], Awaitable[list[Match]]]
+
+
 async def lookup(client: aioredis.Redis, layout: KeyLayout, prefixes: Sequence[str],
-                 limit: int) -> list[Match]:
-    """Clients whose email or phone starts with one of `prefixes` ("email:ali"...), at
-    most `limit` from each partition, in value order."""
-    async with client.pipeline(transaction=False) as pipe:
-        for prefix in prefixes:
-            low = b"[" + prefix.encode()
-            high = b"[" + prefix.encode() + b"\xff"
-            for partition in range(layout.partitions):
-                pipe.zrange(layout.lookup(partition), low, high, bylex=True, offset=0,
-                            num=limit)
-        replies = cast(list[list[bytes]], await pipe.execute())
+                 limit: int, keep: Keep | None = None) -> list[Match]:
+    """The first `limit` clients, in value order, whose email or phone starts with one of
+    `prefixes` ("email:ali"...) and that `keep` keeps (a point's key: its own clients).
+
+    Each (prefix, partition) range is read `limit` entries at a time; with `keep`, a range
+    is read further while it may still hold a kept match that sorts among the first
+    `limit`, so matches `keep` drops do not use up the limit."""
+    ranges = [(layout.lookup(partition), prefix.encode()) for prefix in prefixes
+              for partition in range(layout.partitions)]
+    starts = {i: b"[" + prefix for i, (_, prefix) in enumerate(ranges)}
+    last: dict[int, tuple[str, str]] = {}  # each open range's last entry read
     found: dict[tuple[str, str], Match] = {}
-    for reply in replies:
-        for raw in reply:
-            key, _, client_id = raw.decode().partition("\0")
-            kind, _, value = key.partition(":")
-            found.setdefault((client_id, key), Match(client_id, kind, value))
+    while starts:
+        order = list(starts)
+        async with client.pipeline(transaction=False) as pipe:
+            for i in order:
+                key, prefix = ranges[i]
+                pipe.zrange(key, starts[i], b"[" + prefix + b"\xff", bylex=True, offset=0,
+                            num=limit)
+            replies = cast(list[list[bytes]], await pipe.execute())
+        read: list[Match] = []
+        for i, reply in zip(order, replies, strict=True):
+            for raw in reply:
+                entry, _, client_id = raw.decode().partition("\0")
+                kind, _, value = entry.partition(":")
+                if (client_id, entry) not in found:
+                    found[(client_id, entry)] = Match(client_id, kind, value)
+                    read.append(found[(client_id, entry)])
+            if len(reply) < limit:
+                del starts[i]  # read to its end
+            else:
+                starts[i] = b"(" + reply[-1]
+                entry, _, client_id = reply[-1].decode().partition("\0")
+                last[i] = (entry.partition(":")[2], client_id)
+        if keep is None:
+            break  # each range's first `limit` hold the first `limit` of all
+        dropped = set(read) - set(await keep(read))
+        for match in dropped:
+            del found[(match.client_id, f"{match.matched}:{match.value}")]
+        kept = sorted((m.value, m.client_id) for m in found.values())
+        if len(kept) >= limit:  # read on only where something earlier may still be
+            cutoff = kept[limit - 1]
+            starts = {i: start for i, start in starts.items() if last[i] < cutoff}
     return sorted(found.values(), key=lambda m: (m.value, m.client_id))[:limit]
 
 

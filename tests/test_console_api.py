@@ -412,3 +412,32 @@ def test_an_erased_client_leaves_the_lookup_timeline_and_point_sets(redis_url: s
         assert leftovers == []
         assert client.hget(layout.timeline(layout.bucket_of("gus")), "gus") is None
         assert httpx.get(url + "/v1/rfm/map", headers=auth(LEEDS_KEY)).json()["clients"] == 0
+
+
+def test_a_points_lookup_is_limited_after_other_points_are_left_out(redis_url: str) -> None:
+    """Other points' matches sorting first must not use up a point key's limit."""
+    settings = make_settings(redis_url, f"t{uuid.uuid4().hex[:12]}",
+                             api={"point_read_keys": {LEEDS_KEY: "leeds", YORK_KEY: "york"}})
+    now = time.time()
+    york = [f"y{n}" for n in range(12)]  # their emails sort before every leeds email
+    leeds = ["l0", "l1", "l2"]
+    events = [{"event_id": f"id-{cid}", "type": "identify", "client_id": cid,
+               "event_time": now - 60,
+               "traits": {"point_id": point, "email": f"aa{rank:02d}@x.example"}}
+              for rank, (cid, point) in enumerate([(c, "york") for c in york]
+                                                  + [(c, "leeds") for c in leeds])]
+    with api_server(settings) as url:
+        assert post_events(url, events).json()["rejected"] == []
+        drain(settings)
+
+        def found(key: str, limit: int) -> list[str]:
+            response = httpx.get(url + "/v1/lookup", params={"q": "aa", "limit": limit},
+                                 headers=auth(key))
+            assert response.status_code == 200, response.text
+            return [c["client_id"] for c in response.json()["clients"]]
+
+        assert found(LEEDS_KEY, 1) == ["l0"]
+        assert found(LEEDS_KEY, 2) == ["l0", "l1"]
+        assert found(LEEDS_KEY, 20) == leeds
+        assert found(YORK_KEY, 3) == york[:3]
+        assert found(ADMIN_KEY, 3) == york[:3]

@@ -19,6 +19,7 @@ from features.events import format_time
 from features.lookup import query_prefixes
 from features.segments import SCORES, rfm_cell_name
 from sinks import console_store, rfm_index
+from sinks.console_store import Match
 from sinks.segment_store import MAX_CURSOR_LENGTH, BadCursor, SegmentStore
 
 router = APIRouter(prefix="/v1", tags=["console"], responses=problems(401, 403, 422, 503))
@@ -101,13 +102,18 @@ async def lookup(resources: ReadAccess, grant: Grant,
     found = await resolve(resources, query, grant)
     if found is not None:
         clients.append({"client_id": found[0], "matched": "client_id", "value": query})
+
+    async def own_point(matches: list[Match]) -> list[Match]:
+        """A point's key: only its clients, filtered before the limit is applied."""
+        if not matches:
+            return matches
+        states = await resources.profiles.states(sorted({m.client_id for m in matches}))
+        return [m for m in matches
+                if m.client_id in states and grant.sees(states[m.client_id])]
+
     matches = await console_store.lookup(resources.redis, resources.layout,
-                                         query_prefixes(query), limit)
-    if grant.point is not None and matches:
-        states = await resources.profiles.states(
-            sorted({m.client_id for m in matches}))
-        matches = [m for m in matches
-                   if m.client_id in states and grant.sees(states[m.client_id])]
+                                         query_prefixes(query), limit,
+                                         keep=own_point if grant.point is not None else None)
     listed = {c["client_id"] for c in clients}
     for match in matches:
         if match.client_id not in listed:
