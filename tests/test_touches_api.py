@@ -181,3 +181,29 @@ def test_touches_follow_the_events_time_window(redis_url: str, key_prefix: str,
     stored = json.loads(fields[b"e"])
     assert abs(stored["event_time"] - (before - 30 * 86400)) < 5
     assert stored["properties"]["clamped_event_time"] == format_time(old)
+
+
+def test_a_merged_anonymous_id_reads_and_records_the_clients_touches(
+        api: str, settings: Settings) -> None:
+    now = time.time()
+    sent = post_events(api, [
+        {"event_id": "v1", "type": "product_view", "anonymous_id": "u1",
+         "event_time": now - 90, "products": [{"product_id": "p1"}]},
+        {"event_id": "i1", "type": "identify", "client_id": "c3", "anonymous_id": "u1",
+         "event_time": now - 80}])
+    assert sent.status_code == 200, sent.text
+    drain(settings)
+    response = post_touch(api, "anon:u1", {"occasion": "call", "status": "done"})
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert answer["client_id"] == "c3"
+    assert answer["touch_id"] == trigger_id("c3", "call", "")
+    drain(settings)
+    by_client = touches(api, "c3")
+    assert [t["trigger_id"] for t in by_client if t["type"] == "call"] == [answer["touch_id"]]
+    merged = httpx.get(f"{api}/v1/profiles/anon:u1/touches", headers=read_headers())
+    assert merged.status_code == 200, merged.text
+    assert merged.json()["client_id"] == "c3" and merged.json()["requested_id"] == "anon:u1"
+    assert merged.json()["touches"] == by_client
+    unknown = httpx.get(f"{api}/v1/profiles/anon:nobody/touches", headers=read_headers())
+    assert unknown.status_code == 404

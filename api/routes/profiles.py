@@ -36,14 +36,17 @@ SUBRESOURCES = ("/touches", "/segments", "/timeline")
 @router.get("/{client_id:path}/touches", response_class=FastJSONResponse)
 async def get_touches(client_id: str, resources: ReadAccess, grant: Grant,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> FastJSONResponse:
-    """The client's touch ledger, newest first: trigger decisions and manual touches."""
-    store = resources.profiles
-    state = await store.state(client_id) if grant.point is not None else None
-    visible = grant.point is None or (state is not None and grant.sees(state))
-    touches = await store.touches(client_id, limit) if visible else None
-    if touches is None:
+    """The client's touch ledger, newest first: trigger decisions and manual touches. An
+    anonymous id merged into a client answers that client's ledger (`requested_id` is the
+    id asked for), as the profile does."""
+    found = await resolve(resources, client_id, grant)
+    touches = None if found is None else await resources.profiles.touches(found[0], limit)
+    if found is None or touches is None:
         raise _not_found(resources, "/v1/profiles/{client_id}/touches", client_id)
-    return FastJSONResponse({"client_id": client_id, "touches": touches})
+    body: dict[str, Any] = {"client_id": found[0], "touches": touches}
+    if found[0] != client_id:
+        body["requested_id"] = client_id
+    return FastJSONResponse(body)
 
 
 @router.get("/{client_id:path}/timeline", response_class=FastJSONResponse)

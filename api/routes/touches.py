@@ -46,15 +46,19 @@ def can_record(grant: ReadGrant) -> bool:
     return grant.scope in ("admin", "point")
 
 
-async def _check_writer(request: Request, resources: Resources, client_id: str) -> None:
-    """An admin key records for anyone; a point's key for its own clients (another point's
-    client, or an unknown one, is answered 404 as on reads)."""
+async def _check_writer(request: Request, resources: Resources, client_id: str) -> str:
+    """The key to record the touch for: an anonymous id merged into a client is that client
+    (its ledger is the client's). An admin key records for anyone, a client not seen yet
+    too; a point's key for its own clients (another point's client, or an unknown one, is
+    answered 404 as on reads)."""
     grant = granted(resources, request, needs="admin key", action="record touches")
     if not can_record(grant):
         raise HTTPException(403, detail="recording a touch needs an admin key or a point "
                                         "manager's key")
-    if grant.point is not None and await resolve(resources, client_id, grant) is None:
+    found = await resolve(resources, client_id, grant)
+    if found is None and grant.point is not None:
         raise HTTPException(404, detail=f"unknown client {client_id!r}")
+    return client_id if found is None else found[0]
 
 
 def _bad(field: str, message: str) -> JSONResponse:
@@ -66,7 +70,7 @@ def _bad(field: str, message: str) -> JSONResponse:
 async def record_touch(client_id: ClientId, body: TouchBody, request: Request,
                        resources: ResourcesDep) -> JSONResponse:
     """Record a manual touch; answers 202 with the touch's id (its occasion's trigger id)."""
-    await _check_writer(request, resources, client_id)
+    client_id = await _check_writer(request, resources, client_id)
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         return _bad(unknown[0], f"unknown field (known: {', '.join(FIELDS)})")
