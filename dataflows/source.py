@@ -90,6 +90,7 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
         self._count_key = layout.events_count(partition)
         self._read_number: int | None = None  # `n` of the last entry read
         self._caught_up = False
+        self._retry_in = 0.0  # after a failed read: the backoff before the next one
         self._last_tick = 0.0
         self._last_heartbeat = 0.0
         self._label = str(partition)
@@ -97,6 +98,8 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
 
     def next_batch(self) -> list[KeyedItem]:
         entries = self._read()
+        if entries is None:
+            return []  # a failed read says nothing about the head: no tick, no stop, no lag
         items: list[KeyedItem] = []
         for stream_id_raw, fields in entries:
             stream_id = stream_id_raw.decode()
@@ -143,17 +146,22 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
             if ms > 0:
                 self._client.xtrim(self._stream, minid=f"{ms}-{seq}", approximate=False)
 
-    def _read(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    def _read(self) -> list[tuple[bytes, dict[bytes, bytes]]] | None:
+        """The next entries, or None when Redis did not answer: unread entries may remain,
+        so a failure must never pass for being caught up (that would put the wall clock on
+        ticks ahead of the backlog, or end a drain with it unread); it only backs off."""
         if self._stopping:
             raise StopIteration
         try:
             entries = self._client.xrange(self._stream, min="(" + self._position, max="+",
                                           count=self._config.batch_size)
-            return cast(list[tuple[bytes, dict[bytes, bytes]]], entries)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("partition %d: redis unavailable (%s); will retry", self._partition, exc)
-            self._caught_up = True
-            return []
+            self._retry_in = min(max(self._retry_in * 2, 0.05), 2.0)
+            log.warning("partition %d: redis unavailable (%s); retrying in %.2fs",
+                        self._partition, exc, self._retry_in)
+            return None
+        self._retry_in = 0.0
+        return cast(list[tuple[bytes, dict[bytes, bytes]]], entries)
 
     def _ticks(self, now: float) -> list[KeyedItem]:
         """At the head the clock is wall time; behind it, the arrival time of the last
@@ -197,6 +205,8 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
                              px=int(self._config.heartbeat_ttl * 1000))
 
     def next_awake(self) -> datetime | None:
+        if self._retry_in:
+            return datetime.now(UTC) + timedelta(seconds=self._retry_in)
         if self._caught_up:
             return datetime.now(UTC) + timedelta(seconds=self._config.idle_wait)
         return None

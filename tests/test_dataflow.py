@@ -302,6 +302,38 @@ def test_pending_entries_count_what_is_appended_and_not_yet_read(
     partition.close()
 
 
+def test_a_failed_read_is_not_taken_for_the_stream_head(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """During an outage the reader knows nothing of the backlog: its ticks must not carry
+    the wall clock (timers would fire ahead of unread events), a drain must not end, and
+    the lag must not drop to 0."""
+    settings = make_settings(redis_url, key_prefix)
+    layout = KeyLayout.from_settings(settings)
+    appended = int((time.time() - 3 * 3600) * 1000)
+    for n in range(3):
+        redis_client.xadd(layout.events(0), {"k": "x", "t": "0", "e": "{}", "n": n + 1},
+                          id=f"{appended + n}-0")
+    registry = CollectorRegistry()
+    source = EventStreamSource(lambda: store_factory(settings),
+                               SourceConfig(batch_size=1, tick_interval=0, idle_wait=0.01,
+                                            heartbeat_ttl=5, stop_when_caught_up=True),
+                               DataflowMetrics.create(registry))
+    partition = source.build_part("events", "0", None)
+    assert [item[0] for _, item in partition.next_batch()][0] == "e"
+    reachable = partition._client
+    partition._client = redis.Redis(port=free_port(), socket_connect_timeout=0.2)  # down
+    during = partition.next_batch()
+    assert not [item for _, item in during if item[0] == "t" and item[-1]]  # no at_head tick
+    lag = registry.get_sample_value("crmflow_consumer_lag_seconds", {"partition": "0"})
+    assert lag is not None and lag > 3 * 3600 - 60
+    assert partition.next_awake() is not None  # it backs off
+    partition._client.close()
+    partition._client = reachable
+    read = [item for _ in range(3) for _, item in partition.next_batch() if item[0] == "e"]
+    assert len(read) == 2  # the drain went on to the end of the backlog
+    partition.close()
+
+
 def test_as_of_bounds_which_timers_fire(redis_client: redis.Redis, redis_url: str,
                                         key_prefix: str) -> None:
     settings = make_settings(redis_url, key_prefix)
