@@ -58,6 +58,7 @@ from sinks.bucket_store import (
     minute_of,
     stream_id_key,
 )
+from sinks.erasure import dead_letter_of
 
 EVENT = "e"
 TICK = "t"
@@ -253,16 +254,16 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
             event = parse_event(orjson.loads(raw))
         except (ValueError, EventError) as exc:
             reason = f"invalid event: {exc}" if isinstance(exc, EventError) else "invalid json"
-            dead.append(DeadLetter(reason, stream_id, raw))
+            dead.append(DeadLetter(reason, stream_id, raw, client_key))
             self._counts[(self._metrics.dead_letters, "invalid")] += 1
             return 0
         if event.client_key != client_key or bucket_of(client_key, self._buckets) != self._bucket:
             dead.append(DeadLetter("misrouted: entry key does not match the event's client",
-                                   stream_id, raw))
+                                   stream_id, raw, client_key))
             self._counts[(self._metrics.dead_letters, "misrouted")] += 1
             return 0
         if event.type is EventType.ERASURE_REQUESTED:
-            self._erase(client_key, event, stream_id, dirty, triggers)
+            self._erase(client_key, event, stream_id, dirty, triggers, dead)
             return 1
         before = self._states.get(client_key)
         outcome = handle(client_key, before, event, self._rules,
@@ -293,9 +294,11 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         return 1
 
     def _erase(self, client_key: str, event: Event, stream_id: str, dirty: set[str],
-               triggers: list[Trigger]) -> None:
-        """Forget the client: its state, timers and this batch's decisions about it; the
-        anonymous ids merged into it are erased too (their own requests, in their order)."""
+               triggers: list[Trigger], dead: list[DeadLetter]) -> None:
+        """Forget the client: its state, timers and this batch's decisions and dead letters
+        about it (the job's purge only reaches dead letters already written when the commit
+        records it, before this batch's); the anonymous ids merged into it are erased too
+        (their own requests, in their order)."""
         state = self._states.pop(client_key, None)
         self._stale.discard(client_key)
         if self._scheduled.pop(client_key, None) is not None:
@@ -303,6 +306,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         dirty.discard(client_key)
         self._before.pop(client_key, None)
         triggers[:] = [t for t in triggers if t.client_id != client_key]
+        dead[:] = [d for d in dead if not dead_letter_of(client_key, d.client, d.entry)]
         self._emitted = [e for e in self._emitted if e.client_key != client_key]
         self._timelines.pop(client_key, None)
         self._erasures.append(Erasure(client_key, event.event_id, stream_id,

@@ -87,6 +87,7 @@ class DeadLetter:
     reason: str
     stream_id: str
     entry: bytes
+    client: str = ""  # the stream entry's key: what an erasure of that client matches on
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +261,7 @@ class BucketStore:
                      ledger, commit.trigger_points.get(trigger.client_id, ""),
                      len(fields) // 2, *fields]
         for letter in commit.dead_letters:
-            args += [letter.reason, letter.stream_id, letter.entry]
+            args += [letter.reason, letter.stream_id, letter.entry, letter.client]
         for change in commit.segment_changes:
             args += [change.client_id, "entered" if change.entered else "left", change.segment,
                      format_time(change.at) or ""]

@@ -19,7 +19,7 @@
 --       then per state: client, state bytes
 --       then per trigger: client, ledger field, type, status, ledger json, point ("" for
 --       none), number of stream fields N, then N field names and values for its entry
---       then per dead letter: reason, stream id, raw entry
+--       then per dead letter: reason, stream id, raw entry, the entry's client key
 --       then per segment change: client, "entered" or "left", segment, time
 --       then per member operation: sorted set key, member, "+" (add) or "-" (remove)
 --       then per timeline: client, new lines (newest first)
@@ -95,8 +95,9 @@ for _ = 1, tonumber(ARGV[8]) do
 end
 for _ = 1, tonumber(ARGV[9]) do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*',
-             'reason', ARGV[i], 'stream_id', ARGV[i + 1], 'entry', ARGV[i + 2])
-  i = i + 3
+             'reason', ARGV[i], 'stream_id', ARGV[i + 1], 'entry', ARGV[i + 2],
+             'client', ARGV[i + 3])
+  i = i + 4
 end
 for _ = 1, tonumber(ARGV[10]) do
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'client_id', ARGV[i],

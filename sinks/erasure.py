@@ -20,15 +20,39 @@ import logging
 from collections.abc import Callable
 from typing import Any, cast
 
+import orjson
 import redis
 
-from features.events import format_time
+from features.events import ANONYMOUS_PREFIX, format_time
 from sinks.keys import KeyLayout
 
 log = logging.getLogger(__name__)
 
 PAGE = 1000
 Fields = dict[bytes, bytes]
+
+
+def _named_client(entry: bytes) -> str | None:
+    """The client key a raw event names, as parsing would route it, even when the rest of
+    it is invalid (a dead letter is usually an event that did not parse)."""
+    try:
+        raw = orjson.loads(entry)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    for name, prefix in (("client_id", ""), ("anonymous_id", ANONYMOUS_PREFIX)):
+        value = raw.get(name)
+        if isinstance(value, str | int) and not isinstance(value, bool) and value != "":
+            return prefix + str(value)
+    return None
+
+
+def dead_letter_of(client_key: str, entry_key: str, entry: bytes) -> bool:
+    """Whether a dead letter is about the client: filed under its key, or its event names
+    it. Parsed keys, never a substring of the JSON (erasing "1" must not take "21"'s, and
+    an anonymous id or one with a quote is written differently inside the JSON)."""
+    return entry_key == client_key or _named_client(entry) == client_key
 
 
 def _purge_stream(client: redis.Redis, stream: str, through: str,
@@ -62,7 +86,9 @@ def _purge_job(client: redis.Redis, layout: KeyLayout, partition: int, job: dict
                                          lambda f: f.get(b"client_id") == key),
         "dead_letters": _purge_stream(client, layout.dead_letters(partition),
                                       job["dead_through"],
-                                      lambda f: key in f.get(b"entry", b"")),
+                                      lambda f: dead_letter_of(
+                                          str(job["client"]), f.get(b"client", b"").decode(
+                                              "utf-8", "replace"), f.get(b"entry", b""))),
     }
 
 

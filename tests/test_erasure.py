@@ -10,9 +10,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
+from dataflows.buckets import EVENT, BucketConfig, BucketLogic
+from dataflows.flow import store_factory
+from dataflows.metrics import DataflowMetrics
+from features.events import parse_event
+from features.rules import TriggerRules
+from sinks import erasure
+from sinks.bucket_store import START, BucketCommit, BucketStore, DeadLetter, Erasure
+from sinks.bytewax_sink import BucketCommitSink
+from sinks.event_log import encode_event
 from sinks.keys import KeyLayout
 from tests.support import (
     ADMIN_KEY,
@@ -159,3 +170,62 @@ def test_a_full_backlog_answers_touches_and_erasures_503_and_leaves_no_pending_s
         erased = http.delete(f"/v1/profiles/{CLIENT}", params={"wait": 0}, headers=ADMIN)
         assert erased.status_code == 503 and erased.headers["retry-after"] == "5", erased.text
     assert redis_client.hgetall(layout.erasure_status()) == {}
+
+
+def test_erasure_purges_exactly_the_clients_dead_letters(redis_client: redis.Redis,
+                                                         key_prefix: str) -> None:
+    """Dead letters are matched by the client they are about, not by a substring of their
+    JSON: "1" does not take "21"'s or "bob"'s, and an anonymous id or an id with a quote
+    (written differently inside the JSON) is found."""
+    layout = KeyLayout(key_prefix, 1, 4)  # one partition: every letter in one stream
+    store = BucketStore(redis_client, layout, ledger_max_entries=100, stream_maxlen=1000)
+
+    def raw(**ids: str) -> bytes:
+        return orjson.dumps({"type": "order_placed", "event_id": "x", **ids,
+                             "event_time": "2024-01-01T00:00:00Z"})
+    letters = [DeadLetter("invalid event: total", "1-0", raw(client_id="1")),
+               DeadLetter("invalid event: total", "2-0", raw(client_id="21")),
+               DeadLetter("invalid event: total", "3-0", raw(client_id="bob"), "bob"),
+               DeadLetter("invalid event: total", "4-0", raw(anonymous_id="zz")),
+               DeadLetter("invalid event: total", "5-0", raw(client_id='o"neil')),
+               DeadLetter("invalid json", "6-0", b'{"client_id": "carl', "carl")]
+    store.commit([BucketCommit(bucket=0, base=START, position="6-0", dead_letters=letters)])
+
+    def left() -> list[str]:
+        return [f[b"stream_id"].decode()
+                for _, f in redis_client.xrange(layout.dead_letters(0))]
+    for n, who in enumerate(["anon:zz", 'o"neil', "1", "carl"], 7):
+        bucket = layout.bucket_of(who)
+        base = redis_client.hget(layout.offsets(0), str(bucket))
+        store.commit([BucketCommit(bucket=bucket, base=base.decode() if base else START,
+                                   position=f"{n}-0",
+                                   erasures=[Erasure(who, f"er{n}", f"{n}-0", time.time())])])
+        erasure.purge(redis_client, layout, 0, time.time())
+    assert left() == ["2-0", "3-0"]
+
+
+def test_a_dead_letter_in_the_erasures_batch_is_erased(redis_url: str, redis_client: redis.Redis,
+                                                      key_prefix: str) -> None:
+    """The job's purge reaches the dead letters written before its commit; a bad event of
+    the client in the same batch is dropped by the bucket itself."""
+    settings = make_settings(redis_url, key_prefix)
+    store = store_factory(settings)
+    layout = store.layout
+    partition, bucket = layout.partition_of_client(CLIENT), layout.bucket_of(CLIENT)
+    now = time.time()
+    bad = orjson.dumps({"type": "order_placed", "event_id": "bad1", "client_id": CLIENT,
+                        "event_time": now, "traits": {"email": EMAIL}})  # no order: invalid
+    erase = encode_event(parse_event({"type": "erasure_requested", "event_id": "erasure-1",
+                                      "client_id": CLIENT, "event_time": now}))
+    ids = [redis_client.xadd(layout.events(partition), {"k": CLIENT, "e": raw, "n": n}).decode()
+           for n, raw in enumerate((bad, erase), 1)]
+    metrics = DataflowMetrics.create(CollectorRegistry())
+    logic = BucketLogic(bucket, store_factory(settings),
+                        BucketConfig(TriggerRules(), 0.5, 0.5), metrics)
+    sink = BucketCommitSink(lambda: store_factory(settings), metrics).build("s", 0, 1)
+    commits, _ = logic.on_batch([(EVENT, bucket, ids[0], CLIENT, bad),
+                                 (EVENT, bucket, ids[1], CLIENT, erase)])
+    sink.write_batch([(str(bucket), c) for c in commits])
+    sink.close()
+    assert redis_client.hget(layout.erasure_status(), "erasure-1") is not None
+    assert redis_client.xrange(layout.dead_letters(partition)) == []
