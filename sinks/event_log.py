@@ -49,7 +49,8 @@ def encode_event(event: Event) -> bytes:
 def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Event],
                   dedupe_ids: Sequence[str] | None = None) -> list[Call]:
     """One script call per partition: (indexes of its events, keys, args). Events are
-    de-duplicated by their id, or by `dedupe_ids` when given."""
+    de-duplicated by their id, or, when given, by `dedupe_ids`: the dataflow's own keys,
+    in their own key space."""
     grouped: dict[int, list[int]] = {}
     for index, event in enumerate(events):
         grouped.setdefault(layout.partition_of_client(event.client_key), []).append(index)
@@ -57,7 +58,8 @@ def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Ev
     for partition, indexes in grouped.items():
         args: list[str | bytes | int | float] = [int(options.dedupe_window),
                                                  options.max_stream_length,
-                                                 layout.seen(partition)]
+                                                 layout.seen(partition) if dedupe_ids is None
+                                                 else layout.emitted_seen(partition)]
         for index in indexes:
             event = events[index]
             args += [event.event_id if dedupe_ids is None else dedupe_ids[index],
@@ -134,7 +136,8 @@ class EventLog:
                ) -> list[bool]:
         if not events:
             return []
-        # the dataflow's own events (identity steps, forwards; dedupe_ids) need no new links
+        # the dataflow's own events (identity steps, forwards; dedupe_ids) need no new links,
+        # and are de-duplicated apart from ingested ids
         linked = with_links(events) if dedupe_ids is None else list(events)
         calls = _script_calls(self._layout, self._options, linked, dedupe_ids)
         results = run_scripts(self._client, self._script,

@@ -49,6 +49,12 @@ class KeyLayout:
         """Prefix of the ingest de-duplication keys; the SHA-1 of the event id follows."""
         return f"{self._tag(partition)}:seen:"
 
+    def emitted_seen(self, partition: int) -> str:
+        """Prefix of the de-duplication keys of the events the dataflow appends itself:
+        apart from `seen(partition)`, so that no ingested event id (free text) can take
+        the key of one of the dataflow's own and make it a duplicate."""
+        return f"{self._tag(partition)}:emitted:"
+
     def offsets(self, partition: int) -> str:
         return f"{self._tag(partition)}:offsets"
 

@@ -334,6 +334,26 @@ def test_a_failed_read_is_not_taken_for_the_stream_head(
     partition.close()
 
 
+def test_an_ingested_event_id_cannot_suppress_the_dataflows_own_events(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """Event ids are free text: one spelled like the dataflow's de-duplication key of an
+    identity merge must not make that merge a duplicate."""
+    settings = make_settings(redis_url, key_prefix)
+    t0 = time.time() - 600
+    append(redis_client, settings, [
+        {"type": "visit", "event_id": "dataflow>ann>merge:anon:ck>ann", "client_id": "ann",
+         "event_time": t0 - 5},
+        {"type": "cart_add", "event_id": "a1", "anonymous_id": "ck", "event_time": t0,
+         "products": [{"product_id": "p1", "category": "shoes", "price": 30, "quantity": 1}]},
+        {"type": "identify", "event_id": "a2", "client_id": "ann", "anonymous_id": "ck",
+         "event_time": t0 + 5}])
+    drain(settings)
+    merged = states(redis_client, settings)
+    assert merged["anon:ck"].merged_into == "ann"
+    assert "anon:ck" in merged["ann"].aliases
+    assert [item.product_id for item in merged["ann"].cart] == ["p1"]
+
+
 def test_as_of_bounds_which_timers_fire(redis_client: redis.Redis, redis_url: str,
                                         key_prefix: str) -> None:
     settings = make_settings(redis_url, key_prefix)
