@@ -49,6 +49,8 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
         log.info("Bytewax metrics on :%d/metrics", bytewax_port + (process_id or 0))
     for _ in range(MAX_DRAIN_ROUNDS if stop_when_caught_up else 1):
         heads = stream_heads(settings)  # before the round
+        # each round loads its buckets afresh and counts their timers again
+        metrics.timers_pending.set(0)
         flow = build_flow(settings, metrics, stop_when_caught_up=stop_when_caught_up,
                           as_of=as_of, replay=replay, rfm_model=rfm_model)
         cli_main(  # type: ignore[no-untyped-call]

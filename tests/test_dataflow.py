@@ -22,6 +22,7 @@ from dataflows.source import EventStreamSource, SourceConfig
 from features.codec import decode_state
 from features.events import parse_event
 from features.state import ClientState
+from features.triggers import next_due
 from sinks.event_log import AppendOptions, EventLog
 from sinks.keys import KeyLayout
 from tests.histories import DAY, histories
@@ -352,6 +353,29 @@ def test_an_ingested_event_id_cannot_suppress_the_dataflows_own_events(
     assert merged["anon:ck"].merged_into == "ann"
     assert "anon:ck" in merged["ann"].aliases
     assert [item.product_id for item in merged["ann"].cart] == ["p1"]
+
+
+def test_timers_pending_counts_each_timer_once_over_drain_rounds(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """A merge appends events the first round's partitions may not read: a second round
+    loads every bucket again, and must not count its timers on top of the first's."""
+    settings = make_settings(redis_url, key_prefix,
+                             policy={"quiet_hours": None, "frequency_cap_per_day": 0})
+    t0 = time.time() - 600
+    append(redis_client, settings, [
+        {"type": "cart_add", "event_id": "a1", "anonymous_id": "ck", "event_time": t0,
+         "products": [{"product_id": "p1", "category": "shoes", "price": 30, "quantity": 1}]},
+        {"type": "identify", "event_id": "a2", "client_id": "ann", "anonymous_id": "ck",
+         "event_time": t0 + 5},
+        {"type": "cart_add", "event_id": "a3", "client_id": "bob", "event_time": t0 + 6,
+         "products": [{"product_id": "p2", "category": "bags", "price": 10, "quantity": 1}]}])
+    registry = CollectorRegistry()
+    drain(settings, registry)
+    rules = settings.trigger_rules()
+    pending = sum(1 for state in states(redis_client, settings).values()
+                  if next_due(state, rules) is not None)
+    assert pending > 0
+    assert registry.get_sample_value("crmflow_timers_pending") == pending
 
 
 def test_as_of_bounds_which_timers_fire(redis_client: redis.Redis, redis_url: str,
