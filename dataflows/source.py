@@ -13,6 +13,7 @@ and the read position, which lets idle buckets advance their committed position.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -28,7 +29,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from dataflows.buckets import EVENT, TICK, Item
 from dataflows.metrics import DataflowMetrics
 from features.routing import bucket_of
-from sinks.bucket_store import BucketStore, stream_id_key
+from sinks.bucket_store import BucketStore, retrying, stream_id_key
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
         self._stopping = False
         self._own = [str(b) for b in range(partition, layout.buckets, layout.partitions)]
         self._misrouted_to = self._own[0]
-        self._position = store.resume_position(partition)
+        # Redis may be away when the dataflow starts or restarts: wait for it, do not die
+        self._position = retrying(functools.partial(store.resume_position, partition),
+                                  "resuming")
         self._count_key = layout.events_count(partition)
         self._read_number: int | None = None  # `n` of the last entry read
         self._caught_up = False

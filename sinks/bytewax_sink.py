@@ -7,6 +7,7 @@ and trigger ids are deterministic, so nothing is written twice.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 
@@ -14,7 +15,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from dataflows.metrics import DataflowMetrics, trigger_label
 from sinks import erasure
-from sinks.bucket_store import BucketCommit, BucketStore
+from sinks.bucket_store import BucketCommit, BucketStore, retrying
 from sinks.commit_writer import CommitWriter
 
 KeyedCommit = tuple[str, BucketCommit]
@@ -46,9 +47,13 @@ class _BucketCommitPartition(StatelessSinkPartition[KeyedCommit]):
             self._metrics.triggers.labels(trigger_label(trigger_type), status).inc()
 
     def _purge(self, partitions: Iterable[int]) -> None:
-        layout = self._store.layout
+        """With backoff while Redis is away, as commits: an outage pauses the sink instead of
+        killing the dataflow (a purge repeated after a failure removes what is left)."""
         for partition in partitions:
-            erasure.purge(self._store.client, layout, partition, time.time())
+            retrying(functools.partial(self._purge_partition, partition), "purging erasures")
+
+    def _purge_partition(self, partition: int) -> int:
+        return erasure.purge(self._store.client, self._store.layout, partition, time.time())
 
     def write_batch(self, items: list[KeyedCommit]) -> None:
         commits = [commit for _, commit in items]

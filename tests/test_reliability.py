@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,13 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
 from crmflow.redis_server import EmbeddedRedis, free_port
+from dataflows.flow import store_factory
+from dataflows.metrics import DataflowMetrics
+from dataflows.source import EventStreamSource, SourceConfig
+from sinks.bytewax_sink import BucketCommitSink
 from sinks.keys import KeyLayout
 from sinks.parquet_export import client_states
 from tests.support import (
@@ -112,4 +118,29 @@ def test_redis_outage_answers_503_and_loses_no_acknowledged_event(
             profile = httpx.get(url + "/v1/profiles/x1", headers=read_headers(), timeout=10)
             assert profile.status_code == 200
     finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("part", ["source", "sink"])
+def test_the_dataflows_parts_wait_for_a_redis_that_is_not_up_yet(tmp_path: Path,
+                                                                  part: str) -> None:
+    """A source partition (its resume position) and a sink partition (the purge of pending
+    erasures) built while Redis is away wait for it, instead of killing the dataflow."""
+    server = EmbeddedRedis(tmp_path, appendonly=False)
+    settings = make_settings(server.url, "late")
+    late = threading.Timer(1.0, server.start)
+    late.start()
+    try:
+        metrics = DataflowMetrics.create(CollectorRegistry())
+        built: Any
+        if part == "source":
+            built = EventStreamSource(
+                lambda: store_factory(settings),
+                SourceConfig(batch_size=10, tick_interval=1, idle_wait=0.1, heartbeat_ttl=5),
+                metrics).build_part("events", "0", None)
+        else:
+            built = BucketCommitSink(lambda: store_factory(settings), metrics).build("s", 0, 1)
+        built.close()
+    finally:
+        late.join()
         server.stop()
