@@ -16,6 +16,7 @@ import functools
 import hashlib
 import heapq
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -110,6 +111,9 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         self._position = loaded.position
         self._committed = loaded.position
         self._last_commit = time.monotonic()
+        # commit ids: this incarnation's, numbered, so a resent commit is known as such
+        self._incarnation = uuid.uuid4().hex[:16]
+        self._commits_made = 0
         self._states: dict[str, ClientState] = {}
         self._scheduled: dict[str, tuple[float, int]] = {}
         # clients whose schedule was computed under rules since replaced (a new RFM model)
@@ -361,8 +365,10 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         trigger_points = {t.client_id: point for t in triggers
                           if t.client_id in self._states
                           and (point := point_of(self._states[t.client_id].traits)) is not None}
+        self._commits_made += 1
         commit = BucketCommit(
             bucket=self._bucket, base=self._committed, position=self._position,
+            commit_id=f"{self._incarnation}.{self._commits_made}",
             states=[(key, encode_stored(encode_state(self._states[key]),
                                         self._stored_schedule(key))) for key in sorted(dirty)],
             triggers=triggers, dead_letters=dead, events=applied, segment_changes=changes,

@@ -112,6 +112,9 @@ class BucketCommit:
     clock: float = 0.0  # the batch's arrival clock: the minute its triggers count in
     trigger_points: Mapping[str, str] = field(default_factory=dict)  # client -> its point
     points: Sequence[str] = ()  # points the batch's clients belong to
+    # unique per commit: a resend of it is a no-op even when base == position (timers
+    # fired at an idle head); "" for none (then only a moved position tells a replay)
+    commit_id: str = ""
 
 
 RfmValues = tuple[float, int, float]  # last order time, orders, money
@@ -237,7 +240,8 @@ class BucketStore:
                 layout.triggers(partition), layout.dead_letters(partition),
                 layout.segment_changes(partition), layout.erasures(partition),
                 layout.timeline(commit.bucket), layout.points(partition),
-                layout.activity(partition, minute_of(commit.clock))]
+                layout.activity(partition, minute_of(commit.clock)),
+                layout.last_commits(partition)]
         timelines = commit.timelines if self._timeline_max > 0 else ()
         args: list[str | bytes | int] = [
             str(commit.bucket), commit.base, commit.position,
@@ -245,7 +249,7 @@ class BucketStore:
             len(commit.states), len(commit.triggers), len(commit.dead_letters),
             len(commit.segment_changes), len(commit.erasures), len(commit.member_ops),
             len(timelines), self._timeline_max, len(commit.activity), self._activity_ttl,
-            len(commit.points)]
+            len(commit.points), commit.commit_id]
         for erasure in commit.erasures:
             args += [erasure.client_id, erasure.erasure_id, erasure.stream_id,
                      format_time(erasure.requested_at) or "", len(erasure.removals)]

@@ -1,18 +1,22 @@
 -- Commit one bucket's batch atomically: client states, touch ledger entries, trigger stream
 -- entries, dead letters, segment and index memberships, timelines, activity counts and the
 -- bucket's stream position, guarded by compare-and-set on that position. A replayed commit
--- (position already at NEW) is a no-op, so the counts here are never counted twice; a commit
--- from a process that lost the bucket (position neither BASE nor NEW) is refused.
--- Returns {1, type and status of each trigger newly emitted...}, or {0} for a replayed commit.
+-- (its id is the bucket's last commit id, or the position is already at NEW) is a no-op, so
+-- the counts here are never counted twice; a commit from a process that lost the bucket
+-- (position neither BASE nor NEW) is refused. The id matters when BASE == NEW (timers fired
+-- at an idle head): the position alone cannot tell that commit's resend from a new one.
+-- Returns {1, type and status of each trigger newly emitted...}; for a replayed commit {0},
+-- followed by what it emitted when it was the bucket's last commit (its reply was lost).
 --
 -- KEYS: 1 offsets hash, 2 bucket state hash, 3 trigger stream, 4 dead-letter stream,
 --       5 segment-changes stream, 6 pending erasures hash, 7 bucket timeline hash,
---       8 partition's points set, 9 activity hash of the batch's minute (for triggers)
+--       8 partition's points set, 9 activity hash of the batch's minute (for triggers),
+--       10 last commits hash (bucket -> [commit id, its reply])
 -- ARGV: 1 bucket, 2 base position, 3 new position, 4 ledger key prefix, 5 ledger max entries,
 --       6 stream maxlen, 7 number of states, 8 number of triggers, 9 number of dead letters,
 --       10 number of segment changes, 11 number of erasures, 12 number of member operations,
 --       13 number of timelines, 14 timeline max entries, 15 number of activity counts,
---       16 activity ttl seconds, 17 number of points,
+--       16 activity ttl seconds, 17 number of points, 18 commit id ("" for none),
 --       then per erasure (applied first: a client may start afresh later in the batch):
 --       client, erasure id, its event's stream id, requested at, number of set entries N,
 --       then N pairs of sorted set key and member to remove
@@ -25,6 +29,17 @@
 --       then per timeline: client, new lines (newest first)
 --       then per activity count: hash key, field, count
 --       then the points newly seen
+local commit_id = ARGV[18]
+if commit_id ~= '' then
+  local last = redis.call('HGET', KEYS[10], ARGV[1])
+  if last then
+    local done = cjson.decode(last)
+    if done[1] == commit_id then
+      done[2][1] = 0
+      return done[2]
+    end
+  end
+end
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
 if not stored then stored = '0-0' end
 if stored ~= ARGV[2] then
@@ -34,7 +49,7 @@ if stored ~= ARGV[2] then
 end
 local maxlen = ARGV[6]
 local ledger_max = tonumber(ARGV[5])
-local i = 18
+local i = 19
 local activity_ttl = tonumber(ARGV[16])
 -- An erasure deletes the client's state, touch ledger and memberships here, atomically with
 -- the position; the entries that mention it in the partition's streams up to now are
@@ -142,4 +157,7 @@ for _ = 1, tonumber(ARGV[17]) do
   i = i + 1
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if commit_id ~= '' then
+  redis.call('HSET', KEYS[10], ARGV[1], cjson.encode({commit_id, emitted}))
+end
 return emitted

@@ -116,6 +116,11 @@ class KeyLayout:
         """Entries and exits of segments, in the order the dataflow decided them."""
         return f"{self._tag(partition)}:segment-changes"
 
+    def last_commits(self, partition: int) -> str:
+        """Per bucket, the id of its last applied commit and what that commit emitted: a
+        resent commit (its reply lost) is recognised even when it moved no position."""
+        return f"{self._tag(partition)}:last-commits"
+
     def erasures(self, partition: int) -> str:
         """Erasures committed but not yet purged from the partition's streams: a hash of
         erasure id -> job (the only place an erased client's id waits, until purged)."""

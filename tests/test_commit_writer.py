@@ -5,13 +5,23 @@ sending the batch again, applied once."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
+from dataflows.buckets import EVENT, TICK, BucketConfig, BucketLogic
+from dataflows.flow import store_factory
+from dataflows.metrics import DataflowMetrics
+from features.events import Event, EventType, Order, Product
+from features.rules import LifecycleRules, SegmentRules, TriggerRules
 from sinks.bucket_store import START, BucketCommit, FencedError
 from sinks.commit_writer import CommitWriter
+from sinks.event_log import encode_event
+from tests.core_events import OPEN
+from tests.support import make_settings
 from tests.test_bucket_store import store, trigger
 
 
@@ -86,3 +96,34 @@ def test_a_batch_that_did_not_apply_is_sent_again(
     writer.close()
     assert s.load(bucket).position == "3-0"
     assert [emitted for _, emitted in reports.batches] == [[("welcome", "sent")]] * 3
+
+
+def test_a_resent_commit_that_moved_no_position_is_applied_once(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """Timers fired by a tick at an idle head commit with base == position: sent again
+    after its reply was lost, it must not write its segment changes twice, and it answers
+    what it emitted (the lost reply's triggers are counted once, not never)."""
+    settings = make_settings(redis_url, key_prefix)
+    rules = TriggerRules(policy=OPEN, segments=SegmentRules(
+        lifecycle=LifecycleRules(at_risk_after=3600, churned_after=10 * 3600)))
+    placed = time.time() - 1.5 * 3600
+    order = Event(event_id="e1", type=EventType.ORDER_PLACED, event_time=placed,
+                  received_at=placed, client_id="c1",
+                  order=Order("o1", 10.0, "EUR", (Product("p1", "toys", 10.0, 1),)))
+    s = store_factory(settings)
+    bucket = s.layout.bucket_of("c1")
+    entry = f"{int(placed * 1000)}-0"
+    logic = BucketLogic(bucket, store_factory(settings), BucketConfig(rules, 0.5, 0.5),
+                        DataflowMetrics.create(CollectorRegistry()))
+    applied, _ = logic.on_batch([(EVENT, bucket, entry, "c1", encode_event(order))])
+    s.commit(list(applied))
+    fired, _ = logic.on_batch([(TICK, bucket, time.time(), entry, True)])
+    [commit] = fired
+    assert commit.base == commit.position and commit.segment_changes
+    changes = s.layout.segment_changes(s.layout.partition_of_bucket(bucket))
+    before = redis_client.xlen(changes)
+    first = s.commit([commit])
+    written = redis_client.xlen(changes)
+    assert written == before + len(commit.segment_changes)
+    assert s.commit([commit]) == first  # the resend: a no-op answering the same
+    assert redis_client.xlen(changes) == written
