@@ -13,6 +13,7 @@ the same way.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -253,8 +254,11 @@ UCI_COLUMNS = ("InvoiceNo", "StockCode", "Quantity", "InvoiceDate", "UnitPrice",
 
 def uci_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
     """Invoices become orders (placed at their earliest line, totalling Quantity x
-    UnitPrice); invoices numbered "C..." are cancellations. Rows without a CustomerID (guest
-    checkouts) are skipped and counted."""
+    UnitPrice). Invoices numbered "C..." return items without naming the invoice they
+    return: each becomes an `order_refunded` of its client's latest invoice placed at or
+    before it (ties: the greatest number), for its total's absolute value capped at that
+    invoice's total; one with no such invoice in the input is skipped and counted. Rows
+    without a CustomerID (guest checkouts) are skipped and counted."""
     invoices: dict[str, _Order] = {}
     for path in paths:
         for where, row in csv_rows(path, UCI_COLUMNS):
@@ -283,17 +287,38 @@ def uci_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
                 continue
             invoice.at = min(invoice.at, at)
             invoice.total += amount
+    placed: dict[str, list[tuple[float, str]]] = {}  # client -> its invoices (time, number)
     for number, invoice in invoices.items():
-        cancelled = number.startswith("C")
-        event = _validated(tally, invoice.where, {
-            "event_id": f"uci-{number}",
-            "type": (EventType.ORDER_CANCELLED if cancelled else EventType.ORDER_PLACED).value,
-            "client_id": invoice.client_id, "event_time": invoice.at,
-            "order": {"order_id": number, "total": round(abs(invoice.total), 2),
-                      "currency": "GBP"},
-            "traits": {"country": invoice.country} if invoice.country else {}})
+        if not number.startswith("C"):
+            placed.setdefault(invoice.client_id, []).append((invoice.at, number))
+    for client_invoices in placed.values():
+        client_invoices.sort()
+    for number, invoice in invoices.items():
+        traits = {"country": invoice.country} if invoice.country else {}
+        base = {"event_id": f"uci-{number}", "client_id": invoice.client_id,
+                "event_time": invoice.at, "traits": traits}
+        if number.startswith("C"):
+            target = _returned_invoice(placed.get(invoice.client_id, []), invoice.at)
+            if target is None:
+                tally.skipped["C invoice with no earlier invoice of its client"] += 1
+                continue
+            refund = min(round(abs(invoice.total), 2), round(invoices[target].total, 2))
+            raw = {**base, "type": EventType.ORDER_REFUNDED.value,
+                   "order": {"order_id": target, "total": max(refund, 0.0), "currency": "GBP"}}
+        else:
+            raw = {**base, "type": EventType.ORDER_PLACED.value,
+                   "order": {"order_id": number, "total": round(abs(invoice.total), 2),
+                             "currency": "GBP"}}
+        event = _validated(tally, invoice.where, raw)
         if event is not None:
             yield event
+
+
+def _returned_invoice(client_invoices: list[tuple[float, str]], at: float) -> str | None:
+    """The number of the latest of a client's invoices (sorted by time, then number) placed
+    at or before `at`: the replay applies an order before a refund of the same second."""
+    index = bisect.bisect_right(client_invoices, at, key=lambda item: item[0])
+    return client_invoices[index - 1][1] if index else None
 
 
 # --- REES46 clickstream -------------------------------------------------------------------------

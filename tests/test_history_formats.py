@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -134,7 +135,7 @@ def test_segment_messages(tmp_path: Path) -> None:
 UCI_HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
 
 
-def test_uci_invoices_become_orders_and_c_invoices_cancellations(tmp_path: Path) -> None:
+def test_uci_invoices_become_orders_and_c_invoices_refunds(tmp_path: Path) -> None:
     text = UCI_HEADER + (
         "536365,85123A,HEART,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom\n"
         "536365,71053,LANTERN,6,2010-12-01 08:26:00,3.39,17850.0,United Kingdom\n"
@@ -143,11 +144,38 @@ def test_uci_invoices_become_orders_and_c_invoices_cancellations(tmp_path: Path)
         "536415,22139,,x,2010-12-01 11:52:00,0,17850.0,United Kingdom\n")
     events, tally = events_of("uci-online-retail", [write(tmp_path / "uci.csv", text)])
     assert [(e["type"], e["client_id"], e["order"]["order_id"], e["order"]["total"])
-            for e in events] == [("order_placed", "17850", "536365", 35.64),
-                                 ("order_cancelled", "14527", "C536379", 27.5)]
+            for e in events] == [("order_placed", "17850", "536365", 35.64)]
     assert events[0]["traits"] == {"country": "United Kingdom"}
-    assert tally.skipped == {"no CustomerID": 1}
+    # C536379's client has no invoice before it in the input: nothing to refund
+    assert tally.skipped == {"no CustomerID": 1,
+                             "C invoice with no earlier invoice of its client": 1}
     assert tally.bad == {"unreadable number or date": 1}
+
+
+def test_uci_c_invoices_refund_the_clients_latest_earlier_invoice(tmp_path: Path) -> None:
+    text = UCI_HEADER + (
+        "500001,A,,10,2010-12-01 08:00:00,1.0,1.0,UK\n"      # 10.00
+        "500003,A,,5,2010-12-02 08:00:00,1.0,1.0,UK\n"       # 5.00, same time as 500002
+        "500002,A,,7,2010-12-02 08:00:00,1.0,1.0,UK\n"       # 7.00
+        "C500010,A,,-2,2010-12-02 08:00:00,1.5,1.0,UK\n"     # same minute: 500003 (ties:
+        "C500011,A,,-3,2010-12-03 08:00:00,4.0,1.0,UK\n"     # greatest number); 12 capped at 5
+        "C500012,A,,-1,2010-12-03 08:00:00,2.0,2.0,UK\n"     # client 2 has no invoice
+        "500004,A,,8,2010-12-04 08:00:00,1.0,1.0,UK\n"       # after every C: not refunded
+        "C500013,A,,-1,2010-11-30 08:00:00,2.0,1.0,UK\n")    # before client 1's first
+    events, tally = events_of("uci-online-retail", [write(tmp_path / "uci.csv", text)])
+    refunds = [(e["event_id"], e["client_id"], e["order"]["order_id"], e["order"]["total"],
+                e["event_time"]) for e in events if e["type"] == "order_refunded"]
+    at = datetime(2010, 12, 2, 8, tzinfo=UTC).timestamp()
+    assert refunds == [("uci-C500010", "1", "500003", 3.0, at),
+                       ("uci-C500011", "1", "500003", 5.0, at + 86400)]
+    assert sorted(e["order"]["order_id"] for e in events if e["type"] == "order_placed") == [
+        "500001", "500002", "500003", "500004"]
+    assert tally.skipped == {"C invoice with no earlier invoice of its client": 2}
+    assert not tally.bad
+    # the replay's order puts an order before a refund of the same second
+    ordered = load_history([tmp_path / "uci.csv"], "uci-online-retail").events
+    assert [e.event_id for e in ordered if e.event_time == at] == [
+        "uci-500002", "uci-500003", "uci-C500010"]
 
 
 REES46_HEADER = ("event_time,event_type,product_id,category_id,category_code,brand,price,"

@@ -5,9 +5,11 @@ churn and replenishment rules.
 Mapping: an invoice with a CustomerID is an order of that client (id: the CustomerID as an
 integer), placed at its InvoiceDate read as UTC, its total the sum of Quantity x UnitPrice.
 Invoices whose number starts with "C" are returns, not orders; the data does not say which
-invoice they return (none of the 3,654 "C" numbers matches an invoice), so they are
-replayed as refunds of unknown orders: client activity that changes no order. Caps, quiet
-hours and hold-outs are off, and the channel needs no contact (the data has none).
+invoice they return (none of the 3,654 "C" numbers matches an invoice), so each is replayed
+as a refund of its client's latest invoice at or before it (ties: the greatest number),
+for its amount capped at that invoice's total, as `--format uci-online-retail` maps them;
+the 200 with no such invoice are left out. Money is net of refunds. Caps, quiet hours and
+hold-outs are off, and the channel needs no contact (the data has none).
 """
 
 from __future__ import annotations
@@ -63,19 +65,47 @@ def invoices() -> dict[str, dict[str, Any]]:
     return out
 
 
+def returned_invoice(placed: list[tuple[float, str]], at: float) -> str | None:
+    """The latest of a client's invoices (time, number), in a sorted list, placed at or
+    before `at`."""
+    before = [number for placed_at, number in placed if placed_at <= at]
+    return before[-1] if before else None
+
+
+def refunds(data: dict[str, dict[str, Any]]) -> dict[str, tuple[str, int]]:
+    """C invoice -> (the invoice it returns, the pence it refunds: its own, capped at that
+    invoice's total); C invoices with no earlier invoice of their client are left out."""
+    placed: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for number, invoice in data.items():
+        if not number.startswith("C"):
+            placed[invoice["client"]].append((invoice["at"], number))
+    for times in placed.values():
+        times.sort()
+    out = {}
+    for number, invoice in data.items():
+        if number.startswith("C"):
+            target = returned_invoice(placed[invoice["client"]], invoice["at"])
+            if target is not None:
+                pence = min(round(abs(invoice["total"]) * 100), round(data[target]["total"] * 100))
+                out[number] = (target, pence)
+    return out
+
+
 def events(data: dict[str, dict[str, Any]], received_at: float) -> list[dict[str, Any]]:
     out = []
+    returned = refunds(data)
     for number, invoice in data.items():
         base = {"event_id": f"uci-{number}", "client_id": invoice["client"],
                 "event_time": invoice["at"], "received_at": received_at}
-        if number.startswith("C"):
+        if number in returned:
+            target, pence = returned[number]
             out.append({**base, "type": "order_refunded",
-                        "order": {"order_id": number, "total": round(-invoice["total"], 2)}})
-        else:
+                        "order": {"order_id": target, "total": pence / 100}})
+        elif not number.startswith("C"):
             out.append({**base, "type": "order_placed",
                         "order": {"order_id": number, "total": round(invoice["total"], 2),
                                   "currency": "GBP"}})
-    out.sort(key=lambda e: (e["event_time"], e["event_id"]))
+    out.sort(key=lambda e: (e["event_time"], e["type"] == "order_refunded", e["event_id"]))
     return out
 
 
@@ -121,25 +151,42 @@ def expected_replenishments(orders: dict[str, list[float]]
 def expected_profiles() -> dict[str, dict[str, Any]]:
     """Per client, from the raw file with pyarrow group-bys (independent of the loader
     above): invoice totals in whole pence, then per client the orders (invoices not starting with
-    "C"), their money, and the first and last order times."""
+    "C"), their money net of the C invoices' refunds (each on its client's latest invoice at
+    or before it, a refund capped at what is left of that invoice), and the first and last
+    order times."""
     table = pv.read_csv(UCI, convert_options=pv.ConvertOptions(column_types={
         "InvoiceNo": "string", "CustomerID": "string"}))
     table = table.filter(pc.and_(pc.is_valid(table["CustomerID"]),
                                  pc.not_equal(table["CustomerID"], "")))
     table = table.append_column("amount", pc.multiply(table["Quantity"], table["UnitPrice"]))
-    invoices = table.group_by(["InvoiceNo", "CustomerID"]).aggregate(
+    grouped = table.group_by(["InvoiceNo", "CustomerID"]).aggregate(
         [("amount", "sum"), ("InvoiceDate", "min")])
-    invoices = invoices.filter(pc.invert(pc.starts_with(invoices["InvoiceNo"], "C")))
-    invoices = invoices.append_column("rounded", pc.round(  # whole pence per invoice
-        pc.multiply(invoices["amount_sum"], 100.0), 0))
+    grouped = grouped.append_column("rounded", pc.round(  # whole pence per invoice
+        pc.multiply(grouped["amount_sum"], 100.0), 0))
+    returns = grouped.filter(pc.starts_with(grouped["InvoiceNo"], "C"))
+    invoices = grouped.filter(pc.invert(pc.starts_with(grouped["InvoiceNo"], "C")))
+    placed: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    pence: dict[str, int] = {}
+    for row in invoices.to_pylist():
+        placed[row["CustomerID"]].append((row["InvoiceDate_min"], row["InvoiceNo"]))
+        pence[row["InvoiceNo"]] = int(row["rounded"])
+    for times in placed.values():
+        times.sort()
+    refunded: Counter[str] = Counter()
+    for row in sorted(returns.to_pylist(), key=lambda r: (r["InvoiceDate_min"], r["InvoiceNo"])):
+        target = returned_invoice(placed[row["CustomerID"]], row["InvoiceDate_min"])
+        if target is not None:  # what is left of the invoice, at most
+            refunded[target] = min(pence[target], refunded[target] - int(row["rounded"]))
     clients = invoices.group_by("CustomerID").aggregate(
-        [("InvoiceNo", "count"), ("rounded", "sum"), ("InvoiceDate_min", "min"),
-         ("InvoiceDate_min", "max")])
+        [("InvoiceNo", "count"), ("InvoiceDate_min", "min"), ("InvoiceDate_min", "max")])
+    net: Counter[str] = Counter()
+    for client, times in placed.items():
+        net[client] = sum(pence[number] - refunded[number] for _, number in times)
     out: dict[str, dict[str, Any]] = {}
     for row in clients.to_pylist():
         out[str(int(float(row["CustomerID"])))] = {
             "orders_count": row["InvoiceNo_count"],
-            "monetary_total": row["rounded_sum"] / 100,
+            "monetary_total": net[row["CustomerID"]] / 100,
             "first_order_at": row["InvoiceDate_min_min"].replace(tzinfo=UTC).timestamp(),
             "last_order_at": row["InvoiceDate_min_max"].replace(tzinfo=UTC).timestamp()}
     return out
