@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +24,14 @@ PARQUET_BATCH = 10_000
 
 class HistoryError(ValueError):
     """An input that cannot be read as asked; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """A row that could not be read as a row (yielded in its place, to be counted)."""
+
+    reason: str
+    detail: str = ""
 
 
 def is_parquet(path: Path) -> bool:
@@ -76,8 +85,10 @@ def json_lines(path: Path) -> Iterator[tuple[str, object]]:
                 yield f"{path}:{number}", exc
 
 
-def csv_rows(path: Path, required: tuple[str, ...] = ()) -> Iterator[tuple[str, Row]]:
-    """Rows of a CSV file with a header; `required` columns must be in it."""
+def csv_rows(path: Path, required: tuple[str, ...] = ()
+             ) -> Iterator[tuple[str, Row | BadRow]]:
+    """Rows of a CSV file with a header; `required` columns must be in it. A row with fewer
+    or more fields than the header (a truncated line, an unquoted comma) is a `BadRow`."""
     with _open_text(path) as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
@@ -86,10 +97,21 @@ def csv_rows(path: Path, required: tuple[str, ...] = ()) -> Iterator[tuple[str, 
             raise HistoryError(f"{path}: missing column(s) {', '.join(missing)}; "
                                f"the header has: {', '.join(header) or '(nothing)'}")
         for row in reader:
-            yield f"{path}:{reader.line_num}", row
+            where = f"{path}:{reader.line_num}"
+            if None in row:  # DictReader files the fields past the header's under None
+                yield where, BadRow("too many fields", f"{len(header) + len(row[None])} "
+                                    f"fields, the header has {len(header)}")
+            elif None in row.values():  # ... and leaves the missing ones None
+                missing = [name for name, value in row.items() if value is None]
+                yield where, BadRow("too few fields", f"no {', '.join(missing)}: "
+                                    f"{len(header) - len(missing)} fields, the header has "
+                                    f"{len(header)}")
+            else:
+                yield where, row
 
 
-def table_rows(path: Path, required: tuple[str, ...] = ()) -> Iterator[tuple[str, Row]]:
+def table_rows(path: Path, required: tuple[str, ...] = ()
+               ) -> Iterator[tuple[str, Row | BadRow]]:
     """Rows of a CSV or Parquet file (told apart by content, not by name)."""
     if not is_parquet(path):
         yield from csv_rows(path, required)

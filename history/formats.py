@@ -32,7 +32,7 @@ from features.events import (
     parse_time,
 )
 from features.segment import from_segment
-from history.files import HistoryError, Row, csv_rows, json_lines, parquet_rows, table_rows
+from history.files import BadRow, HistoryError, Row, csv_rows, json_lines, parquet_rows, table_rows
 from history.files import is_parquet as _is_parquet
 
 FORMATS = ("events", "segment", "orders", "uci-online-retail", "rees46")
@@ -200,6 +200,9 @@ def order_events(paths: list[Path], tally: Tally, mapping: Mapping[str, str]) ->
     for path in paths:
         for where, row in table_rows(path, required):
             tally.row()
+            if isinstance(row, BadRow):
+                tally.reject(where, row.reason, row.detail)
+                continue
             _order_line(where, row, column, orders, ids, tally)
     for (client_id, order_id), order in orders.items():
         if order.total < 0:
@@ -263,6 +266,9 @@ def uci_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
     for path in paths:
         for where, row in csv_rows(path, UCI_COLUMNS):
             tally.row()
+            if isinstance(row, BadRow):
+                tally.reject(where, row.reason, row.detail)
+                continue
             customer = (row.get("CustomerID") or "").strip()
             if not customer:
                 tally.skipped["no CustomerID"] += 1
@@ -346,6 +352,9 @@ def rees46_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
     for path in paths:
         for where, row in csv_rows(path, REES46_COLUMNS):
             tally.row()
+            if isinstance(row, BadRow):
+                tally.reject(where, row.reason, row.detail)
+                continue
             user, kind = row["user_id"].strip(), row["event_type"].strip()
             session = row["user_session"].strip()
             try:

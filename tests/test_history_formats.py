@@ -236,3 +236,29 @@ def test_progress_shows_rows_events_and_clients_on_a_terminal(tmp_path: Path) ->
     quiet = io.StringIO()
     load_history([tmp_path / "o.csv"], "orders", progress=Progress(quiet))  # not a terminal
     assert quiet.getvalue() == ""
+
+
+def test_short_and_long_csv_rows_are_skipped_and_counted_in_every_format(
+        tmp_path: Path) -> None:
+    rees = write(tmp_path / "r.csv.gz", REES46_HEADER + (
+        "2019-10-01 00:00:05 UTC,view,1,9,electronics.phone,x,100.0,7,s1\n"
+        "2019-10-01 00:00:06 UTC,view,2,9,electronics\n"), gz=True)  # the original's last line
+    events, tally = events_of("rees46", [rees])
+    assert [e["type"] for e in events] == ["product_view", "visit"]
+    assert tally.bad == {"too few fields": 1}
+    assert tally.examples["too few fields"].startswith(
+        f"{rees}:3: too few fields (no brand, price, user_id, user_session:")
+    uci = write(tmp_path / "u.csv", UCI_HEADER + (
+        "536365,85123A,HEART,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom\n"
+        "536366,85123A,HEART,6,2010-12-01 08:26:00\n"
+        "536367,85123A,HEART, RED,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom\n"))
+    events, tally = events_of("uci-online-retail", [uci])
+    assert [e["order"]["order_id"] for e in events] == ["536365"]
+    assert tally.bad == {"too few fields": 1, "too many fields": 1}
+    assert tally.examples["too many fields"] == (
+        f"{uci}:4: too many fields (9 fields, the header has 8)")
+    orders = write(tmp_path / "o.csv", "client_id,timestamp,amount\n1,2024-01-01,5\n2,2024-01-01\n")
+    events, tally = events_of("orders", [orders])
+    assert len(events) == 1 and tally.bad == {"too few fields": 1}
+    with pytest.raises(HistoryError, match=rf"{rees}:3: too few fields"):
+        list(read_events("rees46", [rees], Tally(strict=True)))
