@@ -6,9 +6,9 @@ what a bad-row report and `--strict` name.
 
 from __future__ import annotations
 
+import codecs
 import csv
-import gzip
-import io
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -39,12 +39,73 @@ def is_parquet(path: Path) -> bool:
         return handle.read(4) == b"PAR1"
 
 
-def _open_text(path: Path) -> IO[str]:
-    with path.open("rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
-    if gzipped:
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return path.open("r", encoding="utf-8", newline="")
+class _Lines:
+    """The text lines of a file, maybe gzipped, read as UTF-8 one line at a time (a leading
+    byte-order mark, as Excel writes, dropped), so that one bad line costs that line only.
+
+    A line that is not UTF-8 is decoded with replacement characters and its number kept in
+    `bad` (with what was wrong) for the caller to skip. A gzipped file that ends before its
+    end marker (a cut download) or is corrupt yields what was read before it and sets
+    `broken`.
+    """
+
+    CHUNK = 1 << 16
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.number = 0
+        self.bad: dict[int, str] = {}
+        self.broken = ""
+
+    def __iter__(self) -> Iterator[str]:
+        for raw in self._raw_lines():
+            self.number += 1
+            if self.number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self.bad[self.number] = f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
+                yield raw.decode("utf-8", "replace")
+
+    def _raw_lines(self) -> Iterator[bytes]:
+        with self.path.open("rb") as handle:
+            gzipped = handle.read(2) == b"\x1f\x8b"
+            handle.seek(0)
+            if not gzipped:
+                yield from handle
+                return
+            pending = b""
+            for data in self._gunzip(handle):
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line + b"\n"
+            if pending:
+                yield pending
+
+    def _gunzip(self, handle: IO[bytes]) -> Iterator[bytes]:
+        """The decompressed bytes of every gzip member in turn."""
+        inflate = zlib.decompressobj(wbits=31)
+        ended = False  # the last member read reached its end marker
+        data = b""
+        while True:
+            if not data:
+                data = handle.read(self.CHUNK)
+                if not data:
+                    break
+            try:
+                out = inflate.decompress(data)
+            except zlib.error as exc:
+                self.broken = f"corrupt gzip data: {exc}"
+                return
+            data, ended = b"", inflate.eof
+            if ended:  # another member may follow
+                data = inflate.unused_data
+                inflate = zlib.decompressobj(wbits=31)
+            yield out
+        if not ended:
+            self.broken = "truncated: the gzip data ends before its end marker"
 
 
 def _plain(value: Any) -> Any:
@@ -72,42 +133,71 @@ def parquet_rows(path: Path) -> Iterator[tuple[str, Row]]:
             yield f"{path}:row {index}", {k: _plain(v) for k, v in row.items()}
 
 
+def _broken(lines: _Lines) -> tuple[str, BadRow]:
+    return (f"{lines.path}:{lines.number}",
+            BadRow("broken gzip file", f"{lines.broken}; the rows before were read"))
+
+
 def json_lines(path: Path) -> Iterator[tuple[str, object]]:
     """Objects of a JSON-lines file (blank lines skipped); an unparsable line yields the
-    exception in place of the object."""
-    with _open_text(path) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield f"{path}:{number}", exc
+    exception in place of the object, a line that is not UTF-8 (or the end of a truncated
+    gzip file) a `BadRow`."""
+    lines = _Lines(path)
+    for line in lines:
+        where = f"{path}:{lines.number}"
+        if lines.number in lines.bad:
+            yield where, BadRow("not UTF-8", lines.bad[lines.number])
+            continue
+        if not line.strip():
+            continue
+        try:
+            yield where, orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield where, exc
+    if lines.broken:
+        yield _broken(lines)
 
 
 def csv_rows(path: Path, required: tuple[str, ...] = ()
              ) -> Iterator[tuple[str, Row | BadRow]]:
     """Rows of a CSV file with a header; `required` columns must be in it. A row with fewer
-    or more fields than the header (a truncated line, an unquoted comma) is a `BadRow`."""
-    with _open_text(path) as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        missing = [name for name in required if name not in header]
-        if missing:
-            raise HistoryError(f"{path}: missing column(s) {', '.join(missing)}; "
-                               f"the header has: {', '.join(header) or '(nothing)'}")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if None in row:  # DictReader files the fields past the header's under None
-                yield where, BadRow("too many fields", f"{len(header) + len(row[None])} "
-                                    f"fields, the header has {len(header)}")
-            elif None in row.values():  # ... and leaves the missing ones None
-                missing = [name for name, value in row.items() if value is None]
-                yield where, BadRow("too few fields", f"no {', '.join(missing)}: "
-                                    f"{len(header) - len(missing)} fields, the header has "
-                                    f"{len(header)}")
-            else:
-                yield where, row
+    or more fields than the header (a truncated line, an unquoted comma), with bytes that
+    are not UTF-8, or that the csv module cannot read is a `BadRow`; so is the end of a
+    truncated gzip file, after the rows before it."""
+    lines = _Lines(path)
+    reader = csv.DictReader(lines)
+    header = reader.fieldnames or []
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise HistoryError(f"{path}: missing column(s) {', '.join(missing)}; "
+                           f"the header has: {', '.join(header) or '(nothing)'}")
+    last = reader.line_num
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            yield f"{path}:{reader.line_num}", BadRow("unreadable CSV", str(exc))
+            last = reader.line_num
+            continue
+        where = f"{path}:{reader.line_num}"
+        undecoded = [lines.bad[n] for n in range(last + 1, reader.line_num + 1) if n in lines.bad]
+        last = reader.line_num
+        if undecoded:
+            yield where, BadRow("not UTF-8", undecoded[0])
+        elif None in row:  # DictReader files the fields past the header's under None
+            yield where, BadRow("too many fields", f"{len(header) + len(row[None])} "
+                                f"fields, the header has {len(header)}")
+        elif None in row.values():  # ... and leaves the missing ones None
+            absent = [name for name, value in row.items() if value is None]
+            yield where, BadRow("too few fields", f"no {', '.join(absent)}: "
+                                f"{len(header) - len(absent)} fields, the header has "
+                                f"{len(header)}")
+        else:
+            yield where, row
+    if lines.broken:
+        yield _broken(lines)
 
 
 def table_rows(path: Path, required: tuple[str, ...] = ()

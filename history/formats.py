@@ -100,7 +100,9 @@ def _records(path: Path, tally: Tally) -> Iterator[tuple[str, Mapping[str, Any]]
     source = parquet_rows(path) if _is_parquet(path) else json_lines(path)
     for where, record in source:
         tally.row()
-        if isinstance(record, Exception):
+        if isinstance(record, BadRow):
+            tally.reject(where, record.reason, record.detail)
+        elif isinstance(record, Exception):
             tally.reject(where, "invalid json", str(record).splitlines()[0])
         elif not isinstance(record, Mapping):
             tally.reject(where, "not an object")

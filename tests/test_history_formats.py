@@ -262,3 +262,42 @@ def test_short_and_long_csv_rows_are_skipped_and_counted_in_every_format(
     assert len(events) == 1 and tally.bad == {"too few fields": 1}
     with pytest.raises(HistoryError, match=rf"{rees}:3: too few fields"):
         list(read_events("rees46", [rees], Tally(strict=True)))
+
+
+def test_a_byte_order_mark_a_non_utf8_line_and_a_truncated_gzip_file(tmp_path: Path) -> None:
+    text = "client_id,timestamp,amount\n1,2024-01-01,5\n2,2024-01-02,6\n"
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    events, tally = events_of("orders", [bom])  # Excel's mark does not hide client_id
+    assert [e["client_id"] for e in events] == ["1", "2"] and not tally.bad
+
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes(b"client_id,timestamp,amount\nb\xe9a,2024-01-01,5\n2,2024-01-02,6\n")
+    events, tally = events_of("orders", [latin])
+    assert [e["client_id"] for e in events] == ["2"]  # the rest is kept
+    assert tally.bad == {"not UTF-8": 1}
+    assert tally.examples["not UTF-8"] == f"{latin}:2: not UTF-8 (byte 0xe9 at column 2)"
+    jsonl = tmp_path / "events.jsonl"
+    good = {"event_id": "e1", "type": "visit", "client_id": "c1",
+            "event_time": "2024-05-01T10:00:00Z"}
+    jsonl.write_bytes(b'{"client_id": "\xff"}\n' + json.dumps(good).encode() + b"\n")
+    events, tally = events_of("events", [jsonl])
+    assert [e["event_id"] for e in events] == ["e1"] and tally.bad == {"not UTF-8": 1}
+
+    rows = "".join(f"{n},2024-01-01T00:00:{n:02d}Z,{n + 1}\n" for n in range(50))
+    whole = gzip.compress(("client_id,timestamp,amount\n" + rows).encode())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[:-30])  # a download cut short: no end marker, the last bytes lost
+    events, tally = events_of("orders", [cut])
+    assert 40 <= len(events) < 50  # the rows before the cut are kept ...
+    assert {e["client_id"] for e in events} == {str(n) for n in range(len(events))}
+    assert tally.bad["broken gzip file"] == 1  # ... and the cut is reported, naming the file
+    assert tally.examples["broken gzip file"].startswith(f"{cut}:")
+    assert "truncated" in tally.examples["broken gzip file"]
+    with pytest.raises(HistoryError, match=rf"bad row at {cut}:\d+: (too few fields|broken)"):
+        list(read_events("orders", [cut], Tally(strict=True)))
+    two = tmp_path / "two.csv.gz"  # gzip members back to back (cat a.gz b.gz) still read
+    two.write_bytes(gzip.compress(b"client_id,timestamp,amount\n1,2024-01-01,5\r\n")
+                    + gzip.compress(b"2,2024-01-02,6\r\n"))
+    events, tally = events_of("orders", [two])
+    assert [e["client_id"] for e in events] == ["1", "2"] and not tally.bad
