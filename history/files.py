@@ -109,13 +109,15 @@ class _Lines:
 
 
 def _plain(value: Any) -> Any:
-    """Parquet values as JSON would carry them: times as ISO text (naive means UTC)."""
+    """Parquet values as JSON would carry them: times as ISO text (naive means UTC), and no
+    nulls in objects (a Parquet column, or a struct's field, exists for every row: its null
+    means absent, as the key left out of a JSON line)."""
     if isinstance(value, datetime):
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
@@ -130,7 +132,7 @@ def parquet_rows(path: Path) -> Iterator[tuple[str, Row]]:
     for batch in table.iter_batches(batch_size=PARQUET_BATCH):
         for row in batch.to_pylist():
             index += 1
-            yield f"{path}:row {index}", {k: _plain(v) for k, v in row.items()}
+            yield f"{path}:row {index}", _plain(row)
 
 
 def _broken(lines: _Lines) -> tuple[str, BadRow]:

@@ -301,3 +301,32 @@ def test_a_byte_order_mark_a_non_utf8_line_and_a_truncated_gzip_file(tmp_path: P
                     + gzip.compress(b"2,2024-01-02,6\r\n"))
     events, tally = events_of("orders", [two])
     assert [e["client_id"] for e in events] == ["1", "2"] and not tally.bad
+
+
+def test_parquet_nulls_are_absent_values_as_in_json_lines(tmp_path: Path) -> None:
+    """A Parquet column (or a struct's field) exists for every row: its nulls are keys the
+    JSON line leaves out, not values (a null history rejected the row, a null trait
+    overwrote a known one)."""
+    rows = [
+        {"event_id": "e1", "type": "identify", "client_id": "ann",
+         "event_time": "2024-01-01T10:00:00Z", "traits": {"city": "Paris"}, "history": False},
+        {"event_id": "e2", "type": "identify", "client_id": "ann",
+         "event_time": "2024-01-01T11:00:00Z", "traits": {"email": "a@x.org"}},
+        {"event_id": "e3", "type": "order_placed", "client_id": "ann",
+         "event_time": "2024-01-01T12:00:00Z",
+         "order": {"order_id": "o1", "total": 5.0, "currency": "EUR"}},
+        {"event_id": "e4", "type": "cart_add", "client_id": "bob",
+         "event_time": "2024-01-01T12:00:00Z",
+         "products": [{"product_id": "p1", "price": 2.0, "category": "mugs"},
+                      {"product_id": "p2", "price": 3.0}]},
+    ]
+    lines = write(tmp_path / "events.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    table = pa.Table.from_struct_array(pa.array(rows))  # every row's keys: nulls where absent
+    assert table.column("history").null_count == 3
+    pq.write_table(table, tmp_path / "events.parquet")
+    from_json, json_tally = events_of("events", [lines])
+    from_parquet, parquet_tally = events_of("events", [tmp_path / "events.parquet"])
+    assert not json_tally.bad and not parquet_tally.bad
+    assert from_parquet == from_json
+    assert [e.get("traits") for e in from_parquet[:2]] == [{"city": "Paris"},
+                                                           {"email": "a@x.org"}]
