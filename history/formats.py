@@ -196,7 +196,10 @@ def order_events(paths: list[Path], tally: Tally, mapping: Mapping[str, str]) ->
     order. An order's time is its earliest line's; its amount, the sum of its lines'. The
     same id under two clients is two orders (stores number orders per client too)."""
     column = {name: mapping.get(name, name) for name in ORDER_COLUMNS}
-    required = tuple(column[name] for name in ("client_id", "timestamp", "amount"))
+    # the three it cannot do without, and any column --map names (optional or not): a name
+    # that is not in the file is a mistake to report, not a column to do without
+    required = tuple(column[name] for name in ORDER_COLUMNS
+                     if name in ("client_id", "timestamp", "amount") or name in mapping)
     orders: dict[tuple[str, str], _Order] = {}
     ids = _Occurrences("row-")
     for path in paths:

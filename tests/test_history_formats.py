@@ -330,3 +330,20 @@ def test_parquet_nulls_are_absent_values_as_in_json_lines(tmp_path: Path) -> Non
     assert from_parquet == from_json
     assert [e.get("traits") for e in from_parquet[:2]] == [{"city": "Paris"},
                                                            {"email": "a@x.org"}]
+
+
+def test_a_mapped_optional_column_missing_from_the_file_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path / "o.csv", "CustomerID,When,Money,Invoice\n1,2024-01-01,5,A\n")
+    mapping = parse_mapping("client_id=CustomerID,timestamp=When,amount=Money,"
+                            "order_id=InvoiceNo,quantity=Qty")
+    with pytest.raises(HistoryError, match=r"missing column\(s\) InvoiceNo, Qty; the header "
+                                           r"has: CustomerID, When, Money, Invoice"):
+        list(read_events("orders", [path], Tally(), mapping))
+    pq.write_table(pa.table({"CustomerID": ["1"], "When": ["2024-01-01"], "Money": [5.0]}),
+                   tmp_path / "o.parquet")
+    with pytest.raises(HistoryError, match=r"missing column\(s\) InvoiceNo, Qty; the file"):
+        list(read_events("orders", [tmp_path / "o.parquet"], Tally(), mapping))
+    # unmapped, the optional columns may be absent
+    events, _ = events_of("orders", [path], mapping=parse_mapping(
+        "client_id=CustomerID,timestamp=When,amount=Money"))
+    assert len(events) == 1
