@@ -214,7 +214,10 @@ def order_events(paths: list[Path], tally: Tally, mapping: Mapping[str, str]) ->
             tally.reject(order.where, "negative order amount", f"order {order_id}")
             continue
         event = _validated(tally, order.where, {
-            "event_id": f"order-{client_id}-{order_id}", "type": EventType.ORDER_PLACED.value,
+            # the client id's length makes the id unambiguous: c3-1's order 2 and c3's order
+            # 1-2 must not share an id (a backfill de-duplicates appends by event id)
+            "event_id": f"order-{len(client_id)}-{client_id}-{order_id}",
+            "type": EventType.ORDER_PLACED.value,
             "client_id": client_id, "event_time": order.at,
             "order": {"order_id": order_id, "total": round(order.total, 2)}})
         if event is not None:

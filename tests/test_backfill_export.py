@@ -195,3 +195,15 @@ def test_backfill_and_export_commands(tmp_path: Path, redis_url: str, key_prefix
                                                        "backfill")}
     bad = crmflow("export", "--out", str(tmp_path / "x"), "--as-of", "soon")
     assert bad.returncode == 1 and "--as-of: not an ISO-8601 time" in bad.stderr
+
+
+def test_a_backfill_keeps_two_clients_orders_whose_ids_read_alike(
+        tmp_path: Path, redis_url: str, key_prefix: str) -> None:
+    orders = tmp_path / "orders.csv"  # c3-1's order 2 and c3's order 1-2
+    orders.write_text("client_id,timestamp,amount,order_id\n"
+                      "c3-1,2011-01-01T00:00:00,5,2\nc3,2011-01-02T00:00:00,9,1-2\n")
+    settings = make_settings(redis_url, key_prefix, policy=NO_POLICY)
+    result = backfill([orders], "orders", settings, wait=None)
+    assert (result.appended, result.duplicates) == (2, 0)
+    again = backfill([orders], "orders", settings, wait=None)  # a repeat is still de-duplicated
+    assert (again.appended, again.duplicates) == (0, 2)

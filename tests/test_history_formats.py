@@ -347,3 +347,12 @@ def test_a_mapped_optional_column_missing_from_the_file_is_named(tmp_path: Path)
     events, _ = events_of("orders", [path], mapping=parse_mapping(
         "client_id=CustomerID,timestamp=When,amount=Money"))
     assert len(events) == 1
+
+
+def test_order_event_ids_do_not_collide_across_clients(tmp_path: Path) -> None:
+    path = write(tmp_path / "o.csv", "client_id,timestamp,amount,order_id\n"
+                 "c3-1,2011-01-01T00:00:00,5,2\nc3,2011-01-02T00:00:00,9,1-2\n")
+    events, _ = events_of("orders", [path])
+    assert [(e["client_id"], e["order"]["order_id"]) for e in events] == [("c3-1", "2"),
+                                                                           ("c3", "1-2")]
+    assert len({e["event_id"] for e in events}) == 2  # a backfill keeps both
