@@ -247,6 +247,14 @@ def write_triggers(client: redis.Redis, layout: KeyLayout, out: Path, summary: E
             flush()
     if buffered:
         flush()
+    if not parts:  # no trigger: one empty part with the schema, so that readers of the
+        # folder (pandas, polars and DuckDB with hive partitioning) find the columns, `day`
+        # included, rather than an empty folder; `unknown` is the day of a trigger whose
+        # fired_at is missing
+        path = folder / "day=unknown" / "part-00000.parquet"
+        path.parent.mkdir()
+        pq.write_table(TRIGGER_SCHEMA.empty_table(), path, compression="zstd")
+        summary.files.append(path)
 
 
 def _count(summary: ExportSummary, batch: pa.RecordBatch) -> None:

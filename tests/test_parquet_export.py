@@ -6,6 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
+import pandas as pd
+import polars as pl
 import pyarrow.parquet as pq
 import redis
 
@@ -85,3 +88,22 @@ def test_triggers_by_day_and_in_one_file_hold_the_same_rows(
     dated = sorted(r["trigger_id"] for p in (tmp_path / "days" / "triggers").rglob("*.parquet")
                    for r in pq.read_table(p).to_pylist())
     assert dated == sorted(r["trigger_id"] for r in single)
+
+
+def test_a_trigger_log_with_no_trigger_is_a_readable_empty_table(
+        tmp_path: Path, redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    layout = KeyLayout.from_settings(make_settings(redis_url, key_prefix))
+    summary = ExportSummary()
+    write_triggers(redis_client, layout, tmp_path, summary, by_day=True)
+    folder = tmp_path / "triggers"
+    assert summary.triggers == 0 and [p.relative_to(folder) for p in summary.files] == [
+        Path("day=unknown/part-00000.parquet")]
+    columns = [*TRIGGER_SCHEMA.names, "day"]
+    frame = pd.read_parquet(folder)
+    assert len(frame) == 0 and list(frame.columns) == columns
+    scanned = pl.scan_parquet(folder / "**" / "*.parquet", hive_partitioning=True).collect()
+    assert scanned.height == 0 and scanned.columns == columns
+    con = duckdb.connect()
+    assert con.execute("select count(*), count(distinct day) from read_parquet(?, "
+                       "hive_partitioning = true)",
+                       [str(folder / "**" / "*.parquet")]).fetchone() == (0, 0)
