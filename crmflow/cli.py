@@ -159,6 +159,14 @@ def _as_of(text: str | None) -> float | None:
     try:
         return parse_time(text.strip(), "--as-of")
     except EventError as exc:
+        error = exc
+    try:  # not ISO 8601: epoch seconds (or milliseconds), as the help says
+        number = float(text)
+    except ValueError:
+        raise SystemExit(f"crmflow: {error}") from None
+    try:
+        return parse_time(number, "--as-of")
+    except EventError as exc:
         raise SystemExit(f"crmflow: {exc}") from None
 
 
@@ -316,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "as Parquet")
     export_cmd.add_argument("--out", type=Path, required=True, help="output folder")
     export_cmd.add_argument("--as-of", default=None, metavar="TIME",
-                            help="the time features are computed at (default: now)")
+                            help="the time features are computed at: ISO-8601 or epoch "
+                                 "seconds (default: now)")
     export_cmd.set_defaults(func=_cmd_export)
 
     show = command("config", "validate the configuration and print the effective values")

@@ -13,12 +13,14 @@ import pytest
 import yaml
 
 from crmflow.redis_server import free_port
+from tests.support import REPO
 
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("CRMFLOW_") and k != "REDIS_URL"}
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(REPO)  # this checkout's code, whatever an editable install names
     return env
 
 
@@ -89,6 +91,28 @@ def test_replay_refuses_a_process_count_below_one(tmp_path: Path) -> None:
         result = _crmflow("replay", "x.jsonl", "--format", "events", "--out", "out",
                           "--processes", value, cwd=tmp_path)
         assert result.returncode == 2 and f"--processes: {words}" in result.stderr
+
+
+def test_as_of_takes_iso_8601_or_epoch_seconds() -> None:
+    from crmflow.cli import _as_of
+
+    assert _as_of("2024-03-01T00:00:00Z") == _as_of("1709251200") == 1709251200.0
+    assert _as_of(" 1709251200.5 ") == _as_of("1709251200500") == 1709251200.5  # ms too
+    assert _as_of("20240301") == 1709251200.0  # ISO's basic form is still a date
+    assert _as_of(None) is None
+    for text, words in (("yesterday", "not an ISO-8601 time: 'yesterday'"),
+                        ("12", "time out of range"), ("nan", "time out of range")):
+        with pytest.raises(SystemExit, match=words):
+            _as_of(text)
+
+
+def test_replay_takes_an_epoch_as_of(tmp_path: Path) -> None:
+    orders = tmp_path / "orders.csv"
+    orders.write_text("client_id,timestamp,amount\n1,2024-01-01T10:00:00Z,5\n")
+    result = _crmflow("replay", str(orders), "--format", "orders", "--out", "out",
+                      "--as-of", "1709251200", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2024-03-01T00:00:00" in result.stdout
 
 
 @pytest.mark.slow
