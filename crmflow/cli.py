@@ -301,9 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument("--out", type=Path, required=True, help="output folder")
     replay_cmd.add_argument("--as-of", default=None, metavar="TIME",
                             help="ISO-8601 or epoch seconds (default: the last event's time)")
-    replay_cmd.add_argument("--workers", type=int, default=None,
+    replay_cmd.add_argument("--workers", type=_at_least_one, default=None,
                             help="Bytewax workers (default: dataflow.workers)")
-    replay_cmd.add_argument("--batch-size", type=int, default=None,
+    replay_cmd.add_argument("--batch-size", type=_at_least_one, default=None,
                             help="stream entries per read (default: dataflow.batch_size)")
     replay_cmd.add_argument("--processes", type=_at_least_one, default=1,
                             help="dataflow processes, one per core to use (default 1); "

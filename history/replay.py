@@ -77,12 +77,17 @@ class ReplayResult:
 
 def replay_settings(settings: Settings, redis_url: str, key_prefix: str, *,
                     workers: int | None, batch_size: int | None) -> Settings:
-    """The settings a replay runs with: its Redis, and event time as the only clock."""
+    """The settings a replay runs with: its Redis, and event time as the only clock.
+    `workers` and `batch_size` default (None) to the configuration's; 0 or less is an error,
+    not the default."""
+    for name, value in (("workers", workers), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, not {value}")
     redis_section = settings.redis.model_copy(update={
         "url": redis_url, "key_prefix": key_prefix, "dedupe_window": 0.0})
     dataflow = settings.dataflow.model_copy(update={
-        "workers": workers or settings.dataflow.workers,
-        "batch_size": batch_size or settings.dataflow.batch_size,
+        "workers": settings.dataflow.workers if workers is None else workers,
+        "batch_size": settings.dataflow.batch_size if batch_size is None else batch_size,
         "allowed_lateness": 0.0, "metrics_port": 0})
     rfm = settings.rfm.model_copy(update={"refresh": 0.0})  # one model, as of the end
     return settings.model_copy(update={"redis": redis_section, "dataflow": dataflow,

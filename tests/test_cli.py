@@ -86,11 +86,29 @@ def test_api_refuses_to_start_without_keys(tmp_path: Path) -> None:
     assert result.returncode != 0 and "api.write_keys" in result.stderr
 
 
-def test_replay_refuses_a_process_count_below_one(tmp_path: Path) -> None:
-    for value, words in (("0", "must be at least 1, not 0"), ("two", "not a whole number")):
-        result = _crmflow("replay", "x.jsonl", "--format", "events", "--out", "out",
-                          "--processes", value, cwd=tmp_path)
-        assert result.returncode == 2 and f"--processes: {words}" in result.stderr
+def test_replay_refuses_a_process_worker_or_batch_count_below_one(tmp_path: Path) -> None:
+    for option in ("--processes", "--workers", "--batch-size"):
+        for value, words in (("0", "must be at least 1, not 0"),
+                             ("-5", "must be at least 1, not -5"),
+                             ("two", "not a whole number")):
+            result = _crmflow("replay", "x.jsonl", "--format", "events", "--out", "out",
+                              option, value, cwd=tmp_path)
+            assert result.returncode == 2, (option, value, result.stderr)
+            assert f"argument {option}: {words}" in result.stderr
+            assert "Traceback" not in result.stderr
+
+
+def test_replay_settings_refuse_counts_below_one_instead_of_the_default(
+        redis_url: str) -> None:
+    from history.replay import replay_settings
+    from tests.support import make_settings
+
+    settings = make_settings(redis_url, "unused")
+    chosen = replay_settings(settings, redis_url, "r", workers=None, batch_size=7).dataflow
+    assert (chosen.workers, chosen.batch_size) == (settings.dataflow.workers, 7)
+    for workers, batch_size in ((0, None), (None, 0), (-1, None)):
+        with pytest.raises(ValueError, match="must be at least 1"):
+            replay_settings(settings, redis_url, "r", workers=workers, batch_size=batch_size)
 
 
 def test_as_of_takes_iso_8601_or_epoch_seconds() -> None:
