@@ -129,14 +129,13 @@ def segment_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
     """Segment messages: received when Segment says (`receivedAt`), else at their time."""
     for path in paths:
         for where, message in _records(path, tally):
-            stamp = next((message[name] for name in ("receivedAt", "timestamp",
-                                                     "originalTimestamp") if message.get(name)),
-                         None)
-            if stamp is None:
+            field = next((name for name in ("receivedAt", "timestamp", "originalTimestamp")
+                          if message.get(name)), None)
+            if field is None:
                 tally.reject(where, "invalid timestamp", "is required in history")
                 continue
             try:
-                event = from_segment(message, parse_time(stamp, "receivedAt"))
+                event = from_segment(message, parse_time(message[field], field))
             except EventError as exc:
                 _event_error(tally, where, exc)
                 continue

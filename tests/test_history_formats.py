@@ -130,6 +130,9 @@ def test_segment_messages(tmp_path: Path) -> None:
     assert [(e["type"], e["client_id"]) for e in events] == [("identify", "u1"),
                                                             ("order_placed", "u1")]
     assert tally.bad == {"invalid timestamp": 1}
+    wrong = {"type": "track", "event": "Product Viewed", "userId": "u3", "timestamp": "soon"}
+    _, tally = events_of("segment", [write(tmp_path / "wrong.jsonl", json.dumps(wrong))])
+    assert tally.bad == {"invalid timestamp": 1}  # named after the field it read
 
 
 UCI_HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
