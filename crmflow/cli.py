@@ -17,6 +17,8 @@ import yaml
 from config.settings import ConfigError, Settings, load_settings
 
 KEYS_FILE = Path("var/keys.json")
+# `backfill --wait N`: the history is appended, but the dataflow had not applied it all
+BACKFILL_NOT_APPLIED = 3
 
 
 def _overlays(demo: bool) -> tuple[dict[str, Any], ...]:
@@ -209,6 +211,8 @@ def _cmd_backfill(args: argparse.Namespace) -> None:
         if lease is not None:
             lease.release()
     sys.stdout.write("\n".join(result.summary()) + "\n")
+    if result.caught_up is False:  # appended, not yet applied: a script must not go on
+        raise SystemExit(BACKFILL_NOT_APPLIED)
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -315,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     history_input(backfill_cmd)
     backfill_cmd.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                               help="wait at most this long for the dataflow to apply it all "
-                                   "(default 0: as long as it takes)")
+                                   "(default 0: as long as it takes); exit status "
+                                   f"{BACKFILL_NOT_APPLIED} when it had not by then")
     backfill_cmd.add_argument("--no-wait", action="store_true",
                               help="return once the history is appended")
     backfill_cmd.set_defaults(func=_cmd_backfill)

@@ -176,10 +176,11 @@ def test_backfill_and_export_commands(tmp_path: Path, redis_url: str, key_prefix
                                str(config)], cwd=REPO, capture_output=True, text=True,
                               timeout=120, check=False)
 
-    done = crmflow("backfill", str(orders), "--format", "orders", "--no-wait")
-    assert done.returncode == 0, done.stderr
+    done = crmflow("backfill", str(orders), "--format", "orders", "--wait", "0.5")
+    assert done.returncode == 3, done.stderr  # appended, but no dataflow applied it
     assert "appended: 2; already there (duplicates): 0" in done.stdout
     assert "bad timestamp: 1" in done.stdout
+    assert "had not applied the whole backfill" in done.stdout
     drain(settings)
     again = crmflow("backfill", str(orders), "--format", "orders", "--no-wait")
     assert "appended: 0; already there (duplicates): 2" in again.stdout  # idempotent
