@@ -17,12 +17,13 @@ client's history to the next).
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from features import windows
 from features.codec import decode_state, encode_state
-from features.events import ANONYMOUS_PREFIX, Event, EventType
+from features.events import ANONYMOUS_PREFIX, MAX_ID_LENGTH, Event, EventType
 from features.rules import DAY
 from features.state import (
     MAX_ALIASES,
@@ -91,8 +92,20 @@ def with_links(events: Sequence[Event]) -> list[Event]:
     return out
 
 
+def step_id(step: str, source: str, target: str) -> str:
+    """The id of an identity step from `source` to `target`: `<step>:<source>><target>`, or,
+    when that would pass the id limit every stream entry is read back under (two ids of up
+    to MAX_ID_LENGTH each), `<step>:#` and a digest of both keys. Deterministic either way,
+    so a replayed step is still recognised."""
+    text = f"{step}:{source}>{target}"
+    if len(text) <= MAX_ID_LENGTH:
+        return text
+    digest = hashlib.sha256(f"{source}\x1f{target}".encode()).hexdigest()[:40]
+    return f"{step}:#{digest}"
+
+
 def link_request(alias: str, client_key: str, cause: Event) -> Event:
-    return Event(event_id=f"link:{alias}>{client_key}", type=EventType.IDENTITY_LINKED,
+    return Event(event_id=step_id("link", alias, client_key), type=EventType.IDENTITY_LINKED,
                  event_time=cause.event_time, received_at=cause.received_at,
                  anonymous_id=alias.removeprefix(ANONYMOUS_PREFIX),
                  properties={"client_id": client_key})
@@ -118,7 +131,7 @@ def _merge_away(client_key: str, state: ClientState | None, event: Event,
         recent_event_ids=(event_fingerprint(event.event_id),))
     if state is None:
         return Outcome(tombstone)
-    merge = Event(event_id=f"merge:{client_key}>{target}", type=EventType.PROFILE_MERGED,
+    merge = Event(event_id=step_id("merge", client_key, target), type=EventType.PROFILE_MERGED,
                   event_time=event.event_time, received_at=event.received_at,
                   client_id=target,
                   properties={"from": client_key,

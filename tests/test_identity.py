@@ -3,7 +3,7 @@ holds (cart, views, interests, visits, timers)."""
 
 from __future__ import annotations
 
-from features.events import Event, EventType, Product
+from features.events import MAX_ID_LENGTH, Event, EventType, Product, event_to_dict, parse_event
 from features.identity import Outcome, handle, merge_states, with_links
 from features.rules import ABANDONED_CART
 from features.state import ClientState
@@ -43,7 +43,8 @@ class World:
     def send(self, event: Event) -> None:
         queue = with_links([event])
         while queue:
-            current = queue.pop(0)
+            # through the stream's wire form, as the dataflow reads every entry back
+            current = parse_event(event_to_dict(queue.pop(0)))
             key = current.client_key
             outcome: Outcome = handle(key, self.states.get(key), current, CART_ONLY)
             self.states[key] = outcome.state
@@ -117,3 +118,19 @@ def test_merge_adds_counts_and_keeps_the_clients_own_traits() -> None:
     assert merged.visits == 2
     assert merged.traits == {"city": "Lisbon", "gender": "f"}
     assert merged.first_seen_at == T0
+
+
+def test_ids_at_the_length_limit_still_link_and_merge() -> None:
+    """An anonymous id and a client id each as long as ingest allows: the identity steps
+    derived from both must still be valid events (they were dead-lettered as too long)."""
+    cookie, client = "k" * MAX_ID_LENGTH, "c" * MAX_ID_LENGTH
+    world = World()
+    world.send(Event(event_id="ca1", type=EventType.CART_ADD, event_time=T0, received_at=T0,
+                     anonymous_id=cookie, products=shoes("p1")))
+    world.send(Event(event_id="i1", type=EventType.IDENTIFY, event_time=T0 + 10,
+                     received_at=T0 + 10, client_id=client, anonymous_id=cookie))
+    merged = world.states[client]
+    assert merged is not None and [line.product_id for line in merged.cart] == ["p1"]
+    assert merged.aliases == ("anon:" + cookie,)
+    tombstone = world.states["anon:" + cookie]
+    assert tombstone is not None and tombstone.merged_into == client
