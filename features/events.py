@@ -427,7 +427,8 @@ def parse_event(raw: object) -> Event:
         _require_text(properties, "client_id", event_type)
     if event_type is EventType.PROFILE_MERGED:
         _require_text(properties, "from", event_type)
-        _require_text(properties, "state", event_type)
+        if "state" in properties:  # absent: the anonymous id had no history, only an alias
+            _require_text(properties, "state", event_type)
     return Event(
         event_id=event_id,
         type=event_type,

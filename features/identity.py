@@ -1,17 +1,19 @@
 """Identity stitching: an anonymous visitor's history joins the client it turns out to be.
 
 Events with only an anonymous id build an anonymous client (key `anon:<id>`). When an event
-carries both ids (an identify, a login, a registration), the client records the alias, and
-the event log appends, with the event itself, an `identity_linked` event to the anonymous
-key's stream (`with_links`): so in a replay the link sits at its place in the anonymous
-client's history, exactly as it did live. The anonymous client fires what was due before
-the link, answers with a `profile_merged` event carrying its whole state to the client, and
-becomes a tombstone pointing at it; events that still reach the tombstone are forwarded.
+carries both ids (an identify, a login, a registration), the event log appends, with the
+event itself, an `identity_linked` event to the anonymous key's stream (`with_links`): so in
+a replay the link sits at its place in the anonymous client's history, exactly as it did
+live. The anonymous client fires what was due before the link, answers with a
+`profile_merged` event carrying its whole state (none when it had no history) to the
+client, which records the alias then, and becomes a tombstone pointing at it; events that
+still reach the tombstone are forwarded.
 Each step is a keyed event in the streams, so each key keeps exactly one writer, every
 event id is derived from the two keys, and a replayed step changes nothing.
 
 The first link wins: a tombstone ignores later links (a shared device does not hand one
-client's history to the next).
+client's history to the next), and sends no answer, so the later client does not list the
+anonymous id among its aliases.
 """
 
 from __future__ import annotations
@@ -66,18 +68,10 @@ def handle(client_key: str, state: ClientState | None, event: Event, rules: Trig
         return _merge_away(client_key, state, event, rules)
     if event.type is EventType.PROFILE_MERGED:
         return _absorb(client_key, state, event, rules)
+    # an event with both ids does not make its cookie an alias yet: the link may lose (the
+    # cookie went to another client first); the anonymous client's answer records it
     after, fired = process_event(client_key, state, event, rules, next_timer=next_timer)
-    alias = _new_alias(after, event)
-    if alias is not None:
-        after = evolve(after, aliases=(*after.aliases, alias)[-MAX_ALIASES:])
     return Outcome(after, fired)
-
-
-def _new_alias(state: ClientState, event: Event) -> str | None:
-    if event.client_id is None or event.anonymous_id is None:
-        return None
-    alias = ANONYMOUS_PREFIX + event.anonymous_id
-    return None if alias in state.aliases else alias
 
 
 def with_links(events: Sequence[Event]) -> list[Event]:
@@ -129,23 +123,29 @@ def _merge_away(client_key: str, state: ClientState | None, event: Event,
                                                                event.event_time),
         last_received_at=event.received_at, merged_into=target,
         recent_event_ids=(event_fingerprint(event.event_id),))
-    if state is None:
-        return Outcome(tombstone)
+    # the answer: the history to join, or (a cookie never seen alone) only the alias
+    properties = {"from": client_key}
+    if state is not None:
+        properties["state"] = base64.b64encode(encode_state(state)).decode()
     merge = Event(event_id=step_id("merge", client_key, target), type=EventType.PROFILE_MERGED,
                   event_time=event.event_time, received_at=event.received_at,
-                  client_id=target,
-                  properties={"from": client_key,
-                              "state": base64.b64encode(encode_state(state)).decode()})
+                  client_id=target, properties=properties)
     return Outcome(tombstone, fired, [merge])
 
 
 def _absorb(client_key: str, state: ClientState | None, event: Event, rules: TriggerRules
             ) -> Outcome:
-    source = decode_state(base64.b64decode(str(event.properties["state"])))
     alias = str(event.properties["from"])
     fingerprint = event_fingerprint(event.event_id)
     if state is not None and fingerprint in state.recent_event_ids:
         return Outcome(state)
+    if "state" not in event.properties:  # the cookie had no history: it becomes an alias
+        if state is None or alias in state.aliases:
+            return Outcome(state)
+        return Outcome(evolve(state, aliases=(*state.aliases, alias)[-MAX_ALIASES:],
+                              recent_event_ids=(*state.recent_event_ids, fingerprint)[
+                                  -MAX_RECENT_EVENT_IDS:]))
+    source = decode_state(base64.b64decode(str(event.properties["state"])))
     # fire what was due before the merge on the client's own history first
     base, fired = (None, []) if state is None else process_event(
         client_key, state, replace(event, type=EventType.CUSTOM, name="profile_merged"), rules)

@@ -3,7 +3,17 @@ holds (cart, views, interests, visits, timers)."""
 
 from __future__ import annotations
 
-from features.events import MAX_ID_LENGTH, Event, EventType, Product, event_to_dict, parse_event
+import pytest
+
+from features.events import (
+    MAX_ID_LENGTH,
+    Event,
+    EventError,
+    EventType,
+    Product,
+    event_to_dict,
+    parse_event,
+)
 from features.identity import Outcome, handle, merge_states, with_links
 from features.rules import ABANDONED_CART
 from features.state import ClientState
@@ -134,3 +144,40 @@ def test_ids_at_the_length_limit_still_link_and_merge() -> None:
     assert merged.aliases == ("anon:" + cookie,)
     tombstone = world.states["anon:" + cookie]
     assert tombstone is not None and tombstone.merged_into == client
+
+
+def test_a_client_whose_link_lost_does_not_claim_the_cookie() -> None:
+    """A shared device: the cookie's history went to the first client, so only that client
+    lists it among its aliases (an erasure of the second one follows its aliases, and must
+    not erase the first client's link)."""
+    world = World()
+    world.send(anon(EventType.CART_ADD, 0, "ca1", products=shoes("p1")))
+    world.send(user(EventType.IDENTIFY, 10, "i1", with_cookie=True))
+    world.send(Event(event_id="i2", type=EventType.IDENTIFY, event_time=T0 + 30,
+                     received_at=T0 + 30, client_id="u2", anonymous_id="cookie-1"))
+    first, second = world.states[USER], world.states["u2"]
+    assert first is not None and first.aliases == (ANON,)
+    assert second is not None and second.aliases == ()
+    tombstone = world.states[ANON]
+    assert tombstone is not None and tombstone.merged_into == USER
+
+
+def test_a_cookie_never_seen_alone_is_still_an_alias_of_its_client() -> None:
+    world = World()
+    world.send(user(EventType.IDENTIFY, 0, "i1", with_cookie=True))
+    merged = world.states[USER]
+    assert merged is not None and merged.aliases == (ANON,)
+    tombstone = world.states[ANON]
+    assert tombstone is not None and tombstone.merged_into == USER
+    world.send(anon(EventType.PRODUCT_VIEW, 5, "pv1", products=shoes("p1")))
+    merged = world.states[USER]
+    assert merged is not None and [pid for pid, _ in merged.viewed] == ["p1"]
+
+
+def test_a_merge_answer_without_history_parses_and_a_malformed_one_does_not() -> None:
+    bare = {"event_id": "merge:anon:x>u1", "type": "profile_merged", "client_id": USER,
+            "event_time": T0, "properties": {"from": "anon:x"}}
+    assert parse_event(bare).properties == {"from": "anon:x"}
+    for wrong in ("", 5):
+        with pytest.raises(EventError, match="properties.state"):
+            parse_event({**bare, "properties": {"from": "anon:x", "state": wrong}})

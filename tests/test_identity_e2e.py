@@ -14,7 +14,15 @@ import redis
 from config.settings import Settings
 from features.events import format_time
 from sinks.keys import KeyLayout
-from tests.support import WRITE_KEY, all_triggers, api_server, drain, make_settings, read_headers
+from tests.support import (
+    ADMIN_KEY,
+    WRITE_KEY,
+    all_triggers,
+    api_server,
+    drain,
+    make_settings,
+    read_headers,
+)
 
 USER = "ann"
 COOKIE = "cookie-7f3a"
@@ -237,3 +245,27 @@ def test_a_backfilled_history_gives_the_cart_to_the_registered_client(
     owners = [(t["client_id"], t["status"]) for t in all_triggers(redis_client, settings)
               if t["type"] == "abandoned_cart"]
     assert owners == [(USER, "sent")]
+
+
+def test_erasing_the_second_client_of_a_shared_device_keeps_the_first_clients_link(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """The cookie's history went to the first client (the first link wins); the second
+    client to log in on the device must not list the cookie as its alias, so erasing the
+    second client leaves the cookie speaking for the first."""
+    settings = identity_settings(redis_url, key_prefix)
+    t0 = time.time() - 2 * 3600
+    with api_server(settings) as url:
+        post_batch(url, anonymous_visit(t0) + registration(t0))
+        post_batch(url, [{"type": "identify", "userId": "bob", "anonymousId": COOKIE,
+                          "messageId": "m-bob", "timestamp": iso(t0 + 40),
+                          "traits": {"email": "bob@example.com"}}])
+        settle(redis_client, settings, as_of=t0 + 45)
+        assert profile(url, "bob")["aliases"] == []
+        erased = httpx.delete(f"{url}/v1/profiles/bob", params={"wait": 0},
+                              headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+        assert erased.status_code == 202, erased.text
+        settle(redis_client, settings, as_of=t0 + 45)
+        by_cookie = profile(url, ANON)
+        assert by_cookie["client_id"] == USER and by_cookie["requested_id"] == ANON
+        assert profile(url, USER)["aliases"] == [ANON]
+        assert profile(url, USER)["features"]["cart_products"] == ["p1"]
