@@ -33,12 +33,14 @@ from features.state import (
     MAX_DECIDED,
     MAX_INTERESTS,
     MAX_ORDERS,
+    MAX_PENDING,
     MAX_RECENT_EVENT_IDS,
     MAX_SENDS,
     MAX_TOUCHED,
     MAX_VIEWED,
     CategoryInterest,
     ClientState,
+    PendingTrigger,
     event_fingerprint,
     evolve,
 )
@@ -161,7 +163,8 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
 
     Counts add up, times take the earliest first and the latest last, collections unite
     (the newer entry wins for the same product or category), the client's own traits win,
-    and what either side decided stays decided, so nothing fires twice.
+    what either side decided stays decided, so nothing fires twice, and what either side
+    had waiting (a delay, quiet hours) still waits, so nothing is lost.
     """
     if target is None:
         return evolve(source, merged_into=None, segments=(), segments_at=0.0,
@@ -222,6 +225,7 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         recent_event_ids=(*s.recent_event_ids, *t.recent_event_ids)[-MAX_RECENT_EVENT_IDS:],
         marks=tuple(sorted({**dict(s.marks), **{k: max(v, dict(s.marks).get(k, v))
                                                 for k, v in t.marks}}.items())),
+        pending=_merge_pending(t.pending, s.pending),
         sends=tuple(sorted({*t.sends, *s.sends}))[-MAX_SENDS:],
         decided=tuple(dict.fromkeys((*s.decided, *t.decided)))[-MAX_DECIDED:],
         touched=tuple(dict.fromkeys((*s.touched, *t.touched)))[-MAX_TOUCHED:],
@@ -235,6 +239,18 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         engagement_at=_latest(t.engagement_at, s.engagement_at),
         aliases=tuple(dict.fromkeys((*t.aliases, alias, *s.aliases)))[-MAX_ALIASES:],
     )
+
+
+def _merge_pending(a: tuple[PendingTrigger, ...], b: tuple[PendingTrigger, ...]
+                   ) -> tuple[PendingTrigger, ...]:
+    """Both sides' triggers waiting for a delay or the end of quiet hours (the anonymous
+    client's, say a cart reminder due at night, now wait on the client: released there, they
+    are checked against the merged state and recorded under the client). The same occasion
+    waits once, the client's own copy kept; the earliest MAX_PENDING are kept."""
+    waiting = {(p.type, p.key): p for p in b}
+    waiting.update({(p.type, p.key): p for p in a})
+    return tuple(sorted(waiting.values(), key=lambda p: (p.release_at, p.type, p.key))
+                 )[:MAX_PENDING]
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

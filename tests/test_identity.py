@@ -3,6 +3,8 @@ holds (cart, views, interests, visits, timers)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from features.events import (
@@ -15,11 +17,11 @@ from features.events import (
     parse_event,
 )
 from features.identity import Outcome, handle, merge_states, with_links
-from features.rules import ABANDONED_CART
-from features.state import ClientState
+from features.rules import ABANDONED_CART, QuietHours, TriggerRules
+from features.state import ClientState, evolve
 from features.triggers import fire_due, next_due
 from features.values import FEATURES, Context
-from tests.core_events import HOUR, RULES, T0, of, only
+from tests.core_events import HOUR, OPEN, RULES, T0, of, only
 
 ANON = "anon:cookie-1"
 USER = "u1"
@@ -46,7 +48,8 @@ class World:
     """Clients by key, and a queue of events routed by key, like the streams (an event
     with both ids brings its link request, as the event log appends it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rules: TriggerRules = CART_ONLY) -> None:
+        self.rules = rules
         self.states: dict[str, ClientState | None] = {}
         self.triggers: list = []  # type: ignore[type-arg]
 
@@ -56,7 +59,7 @@ class World:
             # through the stream's wire form, as the dataflow reads every entry back
             current = parse_event(event_to_dict(queue.pop(0)))
             key = current.client_key
-            outcome: Outcome = handle(key, self.states.get(key), current, CART_ONLY)
+            outcome: Outcome = handle(key, self.states.get(key), current, self.rules)
             self.states[key] = outcome.state
             self.triggers.extend(outcome.triggers)
             queue.extend(outcome.emitted)
@@ -181,3 +184,37 @@ def test_a_merge_answer_without_history_parses_and_a_malformed_one_does_not() ->
     for wrong in ("", 5):
         with pytest.raises(EventError, match="properties.state"):
             parse_event({**bare, "properties": {"from": "anon:x", "state": wrong}})
+
+
+def test_a_reminder_waiting_for_quiet_hours_to_end_goes_to_the_client_after_the_merge() -> None:
+    """The anonymous cart's reminder fell due at night and waits for the morning; the
+    visitor logs in before then: the waiting reminder moves with the cart (it was lost,
+    and the cart, marked reminded, never reminded again)."""
+    rules = only(replace(RULES, policy=replace(OPEN, quiet_hours=QuietHours())), ABANDONED_CART)
+    world = World(rules)
+    world.send(anon(EventType.CART_ADD, 0, "ca1", products=shoes("p1")))  # 00:00 UTC
+    world.send(anon(EventType.PAGE_VIEW, 2 * HOUR, "pg1"))
+    assert [(t.status, t.until) for t in of(world.triggers, ABANDONED_CART)] == [
+        ("deferred", T0 + 9 * HOUR)]
+    world.send(user(EventType.IDENTIFY, 2 * HOUR + 10, "i1", with_cookie=True))
+    merged = world.states[USER]
+    assert merged is not None and next_due(merged, rules) == T0 + 9 * HOUR
+    _, fired = fire_due(USER, merged, T0 + 12 * HOUR, rules)
+    carts = of(fired, ABANDONED_CART)
+    assert [(t.client_id, t.status, t.fired_at) for t in carts] == [
+        (USER, "sent", T0 + HOUR)]
+    assert [item["product_id"] for item in carts[0].payload["items"]] == ["p1"]
+
+
+def test_waiting_reminders_of_both_sides_are_kept_once() -> None:
+    rules = only(replace(RULES, policy=replace(OPEN, quiet_hours=QuietHours())), ABANDONED_CART)
+    world = World(rules)
+    world.send(anon(EventType.CART_ADD, 0, "ca1", products=shoes("p1")))
+    world.send(anon(EventType.PAGE_VIEW, 2 * HOUR, "pg1"))
+    source = world.states[ANON]
+    assert source is not None and len(source.pending) == 1
+    assert merge_states(source, source, ANON, T0 + 3 * HOUR).pending == source.pending
+    own = replace(source.pending[0], key="own-occasion", release_at=T0 + 8 * HOUR)
+    target = evolve(source, pending=(own,))
+    merged = merge_states(target, source, ANON, T0 + 3 * HOUR)
+    assert merged.pending == (own, source.pending[0])
