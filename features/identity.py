@@ -40,6 +40,7 @@ from features.state import (
     MAX_VIEWED,
     CategoryInterest,
     ClientState,
+    OrderRecord,
     PendingTrigger,
     event_fingerprint,
     evolve,
@@ -180,11 +181,7 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
     viewed = {pid: at for pid, at in s.viewed}
     for pid, seen in t.viewed:
         viewed[pid] = max(seen, viewed.get(pid, seen))
-    orders = {o.order_id: o for o in s.orders}
-    duplicated = [o for o in t.orders if o.order_id in orders]  # the same order seen twice
-    orders.update({o.order_id: o for o in t.orders})
-    money_twice = sum(o.total - o.returned for o in duplicated if not o.cancelled)
-    count_twice = sum(1 for o in duplicated if not o.cancelled)
+    orders, orders_count, money, first_order, last_order = _merge_orders(t, s)
     channels = dict(s.channel_engagement)
     for name, count in t.channel_engagement:
         channels[name] = channels.get(name, 0) + count
@@ -211,11 +208,11 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         last_view_at=_latest(t.last_view_at, s.last_view_at),
         browse_closed_at=max(t.browse_closed_at, s.browse_closed_at),
         favourites=tuple(dict.fromkeys((*s.favourites, *t.favourites)))[-MAX_VIEWED:],
-        orders=tuple(sorted(orders.values(), key=lambda o: o.placed_at))[-MAX_ORDERS:],
-        orders_count=t.orders_count + s.orders_count - count_twice,
-        monetary_total=round(t.monetary_total + s.monetary_total - money_twice, 2),
-        first_order_at=_earliest(t.first_order_at, s.first_order_at),
-        last_order_at=_latest(t.last_order_at, s.last_order_at),
+        orders=orders,
+        orders_count=orders_count,
+        monetary_total=money,
+        first_order_at=first_order,
+        last_order_at=last_order,
         checkout_started_at=_latest(t.checkout_started_at, s.checkout_started_at),
         support_requests=t.support_requests + s.support_requests,
         last_support_at=_latest(t.last_support_at, s.last_support_at),
@@ -239,6 +236,48 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         engagement_at=_latest(t.engagement_at, s.engagement_at),
         aliases=tuple(dict.fromkeys((*t.aliases, alias, *s.aliases)))[-MAX_ALIASES:],
     )
+
+
+def _merge_orders(t: ClientState, s: ClientState) -> tuple[
+        tuple[OrderRecord, ...], int, float, float | None, float | None]:
+    """Orders, their count, money, first and last order time of both sides.
+
+    The same order seen by both (a guest checkout tracked on the site and sent by the
+    shop's backend) counts once, with what either side knows of it: cancelled if either saw
+    it cancelled, the larger refund. Each side's own count and money already hold its copy,
+    so both copies come out and the merged one goes in; the first and last order times are
+    taken again from the orders that still stand when both lists are complete.
+    """
+    mine = {o.order_id: o for o in t.orders}
+    merged = {o.order_id: o for o in s.orders}
+    count = t.orders_count + s.orders_count
+    money = t.monetary_total + s.monetary_total
+    both = [order_id for order_id in mine if order_id in merged]
+    for order_id in both:
+        own, other = mine[order_id], merged[order_id]
+        cancelled = own.cancelled or other.cancelled
+        returned = own.total if cancelled else min(own.total, max(own.returned, other.returned))
+        kept = replace(own, returned=round(returned, 2), cancelled=cancelled)
+        count += _live(kept) - _live(own) - _live(other)
+        money += _net(kept) - _net(own) - _net(other)
+        merged[order_id] = kept
+    merged.update({order_id: order for order_id, order in mine.items() if order_id not in both})
+    ordered = sorted(merged.values(), key=lambda o: o.placed_at)
+    first = _earliest(t.first_order_at, s.first_order_at)
+    last = _latest(t.last_order_at, s.last_order_at)
+    if both and len(t.orders) < MAX_ORDERS and len(s.orders) < MAX_ORDERS:
+        live = [o.placed_at for o in ordered if not o.cancelled]
+        first, last = (min(live), max(live)) if live else (None, None)
+    return (tuple(ordered[-MAX_ORDERS:]), max(0, count), max(0.0, round(money, 2)), first,
+            last)
+
+
+def _live(order: OrderRecord) -> int:
+    return 0 if order.cancelled else 1
+
+
+def _net(order: OrderRecord) -> float:
+    return 0.0 if order.cancelled else order.total - order.returned
 
 
 def _merge_pending(a: tuple[PendingTrigger, ...], b: tuple[PendingTrigger, ...]

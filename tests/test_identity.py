@@ -12,6 +12,7 @@ from features.events import (
     Event,
     EventError,
     EventType,
+    Order,
     Product,
     event_to_dict,
     parse_event,
@@ -218,3 +219,26 @@ def test_waiting_reminders_of_both_sides_are_kept_once() -> None:
     target = evolve(source, pending=(own,))
     merged = merge_states(target, source, ANON, T0 + 3 * HOUR)
     assert merged.pending == (own, source.pending[0])
+
+
+def test_an_order_both_sides_saw_counts_once_with_its_cancellation_and_refund() -> None:
+    """A guest checkout tracked on the site (the cookie) and sent by the shop's backend (the
+    client): its cancellation or refund, seen by one side only, still holds after the merge
+    (the other side's copy counted the money back in)."""
+    world = World()
+    world.send(anon(EventType.ORDER_PLACED, 0, "site-o1", order=Order("o1", 50.0)))
+    world.send(user(EventType.ORDER_PLACED, 5, "shop-o1", order=Order("o1", 50.0)))
+    world.send(user(EventType.ORDER_CANCELLED, 60, "shop-c1", order=Order("o1", -1.0)))
+    world.send(anon(EventType.ORDER_PLACED, 70, "site-o2", order=Order("o2", 20.0)))
+    world.send(user(EventType.ORDER_PLACED, 72, "shop-o2", order=Order("o2", 20.0)))
+    world.send(anon(EventType.ORDER_REFUNDED, 80, "site-r2", order=Order("o2", 5.0)))
+    world.send(anon(EventType.ORDER_PLACED, 90, "site-o3", order=Order("o3", 10.0)))
+    world.send(anon(EventType.ORDER_CANCELLED, 95, "site-c3", order=Order("o3", -1.0)))
+    world.send(user(EventType.ORDER_PLACED, 99, "shop-o3", order=Order("o3", 10.0)))
+    world.send(user(EventType.IDENTIFY, 600, "i1", with_cookie=True))
+    merged = world.states[USER]
+    assert merged is not None
+    assert merged.orders_count == 1 and merged.monetary_total == 15.0
+    assert [(o.order_id, o.cancelled, o.returned) for o in merged.orders] == [
+        ("o1", True, 50.0), ("o2", False, 5.0), ("o3", True, 10.0)]
+    assert merged.first_order_at == T0 + 72 and merged.last_order_at == T0 + 72
