@@ -425,6 +425,8 @@ def parse_event(raw: object) -> Event:
         _touch(properties, channel)
     if event_type is EventType.IDENTITY_LINKED:
         _require_text(properties, "client_id", event_type)
+        if "alias" in properties:  # a hand-over of an alias to a tombstone
+            _require_text(properties, "alias", event_type)
     if event_type is EventType.PROFILE_MERGED:
         _require_text(properties, "from", event_type)
         if "state" in properties:  # absent: the anonymous id had no history, only an alias

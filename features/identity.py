@@ -11,6 +11,10 @@ still reach the tombstone are forwarded.
 Each step is a keyed event in the streams, so each key keeps exactly one writer, every
 event id is derived from the two keys, and a replayed step changes nothing.
 
+A client lists at most MAX_ALIASES aliases; one it lets go of is handed over to the
+tombstone of the alias that took its place, which keeps it, so an erasure of the client
+still reaches every anonymous id merged into it (tombstone by tombstone).
+
 The first link wins: a tombstone ignores later links (a shared device does not hand one
 client's history to the next), and sends no answer, so the later client does not list the
 anonymous id among its aliases.
@@ -63,6 +67,8 @@ def handle(client_key: str, state: ClientState | None, event: Event, rules: Trig
            *, next_timer: float = float("-inf")) -> Outcome:
     """`process_event` with identity: forwards, link requests, merges. `next_timer`: see
     `process_event`."""
+    if event.type is EventType.IDENTITY_LINKED and HANDED_OVER in event.properties:
+        return _keep_handed_over(client_key, state, event)
     if state is not None and state.merged_into is not None:
         if event.type is EventType.IDENTITY_LINKED:
             return Outcome(state)  # the first link won
@@ -145,9 +151,10 @@ def _absorb(client_key: str, state: ClientState | None, event: Event, rules: Tri
     if "state" not in event.properties:  # the cookie had no history: it becomes an alias
         if state is None or alias in state.aliases:
             return Outcome(state)
-        return Outcome(evolve(state, aliases=(*state.aliases, alias)[-MAX_ALIASES:],
-                              recent_event_ids=(*state.recent_event_ids, fingerprint)[
-                                  -MAX_RECENT_EVENT_IDS:]))
+        merged = evolve(state, aliases=(*state.aliases, alias)[-MAX_ALIASES:],
+                        recent_event_ids=(*state.recent_event_ids, fingerprint)[
+                            -MAX_RECENT_EVENT_IDS:])
+        return Outcome(merged, emitted=_hand_over(client_key, state, merged, alias, event))
     source = decode_state(base64.b64decode(str(event.properties["state"])))
     # fire what was due before the merge on the client's own history first
     base, fired = (None, []) if state is None else process_event(
@@ -155,7 +162,36 @@ def _absorb(client_key: str, state: ClientState | None, event: Event, rules: Tri
     merged = merge_states(base, source, alias, event.event_time)
     merged = evolve(merged, recent_event_ids=(*merged.recent_event_ids, fingerprint)[
         -MAX_RECENT_EVENT_IDS:])
-    return Outcome(merged, fired)
+    return Outcome(merged, fired, _hand_over(client_key, state, merged, alias, event))
+
+
+HANDED_OVER = "alias"  # the property of a hand-over (an `identity_linked` to a tombstone)
+
+
+def _hand_over(client_key: str, before: ClientState | None, after: ClientState, alias: str,
+               cause: Event) -> list[Event]:
+    """The aliases the client's bounded list let go of to make room for `alias`, each handed
+    to `alias`'s tombstone, which keeps it: an erasure of the client reaches that tombstone,
+    and the tombstone's erasure the aliases it keeps, so every anonymous id merged into the
+    client is still erased (and none keeps pointing at the erased client)."""
+    kept = set(after.aliases)
+    if before is None or alias not in kept:
+        return []
+    return [Event(event_id=step_id("alias", dropped, alias), type=EventType.IDENTITY_LINKED,
+                  event_time=cause.event_time, received_at=cause.received_at,
+                  anonymous_id=alias.removeprefix(ANONYMOUS_PREFIX),
+                  properties={"client_id": client_key, HANDED_OVER: dropped})
+            for dropped in before.aliases if dropped not in kept]
+
+
+def _keep_handed_over(client_key: str, state: ClientState | None, event: Event) -> Outcome:
+    """A tombstone keeps an alias its client handed over; anything else (the tombstone was
+    erased meanwhile, or points elsewhere) ignores it."""
+    dropped = str(event.properties[HANDED_OVER])
+    if (state is None or state.merged_into != event.properties["client_id"]
+            or dropped == client_key or dropped in state.aliases):
+        return Outcome(state)
+    return Outcome(evolve(state, aliases=(*state.aliases, dropped)[-MAX_ALIASES:]))
 
 
 def merge_states(target: ClientState | None, source: ClientState, alias: str, at: float

@@ -242,3 +242,35 @@ def test_an_order_both_sides_saw_counts_once_with_its_cancellation_and_refund() 
     assert [(o.order_id, o.cancelled, o.returned) for o in merged.orders] == [
         ("o1", True, 50.0), ("o2", False, 5.0), ("o3", True, 10.0)]
     assert merged.first_order_at == T0 + 72 and merged.last_order_at == T0 + 72
+
+
+def test_aliases_beyond_the_cap_are_handed_to_the_newest_tombstone() -> None:
+    """The client lists its 8 latest cookies; each one it lets go of is kept by the tombstone
+    of the cookie that took its place, so an erasure (which follows aliases, tombstone by
+    tombstone) still reaches it. Its history stays merged, and its events still forwarded."""
+    world = World()
+    cookies = [f"browser-{n}" for n in range(10)]
+    for n, cookie in enumerate(cookies):
+        world.send(Event(event_id=f"v{n}", type=EventType.PRODUCT_VIEW, event_time=T0 + n,
+                         received_at=T0 + n, anonymous_id=cookie, products=shoes(f"p{n}")))
+        world.send(Event(event_id=f"i{n}", type=EventType.IDENTIFY, event_time=T0 + n + 0.5,
+                         received_at=T0 + n + 0.5, client_id=USER, anonymous_id=cookie))
+    merged = world.states[USER]
+    assert merged is not None
+    assert merged.aliases == tuple(f"anon:{c}" for c in cookies[2:])
+    keeper_8, keeper_9 = world.states["anon:browser-8"], world.states["anon:browser-9"]
+    assert keeper_8 is not None and keeper_8.aliases == ("anon:browser-0",)
+    assert keeper_9 is not None and keeper_9.aliases == ("anon:browser-1",)
+    assert all(world.states[f"anon:{c}"].merged_into == USER  # type: ignore[union-attr]
+               for c in cookies)
+    world.send(Event(event_id="late", type=EventType.PRODUCT_VIEW, event_time=T0 + 20,
+                     received_at=T0 + 20, anonymous_id="browser-0", products=shoes("p-late")))
+    merged = world.states[USER]
+    assert merged is not None and merged.viewed[-1][0] == "p-late"
+    # a hand-over to a tombstone that is gone, or points elsewhere, changes nothing
+    stray = Event(event_id="stray", type=EventType.IDENTITY_LINKED, event_time=T0 + 30,
+                  received_at=T0 + 30, anonymous_id="browser-5",
+                  properties={"client_id": "someone-else", "alias": "anon:x"})
+    assert handle("anon:browser-5", world.states["anon:browser-5"], stray,
+                  CART_ONLY).state is world.states["anon:browser-5"]
+    assert handle("anon:gone", None, replace(stray, anonymous_id="gone"), CART_ONLY).state is None

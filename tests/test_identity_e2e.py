@@ -269,3 +269,35 @@ def test_erasing_the_second_client_of_a_shared_device_keeps_the_first_clients_li
         assert by_cookie["client_id"] == USER and by_cookie["requested_id"] == ANON
         assert profile(url, USER)["aliases"] == [ANON]
         assert profile(url, USER)["features"]["cart_products"] == ["p1"]
+
+
+def test_erasing_a_client_erases_every_cookie_merged_into_it_beyond_the_alias_cap(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """A client who logged in from more browsers than the profile lists aliases (8): the
+    erasure still reaches every cookie, so none keeps pointing at the client or answers for
+    it afterwards."""
+    settings = identity_settings(redis_url, key_prefix)
+    t0 = time.time() - 2 * 3600
+    cookies = [f"browser-{n}" for n in range(11)]
+    with api_server(settings) as url:
+        for n, cookie in enumerate(cookies):
+            post_batch(url, [
+                {"type": "track", "anonymousId": cookie, "messageId": f"m-view-{n}",
+                 "event": "Product Viewed", "timestamp": iso(t0 + 10 * n),
+                 "properties": {"product_id": f"p{n}", "category": "shoes", "price": 30}},
+                {"type": "identify", "userId": USER, "anonymousId": cookie,
+                 "messageId": f"m-login-{n}", "timestamp": iso(t0 + 10 * n + 5)}])
+            settle(redis_client, settings, as_of=t0 + 10 * n + 6)
+        assert profile(url, USER)["aliases"] == [f"anon:{c}" for c in cookies[-8:]]
+        for cookie in cookies:
+            assert profile(url, f"anon:{cookie}")["client_id"] == USER
+        erased = httpx.delete(f"{url}/v1/profiles/{USER}", params={"wait": 0},
+                              headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+        assert erased.status_code == 202, erased.text
+        settle(redis_client, settings, as_of=t0 + 200)
+        for cookie in [USER] + [f"anon:{c}" for c in cookies]:
+            response = httpx.get(f"{url}/v1/profiles/{cookie}", headers=read_headers(),
+                                 timeout=10)
+            assert response.status_code == 404, (cookie, response.text)
+        for cookie in cookies:  # no tombstone left holding the client's id
+            assert stored_state(redis_client, settings, f"anon:{cookie}") is None, cookie
