@@ -34,6 +34,7 @@ from features.rules import DAY
 from features.state import (
     MAX_ALIASES,
     MAX_CART_LINES,
+    MAX_CATEGORIES,
     MAX_DECIDED,
     MAX_INTERESTS,
     MAX_ORDERS,
@@ -43,6 +44,7 @@ from features.state import (
     MAX_TOUCHED,
     MAX_VIEWED,
     CategoryInterest,
+    CategoryOrders,
     ClientState,
     OrderRecord,
     PendingTrigger,
@@ -267,6 +269,7 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         view_hours=windows.merge(t.view_hours, s.view_hours, latest, HOUR, VIEW_HOURS),
         view_days=windows.merge(t.view_days, s.view_days, latest, DAY, VIEW_DAYS),
         interests=_merge_interests(t.interests, s.interests),
+        categories=_merge_categories(t.categories, s.categories),
         orders_updated_at=_latest(t.orders_updated_at, s.orders_updated_at),
         cart_changed_at=_latest(t.cart_changed_at, s.cart_changed_at) or at,
         engagement_at=_latest(t.engagement_at, s.engagement_at),
@@ -334,6 +337,21 @@ def _earliest(a: float | None, b: float | None) -> float | None:
 
 def _latest(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
+
+
+def _merge_categories(a: tuple[CategoryOrders, ...], b: tuple[CategoryOrders, ...]
+                      ) -> tuple[CategoryOrders, ...]:
+    """Per-category order history of both sides (per-category replenishment): first and
+    last order, their count, and the latest cycle already reminded of. (An order both sides
+    saw counts twice here: the state keeps no order's items to tell.)"""
+    merged = {c.category: c for c in b}
+    for mine in a:
+        other = merged.get(mine.category)
+        merged[mine.category] = mine if other is None else CategoryOrders(
+            mine.category, min(mine.first_at, other.first_at), max(mine.last_at, other.last_at),
+            mine.count + other.count, max(mine.reminded_through, other.reminded_through))
+    ordered = sorted(merged.values(), key=lambda c: (c.last_at, c.category))
+    return tuple(ordered[-MAX_CATEGORIES:])
 
 
 def _merge_interests(a: tuple[CategoryInterest, ...], b: tuple[CategoryInterest, ...]

@@ -18,7 +18,13 @@ from features.events import (
     parse_event,
 )
 from features.identity import Outcome, handle, merge_states, with_links
-from features.rules import ABANDONED_CART, QuietHours, TriggerRules
+from features.rules import (
+    ABANDONED_CART,
+    DAY,
+    REPLENISHMENT_REMINDER,
+    QuietHours,
+    TriggerRules,
+)
 from features.state import ClientState, evolve
 from features.triggers import fire_due, next_due
 from features.values import FEATURES, Context
@@ -274,3 +280,24 @@ def test_aliases_beyond_the_cap_are_handed_to_the_newest_tombstone() -> None:
     assert handle("anon:browser-5", world.states["anon:browser-5"], stray,
                   CART_ONLY).state is world.states["anon:browser-5"]
     assert handle("anon:gone", None, replace(stray, anonymous_id="gone"), CART_ONLY).state is None
+
+
+def test_a_guests_orders_per_category_join_the_client_for_replenishment() -> None:
+    """Per-category replenishment: a guest bought shoes twice, 30 days apart, then signed
+    up. The client's category history holds both orders, so the reminder is due 7 days
+    before the next predicted order (the guest's categories were dropped in the merge)."""
+    base = only(RULES, REPLENISHMENT_REMINDER)
+    rules = replace(base, replenishment_reminder=replace(base.replenishment_reminder,
+                                                         per_category=True))
+    world = World(rules)
+    item = (Product("p1", "shoes", 30.0, 1),)
+    world.send(anon(EventType.ORDER_PLACED, 0, "o1", order=Order("o1", 30.0, items=item)))
+    world.send(anon(EventType.ORDER_PLACED, DAY * 30, "o2", order=Order("o2", 30.0, items=item)))
+    world.send(user(EventType.ORDER_PLACED, DAY * 31, "o3",
+                    order=Order("o3", 20.0, items=(Product("p2", "bags", 20.0, 1),))))
+    world.send(user(EventType.IDENTIFY, DAY * 31 + 60, "i1", with_cookie=True))
+    merged = world.states[USER]
+    assert merged is not None
+    assert [(c.category, c.count, c.first_at, c.last_at) for c in merged.categories] == [
+        ("shoes", 2, T0, T0 + 30 * DAY), ("bags", 1, T0 + 31 * DAY, T0 + 31 * DAY)]
+    assert next_due(merged, rules) == T0 + 60 * DAY - 7 * DAY
