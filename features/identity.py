@@ -215,15 +215,29 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         other = cart.get(line.product_id)
         if other is None or line.added_at >= other.added_at:
             cart[line.product_id] = line
-    cart_lines = tuple(sorted(cart.values(), key=lambda c: c.added_at))[-MAX_CART_LINES:]
+    # an order on either side bought what was in the cart before it, as it does in one
+    # profile: lines added before the latest order are void, whichever side saw them (else
+    # the outcome would hang on whether the link came before or after the order)
+    closed = max(t.cart_closed_at, s.cart_closed_at)
+    cart_lines = tuple(sorted((line for line in cart.values() if line.added_at > closed),
+                              key=lambda c: c.added_at))[-MAX_CART_LINES:]
+    open_sides = [x for x in (t, s) if any(line.added_at > closed for line in x.cart)]
+    # a side's reminder stays decided while its cart episode is intact
+    reminded = max((x.cart_reminded for x in open_sides
+                    if all(line.added_at > closed for line in x.cart)), default=0.0)
     viewed = {pid: at for pid, at in s.viewed}
     for pid, seen in t.viewed:
         viewed[pid] = max(seen, viewed.get(pid, seen))
+    viewed_items = tuple(sorted(viewed.items(), key=lambda v: v[1]))[-MAX_VIEWED:]
+    browse_closed = max(t.browse_closed_at, s.browse_closed_at)
+    browse_since = _earliest(t.browse_since, s.browse_since)
+    if browse_since is not None and browse_since <= browse_closed:  # as an order closes it
+        later = [at for _, at in viewed_items if at > browse_closed]
+        browse_since = min(later) if later else None
     orders, orders_count, money, first_order, last_order = _merge_orders(t, s)
     channels = dict(s.channel_engagement)
     for name, count in t.channel_engagement:
         channels[name] = channels.get(name, 0) + count
-    reminded = max(t.cart_reminded, s.cart_reminded) if cart_lines else 0.0
     return evolve(
         t,
         first_seen_at=min(t.first_seen_at, s.first_seen_at),
@@ -236,15 +250,15 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         last_visit_at=_latest(t.last_visit_at, s.last_visit_at),
         visits=t.visits + s.visits,
         cart=cart_lines,
-        cart_updated_at=(_latest(t.cart_updated_at, s.cart_updated_at) if cart_lines
-                         else None),
+        cart_updated_at=max((x.cart_updated_at for x in open_sides
+                             if x.cart_updated_at is not None), default=None),
         cart_since=(min(c.added_at for c in cart_lines) if cart_lines else None),
         cart_reminded=reminded,
-        cart_closed_at=max(t.cart_closed_at, s.cart_closed_at),
-        viewed=tuple(sorted(viewed.items(), key=lambda v: v[1]))[-MAX_VIEWED:],
-        browse_since=_earliest(t.browse_since, s.browse_since),
+        cart_closed_at=closed,
+        viewed=viewed_items,
+        browse_since=browse_since,
         last_view_at=_latest(t.last_view_at, s.last_view_at),
-        browse_closed_at=max(t.browse_closed_at, s.browse_closed_at),
+        browse_closed_at=browse_closed,
         favourites=tuple(dict.fromkeys((*s.favourites, *t.favourites)))[-MAX_VIEWED:],
         orders=orders,
         orders_count=orders_count,

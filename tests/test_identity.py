@@ -19,6 +19,7 @@ from features.events import (
 )
 from features.identity import Outcome, handle, merge_states, with_links
 from features.rules import (
+    ABANDONED_BROWSE,
     ABANDONED_CART,
     DAY,
     REPLENISHMENT_REMINDER,
@@ -301,3 +302,34 @@ def test_a_guests_orders_per_category_join_the_client_for_replenishment() -> Non
     assert [(c.category, c.count, c.first_at, c.last_at) for c in merged.categories] == [
         ("shoes", 2, T0, T0 + 30 * DAY), ("bags", 1, T0 + 31 * DAY, T0 + 31 * DAY)]
     assert next_due(merged, rules) == T0 + 60 * DAY - 7 * DAY
+
+
+def test_an_order_before_the_link_closes_the_cookies_cart_and_browse_as_one_after_it() -> None:
+    """The visitor carts shoes and views a bag on the phone, then buys on the laptop while
+    logged in; the phone logs in later. The order bought what was in the cart before it,
+    whether the link came before or after it: no reminder of a cart or a browse it closed
+    (the merge kept the phone's cart, and reminded of it at once)."""
+    rules = only(RULES, ABANDONED_CART, ABANDONED_BROWSE)
+
+    def run(link_first: bool) -> tuple[ClientState, list[str]]:
+        world = World(rules)
+        world.send(anon(EventType.PRODUCT_VIEW, 0, "pv1", products=shoes("p9")))
+        world.send(anon(EventType.CART_ADD, 60, "ca1", products=shoes("p1")))
+        world.send(anon(EventType.PRODUCT_VIEW, 120, "pv2", products=shoes("p8")))
+        if link_first:
+            world.send(user(EventType.IDENTIFY, 600, "i1", with_cookie=True))
+        world.send(user(EventType.ORDER_PLACED, 1800, "o1", order=Order("o1", 30.0)))
+        if not link_first:
+            world.send(user(EventType.IDENTIFY, 2400, "i1", with_cookie=True))
+        world.send(anon(EventType.CART_ADD, 3000, "ca2", products=shoes("p2")))
+        state = world.states[USER]
+        assert state is not None
+        _, fired = fire_due(USER, state, T0 + 10 * HOUR, rules)
+        return state, [f"{t.type}@{t.fired_at - T0:g}" for t in fired]
+
+    linked_first, reminders = run(True)
+    ordered_first, reminders_after = run(False)
+    assert [line.product_id for line in ordered_first.cart] == ["p2"]
+    assert reminders_after == reminders == [f"abandoned_cart@{3000 + HOUR:g}"]
+    for name in ("cart", "cart_since", "cart_updated_at", "cart_reminded", "browse_since"):
+        assert getattr(ordered_first, name) == getattr(linked_first, name), name
