@@ -26,6 +26,7 @@ import base64
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from features import windows
 from features.codec import decode_state, encode_state
@@ -36,6 +37,7 @@ from features.state import (
     MAX_CART_LINES,
     MAX_CATEGORIES,
     MAX_DECIDED,
+    MAX_EARLY_RETURNS,
     MAX_INTERESTS,
     MAX_ORDERS,
     MAX_PENDING,
@@ -51,6 +53,7 @@ from features.state import (
     event_fingerprint,
     evolve,
 )
+from features.state import _return_order as return_order  # the one way an order is undone
 from features.triggers import Trigger, TriggerRules, fire_due, process_event
 from features.windows import HOUR, VIEW_DAYS, VIEW_HOURS, VISIT_DAYS
 
@@ -235,6 +238,8 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         later = [at for _, at in viewed_items if at > browse_closed]
         browse_since = min(later) if later else None
     orders, orders_count, money, first_order, last_order = _merge_orders(t, s)
+    (orders, orders_count, money, first_order, last_order), early_returns = _early_returns(
+        t, s, (orders, orders_count, money, first_order, last_order))
     channels = dict(s.channel_engagement)
     for name, count in t.channel_engagement:
         channels[name] = channels.get(name, 0) + count
@@ -284,6 +289,7 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         view_days=windows.merge(t.view_days, s.view_days, latest, DAY, VIEW_DAYS),
         interests=_merge_interests(t.interests, s.interests),
         categories=_merge_categories(t.categories, s.categories),
+        early_returns=early_returns,
         orders_updated_at=_latest(t.orders_updated_at, s.orders_updated_at),
         cart_changed_at=_latest(t.cart_changed_at, s.cart_changed_at) or at,
         engagement_at=_latest(t.engagement_at, s.engagement_at),
@@ -323,6 +329,34 @@ def _merge_orders(t: ClientState, s: ClientState) -> tuple[
         first, last = (min(live), max(live)) if live else (None, None)
     return (tuple(ordered[-MAX_ORDERS:]), max(0, count), max(0.0, round(money, 2)), first,
             last)
+
+
+OrderTotals = tuple[tuple[OrderRecord, ...], int, float, float | None, float | None]
+
+
+def _early_returns(t: ClientState, s: ClientState, totals: OrderTotals
+                   ) -> tuple[OrderTotals, tuple[tuple[str, float, bool], ...]]:
+    """Cancellations and refunds either side saw before their order: applied now to an
+    order the other side knew, else kept for the order to come (a late order reaches the
+    client, forwarded, and must find them). A refund is applied only to an order nothing
+    was given back for yet: the same refund may have reached both sides."""
+    orders, count, money, first, last = totals
+    current: dict[str, Any] = {"orders": orders, "orders_count": count,
+                               "monetary_total": money, "first_order_at": first,
+                               "last_order_at": last}
+    waiting: dict[str, tuple[str, float, bool]] = {r[0]: r for r in s.early_returns}
+    waiting.update({r[0]: r for r in t.early_returns})
+    kept: list[tuple[str, float, bool]] = []
+    for order_id, amount, cancel in waiting.values():
+        index = next((i for i, o in enumerate(current["orders"]) if o.order_id == order_id),
+                     None)
+        if index is None:
+            kept.append((order_id, amount, cancel))
+        elif cancel or current["orders"][index].returned == 0:
+            current.update(return_order(current, index, amount=amount, cancel=cancel))
+    return ((current["orders"], current["orders_count"], current["monetary_total"],
+             current["first_order_at"], current["last_order_at"]),
+            tuple(kept)[-MAX_EARLY_RETURNS:])
 
 
 def _live(order: OrderRecord) -> int:

@@ -333,3 +333,22 @@ def test_an_order_before_the_link_closes_the_cookies_cart_and_browse_as_one_afte
     assert reminders_after == reminders == [f"abandoned_cart@{3000 + HOUR:g}"]
     for name in ("cart", "cart_since", "cart_updated_at", "cart_reminded", "browse_since"):
         assert getattr(ordered_first, name) == getattr(linked_first, name), name
+
+
+def test_a_cancellation_the_cookie_saw_before_its_order_still_cancels_it_after_the_merge(
+        ) -> None:
+    """Out of order: the cookie's cancellation arrived before its order. Whether the order
+    then reaches the client late (forwarded) or the client knew it already, it stays
+    cancelled, as in one profile (the cancellation waiting for it was dropped)."""
+    world = World()
+    world.send(anon(EventType.ORDER_CANCELLED, 10, "c1", order=Order("o1", -1.0)))
+    world.send(anon(EventType.ORDER_REFUNDED, 11, "r2", order=Order("o2", 5.0)))
+    world.send(user(EventType.ORDER_PLACED, 4, "o2", order=Order("o2", 20.0)))
+    world.send(user(EventType.IDENTIFY, 20, "i1", with_cookie=True))
+    world.send(anon(EventType.ORDER_PLACED, 5, "o1", order=Order("o1", 50.0)))  # forwarded
+    merged = world.states[USER]
+    assert merged is not None
+    assert [(o.order_id, o.cancelled, o.returned) for o in merged.orders] == [
+        ("o2", False, 5.0), ("o1", True, 50.0)]
+    assert merged.orders_count == 1 and merged.monetary_total == 15.0
+    assert merged.early_returns == ()
