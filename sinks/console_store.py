@@ -64,21 +64,35 @@ class Match:
 
 Keep = Callable[[list[Match]], Awaitable[list[Match]]]
 
+# With `keep`, index entries read per lookup at most (give or take one round): a point's
+# key typing a prefix most clients share ("+44", "a") must not walk the whole index.
+LOOKUP_SCAN = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    matches: list[Match]
+    complete: bool  # False: LOOKUP_SCAN entries were read before the answer was certain
+
 
 async def lookup(client: aioredis.Redis, layout: KeyLayout, prefixes: Sequence[str],
-                 limit: int, keep: Keep | None = None) -> list[Match]:
+                 limit: int, keep: Keep | None = None, scan: int = LOOKUP_SCAN) -> Found:
     """The first `limit` clients, in value order, whose email or phone starts with one of
     `prefixes` ("email:ali"...) and that `keep` keeps (a point's key: its own clients).
 
     Each (prefix, partition) range is read `limit` entries at a time; with `keep`, a range
     is read further while it may still hold a kept match that sorts among the first
-    `limit`, so matches `keep` drops do not use up the limit."""
+    `limit`, so matches `keep` drops do not use up the limit, but no further once `scan`
+    entries were read: then the kept matches found so far come back, not `complete`."""
     ranges = [(layout.lookup(partition), prefix.encode()) for prefix in prefixes
               for partition in range(layout.partitions)]
     starts = {i: b"[" + prefix for i, (_, prefix) in enumerate(ranges)}
     last: dict[int, tuple[str, str]] = {}  # each open range's last entry read
     found: dict[tuple[str, str], Match] = {}
+    scanned = 0
     while starts:
+        if keep is not None and scanned >= scan:
+            break  # the rest of the answer would cost a walk through the index
         order = list(starts)
         async with client.pipeline(transaction=False) as pipe:
             for i in order:
@@ -88,6 +102,7 @@ async def lookup(client: aioredis.Redis, layout: KeyLayout, prefixes: Sequence[s
             replies = cast(list[list[bytes]], await pipe.execute())
         read: list[Match] = []
         for i, reply in zip(order, replies, strict=True):
+            scanned += len(reply)
             for raw in reply:
                 entry, _, client_id = raw.decode().partition("\0")
                 kind, _, value = entry.partition(":")
@@ -109,7 +124,8 @@ async def lookup(client: aioredis.Redis, layout: KeyLayout, prefixes: Sequence[s
         if len(kept) >= limit:  # read on only where something earlier may still be
             cutoff = kept[limit - 1]
             starts = {i: start for i, start in starts.items() if last[i] < cutoff}
-    return sorted(found.values(), key=lambda m: (m.value, m.client_id))[:limit]
+    ordered = sorted(found.values(), key=lambda m: (m.value, m.client_id))[:limit]
+    return Found(ordered, complete=keep is None or not starts)
 
 
 async def timeline(client: aioredis.Redis, layout: KeyLayout, client_key: str

@@ -24,6 +24,7 @@ from features.rules import SegmentRules
 from features.state import ClientState, OrderRecord
 from features.timeline import MAX_SUMMARY, SEPARATOR, parse_timeline, timeline_entry
 from sinks import console_store
+from sinks.bucket_store import lookup_member
 from sinks.keys import KeyLayout
 
 T0 = 1_700_000_000.0
@@ -147,3 +148,43 @@ def test_size_history_keeps_its_retention(redis_url: str, key_prefix: str) -> No
     history = asyncio.run(scenario())
     hour = int((T0 + 86400) // 3600 * 3600)
     assert history == [(hour, 6), (hour + 86400, 7), (hour + 2 * 86400, 9)]
+
+
+def test_a_points_lookup_reads_a_bounded_part_of_the_index(redis_url: str,
+                                                            key_prefix: str) -> None:
+    """A point's key typing a prefix nearly every client shares ("+4420") must not walk the
+    whole index when few of the matches are its own: it reads about LOOKUP_SCAN entries and
+    says the answer is not complete; a longer prefix still finds its client."""
+    layout = KeyLayout(key_prefix, 4, 16)
+    others = [f"other{n:05d}" for n in range(20 * console_store.LOOKUP_SCAN)]
+
+    async def scenario() -> tuple[console_store.Found, int, console_store.Found,
+                                  console_store.Found]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for n, other in enumerate(others):
+                    pipe.zadd(layout.lookup(layout.partition_of_client(other)),
+                              {lookup_member(f"phone:+4420{n:08d}", other): 0})
+                pipe.zadd(layout.lookup(layout.partition_of_client("mine")),
+                          {lookup_member("phone:+442099999999", "mine"): 0})
+                await pipe.execute()
+            offered: list[console_store.Match] = []
+
+            async def ours(matches: list[console_store.Match]) -> list[console_store.Match]:
+                offered.extend(matches)
+                return [m for m in matches if m.client_id == "mine"]
+
+            broad = await console_store.lookup(client, layout, ["phone:+4420"], 20, ours)
+            read = len(offered)
+            exact = await console_store.lookup(client, layout, ["phone:+44209999"], 20, ours)
+            everyone = await console_store.lookup(client, layout, ["phone:+4420"], 20)
+            return broad, read, exact, everyone
+        finally:
+            await client.aclose()
+
+    broad, read, exact, everyone = asyncio.run(scenario())
+    assert read <= console_store.LOOKUP_SCAN + 4 * 20  # at most one round past the budget
+    assert broad.matches == [] and not broad.complete
+    assert [m.client_id for m in exact.matches] == ["mine"] and exact.complete
+    assert [m.client_id for m in everyone.matches] == others[:20] and everyone.complete

@@ -94,7 +94,8 @@ async def lookup(resources: ReadAccess, grant: Grant,
                                                      "number, or the start of one")],
                  limit: Annotated[int, Query(ge=1, le=100)] = 20) -> FastJSONResponse:
     """Clients by id (exact), email or phone (normalised; a prefix finds all that start
-    so). A point's key finds its own clients only."""
+    so). A point's key finds its own clients only, looking through a bounded part of the
+    index: `complete` is false when more of its clients may match (type more)."""
     query = q.strip()
     if not query:
         raise HTTPException(422, detail="q: give a client id, an email or a phone number")
@@ -111,16 +112,17 @@ async def lookup(resources: ReadAccess, grant: Grant,
         return [m for m in matches
                 if m.client_id in states and grant.sees(states[m.client_id])]
 
-    matches = await console_store.lookup(resources.redis, resources.layout,
-                                         query_prefixes(query), limit,
-                                         keep=own_point if grant.point is not None else None)
+    found_by_value = await console_store.lookup(
+        resources.redis, resources.layout, query_prefixes(query), limit,
+        keep=own_point if grant.point is not None else None)
     listed = {c["client_id"] for c in clients}
-    for match in matches:
+    for match in found_by_value.matches:
         if match.client_id not in listed:
             listed.add(match.client_id)
             clients.append({"client_id": match.client_id, "matched": match.matched,
                             "value": match.value})
-    return FastJSONResponse({"query": q, "clients": clients[:limit]})
+    return FastJSONResponse({"query": q, "clients": clients[:limit],
+                             "complete": found_by_value.complete})
 
 
 @router.get("/rules", response_class=FastJSONResponse)

@@ -1169,17 +1169,22 @@
         const data = await ctx.get(`/v1/lookup?${new URLSearchParams({ q, limit: "20" })}`);
         if (!ctx.alive()) return;
         const clients = data && Array.isArray(data.clients) ? data.clients.filter((c) => c && c.client_id != null) : [];
-        if (clients.length === 1) {
+        // A point's key looks through part of the index only: more of its clients may match.
+        const partial = data && data.complete === false
+          ? note("Only part of the index was searched: type more of the email or phone to find the rest", "search-partial")
+          : null;
+        if (clients.length === 1 && !partial) {
           results.replaceChildren();
           go(clientHash(String(clients[0].client_id)));
           return;
         }
         if (!clients.length) {
-          fill(results, note("No client matches", "no-match"));
+          fill(results, note("No client matches", "no-match"), partial);
           return;
         }
         fill(results, 
-          h("p", { class: "muted small" }, `${fmtInt(clients.length)} clients match`),
+          h("p", { class: "muted small" }, `${fmtInt(clients.length)} ${clients.length === 1 ? "client matches" : "clients match"}`),
+          partial,
           h("ul", { class: "result-list" }, clients.map((c) => h("li", null,
             h("a", { href: clientHash(String(c.client_id)), testid: "search-result", class: "mono" }, String(c.client_id)),
             h("span", { class: "muted" }, ` matched ${c.matched || "?"}: `),
