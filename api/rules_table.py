@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from config.durations import format_duration
 from config.settings import Settings
+from features.rules import TRANSACTIONAL, TriggerRules
 
 # Settings that are durations, by field name: shown as "1h", "7d" rather than seconds.
 _DURATIONS = frozenset({"delay", "offset", "loyal_window", "at_risk_after", "churned_after",
@@ -34,8 +35,17 @@ def _flat(value: Any) -> str:
     return str(value)
 
 
+def _holdout(name: str, own: float | None, rules: TriggerRules) -> str:
+    """The share held out as the policy applies it: never for a transactional trigger."""
+    if name in TRANSACTIONAL:
+        return "none (transactional)"
+    percent = f"{rules.holdout_percent(name):g}%"
+    return f"{percent} (policy default)" if own is None else percent
+
+
 def _triggers(settings: Settings) -> dict[str, Any]:
     common = ("enabled", "delay", "holdout_percent")
+    rules = settings.trigger_rules()
     rows: list[list[Any]] = []
     for name, rule in settings.triggers:
         fields = rule.model_dump()
@@ -43,9 +53,8 @@ def _triggers(settings: Settings) -> dict[str, Any]:
         timing_name = "delay" if "delay" in fields else "offset"
         extra = {k: _cell(k, v) for k, v in fields.items()
                  if k not in common and k != "offset" and v not in (None, [], {})}
-        holdout = fields.get("holdout_percent")
         rows.append([name, fields.get("enabled", True), _cell(timing_name, timing),
-                     "policy default" if holdout is None else f"{holdout:g}%",
+                     _holdout(name, fields.get("holdout_percent"), rules),
                      "; ".join(f"{k}: {v}" for k, v in extra.items())])
     return {"title": "Triggers", "columns": ["trigger", "enabled", "delay / offset",
                                              "holdout", "settings"], "rows": rows}

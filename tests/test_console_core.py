@@ -10,6 +10,8 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
+from api.rules_table import rules_sections
+from config.settings import Settings
 from features import segments
 from features.events import Event, EventType, Order, Product, parse_event
 from features.lookup import (
@@ -20,7 +22,7 @@ from features.lookup import (
     query_prefixes,
 )
 from features.rfm import RfmModel
-from features.rules import SegmentRules
+from features.rules import TRANSACTIONAL, SegmentRules
 from features.state import ClientState, OrderRecord
 from features.timeline import MAX_SUMMARY, SEPARATOR, parse_timeline, timeline_entry
 from sinks import console_store
@@ -188,3 +190,21 @@ def test_a_points_lookup_reads_a_bounded_part_of_the_index(redis_url: str,
     assert broad.matches == [] and not broad.complete
     assert [m.client_id for m in exact.matches] == ["mine"] and exact.complete
     assert [m.client_id for m in everyone.matches] == others[:20] and everyone.complete
+
+
+def test_the_rules_table_shows_each_triggers_hold_out_as_the_policy_applies_it() -> None:
+    """Transactional triggers are never held out, whatever the policy's default; the others
+    show the share that applies to them, their own or the policy's."""
+    settings = Settings(policy={"holdout_percent": 10},
+                        triggers={"welcome": {"holdout_percent": 25}})
+    triggers = rules_sections(settings)[0]
+    column = triggers["columns"].index("holdout")
+    holdout = {row[0]: row[column] for row in triggers["rows"]}
+    for transactional in TRANSACTIONAL:
+        assert holdout[transactional] == "none (transactional)"
+    assert holdout["welcome"] == "25%"
+    assert holdout["abandoned_cart"] == "10% (policy default)"
+    rules = settings.trigger_rules()
+    for name, shown in holdout.items():
+        assert shown.startswith("none" if name in TRANSACTIONAL
+                                else f"{rules.holdout_percent(name):g}%")
