@@ -38,7 +38,9 @@ from tests.support import (
     WRITE_KEY,
     api_server,
     dataflow_process,
+    drain,
     make_settings,
+    post_events,
     wait_for,
     write_config,
 )
@@ -160,9 +162,9 @@ class Console:
         self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def sign_in(browser: Any, url: str, key: str) -> Console:
+def sign_in(browser: Any, url: str, key: str, timezone: str | None = None) -> Console:
     context = browser.new_context(viewport={"width": 1440, "height": 900},
-                                  accept_downloads=True)
+                                  accept_downloads=True, timezone_id=timezone)
     page = context.new_page()
     errors: list[str] = []
     page.on("console", lambda message: errors.append(f"{message.type}: {message.text}")
@@ -315,3 +317,44 @@ def test_a_point_key_sees_only_its_point(browser: Any, crmflow: Crmflow) -> None
         manager.page.get_by_text("No client matches").wait_for()
     finally:
         manager.page.context.close()
+
+
+# --- a few clients, no backfill -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small(browser: Any, redis_url: str) -> Iterator[str]:  # browser first: it may skip
+    """The API over a handful of clients the in-process dataflow applied; yields its URL."""
+    settings = make_settings(redis_url, f"t{uuid.uuid4().hex[:12]}",
+                             api={"point_read_keys": {POINT_KEY: POINT}})
+    events = [{"event_id": "tz-identify", "type": "identify", "client_id": "tz-client",
+               "event_time": time.time() - 60,
+               "traits": {"point_id": POINT, "renewal_at": "2026-03-01T10:00:00",
+                          "renewal_utc": "2026-03-01T10:00:00Z",
+                          "renewal_spaced": "2026-03-01 10:00"}}]
+    with api_server(settings) as url:
+        response = post_events(url, events)
+        assert response.status_code == 200 and response.json()["rejected"] == []
+        drain(settings)
+        yield url
+
+
+def test_a_time_without_a_zone_is_shown_as_utc_as_crmflow_reads_it(browser: Any,
+                                                                    small: str) -> None:
+    """crmflow reads an ISO time without a zone as UTC; a browser's Date takes it as local
+    time, which put such a trait hours away from the same instant written with a Z."""
+    console = sign_in(browser, small, ADMIN_KEY, timezone="America/New_York")
+    try:
+        console.open("/client/tz-client", "client")
+        traits = console.page.locator("[data-testid=traits]")
+
+        def shown(name: str) -> str:
+            row = traits.locator("tr").filter(has=console.page.locator(f"th:text-is('{name}')"))
+            return str(row.locator("td").inner_text()).strip()
+
+        utc = shown("renewal_utc")
+        assert "5:00" in utc  # 10:00 UTC is 05:00 in New York in March
+        assert shown("renewal_at") == utc
+        assert shown("renewal_spaced") == utc
+        assert console.errors == []
+    finally:
+        console.page.context.close()

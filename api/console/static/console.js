@@ -16,6 +16,7 @@
   const TOUCH_POLL_TRIES = 15;
   const SVG_NS = "http://www.w3.org/2000/svg";
   const ISO_RE = /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$/;
+  const NAIVE_RE = /^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)$/;
   const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
     "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#5f6b7a"];
   const OTHER_COLOUR = "#bab0ac";
@@ -187,9 +188,11 @@
     return `${nf2.format(n / (1024 * 1024))} MB`;
   }
 
+  /** An ISO time as crmflow reads it: without a zone it is UTC (a browser would take local). */
   function parseTime(iso) {
     if (typeof iso !== "string" || !iso) return null;
-    const d = new Date(iso);
+    const naive = NAIVE_RE.exec(iso);
+    const d = new Date(naive ? `${naive[1]}T${naive[2]}Z` : iso);
     return Number.isNaN(d.getTime()) ? null : d;
   }
 
