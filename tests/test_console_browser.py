@@ -28,6 +28,8 @@ import redis
 from config.settings import Settings
 from dataflows.flow import store_factory
 from history.backfill import backfill
+from sinks.bucket_store import lookup_member
+from sinks.console_store import LOOKUP_SCAN
 from sinks.keys import KeyLayout
 from sinks.parquet_export import client_states
 from tests.conftest import SHARED_DATA
@@ -321,28 +323,38 @@ def test_a_point_key_sees_only_its_point(browser: Any, crmflow: Crmflow) -> None
 
 # --- a few clients, no backfill -----------------------------------------------------------------
 
+@dataclass
+class Small:
+    url: str
+    layout: KeyLayout
+    redis: redis.Redis
+
+
 @pytest.fixture(scope="module")
-def small(browser: Any, redis_url: str) -> Iterator[str]:  # browser first: it may skip
-    """The API over a handful of clients the in-process dataflow applied; yields its URL."""
+def small(browser: Any, redis_url: str) -> Iterator[Small]:  # browser first: it may skip
+    """The API over a handful of clients the in-process dataflow applied."""
     settings = make_settings(redis_url, f"t{uuid.uuid4().hex[:12]}",
                              api={"point_read_keys": {POINT_KEY: POINT}})
     events = [{"event_id": "tz-identify", "type": "identify", "client_id": "tz-client",
                "event_time": time.time() - 60,
                "traits": {"point_id": POINT, "renewal_at": "2026-03-01T10:00:00",
                           "renewal_utc": "2026-03-01T10:00:00Z",
-                          "renewal_spaced": "2026-03-01 10:00"}}]
+                          "renewal_spaced": "2026-03-01 10:00",
+                          "phone": "+44 20 9999 9999"}}]
+    client = redis.Redis.from_url(redis_url)
     with api_server(settings) as url:
         response = post_events(url, events)
         assert response.status_code == 200 and response.json()["rejected"] == []
         drain(settings)
-        yield url
+        yield Small(url, KeyLayout.from_settings(settings), client)
+    client.close()
 
 
 def test_a_time_without_a_zone_is_shown_as_utc_as_crmflow_reads_it(browser: Any,
-                                                                    small: str) -> None:
+                                                                    small: Small) -> None:
     """crmflow reads an ISO time without a zone as UTC; a browser's Date takes it as local
     time, which put such a trait hours away from the same instant written with a Z."""
-    console = sign_in(browser, small, ADMIN_KEY, timezone="America/New_York")
+    console = sign_in(browser, small.url, ADMIN_KEY, timezone="America/New_York")
     try:
         console.open("/client/tz-client", "client")
         traits = console.page.locator("[data-testid=traits]")
@@ -358,3 +370,29 @@ def test_a_time_without_a_zone_is_shown_as_utc_as_crmflow_reads_it(browser: Any,
         assert console.errors == []
     finally:
         console.page.context.close()
+
+
+def test_a_points_search_through_part_of_the_index_says_so(browser: Any,
+                                                           small: Small) -> None:
+    """A point's search reads a bounded part of the lookup index: when other points' clients
+    fill it, the page says more may match rather than "No client matches", and a lone match
+    is listed, not opened as if it were the only one."""
+    layout = small.layout
+    with small.redis.pipeline(transaction=False) as pipe:
+        for n in range(3 * LOOKUP_SCAN):  # other points' phones, sorting before ours
+            pipe.zadd(layout.lookup(n % layout.partitions),
+                      {lookup_member(f"phone:+4420{n:08d}", f"elsewhere-{n}"): 0})
+        pipe.execute()
+    manager = sign_in(browser, small.url, POINT_KEY)
+    try:
+        page = manager.open("/client", "client")
+        page.locator("[data-testid=client-search]").fill("+44 20")
+        page.locator("[data-testid=client-search-submit]").click()
+        manager.page.locator("[data-testid=search-partial]").wait_for()
+        assert page.locator("[data-testid=search-result]").count() == 0
+        page.locator("[data-testid=client-search]").fill("+44 20 9999")
+        page.locator("[data-testid=client-search-submit]").click()
+        manager.page.wait_for_url(re.compile(r".*#/client/tz-client$"))
+        assert manager.errors == []
+    finally:
+        manager.page.context.close()
