@@ -19,6 +19,7 @@ import httpx
 import pytest
 import redis
 
+from api.routes.segments import spreadsheet_safe
 from config.settings import Settings
 from sinks.keys import KeyLayout
 from tests.support import (
@@ -357,6 +358,16 @@ def test_members_download_as_csv(world: World) -> None:
     assert leeds == ["client_id", "n00", "n01"] or sorted(leeds[1:]) == ["n00", "n01"]
     unknown = httpx.get(world.url + "/v1/segments/nope/members.csv", headers=auth(READ_KEY))
     assert unknown.status_code == 404
+
+
+@pytest.mark.parametrize(("member", "written"), [
+    ("=HYPERLINK(\"http://evil\",\"x\")", "'=HYPERLINK(\"http://evil\",\"x\")"),
+    ("@SUM(A1)", "'@SUM(A1)"), ("+A1+B1", "'+A1+B1"), ("-cmd", "'-cmd"),
+    ("\tx", "'\tx"), ("+441234567", "+441234567"), ("-5", "-5"), ("ann", "ann"),
+    ("", "")])
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted(member: str,
+                                                                  written: str) -> None:
+    assert spreadsheet_safe(member) == written
 
 
 def test_the_rules_are_served_as_readable_tables(world: World) -> None:

@@ -106,11 +106,31 @@ async def segment_contains(name: SegmentName, request: ContainsRequest,
 
 
 CSV_PAGE = 1000
+_FORMULA_STARTS = ("=", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """The cell with a leading apostrophe when a spreadsheet would run it as a formula
+    (`=HYPERLINK(...)` as a client id, OWASP's CSV injection): ids and numbers that start
+    with + or - (phone numbers, negative numbers) are left as they are."""
+    if cell.startswith(_FORMULA_STARTS) or (cell[:1] in ("+", "-") and not _is_number(cell)):
+        return "'" + cell
+    return cell
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @router.get("/{name}/members.csv", response_class=StreamingResponse,
             responses={200: {"content": {"text/csv": {}},
-                             "description": "client_id, one member per line"}})
+                             "description": "client_id, one member per line (an id a "
+                                            "spreadsheet would run as a formula starts "
+                                            "with an apostrophe)"}})
 async def segment_members_csv(name: SegmentName, resources: ReadAccess, grant: Grant
                               ) -> StreamingResponse:
     """Every member as CSV, streamed page by page (memory stays flat at any size)."""
@@ -124,7 +144,7 @@ async def segment_members_csv(name: SegmentName, resources: ReadAccess, grant: G
         cursor: str | None = None
         while True:
             page = await store.page(name, cursor, CSV_PAGE)
-            writer.writerows([member] for member in page.members)
+            writer.writerows([spreadsheet_safe(member)] for member in page.members)
             yield out.getvalue()
             out.seek(0)
             out.truncate()
