@@ -686,6 +686,7 @@ class _Parser:
 
     def __init__(self, text: str, features: Mapping[str, FeatureKind], where: str) -> None:
         self.text, self.features, self.where = text, features, where
+        self.named: set[str] = set()  # the features (not traits) the rule names
         self.depth = 0
         self.i = 0
         self.tokens = self._tokenize()
@@ -945,6 +946,7 @@ class _Parser:
         if kind is None:
             raise self.error(f"unknown feature {name!r}", token.pos,
                              _suggest(name, self.features))
+        self.named.add(name)
         return _Term(_Feature(name, kind), kind.value, name, token.pos)
 
     def check_pair(self, op: _Token, left: _Term, right: _Term) -> None:
@@ -1012,12 +1014,20 @@ class _Parser:
 def compile_rule(rule: object, features: Mapping[str, FeatureKind],
                  where: str = "rule") -> Condition:
     """Parse and check one rule string; errors are RuleErrors prefixed with `where`."""
+    return _compile(rule, features, where)[0]
+
+
+def _compile(rule: object, features: Mapping[str, FeatureKind],
+             where: str) -> tuple[Condition, frozenset[str]]:
+    """The rule compiled, and the features it names."""
     if not isinstance(rule, str):
         raise RuleError(where, f"expected a string, got {type(rule).__name__}")
     if len(rule) > MAX_RULE_LENGTH:
         raise RuleError(where, f"rule is too long ({len(rule)} characters, at most "
                                f"{MAX_RULE_LENGTH})")
-    return _Parser(rule, features, where).parse()
+    parser = _Parser(rule, features, where)
+    condition = parser.parse()
+    return condition, frozenset(parser.named)
 
 
 # --- segments ------------------------------------------------------------------------------------
@@ -1031,6 +1041,7 @@ class RuleSegment:
     condition: Condition
     rule: str
     description: str = ""
+    features: frozenset[str] = frozenset()  # the features the rule names (not traits)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -1066,6 +1077,10 @@ class StageSegment:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(band.segment for band in self.bands)
+
+    @property
+    def features(self) -> frozenset[str]:
+        return frozenset() if self.source.startswith("traits.") else frozenset({self.source})
 
     def current(self, facts: Facts) -> str | None:
         return self.probe(facts)[0]
@@ -1103,6 +1118,10 @@ class SegmentCatalog:
         """The segments the client is in at facts.now."""
         found = (segment.current(facts) for segment in self.segments)
         return frozenset(name for name in found if name is not None)
+
+    def naming(self, features: frozenset[str]) -> tuple[Segment, ...]:
+        """The segments whose definition names any of `features`."""
+        return tuple(segment for segment in self.segments if segment.features & features)
 
     def next_change(self, facts: Facts) -> float | None:
         """The earliest time > now at which a membership may change with no new event (never
@@ -1208,8 +1227,8 @@ def compile_segments(raw: Mapping[str, Any],
             raise RuleError(path, "give exactly one of 'rule' or 'stages'")
         if "rule" in spec:
             rule = spec["rule"]
-            condition = compile_rule(rule, features, f"{path}.rule")
-            segments.append(RuleSegment(name, condition, rule, description))
+            condition, named = _compile(rule, features, f"{path}.rule")
+            segments.append(RuleSegment(name, condition, rule, description, named))
         else:
             segments.append(_compile_stages(name, spec["stages"], features, f"{path}.stages",
                                             description))

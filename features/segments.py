@@ -117,16 +117,14 @@ def memberships(state: ClientState, now: float, rules: SegmentRules) -> set[str]
     stage = lifecycle_stage(state, now, rules.lifecycle)
     if stage in SEGMENT_STAGES:
         names.add(LIFECYCLE_PREFIX + stage)
-    names.update(rfm_filing(state, now, rules))
+    names.update(_rfm_names(state, now, rules))
     if rules.catalog is not None:
         names.update(rules.catalog.memberships(ClientFacts(state, now, rules)))
     return names
 
 
-def rfm_filing(state: ClientState, now: float, rules: SegmentRules) -> frozenset[str]:
+def _rfm_names(state: ClientState, now: float, rules: SegmentRules) -> frozenset[str]:
     """The RFM segment and map cell the client belongs in at `now` (none for non-buyers)."""
-    if state.merged_into is not None:
-        return frozenset()
     scores = rfm_scores(Context(state, now, rules))
     if scores is None:
         return frozenset()
@@ -134,9 +132,40 @@ def rfm_filing(state: ClientState, now: float, rules: SegmentRules) -> frozenset
                                                                            scores[1])))
 
 
+# The features a new RFM model changes: a rule segment naming one is re-filed with the RFM
+# segment when a model is adopted.
+RFM_FEATURES = frozenset(name for name, feature in FEATURES.items() if feature.group == "rfm")
+
+
+def _model_dependent(name: str) -> bool:
+    """A membership a new RFM model may change, going by its name: the RFM segment and
+    cell, and any rule segment (which of those name an RFM feature, only the rules know)."""
+    return not name.startswith(LIFECYCLE_PREFIX)
+
+
+def rfm_filing(state: ClientState, now: float, rules: SegmentRules) -> frozenset[str]:
+    """What `current_filing` should hold under `rules`' RFM model: the RFM segment and map
+    cell at `now`, and the rule segments as recorded except those naming an RFM feature,
+    which are evaluated again with the model as of the last evaluation (what time alone
+    changes in them waits for their own timer)."""
+    if state.merged_into is not None:
+        return frozenset()
+    names = set(_rfm_names(state, now, rules))
+    dependent = () if rules.catalog is None else rules.catalog.naming(RFM_FEATURES)
+    recorded = {name for name, _ in state.segments
+                if _model_dependent(name) and not _is_rfm(name)}
+    if dependent:
+        recorded.difference_update(name for segment in dependent for name in segment.names)
+        facts = ClientFacts(state, state.segments_at or now, rules)
+        found = (segment.current(facts) for segment in dependent)
+        recorded.update(name for name in found if name is not None)
+    return frozenset(names | recorded)
+
+
 def current_filing(state: ClientState) -> frozenset[str]:
-    """The RFM segment and cell recorded in the state's memberships."""
-    return frozenset(name for name, _ in state.segments if _is_rfm(name))
+    """The memberships recorded in the state that a new RFM model may change (see
+    `rfm_filing`): the RFM segment and map cell, and the rule segments."""
+    return frozenset(name for name, _ in state.segments if _model_dependent(name))
 
 
 def next_change(state: ClientState, now: float, rules: SegmentRules) -> float | None:
@@ -168,12 +197,14 @@ def resegment(state: ClientState, now: float, rules: SegmentRules) -> ClientStat
 
 
 def refile_rfm(state: ClientState, now: float, rules: SegmentRules) -> ClientState:
-    """Only the RFM membership (segment and map cell) brought up to date (a new population
-    model); a membership kept keeps its entry time."""
+    """The memberships a new RFM model changes (the RFM segment and map cell, and the rule
+    segments naming an RFM feature) brought up to date; a membership kept keeps its entry
+    time, one entered is stamped with `now` (the model's adoption)."""
     wanted = rfm_filing(state, now, rules)
-    if wanted == current_filing(state):
+    filed = current_filing(state)
+    if wanted == filed:
         return state
-    kept = [(name, at) for name, at in state.segments if not _is_rfm(name) or name in wanted]
+    kept = [(name, at) for name, at in state.segments if name not in filed or name in wanted]
     had = {name for name, _ in kept}
     kept += [(name, max(now, state.segments_at)) for name in wanted if name not in had]
     return evolve(state, segments=tuple(sorted(kept)))

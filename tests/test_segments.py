@@ -8,11 +8,29 @@ from dataclasses import replace
 from features import segments
 from features.lifecycle import lifecycle_next_change, lifecycle_stage
 from features.rfm import RfmModel, quantile_cuts
-from features.rules import SEGMENT_ENTERED, LifecycleRules, SegmentEnteredRule, SegmentRules
+from features.rules import (
+    SEGMENT_ENTERED,
+    LifecycleRules,
+    SegmentEnteredRule,
+    SegmentRules,
+    TriggerRules,
+)
 from features.segments import compile_catalog
 from features.state import apply_event
-from features.triggers import next_due
-from tests.core_events import RULES, T0, cancel, days, of, order, registered, run, state_of, visit
+from features.triggers import next_due, regroup
+from tests.core_events import (
+    CLIENT,
+    RULES,
+    T0,
+    cancel,
+    days,
+    of,
+    order,
+    registered,
+    run,
+    state_of,
+    visit,
+)
 
 LIFE = LifecycleRules()
 
@@ -116,3 +134,61 @@ def test_all_segment_names_lists_every_kind() -> None:
     assert names[:6] == ["lifecycle:prospect", "lifecycle:new", "lifecycle:repeat",
                          "lifecycle:loyal", "lifecycle:at_risk", "lifecycle:churned"]
     assert "rfm:cant_lose_them" in names and "kids:newborn" in names
+
+
+def _champion_then_lost() -> tuple[TriggerRules, TriggerRules]:
+    """Rules with a model under which the client of `_three_orders` is a champion, and the
+    same rules with a newer model under which it is lost."""
+    catalog = compile_catalog({
+        "vip": {"rule": 'rfm_segment == "champions"'},
+        "big_m": {"rule": "rfm_m >= 4"},
+        "spenders": {"rule": "monetary_total >= 50"},
+    })
+    champion = RfmModel("quantile", T0, 5, quantile_cuts([T0, T0, T0 + 1, T0 + 2, T0 + 3]),
+                        quantile_cuts([1, 1, 1, 2, 3]), quantile_cuts([5, 10, 20, 30, 40]))
+    lost = RfmModel("quantile", T0 + 100, 5, quantile_cuts([T0 + 10, T0 + 11, T0 + 12,
+                                                            T0 + 13, T0 + 14]),
+                    quantile_cuts([3, 4, 5, 6, 7]), quantile_cuts([100, 200, 300, 400, 500]))
+    rules = replace(RULES, segments=SegmentRules(rfm_model=champion, catalog=catalog))
+    return rules, replace(rules, segments=replace(rules.segments, rfm_model=lost))
+
+
+def test_a_new_rfm_model_refiles_the_rule_segments_that_name_rfm_features() -> None:
+    rules, newer = _champion_then_lost()
+    state, _ = run([order(3, "o1", 40.0), order(3.5, "o2", 10.0), order(3.7, "o3", 5.0)],
+                   rules)
+    assert {"rfm:champions", "vip", "big_m", "spenders"} <= {n for n, _ in state.segments}
+    assert segments.rfm_filing(state, T0 + 100, newer.segments) != segments.current_filing(
+        state)
+    after, _ = regroup(CLIENT, state, T0 + 100, newer)
+    names = {name for name, _ in after.segments}
+    # what the profile and a fresh evaluation say, the memberships say too
+    assert names == segments.memberships(after, T0 + 100, newer.segments)
+    assert "rfm:lost" in names and "vip" not in names and "big_m" not in names
+    # a rule that does not name an RFM feature keeps its entry time
+    assert dict(after.segments)["spenders"] == dict(state.segments)["spenders"]
+    assert segments.rfm_filing(after, T0 + 101, newer.segments) == segments.current_filing(
+        after)
+    # and back: the rule segments return with the model's adoption time
+    back, _ = regroup(CLIENT, after, T0 + 200, rules)
+    assert dict(back.segments)["vip"] == T0 + 200
+    assert {n for n, _ in back.segments} == {n for n, _ in state.segments}
+
+
+def test_a_new_rfm_model_refiles_a_rule_on_m_alone() -> None:
+    """M moves while the RFM segment and map cell stay: the rule on rfm_m still follows."""
+    catalog = compile_catalog({"top_m": {"rule": "rfm_m >= 5"}})
+    cuts_r, cuts_f = quantile_cuts([T0, T0 + 1, T0 + 2, T0 + 3, T0 + 4]), quantile_cuts(
+        [1, 2, 3, 4, 5])
+    rich = RfmModel("quantile", T0, 5, cuts_r, cuts_f, quantile_cuts([1, 2, 3, 4, 5]))
+    poorer = RfmModel("quantile", T0 + 50, 5, cuts_r, cuts_f,
+                      quantile_cuts([5, 10, 15, 20, 25]))
+    rules = replace(RULES, segments=SegmentRules(rfm_model=rich, catalog=catalog))
+    state, _ = run([order(10, "o1", 20.0)], rules)
+    assert {"top_m", "rfm:potential_loyalist"} <= {n for n, _ in state.segments}
+    newer = replace(rules, segments=replace(rules.segments, rfm_model=poorer))
+    # M drops from 5 to 4: FM = round((1 + 4) / 2) is still 3, the cell is still r5f1
+    assert segments.rfm_filing(state, T0 + 50, newer.segments) != segments.current_filing(state)
+    after, _ = regroup(CLIENT, state, T0 + 50, newer)
+    assert {n for n, _ in after.segments} == {"lifecycle:new", "rfm-cell:r5f1",
+                                              "rfm:potential_loyalist"}

@@ -19,6 +19,7 @@ import redis
 from config.settings import Settings
 from features.events import format_time
 from features.rfm import RFM_SEGMENTS, SEGMENT_GRID
+from sinks import rfm_index
 from sinks.keys import KeyLayout
 from sinks.segment_store import MAX_CURSOR_LENGTH, encode_cursor
 from tests.support import api_server, drain, make_settings, post_events, read_headers
@@ -495,3 +496,52 @@ def test_paging_stays_exact_while_members_come_and_go(
     for cid in joining:
         after = (layout.partition_of_client(cid), cid.encode()) > cursor_at
         assert (cid in walked) == after, cid
+
+
+def test_rule_segments_on_rfm_features_follow_each_new_model(redis_url: str,
+                                                             key_prefix: str) -> None:
+    """A rule naming an RFM feature moves with the model the dataflow adopts, as the RFM
+    segment does: its member set always equals what the clients' RFM scores say."""
+    settings = make_settings(redis_url, key_prefix, segments={
+        "vip": {"rule": 'rfm_segment == "champions"'}, "top_m": {"rule": "rfm_m >= 4"}})
+    layout = KeyLayout.from_settings(settings)
+    client = redis.Redis.from_url(redis_url)
+    now = time.time()
+
+    def buyers(prefix: str, count: int, total: float, days_ago: float) -> list[dict[str, Any]]:
+        return [{"event_id": f"o-{prefix}{i}-{j}", "type": "order_placed",
+                 "client_id": f"{prefix}{i}", "event_time": now - (days_ago - j) * DAY,
+                 "order": {"order_id": f"{prefix}{i}-{j}", "total": total}}
+                for i in range(count) for j in range(3 if total > 100 else 1)]
+
+    def members(name: str) -> set[str]:
+        return {m.decode() for p in range(layout.partitions)
+                for m in client.zrange(layout.segment_members(p, name), 0, -1)}
+
+    def adopt() -> None:
+        rfm_index.store_model(client, layout, rfm_index.compute_model(client, layout,
+                                                                      time.time()))
+        drain(settings)  # the next run adopts the stored model and re-files the buyers
+
+    try:
+        with api_server(settings) as url:
+            # ten big recent buyers and ten small old ones
+            events = buyers("big", 10, 500.0, 10) + buyers("small", 10, 20.0, 60)
+            assert post_events(url, events).status_code == 200
+            drain(settings)
+            adopt()
+            champions = members("rfm:champions")
+            assert champions and champions <= {f"big{i}" for i in range(10)}
+            assert members("vip") == champions
+            assert members("top_m") == {f"big{i}" for i in range(10)}
+            # forty bigger and more recent buyers arrive: the first ones drop
+            more = buyers("huge", 40, 5000.0, 5)
+            assert post_events(url, more).status_code == 200
+            drain(settings)
+            adopt()
+            champions = members("rfm:champions")
+            assert champions and not champions & {f"big{i}" for i in range(10)}
+            assert members("vip") == champions
+            assert members("top_m") == {f"huge{i}" for i in range(40)}
+    finally:
+        client.close()
