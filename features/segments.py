@@ -16,7 +16,7 @@ from features import rfm
 from features.calendar import parse_birthday
 from features.lifecycle import SEGMENT_STAGES, lifecycle_next_change, lifecycle_stage
 from features.rules import SegmentRules
-from features.segment_rules import FeatureKind, SegmentCatalog, compile_segments
+from features.segment_rules import FeatureKind, RuleError, SegmentCatalog, compile_segments
 from features.state import ClientState, evolve
 from features.values import FEATURES, Context, Kind, rfm_scores
 
@@ -235,4 +235,16 @@ def all_segment_names(rules: SegmentRules) -> list[str]:
 def compile_catalog(raw: dict[str, Any]) -> SegmentCatalog:
     """The operator's `segments:` compiled against the feature table (RuleError if bad)."""
     kinds = {name: FeatureKind(feature.kind.value) for name, feature in FEATURES.items()}
-    return compile_segments(raw, kinds)
+    catalog = compile_segments(raw, kinds)
+    for segment in catalog.segments:
+        taken = [name for name in segment.names if name.startswith(_BUILT_IN_PREFIXES)]
+        if taken:
+            raise RuleError(f"segments.{segment.name}", f"the name is reserved: it would give "
+                                                        f"{taken[0]!r}, a built-in segment's "
+                                                        "name")
+    return catalog
+
+
+# Stage bands are named "<segment>:<band>", so a segment named "lifecycle" or "rfm" would
+# produce the built-in segments' names.
+_BUILT_IN_PREFIXES = (LIFECYCLE_PREFIX, RFM_PREFIX, RFM_CELL_PREFIX)

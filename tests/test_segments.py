@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+from pydantic import ValidationError
+
 from features import segments
 from features.lifecycle import lifecycle_next_change, lifecycle_stage
 from features.rfm import RfmModel, quantile_cuts
@@ -15,6 +18,7 @@ from features.rules import (
     SegmentRules,
     TriggerRules,
 )
+from features.segment_rules import RuleError
 from features.segments import compile_catalog
 from features.state import apply_event
 from features.triggers import next_due, regroup
@@ -31,6 +35,7 @@ from tests.core_events import (
     state_of,
     visit,
 )
+from tests.support import make_settings
 
 LIFE = LifecycleRules()
 
@@ -192,3 +197,16 @@ def test_a_new_rfm_model_refiles_a_rule_on_m_alone() -> None:
     after, _ = regroup(CLIENT, state, T0 + 50, newer)
     assert {n for n, _ in after.segments} == {"lifecycle:new", "rfm-cell:r5f1",
                                               "rfm:potential_loyalist"}
+
+
+@pytest.mark.parametrize("name", ["lifecycle", "rfm", "rfm-cell"])
+def test_a_rule_segment_cannot_take_a_built_in_segments_name(name: str) -> None:
+    """Stage bands are named `<segment>:<band>`: a segment called "lifecycle" with a band
+    "new" would be lifecycle:new, listed twice and holding prospects beside real buyers."""
+    raw = {name: {"stages": {"from": "traits.child_birth_date",
+                             "bands": {"new": {"until": "1y"}}}}}
+    with pytest.raises(RuleError, match=rf"segments\.{name}: .*reserved"):
+        compile_catalog(raw)
+    with pytest.raises(ValidationError, match="reserved"):
+        make_settings("redis://127.0.0.1:1", "t", segments=raw)
+    compile_catalog({f"{name}_kids": raw[name]})  # a name that only starts alike is fine
