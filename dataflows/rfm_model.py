@@ -9,6 +9,7 @@ newest one. A bucket that sees a new model re-scores its buyers on its next tick
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import replace
@@ -44,8 +45,12 @@ class RfmModelCache:
         """The rules with the current model, refreshing it when due (at most every `poll`
         seconds of this process's time; cheap otherwise)."""
         segments = self._base.segments
-        if not segments.rfm_enabled or segments.rfm_refresh <= 0:
+        fixed = segments.rfm_mode == "fixed"
+        if not segments.rfm_enabled or (segments.rfm_refresh <= 0 and not fixed):
             return self._rules
+        # Fixed thresholds need no recomputing: without a period, the stored model is kept
+        # for as long as it carries the configured thresholds (one is stored if none does).
+        period = segments.rfm_refresh if segments.rfm_refresh > 0 else math.inf
         now = time.monotonic()
         if now - self._checked < self._poll:
             return self._rules
@@ -55,8 +60,8 @@ class RfmModelCache:
             self._checked = now
             try:
                 model = rfm_index.refresh_model(
-                    self._client, self._layout, time.time(), segments.rfm_refresh,
-                    "fixed" if segments.rfm_mode == "fixed" else "quantile", segments.rfm_fixed)
+                    self._client, self._layout, time.time(), period,
+                    "fixed" if fixed else "quantile", segments.rfm_fixed)
             except (redis.RedisError, ValueError) as exc:
                 log.warning("RFM model refresh failed (%s); keeping the current model", exc)
                 return self._rules
