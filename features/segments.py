@@ -145,18 +145,20 @@ def _model_dependent(name: str) -> bool:
 
 def rfm_filing(state: ClientState, now: float, rules: SegmentRules) -> frozenset[str]:
     """What `current_filing` should hold under `rules`' RFM model: the RFM segment and map
-    cell at `now`, and the rule segments as recorded except those naming an RFM feature,
-    which are evaluated again with the model as of the last evaluation (what time alone
-    changes in them waits for their own timer)."""
+    cell, and the rule segments as recorded except those naming an RFM feature, which are
+    evaluated again. All as of the last evaluation (`now` before there was one): a new
+    model changes what the population says, and what time alone changes (R in mode fixed,
+    a rule's window) waits for the client's own timer, which may be behind `now`."""
     if state.merged_into is not None:
         return frozenset()
-    names = set(_rfm_names(state, now, rules))
+    at = state.segments_at or now
+    names = set(_rfm_names(state, at, rules))
     dependent = () if rules.catalog is None else rules.catalog.naming(RFM_FEATURES)
     recorded = {name for name, _ in state.segments
                 if _model_dependent(name) and not _is_rfm(name)}
     if dependent:
         recorded.difference_update(name for segment in dependent for name in segment.names)
-        facts = ClientFacts(state, state.segments_at or now, rules)
+        facts = ClientFacts(state, at, rules)
         found = (segment.current(facts) for segment in dependent)
         recorded.update(name for name in found if name is not None)
     return frozenset(names | recorded)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -10,7 +11,7 @@ from pydantic import ValidationError
 
 from features import segments
 from features.lifecycle import lifecycle_next_change, lifecycle_stage
-from features.rfm import RfmModel, quantile_cuts
+from features.rfm import FixedThresholds, RfmModel, quantile_cuts
 from features.rules import (
     SEGMENT_ENTERED,
     LifecycleRules,
@@ -21,7 +22,7 @@ from features.rules import (
 from features.segment_rules import RuleError
 from features.segments import compile_catalog
 from features.state import apply_event
-from features.triggers import next_due, regroup
+from features.triggers import fire_due, next_due, regroup
 from tests.core_events import (
     CLIENT,
     RULES,
@@ -210,3 +211,23 @@ def test_a_rule_segment_cannot_take_a_built_in_segments_name(name: str) -> None:
     with pytest.raises(ValidationError, match="reserved"):
         make_settings("redis://127.0.0.1:1", "t", segments=raw)
     compile_catalog({f"{name}_kids": raw[name]})  # a name that only starts alike is fine
+
+
+def test_a_recomputed_fixed_model_leaves_time_driven_rfm_moves_to_their_timers() -> None:
+    """In mode fixed, R drops with time on the client's own timer. The model is recomputed
+    every period (its population count changes); adopting it ahead of the client's timers
+    (a backfilled client waits for the stream head) must not move R early, stamped with the
+    adoption time, only for the timers to move it back and forth after."""
+    model = RfmModel("fixed", T0, 1, fixed=FixedThresholds())
+    rules = replace(RULES, segments=SegmentRules(rfm_model=model, rfm_mode="fixed"))
+    state, _ = run([order(0, "o1", 20.0)], rules)
+    assert "rfm-cell:r5f1" in dict(state.segments)
+    recomputed = replace(rules, segments=replace(rules.segments, rfm_model=replace(
+        model, computed_at=T0 + days(40), population=7)))
+    assert segments.rfm_filing(state, T0 + days(40), recomputed.segments) == (
+        segments.current_filing(state))
+    after, fired = regroup(CLIENT, state, T0 + days(40), recomputed)
+    assert after is state and fired == []
+    # the timers then move R at its exact time, as without the new model
+    timed, _ = fire_due(CLIENT, state, T0 + days(40), recomputed)
+    assert dict(timed.segments)["rfm-cell:r4f1"] == math.nextafter(T0 + days(30), math.inf)
