@@ -466,10 +466,16 @@ def _order_returned(state: ClientState, event: Event) -> Changes:
     index = next((i for i, o in enumerate(state.orders)
                   if o.order_id == event.order.order_id), None)
     if index is None:
-        if any(r[0] == event.order.order_id for r in state.early_returns):
-            return {}
-        early = (event.order.order_id, event.order.total, cancel)
-        return {"early_returns": (*state.early_returns, early)[-MAX_EARLY_RETURNS:]}
+        order_id, amount = event.order.order_id, event.order.total
+        known = next((r for r in state.early_returns if r[0] == order_id), None)
+        if known is not None:  # several returns before the order: they add up
+            if known[2]:
+                return {}  # cancelled already: nothing more to give back
+            if not cancel:
+                amount = -1.0 if amount < 0 or known[1] < 0 else round(known[1] + amount, 2)
+        early = (order_id, amount, cancel)
+        kept = tuple(r for r in state.early_returns if r is not known)
+        return {"early_returns": (*kept, early)[-MAX_EARLY_RETURNS:]}
     current = {"orders": state.orders, "orders_count": state.orders_count,
                "monetary_total": state.monetary_total, "first_order_at": state.first_order_at,
                "last_order_at": state.last_order_at}

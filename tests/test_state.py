@@ -308,6 +308,26 @@ def test_cancel_after_partial_refund() -> None:
     assert state.orders[0].returned == 30.0
 
 
+@pytest.mark.parametrize("returns", [
+    [("refund", 5.0), ("cancel", -1.0)], [("cancel", -1.0), ("refund", 5.0)],
+    [("refund", 5.0), ("refund", 10.0)], [("refund", 5.0), ("refund", -1.0)],
+    [("refund", 25.0), ("refund", 25.0)]])
+def test_returns_arriving_before_their_order_add_up_as_in_order(
+        returns: list[tuple[str, float]]) -> None:
+    """A refund and then a cancellation (or two refunds) of an order both arrive before the
+    order: the order comes out as if they had arrived after it."""
+    make = {"refund": refund, "cancel": cancel}
+    undo = [make[kind](200 + n, "o1", amount) for n, (kind, amount) in enumerate(returns)]
+    in_order = run([order(100, "o1", 30.0), *undo])
+    early = run([*undo, order(100, "o1", 30.0)])
+    for state in (in_order, early):
+        assert (state.orders_count, state.monetary_total, state.orders[0].returned,
+                state.orders[0].cancelled, state.last_order_at) == (
+            in_order.orders_count, in_order.monetary_total, in_order.orders[0].returned,
+            in_order.orders[0].cancelled, in_order.last_order_at)
+    assert early.early_returns == ()
+
+
 def test_unknown_order_cancellation_is_a_noop() -> None:
     state = run([order(100, "o1", 30.0)])
     for event in (cancel(200, "nope"), refund(200, "nope", 3.0)):
