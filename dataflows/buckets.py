@@ -46,7 +46,7 @@ from features.routing import bucket_of
 from features.state import ClientState, is_live
 from features.stored_schedule import SchedulePrints, StoredSchedule
 from features.timeline import SEPARATOR, timeline_entry
-from features.triggers import Trigger, TriggerRules, fire_due, next_due, regroup
+from features.triggers import Trigger, TriggerRules, fire_due, next_due, refile, regroup
 from sinks.bucket_store import (
     BucketCommit,
     BucketStore,
@@ -119,6 +119,9 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         # clients whose schedule was computed under rules since replaced (a new RFM model)
         self._stale: set[str] = set()
         self._timers: tuple[list[tuple[float, str]], list[tuple[float, str]]] = ([], [])
+        # clients the rules file otherwise than their stored memberships (a new `segments:`
+        # configuration): re-filed in the first batch, so no event of theirs is needed
+        self._refiled: list[str] = []
         with frozen_on_arrival():
             for client_key, raw in loaded.states.items():
                 state = decode_state(raw)
@@ -126,8 +129,10 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 stored = stored_schedule(raw)
                 if stored is not None and self._prints.trusts(stored):
                     self._set_schedule(client_key, stored.due, stored.live)
-                else:
+                else:  # other code or rules since: the memberships may be stale too
                     self._schedule(client_key, state)
+                    if segments.filed_elsewhere(state, self._rules.segments):
+                        self._refiled.append(client_key)
 
     # --- timers --------------------------------------------------------------------------------
 
@@ -184,6 +189,17 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 triggers.extend(fired)
                 dirty.add(client_key)
 
+    def _refile(self, dirty: set[str], triggers: list[Trigger]) -> None:
+        refiled, self._refiled = self._refiled, []
+        for client_key in refiled:
+            before = self._states[client_key]
+            after, fired = refile(client_key, before, self._rules)
+            self._before.setdefault(client_key, before)
+            self._states[client_key] = after
+            self._schedule(client_key, after)
+            triggers.extend(fired)
+            dirty.add(client_key)
+
     def _rescore(self, now: float, dirty: set[str], triggers: list[Trigger]) -> None:
         """A new RFM model: re-evaluate the buyers whose RFM segment it changes."""
         rules = self._rules.segments
@@ -210,6 +226,8 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         applied = 0
         head_reached = False
         position_key = stream_id_key(self._position)
+        if self._refiled:
+            self._refile(dirty, triggers)
         for item in values:
             if item[0] == EVENT:
                 _, _, stream_id, client_key, raw = item

@@ -198,6 +198,12 @@ def resegment(state: ClientState, now: float, rules: SegmentRules) -> ClientStat
     return evolve(state, segments=segments, segments_at=now)
 
 
+def filed_elsewhere(state: ClientState, rules: SegmentRules) -> bool:
+    """Whether `rules` would file the client otherwise than it is, as of its last
+    evaluation: rules changed since (a new configuration), not time passing."""
+    return memberships(state, state.segments_at, rules) != {name for name, _ in state.segments}
+
+
 def refile_rfm(state: ClientState, now: float, rules: SegmentRules) -> ClientState:
     """The memberships a new RFM model changes (the RFM segment and map cell, and the rule
     segments naming an RFM feature) brought up to date; a membership kept keeps its entry

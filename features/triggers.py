@@ -83,7 +83,7 @@ __all__ = [
     "REPLENISHMENT_REMINDER", "SECOND_ORDER_NUDGE", "SEGMENT_ENTERED", "SERVICE_REMINDER",
     "TRANSACTIONAL",
     "TRIGGER_TYPES", "WELCOME", "Trigger", "TriggerRule", "TriggerRules", "due_timers",
-    "fire_due", "next_due", "process_event", "regroup", "trigger_id",
+    "fire_due", "next_due", "process_event", "refile", "regroup", "trigger_id",
 ]
 
 AUTO = "auto"
@@ -191,6 +191,14 @@ def regroup(client_key: str, state: ClientState, at: float, rules: TriggerRules
     memberships that time changes keep waiting for their own timer), with the
     `segment_entered` trigger that may follow."""
     return _entered(client_key, state, segments.refile_rfm(state, at, rules.segments), rules)
+
+
+def refile(client_key: str, state: ClientState, rules: TriggerRules
+           ) -> tuple[ClientState, list[Trigger]]:
+    """The client's memberships evaluated again as of their last evaluation, under rules
+    that may have changed since (a new `segments:` configuration), with the
+    `segment_entered` triggers that follow."""
+    return _resegment(client_key, state, state.segments_at, rules)
 
 
 def _resegment(client_key: str, state: ClientState, at: float, rules: TriggerRules, *,

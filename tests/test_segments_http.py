@@ -545,3 +545,26 @@ def test_rule_segments_on_rfm_features_follow_each_new_model(redis_url: str,
             assert members("top_m") == {f"huge{i}" for i in range(40)}
     finally:
         client.close()
+
+
+def test_a_new_segments_configuration_refiles_the_clients_without_their_events(
+        redis_url: str, key_prefix: str) -> None:
+    """Rules changed between two runs: the dataflow files each client under the new ones as
+    soon as it loads them, not at the client's next event or timer."""
+    now = time.time()
+    clients = [Client("spender", orders=[(3, 100)]), Client("modest", orders=[(3, 50)])]
+    first = make_settings(redis_url, key_prefix, rfm={"enabled": False},
+                          segments={"big": {"rule": "monetary_total >= 100"}})
+    with api_server(first) as url:
+        assert post_events(url, events_of(clients, now)).status_code == 200
+        drain(first)
+        assert get(url, "/v1/segments/big/members").json()["members"] == ["spender"]
+    second = make_settings(redis_url, key_prefix, rfm={"enabled": False},
+                           segments={"big": {"rule": "monetary_total >= 150"},
+                                     "small": {"rule": "monetary_total < 100"}})
+    drain(second)  # no new event
+    with api_server(second) as url:
+        assert get(url, "/v1/segments/big/members").json()["members"] == []
+        assert get(url, "/v1/segments/small/members").json()["members"] == ["modest"]
+        listed = get(url, "/v1/profiles/modest/segments").json()["segments"]
+        assert "small" in {e["segment"] for e in listed}
