@@ -186,6 +186,8 @@ def _opt_id(raw: Mapping[str, Any], name: str) -> str | None:
     text = str(value)
     if len(text) > MAX_ID_LENGTH:
         raise EventError(name, f"longer than {MAX_ID_LENGTH} characters")
+    if text != text.strip():  # " c4 " could never be read back as c4, nor "  " at all
+        raise EventError(name, "must not begin or end with whitespace")
     return text
 
 

@@ -122,7 +122,7 @@ def test_product_defaults() -> None:
 
 
 _ids = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1,
-               max_size=12).filter(lambda s: not s.startswith("anon:"))
+               max_size=12).filter(lambda s: not s.startswith("anon:") and s == s.strip())
 _money = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False)
 _products = st.lists(
     st.builds(Product, product_id=_ids, category=st.none() | _ids, price=_money,
@@ -262,6 +262,13 @@ def test_client_id_must_not_look_anonymous() -> None:
 
 def test_too_long_id() -> None:
     assert field_of(raw(event_id="x" * 201)) == "event_id"
+
+
+@pytest.mark.parametrize("name", ["client_id", "anonymous_id", "event_id"])
+@pytest.mark.parametrize("value", [" c4 ", "c4 ", "\tc4", "  "])
+def test_ids_with_surrounding_whitespace_are_refused(name: str, value: str) -> None:
+    """`?ids= c4 ` reads c4: an id stored as " c4 " could not be read back, nor "  " at all."""
+    assert field_of(raw(**{name: value})) == name
 
 
 def test_unknown_type() -> None:
