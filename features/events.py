@@ -186,7 +186,13 @@ def _opt_id(raw: Mapping[str, Any], name: str) -> str | None:
     text = str(value)
     if len(text) > MAX_ID_LENGTH:
         raise EventError(name, f"longer than {MAX_ID_LENGTH} characters")
-    if text != text.strip():  # " c4 " could never be read back as c4, nor "  " at all
+    return text
+
+
+def _client_id(raw: Mapping[str, Any], name: str) -> str | None:
+    """A client's id: it is read back by path and in lists, where `" c4 "` would be c4."""
+    text = _opt_id(raw, name)
+    if text is not None and text != text.strip():
         raise EventError(name, "must not begin or end with whitespace")
     return text
 
@@ -390,8 +396,8 @@ def parse_event(raw: object) -> Event:
     event_id = _opt_id(raw, "event_id")
     if event_id is None:
         raise EventError("event_id", "is required")
-    client_id = _opt_id(raw, "client_id")
-    anonymous_id = _opt_id(raw, "anonymous_id")
+    client_id = _client_id(raw, "client_id")
+    anonymous_id = _client_id(raw, "anonymous_id")
     if client_id is None and anonymous_id is None:
         raise EventError("client_id", "client_id or anonymous_id is required")
     if client_id is not None and client_id.startswith(ANONYMOUS_PREFIX):

@@ -122,7 +122,8 @@ def test_product_defaults() -> None:
 
 
 _ids = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1,
-               max_size=12).filter(lambda s: not s.startswith("anon:") and s == s.strip())
+               max_size=12).filter(lambda s: not s.startswith("anon:"))
+_client_ids = _ids.filter(lambda s: s == s.strip())
 _money = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False)
 _products = st.lists(
     st.builds(Product, product_id=_ids, category=st.none() | _ids, price=_money,
@@ -143,8 +144,8 @@ _touch_properties = st.fixed_dictionaries(
 @st.composite
 def events(draw: st.DrawFn) -> Event:
     event_type = draw(st.sampled_from(list(EventType)))
-    client_id = draw(st.none() | _ids)
-    anonymous_id = draw(_ids) if client_id is None else draw(st.none() | _ids)
+    client_id = draw(st.none() | _client_ids)
+    anonymous_id = draw(_client_ids) if client_id is None else draw(st.none() | _client_ids)
     products = draw(_products)
     if event_type in (EventType.CART_ADD, EventType.CART_REMOVE, EventType.PRODUCT_VIEW,
                       EventType.FAVOURITE_ADD) and not products:
@@ -264,9 +265,9 @@ def test_too_long_id() -> None:
     assert field_of(raw(event_id="x" * 201)) == "event_id"
 
 
-@pytest.mark.parametrize("name", ["client_id", "anonymous_id", "event_id"])
+@pytest.mark.parametrize("name", ["client_id", "anonymous_id"])
 @pytest.mark.parametrize("value", [" c4 ", "c4 ", "\tc4", "  "])
-def test_ids_with_surrounding_whitespace_are_refused(name: str, value: str) -> None:
+def test_client_ids_with_surrounding_whitespace_are_refused(name: str, value: str) -> None:
     """`?ids= c4 ` reads c4: an id stored as " c4 " could not be read back, nor "  " at all."""
     assert field_of(raw(**{name: value})) == name
 
