@@ -8,7 +8,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,15 +89,14 @@ def _cmd_dataflow(args: argparse.Namespace) -> None:
         sys.exit(code)
     addresses = args.addresses.split(";") if args.addresses else None
 
-    def exit_now(signum: int, frame: object) -> None:
+    def exit_now() -> None:
         # Raising inside Bytewax's Rust loop panics; the dataflow keeps nothing of its own
         # (Redis holds state and positions), so it may simply stop here.
         if lease is not None:
             lease.release()
         os._exit(0)
 
-    signal.signal(signal.SIGTERM, exit_now)
-    signal.signal(signal.SIGINT, exit_now)
+    exit_on_signal(exit_now)
     try:
         run_dataflow(settings, process_id=args.process_id, addresses=addresses,
                      stop_when_caught_up=args.drain)
@@ -340,6 +340,30 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(and exit non-zero)")
     check.set_defaults(func=_cmd_check_config)
     return parser
+
+
+def exit_on_signal(exit_now: Callable[[], None]) -> None:
+    """Call `exit_now` on SIGTERM or SIGINT, even while the main thread is in Bytewax's Rust
+    code, where a Python handler waits its turn until Bytewax runs Python again (never, for
+    a process waiting for its peers): the interpreter's C-level handler writes the signal's
+    number to a pipe at once, and a thread of ours reads it."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    once = threading.Lock()
+
+    def stop() -> None:
+        if once.acquire(blocking=False):
+            exit_now()
+
+    def watch() -> None:
+        while True:
+            if {signal.SIGTERM, signal.SIGINT} & set(os.read(read_fd, 64)):
+                stop()
+
+    threading.Thread(target=watch, name="signals", daemon=True).start()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # a handler, so that the pipe is written
+        signal.signal(signum, lambda signum, frame: stop())
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

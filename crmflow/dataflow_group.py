@@ -61,6 +61,6 @@ def run_group(settings: Settings, config_file: Path | None) -> int:
             log.error("%s exited (%s): stopping the group", exited[0].name, returncode)
             break
         time.sleep(0.2)
-    for child in children:  # one waiting for its peers may not hear SIGTERM: then SIGKILL
+    for child in children:  # SIGTERM, then SIGKILL for one that does not stop in time
         child.stop(STOP_TIMEOUT)
     return 0 if stopping else code

@@ -191,3 +191,31 @@ def test_api_refuses_a_layout_other_than_the_data_has(tmp_path: Path, redis_url:
     result = _crmflow("api", "--config", str(config), cwd=tmp_path)
     assert result.returncode != 0
     assert "dataflow.buckets is 2048" in result.stderr
+
+
+def test_a_dataflow_process_waiting_for_its_peers_stops_on_sigterm(
+        tmp_path: Path, redis_url: str, key_prefix: str) -> None:
+    """Process 0 of two on other hosts waits for process 1 inside Bytewax's Rust code, where
+    a Python signal handler never gets its turn: `docker stop` must not need SIGKILL."""
+    from crmflow.redis_server import free_ports
+
+    base = free_ports(2)
+    config = tmp_path / "peers.yaml"
+    config.write_text(yaml.safe_dump({
+        "redis": {"url": redis_url, "key_prefix": key_prefix},
+        "dataflow": {"metrics_port": 0, "process_id": 0,
+                     "addresses": [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"]}}))
+    process = subprocess.Popen([sys.executable, "-m", "crmflow.cli", "dataflow", "--config",
+                                str(config)], cwd=tmp_path, env=_env(),
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)  # started, and waiting for process 1
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+            pytest.fail("the dataflow process ignored SIGTERM while waiting for its peer")
+    assert process.returncode == 0
