@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -659,6 +660,16 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 SECRET_NAMES = ("write_keys", "read_keys", "admin_keys", "point_read_keys")
+
+
+def redacted_url(url: str) -> str:
+    """A Redis URL fit to print: its password (`redis://user:pw@host`, or `?password=`)
+    replaced by `***`."""
+    netloc = urlsplit(url).netloc
+    if urlsplit(url).password is not None:
+        credentials, _, host = netloc.rpartition("@")
+        url = url.replace(netloc, f"{credentials.partition(':')[0]}:***@{host}", 1)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def _secrets(path: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from config.settings import ConfigError, Settings, load_settings
+from config.settings import ConfigError, Settings, load_settings, redacted_url
 
 KEYS_FILE = Path("var/keys.json")
 # `backfill --wait N`: the history is appended, but the dataflow had not applied it all
@@ -240,6 +240,8 @@ def _cmd_config(args: argparse.Namespace) -> None:
         values["api"][name] = [masked(key) for key in values["api"][name]]
     values["api"]["point_read_keys"] = {masked(key): point for key, point
                                         in values["api"]["point_read_keys"].items()}
+    if values["redis"]["url"]:  # nor the Redis password
+        values["redis"]["url"] = redacted_url(values["redis"]["url"])
     sys.stdout.write(yaml.safe_dump(values, sort_keys=False))
 
 

@@ -21,7 +21,7 @@ from typing import cast
 import httpx
 import redis
 
-from config.settings import Settings
+from config.settings import Settings, redacted_url
 from crmflow.redis_server import EmbeddedRedis
 from crmflow.runtime import ensure_keys, with_redis
 from sinks.keys import KeyLayout
@@ -92,7 +92,7 @@ def _banner(settings: Settings, api_url: str, embedded: bool, demo: bool) -> str
           if settings.console.enabled else []),
         f"  Dataflow   metrics http://{settings.dataflow.metrics_host}:"
         f"{settings.dataflow.metrics_port}/metrics",
-        f"  Redis      {settings.redis.url} ({where})",
+        f"  Redis      {redacted_url(settings.redis.url or '')} ({where})",
         f"  Write key  {write_key}   (HTTP Basic user name, Segment style)",
         f"  Read key   {read_key}   (Authorization: Bearer)",
         f"  Admin key  {admin_key}   (Bearer: manual touches; all of the above)",

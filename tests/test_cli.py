@@ -219,3 +219,22 @@ def test_a_dataflow_process_waiting_for_its_peers_stops_on_sigterm(
             process.wait()
             pytest.fail("the dataflow process ignored SIGTERM while waiting for its peer")
     assert process.returncode == 0
+
+
+def test_config_and_the_up_banner_never_print_the_redis_password(tmp_path: Path) -> None:
+    from config.settings import load_settings, redacted_url
+    from crmflow.supervisor import _banner
+
+    url = "redis://default:s3cret-pw@redis.example:6379/0"
+    config = tmp_path / "remote.yaml"
+    config.write_text(yaml.safe_dump({"redis": {"url": url}}))
+    result = _crmflow("config", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["redis"]["url"] == (
+        "redis://default:***@redis.example:6379/0")
+    banner = _banner(load_settings(config), "http://127.0.0.1:8000", False, False)
+    assert "s3cret-pw" not in banner and "redis://default:***@redis.example:6379/0" in banner
+    assert redacted_url("redis://:pw@h/0") == "redis://:***@h/0"
+    assert redacted_url("unix:///run/r.sock?db=1&password=pw") == (
+        "unix:///run/r.sock?db=1&password=***")
+    assert redacted_url("redis://127.0.0.1:6390/0") == "redis://127.0.0.1:6390/0"
