@@ -2,7 +2,7 @@
 
 - `--config FILE` or `CRMFLOW_CONFIG` names the YAML file; it may set only some values.
 - `CRMFLOW_<SECTION>__<FIELD>` overrides any value,
-  e.g. `CRMFLOW_TRIGGERS__ABANDONED_CART__DELAY=30m`.
+  e.g. `CRMFLOW_TRIGGERS__ABANDONED_CART__DELAY=30m`; `null` is YAML's null.
 - `REDIS_URL`, `CRMFLOW_WRITE_KEY`, `CRMFLOW_READ_KEY`, `CRMFLOW_ADMIN_KEY` are shortcuts
   (keys may be comma-separated lists).
 
@@ -551,7 +551,8 @@ class DemoSettings(Section):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="CRMFLOW_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix="CRMFLOW_", env_nested_delimiter="__", extra="forbid", frozen=True,
+        env_parse_none_str="null",  # as in YAML: e.g. CRMFLOW_POLICY__QUIET_HOURS=null
     )
 
     redis: RedisSettings = RedisSettings()

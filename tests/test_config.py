@@ -452,3 +452,16 @@ def test_key_mistakes_that_would_widen_access_stop_start_up(
         tmp_path: Path, api: str, expected: str) -> None:
     message = config_error(write(tmp_path, f"api:\n  {api}\n"))
     assert expected in message
+
+
+def test_env_null_turns_off_what_yaml_null_turns_off(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """default.yaml documents `null` values (quiet_hours: null = off, holdout_percent: null =
+    the policy's): an environment override must be able to say it too."""
+    path = write(tmp_path, "triggers:\n  welcome:\n    holdout_percent: 20\n")
+    monkeypatch.setenv("CRMFLOW_POLICY__QUIET_HOURS", "null")
+    monkeypatch.setenv("CRMFLOW_TRIGGERS__WELCOME__HOLDOUT_PERCENT", "null")
+    settings = load_settings(path)
+    assert settings.policy.quiet_hours is None
+    assert settings.trigger_rules().policy.quiet_hours is None
+    assert settings.triggers.welcome.holdout_percent is None
