@@ -106,7 +106,7 @@ class RedisSettings(Section):
     stream_retention: Duration = 86400.0
     dedupe_window: Duration = 86400.0
     ledger_max_entries: PositiveInt = 200
-    socket_timeout: Duration = 5.0
+    socket_timeout: PositiveDuration = 5.0  # 0 would make every socket non-blocking
 
     @field_validator("key_prefix")
     @classmethod

@@ -465,3 +465,16 @@ def test_env_null_turns_off_what_yaml_null_turns_off(tmp_path: Path,
     assert settings.policy.quiet_hours is None
     assert settings.trigger_rules().policy.quiet_hours is None
     assert settings.triggers.welcome.holdout_percent is None
+
+
+def test_a_zero_redis_socket_timeout_is_refused(tmp_path: Path, redis_url: str) -> None:
+    """0 makes redis-py's sockets non-blocking: every connection fails with EINPROGRESS."""
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(redis_url, socket_timeout=0, socket_connect_timeout=0)
+    with pytest.raises(redis_lib.ConnectionError):
+        client.ping()
+    message = config_error(write(tmp_path, "redis:\n  socket_timeout: 0s\n"))
+    assert "redis.socket_timeout: Input should be greater than 0" in message
+    assert load_settings(write(tmp_path, "redis:\n  socket_timeout: 250ms\n")
+                         ).redis.socket_timeout == 0.25
