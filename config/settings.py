@@ -36,6 +36,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     SettingsError,
 )
+from redis.connection import parse_url
 
 from config.durations import parse_duration
 from features.calendar import is_zone
@@ -107,6 +108,13 @@ class RedisSettings(Section):
     dedupe_window: Duration = 86400.0
     ledger_max_entries: PositiveInt = 200
     socket_timeout: PositiveDuration = 5.0  # 0 would make every socket non-blocking
+
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, value: str | None) -> str | None:
+        if value:  # an unusable URL would only fail later, in a traceback
+            parse_url(value)  # type: ignore[no-untyped-call]  # ValueError: what is wrong
+        return value
 
     @field_validator("key_prefix")
     @classmethod

@@ -478,3 +478,22 @@ def test_a_zero_redis_socket_timeout_is_refused(tmp_path: Path, redis_url: str) 
     assert "redis.socket_timeout: Input should be greater than 0" in message
     assert load_settings(write(tmp_path, "redis:\n  socket_timeout: 250ms\n")
                          ).redis.socket_timeout == 0.25
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("localhost:6379", "one of the following schemes"),
+    ("http://redis:6379", "one of the following schemes"),
+    ("redis://redis:port/0", "Port could not be cast to integer"),
+])
+def test_a_redis_url_redis_cannot_use_is_refused_naming_the_field(
+        monkeypatch: pytest.MonkeyPatch, url: str, words: str) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    message = config_error()
+    assert "redis.url:" in message and words in message, message
+
+
+def test_redis_urls_of_every_scheme_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in ("redis://:pw@redis:6379/0", "rediss://u:pw@redis.example:6380/1",
+                "unix:///run/redis.sock?db=2"):
+        monkeypatch.setenv("REDIS_URL", url)
+        assert load_settings().redis.url == url
