@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import redis
 import yaml
 
 from config.settings import ConfigError, Settings, load_settings, redacted_url
@@ -380,7 +381,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    args.func(args)
+    try:
+        args.func(args)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # not a bug of ours: say so
+        raise SystemExit(f"crmflow {args.command}: Redis is unavailable: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -238,3 +238,17 @@ def test_config_and_the_up_banner_never_print_the_redis_password(tmp_path: Path)
     assert redacted_url("unix:///run/r.sock?db=1&password=pw") == (
         "unix:///run/r.sock?db=1&password=***")
     assert redacted_url("redis://127.0.0.1:6390/0") == "redis://127.0.0.1:6390/0"
+
+
+def test_verbs_say_redis_is_unreachable_instead_of_a_traceback(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    config = tmp_path / "away.yaml"
+    config.write_text(yaml.safe_dump({
+        "redis": {"url": f"redis://:s3cret@127.0.0.1:{port}/0", "socket_timeout": "1s"},
+        "api": {"write_keys": ["w"], "read_keys": ["r"], "port": free_port()}}))
+    for verb in (["api"], ["export", "--out", "out"]):
+        result = _crmflow(*verb, "--config", str(config), cwd=tmp_path)
+        assert result.returncode == 1, (verb, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert f"crmflow {verb[0]}: Redis is unavailable" in result.stderr, result.stderr
+        assert f"127.0.0.1:{port}" in result.stderr and "s3cret" not in result.stderr
