@@ -70,15 +70,30 @@ def _cmd_api(args: argparse.Namespace) -> None:
             lease.release()
 
 
+def _check_process_id(process_id: int | None, addresses: str | None) -> None:
+    """Bytewax waits for ever for peers that cannot exist: refuse such a pair at once."""
+    if addresses is None:
+        if process_id is not None:
+            raise SystemExit("crmflow dataflow: --process-id needs --addresses (the host:port "
+                             "of every process, separated by ';')")
+        return
+    count = len(addresses.split(";"))
+    if process_id is None or not 0 <= process_id < count:
+        raise SystemExit(f"crmflow dataflow: --process-id must be this process's index among "
+                         f"the {count} --addresses (0..{count - 1}), got {process_id}")
+
+
 def _cmd_dataflow(args: argparse.Namespace) -> None:
     from crmflow.runtime import with_redis
     from dataflows.run import run_dataflow
 
-    settings, lease = with_redis(settings_from(args))
+    settings = settings_from(args)
     if args.addresses is None and settings.dataflow.addresses:  # from the configuration
         args.addresses = ";".join(settings.dataflow.addresses)
         args.process_id = (settings.dataflow.process_id if args.process_id is None
                            else args.process_id)
+    _check_process_id(args.process_id, args.addresses)
+    settings, lease = with_redis(settings)
     if settings.dataflow.processes > 1 and args.addresses is None:
         from crmflow.dataflow_group import run_group
 

@@ -252,3 +252,24 @@ def test_verbs_say_redis_is_unreachable_instead_of_a_traceback(tmp_path: Path) -
         assert "Traceback" not in result.stderr, result.stderr
         assert f"crmflow {verb[0]}: Redis is unavailable" in result.stderr, result.stderr
         assert f"127.0.0.1:{port}" in result.stderr and "s3cret" not in result.stderr
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    (["--addresses", "127.0.0.1:1;127.0.0.1:2", "--process-id", "2"],
+     "--process-id must be this process's index among the 2 --addresses (0..1), got 2"),
+    (["--addresses", "127.0.0.1:1;127.0.0.1:2"], "(0..1), got None"),
+    (["--addresses", "127.0.0.1:1", "--process-id", "-1"], "(0..0), got -1"),
+    (["--process-id", "1"], "--process-id needs --addresses"),
+])
+def test_dataflow_refuses_a_process_id_outside_its_addresses(
+        tmp_path: Path, redis_url: str, key_prefix: str, options: list[str],
+        words: str) -> None:
+    """Bytewax would wait for ever for a peer that cannot exist, or (without addresses) run
+    alone over every partition."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"redis": {"url": redis_url, "key_prefix": key_prefix},
+                                      "dataflow": {"metrics_port": 0}}))
+    result = subprocess.run([sys.executable, "-m", "crmflow.cli", "dataflow", "--config",
+                             str(config), *options], cwd=tmp_path, env=_env(),
+                            capture_output=True, text=True, timeout=20, check=False)
+    assert result.returncode == 1 and words in result.stderr, result.stderr
