@@ -124,6 +124,9 @@ class RedisSettings(Section):
         return value
 
 
+MIN_HEARTBEAT_TTL = 4.0  # twice the dataflow's beat: a long batch may delay one
+
+
 class DataflowSettings(Section):
     partitions: Annotated[int, Field(ge=1, le=1024)] = 4
     buckets: Annotated[int, Field(ge=1, le=1_048_576)] = 1024
@@ -132,7 +135,10 @@ class DataflowSettings(Section):
     idle_wait: Duration = 0.05
     allowed_lateness: Duration = 5.0
     offset_flush_interval: Duration = 5.0
-    heartbeat_ttl: PositiveDuration = 15.0
+    # the dataflow beats every HEARTBEAT_EVERY (2 s, dataflows/source.py); a shorter life
+    # would have /readyz report it dead between beats
+    heartbeat_ttl: Annotated[float, BeforeValidator(parse_duration),
+                             Field(ge=MIN_HEARTBEAT_TTL)] = 15.0
     workers: PositiveInt = 1
     processes: Annotated[int, Field(ge=1, le=64)] = 1  # Bytewax processes on this host
     cluster_port: Port = 2101  # processes > 1: their loopback ports start here

@@ -497,3 +497,15 @@ def test_redis_urls_of_every_scheme_are_accepted(monkeypatch: pytest.MonkeyPatch
                 "unix:///run/redis.sock?db=2"):
         monkeypatch.setenv("REDIS_URL", url)
         assert load_settings().redis.url == url
+
+
+def test_a_heartbeat_ttl_shorter_than_the_beat_is_refused(tmp_path: Path) -> None:
+    """With a 1 s life and a beat every 2 s, /readyz said "no heartbeat" half the time."""
+    from config.settings import MIN_HEARTBEAT_TTL
+    from dataflows.source import HEARTBEAT_EVERY
+
+    assert MIN_HEARTBEAT_TTL >= 2 * HEARTBEAT_EVERY
+    message = config_error(write(tmp_path, "dataflow:\n  heartbeat_ttl: 1s\n"))
+    assert "dataflow.heartbeat_ttl: Input should be greater than or equal to 4" in message
+    assert load_settings(write(tmp_path, "dataflow:\n  heartbeat_ttl: 4s\n")
+                         ).dataflow.heartbeat_ttl == 4.0
