@@ -15,6 +15,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from itertools import combinations
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
@@ -157,6 +158,33 @@ class DataflowSettings(Section):
     metrics_port: Port = 9101
     bytewax_metrics_port: Port = 0  # Bytewax's own metrics server (0 = off); + process id
     epoch_interval: PositiveDuration = 10.0
+
+    @model_validator(mode="after")
+    def _ports_apart(self) -> DataflowSettings:
+        """Process I listens on metrics_port + I, bytewax_metrics_port + I and (a group on
+        this host) cluster_port + I: ranges that overlap or pass 65535 fail one process."""
+        count = len(self.addresses) or self.processes
+        bases = {"metrics_port": self.metrics_port,
+                 "bytewax_metrics_port": self.bytewax_metrics_port}
+        if self.processes > 1 and not self.addresses:
+            bases["cluster_port"] = self.cluster_port
+        used = {name: range(base, base + count) for name, base in bases.items() if base}
+        for name, ports in used.items():
+            if ports[-1] > 65535:
+                raise ValueError(f"dataflow.{name}: {ports.start} + one port for each of "
+                                 f"{count} processes passes 65535")
+        for (first, one), (second, other) in combinations(used.items(), 2):
+            if one.start <= other[-1] and other.start <= one[-1]:
+                raise ValueError(f"dataflow.{first} and dataflow.{second}: the ports of "
+                                 f"{count} process(es) overlap ({one.start}..{one[-1]} and "
+                                 f"{other.start}..{other[-1]})")
+        for index, address in enumerate(self.addresses):  # process I's own cluster port
+            port = address.rpartition(":")[2]
+            for name, ports in used.items():
+                if port.isdigit() and int(port) == ports[index]:
+                    raise ValueError(f"dataflow.addresses.{index}: port {port} is also "
+                                     f"process {index}'s dataflow.{name} + {index}")
+        return self
 
 
 class ApiSettings(Section):

@@ -509,3 +509,32 @@ def test_a_heartbeat_ttl_shorter_than_the_beat_is_refused(tmp_path: Path) -> Non
     assert "dataflow.heartbeat_ttl: Input should be greater than or equal to 4" in message
     assert load_settings(write(tmp_path, "dataflow:\n  heartbeat_ttl: 4s\n")
                          ).dataflow.heartbeat_ttl == 4.0
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("dataflow: {processes: 2, metrics_port: 9101, bytewax_metrics_port: 9102}",
+     "dataflow.metrics_port and dataflow.bytewax_metrics_port: the ports of 2 process(es) "
+     "overlap (9101..9102 and 9102..9103)"),
+    ("dataflow: {metrics_port: 3030, bytewax_metrics_port: 3030}",
+     "dataflow.metrics_port and dataflow.bytewax_metrics_port"),
+    ("dataflow: {processes: 4, cluster_port: 9100}",
+     "dataflow.metrics_port and dataflow.cluster_port"),
+    ("dataflow: {processes: 4, metrics_port: 65534}",
+     "dataflow.metrics_port: 65534 + one port for each of 4 processes passes 65535"),
+    ("dataflow: {addresses: [a:1, b:1, c:1], process_id: 0, bytewax_metrics_port: 65534}",
+     "dataflow.bytewax_metrics_port: 65534 + one port for each of 3 processes"),
+    ("dataflow: {addresses: [a:2101, b:9102], process_id: 0}",
+     "dataflow.addresses.1: port 9102 is also process 1's dataflow.metrics_port + 1"),
+])
+def test_dataflow_ports_that_collide_are_refused(tmp_path: Path, text: str, words: str) -> None:
+    """Process I listens on each base + I: process 1's metrics on 9102 took the port of
+    process 0's Bytewax metrics, and the group died at start."""
+    message = config_error(write(tmp_path, text + "\n"))
+    assert words in message, message
+
+
+def test_dataflow_ports_apart_are_accepted(tmp_path: Path) -> None:
+    for text in ("dataflow: {processes: 4, metrics_port: 9101, bytewax_metrics_port: 9105}",
+                 "dataflow: {processes: 64, metrics_port: 0, cluster_port: 2101}",
+                 "dataflow: {addresses: [a:2101, b:2101], process_id: 1}"):
+        load_settings(write(tmp_path, text + "\n"))
