@@ -72,7 +72,8 @@ from features.state import MAX_ORDERS, MAX_SENDS
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveInt = Annotated[int, Field(ge=1)]
-Port = Annotated[int, Field(ge=0, le=65535)]
+Port = Annotated[int, Field(ge=0, le=65535)]  # 0: off (metrics), or a free one (tests)
+FixedPort = Annotated[int, Field(ge=1, le=65535)]  # where other processes must find it
 
 
 def _key_list(value: object) -> object:
@@ -101,7 +102,7 @@ class RedisSettings(Section):
     cluster: bool = False  # url names a node of a Redis Cluster
     key_prefix: str = "crmflow"
     data_dir: Path = Path("var/redis")
-    embedded_port: Port = 6390
+    embedded_port: FixedPort = 6390  # `api` and `dataflow` find each other's server there
     stream_maxlen: PositiveInt = 5_000_000
     # per event stream: ingest answers 503 beyond it (the dataflow is behind); 0 = no cap
     max_stream_length: Annotated[int, Field(ge=0)] = 1_000_000
@@ -189,7 +190,7 @@ class DataflowSettings(Section):
 
 class ApiSettings(Section):
     host: str = "127.0.0.1"
-    port: Port = 8000
+    port: FixedPort = 8000
     write_keys: KeyList = Field(default_factory=list)
     read_keys: KeyList = Field(default_factory=list)
     admin_keys: KeyList = Field(default_factory=list)

@@ -538,3 +538,13 @@ def test_dataflow_ports_apart_are_accepted(tmp_path: Path) -> None:
                  "dataflow: {processes: 64, metrics_port: 0, cluster_port: 2101}",
                  "dataflow: {addresses: [a:2101, b:2101], process_id: 1}"):
         load_settings(write(tmp_path, text + "\n"))
+
+
+@pytest.mark.parametrize("field", ["redis.embedded_port", "api.port"])
+def test_a_port_others_must_find_cannot_be_zero(tmp_path: Path, field: str) -> None:
+    """Port 0 is a random port: `crmflow api` and `crmflow dataflow` each started their own
+    embedded Redis on the same data folder (so the dataflow never saw the API's events), and
+    `crmflow up` waited for an API on port 0."""
+    section, name = field.split(".")
+    message = config_error(write(tmp_path, f"{section}:\n  {name}: 0\n"))
+    assert f"{field}: Input should be greater than or equal to 1" in message, message
