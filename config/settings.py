@@ -149,6 +149,14 @@ class DataflowSettings(Section):
     process_id: Annotated[int, Field(ge=0)] | None = None
 
     @model_validator(mode="after")
+    def _every_partition_has_buckets(self) -> DataflowSettings:
+        if self.buckets < self.partitions:  # partition p feeds buckets p, p + partitions, ...
+            raise ValueError(f"dataflow.buckets: {self.buckets} is fewer than "
+                             f"dataflow.partitions ({self.partitions}): partitions "
+                             f"{self.buckets}..{self.partitions - 1} would never hold a client")
+        return self
+
+    @model_validator(mode="after")
     def _process_in_addresses(self) -> DataflowSettings:
         if self.addresses and (self.process_id is None
                                or self.process_id >= len(self.addresses)):

@@ -548,3 +548,15 @@ def test_a_port_others_must_find_cannot_be_zero(tmp_path: Path, field: str) -> N
     section, name = field.split(".")
     message = config_error(write(tmp_path, f"{section}:\n  {name}: 0\n"))
     assert f"{field}: Input should be greater than or equal to 1" in message, message
+
+
+def test_fewer_buckets_than_partitions_is_refused(tmp_path: Path) -> None:
+    """Partition p feeds the buckets b with b mod partitions = p: with 8 partitions and 4
+    buckets, no client ever lived in partitions 4..7 and the processes owning them idled."""
+    from features.routing import bucket_of, partition_of_bucket
+
+    fed = {partition_of_bucket(bucket_of(f"c{n}", 4), 8) for n in range(1000)}
+    assert fed == {0, 1, 2, 3}
+    message = config_error(write(tmp_path, "dataflow: {partitions: 8, buckets: 4}\n"))
+    assert "dataflow.buckets: 4 is fewer than dataflow.partitions (8)" in message, message
+    assert load_settings(write(tmp_path, "dataflow: {partitions: 8, buckets: 8}\n"))
