@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -156,7 +157,27 @@ def _read_triggers(client: redis.Redis, positions: dict[str, str], cluster: bool
     return replies
 
 
+def _check_ports_free(settings: Settings) -> None:
+    """Refuse to start when our parts could not listen: another `crmflow up` (a second
+    `make run`) answered our health check, and the parts that could not bind were restarted
+    for ever under a banner saying all was well."""
+    wanted = [(settings.api.host, settings.api.port, "api.port")]
+    if settings.dataflow.metrics_port:
+        wanted.append((settings.dataflow.metrics_host, settings.dataflow.metrics_port,
+                       "dataflow.metrics_port"))
+    for host, port, name in wanted:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise SystemExit(f"crmflow up: {host}:{port} ({name}) is not free: "
+                                 f"{exc.strerror or exc}; is crmflow already running?"
+                                 ) from None
+
+
 def run_up(settings: Settings, *, config_file: Path | None, demo: bool, keys_file: Path) -> None:
+    _check_ports_free(settings)
     settings = ensure_keys(settings, keys_file)
     settings, lease = with_redis(settings)
     redis_server = lease.server if lease is not None else None

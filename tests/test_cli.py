@@ -273,3 +273,23 @@ def test_dataflow_refuses_a_process_id_outside_its_addresses(
                              str(config), *options], cwd=tmp_path, env=_env(),
                             capture_output=True, text=True, timeout=20, check=False)
     assert result.returncode == 1 and words in result.stderr, result.stderr
+
+
+def test_up_refuses_to_start_beside_a_running_one(tmp_path: Path) -> None:
+    """A second `make run` answered its health check with the first one's API, printed
+    "crmflow is up" and restarted its own parts (which could not listen) for ever."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "up.yaml"
+        config.write_text(yaml.safe_dump({
+            "redis": {"embedded_port": free_port(), "data_dir": str(tmp_path / "redis")},
+            "api": {"port": port}, "dataflow": {"metrics_port": free_port()}}))
+        result = _crmflow("up", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert f"crmflow up: 127.0.0.1:{port} (api.port) is not free" in result.stderr
+    assert "crmflow is up" not in result.stdout
+    assert not (tmp_path / "redis").exists()  # refused before starting anything
