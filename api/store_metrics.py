@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Gauge
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from features.rules import SegmentRules
 from features.segments import all_segment_names
@@ -32,7 +32,8 @@ class StoreMetrics:
         self.segment_size = Gauge("crmflow_segment_members", "Members of a segment",
                                   ["segment"], registry=registry)
         self.redis_memory = Gauge("crmflow_redis_used_memory_bytes",
-                                  "Memory Redis reports in use (INFO memory)",
+                                  "Memory Redis reports in use (INFO memory; a cluster's "
+                                  "primaries summed)",
                                   registry=registry)
 
     async def refresh(self, client: aioredis.Redis, layout: KeyLayout,
@@ -42,6 +43,7 @@ class StoreMetrics:
             return
         self._refreshed = now
         names = all_segment_names(rules)
+        cluster = isinstance(client, aioredis.RedisCluster)
         try:
             async with client.pipeline(transaction=False) as pipe:
                 for bucket in range(layout.buckets):
@@ -49,14 +51,21 @@ class StoreMetrics:
                 for name in names:
                     for partition in range(layout.partitions):
                         pipe.zcard(layout.segment_members(partition, name))
-                pipe.info("memory")
+                if not cluster:  # a cluster pipeline refuses INFO (it names no key)
+                    pipe.info("memory")
                 results: list[Any] = await pipe.execute()
-        except (RedisError, OSError) as exc:  # a scrape during an outage: keep the last values
-            log.warning("store metrics not refreshed: %s", exc)
+            if cluster:  # the store's memory is that of every primary
+                per_node = await client.info(
+                    "memory", target_nodes=aioredis.RedisCluster.PRIMARIES)
+                used = sum(int(info.get("used_memory", 0)) for info in per_node.values())
+            else:
+                used = int(results.pop().get("used_memory", 0))
+        except (RedisError, RedisClusterException, OSError) as exc:
+            log.warning("store metrics not refreshed: %s", exc)  # an outage: keep the last
             return
-        counts, sizes = results[:layout.buckets], results[layout.buckets:-1]
+        counts, sizes = results[:layout.buckets], results[layout.buckets:]
         self.clients.set(sum(counts))
         width = layout.partitions
         for index, name in enumerate(names):
             self.segment_size.labels(name).set(sum(sizes[index * width:(index + 1) * width]))
-        self.redis_memory.set(int(results[-1].get("used_memory", 0)))
+        self.redis_memory.set(used)

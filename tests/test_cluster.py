@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -127,3 +128,29 @@ def test_two_processes_on_a_cluster_match_one_on_one_redis(
     assert {k: replace(v, **strip) for k, v in states.items()} == {
         k: replace(v, **strip) for k, v in expected_states.items()}
     assert ids == expected_ids
+
+
+
+def test_store_gauges_on_a_redis_cluster(redis_cluster: str, key_prefix: str) -> None:
+    """INFO cannot be pipelined on a cluster: every scrape of the API's /metrics was a 500,
+    so Prometheus lost all of the API's metrics with `redis.cluster: true`."""
+    settings = make_settings(redis_cluster, key_prefix, redis={"cluster": True},
+                             rfm={"refresh": 0})
+    t0 = time.time() - 60
+    with api_server(settings) as url:
+        assert post_events(url, [
+            {"event_id": f"c{n}", "type": "registered", "client_id": f"k{n}",
+             "event_time": t0 + n} for n in range(3)]).status_code == 200
+        drain(settings)
+        response = httpx.get(url + "/metrics")
+    assert response.status_code == 200, response.text
+    assert "crmflow_store_clients 3.0" in response.text
+    used = float(next(line for line in response.text.splitlines()
+                      if line.startswith("crmflow_redis_used_memory_bytes ")).split()[1])
+    cluster = redis.RedisCluster.from_url(redis_cluster)
+    try:
+        per_node = cluster.info("memory", target_nodes=redis.RedisCluster.PRIMARIES)
+    finally:
+        cluster.close()
+    assert len(per_node) == 3
+    assert used > max(info["used_memory"] for info in per_node.values())  # all primaries
