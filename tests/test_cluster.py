@@ -4,6 +4,7 @@ one process on one Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import time
@@ -154,3 +155,26 @@ def test_store_gauges_on_a_redis_cluster(redis_cluster: str, key_prefix: str) ->
         cluster.close()
     assert len(per_node) == 3
     assert used > max(info["used_memory"] for info in per_node.values())  # all primaries
+
+
+def test_readyz_is_not_ready_while_a_cluster_primary_is_down(redis_cluster: str,
+                                                            key_prefix: str) -> None:
+    """/readyz pinged one node: with a primary (a third of the clients) down and the dataflow
+    still beating on another, it said ready."""
+    settings = make_settings(redis_cluster, key_prefix,
+                             redis={"cluster": True, "socket_timeout": "1s"})
+    heartbeat = KeyLayout.from_settings(settings).heartbeat()
+    cluster = redis.RedisCluster.from_url(redis_cluster)
+    try:
+        cluster.set(heartbeat, "1", px=120_000)  # as a dataflow process beating
+        keeper = cluster.get_node_from_key(heartbeat)
+        victim = next(node for node in cluster.get_primaries() if node.name != keeper.name)
+    finally:
+        cluster.close()
+    with api_server(settings) as url:
+        assert httpx.get(url + "/readyz").status_code == 200
+        with contextlib.suppress(redis.ConnectionError):  # it closes the connection
+            redis.Redis(host=victim.host, port=victim.port).shutdown(nosave=True)
+        response = httpx.get(url + "/readyz", timeout=30)
+    assert response.status_code == 503, response.text
+    assert response.json()["checks"]["redis"].startswith("unavailable"), response.text

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisClusterException
 
 from api.deps import ResourcesDep
 
@@ -24,12 +26,16 @@ async def healthz() -> dict[str, str]:
 async def readyz(resources: ResourcesDep) -> JSONResponse:
     """Ready when Redis answers and a dataflow process has beaten its heart recently."""
     checks: dict[str, Any] = {}
+    client = resources.redis
     try:
-        await resources.redis.ping()
+        if isinstance(client, aioredis.RedisCluster):  # every primary holds some clients
+            await client.ping(target_nodes=aioredis.RedisCluster.PRIMARIES)
+        else:
+            await client.ping()
         checks["redis"] = "ok"
-        alive = await resources.redis.exists(resources.layout.heartbeat())
+        alive = await client.exists(resources.layout.heartbeat())
         checks["dataflow"] = "ok" if alive else "no heartbeat"
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
         checks["redis"] = f"unavailable: {exc}"
         checks["dataflow"] = "unknown"
     ready = all(value == "ok" for value in checks.values())
