@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -166,6 +167,16 @@ def _at_least_one(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:  # -5 or nan meant "wait without limit"
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more seconds, not {text}")
     return value
 
 
@@ -335,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     backfill_cmd = command("backfill", "feed history files through the live dataflow; past "
                                        "occasions are recorded as suppressed (backfill)")
     history_input(backfill_cmd)
-    backfill_cmd.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    backfill_cmd.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS",
                               help="wait at most this long for the dataflow to apply it all "
                                    "(default 0: as long as it takes); exit status "
                                    f"{BACKFILL_NOT_APPLIED} when it had not by then")

@@ -293,3 +293,12 @@ def test_up_refuses_to_start_beside_a_running_one(tmp_path: Path) -> None:
     assert f"crmflow up: 127.0.0.1:{port} (api.port) is not free" in result.stderr
     assert "crmflow is up" not in result.stdout
     assert not (tmp_path / "redis").exists()  # refused before starting anything
+
+
+def test_backfill_refuses_a_negative_or_non_finite_wait(tmp_path: Path) -> None:
+    """`--wait -5` (or nan) waited without any limit, as 0 does."""
+    for value in ("-5", "nan", "inf", "soon"):
+        result = _crmflow("backfill", "x.jsonl", "--format", "events", "--wait", value,
+                          cwd=tmp_path)
+        assert result.returncode == 2, (value, result.stderr)
+        assert "argument --wait:" in result.stderr and "Traceback" not in result.stderr
