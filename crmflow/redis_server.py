@@ -78,13 +78,16 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _ping(self) -> bool:
+        """Whether our own server answers: another one already on the port (whose answer
+        came before ours failed to bind) must not pass for it."""
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
         try:
-            return bool(client.ping())
+            pid = client.info("server").get("process_id")
         except redis.RedisError:
             return False
         finally:
             client.close()
+        return self._process is not None and pid == self._process.pid
 
     def start(self, timeout: float = 15.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +109,8 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 log_tail = (self.data_dir / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server exited at start-up:\n{log_tail}")
+                raise RuntimeError(f"redis-server on port {self.port} exited at start-up:\n"
+                                   f"{log_tail}")
             if self._ping():
                 log.info("embedded redis on %s (data in %s)", self.url, self.data_dir)
                 return

@@ -76,7 +76,12 @@ def with_redis(settings: Settings) -> tuple[Settings, EmbeddedLease | None]:
     server = None
     if url is None:
         server = EmbeddedRedis(settings.redis.data_dir, port=settings.redis.embedded_port)
-        server.start()
+        try:
+            server.start()
+        except RuntimeError as exc:  # e.g. another Redis, not serving our folder, has the port
+            raise SystemExit(f"crmflow: the embedded Redis (redis.embedded_port "
+                             f"{settings.redis.embedded_port}, redis.data_dir "
+                             f"{settings.redis.data_dir}) did not start: {exc}") from None
         url = server.url
     redis_section = settings.redis.model_copy(update={"url": url})
     return settings.model_copy(update={"redis": redis_section}), EmbeddedLease(url, server)

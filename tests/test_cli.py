@@ -302,3 +302,28 @@ def test_backfill_refuses_a_negative_or_non_finite_wait(tmp_path: Path) -> None:
                           cwd=tmp_path)
         assert result.returncode == 2, (value, result.stderr)
         assert "argument --wait:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_embedded_redis_never_passes_another_server_for_its_own(tmp_path: Path) -> None:
+    """Another Redis on redis.embedded_port (not serving our folder) answered the new
+    server's first ping before it failed to bind: crmflow then ran on that server."""
+    from crmflow.redis_server import EmbeddedRedis
+
+    foreign = EmbeddedRedis(tmp_path / "foreign", port=0)
+    foreign.start()
+    try:
+        mine = EmbeddedRedis(tmp_path / "mine", port=foreign.port)
+        with pytest.raises(RuntimeError, match=f"redis-server on port {foreign.port} exited"):
+            mine.start()
+        config = tmp_path / "c.yaml"
+        config.write_text(yaml.safe_dump({
+            "redis": {"embedded_port": foreign.port, "data_dir": str(tmp_path / "ours")},
+            "api": {"write_keys": ["w"], "read_keys": ["r"], "port": free_port()}}))
+        result = _crmflow("api", "--config", str(config), cwd=tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert (f"crmflow: the embedded Redis (redis.embedded_port {foreign.port}, "
+                in result.stderr), result.stderr
+        assert "Traceback" not in result.stderr
+        assert foreign.alive()
+    finally:
+        foreign.stop()
