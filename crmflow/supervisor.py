@@ -66,9 +66,12 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> Non
         process.wait()
 
 
-def _wait_healthy(url: str, child: Child, timeout: float = 30.0) -> None:
+def _wait_healthy(url: str, child: Child, stop: threading.Event, timeout: float = 30.0
+                  ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stop.is_set():  # SIGTERM or Ctrl-C while starting: stop now, say nothing is up
+            raise SystemExit(0)
         if not child.alive():
             raise SystemExit(f"crmflow up: the {child.name} exited at start-up (see above)")
         try:
@@ -208,7 +211,7 @@ def run_up(settings: Settings, *, config_file: Path | None, demo: bool, keys_fil
     try:
         for child in children:
             child.start()
-        _wait_healthy(api_url, children[1])
+        _wait_healthy(api_url, children[1], stop)
         print(_banner(settings, api_url, lease is not None, demo), flush=True)  # noqa: T201
         threads.append(threading.Thread(target=tail_triggers, args=(settings,),
                                         kwargs={"stop": stop, "since": started},

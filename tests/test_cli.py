@@ -327,3 +327,31 @@ def test_the_embedded_redis_never_passes_another_server_for_its_own(tmp_path: Pa
         assert foreign.alive()
     finally:
         foreign.stop()
+
+
+def test_up_stopped_while_starting_stops_at_once_without_saying_it_is_up(
+        tmp_path: Path) -> None:
+    """SIGTERM during start-up waited for the API to be healthy, printed "crmflow is up",
+    and only then stopped."""
+    config = tmp_path / "up.yaml"
+    config.write_text(yaml.safe_dump({
+        "redis": {"embedded_port": free_port(), "data_dir": str(tmp_path / "redis")},
+        "api": {"port": free_port()}, "dataflow": {"metrics_port": free_port()}}))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crmflow.cli", "up", "--config", str(config)],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and subprocess.run(
+            ["pgrep", "-f", f"crmflow.cli api --config {config}"], capture_output=True,
+            check=False).returncode != 0:
+        time.sleep(0.05)  # until the API has been started, and is not healthy yet
+    process.send_signal(signal.SIGTERM)
+    try:
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert "crmflow is up" not in output
+    leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
+    assert leftover.stdout == b"", "a part was left running"
