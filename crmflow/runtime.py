@@ -92,9 +92,15 @@ def ensure_keys(settings: Settings, keys_file: Path) -> Settings:
     api = settings.api
     if api.write_keys and api.read_keys and api.admin_keys:
         return settings
-    stored: dict[str, Any] = {}
+    stored: Any = {}
     if keys_file.exists():
-        stored = json.loads(keys_file.read_text())
+        try:
+            stored = json.loads(keys_file.read_text())
+        except ValueError:
+            stored = None
+        if not isinstance(stored, dict):  # e.g. emptied by a crash: never replace keys quietly
+            raise SystemExit(f"crmflow up: {keys_file} is not the JSON object of keys it "
+                             "wrote; fix it, or delete it to generate new keys")
     missing = {name: prefix for name, prefix in (("write_key", "wk_"), ("read_key", "rk_"),
                                                  ("admin_key", "ak_")) if not stored.get(name)}
     if missing:

@@ -355,3 +355,19 @@ def test_up_stopped_while_starting_stops_at_once_without_saying_it_is_up(
     assert "crmflow is up" not in output
     leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
     assert leftover.stdout == b"", "a part was left running"
+
+
+@pytest.mark.parametrize("text", ["", "[\"wk_x\"]", "{\"write_key\": "])
+def test_up_says_what_is_wrong_with_its_keys_file(tmp_path: Path, text: str) -> None:
+    """An emptied or foreign var/keys.json stopped `make run` with a traceback."""
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "keys.json").write_text(text)
+    config = tmp_path / "up.yaml"
+    config.write_text(yaml.safe_dump({
+        "redis": {"embedded_port": free_port(), "data_dir": str(tmp_path / "redis")},
+        "api": {"port": free_port()}, "dataflow": {"metrics_port": free_port()}}))
+    result = _crmflow("up", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "crmflow up: var/keys.json is not the JSON object of keys it wrote" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "var" / "keys.json").read_text() == text  # the keys are not replaced
