@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
@@ -33,7 +32,7 @@ from api.store_metrics import StoreMetrics
 from config.settings import Settings
 from sinks.event_log import AppendOptions, AsyncEventLog, BacklogFull
 from sinks.keys import KeyLayout
-from sinks.redis_client import async_client
+from sinks.redis_client import STORE_UNAVAILABLE, async_client
 
 
 def freeze_startup_objects() -> None:
@@ -124,11 +123,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     if settings.console.enabled:
         app.include_router(console.router)
 
-    @app.exception_handler(redis.ConnectionError)
-    @app.exception_handler(redis.TimeoutError)
     async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": "store unavailable; retry"}, status_code=503,
                             headers={"Retry-After": "1"})
+
+    for unavailable in STORE_UNAVAILABLE:
+        if unavailable is not OSError:  # an OSError elsewhere is a bug, not the store
+            app.add_exception_handler(unavailable, redis_unavailable)
 
     @app.exception_handler(BacklogFull)
     async def backlog_full(request: Request, exc: BacklogFull) -> JSONResponse:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import time
 
 import orjson
-import redis
 from prometheus_client import Counter, Histogram
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import Refusal, Resources, read_grant
 from api.routes.profiles import PROFILE_ROUTE, SUBRESOURCES, read_profile
+from sinks.redis_client import STORE_UNAVAILABLE
 
 PREFIX = "/v1/profiles/"
 _JSON = [(b"content-type", b"application/json")]
@@ -70,7 +70,7 @@ class ProfileFastPath:
             return grant.status, orjson.dumps({"detail": grant.detail}), challenge
         try:
             document = await read_profile(resources, client_id, grant)
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+        except STORE_UNAVAILABLE:
             return 503, orjson.dumps({"detail": "store unavailable; retry"}), [
                 (b"retry-after", b"1")]
         if document is None:

@@ -16,6 +16,12 @@ import redis.asyncio as aioredis
 
 from config.settings import RedisSettings
 
+# What a request meets when the store cannot answer now (a retry may succeed): a lost
+# connection or a timeout, and on a cluster a down node or slot (a plain reply error there)
+STORE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError, OSError)
+
 
 def connection_name() -> str:
     """Every connection says which process it belongs to (visible in CLIENT LIST)."""

@@ -27,6 +27,7 @@ from tests.support import (
     drain,
     make_settings,
     post_events,
+    read_headers,
     wait_for,
     write_config,
 )
@@ -178,3 +179,35 @@ def test_readyz_is_not_ready_while_a_cluster_primary_is_down(redis_cluster: str,
         response = httpx.get(url + "/readyz", timeout=30)
     assert response.status_code == 503, response.text
     assert response.json()["checks"]["redis"].startswith("unavailable"), response.text
+
+
+def test_reads_answer_503_while_a_cluster_primary_is_down(redis_cluster: str,
+                                                          key_prefix: str) -> None:
+    """A down primary is a ClusterDownError (a reply error, not a lost connection): reads of
+    its clients answered 500 instead of 503 with Retry-After, on both read paths."""
+    apps = [make_settings(redis_cluster, f"{key_prefix}{fast}",
+                          redis={"cluster": True, "socket_timeout": "1s"},
+                          api={"fast_reads": fast}) for fast in (True, False)]
+    cluster = redis.RedisCluster.from_url(redis_cluster)
+    try:
+        victim = cluster.get_primaries()[-1]
+    finally:
+        cluster.close()
+    with api_server(apps[0]) as fast, api_server(apps[1]) as routed:
+        with contextlib.suppress(redis.ConnectionError):  # it closes the connection
+            redis.Redis(host=victim.host, port=victim.port).shutdown(nosave=True)
+        answers = [httpx.get(f"{url}/v1/profiles/c{n}", headers=read_headers(), timeout=30)
+                   for url in (fast, routed) for n in range(6)]  # refused: lost connections
+        survivor = redis.Redis.from_url(redis_cluster)
+        try:  # then the others mark it failed, and every node answers CLUSTERDOWN
+            wait_for(lambda: survivor.cluster("info")["cluster_state"] == "fail", 30,
+                     "the cluster to see its primary down", interval=0.2)
+        finally:
+            survivor.close()
+        down = [httpx.get(f"{url}/v1/profiles/c{n}", headers=read_headers(), timeout=30)
+                for url in (fast, routed) for n in range(2)]
+    assert {a.status_code for a in down} == {503}, [a.text for a in down]
+    answers += down
+    statuses = {a.status_code for a in answers}
+    assert 500 not in statuses and 503 in statuses, [a.text for a in answers]
+    assert all(a.headers["retry-after"] == "1" for a in answers if a.status_code == 503)

@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -32,6 +31,7 @@ from config.settings import ApiSettings
 from features.events import INTERNAL_TYPES, Event, EventError, EventType, format_time
 from features.segment import from_native, from_segment
 from sinks.event_log import BacklogFull
+from sinks.redis_client import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ async def _ingest(items: Sequence[object], *, parser: Parser, source: str, singl
     lengths: dict[int, int] = {}
     try:
         stored = await resources.event_log.append(events, lengths)
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
+    except STORE_UNAVAILABLE:
         return JSONResponse({"success": False, "detail": "event store unavailable; retry"},
                             status_code=503, headers={"Retry-After": "1"})
     except BacklogFull as exc:  # the rest may be stored: a retry is de-duplicated by id
