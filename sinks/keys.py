@@ -117,8 +117,8 @@ class KeyLayout:
         return f"{self._tag(partition)}:segment-changes"
 
     def last_commits(self, partition: int) -> str:
-        """Per bucket, the id of its last applied commit and what that commit emitted: a
-        resent commit (its reply lost) is recognised even when it moved no position."""
+        """Per bucket, the id of its last applied commit: a resent commit (its reply lost)
+        is recognised even when it moved no position."""
         return f"{self._tag(partition)}:last-commits"
 
     def erasures(self, partition: int) -> str:
