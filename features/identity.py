@@ -52,8 +52,9 @@ from features.state import (
     PendingTrigger,
     event_fingerprint,
     evolve,
+    first_view_after,
+    return_order,
 )
-from features.state import _return_order as return_order  # the one way an order is undone
 from features.triggers import Trigger, TriggerRules, fire_due, process_event
 from features.windows import HOUR, VIEW_DAYS, VIEW_HOURS, VISIT_DAYS
 
@@ -235,8 +236,7 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
     browse_closed = max(t.browse_closed_at, s.browse_closed_at)
     browse_since = _earliest(t.browse_since, s.browse_since)
     if browse_since is not None and browse_since <= browse_closed:  # as an order closes it
-        later = [at for _, at in viewed_items if at > browse_closed]
-        browse_since = min(later) if later else None
+        browse_since = first_view_after(viewed_items, browse_closed)
     orders, orders_count, money, first_order, last_order = _merge_orders(t, s)
     (orders, orders_count, money, first_order, last_order), early_returns = _early_returns(
         t, s, (orders, orders_count, money, first_order, last_order))

@@ -386,9 +386,14 @@ def _close_browse(state: ClientState, t: float) -> Changes:
     when it arrives late, the views after it are a browse of their own, as in order."""
     changes: Changes = {"browse_closed_at": max(state.browse_closed_at, t)}
     if state.browse_since is not None and state.browse_since <= t:
-        later = [at for _, at in state.viewed if at > t]
-        changes["browse_since"] = min(later) if later else None
+        changes["browse_since"] = first_view_after(state.viewed, t)
     return changes
+
+
+def first_view_after(viewed: tuple[tuple[str, float], ...], t: float) -> float | None:
+    """When browsing after `t` began (its earliest view), or None: what a cart add or an
+    order at `t` leaves of a browse episode."""
+    return min((at for _, at in viewed if at > t), default=None)
 
 
 def _checkout_started(state: ClientState, event: Event) -> Changes:
@@ -430,7 +435,7 @@ def _order_placed(state: ClientState, event: Event) -> Changes:
     changes["cart_closed_at"] = max(state.cart_closed_at, t)
     early = next((r for r in state.early_returns if r[0] == record.order_id), None)
     if early is not None:  # its cancellation or refund arrived first: apply it now
-        undone = _return_order(changes, len(changes["orders"]) - 1 - [
+        undone = return_order(changes, len(changes["orders"]) - 1 - [
             o.order_id for o in reversed(changes["orders"])].index(record.order_id),
             amount=early[1], cancel=early[2])
         changes.update(undone)
@@ -479,13 +484,13 @@ def _order_returned(state: ClientState, event: Event) -> Changes:
     current = {"orders": state.orders, "orders_count": state.orders_count,
                "monetary_total": state.monetary_total, "first_order_at": state.first_order_at,
                "last_order_at": state.last_order_at}
-    changes = _return_order(current, index, amount=event.order.total, cancel=cancel)
+    changes = return_order(current, index, amount=event.order.total, cancel=cancel)
     if changes:
         changes["orders_updated_at"] = _later(state.orders_updated_at, event.event_time)
     return changes
 
 
-def _return_order(current: Changes, index: int, *, amount: float, cancel: bool) -> Changes:
+def return_order(current: Changes, index: int, *, amount: float, cancel: bool) -> Changes:
     """Undo (part of) the order at `index`; `amount` < 0 means all of it."""
     order: OrderRecord = current["orders"][index]
     if order.cancelled:

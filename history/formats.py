@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +65,17 @@ class Tally:
 
 def _event_error(tally: Tally, where: str, exc: EventError) -> None:
     tally.reject(where, f"invalid {exc.field}", exc.message)
+
+
+def _readable(rows: Iterable[tuple[str, Row | BadRow]], tally: Tally
+              ) -> Iterator[tuple[str, Row]]:
+    """Each row counted; one that could not be read as a row is rejected, by its reason."""
+    for where, row in rows:
+        tally.row()
+        if isinstance(row, BadRow):
+            tally.reject(where, row.reason, row.detail)
+        else:
+            yield where, row
 
 
 def _validated(tally: Tally, where: str, raw: Mapping[str, Any]) -> Event | None:
@@ -202,11 +213,7 @@ def order_events(paths: list[Path], tally: Tally, mapping: Mapping[str, str]) ->
     orders: dict[tuple[str, str], _Order] = {}
     ids = _Occurrences("row-")
     for path in paths:
-        for where, row in table_rows(path, required):
-            tally.row()
-            if isinstance(row, BadRow):
-                tally.reject(where, row.reason, row.detail)
-                continue
+        for where, row in _readable(table_rows(path, required), tally):
             _order_line(where, row, column, orders, ids, tally)
     for (client_id, order_id), order in orders.items():
         if order.total < 0:
@@ -271,11 +278,7 @@ def uci_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
     without a CustomerID (guest checkouts) are skipped and counted."""
     invoices: dict[str, _Order] = {}
     for path in paths:
-        for where, row in csv_rows(path, UCI_COLUMNS):
-            tally.row()
-            if isinstance(row, BadRow):
-                tally.reject(where, row.reason, row.detail)
-                continue
+        for where, row in _readable(csv_rows(path, UCI_COLUMNS), tally):
             customer = (row.get("CustomerID") or "").strip()
             if not customer:
                 tally.skipped["no CustomerID"] += 1
@@ -357,11 +360,7 @@ def rees46_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
     orders: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     order_where: dict[tuple[str, str, float], str] = {}
     for path in paths:
-        for where, row in csv_rows(path, REES46_COLUMNS):
-            tally.row()
-            if isinstance(row, BadRow):
-                tally.reject(where, row.reason, row.detail)
-                continue
+        for where, row in _readable(csv_rows(path, REES46_COLUMNS), tally):
             user, kind = row["user_id"].strip(), row["event_type"].strip()
             session = row["user_session"].strip()
             try:
