@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from itertools import combinations
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -41,7 +41,7 @@ from redis.connection import parse_url
 
 from config.durations import parse_duration
 from features.calendar import is_zone
-from features.rfm import FixedThresholds
+from features.rfm import FixedThresholds, fixed_thresholds
 from features.rules import (
     DAY,
     DEFAULT_PRIORITY,
@@ -515,10 +515,7 @@ class RfmFixedSettings(Section):
 
     def thresholds(self) -> FixedThresholds:
         try:
-            four = tuple[float, float, float, float]  # FixedThresholds checks the count
-            return FixedThresholds(cast(four, tuple(self.recency_days)),
-                                   cast(four, tuple(self.frequency)),
-                                   cast(four, tuple(self.monetary)))
+            return fixed_thresholds(self.recency_days, self.frequency, self.monetary)
         except ValueError as exc:
             raise ValueError(str(exc).removeprefix("segments.rfm.fixed.")) from None
 

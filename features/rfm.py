@@ -122,10 +122,10 @@ def score(value: float, cuts: Sequence[float]) -> int:
     return 1 + bisect_right(cuts, value)
 
 
-def _four(name: str, values: Sequence[float], order: str) -> tuple[float, float, float, float]:
+def _four(name: str, values: object, order: str) -> tuple[float, float, float, float]:
     """Four finite, strictly monotone numbers; strict, so each score 1..5 is reachable."""
     try:
-        numbers = tuple(float(v) for v in values)
+        numbers = tuple(float(v) for v in values)  # type: ignore[attr-defined]
     except (TypeError, ValueError):
         raise ValueError(f"{_FIELD}.{name}: expected 4 numbers, got {values!r}") from None
     if len(numbers) != 4 or not all(math.isfinite(v) for v in numbers):
@@ -159,6 +159,19 @@ class FixedThresholds:
         object.__setattr__(self, "recency_days", recency)
         object.__setattr__(self, "frequency", _four("frequency", self.frequency, "ascending"))
         object.__setattr__(self, "monetary", _four("monetary", self.monetary, "ascending"))
+
+
+def fixed_thresholds(recency_days: object, frequency: object, monetary: object
+                     ) -> FixedThresholds:
+    """FixedThresholds from untrusted values (a config file's lists, a stored record).
+
+    Checked before they reach the class: the compiled core (crmflow/compile_core.py)
+    refuses a value of the wrong type (a list, three numbers) with a TypeError at the
+    constructor, before `__post_init__` could name the field.
+    """
+    return FixedThresholds(_four("recency_days", recency_days, "descending"),
+                           _four("frequency", frequency, "ascending"),
+                           _four("monetary", monetary, "ascending"))
 
 
 def _cuts(name: str, values: Any) -> Cuts:
@@ -278,10 +291,10 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
-def _decode_cuts(name: str, values: Any) -> Any:
+def _decode_cuts(name: str, values: Any) -> Cuts:
     if not isinstance(values, list):
         raise ValueError(f"rfm model: {name}: expected a list, got {values!r}")
-    return tuple(math.inf if v is None else _number(name, v) for v in values)
+    return _cuts(name, [math.inf if v is None else _number(name, v) for v in values])
 
 
 def model_from_json(data: bytes | str) -> RfmModel:
@@ -307,9 +320,9 @@ def model_from_json(data: bytes | str) -> RfmModel:
         if not isinstance(raw_fixed, dict):
             raise ValueError(f"rfm model: fixed: expected an object, got {raw_fixed!r}")
         try:
-            fixed = FixedThresholds(**{name: tuple(raw_fixed[name]) for name in
-                                       ("recency_days", "frequency", "monetary")})
-        except (KeyError, TypeError) as exc:
+            fixed = fixed_thresholds(raw_fixed["recency_days"], raw_fixed["frequency"],
+                                     raw_fixed["monetary"])
+        except (KeyError, ValueError) as exc:
             raise ValueError(f"rfm model: fixed: malformed thresholds: {exc}") from None
     cuts = {name: _decode_cuts(name, record[name])
             for name in ("recency_cuts", "frequency_cuts", "monetary_cuts")}
@@ -382,6 +395,6 @@ def fm_score(f: int, m: int) -> int:
 def rfm_segment(r: int, f: int, m: int) -> str:
     """The named segment (a slug of RFM_SEGMENTS) of scores r, f, m, each 1..5."""
     for name, value in (("r", r), ("f", f), ("m", m)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
+        if not isinstance(value, int) or not 1 <= value <= 5:
             raise ValueError(f"rfm_segment: {name} must be an integer 1..5, got {value!r}")
     return SEGMENT_GRID[(r, fm_score(f, m))]

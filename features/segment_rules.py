@@ -648,7 +648,7 @@ class _Token:
     kind: str  # name number string duration op ( ) [ ] , end
     text: str
     pos: int
-    value: object = None
+    value: Any = None  # Any, not object: mypyc cannot compile a field annotated `object`
 
 
 @dataclass(frozen=True, slots=True)
@@ -1207,7 +1207,7 @@ def _check_overlaps(bands: list[Band], path: str) -> None:
                                   "overlap: a client must fall in at most one band")
 
 
-def compile_segments(raw: Mapping[str, Any],
+def compile_segments(raw: Mapping[Any, Any],
                      features: Mapping[str, FeatureKind]) -> SegmentCatalog:
     """Compile the `segments:` mapping; any problem raises a RuleError naming its field."""
     if not isinstance(raw, Mapping):

@@ -176,7 +176,7 @@ def _generated(name: str, params: str, source: str) -> Callable[..., ClientState
     `__init__` (bench/README.md).
     """
     code = f"def {name}({params}):\n    new = make(ClientState)\n{source}    return new\n"
-    namespace: dict[str, Any] = {"make": object.__new__, "ClientState": ClientState}
+    namespace: dict[str, Any] = {"make": ClientState.__new__, "ClientState": ClientState}
     namespace.update({f"set_{n}": setter for n, setter in _SETTERS.items()})
     exec(code, namespace)  # noqa: S102 - our own text, from the dataclass's own fields
     return cast(Callable[..., ClientState], namespace[name])
@@ -439,7 +439,8 @@ def _order_placed(state: ClientState, event: Event) -> Changes:
             o.order_id for o in reversed(changes["orders"])].index(record.order_id),
             amount=early[1], cancel=early[2])
         changes.update(undone)
-        changes["early_returns"] = tuple(r for r in state.early_returns if r is not early)
+        changes["early_returns"] = tuple(r for r in state.early_returns
+                                        if r[0] != record.order_id)
     return changes
 
 
@@ -479,7 +480,7 @@ def _order_returned(state: ClientState, event: Event) -> Changes:
             if not cancel:
                 amount = -1.0 if amount < 0 or known[1] < 0 else round(known[1] + amount, 2)
         early = (order_id, amount, cancel)
-        kept = tuple(r for r in state.early_returns if r is not known)
+        kept = tuple(r for r in state.early_returns if r[0] != order_id)
         return {"early_returns": (*kept, early)[-MAX_EARLY_RETURNS:]}
     current = {"orders": state.orders, "orders_count": state.orders_count,
                "monetary_total": state.monetary_total, "first_order_at": state.first_order_at,
