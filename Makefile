@@ -18,13 +18,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# Compiling the core (features/) with mypyc takes about a minute, once per change to it; a
+# machine without a C compiler runs the same core as Python (crmflow/compile_core.py).
 install: $(STAMP)
+	@$(BIN)/python -m crmflow.compile_core
 
 run: install
 	$(BIN)/crmflow up --demo
 
+# The whole suite runs on the core as installed (compiled where the machine can); the core's
+# own tests run again on its Python sources, which a machine without a compiler runs.
 test: install compose-tool browser-tool
 	$(BIN)/python -m pytest
+	CRMFLOW_PURE_PYTHON=1 $(BIN)/python -m pytest -m core -q
 
 lint: install
 	$(BIN)/ruff check .
@@ -66,4 +72,4 @@ browser-tool:
 		|| echo "chromium is not installed (apt-get install chromium): the browser tests will be skipped"
 
 clean:
-	rm -rf $(VENV) $(FEAST_VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info test-artifacts
+	rm -rf $(VENV) $(FEAST_VENV) var build .pytest_cache .mypy_cache .ruff_cache *.egg-info test-artifacts

@@ -26,6 +26,7 @@ import httpx
 import redis
 import yaml
 
+import features
 from bench.replays import replay_section
 from bench.workload import Entry
 from bench.wrk import (
@@ -89,8 +90,11 @@ def settings_for(url: str, prefix: str, triggers: dict[str, Any] | None = None,
 
 
 def _env() -> dict[str, str]:
+    """The environment without crmflow's settings (each process gets its config file), but
+    with the choice of core, so every process of a run uses the same one."""
     return {k: v for k, v in os.environ.items()
-            if not k.startswith("CRMFLOW_") and k != "REDIS_URL"}
+            if (not k.startswith("CRMFLOW_") or k == features.PURE_PYTHON_VARIABLE)
+            and k != "REDIS_URL"}
 
 
 def _config_file(settings: Settings, folder: Path, name: str) -> Path:
@@ -387,6 +391,7 @@ def latency_section(client: redis.Redis, url: str, plan: Plan, folder: Path,
 
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "core": "compiled (mypyc)" if features.COMPILED else "pure Python",
             "platform": platform.platform(), "processor": platform.processor() or "unknown",
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
                                 / 2**30, 1)}
@@ -548,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.out.write_text(json.dumps(results, indent=2))
     print(table(results))
     print(f"\n{results['machine']['cpus']} CPUs, Python {results['machine']['python']}, "
-          f"{results['seconds']}s; written to {args.out}")
+          f"{results['machine']['core']} core, {results['seconds']}s; written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from features.codec import decode_state, encode_state
 from features.events import EventError, parse_event
 from tests.core_events import HOUR, T0, cart_add, days, of, order, run
 
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
+
 
 def history(*events):  # type: ignore[no-untyped-def]
     """The events as a backfill delivers them: history, all received at T0 + 30 days."""

@@ -18,6 +18,8 @@ from features.calendar import (
 )
 from features.rules import DAY, QuietHours
 
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
+
 NIGHT = QuietHours(21 * 60, 9 * 60)
 LUNCH = QuietHours(12 * 60, 14 * 60)
 LONDON = ZoneInfo("Europe/London")

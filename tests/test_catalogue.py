@@ -51,6 +51,8 @@ from tests.core_events import (
     visit,
 )
 
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
+
 
 def timer_kinds(state: object, rules: object = RULES) -> set[str]:
     return {kind for _, kind in due_timers(state, rules)}  # type: ignore[arg-type]

@@ -10,6 +10,8 @@ import pytest
 from features.codec import FORMAT_VERSION, StateFormatError, decode_state, encode_state
 from features.state import CategoryOrders, ClientState, OrderRecord, PendingTrigger
 
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
+
 FULL = ClientState(
     first_seen_at=1.0, last_seen_at=2.5, updated_at=2.5, traits={"email": "a@x"},
     orders=(OrderRecord("o1", 1.0, 9.5),), orders_count=1, monetary_total=9.5,

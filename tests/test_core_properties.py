@@ -11,6 +11,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +34,8 @@ from features.triggers import (
     next_due,
     process_event,
 )
+
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
 
 T0 = 1_700_000_000.0
 HOUR = 3600.0

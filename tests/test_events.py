@@ -20,6 +20,8 @@ from features.events import (
     parse_event,
 )
 
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
+
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
 PRODUCTS = [{"product_id": "p1", "category": "shoes", "price": 19.99, "quantity": 2}]

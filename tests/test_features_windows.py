@@ -4,11 +4,15 @@ when each of them next changes with time alone."""
 
 from __future__ import annotations
 
+import pytest
+
 from features.events import EventType, Order, Product
 from features.rules import DAY, SegmentRules
 from features.state import ClientState
 from features.values import FEATURES, Context
 from tests.core_events import HOUR, T0, cancel, days, ev, order, state_of, visit
+
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
 
 RULES = SegmentRules()
 

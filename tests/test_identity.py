@@ -31,6 +31,8 @@ from features.triggers import fire_due, next_due
 from features.values import FEATURES, Context
 from tests.core_events import HOUR, OPEN, RULES, T0, of, only
 
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
+
 ANON = "anon:cookie-1"
 USER = "u1"
 CART_ONLY = only(RULES, ABANDONED_CART)

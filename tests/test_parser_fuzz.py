@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,8 @@ from features.events import EventError, EventType, event_to_dict, parse_event
 from features.segment import from_native, from_segment
 from features.triggers import process_event
 from tests.core_events import RULES
+
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
 
 T0 = 1_700_000_000.0
 JSON = st.recursive(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,6 +66,8 @@ from tests.core_events import (
     run,
     touch,
 )
+
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
 
 # The documented policy (quiet hours 21:00-09:00 UTC, cap 2 a day, email > push > SMS), with
 # only the rules a test needs. T0 is 00:00 UTC: inside the quiet hours.

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from features.events import EventType, Product, format_time
 from features.profile import profile_document
 from tests.core_events import T0, days, ev, order, run, visit
+
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
 
 
 def test_profile_predicts_what_the_replenishment_rule_uses_and_shows_the_tier() -> None:

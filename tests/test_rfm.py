@@ -35,6 +35,8 @@ from features.rfm import (
 )
 from features.rules import DAY
 
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
+
 SLUGS = [slug for slug, _ in RFM_SEGMENTS]
 FIXED_LISTS: dict[str, object] = {"recency_days": [365, 180, 90, 30],
                                   "frequency": [2, 3, 5, 10], "monetary": [100, 250, 500, 1000]}

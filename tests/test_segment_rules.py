@@ -19,6 +19,8 @@ from features.segment_rules import (
     compile_segments,
 )
 
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
+
 DAY = 86400.0
 NOW = 1_717_200_000.0  # 2024-06-01T00:00:00Z
 

@@ -38,6 +38,8 @@ from tests.core_events import (
 )
 from tests.support import make_settings
 
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
+
 LIFE = LifecycleRules()
 
 

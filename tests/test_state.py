@@ -28,6 +28,8 @@ from features.state import (
     is_live,
 )
 
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
+
 T0 = 1_700_000_000.0
 HOUR = 3600.0
 

@@ -37,6 +37,8 @@ from tests.histories import DAY, histories
 from tests.support import drain, make_settings
 from tests.test_dataflow import append
 
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
+
 RULES = TriggerRules()
 MODEL = RfmModel("quantile", T0, 3, (T0 - 10, T0 - 5, T0 - 2, T0 - 1), (2, 3, 4, 5),
                  (100, 200, 300, 400))

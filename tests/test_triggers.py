@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from features.events import Event, EventType, Order, Product, format_time
 from features.rules import Channel, Policy
 from features.state import ClientState, apply_event
@@ -30,6 +32,8 @@ from features.triggers import (
     trigger_id,
 )
 from tests.core_events import next_trigger_due, trigger_timers
+
+pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
 
 T0 = 1_700_000_000.0
 MINUTE = 60.0
