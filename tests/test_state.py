@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import fields
+from dataclasses import FrozenInstanceError, fields
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import features
 from features.events import Event, EventType, Order, Product
 from features.state import (
     MAX_CART_LINES,
@@ -22,6 +23,7 @@ from features.state import (
     CartLine,
     ClientState,
     OrderRecord,
+    _slot_copy,
     apply_event,
     assemble,
     is_duplicate,
@@ -581,3 +583,19 @@ def test_assemble_builds_what_the_constructor_builds_and_needs_every_field() -> 
     del given_fields["cart"]
     with pytest.raises(TypeError, match="cart"):
         assemble(**given_fields)  # no defaults: a decoder cannot forget a field
+
+
+def test_the_compiled_cores_slot_copy_copies_every_field_and_only_there() -> None:
+    """`_slot_copy` is `evolve`'s copy in the compiled core; as Python it would break the
+    state's frozenness, so there it must refuse."""
+    state = apply_event(None, ev(EventType.CART_ADD, 0, products=(
+        Product("p1", price=5.0, quantity=2),)))
+    if not features.COMPILED:
+        with pytest.raises(FrozenInstanceError):
+            _slot_copy(state)
+        return
+    copied = _slot_copy(state)
+    assert copied is not state
+    assert all(getattr(copied, f.name) == getattr(state, f.name) for f in fields(ClientState))
+    with pytest.raises(FrozenInstanceError):
+        copied.cart = ()  # type: ignore[misc]
