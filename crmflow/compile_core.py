@@ -52,22 +52,30 @@ def compile_core() -> None:
     from mypyc.build import mypycify  # mypy's compiler: a dev dependency, imported on use
     from setuptools import Distribution
 
-    root = features.SOURCES.parent
     stamp = features.build_stamp()  # of the sources as they are when the build starts
     scratch = features.COMPILED_DIR.with_name("core-building")
     shutil.rmtree(scratch, ignore_errors=True)
-    modules = [str(path.relative_to(root)) for path in features.compiled_sources()]
-    with _working_directory(root):
-        extensions = mypycify(modules, opt_level="3", target_dir=str(scratch / "c"))
-        distribution = Distribution({"name": "crmflow-core", "ext_modules": extensions})
-        command = distribution.get_command_obj("build_ext")
-        command.build_lib = str(scratch / "lib")
-        command.build_temp = str(scratch / "temp")
-        distribution.run_command("build_ext")
-    (scratch / "lib" / "stamp.json").write_text(json.dumps(stamp), encoding="utf-8")
-    shutil.rmtree(features.COMPILED_DIR, ignore_errors=True)
-    (scratch / "lib").rename(features.COMPILED_DIR)
-    shutil.rmtree(scratch, ignore_errors=True)
+    # A copy of the sources, alone in a folder: from site-packages (a non-editable install,
+    # the image) mypy would take every module beside them for the project's own.
+    copy = scratch / "src"
+    shutil.copytree(features.SOURCES, copy / "features",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    modules = [f"features/{path.name}" for path in features.compiled_sources()]
+    try:
+        with _working_directory(copy):
+            # msgpack's stubs are a dev dependency: without them its calls stay Python calls.
+            extensions = mypycify(["--ignore-missing-imports", *modules], opt_level="3",
+                                  target_dir=str(scratch / "c"))
+            distribution = Distribution({"name": "crmflow-core", "ext_modules": extensions})
+            command = distribution.get_command_obj("build_ext")
+            command.build_lib = str(scratch / "lib")
+            command.build_temp = str(scratch / "temp")
+            distribution.run_command("build_ext")
+        (scratch / "lib" / "stamp.json").write_text(json.dumps(stamp), encoding="utf-8")
+        shutil.rmtree(features.COMPILED_DIR, ignore_errors=True)
+        (scratch / "lib").rename(features.COMPILED_DIR)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
