@@ -29,14 +29,6 @@ import features
 PREFIX = "crmflow: compiling the core"
 
 
-def build_is_current() -> bool:
-    try:
-        stored = json.loads(features.STAMP.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return bool(stored == features.build_stamp())
-
-
 @contextlib.contextmanager
 def _working_directory(path: Path) -> Iterator[None]:
     previous = Path.cwd()
@@ -86,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="only report: exit 1 unless a current build exists")
     args = parser.parse_args(argv)
     if args.check:
-        current = build_is_current()
+        current = features.build_is_current()
         print("compiled core: current" if current else "compiled core: none or stale")
         return 0 if current else 1
-    if build_is_current() and not args.force:
+    if features.build_is_current() and not args.force:
         return 0
     print(f"{PREFIX} with mypyc (once per change to features/, about a minute)...",
           flush=True)

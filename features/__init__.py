@@ -36,9 +36,8 @@ def build_stamp() -> dict[str, str]:
     return {"sources": digest.hexdigest(), "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX")}
 
 
-def _compiled_build_matches() -> bool:
-    if os.environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0"):
-        return False
+def build_is_current() -> bool:
+    """A build exists and its stamp matches the sources and this interpreter."""
     try:
         stored = json.loads(STAMP.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -46,7 +45,7 @@ def _compiled_build_matches() -> bool:
     return bool(stored == build_stamp())
 
 
-COMPILED = _compiled_build_matches()
+COMPILED = os.environ.get(PURE_PYTHON_VARIABLE, "") in ("", "0") and build_is_current()
 if COMPILED:
     # The compiled modules shadow the sources; their shared runtime is a top-level module.
     __path__.insert(0, str(COMPILED_DIR / "features"))

@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 
 import features
-from crmflow.compile_core import build_is_current
 
 REPO = Path(__file__).resolve().parents[1]
 CAN_COMPILE = (shutil.which("cc") is not None or shutil.which("gcc") is not None) and \
     importlib.util.find_spec("mypyc") is not None
 needs_build = pytest.mark.skipif(
-    not build_is_current(),
+    not features.build_is_current(),
     reason="no compiled core matches the sources (no C compiler, or features/ changed since "
            "`make install`): run `python -m crmflow.compile_core` to build one")
 
@@ -72,7 +71,7 @@ def _python(code: str, *, cwd: Path = REPO, pure: bool = False, path: Path | Non
 def test_a_machine_that_can_compile_has_a_current_build() -> None:
     """`make install` compiled the core: a failed build would leave the product 1.3x slower
     without anything else failing."""
-    assert build_is_current(), (
+    assert features.build_is_current(), (
         "no compiled core matches features/: run `python -m crmflow.compile_core` to see why "
         "(make install runs it)")
 
