@@ -488,6 +488,29 @@ def _loyalty(after: ClientState, event: Event, rules: TriggerRules
                               "monetary_total": after.monetary_total})]
 
 
+ONCE_RULES = frozenset({WELCOME, SECOND_ORDER_NUDGE, FIRST_ORDER_PROMO})  # occasion key ""
+COUNTED_RULES = frozenset({ONBOARDING})  # key: the step, fired in order
+
+
+def decided_by_rule(state: ClientState, occasion: str, key: str) -> bool:
+    """Whether a rule's own mark shows the occasion decided already.
+
+    `state.decided` keeps the 16 most recent marketing decisions; a once-only or numbered
+    occasion outlives them (a welcome touched by hand a month and many abandoned carts
+    after the automatic one), and a touch of it then would be a second record with its id.
+    An occasion still waiting in `pending` is not decided yet: its release will be."""
+    mark = mark_of(state, occasion)
+    if mark is None or any(p.type == occasion and p.key == key for p in state.pending):
+        return False
+    if occasion in ONCE_RULES:
+        return key == ""
+    if occasion in COUNTED_RULES:
+        return key.isdigit() and int(key) <= mark
+    if occasion == BIRTHDAY:
+        return key == str(int(mark))  # the latest year fired; earlier ones may never have
+    return False
+
+
 def on_event(before: ClientState | None, after: ClientState, event: Event, rules: TriggerRules
              ) -> tuple[ClientState, list[Candidate]]:
     """Candidates raised by the event itself (applied: `after`), and the state with the
@@ -496,6 +519,7 @@ def on_event(before: ClientState | None, after: ClientState, event: Event, rules
     kind = event.type
     if (kind is EventType.REGISTERED and rules.welcome.enabled
             and (before is None or not before.welcomed)):
+        after = with_mark(after, WELCOME, DONE_ONCE)  # what a later touch of it must know
         candidates.append(Candidate(WELCOME, "", event.event_time, {"traits": dict(after.traits)}))
     elif kind is EventType.ORDER_PLACED and event.order is not None:
         placed = next((o for o in after.orders if o.order_id == event.order.order_id), None)

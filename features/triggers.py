@@ -350,7 +350,8 @@ def _manual_touch(client_key: str, state: ClientState, event: Event
     key = str(properties.get("key") or "")
     status = str(properties["status"])
     fingerprint = occasion_fingerprint(occasion, key)
-    if fingerprint in state.decided or fingerprint in state.touched:
+    if (fingerprint in state.decided or fingerprint in state.touched
+            or catalogue.decided_by_rule(state, occasion, key)):
         return state, []
     sends = (record_send(state.sends, event.event_time)
              if status == DONE and is_marketing(occasion) else state.sends)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from features.catalogue import DONE_ONCE
 from features.codec import decode_state, encode_state
 from features.events import Event, EventType, Order, Product, format_time
 from features.policy import (
@@ -46,6 +47,7 @@ from features.state import (
     MAX_SENDS,
     ClientState,
     apply_event,
+    mark_of,
 )
 from features.triggers import Trigger, fire_due, next_due, process_event, trigger_id
 from tests.core_events import (
@@ -564,6 +566,47 @@ def test_a_manual_touch_is_not_forgotten_after_many_automatic_decisions() -> Non
     _, triggers = run(events, rules, until=days(31))
     promos = [(t.source, t.status) for t in triggers if t.type == FIRST_ORDER_PROMO]
     assert promos == [("manual", "done")]
+
+
+def test_a_touch_of_an_occasion_decided_long_ago_is_not_a_second_record() -> None:
+    """Found by the property above: an automatic welcome, then more marketing decisions
+    than `state.decided` keeps, then the welcome touched by hand: it had the same id as
+    the automatic one and was recorded again. The rule's own mark now says it is decided;
+    a touch of an occasion the rules never decided is still recorded."""
+    rules = with_rules(only(TriggerRules(), WELCOME, ABANDONED_BROWSE, BIRTHDAY),
+                       quiet_hours=None, frequency_cap_per_day=0)
+    events = [registered(0, **ANN)]
+    events += [ev(EventType.PRODUCT_VIEW, days(n) + NOON, products=(Product(f"p{n}"),))
+               for n in range(1, 21)]  # 20 browse reminders: the welcome leaves `decided`
+    events += [touch(days(30), WELCOME), touch(days(30), SECOND_ORDER_NUDGE, key=""),
+               touch(days(30), BIRTHDAY, key="1999")]
+    state, triggers = run(events, rules, until=days(31))
+    welcomes = [(t.source, t.status) for t in triggers if t.type == WELCOME]
+    assert welcomes == [("auto", SENT)]
+    ids = [t.trigger_id for t in triggers if t.status != "deferred"]
+    assert len(ids) == len(set(ids))
+    assert [(t.type, t.key) for t in triggers if t.source == "manual"] == [
+        (SECOND_ORDER_NUDGE, ""), (BIRTHDAY, "1999")]  # never decided automatically
+    assert mark_of(state, WELCOME) == DONE_ONCE
+
+
+def test_rule_marks_say_which_occasions_are_decided() -> None:
+    from features.catalogue import decided_by_rule
+    from features.state import PendingTrigger
+
+    state = client(**ANN)
+    assert not decided_by_rule(state, WELCOME, "")
+    state = replace(state, marks=((BIRTHDAY, 2025.0), (ONBOARDING, 2.0), (WELCOME, 1.0)))
+    assert decided_by_rule(state, WELCOME, "") and not decided_by_rule(state, WELCOME, "x")
+    assert decided_by_rule(state, BIRTHDAY, "2025")
+    assert not decided_by_rule(state, BIRTHDAY, "2026")
+    assert not decided_by_rule(state, BIRTHDAY, "2024")  # maybe never fired: not known
+    assert decided_by_rule(state, ONBOARDING, "1") and decided_by_rule(state, ONBOARDING, "2")
+    assert not decided_by_rule(state, ONBOARDING, "3")
+    assert not decided_by_rule(state, ONBOARDING, "one")
+    assert not decided_by_rule(state, "call", "")
+    waiting = replace(state, pending=(PendingTrigger(T0, WELCOME, "", T0, {}, True),))
+    assert not decided_by_rule(waiting, WELCOME, "")  # decided when released
 
 
 def test_a_full_waiting_list_makes_room_for_a_higher_priority_trigger() -> None:

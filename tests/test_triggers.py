@@ -390,11 +390,12 @@ def test_each_rule_disabled_alone() -> None:
 
 def test_disabled_rule_state_is_the_same() -> None:
     """The client's facts do not depend on which rules are on; only the record of what was
-    decided (sends for the cap, recently decided occasions) does."""
+    decided (sends for the cap, recently decided occasions, the marks of rules that fired)
+    does."""
     rules = replace(RULES, welcome=OFF, order_confirmation=OFF)
 
     def facts(state: ClientState) -> ClientState:
-        return replace(state, sends=(), decided=())
+        return replace(state, sends=(), decided=(), marks=())
 
     assert facts(run(SCENARIO, rules)[0]) == facts(run(SCENARIO)[0])
     assert run(SCENARIO, rules)[0].sends != run(SCENARIO)[0].sends
