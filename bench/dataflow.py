@@ -35,6 +35,7 @@ from bench.run import (
     _config_file,
     _env,
     _rss_kib,
+    aof_rewrites_paused,
     append_entries,
     log,
     settings_for,
@@ -169,14 +170,15 @@ def _fill(client: redis.Redis, url: str, size: int, per_client: int, now: float,
     entries = entry_list(events(per_client * size, size, start=now - 4 * DAY,
                                 span=3 * DAY, received_at=now))
     baseline = settled_used_memory(client)
-    append_entries(client, layout, entries)
-    heads = stream_heads(settings)
-    with live_dataflow(settings, folder, f"fill{size}") as dataflow:
-        started = time.perf_counter()
-        seconds = dataflow.wait_applied(heads, started)
-    for stream in (*layout.all_event_streams(), *layout.all_trigger_streams(),
-                   *(layout.dead_letters(p) for p in range(layout.partitions))):
-        client.delete(stream)  # logs with their own caps, not per-client memory
+    with aof_rewrites_paused(client):
+        append_entries(client, layout, entries)
+        heads = stream_heads(settings)
+        with live_dataflow(settings, folder, f"fill{size}") as dataflow:
+            started = time.perf_counter()
+            seconds = dataflow.wait_applied(heads, started)
+        for stream in (*layout.all_event_streams(), *layout.all_trigger_streams(),
+                       *(layout.dead_letters(p) for p in range(layout.partitions))):
+            client.delete(stream)  # logs with their own caps, not per-client memory
     bytes_per_client = (settled_used_memory(client) - baseline) / size
     rate = len(entries) / seconds
     log(f"{size:,} clients: filled with {len(entries):,} events by 2 processes "

@@ -38,7 +38,7 @@ def replay_section(url: str, size: int, processes: int, folder: Path) -> dict[st
     section: dict[str, Any] = {}
     if UCI.exists():
         result = replay([UCI], "uci-online-retail", folder / "uci-out", settings,
-                        redis_url=url, key_prefix="bench-replay-uci")
+                        key_prefix="bench-replay-uci")
         section["uci"] = _figures(result, 1)
     else:
         section["uci"] = {"skipped": f"{UCI} not found"}
@@ -47,7 +47,7 @@ def replay_section(url: str, size: int, processes: int, folder: Path) -> dict[st
     with path.open("wb") as handle:
         handle.writelines(entry.body + b"\n" for entry in events(
             size, max(1, size // 10), start=start, span=30 * DAY, seed=5))
-    result = replay([path], "events", folder / "synthetic-out", settings, redis_url=url,
+    result = replay([path], "events", folder / "synthetic-out", settings,
                     key_prefix="bench-replay-synthetic", processes=processes)
     section["synthetic"] = _figures(result, processes)
     return section
