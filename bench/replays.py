@@ -1,5 +1,6 @@
 """Replay throughput: the real UCI Online Retail file and a synthetic event file, through
-`crmflow replay` end to end (read, sort, append, dataflow, Parquet).
+`crmflow replay` end to end (read, sort, append, dataflow, Parquet), on the command's own
+scratch Redis as users run it by default (no append-only file, nothing else in it).
 
 The synthetic file (a million events) is replayed as a user with a long history would, on
 both cores (`--processes 2`); the UCI file (22k events), and the quick plan's 20k-event
@@ -33,8 +34,8 @@ def _figures(result: ReplayResult, processes: int) -> dict[str, Any]:
                                            / max(result.seconds["dataflow"], 1e-9))}
 
 
-def replay_section(url: str, size: int, processes: int, folder: Path) -> dict[str, Any]:
-    settings = Settings(redis={"url": url}, dataflow={"metrics_port": 0})
+def replay_section(size: int, processes: int, folder: Path) -> dict[str, Any]:
+    settings = Settings(dataflow={"metrics_port": 0})
     section: dict[str, Any] = {}
     if UCI.exists():
         result = replay([UCI], "uci-online-retail", folder / "uci-out", settings,

@@ -566,8 +566,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_rate = results["dataflow"]["sizes"][str(plan.sizes[0])]["crmflow_events_per_s"]
         results["latency"] = latency_section(client, url, plan, folder, max_rate)
         log("replay: UCI Online Retail and a synthetic file")
-        results["replay"] = replay_section(url, plan.replay_events, plan.replay_processes,
-                                           folder)
+        results["replay"] = replay_section(plan.replay_events, plan.replay_processes, folder)
         log(f"soak: ingest and profile reads together for {plan.soak_seconds:.0f}s")
         results["soak"] = soak_section(client, url, plan, folder)
     results["seconds"] = round(time.time() - started)

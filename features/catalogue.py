@@ -505,7 +505,7 @@ def decided_by_rule(state: ClientState, occasion: str, key: str) -> bool:
     if occasion in ONCE_RULES:
         return key == ""
     if occasion in COUNTED_RULES:
-        return key.isdigit() and int(key) <= mark
+        return key.isascii() and key.isdigit() and int(key) <= mark
     if occasion == BIRTHDAY:
         return key == str(int(mark))  # the latest year fired; earlier ones may never have
     return False

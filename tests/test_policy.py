@@ -604,6 +604,7 @@ def test_rule_marks_say_which_occasions_are_decided() -> None:
     assert decided_by_rule(state, ONBOARDING, "1") and decided_by_rule(state, ONBOARDING, "2")
     assert not decided_by_rule(state, ONBOARDING, "3")
     assert not decided_by_rule(state, ONBOARDING, "one")
+    assert not decided_by_rule(state, ONBOARDING, "\u00b2")  # a digit to str, not to int
     assert not decided_by_rule(state, "call", "")
     waiting = replace(state, pending=(PendingTrigger(T0, WELCOME, "", T0, {}, True),))
     assert not decided_by_rule(waiting, WELCOME, "")  # decided when released
