@@ -205,9 +205,8 @@ def aof_rewrites_paused(client: redis.Redis) -> Iterator[None]:
     finally:
         client.config_set(setting, before)
     if client.config_get("appendonly")["appendonly"] == "yes":
-        wait_until_quiet(client)
-        client.bgrewriteaof()
-        time.sleep(0.1)
+        wait_until_quiet(client)  # one already running would refuse the request
+        client.bgrewriteaof()  # forks before it answers, or is scheduled: both seen below
         wait_until_quiet(client)
 
 
