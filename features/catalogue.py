@@ -75,6 +75,13 @@ class Candidate:
     at: float  # when the occasion became due: the timer's due time or the event's time
     payload: dict[str, Any]
 
+    def __init__(self, type: str, key: str, at: float,
+                 payload: dict[str, Any]) -> None:  # see `features.__init__`
+        object.__setattr__(self, "type", type)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "payload", payload)
+
 
 def occasion_time(seconds: float) -> str:
     """An occasion key made of a time: stable text for the same float."""

@@ -69,6 +69,13 @@ class Product:
     price: float = 0.0
     quantity: int = 1
 
+    def __init__(self, product_id: str, category: str | None = None, price: float = 0.0,
+                 quantity: int = 1) -> None:  # written out: see `features.__init__`
+        object.__setattr__(self, "product_id", product_id)
+        object.__setattr__(self, "category", category)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "quantity", quantity)
+
 
 @dataclass(frozen=True, slots=True)
 class Order:
@@ -76,6 +83,13 @@ class Order:
     total: float
     currency: str | None = None
     items: tuple[Product, ...] = ()
+
+    def __init__(self, order_id: str, total: float, currency: str | None = None,
+                 items: tuple[Product, ...] = ()) -> None:  # see `features.__init__`
+        object.__setattr__(self, "order_id", order_id)
+        object.__setattr__(self, "total", total)
+        object.__setattr__(self, "currency", currency)
+        object.__setattr__(self, "items", items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +112,29 @@ class Event:
     # part of a backfill: its occasions that were due before it arrived are recorded as
     # suppressed (reason `backfill`), not sent
     history: bool = False
+
+    def __init__(self, event_id: str, type: EventType, event_time: float, received_at: float,
+                 client_id: str | None = None, anonymous_id: str | None = None,
+                 name: str | None = None, products: tuple[Product, ...] = (),
+                 order: Order | None = None, traits: Mapping[str, Any] | None = None,
+                 properties: Mapping[str, Any] | None = None, nps_score: int | None = None,
+                 channel: str | None = None, history: bool = False) -> None:
+        # written out (see `features.__init__`); None for `traits` and `properties` is the
+        # generated one's default_factory
+        object.__setattr__(self, "event_id", event_id)
+        object.__setattr__(self, "type", type)
+        object.__setattr__(self, "event_time", event_time)
+        object.__setattr__(self, "received_at", received_at)
+        object.__setattr__(self, "client_id", client_id)
+        object.__setattr__(self, "anonymous_id", anonymous_id)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "products", products)
+        object.__setattr__(self, "order", order)
+        object.__setattr__(self, "traits", {} if traits is None else traits)
+        object.__setattr__(self, "properties", {} if properties is None else properties)
+        object.__setattr__(self, "nps_score", nps_score)
+        object.__setattr__(self, "channel", channel)
+        object.__setattr__(self, "history", history)
 
     @property
     def client_key(self) -> str:
@@ -152,24 +189,28 @@ def format_time(seconds: float | None) -> str | None:
 @lru_cache(maxsize=1 << 14)
 def _iso(seconds: float) -> str:
     """What `datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")` gives,
-    with Z, at three quarters of its cost: the date part is cached per day, the rest is
-    arithmetic. Cached too: a profile repeats its times (freshness groups, last seen and
-    updated), and a read-heavy API formats the same clients' times again and again."""
+    with Z, at a quarter of its cost compiled (0.35 us against 1.3): the date part is cached
+    per day, the rest is integer arithmetic. Cached too: a profile repeats its times
+    (freshness groups, last seen and updated), and a read-heavy API formats the same
+    clients' times again and again."""
     if not 0 <= seconds < _LAST_FORMATTED:
         return datetime.fromtimestamp(seconds, UTC).isoformat(
             timespec="milliseconds").replace("+00:00", "Z")
-    fraction, whole = math.modf(seconds)
-    micros = round(fraction * 1e6)  # as datetime rounds: half to even
-    second = int(whole)
+    second = int(seconds)  # >= 0: the whole seconds, and `seconds - second` exactly the rest
+    micros = round((seconds - second) * 1e6)  # as datetime rounds: half to even
     if micros >= 1_000_000:
         second, micros = second + 1, micros - 1_000_000
-    day, second = divmod(second, 86400)
-    hour, second = divmod(second, 3600)
-    minute, second = divmod(second, 60)
-    return f"{_date_prefix(day)}{hour:02d}:{minute:02d}:{second:02d}.{micros // 1000:03d}Z"
+    # `//`, `%` and tables, not modf, divmod and format specs: compiled, those stay generic
+    # calls (1.6 us a time against 0.3)
+    of_day = second % 86400
+    return "".join((_date_prefix(second // 86400), _TWO_DIGITS[of_day // 3600], ":",
+                    _TWO_DIGITS[of_day % 3600 // 60], ":", _TWO_DIGITS[of_day % 60], ".",
+                    _THREE_DIGITS[micros // 1000], "Z"))
 
 
 _LAST_FORMATTED = 253_402_300_799.0  # 9999-12-31T23:59:59: past it, datetime's own errors
+_TWO_DIGITS = [f"{n:02d}" for n in range(60)]
+_THREE_DIGITS = [f"{n:03d}" for n in range(1000)]
 
 
 @lru_cache(maxsize=1 << 12)
@@ -263,6 +304,8 @@ def _traits(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     than costing the whole event; anything else of the wrong type is refused.
     """
     traits = _mapping(raw, "traits")
+    if not traits:
+        return traits
     for name in _STRING_TRAITS:
         value = traits.get(name)
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -381,18 +424,22 @@ def _require_text(properties: Mapping[str, Any], name: str, event_type: EventTyp
         raise EventError(f"properties.{name}", f"is required for {event_type.value}")
 
 
+_EVENT_TYPES = {event_type.value: event_type for event_type in EventType}  # EventType() is slow
+
+
 def parse_event(raw: object) -> Event:
     """Validate a canonical event dict (as `event_to_dict` writes it).
 
     Raises EventError naming the first field that is wrong.
     """
-    if not isinstance(raw, Mapping):
-        raise EventError("event", "expected an object")
+    if not isinstance(raw, dict):
+        if not isinstance(raw, Mapping):
+            raise EventError("event", "expected an object")
+        raw = dict(raw)  # as a dict, the compiled core reads it without method calls
     type_name = raw.get("type")
-    try:
-        event_type = EventType(str(type_name))
-    except ValueError:
-        raise EventError("type", f"unknown event type {type_name!r}") from None
+    event_type = _EVENT_TYPES.get(type_name) if isinstance(type_name, str) else None
+    if event_type is None:
+        raise EventError("type", f"unknown event type {type_name!r}")
     event_id = _opt_id(raw, "event_id")
     if event_id is None:
         raise EventError("event_id", "is required")

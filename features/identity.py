@@ -68,6 +68,12 @@ class Outcome:
     triggers: list[Trigger] = field(default_factory=list)
     emitted: list[Event] = field(default_factory=list)
 
+    def __init__(self, state: ClientState | None, triggers: list[Trigger] | None = None,
+                 emitted: list[Event] | None = None) -> None:  # see `features.__init__`
+        object.__setattr__(self, "state", state)
+        object.__setattr__(self, "triggers", [] if triggers is None else triggers)
+        object.__setattr__(self, "emitted", [] if emitted is None else emitted)
+
 
 def handle(client_key: str, state: ClientState | None, event: Event, rules: TriggerRules,
            *, next_timer: float = float("-inf")) -> Outcome:

@@ -54,6 +54,13 @@ class Decision:
     channel: str | None = None
     until: float | None = None  # deferred: when it is decided again
 
+    def __init__(self, status: str, reason: str | None = None, channel: str | None = None,
+                 until: float | None = None) -> None:  # see `features.__init__`
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "channel", channel)
+        object.__setattr__(self, "until", until)
+
 
 def is_marketing(trigger_type: str) -> bool:
     return trigger_type not in TRANSACTIONAL

@@ -44,6 +44,14 @@ class CartLine:
     category: str | None = None
     added_at: float = 0.0  # the line's latest add: a late order removes only earlier lines
 
+    def __init__(self, product_id: str, quantity: int, price: float, category: str | None = None,
+                 added_at: float = 0.0) -> None:  # see `features.__init__`
+        object.__setattr__(self, "product_id", product_id)
+        object.__setattr__(self, "quantity", quantity)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "category", category)
+        object.__setattr__(self, "added_at", added_at)
+
 
 @dataclass(frozen=True, slots=True)
 class OrderRecord:
@@ -52,6 +60,14 @@ class OrderRecord:
     total: float
     returned: float = 0.0  # money given back through cancellations and refunds
     cancelled: bool = False
+
+    def __init__(self, order_id: str, placed_at: float, total: float, returned: float = 0.0,
+                 cancelled: bool = False) -> None:  # see `features.__init__`
+        object.__setattr__(self, "order_id", order_id)
+        object.__setattr__(self, "placed_at", placed_at)
+        object.__setattr__(self, "total", total)
+        object.__setattr__(self, "returned", returned)
+        object.__setattr__(self, "cancelled", cancelled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +80,16 @@ class PendingTrigger:
     fired_at: float  # when the occasion became due
     payload: Mapping[str, Any]
     deferred: bool = False  # True: already recorded with status `deferred`
+
+    def __init__(self, release_at: float, type: str, key: str, fired_at: float,
+                 payload: Mapping[str, Any], deferred: bool = False) -> None:
+        # written out: see `features.__init__`
+        object.__setattr__(self, "release_at", release_at)
+        object.__setattr__(self, "type", type)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "fired_at", fired_at)
+        object.__setattr__(self, "payload", payload)
+        object.__setattr__(self, "deferred", deferred)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +106,14 @@ class CategoryOrders:
     count: int
     reminded_through: float = 0.0  # last_at of the latest order cycle reminded of
 
+    def __init__(self, category: str, first_at: float, last_at: float, count: int,
+                 reminded_through: float = 0.0) -> None:  # see `features.__init__`
+        object.__setattr__(self, "category", category)
+        object.__setattr__(self, "first_at", first_at)
+        object.__setattr__(self, "last_at", last_at)
+        object.__setattr__(self, "count", count)
+        object.__setattr__(self, "reminded_through", reminded_through)
+
 
 @dataclass(frozen=True, slots=True)
 class CategoryInterest:
@@ -90,6 +124,15 @@ class CategoryInterest:
     carted_at: float | None = None
     bought_at: float | None = None
     count: int = 0
+
+    def __init__(self, category: str, viewed_at: float | None = None,
+                 carted_at: float | None = None, bought_at: float | None = None,
+                 count: int = 0) -> None:  # see `features.__init__`
+        object.__setattr__(self, "category", category)
+        object.__setattr__(self, "viewed_at", viewed_at)
+        object.__setattr__(self, "carted_at", carted_at)
+        object.__setattr__(self, "bought_at", bought_at)
+        object.__setattr__(self, "count", count)
 
     @property
     def last_at(self) -> float:

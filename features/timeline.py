@@ -28,6 +28,11 @@ class TimelineEntry:
     at: float
     summary: str
 
+    def __init__(self, type: str, at: float, summary: str) -> None:  # see `features.__init__`
+        object.__setattr__(self, "type", type)
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "summary", summary)
+
 
 def _clean(text: str) -> str:
     flat = " ".join(text.split())

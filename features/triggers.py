@@ -107,6 +107,25 @@ class Trigger:
     source: str = AUTO  # auto, or manual for a touch a manager recorded
     until: float | None = None  # deferred: when it is decided again
 
+    def __init__(self, trigger_id: str, type: str, client_id: str, fired_at: float,
+                 payload: Mapping[str, Any] | None = None, status: str = SENT,
+                 reason: str | None = None, channel: str | None = None, key: str = "",
+                 decided_at: float | None = None, source: str = AUTO,
+                 until: float | None = None) -> None:
+        # written out (see `features.__init__`); None for `payload`: its default_factory
+        object.__setattr__(self, "trigger_id", trigger_id)
+        object.__setattr__(self, "type", type)
+        object.__setattr__(self, "client_id", client_id)
+        object.__setattr__(self, "fired_at", fired_at)
+        object.__setattr__(self, "payload", {} if payload is None else payload)
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "channel", channel)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "decided_at", decided_at)
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "until", until)
+
     @property
     def ledger_field(self) -> str:
         """The touch-ledger field: a deferral and the final decision are both kept."""

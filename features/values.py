@@ -47,6 +47,12 @@ class Context:
     now: float
     rules: SegmentRules
 
+    def __init__(self, state: ClientState, now: float,
+                 rules: SegmentRules) -> None:  # see `features.__init__`
+        object.__setattr__(self, "state", state)
+        object.__setattr__(self, "now", now)
+        object.__setattr__(self, "rules", rules)
+
 
 Getter = Callable[[Context], Any]
 Stepper = Callable[[Context], "float | None"]
