@@ -1,4 +1,4 @@
-"""Redis connections built from settings (hiredis parses replies when installed).
+"""Redis connections built from settings (hiredis, a dependency, parses the replies).
 
 With `redis.cluster`, the URL names any node of a Redis Cluster and the clients are cluster
 clients. Every key crmflow writes together carries its partition's hash tag (sinks/keys.py),

@@ -49,6 +49,8 @@ WRITTEN_OUT = _written_out()
 
 def test_the_records_made_per_event_are_found() -> None:
     assert {cls.__name__ for cls in WRITTEN_OUT} >= HOT
+    assert {"Event", "Trigger", "Outcome"} <= {cls.__name__ for cls in WRITTEN_OUT
+                                                if _made(cls)}
 
 
 def _state() -> ClientState:
@@ -88,7 +90,10 @@ def _sample(cls: type, spec: Field[Any], index: int) -> Any:
 
 
 def _samples(cls: type) -> dict[str, Any]:
-    return {spec.name: _sample(cls, spec, index) for index, spec in enumerate(fields(cls))}
+    samples = {spec.name: _sample(cls, spec, index) for index, spec in enumerate(fields(cls))}
+    flags = [name for name, value in samples.items() if isinstance(value, bool)]
+    assert len(flags) <= 1, f"{cls.__name__}: give the test a way to tell {flags} apart"
+    return samples
 
 
 def _required(cls: type) -> dict[str, Any]:
@@ -124,6 +129,20 @@ def test_unset_fields_take_their_defaults(cls: type) -> None:
             assert getattr(first, spec.name) is not getattr(second, spec.name), spec.name
         else:
             assert getattr(first, spec.name) == spec.default, spec.name
+
+
+def _made(cls: type) -> list[Field[Any]]:
+    return [spec for spec in fields(cls) if spec.default_factory is not MISSING]
+
+
+@pytest.mark.parametrize("cls", [cls for cls in WRITTEN_OUT if _made(cls)], ids=_ids)
+def test_none_for_a_default_factory_field_is_a_fresh_default(cls: type) -> None:
+    made = _made(cls)
+    nones = {spec.name: None for spec in made}
+    first, second = cls(**_required(cls), **nones), cls(**_required(cls), **nones)
+    for spec in made:
+        assert getattr(first, spec.name) == spec.default_factory()
+        assert getattr(first, spec.name) is not getattr(second, spec.name), spec.name
 
 
 @pytest.mark.parametrize("cls", WRITTEN_OUT, ids=_ids)
