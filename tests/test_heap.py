@@ -13,9 +13,8 @@ from dataflows import heap
 from dataflows.buckets import EVENT, BucketConfig, BucketLogic, Item
 from dataflows.flow import store_factory
 from dataflows.metrics import DataflowMetrics
+from features.rules import DAY
 from tests.support import make_settings
-
-DAY = 86_400.0
 
 
 class Node:

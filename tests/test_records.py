@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
-import pkgutil
 from dataclasses import MISSING, Field, FrozenInstanceError, fields, is_dataclass
 from typing import Any
 
@@ -34,8 +33,8 @@ def _generated(function: object) -> bool:
 
 def _written_out() -> list[type]:
     records = []
-    for module_info in pkgutil.iter_modules(features.__path__):
-        module = importlib.import_module(f"features.{module_info.name}")
+    for path in features.compiled_sources():  # the core's modules, as the build knows them
+        module = importlib.import_module(f"features.{path.stem}")
         for value in vars(module).values():
             if (isinstance(value, type) and is_dataclass(value)
                     and value.__module__ == module.__name__
