@@ -36,7 +36,6 @@ from features.state import (
     ClientState,
     OrderRecord,
     PendingTrigger,
-    assemble,
 )
 from features.stored_schedule import StoredSchedule
 
@@ -162,7 +161,7 @@ def decode_state(data: bytes) -> ClientState:
      decided, early_returns, touched, visit_days, view_hours, view_days, interests,
      orders_updated_at, cart_changed_at, engagement_at, segments, segments_at, aliases,
      merged_into, history_until) = row
-    return assemble(
+    return ClientState(
         first_seen_at=first_seen_at, last_seen_at=last_seen_at, updated_at=updated_at,
         last_received_at=last_received_at,
         registered_at=registered_at, welcomed=welcomed, traits=traits,

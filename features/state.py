@@ -200,6 +200,89 @@ class ClientState:
     # --- backfill (history/backfill.py) ---
     history_until: float = 0.0  # when the latest backfilled history arrived: older is past
 
+    def __init__(self, first_seen_at: float, last_seen_at: float, updated_at: float,
+                 last_received_at: float = 0.0, registered_at: float | None = None,
+                 welcomed: bool = False, traits: Mapping[str, Any] | None = None,
+                 traits_updated_at: float = 0.0, last_visit_at: float | None = None,
+                 visits: int = 0, cart: tuple[CartLine, ...] = (),
+                 cart_updated_at: float | None = None, cart_since: float | None = None,
+                 cart_reminded: float = 0.0, cart_closed_at: float = 0.0,
+                 viewed: tuple[tuple[str, float], ...] = (), browse_since: float | None = None,
+                 last_view_at: float | None = None, browse_closed_at: float = 0.0,
+                 favourites: tuple[str, ...] = (), orders: tuple[OrderRecord, ...] = (),
+                 orders_count: int = 0, monetary_total: float = 0.0,
+                 first_order_at: float | None = None, last_order_at: float | None = None,
+                 checkout_started_at: float | None = None, support_requests: int = 0,
+                 last_support_at: float | None = None, nps_score: int | None = None,
+                 nps_at: float | None = None,
+                 channel_engagement: tuple[tuple[str, int], ...] = (),
+                 recent_event_ids: tuple[int, ...] = (),
+                 categories: tuple[CategoryOrders, ...] = (),
+                 marks: tuple[tuple[str, float], ...] = (), loyalty_tier: str = "",
+                 pending: tuple[PendingTrigger, ...] = (), sends: tuple[float, ...] = (),
+                 decided: tuple[int, ...] = (), touched: tuple[int, ...] = (),
+                 early_returns: tuple[tuple[str, float, bool], ...] = (),
+                 visit_days: Buckets = (), view_hours: Buckets = (), view_days: Buckets = (),
+                 interests: tuple[CategoryInterest, ...] = (),
+                 orders_updated_at: float | None = None, cart_changed_at: float | None = None,
+                 engagement_at: float | None = None,
+                 segments: tuple[tuple[str, float], ...] = (),
+                 segments_at: float = 0.0, aliases: tuple[str, ...] = (),
+                 merged_into: str | None = None,
+                 history_until: float = 0.0) -> None:  # see `features.__init__`
+        object.__setattr__(self, "first_seen_at", first_seen_at)
+        object.__setattr__(self, "last_seen_at", last_seen_at)
+        object.__setattr__(self, "updated_at", updated_at)
+        object.__setattr__(self, "last_received_at", last_received_at)
+        object.__setattr__(self, "registered_at", registered_at)
+        object.__setattr__(self, "welcomed", welcomed)
+        object.__setattr__(self, "traits", {} if traits is None else traits)
+        object.__setattr__(self, "traits_updated_at", traits_updated_at)
+        object.__setattr__(self, "last_visit_at", last_visit_at)
+        object.__setattr__(self, "visits", visits)
+        object.__setattr__(self, "cart", cart)
+        object.__setattr__(self, "cart_updated_at", cart_updated_at)
+        object.__setattr__(self, "cart_since", cart_since)
+        object.__setattr__(self, "cart_reminded", cart_reminded)
+        object.__setattr__(self, "cart_closed_at", cart_closed_at)
+        object.__setattr__(self, "viewed", viewed)
+        object.__setattr__(self, "browse_since", browse_since)
+        object.__setattr__(self, "last_view_at", last_view_at)
+        object.__setattr__(self, "browse_closed_at", browse_closed_at)
+        object.__setattr__(self, "favourites", favourites)
+        object.__setattr__(self, "orders", orders)
+        object.__setattr__(self, "orders_count", orders_count)
+        object.__setattr__(self, "monetary_total", monetary_total)
+        object.__setattr__(self, "first_order_at", first_order_at)
+        object.__setattr__(self, "last_order_at", last_order_at)
+        object.__setattr__(self, "checkout_started_at", checkout_started_at)
+        object.__setattr__(self, "support_requests", support_requests)
+        object.__setattr__(self, "last_support_at", last_support_at)
+        object.__setattr__(self, "nps_score", nps_score)
+        object.__setattr__(self, "nps_at", nps_at)
+        object.__setattr__(self, "channel_engagement", channel_engagement)
+        object.__setattr__(self, "recent_event_ids", recent_event_ids)
+        object.__setattr__(self, "categories", categories)
+        object.__setattr__(self, "marks", marks)
+        object.__setattr__(self, "loyalty_tier", loyalty_tier)
+        object.__setattr__(self, "pending", pending)
+        object.__setattr__(self, "sends", sends)
+        object.__setattr__(self, "decided", decided)
+        object.__setattr__(self, "touched", touched)
+        object.__setattr__(self, "early_returns", early_returns)
+        object.__setattr__(self, "visit_days", visit_days)
+        object.__setattr__(self, "view_hours", view_hours)
+        object.__setattr__(self, "view_days", view_days)
+        object.__setattr__(self, "interests", interests)
+        object.__setattr__(self, "orders_updated_at", orders_updated_at)
+        object.__setattr__(self, "cart_changed_at", cart_changed_at)
+        object.__setattr__(self, "engagement_at", engagement_at)
+        object.__setattr__(self, "segments", segments)
+        object.__setattr__(self, "segments_at", segments_at)
+        object.__setattr__(self, "aliases", aliases)
+        object.__setattr__(self, "merged_into", merged_into)
+        object.__setattr__(self, "history_until", history_until)
+
     @property
     def cart_value(self) -> float:
         return round(sum(line.price * line.quantity for line in self.cart), 2)
@@ -213,11 +296,10 @@ def _generated(name: str, params: str, source: str) -> Callable[..., ClientState
     """A function that builds a new state slot by slot, written out like dataclasses
     writes `__init__`, from `source` (the lines that fill `new`).
 
-    `__init__` of a frozen dataclass sets each of the 50-odd fields through
-    `object.__setattr__`, about 5.4 µs a state; setting the slots through their descriptors
-    is about 1.9 µs. `evolve` was a third of the dataflow's time with `dataclasses.replace`,
-    and `decode_state` (every read, every client a dataflow loads) half its time with
-    `__init__` (bench/README.md).
+    As Python, `__init__` sets each of the 50-odd fields through `object.__setattr__`,
+    about 5.4 µs a state; setting the slots through their descriptors is about 1.9 µs.
+    `evolve` was a third of the dataflow's time with `dataclasses.replace`
+    (bench/README.md). The compiled core copies with `_slot_copy` instead.
     """
     code = f"def {name}({params}):\n    new = make(ClientState)\n{source}    return new\n"
     namespace: dict[str, Any] = {"make": ClientState.__new__, "ClientState": ClientState}
@@ -235,74 +317,70 @@ _copy = _generated("copy", "state", "".join(f"    set_{n}(new, state.{n})\n"
 
 
 def _slot_copy(state: ClientState) -> ClientState:
-    """`_copy` for the compiled core, where this sets each slot directly: a compiled class
-    allows it (its frozenness is the Python-level `__setattr__`, which compiled code does
-    not go through); the exec'd copy calls the 53 descriptors from interpreted code, 12% of
-    the compiled dataflow's samples (bench/README.md). As Python it would raise
-    FrozenInstanceError, so the sources never call it. `test_state` checks that it copies
-    every field."""
-    new = ClientState.__new__(ClientState)
-    new.first_seen_at = state.first_seen_at  # type: ignore[misc]
-    new.last_seen_at = state.last_seen_at  # type: ignore[misc]
-    new.updated_at = state.updated_at  # type: ignore[misc]
-    new.last_received_at = state.last_received_at  # type: ignore[misc]
-    new.registered_at = state.registered_at  # type: ignore[misc]
-    new.welcomed = state.welcomed  # type: ignore[misc]
-    new.traits = state.traits  # type: ignore[misc]
-    new.traits_updated_at = state.traits_updated_at  # type: ignore[misc]
-    new.last_visit_at = state.last_visit_at  # type: ignore[misc]
-    new.visits = state.visits  # type: ignore[misc]
-    new.cart = state.cart  # type: ignore[misc]
-    new.cart_updated_at = state.cart_updated_at  # type: ignore[misc]
-    new.cart_since = state.cart_since  # type: ignore[misc]
-    new.cart_reminded = state.cart_reminded  # type: ignore[misc]
-    new.cart_closed_at = state.cart_closed_at  # type: ignore[misc]
-    new.viewed = state.viewed  # type: ignore[misc]
-    new.browse_since = state.browse_since  # type: ignore[misc]
-    new.last_view_at = state.last_view_at  # type: ignore[misc]
-    new.browse_closed_at = state.browse_closed_at  # type: ignore[misc]
-    new.favourites = state.favourites  # type: ignore[misc]
-    new.orders = state.orders  # type: ignore[misc]
-    new.orders_count = state.orders_count  # type: ignore[misc]
-    new.monetary_total = state.monetary_total  # type: ignore[misc]
-    new.first_order_at = state.first_order_at  # type: ignore[misc]
-    new.last_order_at = state.last_order_at  # type: ignore[misc]
-    new.checkout_started_at = state.checkout_started_at  # type: ignore[misc]
-    new.support_requests = state.support_requests  # type: ignore[misc]
-    new.last_support_at = state.last_support_at  # type: ignore[misc]
-    new.nps_score = state.nps_score  # type: ignore[misc]
-    new.nps_at = state.nps_at  # type: ignore[misc]
-    new.channel_engagement = state.channel_engagement  # type: ignore[misc]
-    new.recent_event_ids = state.recent_event_ids  # type: ignore[misc]
-    new.categories = state.categories  # type: ignore[misc]
-    new.marks = state.marks  # type: ignore[misc]
-    new.loyalty_tier = state.loyalty_tier  # type: ignore[misc]
-    new.pending = state.pending  # type: ignore[misc]
-    new.sends = state.sends  # type: ignore[misc]
-    new.decided = state.decided  # type: ignore[misc]
-    new.touched = state.touched  # type: ignore[misc]
-    new.early_returns = state.early_returns  # type: ignore[misc]
-    new.visit_days = state.visit_days  # type: ignore[misc]
-    new.view_hours = state.view_hours  # type: ignore[misc]
-    new.view_days = state.view_days  # type: ignore[misc]
-    new.interests = state.interests  # type: ignore[misc]
-    new.orders_updated_at = state.orders_updated_at  # type: ignore[misc]
-    new.cart_changed_at = state.cart_changed_at  # type: ignore[misc]
-    new.engagement_at = state.engagement_at  # type: ignore[misc]
-    new.segments = state.segments  # type: ignore[misc]
-    new.segments_at = state.segments_at  # type: ignore[misc]
-    new.aliases = state.aliases  # type: ignore[misc]
-    new.merged_into = state.merged_into  # type: ignore[misc]
-    new.history_until = state.history_until  # type: ignore[misc]
-    return new
+    """`_copy` for the compiled core: there the written-out `__init__` is a slot store per
+    field, and a call naming every field is a direct call (the exec'd copy calls the
+    fields' descriptors from interpreted code, 12% of the compiled dataflow's samples,
+    bench/README.md). As Python the call costs 5.7 µs against the exec'd copy's 1.9, so
+    the sources keep that. `test_state` checks that it copies every field."""
+    return ClientState(
+        first_seen_at=state.first_seen_at,
+        last_seen_at=state.last_seen_at,
+        updated_at=state.updated_at,
+        last_received_at=state.last_received_at,
+        registered_at=state.registered_at,
+        welcomed=state.welcomed,
+        traits=state.traits,
+        traits_updated_at=state.traits_updated_at,
+        last_visit_at=state.last_visit_at,
+        visits=state.visits,
+        cart=state.cart,
+        cart_updated_at=state.cart_updated_at,
+        cart_since=state.cart_since,
+        cart_reminded=state.cart_reminded,
+        cart_closed_at=state.cart_closed_at,
+        viewed=state.viewed,
+        browse_since=state.browse_since,
+        last_view_at=state.last_view_at,
+        browse_closed_at=state.browse_closed_at,
+        favourites=state.favourites,
+        orders=state.orders,
+        orders_count=state.orders_count,
+        monetary_total=state.monetary_total,
+        first_order_at=state.first_order_at,
+        last_order_at=state.last_order_at,
+        checkout_started_at=state.checkout_started_at,
+        support_requests=state.support_requests,
+        last_support_at=state.last_support_at,
+        nps_score=state.nps_score,
+        nps_at=state.nps_at,
+        channel_engagement=state.channel_engagement,
+        recent_event_ids=state.recent_event_ids,
+        categories=state.categories,
+        marks=state.marks,
+        loyalty_tier=state.loyalty_tier,
+        pending=state.pending,
+        sends=state.sends,
+        decided=state.decided,
+        touched=state.touched,
+        early_returns=state.early_returns,
+        visit_days=state.visit_days,
+        view_hours=state.view_hours,
+        view_days=state.view_days,
+        interests=state.interests,
+        orders_updated_at=state.orders_updated_at,
+        cart_changed_at=state.cart_changed_at,
+        engagement_at=state.engagement_at,
+        segments=state.segments,
+        segments_at=state.segments_at,
+        aliases=state.aliases,
+        merged_into=state.merged_into,
+        history_until=state.history_until,
+    )
 
 
 if features.COMPILED:
     _copy = _slot_copy
 
-# `ClientState(**fields)` with every field given by keyword (no defaults: none is forgotten)
-assemble = _generated("assemble", "*, " + ", ".join(_FIELD_NAMES),
-                      "".join(f"    set_{n}(new, {n})\n" for n in _FIELD_NAMES))
 
 
 def evolve(state: ClientState, **changes: Any) -> ClientState:

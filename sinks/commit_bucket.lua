@@ -66,28 +66,38 @@ for _ = 1, tonumber(ARGV[11]) do
     dead_through = last_id(KEYS[4]), memberships = sets}))
   i = i + 5 + 2 * sets
 end
-for _ = 1, tonumber(ARGV[7]) do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  i = i + 2
+-- States in calls of up to 1,000 fields each: a call from a script costs Redis more than
+-- a field does (and the arguments go by range, within Lua's stack).
+local states = tonumber(ARGV[7])
+while states > 0 do
+  local chunk = math.min(states, 1000)
+  redis.call('HSET', KEYS[2], unpack(ARGV, i, i + 2 * chunk - 1))
+  i = i + 2 * chunk
+  states = states - chunk
+end
+-- Activity counts are summed here and written once per hash and field after the loop.
+local counts, counted_keys = {}, {}
+local function count(key, field, by)
+  local fields = counts[key]
+  if not fields then
+    fields = {}
+    counts[key] = fields
+    counted_keys[#counted_keys + 1] = key
+  end
+  fields[field] = (fields[field] or 0) + by
 end
 local emitted = {1}
 for _ = 1, tonumber(ARGV[8]) do
   local ledger = ARGV[4] .. ARGV[i]
   local fields = tonumber(ARGV[i + 6])
   if redis.call('HSETNX', ledger, ARGV[i + 1], ARGV[i + 4]) == 1 then
-    local entry = {KEYS[3], 'MAXLEN', '~', maxlen, '*'}
-    for j = i + 7, i + 6 + 2 * fields do table.insert(entry, ARGV[j]) end
-    redis.call('XADD', unpack(entry))
-    table.insert(emitted, ARGV[i + 2])
-    table.insert(emitted, ARGV[i + 3])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*',
+               unpack(ARGV, i + 7, i + 6 + 2 * fields))
+    emitted[#emitted + 1] = ARGV[i + 2]
+    emitted[#emitted + 1] = ARGV[i + 3]
     local counted = 't:' .. ARGV[i + 2] .. '|' .. ARGV[i + 3]
-    redis.call('HINCRBY', KEYS[9], counted, 1)
-    redis.call('EXPIRE', KEYS[9], activity_ttl)
-    if ARGV[i + 5] ~= '' then
-      local scoped = KEYS[9] .. '@' .. ARGV[i + 5]
-      redis.call('HINCRBY', scoped, counted, 1)
-      redis.call('EXPIRE', scoped, activity_ttl)
-    end
+    count(KEYS[9], counted, 1)
+    if ARGV[i + 5] ~= '' then count(KEYS[9] .. '@' .. ARGV[i + 5], counted, 1) end
     -- Over the cap by a quarter: drop the oldest down to the cap in one pass (amortised,
     -- instead of reading the whole ledger on every insert once it is full).
     if redis.call('HLEN', ledger) > ledger_max + math.max(1, math.floor(ledger_max / 4)) then
@@ -127,24 +137,24 @@ for _ = 1, tonumber(ARGV[13]) do
   local lines = ARGV[i + 1]
   local old = redis.call('HGET', KEYS[7], ARGV[i])
   if old then lines = lines .. '\n' .. old end
-  local kept, count, start = {}, 0, 1
-  while count < timeline_max do
-    local stop = string.find(lines, '\n', start, true)
-    count = count + 1
-    if not stop then
-      table.insert(kept, string.sub(lines, start))
-      break
-    end
-    table.insert(kept, string.sub(lines, start, stop - 1))
-    start = stop + 1
+  -- cut before the newline that ends the last line kept, if there is one
+  local stop, kept = 0, 0
+  while kept < timeline_max do
+    stop = string.find(lines, '\n', stop + 1, true)
+    if not stop then break end
+    kept = kept + 1
   end
-  redis.call('HSET', KEYS[7], ARGV[i], table.concat(kept, '\n'))
+  if stop then lines = string.sub(lines, 1, stop - 1) end
+  redis.call('HSET', KEYS[7], ARGV[i], lines)
   i = i + 2
 end
 for _ = 1, tonumber(ARGV[15]) do
-  redis.call('HINCRBY', ARGV[i], ARGV[i + 1], ARGV[i + 2])
-  redis.call('EXPIRE', ARGV[i], activity_ttl)
+  count(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]))
   i = i + 3
+end
+for _, key in ipairs(counted_keys) do
+  for field, by in pairs(counts[key]) do redis.call('HINCRBY', key, field, by) end
+  redis.call('EXPIRE', key, activity_ttl)
 end
 for _ = 1, tonumber(ARGV[17]) do
   redis.call('SADD', KEYS[8], ARGV[i])

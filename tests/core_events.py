@@ -10,7 +10,15 @@ from typing import Any
 
 from features.events import Event, EventType, Order, Product
 from features.rules import DAY, Channel, Policy, TriggerRules
-from features.state import ClientState, apply_event
+from features.state import (
+    CartLine,
+    CategoryInterest,
+    CategoryOrders,
+    ClientState,
+    OrderRecord,
+    PendingTrigger,
+    apply_event,
+)
 from features.triggers import SEGMENTS_TIMER, Trigger, due_timers, fire_due, process_event
 
 T0 = 1_700_006_400.0  # 2023-11-15T00:00:00Z, a Wednesday
@@ -127,3 +135,29 @@ def trigger_timers(state: ClientState, rules: TriggerRules) -> list[tuple[float,
 def next_trigger_due(state: ClientState, rules: TriggerRules) -> float | None:
     timers = trigger_timers(state, rules)
     return timers[0][0] if timers else None
+
+
+def every_field_set() -> ClientState:
+    """A state with every field away from its default: code that copies or decodes a state
+    and forgets a field gives that field's default back."""
+    return ClientState(
+        first_seen_at=1.0, last_seen_at=2.5, updated_at=2.5, last_received_at=2.75,
+        registered_at=1.5, welcomed=True, traits={"email": "a@x"}, traits_updated_at=1.25,
+        last_visit_at=2.25, visits=3, cart=(CartLine("p1", 2, 4.5, "tea", 2.0),),
+        cart_updated_at=2.0, cart_since=1.75, cart_reminded=2.125, cart_closed_at=0.5,
+        viewed=(("p2", 1.5),), browse_since=1.5, last_view_at=1.5, browse_closed_at=0.75,
+        favourites=("p3",), orders=(OrderRecord("o1", 1.0, 9.5),), orders_count=1,
+        monetary_total=9.5, first_order_at=1.0, last_order_at=1.0, checkout_started_at=0.875,
+        support_requests=1, last_support_at=1.125, nps_score=9, nps_at=1.375,
+        channel_engagement=(("email", 2),), recent_event_ids=(7, 8),
+        categories=(CategoryOrders("food", 1.0, 1.0, 1),),
+        marks=(("birthday", 2024.0), ("custom_rule", 3.0)), loyalty_tier="silver",
+        pending=(PendingTrigger(10.0, "abandoned_cart", "1.000", 5.0, {"cart_value": 3.5},
+                                True),),
+        sends=(4.0, 5.5), decided=(123, 4_000_000_000), touched=(99,),
+        early_returns=(("o9", -1.0, True),), visit_days=((19000, 1),),
+        view_hours=((456000, 2),), view_days=((19000, 2),),
+        interests=(CategoryInterest("tea", 1.5, 2.0, None, 3),), orders_updated_at=1.0,
+        cart_changed_at=2.0, engagement_at=1.625, segments=(("active", 1.0),),
+        segments_at=2.5, aliases=("anon:a1",), merged_into="c9",
+        history_until=1_700_000_100.0)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import MISSING, fields, replace
 
 import msgpack
 import pytest
 
 from features.codec import FORMAT_VERSION, StateFormatError, decode_state, encode_state
 from features.state import CategoryOrders, ClientState, OrderRecord, PendingTrigger
+from tests.core_events import every_field_set
 
 pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
 
@@ -29,6 +30,14 @@ def test_round_trip_of_every_new_field() -> None:
     assert decode_state(data) == FULL
     assert encode_state(decode_state(data)) == data
     assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 7
+
+
+def test_every_field_survives_the_round_trip() -> None:
+    defaults = {spec.name: spec.default if spec.default_factory is MISSING
+                else spec.default_factory() for spec in fields(ClientState)}
+    state = every_field_set()
+    assert [name for name, default in defaults.items() if getattr(state, name) == default] == []
+    assert decode_state(encode_state(state)) == state
 
 
 def test_version_6_records_read_as_never_backfilled() -> None:

@@ -19,10 +19,11 @@ from features.state import ClientState, new_state
 
 pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
 
-# the records made per event: the discovery below must find each of these
+# the records made per event (and the state, per new or loaded client): the discovery below
+# must find each of these
 HOT = {"Event", "Product", "Order", "Trigger", "Outcome", "Decision", "Candidate", "Context",
        "TimelineEntry", "CartLine", "OrderRecord", "PendingTrigger", "CategoryOrders",
-       "CategoryInterest"}
+       "CategoryInterest", "ClientState"}
 
 
 def _generated(function: object) -> bool:
@@ -75,7 +76,8 @@ def _sample(cls: type, spec: Field[Any], index: int) -> Any:
     simple: dict[str, Any] = {
         "str": f"{spec.name}-{index}", "float": index + 0.25, "int": index + 3, "bool": True,
         "EventType": EventType.NPS_ANSWER, "Order": Order("o1", 9.5),
-        "ClientState": _state(), "SegmentRules": SegmentRules(rfm_enabled=False)}
+        "ClientState": _state(), "SegmentRules": SegmentRules(rfm_enabled=False),
+        "Buckets": ((index, 1),)}
     if kind in simple:
         return simple[kind]
     container = kind.partition("[")[0]

@@ -23,12 +23,13 @@ from features.state import (
     CartLine,
     ClientState,
     OrderRecord,
+    _copy,
     _slot_copy,
     apply_event,
-    assemble,
     is_duplicate,
     is_live,
 )
+from tests.core_events import every_field_set
 
 pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
 
@@ -575,27 +576,15 @@ def test_replaying_everything_changes_nothing(repeat: int) -> None:
     assert again == once
 
 
-def test_assemble_builds_what_the_constructor_builds_and_needs_every_field() -> None:
-    state = apply_event(None, ev(EventType.CART_ADD, 0, products=(
-        Product("p1", price=5.0, quantity=2),)))
-    given_fields = {f.name: getattr(state, f.name) for f in fields(ClientState)}
-    assert assemble(**given_fields) == ClientState(**given_fields) == state
-    del given_fields["cart"]
-    with pytest.raises(TypeError, match="cart"):
-        assemble(**given_fields)  # no defaults: a decoder cannot forget a field
-
-
-def test_the_compiled_cores_slot_copy_copies_every_field_and_only_there() -> None:
-    """`_slot_copy` is `evolve`'s copy in the compiled core; as Python it would break the
-    state's frozenness, so there it must refuse."""
-    state = apply_event(None, ev(EventType.CART_ADD, 0, products=(
-        Product("p1", price=5.0, quantity=2),)))
-    if not features.COMPILED:
-        with pytest.raises(FrozenInstanceError):
-            _slot_copy(state)
-        return
-    copied = _slot_copy(state)
-    assert copied is not state
-    assert all(getattr(copied, f.name) == getattr(state, f.name) for f in fields(ClientState))
+def test_the_compiled_cores_slot_copy_copies_every_field() -> None:
+    """`_slot_copy` is `evolve`'s copy in the compiled core (the sources keep the exec'd
+    one, faster as Python): every field, into a new state, still frozen."""
+    state = every_field_set()
+    assert (_copy is _slot_copy) == features.COMPILED
+    for copy in (_slot_copy, _copy):
+        copied = copy(state)
+        assert copied is not state and copied == state
+        assert all(getattr(copied, f.name) == getattr(state, f.name)
+                   for f in fields(ClientState))
     with pytest.raises(FrozenInstanceError):
         copied.cart = ()  # type: ignore[misc]
