@@ -283,9 +283,10 @@ def _service_due(state: ClientState, rules: TriggerRules) -> float | None:
     """When the client's own interval (a trait, in days) has passed since the last order or
     visit, less `offset`; once per interval: an order or visit restarts it."""
     interval = _service_interval(state, rules)
+    if interval is None:  # most clients: no interval trait, no need for the anchor
+        return None
     anchor = _service_anchor(state, rules)
-    if (interval is None or anchor is None
-            or anchor <= (mark_of(state, SERVICE_REMINDER) or float("-inf"))):
+    if anchor is None or anchor <= (mark_of(state, SERVICE_REMINDER) or float("-inf")):
         return None
     return anchor + interval - rules.service_reminder.offset
 
