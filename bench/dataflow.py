@@ -217,4 +217,17 @@ def dataflow_section(client: redis.Redis, url: str, plan: Plan, folder: Path
                 "one_process_events_per_s": rate,
                 "two_processes_events_per_s": two["events_per_s"],
                 "ratio": round(two["events_per_s"] / rate, 2)}
+    results["scaling"] = scaling(results["sizes"])
     return results
+
+
+def scaling(sizes: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Throughput at the largest base against the smallest, crmflow's next to its floors':
+    the bare Bytewax floor is not flat in its number of keys either (0.62-0.64x from 100k
+    to 1M in three runs), so crmflow's own figure reads against it."""
+    if len(sizes) < 2:
+        return None
+    first, last = sizes[min(sizes, key=int)], sizes[max(sizes, key=int)]
+    return {name: round(last[field] / first[field], 2) for name, field in (
+        ("crmflow", "crmflow_events_per_s"), ("bytewax_floor", "bytewax_floor_events_per_s"),
+        ("naive", "naive_events_per_s"))}

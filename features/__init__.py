@@ -9,11 +9,11 @@ for this interpreter, so an edit or another Python falls back to the sources, ne
 stale build. `CRMFLOW_PURE_PYTHON=1` keeps the sources.
 
 The frozen dataclasses made once or more per event (events, triggers, decisions, outcomes,
-cart lines...) write their `__init__` out with `object.__setattr__`: mypyc compiles that to
-slot stores, while the one `dataclass` generates stays interpreted and goes through each
-slot's descriptor (Event: 5.8 us a construction, about 0.4 us written out; as Python
-both cost the same). `tests/test_records.py` holds every written-out `__init__` to its
-class's fields, order and defaults.
+cart lines...), and the client state, write their `__init__` out with `object.__setattr__`:
+mypyc compiles that to slot stores, while the one `dataclass` generates stays interpreted
+and goes through each slot's descriptor (Event: 5.8 us a construction, about 0.4 us
+written out; as Python both cost the same). `tests/test_records.py` holds every
+written-out `__init__` to its class's fields, order and defaults.
 """
 from __future__ import annotations
 
