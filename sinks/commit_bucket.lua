@@ -144,7 +144,11 @@ for _ = 1, tonumber(ARGV[13]) do
     if not stop then break end
     kept = kept + 1
   end
-  if stop then lines = string.sub(lines, 1, stop - 1) end
+  if timeline_max <= 0 then
+    lines = ''
+  elseif stop then
+    lines = string.sub(lines, 1, stop - 1)
+  end
   redis.call('HSET', KEYS[7], ARGV[i], lines)
   i = i + 2
 end

@@ -9,7 +9,14 @@ import pytest
 import redis
 
 from features.triggers import Trigger
-from sinks.bucket_store import START, BucketCommit, BucketStore, DeadLetter, FencedError
+from sinks.bucket_store import (
+    START,
+    BucketCommit,
+    BucketStore,
+    DeadLetter,
+    FencedError,
+    minute_of,
+)
 from sinks.keys import KeyLayout, LayoutMismatch, claim_layout
 
 
@@ -104,6 +111,52 @@ def test_ledger_trims_in_batches_of_a_quarter(redis_client: redis.Redis,
     assert sizes == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 8, 9]  # never below the newest eight
     kept = {k.decode() for k in redis_client.hkeys(s.layout.ledger("c1"))}
     assert kept == {f"id{n}" for n in range(3, 12)}
+
+
+def test_a_commit_of_more_states_than_one_call_takes(redis_client: redis.Redis,
+                                                     key_prefix: str) -> None:
+    """The script writes states in calls of up to 1,000 fields: 2,501 go in three calls and
+    one more, and a client given twice keeps the later state."""
+    s = store(redis_client, key_prefix)
+    states = [(f"c{n}", f"state {n}".encode()) for n in range(2_500)]
+    states.append(("c7", b"state 7, later"))
+    s.commit([BucketCommit(bucket=0, base=START, position="1-0", states=states)])
+    loaded = s.load(0)
+    assert loaded.position == "1-0" and len(loaded.states) == 2_500
+    assert loaded.states["c2499"] == b"state 2499" and loaded.states["c7"] == b"state 7, later"
+
+
+def test_activity_counts_are_summed_per_field(redis_client: redis.Redis,
+                                              key_prefix: str) -> None:
+    s = store(redis_client, key_prefix)
+    bucket = s.layout.bucket_of("c1")
+    partition = s.layout.partition_of_bucket(bucket)
+    clock = 1_700_000_030.0
+    minute = minute_of(clock)
+    s.commit([BucketCommit(
+        bucket=bucket, base=START, position="1-0", clock=clock,
+        triggers=[trigger(1), trigger(2), trigger(3, "c2")], trigger_points={"c1": "leeds"},
+        activity=[(minute, None, "e:visit", 2), (minute, "leeds", "e:visit", 1),
+                  (minute, None, "e:visit", 3)])])
+    every = s.layout.activity(partition, minute)
+    leeds = s.layout.activity(partition, minute, "leeds")
+    assert redis_client.hgetall(every) == {b"t:welcome|sent": b"3", b"e:visit": b"5"}
+    assert redis_client.hgetall(leeds) == {b"t:welcome|sent": b"2", b"e:visit": b"1"}
+    assert redis_client.ttl(every) > 0 and redis_client.ttl(leeds) > 0
+
+
+def test_a_timeline_keeps_its_newest_lines(redis_client: redis.Redis, key_prefix: str) -> None:
+    s = BucketStore(redis_client, KeyLayout(key_prefix, 2, 8), ledger_max_entries=100,
+                    stream_maxlen=1000, timeline_events=3)
+    bucket = s.layout.bucket_of("c1")
+    stored = []
+    for n, lines in enumerate(["a", "c\nb", "d", "h\ng\nf\ne"]):
+        s.commit([BucketCommit(bucket=bucket, base=f"{n}-0" if n else START,
+                               position=f"{n + 1}-0", timelines=[("c1", lines)])])
+        stored.append(redis_client.hget(s.layout.timeline(bucket), "c1"))
+    # newest first: all of a short one, exactly three kept whole, the oldest dropped past
+    # three, and a batch of four cut to its newest three
+    assert stored == [b"a", b"c\nb\na", b"d\nc\nb", b"h\ng\nf"]
 
 
 def test_resume_position_is_the_least_of_the_partition_buckets(
