@@ -189,8 +189,8 @@ def format_time(seconds: float | None) -> str | None:
 @lru_cache(maxsize=1 << 14)
 def _iso(seconds: float) -> str:
     """What `datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")` gives,
-    with Z, at a quarter of its cost compiled (0.35 us against 1.3): the date part is cached
-    per day, the rest is integer arithmetic. Cached too: a profile repeats its times
+    with Z, at well under half its cost compiled (0.52 us uncached against 1.29): the date
+    part is cached per day, the rest is integer arithmetic. Cached too: a profile repeats its times
     (freshness groups, last seen and updated), and a read-heavy API formats the same
     clients' times again and again."""
     if not 0 <= seconds < _LAST_FORMATTED:
@@ -201,7 +201,7 @@ def _iso(seconds: float) -> str:
     if micros >= 1_000_000:
         second, micros = second + 1, micros - 1_000_000
     # `//`, `%` and tables, not modf, divmod and format specs: compiled, those stay generic
-    # calls (1.6 us a time against 0.3)
+    # calls (1.78 us a time uncached against 0.52)
     of_day = second % 86400
     return "".join((_date_prefix(second // 86400), _TWO_DIGITS[of_day // 3600], ":",
                     _TWO_DIGITS[of_day % 3600 // 60], ":", _TWO_DIGITS[of_day % 60], ".",
