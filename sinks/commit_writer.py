@@ -1,25 +1,31 @@
-"""Bucket commits sent by a thread of their own, one batch in flight, so the dataflow
-computes its next batch while Redis applies this one.
+"""Bucket commits sent by a thread of their own, up to two batches in flight, so the
+dataflow computes its next batch while Redis applies the ones before.
 
 A batch's commit is a megabyte or more of script calls, more than a loopback socket
 buffers: sending it blocks until Redis has read, and so applied, most of it. Sent from a
 thread, that wait releases the GIL and the dataflow's Python goes on: at 100k clients the
-process went from 87% to 94% on the CPU, and +6-11% events/s (bench/README.md). The
-Python work (building the calls and packing them) stays on the dataflow's thread; the
-writer thread only sends and reads the replies.
+process went from 87% to 94% on the CPU, and +6-11% events/s (bench/README.md). A second
+batch in flight lets it go on through a batch Redis is slow to apply (more often at 1M
+clients, where each command costs more): +7-10% events/s there. The Python work (building
+the calls and packing them) stays on the dataflow's thread; the writer thread sends and
+reads the replies.
 
-Order and delivery: one connection, so Redis applies the batches in the order they were
-sent. A batch's outcome is settled at the next `submit` (or `flush`): a bucket another
-process now owns raises FencedError there; a lost connection, or a script Redis no longer
-has (a restart), sends the batch again the synchronous way, with retries. That is
-harmless: a commit applied twice is a no-op the second time (the position's
-compare-and-set).
+Order and delivery: one writer thread with one connection, so Redis applies the batches in
+the order they were submitted. A lost connection, or a script Redis no longer has (a
+restart), is mended on the writer thread before it sends anything else: the batch goes
+again the synchronous way, retrying while Redis is away. That is harmless, since a
+commit applied twice is a no-op the second time (the position's compare-and-set), and it
+does not wait for another batch to come (an idle dataflow may have none). A bucket another
+process now owns stops the writer: nothing more is sent, and FencedError is raised on the
+dataflow's thread when that batch is settled, at a later `submit` or at `flush`.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -36,82 +42,120 @@ log = logging.getLogger(__name__)
 # commits applied, (type, status) of each trigger newly emitted, seconds they took
 OnApplied = Callable[[int, list[tuple[str, str]], float], None]
 
+IN_FLIGHT = 2  # batches sent and not yet settled
+
+
+class Sent(enum.Enum):
+    APPLIED = "applied"  # and reported by the writer thread
+    SKIPPED = "skipped"  # not sent: a batch before it failed for good
+
+
+# the writer thread's outcome of a batch: the replies when one of them is an error
+Outcome = list[Any] | Sent
+
 
 class CommitWriter:
-    def __init__(self, store: BucketStore, on_applied: OnApplied) -> None:
+    def __init__(self, store: BucketStore, on_applied: OnApplied, *,
+                 in_flight: int = IN_FLIGHT) -> None:
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be at least 1, not {in_flight}")
         self._store = store
         self._on_applied = on_applied
+        self._depth = in_flight
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crmflow-commit")
-        self._connection: Connection | None = None
-        self._in_flight: tuple[Sequence[BucketCommit], Future[list[Any] | None]] | None = None
+        self._connection: Connection | None = None  # the writer thread's
+        self._pending: deque[Future[Outcome]] = deque()
+        self._failed = False  # set by the writer thread: it sends nothing more
 
     def submit(self, commits: Sequence[BucketCommit]) -> None:
-        """Send `commits` (after settling the batch before). Erasures, and commits to a
-        cluster, are applied before this returns: the purge that follows an erasure needs
-        its commit done."""
-        self.flush()
+        """Send `commits`, after settling the oldest batch in flight if there is no room.
+        Erasures, and commits to a cluster, are applied before this returns (after every
+        batch before them): the purge that follows an erasure needs its commit done."""
         if not self._store.pipelined or any(commit.erasures for commit in commits):
-            self._apply_now(commits)
+            self.flush()
+            started = time.perf_counter()
+            emitted = self._store.commit(commits)
+            self._on_applied(len(commits), emitted, time.perf_counter() - started)
             return
+        while len(self._pending) >= self._depth:
+            self._settle_oldest()
         retrying(lambda: self._store.before_commit(commits), "committing")
-        connection = self._connection or retrying(self._connect, "committing")
         payload = _packed(self._store.commit_commands(commits))
-        sent = self._executor.submit(self._send, connection, payload, len(commits))
-        self._in_flight = (commits, sent)
+        self._pending.append(self._executor.submit(self._send, commits, payload))
 
     def flush(self) -> None:
-        """Wait for the batch in flight and settle its outcome."""
-        if self._in_flight is None:
-            return
-        commits, sent = self._in_flight
-        self._in_flight = None
-        try:
-            results = sent.result()
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            log.warning("redis connection lost while committing (%s): sending again", exc)
-            self._disconnect()
-            self._apply_now(commits)
-            return
-        if results is None:
-            return  # applied, and reported by the writer thread
-        if any(isinstance(result, NoScriptError) for result in results):
-            self._apply_now(commits)  # loads the script again; applied ones are no-ops
-            return
-        emitted_triggers(results)  # raises the error replies (FencedError first)
+        """Wait for every batch in flight and settle their outcomes, oldest first."""
+        while self._pending:
+            self._settle_oldest()
 
     def close(self) -> None:
         try:
             self.flush()
         finally:
-            self._disconnect()
             self._executor.shutdown()
+            self._disconnect()
 
-    def _apply_now(self, commits: Sequence[BucketCommit]) -> None:
+    def _settle_oldest(self) -> None:
+        """Raise what stopped the writer (FencedError first), after waiting for the batches
+        it skipped since: the writer is idle again once this returns or raises."""
+        try:
+            outcome = self._pending.popleft().result()
+        except BaseException:
+            self._skip_rest()
+            raise
+        if outcome is Sent.APPLIED:
+            return
+        if outcome is Sent.SKIPPED:  # settled with the failure before it, never alone
+            raise RuntimeError("commit writer: a batch skipped with no failure before it")
+        self._skip_rest()
+        emitted_triggers(outcome)  # raises the error replies
+
+    def _skip_rest(self) -> None:
+        while self._pending:
+            self._pending.popleft().exception()  # skipped: neither sent nor raised
+        self._failed = False
+
+    def _send(self, commits: Sequence[BucketCommit], payload: bytes) -> Outcome:
+        """On the writer thread: apply a batch, unless one before it failed for good."""
+        if self._failed:
+            return Sent.SKIPPED
         started = time.perf_counter()
-        emitted = self._store.commit(commits)
+        try:
+            results = self._exchange(payload, len(commits))
+            if results is None or any(isinstance(r, NoScriptError) for r in results):
+                # loads the script, waits for Redis; submit did before_commit
+                emitted = self._store.commit(commits, before_done=True)
+            elif any(isinstance(result, Exception) for result in results):
+                self._failed = True
+                return results
+            else:
+                emitted = emitted_triggers(results)
+        except BaseException:
+            self._failed = True
+            raise
         self._on_applied(len(commits), emitted, time.perf_counter() - started)
+        return Sent.APPLIED
 
-    def _send(self, connection: Connection, payload: bytes, replies: int) -> list[Any] | None:
-        """On the writer thread: the replies, or None once applied and reported."""
-        started = time.perf_counter()
-        connection.send_packed_command(  # type: ignore[no-untyped-call]
-            [payload], check_health=False)  # a list of buffers: it iterates what it sends
-        results: list[Any] = []
-        for _ in range(replies):
-            try:
-                results.append(connection.read_response())
-            except redis.ResponseError as exc:  # one call's error reply: read the rest
-                results.append(exc)
-        if any(isinstance(result, Exception) for result in results):
+    def _exchange(self, payload: bytes, replies: int) -> list[Any] | None:
+        """The replies to `payload` on the writer's connection; None if it was lost (or
+        could not be made), when some of the calls may have been applied."""
+        try:
+            if self._connection is None:
+                self._store.load_script()
+                self._connection = self._store.client.connection_pool.get_connection()
+            self._connection.send_packed_command(  # type: ignore[no-untyped-call]
+                [payload], check_health=False)  # a list of buffers: it iterates what it sends
+            results: list[Any] = []
+            for _ in range(replies):
+                try:
+                    results.append(self._connection.read_response())
+                except redis.ResponseError as exc:  # one call's error reply: read the rest
+                    results.append(exc)
             return results
-        self._on_applied(replies, emitted_triggers(results), time.perf_counter() - started)
-        return None
-
-    def _connect(self) -> Connection:
-        self._store.load_script()
-        connection = self._store.client.connection_pool.get_connection()
-        self._connection = connection
-        return connection
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            log.warning("redis connection lost while committing (%s): sending again", exc)
+            self._disconnect()
+            return None
 
     def _disconnect(self) -> None:
         if self._connection is not None:

@@ -1,12 +1,13 @@
 """The commit writer against a real Redis: batches applied in order and reported from its
-thread, fencing raised at the next batch, and a lost connection or a forgotten script
-sending the batch again, applied once."""
+thread; fencing raised when its batch is settled, and nothing sent after it; a lost
+connection or a forgotten script mended on the writer thread at once (no later batch
+needed), the batches behind it applied after it, each applied and reported once."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 import redis
@@ -17,11 +18,12 @@ from dataflows.flow import store_factory
 from dataflows.metrics import DataflowMetrics
 from features.events import Event, EventType, Order, Product
 from features.rules import LifecycleRules, SegmentRules, TriggerRules
-from sinks.bucket_store import START, BucketCommit, FencedError
-from sinks.commit_writer import CommitWriter
+from sinks.bucket_store import START, BucketCommit, BucketStore, FencedError
+from sinks.commit_writer import IN_FLIGHT, CommitWriter
 from sinks.event_log import encode_event
+from sinks.keys import KeyLayout
 from tests.core_events import OPEN
-from tests.support import make_settings
+from tests.support import make_settings, wait_for
 from tests.test_bucket_store import store, trigger
 
 
@@ -36,20 +38,29 @@ class Reports:
         self.threads.add(threading.current_thread().name)
 
 
+DEPTHS = sorted({1, IN_FLIGHT, 3})  # batches in flight
+
+
 def batch(bucket: int, n: int) -> list[BucketCommit]:
     """The n-th batch of a bucket: its position moves from n-0 (START first) to n+1-0."""
     return [BucketCommit(bucket=bucket, base=f"{n}-0" if n else START, position=f"{n + 1}-0",
                          states=[("c1", f"state {n}".encode())], triggers=[trigger(n)])]
 
 
+def test_at_least_one_batch_is_in_flight(redis_client: redis.Redis, key_prefix: str) -> None:
+    with pytest.raises(ValueError, match="in_flight must be at least 1, not 0"):
+        CommitWriter(store(redis_client, key_prefix), Reports(), in_flight=0)
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
 def test_batches_are_applied_in_order_and_reported_from_the_writer_thread(
-        redis_client: redis.Redis, key_prefix: str) -> None:
+        redis_client: redis.Redis, key_prefix: str, depth: int) -> None:
     s = store(redis_client, key_prefix)
     bucket = s.layout.bucket_of("c1")
     reports = Reports()
-    writer = CommitWriter(s, reports)
+    writer = CommitWriter(s, reports, in_flight=depth)
     for n in range(20):
-        writer.submit(batch(bucket, n))  # each starts where the one before (in flight) ends
+        writer.submit(batch(bucket, n))  # each starts where the ones before (in flight) end
     writer.close()
     loaded = s.load(bucket)
     assert loaded.position == "20-0" and loaded.states == {"c1": b"state 19"}
@@ -58,17 +69,21 @@ def test_batches_are_applied_in_order_and_reported_from_the_writer_thread(
     assert redis_client.xlen(s.layout.triggers(s.layout.partition_of_bucket(bucket))) == 20
 
 
-def test_a_fenced_bucket_is_raised_at_the_next_batch(redis_client: redis.Redis,
-                                                     key_prefix: str) -> None:
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_a_fenced_bucket_is_raised_and_nothing_after_it_is_sent(
+        redis_client: redis.Redis, key_prefix: str, depth: int) -> None:
     s = store(redis_client, key_prefix)
     bucket = s.layout.bucket_of("c1")
+    other = next(b for b in range(s.layout.buckets) if b != bucket)
     s.commit(batch(bucket, 0))  # another process got there first
-    writer = CommitWriter(s, Reports())
+    writer = CommitWriter(s, Reports(), in_flight=depth)
     writer.submit(batch(bucket, 5))  # from a position this bucket is not at
     with pytest.raises(FencedError, match="CRMFLOW_FENCED"):
-        writer.submit(batch(bucket, 6))
+        for n in range(depth):  # the last one needs the fenced batch's place
+            writer.submit(batch(other, n))
     writer.close()
     assert s.load(bucket).position == "1-0"
+    assert s.load(other).position == START  # the writer sent nothing after the failure
 
 
 def _kill_other_connections(client: redis.Redis) -> None:
@@ -79,11 +94,36 @@ def _forget_scripts(client: redis.Redis) -> None:
     client.script_flush()  # as after a restart: Redis keeps no scripts
 
 
+@pytest.mark.parametrize("depth", DEPTHS)
 @pytest.mark.parametrize("mishap", [_kill_other_connections, _forget_scripts],
                          ids=["connection lost", "script forgotten"])
-def test_a_batch_that_did_not_apply_is_sent_again(
+def test_a_batch_that_did_not_apply_is_sent_again_with_those_after_it(
+        redis_client: redis.Redis, key_prefix: str,
+        mishap: Callable[[redis.Redis], None], depth: int) -> None:
+    """The batches in flight behind the failed one start from positions it did not move:
+    sent as they were, they would be refused as fenced."""
+    s = store(redis_client, key_prefix)
+    bucket = s.layout.bucket_of("c1")
+    reports = Reports()
+    writer = CommitWriter(s, reports, in_flight=depth)
+    writer.submit(batch(bucket, 0))
+    writer.flush()
+    mishap(redis_client)
+    for n in range(1, 6):  # the first fails on the writer's connection, then goes again
+        writer.submit(batch(bucket, n))
+    writer.close()
+    assert s.load(bucket).position == "6-0"
+    assert s.load(bucket).states == {"c1": b"state 5"}
+    assert [emitted for _, emitted in reports.batches] == [[("welcome", "sent")]] * 6
+    assert sum(commits for commits, _ in reports.batches) == 6  # each reported once
+
+
+@pytest.mark.parametrize("mishap", [_kill_other_connections, _forget_scripts],
+                         ids=["connection lost", "script forgotten"])
+def test_a_batch_that_did_not_apply_goes_again_without_waiting_for_another(
         redis_client: redis.Redis, key_prefix: str,
         mishap: Callable[[redis.Redis], None]) -> None:
+    """An idle dataflow may submit nothing more: the last batch must not wait for one."""
     s = store(redis_client, key_prefix)
     bucket = s.layout.bucket_of("c1")
     reports = Reports()
@@ -91,11 +131,38 @@ def test_a_batch_that_did_not_apply_is_sent_again(
     writer.submit(batch(bucket, 0))
     writer.flush()
     mishap(redis_client)
-    writer.submit(batch(bucket, 1))  # fails on the writer's connection, then goes again
-    writer.submit(batch(bucket, 2))
+    writer.submit(batch(bucket, 1))
+    wait_for(lambda: s.load(bucket).position == "2-0", 10, "the batch applied, unflushed")
+    wait_for(lambda: len(reports.batches) == 2, 10, "the batch reported, unflushed")
+    assert all(name.startswith("crmflow-commit") for name in reports.threads)
     writer.close()
-    assert s.load(bucket).position == "3-0"
-    assert [emitted for _, emitted in reports.batches] == [[("welcome", "sent")]] * 3
+
+
+class CountingStore(BucketStore):
+    """The real store, counting the writes it makes outside the buckets' slots."""
+
+    before_commits = 0
+
+    def before_commit(self, commits: Sequence[BucketCommit]) -> None:
+        self.before_commits += 1
+        super().before_commit(commits)
+
+
+def test_a_batch_sent_again_does_not_repeat_its_writes_outside_the_bucket(
+        redis_client: redis.Redis, key_prefix: str) -> None:
+    """Those were done before it was first sent; a later batch's may have been done since,
+    and repeating this one's would put its older RFM values over that one's."""
+    s = CountingStore(redis_client, KeyLayout(key_prefix, 2, 8), ledger_max_entries=100,
+                      stream_maxlen=1000)
+    bucket = s.layout.bucket_of("c1")
+    writer = CommitWriter(s, Reports())
+    writer.submit(batch(bucket, 0))
+    writer.flush()
+    _forget_scripts(redis_client)
+    writer.submit(batch(bucket, 1))  # refused for the script, then applied again
+    writer.close()
+    assert s.load(bucket).position == "2-0"
+    assert s.before_commits == 2
 
 
 def test_a_resent_commit_that_moved_no_position_is_applied_once(
