@@ -297,18 +297,15 @@ class BucketStore:
                 rfm_index.index_commands(pipe, self._layout, client_key, triple)
             pipe.execute()
 
-    def commit(self, commits: Sequence[BucketCommit], *, retry_for: float = float("inf"),
-               before_done: bool = False) -> list[tuple[str, str]]:
+    def commit(self, commits: Sequence[BucketCommit], *, retry_for: float = float("inf")
+               ) -> list[tuple[str, str]]:
         """Apply commits in order, one pipelined round trip; retry while Redis is away.
-        `before_done`: `before_commit` was done for them already (not again: a later batch's
-        may have been done since, and this one's RFM values would overwrite its newer ones).
 
         Returns (type, status) of each trigger newly emitted. Raises FencedError when
         another process owns a bucket now.
         """
         def write() -> list[Any]:
-            if not before_done:
-                self.before_commit(commits)
+            self.before_commit(commits)
             return run_scripts(self._client, self._commit,
                                [self._call(commit) for commit in commits],
                                raise_on_error=False)

@@ -8,16 +8,19 @@ process went from 87% to 94% on the CPU, and +6-11% events/s (bench/README.md). 
 batch in flight lets it go on through a batch Redis is slow to apply (more often at 1M
 clients, where each command costs more): +7-10% events/s there. The Python work (building
 the calls and packing them) stays on the dataflow's thread; the writer thread sends and
-reads the replies.
+does the rest: a batch's writes outside its bucket (`before_commit`), then its scripts.
 
-Order and delivery: one writer thread with one connection, so Redis applies the batches in
-the order they were submitted. A lost connection, or a script Redis no longer has (a
-restart), is mended on the writer thread before it sends anything else: the batch goes
-again the synchronous way, retrying while Redis is away. That is harmless, since a
-commit applied twice is a no-op the second time (the position's compare-and-set), and it
-does not wait for another batch to come (an idle dataflow may have none). A bucket another
-process now owns stops the writer: nothing more is sent, and FencedError is raised on the
-dataflow's thread when that batch is settled, at a later `submit` or at `flush`.
+Order and delivery: everything a batch writes is written by the one writer thread, batch
+after batch, so Redis applies them in the order they were submitted. A lost connection,
+or a script Redis no longer has (a restart), is mended there before anything else is
+sent: the batch goes again the synchronous way, its writes outside the bucket too (what
+a crash of Redis lost of them comes back; repeated, they are no-ops), retrying while Redis
+is away. A script applied twice is a no-op the second time (the position's
+compare-and-set). The mending does not wait for another batch to come (an idle dataflow
+may have none). Any other failure (a bucket another process now owns, an error reply)
+stops the writer: it writes nothing more, not even the next batches' writes outside
+their buckets, and the error is raised on the dataflow's thread when that batch is
+settled, at a later `submit` or at `flush`.
 """
 
 from __future__ import annotations
@@ -42,12 +45,12 @@ log = logging.getLogger(__name__)
 # commits applied, (type, status) of each trigger newly emitted, seconds they took
 OnApplied = Callable[[int, list[tuple[str, str]], float], None]
 
-IN_FLIGHT = 2  # batches sent and not yet settled
+IN_FLIGHT = 2  # batches submitted and not yet settled: one on the wire, one packed
 
 
 class Sent(enum.Enum):
     APPLIED = "applied"  # and reported by the writer thread
-    SKIPPED = "skipped"  # not sent: a batch before it failed for good
+    SKIPPED = "skipped"  # nothing of it written: a batch before it stopped the writer
 
 
 # the writer thread's outcome of a batch: the replies when one of them is an error
@@ -65,21 +68,22 @@ class CommitWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crmflow-commit")
         self._connection: Connection | None = None  # the writer thread's
         self._pending: deque[Future[Outcome]] = deque()
-        self._failed = False  # set by the writer thread: it sends nothing more
+        self._failed = False  # set by the writer thread: it writes nothing more
 
     def submit(self, commits: Sequence[BucketCommit]) -> None:
-        """Send `commits`, after settling the oldest batch in flight if there is no room.
-        Erasures, and commits to a cluster, are applied before this returns (after every
-        batch before them): the purge that follows an erasure needs its commit done."""
+        """Queue `commits` for the writer, after settling the batches in flight that are
+        done, and the oldest if there is no room. Erasures, and commits to a cluster, are
+        applied before this returns (after every batch before them): the purge that
+        follows an erasure needs its commit done."""
         if not self._store.pipelined or any(commit.erasures for commit in commits):
             self.flush()
             started = time.perf_counter()
             emitted = self._store.commit(commits)
             self._on_applied(len(commits), emitted, time.perf_counter() - started)
             return
-        while len(self._pending) >= self._depth:
-            self._settle_oldest()
-        retrying(lambda: self._store.before_commit(commits), "committing")
+        while self._pending and (len(self._pending) >= self._depth
+                                 or self._pending[0].done()):
+            self._settle_oldest()  # raises what stopped the writer as soon as it is known
         payload = _packed(self._store.commit_commands(commits))
         self._pending.append(self._executor.submit(self._send, commits, payload))
 
@@ -96,8 +100,8 @@ class CommitWriter:
             self._disconnect()
 
     def _settle_oldest(self) -> None:
-        """Raise what stopped the writer (FencedError first), after waiting for the batches
-        it skipped since: the writer is idle again once this returns or raises."""
+        """Wait for the oldest batch; if it stopped the writer, wait for the batches it
+        skipped since (the writer is idle then) and raise what stopped it."""
         try:
             outcome = self._pending.popleft().result()
         except BaseException:
@@ -116,24 +120,24 @@ class CommitWriter:
         self._failed = False
 
     def _send(self, commits: Sequence[BucketCommit], payload: bytes) -> Outcome:
-        """On the writer thread: apply a batch, unless one before it failed for good."""
+        """On the writer thread: apply a batch, unless one before it stopped the writer."""
         if self._failed:
             return Sent.SKIPPED
         started = time.perf_counter()
         try:
+            retrying(lambda: self._store.before_commit(commits), "committing")
             results = self._exchange(payload, len(commits))
             if results is None or any(isinstance(r, NoScriptError) for r in results):
-                # loads the script, waits for Redis; submit did before_commit
-                emitted = self._store.commit(commits, before_done=True)
+                emitted = self._store.commit(commits)  # loads the script; waits for Redis
             elif any(isinstance(result, Exception) for result in results):
                 self._failed = True
                 return results
             else:
                 emitted = emitted_triggers(results)
+            self._on_applied(len(commits), emitted, time.perf_counter() - started)
         except BaseException:
             self._failed = True
             raise
-        self._on_applied(len(commits), emitted, time.perf_counter() - started)
         return Sent.APPLIED
 
     def _exchange(self, payload: bytes, replies: int) -> list[Any] | None:

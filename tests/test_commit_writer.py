@@ -5,9 +5,10 @@ needed), the batches behind it applied after it, each applied and reported once.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -21,7 +22,6 @@ from features.rules import LifecycleRules, SegmentRules, TriggerRules
 from sinks.bucket_store import START, BucketCommit, BucketStore, FencedError
 from sinks.commit_writer import IN_FLIGHT, CommitWriter
 from sinks.event_log import encode_event
-from sinks.keys import KeyLayout
 from tests.core_events import OPEN
 from tests.support import make_settings, wait_for
 from tests.test_bucket_store import store, trigger
@@ -80,10 +80,11 @@ def test_a_fenced_bucket_is_raised_and_nothing_after_it_is_sent(
     writer.submit(batch(bucket, 5))  # from a position this bucket is not at
     with pytest.raises(FencedError, match="CRMFLOW_FENCED"):
         for n in range(depth):  # the last one needs the fenced batch's place
-            writer.submit(batch(other, n))
+            writer.submit(with_rfm(batch(other, n), "c9", orders=1))
     writer.close()
     assert s.load(bucket).position == "1-0"
     assert s.load(other).position == START  # the writer sent nothing after the failure
+    assert indexed_orders(redis_client, s, "c9") is None  # nor wrote anything of theirs
 
 
 def _kill_other_connections(client: redis.Redis) -> None:
@@ -138,31 +139,68 @@ def test_a_batch_that_did_not_apply_goes_again_without_waiting_for_another(
     writer.close()
 
 
-class CountingStore(BucketStore):
-    """The real store, counting the writes it makes outside the buckets' slots."""
-
-    before_commits = 0
-
-    def before_commit(self, commits: Sequence[BucketCommit]) -> None:
-        self.before_commits += 1
-        super().before_commit(commits)
+def with_rfm(commits: list[BucketCommit], client: str, orders: int) -> list[BucketCommit]:
+    """The batch, its first commit also indexing `client` as a buyer of `orders` orders."""
+    first, *rest = commits
+    return [dataclasses.replace(first, rfm_values=[(client, (1_700_000_000.0, orders, 9.0))]),
+            *rest]
 
 
-def test_a_batch_sent_again_does_not_repeat_its_writes_outside_the_bucket(
-        redis_client: redis.Redis, key_prefix: str) -> None:
-    """Those were done before it was first sent; a later batch's may have been done since,
-    and repeating this one's would put its older RFM values over that one's."""
-    s = CountingStore(redis_client, KeyLayout(key_prefix, 2, 8), ledger_max_entries=100,
-                      stream_maxlen=1000)
+def indexed_orders(client: redis.Redis, s: BucketStore, client_key: str) -> float | None:
+    return client.zscore(s.layout.rfm_values("f"), client_key)
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_writes_outside_the_bucket_follow_the_batches_order_through_a_resend(
+        redis_client: redis.Redis, key_prefix: str, depth: int) -> None:
+    """They are written again with the batch sent again (what a crash of Redis lost of them
+    comes back), so a later batch's must not have been written before: the RFM index
+    would be left with the older values."""
+    s = store(redis_client, key_prefix)
     bucket = s.layout.bucket_of("c1")
-    writer = CommitWriter(s, Reports())
+    writer = CommitWriter(s, Reports(), in_flight=depth)
     writer.submit(batch(bucket, 0))
     writer.flush()
     _forget_scripts(redis_client)
-    writer.submit(batch(bucket, 1))  # refused for the script, then applied again
+    for n in range(1, 4):  # the first is refused for the script, then sent again
+        writer.submit(with_rfm(batch(bucket, n), "c9", orders=n))
     writer.close()
-    assert s.load(bucket).position == "2-0"
-    assert s.before_commits == 2
+    assert s.load(bucket).position == "4-0"
+    assert indexed_orders(redis_client, s, "c9") == 3
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_a_fence_found_when_sending_again_stops_the_writer(
+        redis_client: redis.Redis, key_prefix: str, depth: int) -> None:
+    s = store(redis_client, key_prefix)
+    bucket = s.layout.bucket_of("c1")
+    other = next(b for b in range(s.layout.buckets) if b != bucket)
+    s.commit(batch(bucket, 0))  # another process got there first
+    _forget_scripts(redis_client)  # refused for the script first, then fenced
+    writer = CommitWriter(s, Reports(), in_flight=depth)
+    writer.submit(batch(bucket, 5))
+    with pytest.raises(FencedError, match="CRMFLOW_FENCED"):
+        for n in range(depth):
+            writer.submit(with_rfm(batch(other, n), "c9", orders=1))
+    writer.close()
+    assert s.load(other).position == START
+    assert indexed_orders(redis_client, s, "c9") is None  # nothing of theirs written
+
+
+def test_a_failure_to_report_stops_the_writer(redis_client: redis.Redis,
+                                              key_prefix: str) -> None:
+    s = store(redis_client, key_prefix)
+    bucket = s.layout.bucket_of("c1")
+
+    def report(commits: int, emitted: list[tuple[str, str]], seconds: float) -> None:
+        raise RuntimeError("metrics broke")
+
+    writer = CommitWriter(s, report)
+    with pytest.raises(RuntimeError, match="metrics broke"):
+        for n in range(3):  # the first is applied, then its report fails
+            writer.submit(batch(bucket, n))
+    writer.close()
+    assert s.load(bucket).position == "1-0"  # nothing written after it
 
 
 def test_a_resent_commit_that_moved_no_position_is_applied_once(
