@@ -69,13 +69,24 @@ def test_batches_are_applied_in_order_and_reported_from_the_writer_thread(
     assert redis_client.xlen(s.layout.triggers(s.layout.partition_of_bucket(bucket))) == 20
 
 
+def _kill_other_connections(client: redis.Redis) -> None:
+    client.client_kill_filter(_type="normal", skipme=True)  # the writer's connection too
+
+
+def _forget_scripts(client: redis.Redis) -> None:
+    client.script_flush()  # as after a restart: Redis keeps no scripts
+
+
 @pytest.mark.parametrize("depth", DEPTHS)
+@pytest.mark.parametrize("found", ["at once", "when sending again"])
 def test_a_fenced_bucket_is_raised_and_nothing_after_it_is_sent(
-        redis_client: redis.Redis, key_prefix: str, depth: int) -> None:
+        redis_client: redis.Redis, key_prefix: str, depth: int, found: str) -> None:
     s = store(redis_client, key_prefix)
     bucket = s.layout.bucket_of("c1")
     other = next(b for b in range(s.layout.buckets) if b != bucket)
     s.commit(batch(bucket, 0))  # another process got there first
+    if found == "when sending again":
+        _forget_scripts(redis_client)  # refused for the script first, then fenced
     writer = CommitWriter(s, Reports(), in_flight=depth)
     writer.submit(batch(bucket, 5))  # from a position this bucket is not at
     with pytest.raises(FencedError, match="CRMFLOW_FENCED"):
@@ -85,14 +96,6 @@ def test_a_fenced_bucket_is_raised_and_nothing_after_it_is_sent(
     assert s.load(bucket).position == "1-0"
     assert s.load(other).position == START  # the writer sent nothing after the failure
     assert indexed_orders(redis_client, s, "c9") is None  # nor wrote anything of theirs
-
-
-def _kill_other_connections(client: redis.Redis) -> None:
-    client.client_kill_filter(_type="normal", skipme=True)  # the writer's connection too
-
-
-def _forget_scripts(client: redis.Redis) -> None:
-    client.script_flush()  # as after a restart: Redis keeps no scripts
 
 
 @pytest.mark.parametrize("depth", DEPTHS)
@@ -167,24 +170,6 @@ def test_writes_outside_the_bucket_follow_the_batches_order_through_a_resend(
     writer.close()
     assert s.load(bucket).position == "4-0"
     assert indexed_orders(redis_client, s, "c9") == 3
-
-
-@pytest.mark.parametrize("depth", DEPTHS)
-def test_a_fence_found_when_sending_again_stops_the_writer(
-        redis_client: redis.Redis, key_prefix: str, depth: int) -> None:
-    s = store(redis_client, key_prefix)
-    bucket = s.layout.bucket_of("c1")
-    other = next(b for b in range(s.layout.buckets) if b != bucket)
-    s.commit(batch(bucket, 0))  # another process got there first
-    _forget_scripts(redis_client)  # refused for the script first, then fenced
-    writer = CommitWriter(s, Reports(), in_flight=depth)
-    writer.submit(batch(bucket, 5))
-    with pytest.raises(FencedError, match="CRMFLOW_FENCED"):
-        for n in range(depth):
-            writer.submit(with_rfm(batch(other, n), "c9", orders=1))
-    writer.close()
-    assert s.load(other).position == START
-    assert indexed_orders(redis_client, s, "c9") is None  # nothing of theirs written
 
 
 def test_a_failure_to_report_stops_the_writer(redis_client: redis.Redis,
