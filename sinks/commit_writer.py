@@ -7,8 +7,8 @@ thread, that wait releases the GIL and the dataflow's Python goes on: at 100k cl
 process went from 87% to 94% on the CPU, and +6-11% events/s (bench/README.md). A second
 batch in flight lets it go on through a batch Redis is slow to apply (more often at 1M
 clients, where each command costs more): +7-10% events/s there. The Python work (building
-the calls and packing them) stays on the dataflow's thread; the writer thread sends and
-does the rest: a batch's writes outside its bucket (`before_commit`), then its scripts.
+the calls and packing them) stays on the dataflow's thread; the writer thread does the
+writing: a batch's writes outside its bucket (`before_commit`), then its scripts.
 
 Order and delivery: everything a batch writes is written by the one writer thread, batch
 after batch, so Redis applies them in the order they were submitted. A lost connection,
