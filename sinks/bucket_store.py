@@ -112,7 +112,8 @@ class BucketCommit:
     clock: float = 0.0  # the batch's arrival clock: the minute its triggers count in
     trigger_points: Mapping[str, str] = field(default_factory=dict)  # client -> its point
     points: Sequence[str] = ()  # points the batch's clients belong to
-    # unique per commit: a resend of it is a no-op even when base == position (timers
+    # "<process>.<number>", numbered in order: a resend of it, or of any commit its process
+    # numbered before the bucket's last, is a no-op, even when base == position (timers
     # fired at an idle head); "" for none (then only a moved position tells a replay)
     commit_id: str = ""
 

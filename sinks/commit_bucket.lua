@@ -1,10 +1,13 @@
 -- Commit one bucket's batch atomically: client states, touch ledger entries, trigger stream
 -- entries, dead letters, segment and index memberships, timelines, activity counts and the
 -- bucket's stream position, guarded by compare-and-set on that position. A replayed commit
--- (its id is the bucket's last commit id, or the position is already at NEW) is a no-op, so
--- the counts here are never counted twice; a commit from a process that lost the bucket
--- (position neither BASE nor NEW) is refused. The id matters when BASE == NEW (timers fired
--- at an idle head): the position alone cannot tell that commit's resend from a new one.
+-- is a no-op, so the counts here are never counted twice: its id is the bucket's last
+-- commit id or an earlier one of the same process ("incarnation.number", numbered in
+-- order, and applied in order, so every number up to the last was applied), or the
+-- position is already at NEW. A commit from a process that lost the bucket (position
+-- neither BASE nor NEW) is refused. The id matters when BASE == NEW (timers fired at an
+-- idle head): the position alone cannot tell that commit's resend from a new one; and
+-- when a batch sent again holds two commits of the bucket: the first's position is gone.
 -- Returns {1, type and status of each trigger newly emitted...}, or {0} for a replayed commit
 -- (whose reply was lost: its triggers go uncounted in the metrics, which is why only the id
 -- is kept, not the reply, whose size grows with the commit: 14 B a client at 1M).
@@ -31,8 +34,16 @@
 --       then per activity count: hash key, field, count
 --       then the points newly seen
 local commit_id = ARGV[18]
-if commit_id ~= '' and redis.call('HGET', KEYS[10], ARGV[1]) == commit_id then
-  return {0}
+if commit_id ~= '' then
+  local last = redis.call('HGET', KEYS[10], ARGV[1])
+  if last == commit_id then return {0} end
+  if last then
+    local process, number = string.match(commit_id, '^(.+)%.(%d+)$')
+    local last_process, last_number = string.match(last, '^(.+)%.(%d+)$')
+    if process and process == last_process and tonumber(number) <= tonumber(last_number) then
+      return {0}
+    end
+  end
 end
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
 if not stored then stored = '0-0' end

@@ -15,9 +15,9 @@ after batch, so Redis applies them in the order they were submitted. A lost conn
 or a script Redis no longer has (a restart), is mended there before anything else is
 sent: the batch goes again the synchronous way, its writes outside the bucket too (what
 a crash of Redis lost of them comes back; repeated, they are no-ops), retrying while Redis
-is away. A script applied twice is a no-op the second time (the position's
-compare-and-set). The mending does not wait for another batch to come (an idle dataflow
-may have none). Any other failure (a bucket another process now owns, an error reply)
+is away. A script applied twice is a no-op the second time (its commit id, or the
+position's compare-and-set). The mending does not wait for another batch to come (an
+idle dataflow may have none). Any other failure (a bucket another process now owns, an error reply)
 stops the writer: it writes nothing more, not even the next batches' writes outside
 their buckets, and the error is raised on the dataflow's thread when that batch is
 settled, at a later `submit` or at `flush`.

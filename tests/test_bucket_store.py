@@ -87,6 +87,36 @@ def test_a_commit_from_a_stale_owner_is_fenced(redis_client: redis.Redis,
     assert s.load(2).states == {}  # never older data over newer
 
 
+def test_a_batch_holding_two_commits_of_a_bucket_is_a_no_op_when_sent_again(
+        redis_client: redis.Redis, key_prefix: str) -> None:
+    """Applied, its reply lost, sent again: the first commit's base is gone, but its id is
+    one the bucket's process numbered before the last it applied."""
+    s = store(redis_client, key_prefix)
+    bucket = s.layout.bucket_of("c1")
+    batch = [BucketCommit(bucket=bucket, base=START, position="1-0", commit_id="p.1",
+                          triggers=[trigger(1)]),
+             BucketCommit(bucket=bucket, base="1-0", position="2-0", commit_id="p.2",
+                          triggers=[trigger(2)])]
+    assert s.commit(batch) == [("welcome", "sent")] * 2
+    assert s.commit(batch) == []
+    assert s.load(bucket).position == "2-0"
+    partition = s.layout.partition_of_bucket(bucket)
+    assert redis_client.xlen(s.layout.triggers(partition)) == 2
+
+
+@pytest.mark.parametrize("commit_id", ["p.3", "q.1", "q.9", "p.x"],
+                         ids=["later number", "other process", "other process, higher",
+                              "malformed"])
+def test_a_stale_base_is_fenced_unless_the_id_was_applied(
+        redis_client: redis.Redis, key_prefix: str, commit_id: str) -> None:
+    s = store(redis_client, key_prefix)
+    s.commit([BucketCommit(bucket=2, base=START, position="9-0", commit_id="p.2")])
+    with pytest.raises(FencedError, match="bucket 2 is at 9-0"):
+        s.commit([BucketCommit(bucket=2, base="3-0", position="4-0", commit_id=commit_id,
+                               states=[("x", b"old")])])
+    assert s.load(2).states == {}
+
+
 def test_ledger_keeps_the_newest_entries(redis_client: redis.Redis, key_prefix: str) -> None:
     s = store(redis_client, key_prefix, ledger_max=3)
     bucket = s.layout.bucket_of("c1")
