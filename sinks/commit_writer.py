@@ -17,10 +17,10 @@ sent: the batch goes again the synchronous way, its writes outside the bucket to
 a crash of Redis lost of them comes back; repeated, they are no-ops), retrying while Redis
 is away. A script applied twice is a no-op the second time (its commit id, or the
 position's compare-and-set). The mending does not wait for another batch to come (an
-idle dataflow may have none). Any other failure (a bucket another process now owns, an error reply)
-stops the writer: it writes nothing more, not even the next batches' writes outside
-their buckets, and the error is raised on the dataflow's thread when that batch is
-settled, at a later `submit` or at `flush`.
+idle dataflow may have none). Any other failure (a bucket another process now owns, an
+error reply) stops the writer: it writes nothing more, not even the next batches' writes
+outside their buckets, and the error is raised on the dataflow's thread when that batch
+is settled, at a later `submit` or at `flush`.
 """
 
 from __future__ import annotations
