@@ -28,7 +28,7 @@ import redis
 
 from config.settings import Settings
 from dataflows.flow import store_factory
-from features.rfm import score
+from features.rfm import rfm_scores, rfm_segment
 from history.backfill import backfill
 from sinks import rfm_index
 from sinks.bucket_store import lookup_member
@@ -100,19 +100,25 @@ class Crmflow:
         finally:
             store.client.close()
 
-    def rfm_map_settled(self) -> bool:
-        """Every buyer is filed in the cell the stored model scores it into: buckets re-score
-        on their next tick after a new model, so until then the map is still moving."""
+    def rfm_settled(self) -> bool:
+        """Every buyer is filed in the cell and the RFM segment the stored model scores it
+        into: buckets re-score on their next tick after a new model, so until then the map
+        and the segments are still moving."""
         model = rfm_index.load_model(self.redis, self.layout)
         if model is None or model.population != self.buyers:
             return False
-        recency = dict(self.redis.zrange(self.layout.rfm_values("r"), 0, -1, withscores=True))
-        orders = dict(self.redis.zrange(self.layout.rfm_values("f"), 0, -1, withscores=True))
-        expected = Counter((score(recency[key], model.recency_cuts),
-                            score(orders[key], model.frequency_cuts)) for key in recency)
+        values = [dict(self.redis.zrange(self.layout.rfm_values(dimension), 0, -1,
+                                         withscores=True)) for dimension in "rfm"]
+        scores = [rfm_scores(model, values[0][key], int(values[1][key]), values[2][key], 0.0)
+                  for key in values[0]]
+        cells = Counter((r, f) for r, f, _ in filter(None, scores))
+        named = Counter(f"rfm:{rfm_segment(*rfm)}" for rfm in filter(None, scores))
         filed = {(cell["r"], cell["f"]): cell["clients"]
                  for cell in self.api("/v1/rfm/map")["cells"]}
-        return filed == {cell: expected.get(cell, 0) for cell in filed}
+        sizes = {segment["name"]: segment["size"] for segment in self.api("/v1/segments")[
+            "segments"] if segment["kind"] == "rfm"}
+        return (filed == {cell: cells.get(cell, 0) for cell in filed}
+                and sizes == {name: named.get(name, 0) for name in sizes})
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +152,8 @@ def crmflow(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         world = Crmflow(url, settings, layout, client,
                         sum(1 for s in states.values() if s.orders_count > 0), points)
         wait_for(world.applied, 300, "the dataflow applied the identify events")
-        wait_for(world.rfm_map_settled, 120,
-                 "every buyer filed in the RFM map under the stored model")
+        wait_for(world.rfm_settled, 120,
+                 "every buyer filed in the RFM map and segments under the stored model")
         yield world
     client.close()
 
