@@ -109,10 +109,10 @@ class Crmflow:
             return False
         values = [dict(self.redis.zrange(self.layout.rfm_values(dimension), 0, -1,
                                          withscores=True)) for dimension in "rfm"]
-        scores = [rfm_scores(model, values[0][key], int(values[1][key]), values[2][key], 0.0)
-                  for key in values[0]]
-        cells = Counter((r, f) for r, f, _ in filter(None, scores))
-        named = Counter(f"rfm:{rfm_segment(*rfm)}" for rfm in filter(None, scores))
+        scores = [rfm for key in values[0] if (rfm := rfm_scores(
+            model, values[0][key], int(values[1][key]), values[2][key], 0.0)) is not None]
+        cells = Counter((r, f) for r, f, _ in scores)
+        named = Counter(f"rfm:{rfm_segment(*rfm)}" for rfm in scores)
         filed = {(cell["r"], cell["f"]): cell["clients"]
                  for cell in self.api("/v1/rfm/map")["cells"]}
         sizes = {segment["name"]: segment["size"] for segment in self.api("/v1/segments")[
