@@ -8,13 +8,18 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.body_limit import BodyLimitMiddleware
 from api.cors import IngestCORSMiddleware
 from api.deps import Resources
 from api.fast_reads import ProfileFastPath
+from api.head_requests import HeadAsGetMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import (
     console,
@@ -29,6 +34,7 @@ from api.routes import (
 from api.segment_rules_view import SegmentRulesView
 from api.size_history import recording
 from api.store_metrics import StoreMetrics
+from api.wire_values import unencodable
 from config.settings import Settings
 from sinks.event_log import AppendOptions, AsyncEventLog, BacklogFull
 from sinks.keys import KeyLayout
@@ -84,6 +90,19 @@ def _telemetry_on(app: FastAPI) -> bool:
     return telemetry is not None and bool(telemetry.enabled())
 
 
+ECHOED_INPUT_MAX = 200  # characters of an invalid input a 422 repeats
+
+
+def _without_large_input(error: Any) -> Any:
+    """The error without its input when that is long, or text JSON cannot carry (a lone
+    surrogate: the answer itself would fail to encode)."""
+    if isinstance(error, dict) and "input" in error and (
+            len(repr(error["input"])) > ECHOED_INPUT_MAX
+            or unencodable(error["input"]) is not None):
+        return {key: value for key, value in error.items() if key != "input"}
+    return error
+
+
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     metrics = ApiMetrics.create(registry)
@@ -111,6 +130,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                     description="Real-time CRM triggers and customer features.")
     app.state.registry = registry
     app.state.store_metrics = StoreMetrics(registry)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.api.max_batch_bytes,
+                       exempt={route.path for route in ingest.router.routes
+                               if isinstance(route, APIRoute)})
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(IngestCORSMiddleware, allowed_origins=settings.api.cors_origins)
     app.include_router(ingest.router)
@@ -130,6 +153,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     for unavailable in STORE_UNAVAILABLE:
         if unavailable is not OSError:  # an OSError elsewhere is a bug, not the store
             app.add_exception_handler(unavailable, redis_unavailable)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, without echoing a large input back (a list of a thousand ids
+        answered with all of them)."""
+        return JSONResponse({"detail": jsonable_encoder([_without_large_input(error)
+                                                         for error in exc.errors()])},
+                            status_code=422)
 
     @app.exception_handler(BacklogFull)
     async def backlog_full(request: Request, exc: BacklogFull) -> JSONResponse:

@@ -166,17 +166,12 @@ async def grant_of(request: Request) -> ReadGrant:
 
 
 async def require_admin_key(request: Request, resources: ResourcesDep) -> None:
-    """Writes that act on a client's record (manual touches) need a secret key: the write
-    key is public in every browser that runs analytics.js."""
-    credential = _credential(request)
-    if credential is None:
-        raise _unauthorized("missing admin key: send Authorization: Bearer <admin key>",
-                            "Bearer")
-    scopes = resources.keys.of(credential[1])
-    if "admin" not in scopes:
-        if scopes:
-            raise _forbidden("this key may not do this: an admin key is required")
-        raise _unauthorized("an admin key is required", "Bearer")
+    """Writes that act on a client's record (erasures) need a secret key: the write key is
+    public in every browser that runs analytics.js. Sent as every secret key is (Bearer),
+    with the same refusals as reads and touches."""
+    grant = granted(resources, request, needs="admin key", action="do this")
+    if grant.scope != "admin":
+        raise _forbidden("this key may not do this: an admin key is required")
 
 
 WriteKey = Depends(require_write_key)

@@ -32,6 +32,7 @@ _MEANINGS = {
     403: "a valid key of another scope",
     404: "unknown client, segment or erasure (or an id that makes no known path)",
     413: "body over the size limit",
+    415: "a Content-Encoding other than gzip",
     422: "invalid parameters",
     503: "the store is unavailable, or the event backlog is full: retry after Retry-After",
 }

@@ -163,7 +163,7 @@ def parse_time(value: object, field_name: str) -> float:
             seconds /= 1000.0
     elif isinstance(value, str):
         text = value.strip()
-        if text.endswith("Z"):
+        if text.endswith(("Z", "z")):  # RFC 3339 allows either
             text = text[:-1] + "+00:00"
         try:
             parsed = datetime.fromisoformat(text)

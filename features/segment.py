@@ -192,7 +192,48 @@ def from_segment(message: object, received_at: float) -> Event:
                                  "identify, page, screen, alias or group)")
     message_id = message.get("messageId")
     canonical["event_id"] = message_id if message_id else _content_id(message, canonical)
-    return parse_event(canonical)
+    try:
+        return parse_event(canonical)
+    except EventError as exc:  # name the field as the sender did, not as the canonical event
+        field = segment_field(exc.field, canonical.get("type"), message)
+        raise EventError(field, _SEGMENT_MESSAGES.get(exc.message, exc.message)) from None
+
+
+_TOP_FIELDS = {"client_id": "userId", "anonymous_id": "anonymousId", "event_id": "messageId",
+               "event_time": "timestamp", "channel": "properties.channel"}
+_SEGMENT_MESSAGES = {"client_id or anonymous_id is required":
+                     "userId or anonymousId is required"}
+_ORDER_ITEMS = "order.items"
+
+
+def segment_field(field: str, event_type: object, message: Mapping[str, Any]) -> str:
+    """The Segment message's name for a canonical event's `field` (`products[0].price` of a
+    Product Added is its `properties.price`)."""
+    head, dot, rest = field.partition(".")
+    if field in _TOP_FIELDS:
+        return _TOP_FIELDS[field]
+    if field == "name":
+        return "event" if message.get("type") == "track" else "name"
+    if field == "nps_score":
+        properties = message.get("properties")
+        sent_as = "nps_score" if isinstance(properties, Mapping) and properties.get(
+            "score") is None and "nps_score" in properties else "score"
+        return f"properties.{sent_as}"
+    if head == "products[0]" and event_type in {t.value for t in _PRODUCT_EVENTS}:
+        return f"properties.{rest}" if dot else "properties"
+    if head.startswith("products"):
+        return f"properties.{field}"
+    if field.startswith(_ORDER_ITEMS):
+        return "properties.products" + field[len(_ORDER_ITEMS):]
+    if head == "order":
+        if rest == "total":  # sent as the first of these with a value
+            properties = message.get("properties")
+            rest = next((k for k in ("total", "revenue", "value") if isinstance(
+                properties, Mapping) and properties.get(k) is not None), rest)
+        return f"properties.{rest}" if dot else "properties"
+    if head == "traits" and message.get("type") == "track":
+        return f"context.{field}"  # a sign-up's traits come from its context
+    return field
 
 
 def _content_id(message: Mapping[str, Any], canonical: Mapping[str, Any]) -> str:

@@ -63,7 +63,8 @@ def test_segment_batch_is_stored_and_mapped(api: str, settings: Settings,
     ]}
     response = httpx.post(api + "/v1/batch", json=batch, auth=(WRITE_KEY, ""))
     assert response.status_code == 200, response.text
-    assert response.json() == {"success": True, "accepted": 5, "duplicates": 0, "rejected": []}
+    assert response.json() == {"success": True, "accepted": 5, "duplicates": 0, "rejected": [],
+                               "rejected_count": 0}
     stored = {e["event_id"]: e for e in _stream_entries(redis_client, settings)}
     assert stored["m1"]["type"] == "identify"
     assert stored["m2"]["type"] == "product_view"
@@ -97,9 +98,12 @@ def test_bad_items_are_rejected_and_good_ones_kept(api: str, settings: Settings,
     assert body["accepted"] == 1
     errors = {r["messageId"]: r for r in body["rejected"]}
     assert set(errors) == {"bad1", "bad2", "bad3", "bad4"}
-    assert errors["bad1"]["field"] == "products[0].product_id"
-    assert errors["bad2"]["field"] == "client_id"
-    assert errors["bad3"]["field"] == "order.total"
+    # named as the Segment message names them, not as the canonical event does
+    assert errors["bad1"]["field"] == "properties.product_id"
+    assert errors["bad2"]["field"] == "userId"
+    assert errors["bad2"]["error"] == "userId: userId or anonymousId is required"
+    assert errors["bad3"]["field"] == "properties.total"
+    assert body["rejected_count"] == 4
     assert "out of range" in errors["bad4"]["error"] or "future" in errors["bad4"]["error"]
     assert [e["event_id"] for e in _stream_entries(redis_client, settings)] == ["ok1"]
 
@@ -112,7 +116,7 @@ def test_all_bad_batch_is_400_and_single_track_error_names_field(api: str) -> No
     response = httpx.post(api + "/v1/track", json={"event": "Product Added", "userId": "u"},
                           auth=(WRITE_KEY, ""))
     assert response.status_code == 400
-    assert response.json()["field"] == "products[0].product_id"
+    assert response.json()["field"] == "properties.product_id"
 
 
 def test_malformed_and_oversized_bodies(api: str) -> None:

@@ -313,6 +313,7 @@ def test_epoch_milliseconds_accepted() -> None:
 def test_iso_times() -> None:
     expected = datetime(2024, 3, 1, 12, 30, tzinfo=UTC).timestamp()
     assert parse_event(raw(event_time="2024-03-01T12:30:00Z")).event_time == expected
+    assert parse_event(raw(event_time="2024-03-01t12:30:00z")).event_time == expected  # RFC 3339
     assert parse_event(raw(event_time="2024-03-01T14:30:00+02:00")).event_time == expected
     # naive means UTC, whatever the machine's zone
     assert parse_event(raw(event_time="2024-03-01T12:30:00")).event_time == expected

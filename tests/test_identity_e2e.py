@@ -170,8 +170,14 @@ def test_an_anonymous_history_joins_the_registered_client(
         assert batch["profiles"][0]["requested_id"] == ANON and batch["missing"] == []
         segments = httpx.get(f"{url}/v1/profiles/{ANON}/segments", headers=read_headers(),
                              timeout=10).json()
-        assert segments["client_id"] == USER
+        assert segments["client_id"] == USER and segments["requested_id"] == ANON
         assert [s["segment"] for s in segments["segments"]] == ["lifecycle:prospect"]
+        timeline = httpx.get(f"{url}/v1/profiles/{ANON}/timeline", headers=read_headers(),
+                             timeout=10).json()
+        assert timeline["client_id"] == USER and timeline["requested_id"] == ANON
+        own = httpx.get(f"{url}/v1/profiles/{USER}/timeline", headers=read_headers(),
+                        timeout=10).json()
+        assert "requested_id" not in own and own["entries"] == timeline["entries"]
         # the cookie's own record is a tombstone: no memberships of its own
         members = httpx.get(f"{url}/v1/segments/lifecycle:prospect/members",
                             headers=read_headers(), timeout=10).json()["members"]

@@ -7,7 +7,7 @@ name, Bearer token or `writeKey` in the body, and any Content-Type is read as JS
 
 An event is acknowledged only after Redis stored it in its partition's stream. In a batch,
 valid events are stored and acknowledged even when others are rejected; the response
-lists each rejected item with its index and reason.
+lists the rejected items (the first 100) with their index and reason, and counts them all.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import Resources, ResourcesDep, check_write_key
 from api.responses import problems
+from api.wire_values import encoded
 from config.durations import format_duration
 from config.settings import ApiSettings
 from features.events import INTERNAL_TYPES, Event, EventError, EventType, format_time
@@ -35,7 +36,8 @@ from sinks.redis_client import STORE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1", tags=["ingest"], responses=problems(400, 401, 413, 503))
+router = APIRouter(prefix="/v1", tags=["ingest"],
+                   responses=problems(400, 401, 413, 415, 503))
 
 Parser = Callable[[object, float], Event]
 _INDEX = re.compile(r"\[\d+\]")
@@ -47,6 +49,9 @@ class BodyError(Exception):
         self.status = status
         self.message = message
         self.reason = reason
+
+
+GZIP = ("gzip", "x-gzip")  # x-gzip: HTTP/1.1's alias
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -63,7 +68,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise BodyError(413, f"request body exceeds the limit of {limit} bytes", "too_large")
         chunks.append(chunk)
     body = b"".join(chunks)
-    if request.headers.get("content-encoding", "").lower() == "gzip":
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity", *GZIP):
+        raise BodyError(415, f"Content-Encoding {encoding!r} is not supported (send gzip, "
+                             "or no encoding)", "encoding")
+    if encoding in GZIP:
         inflater = zlib.decompressobj(wbits=31)
         try:
             body = inflater.decompress(body, limit + 1)
@@ -96,7 +105,7 @@ def _reason(error: EventError) -> str:
 def _parse(item: object, parser: Parser, received_at: float, resources: Resources,
            time_field: str) -> Event:
     api = resources.settings.api
-    size = len(json.dumps(item, separators=(",", ":"), default=str))
+    size = len(encoded(item, "event"))  # UTF-8 bytes, as stored
     if size > api.max_event_bytes:
         raise EventError("event", f"is {size} bytes; the limit per event is {api.max_event_bytes}")
     event = parser(item, received_at)
@@ -128,6 +137,8 @@ def in_window(event: Event, received_at: float, api: ApiSettings, time_field: st
     return replace(event, event_time=edge, properties=properties)
 
 
+# a body of tiny bad items (`[{}, {}, ...]`) would otherwise answer 45 times its size
+MAX_REJECTED_LISTED = 100
 # the field an event's time is sent in, per source
 TIME_FIELDS = {"native": "event_time", "segment": "timestamp"}
 BACKLOG_RETRY_AFTER = 5
@@ -195,7 +206,7 @@ async def _ingest(items: Sequence[object], *, parser: Parser, source: str, singl
     if single and rejected:
         return _error(400, rejected[0]["error"], field=rejected[0]["field"])
     body = {"success": not rejected, "accepted": accepted, "duplicates": duplicates,
-            "rejected": rejected}
+            "rejected": rejected[:MAX_REJECTED_LISTED], "rejected_count": len(rejected)}
     status = 400 if rejected and not accepted else 200
     return JSONResponse(body, status_code=status)
 

@@ -43,10 +43,16 @@ async def get_touches(client_id: str, resources: ReadAccess, grant: Grant,
     touches = None if found is None else await resources.profiles.touches(found[0], limit)
     if found is None or touches is None:
         raise _not_found(resources, "/v1/profiles/{client_id}/touches", client_id)
-    body: dict[str, Any] = {"client_id": found[0], "touches": touches}
-    if found[0] != client_id:
-        body["requested_id"] = client_id
-    return FastJSONResponse(body)
+    return FastJSONResponse(_answered_as(client_id, {"client_id": found[0],
+                                                     "touches": touches}))
+
+
+def _answered_as(requested: str, body: dict[str, Any]) -> dict[str, Any]:
+    """`body` with `requested_id` when the id asked for is an anonymous id merged into the
+    client it answers for, as every read of a client says."""
+    if body["client_id"] != requested:
+        body["requested_id"] = requested
+    return body
 
 
 @router.get("/{client_id:path}/timeline", response_class=FastJSONResponse)
@@ -74,8 +80,8 @@ async def get_timeline(client_id: str, resources: ReadAccess, grant: Grant,
             "author": payload.get("author"), "comment": payload.get("comment"),
             "trigger_id": touch["trigger_id"], "key": touch.get("key", "")}))
     entries.sort(key=lambda item: (item[0], item[1]), reverse=True)
-    return FastJSONResponse({"client_id": key,
-                             "entries": [entry for _, _, entry in entries[:limit]]})
+    return FastJSONResponse(_answered_as(client_id, {
+        "client_id": key, "entries": [entry for _, _, entry in entries[:limit]]}))
 
 
 PROFILE_ROUTE = "/v1/profiles/{client_id}"
@@ -106,10 +112,8 @@ async def read_profile(resources: Resources, client_id: str, grant: ReadGrant
         resources.metrics.not_found.labels(PROFILE_ROUTE).inc()
         return None
     key, state = found
-    document = profile_document(key, state, time.time(), await resources.segments.current())
-    if key != client_id:
-        document["requested_id"] = client_id
-    return document
+    return _answered_as(client_id, profile_document(key, state, time.time(),
+                                                    await resources.segments.current()))
 
 
 @router.get("", response_class=FastJSONResponse)
@@ -141,10 +145,7 @@ async def get_profiles(resources: ReadAccess, grant: Grant,
         if state is None or not grant.sees(state):
             missing.append(client_id)
             continue
-        document = profile_document(key, state, now, rules)
-        if key != client_id:
-            document["requested_id"] = client_id
-        profiles.append(document)
+        profiles.append(_answered_as(client_id, profile_document(key, state, now, rules)))
     return FastJSONResponse({"profiles": profiles, "missing": missing})
 
 
@@ -156,11 +157,11 @@ async def get_profile_segments(client_id: str, resources: ReadAccess, grant: Gra
     if found is None:
         raise _not_found(resources, "/v1/profiles/{client_id}/segments", client_id)
     key, state = found
-    return FastJSONResponse({
+    return FastJSONResponse(_answered_as(client_id, {
         "client_id": key,
         "segments": [{"segment": name, "entered_at": format_time(at)}
                      for name, at in public_segments(state)],
-        "evaluated_at": format_time(state.segments_at or None)})
+        "evaluated_at": format_time(state.segments_at or None)}))
 
 
 @router.get("/{client_id:path}", response_class=FastJSONResponse)
@@ -170,6 +171,9 @@ async def get_profile(client_id: str, resources: ReadAccess, grant: Grant) -> Fa
     Served by the fast path in api/fast_reads.py unless `api.fast_reads` is off; this route
     documents it and answers when it is.
     """
+    if not client_id:
+        raise HTTPException(404, detail="no client id in the path: GET "
+                                        "/v1/profiles/{client_id}, or /v1/profiles?ids=a,b")
     document = await read_profile(resources, client_id, grant)
     if document is None:
         raise HTTPException(404, detail=f"unknown client {client_id!r}")

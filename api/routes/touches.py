@@ -11,7 +11,6 @@ and it appears in `GET /v1/profiles/{client_id}/touches`.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any
 
@@ -22,6 +21,7 @@ from api.deps import ReadGrant, Resources, ResourcesDep, granted
 from api.responses import problems
 from api.routes.ingest import in_window
 from api.routes.profiles import resolve
+from api.wire_values import encoded
 from features.events import ANONYMOUS_PREFIX, EventError, content_event_id, parse_event, parse_time
 from features.triggers import trigger_id
 
@@ -95,9 +95,10 @@ async def record_touch(client_id: ClientId, body: TouchBody, request: Request,
             raw["channel"] = body["channel"]
         # the same window as ingested events: refused, or clamped with the time kept
         event = in_window(parse_event(raw), received_at, resources.settings.api, "touched_at")
+        encoded(body, "touch")  # a lone surrogate or a huge integer: named, not a 500
     except EventError as exc:
         return _bad(exc.field.removeprefix("properties."), exc.message)
-    if len(json.dumps(raw, default=str)) > resources.settings.api.max_event_bytes:
+    if len(encoded(raw, "touch")) > resources.settings.api.max_event_bytes:
         return _bad("touch", f"larger than {resources.settings.api.max_event_bytes} bytes")
     [stored] = await resources.event_log.append([event])
     key = str(event.properties.get("key") or "")

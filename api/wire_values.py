@@ -1,0 +1,65 @@
+"""Values JSON can carry that the event log cannot store.
+
+`json.loads` accepts integers of any size and lone UTF-16 surrogates (`"\\ud83d"`, what
+JavaScript leaves when it cuts a string inside an emoji); orjson, which encodes every
+stored event, and Redis's UTF-8 refuse both. Found at the door, they reject the one item
+that holds them, named by its path, instead of failing the whole request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+
+from features.events import MAX_DEPTH, EventError
+
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1  # what orjson encodes
+
+
+def _problem(value: object) -> str | None:
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "is not valid Unicode text (a lone surrogate, such as half an emoji)"
+    elif isinstance(value, int) and not isinstance(value, bool) and not (
+            MIN_INT <= value <= MAX_INT):
+        return f"integer outside the 64-bit range [{MIN_INT}, {MAX_INT}]"
+    return None
+
+
+def unencodable(value: object) -> tuple[str, str] | None:
+    """(path, problem) of the first part of `value` that cannot be stored, or None; the
+    path names keys as sent (`properties.order_ref`, `products[2].sku`). Nesting deeper than
+    the events' limit is named by its top-level field, as the event parser names it."""
+    stack: list[tuple[str, str, object, int]] = [("", "", value, 0)]
+    while stack:
+        here, top, item, depth = stack.pop()
+        if isinstance(item, Mapping | list | tuple) and depth > MAX_DEPTH:
+            return (top or "(value)"), f"nested more than {MAX_DEPTH} levels deep"
+        if isinstance(item, Mapping):
+            for key, child in reversed(list(item.items())):
+                problem = _problem(key)
+                if problem is not None:
+                    return (here or "(object)"), f"a key {problem}"
+                stack.append((f"{here}.{key}" if here else str(key), top or str(key), child,
+                              depth + 1))
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{here}[{i}]", top or f"[{i}]", child, depth + 1)
+                         for i, child in reversed(list(enumerate(item))))
+        else:
+            problem = _problem(item)
+            if problem is not None:
+                return (here or "(value)"), problem
+    return None
+
+
+def encoded(value: object, what: str) -> bytes:
+    """`value` as compact JSON (UTF-8: its length is its size in bytes). Raises EventError
+    naming the part that cannot be stored (`what` when it is the whole)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        path, problem = unencodable(value) or (what, "cannot be encoded as JSON")
+        raise EventError(path, problem) from None
