@@ -705,7 +705,35 @@ def read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of sections at the top")
+    named_otherwise = [key for key in data if not isinstance(key, str)]
+    if named_otherwise:
+        raise ConfigError(f"config file {path}: section names are text; {named_otherwise[0]!r} "
+                          f"is not (sections: {', '.join(Settings.model_fields)})")
     return data
+
+
+_ENV_PREFIX = "CRMFLOW_"
+_ENV_FIELD = re.compile(r'field "(\w+)"')
+
+
+def _unknown_env_sections(env: Mapping[str, str]) -> list[str]:
+    """CRMFLOW_<SECTION>__<NAME> variables whose section does not exist: pydantic-settings
+    ignores them, so a typo would silently leave the default in place."""
+    sections = set(Settings.model_fields)
+    return sorted(name for name in env if name.startswith(_ENV_PREFIX) and "__" in name
+                  and name[len(_ENV_PREFIX):].partition("__")[0].lower() not in sections)
+
+
+def _env_decoding_error(exc: SettingsError, env: Mapping[str, str]) -> str:
+    """pydantic-settings names only the section it could not decode; name the variables."""
+    found = _ENV_FIELD.search(str(exc))
+    section = found.group(1) if found else None
+    own = f"{_ENV_PREFIX}{(section or '').upper()}"
+    variables = sorted(name for name in env if section and (
+        name.upper() == own or name.upper().startswith(own + "__")))
+    shown = ", ".join(f"{name}={env[name]!r}" for name in variables) or str(exc)
+    return (f"invalid configuration (environment): {shown}: a list or mapping setting takes "
+            'JSON, such as \'["welcome", "birthday"]\' or \'{"start": "21:00", ...}\'')
 
 
 SECRET_NAMES = ("write_keys", "read_keys", "admin_keys", "point_read_keys")
@@ -774,9 +802,13 @@ def load_settings(
     for variable, (section, name) in _SHORTCUTS.items():
         if env.get(variable):
             values = _deep_merge(values, {section: {name: env[variable]}})
+    unknown = _unknown_env_sections(env)
+    if unknown:
+        raise ConfigError(f"invalid configuration (environment): {unknown[0]} names no "
+                          f"section (sections: {', '.join(Settings.model_fields)})")
     try:
         return Settings(**values)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, f"{source} and environment")) from None
     except SettingsError as exc:  # an environment value pydantic-settings cannot even decode
-        raise ConfigError(f"invalid configuration (environment): {exc}") from None
+        raise ConfigError(_env_decoding_error(exc, env)) from None

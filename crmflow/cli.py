@@ -12,12 +12,15 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import yaml
 
 from config.settings import ConfigError, Settings, load_settings, redacted_url
+
+if TYPE_CHECKING:
+    from crmflow.runtime import EmbeddedLease
 
 KEYS_FILE = Path("var/keys.json")
 # `backfill --wait N`: the history is appended, but the dataflow had not applied it all
@@ -46,21 +49,11 @@ def _cmd_api(args: argparse.Namespace) -> None:
 
     from api.app import create_app, freeze_startup_objects
     from crmflow.runtime import check_api_keys, with_redis
-    from sinks.keys import KeyLayout, LayoutMismatch, claim_layout
-    from sinks.redis_client import sync_client
 
     settings = settings_from(args)
     check_api_keys(settings)
     settings, lease = with_redis(settings)
-    client = sync_client(settings.redis)
-    try:  # routing depends on the layout: an API with other counts would misroute events
-        claim_layout(client, KeyLayout.from_settings(settings))
-    except LayoutMismatch as exc:
-        if lease is not None:
-            lease.release()
-        raise SystemExit(f"crmflow api: {exc}") from None
-    finally:
-        client.close()
+    _claim_layout(settings, lease, "api")
     try:
         app = create_app(settings)
         freeze_startup_objects()
@@ -69,6 +62,32 @@ def _cmd_api(args: argparse.Namespace) -> None:
     finally:
         if lease is not None:
             lease.release()
+
+
+def output_folder(text: str) -> Path:
+    """--out: a folder, new or existing, refused before any work when it is a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return path
+
+
+def _claim_layout(settings: Settings, lease: EmbeddedLease | None, verb: str) -> None:
+    """Refuse to start on data laid out with other partition or bucket counts: routing
+    depends on both, so an API, a backfill or an export with other counts would write
+    events to streams no dataflow reads, or read a part of the clients."""
+    from sinks.keys import KeyLayout, LayoutMismatch, claim_layout
+    from sinks.redis_client import sync_client
+
+    client = sync_client(settings.redis)
+    try:
+        claim_layout(client, KeyLayout.from_settings(settings))
+    except LayoutMismatch as exc:
+        if lease is not None:
+            lease.release()
+        raise SystemExit(f"crmflow {verb}: {exc}") from None
+    finally:
+        client.close()
 
 
 def _check_process_id(process_id: int | None, addresses: str | None) -> None:
@@ -228,6 +247,7 @@ def _cmd_backfill(args: argparse.Namespace) -> None:
     from history.load import Progress
 
     settings, lease = with_redis(settings_from(args))
+    _claim_layout(settings, lease, "backfill")
     try:
         result = backfill(args.inputs, args.format, settings, mapping=parse_mapping(args.map),
                           strict=args.strict, wait=None if args.no_wait else args.wait,
@@ -247,6 +267,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from history.export import export
 
     settings, lease = with_redis(settings_from(args))
+    _claim_layout(settings, lease, "export")
     try:
         summary = export(settings, args.out, as_of=_as_of(args.as_of))
     finally:
@@ -331,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd = command("replay", "run the dataflow on event time over history files and "
                                    "write profiles, segments and triggers as Parquet")
     history_input(replay_cmd)
-    replay_cmd.add_argument("--out", type=Path, required=True, help="output folder")
+    replay_cmd.add_argument("--out", type=output_folder, required=True, help="output folder")
     replay_cmd.add_argument("--as-of", default=None, metavar="TIME",
                             help="ISO-8601 or epoch seconds (default: the last event's time)")
     replay_cmd.add_argument("--workers", type=_at_least_one, default=None,
@@ -356,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export_cmd = command("export", "write the live profiles, memberships and trigger log "
                                    "as Parquet")
-    export_cmd.add_argument("--out", type=Path, required=True, help="output folder")
+    export_cmd.add_argument("--out", type=output_folder, required=True, help="output folder")
     export_cmd.add_argument("--as-of", default=None, metavar="TIME",
                             help="the time features are computed at: ISO-8601 or epoch "
                                  "seconds (default: now)")

@@ -24,6 +24,7 @@ from typing import Any
 
 from features.events import (
     INTERNAL_TYPES,
+    MAX_ID_LENGTH,
     Event,
     EventError,
     EventType,
@@ -88,6 +89,15 @@ def _validated(tally: Tally, where: str, raw: Mapping[str, Any]) -> Event | None
         tally.reject(where, "invalid type", f"{event.type.value} is written by crmflow")
         return None
     return event
+
+
+def _bounded_id(text: str) -> str:
+    """An id built from the input's own ids, kept under the events' length limit: a long one
+    keeps its start and ends in a digest of the whole, so it stays unique and stable."""
+    if len(text) <= MAX_ID_LENGTH:
+        return text
+    digest = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:32]
+    return f"{text[:MAX_ID_LENGTH - 34]}~{digest}"
 
 
 class _Occurrences:
@@ -176,6 +186,32 @@ def _number(value: Any) -> float:
     return number
 
 
+class _BadColumn(ValueError):
+    def __init__(self, column: str, detail: str) -> None:
+        super().__init__(f"{column}: {detail}")
+        self.column = column
+        self.detail = detail
+
+
+def _column(row: Row, column: str, parse: Callable[[Any], Any]) -> Any:
+    """`parse` of the row's `column`; what it cannot read is reported naming the column."""
+    value = row.get(column)
+    try:
+        return parse(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _BadColumn(column, f"{value!r}: {exc}") from None
+
+
+def _utc_time(text: Any) -> float:
+    """A naive time is UTC; one with an offset is converted, not relabelled."""
+    if not isinstance(text, str):
+        raise ValueError("expected a date and time")
+    parsed = datetime.fromisoformat(text.strip())
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -222,7 +258,7 @@ def order_events(paths: list[Path], tally: Tally, mapping: Mapping[str, str]) ->
         event = _validated(tally, order.where, {
             # the client id's length makes the id unambiguous: c3-1's order 2 and c3's order
             # 1-2 must not share an id (a backfill de-duplicates appends by event id)
-            "event_id": f"order-{len(client_id)}-{client_id}-{order_id}",
+            "event_id": _bounded_id(f"order-{len(client_id)}-{client_id}-{order_id}"),
             "type": EventType.ORDER_PLACED.value,
             "client_id": client_id, "event_time": order.at,
             "order": {"order_id": order_id, "total": round(order.total, 2)}})
@@ -288,11 +324,12 @@ def uci_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
                 tally.reject(where, "missing InvoiceNo")
                 continue
             try:
-                client_id = str(int(float(customer)))
-                at = datetime.fromisoformat(row["InvoiceDate"]).replace(tzinfo=UTC).timestamp()
-                amount = _number(row["Quantity"]) * _number(row["UnitPrice"])
-            except (TypeError, ValueError) as exc:
-                tally.reject(where, "unreadable number or date", str(exc))
+                client_id = _column(row, "CustomerID", lambda text: str(int(_number(text))))
+                at = _column(row, "InvoiceDate", _utc_time)
+                amount = (_column(row, "Quantity", _number)
+                          * _column(row, "UnitPrice", _number))
+            except _BadColumn as exc:
+                tally.reject(where, f"unreadable {exc.column}", exc.detail)
                 continue
             invoice = invoices.get(number)
             if invoice is None:
@@ -349,7 +386,7 @@ def _rees46_time(text: str) -> float:
     text = text.strip()
     if text.endswith(" UTC"):
         text = text[:-4]
-    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+    return _utc_time(text)
 
 
 def rees46_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
@@ -364,10 +401,10 @@ def rees46_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
             user, kind = row["user_id"].strip(), row["event_type"].strip()
             session = row["user_session"].strip()
             try:
-                at = _rees46_time(row["event_time"])
-                price = _number(row["price"])
-            except (TypeError, ValueError) as exc:
-                tally.reject(where, "unreadable number or date", str(exc))
+                at = _column(row, "event_time", _rees46_time)
+                price = _column(row, "price", _number)
+            except _BadColumn as exc:
+                tally.reject(where, f"unreadable {exc.column}", exc.detail)
                 continue
             if not user:
                 tally.reject(where, "missing user_id")
@@ -393,14 +430,15 @@ def rees46_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
                 yield event
     for session, (at, user, where) in sessions.items():
         event = _validated(tally, where, {
-            "event_id": f"rees46-visit-{session}", "type": EventType.VISIT.value,
+            "event_id": _bounded_id(f"rees46-visit-{session}"), "type": EventType.VISIT.value,
             "client_id": user, "event_time": at, "properties": {"session_id": session}})
         if event is not None:
             yield event
     for (user, session, at), products in orders.items():
         order_id = f"{session or user}@{at:.0f}"
         event = _validated(tally, order_where[user, session, at], {
-            "event_id": f"rees46-order-{order_id}", "type": EventType.ORDER_PLACED.value,
+            "event_id": _bounded_id(f"rees46-order-{order_id}"),
+            "type": EventType.ORDER_PLACED.value,
             "client_id": user, "event_time": at,
             "order": {"order_id": order_id, "total": round(sum(p["price"] for p in products), 2),
                       "items": products}})

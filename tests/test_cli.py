@@ -191,6 +191,15 @@ def test_api_refuses_a_layout_other_than_the_data_has(tmp_path: Path, redis_url:
     result = _crmflow("api", "--config", str(config), cwd=tmp_path)
     assert result.returncode != 0
     assert "dataflow.buckets is 2048" in result.stderr
+    # a backfill would strand events in streams no dataflow reads, an export read a part
+    orders = tmp_path / "orders.csv"
+    orders.write_text("client_id,timestamp,amount\nc1,2024-01-01T00:00:00,5\n")
+    for verb in (["backfill", str(orders), "--format", "orders", "--no-wait"],
+                 ["export", "--out", str(tmp_path / "out")]):
+        result = _crmflow(*verb, "--config", str(config), cwd=tmp_path)
+        assert result.returncode == 1, (verb, result.stderr)
+        assert f"crmflow {verb[0]}: dataflow.buckets is 2048" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_dataflow_process_waiting_for_its_peers_stops_on_sigterm(
@@ -371,3 +380,15 @@ def test_up_says_what_is_wrong_with_its_keys_file(tmp_path: Path, text: str) -> 
     assert "crmflow up: var/keys.json is not the JSON object of keys it wrote" in result.stderr
     assert "Traceback" not in result.stderr
     assert (tmp_path / "var" / "keys.json").read_text() == text  # the keys are not replaced
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    history = tmp_path / "h.csv"
+    history.write_text("client_id,timestamp,amount\nc1,2024-01-01T00:00:00,5\n")
+    for verb in (["replay", str(history), "--format", "orders"], ["export"]):
+        result = _crmflow(*verb, "--out", str(taken), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert f"{taken} is a file, not a folder" in result.stderr
+        assert "Traceback" not in result.stderr

@@ -269,6 +269,29 @@ def test_unknown_env_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "triggers.abandoned_cart.delai" in config_error()
 
 
+def test_an_env_variable_of_no_section_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRMFLOW_POLICYY__QUIET_HOURS", "null")  # was silently ignored
+    message = config_error()
+    assert "CRMFLOW_POLICYY__QUIET_HOURS names no section" in message and "policy" in message
+    monkeypatch.delenv("CRMFLOW_POLICYY__QUIET_HOURS")
+    monkeypatch.setenv("CRMFLOW_PURE_PYTHON", "1")  # not a setting: one underscore
+    load_settings()
+
+
+def test_an_env_value_that_is_not_json_names_the_variable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRMFLOW_POLICY__PRIORITY", "welcome")
+    message = config_error()
+    assert "CRMFLOW_POLICY__PRIORITY='welcome'" in message and "JSON" in message
+
+
+def test_section_names_that_are_not_text_are_named(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("1: x\n")
+    with pytest.raises(ConfigError, match="section names are text; 1 is not"):
+        load_settings(config)
+
+
 def test_key_lists_from_env_as_comma_lists_or_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRMFLOW_API__WRITE_KEYS", "a,b")
     assert load_settings().api.write_keys == ["a", "b"]

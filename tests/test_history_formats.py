@@ -152,7 +152,7 @@ def test_uci_invoices_become_orders_and_c_invoices_refunds(tmp_path: Path) -> No
     # C536379's client has no invoice before it in the input: nothing to refund
     assert tally.skipped == {"no CustomerID": 1,
                              "C invoice with no earlier invoice of its client": 1}
-    assert tally.bad == {"unreadable number or date": 1}
+    assert tally.bad == {"unreadable Quantity": 1}  # the column named
 
 
 def test_uci_c_invoices_refund_the_clients_latest_earlier_invoice(tmp_path: Path) -> None:
@@ -359,3 +359,36 @@ def test_order_event_ids_do_not_collide_across_clients(tmp_path: Path) -> None:
     assert [(e["client_id"], e["order"]["order_id"]) for e in events] == [("c3-1", "2"),
                                                                            ("c3", "1-2")]
     assert len({e["event_id"] for e in events}) == 2  # a backfill keeps both
+
+
+def test_uci_and_rees46_name_the_unreadable_column_and_convert_offsets(tmp_path: Path) -> None:
+    uci = UCI_HEADER + (
+        "536365,A,,6,2010-12-01T08:26:00+05:00,2.55,17850.0,UK\n"   # 03:26 UTC
+        "536366,B,,6,2010-12-01 08:28:00,3.39,inf,UK\n"             # was an OverflowError
+        "536367,C,,6,2010-12-01 08:28:00,3.39,1e400,UK\n"
+        "536368,D,,6,2010-12-01 08:28:00,,17850.0,UK\n"
+        "536369,E,,6,Monday,1.0,17850.0,UK\n")
+    events, tally = events_of("uci-online-retail", [write(tmp_path / "uci.csv", uci)])
+    assert [(e["order"]["order_id"], e["event_time"] % 86400) for e in events] == [
+        ("536365", 3 * 3600 + 26 * 60)]
+    assert tally.bad == {"unreadable CustomerID": 2, "unreadable UnitPrice": 1,
+                         "unreadable InvoiceDate": 1}
+    rees = REES46_HEADER + (
+        "2019-10-01 05:00:00+05:00,view,1,9,,x,10.0,7,s1\n"
+        "2019-10-01 00:00:00 UTC,view,1,9,,x,abc,7,s1\n")
+    events, tally = events_of("rees46", [write(tmp_path / "r.csv", rees)])
+    assert {(e["type"], e["event_time"] % 86400) for e in events} == {
+        ("product_view", 0), ("visit", 0)}
+    assert tally.bad == {"unreadable price": 1}
+
+
+def test_ids_built_from_long_source_ids_stay_within_the_limit(tmp_path: Path) -> None:
+    client, order = "c" * 150, "o" * 64
+    text = ("client_id,timestamp,amount,order_id\n"
+            f"{client},2011-01-01T00:00:00,5,{order}\n{client},2011-01-01T00:00:00,5,{order}x\n")
+    events, tally = events_of("orders", [write(tmp_path / "o.csv", text)])
+    assert tally.bad == {} and len(events) == 2
+    ids = [e["event_id"] for e in events]
+    assert len(set(ids)) == 2 and all(len(i) <= 200 for i in ids)
+    again, _ = events_of("orders", [write(tmp_path / "o2.csv", text)])
+    assert [e["event_id"] for e in again] == ids  # stable: a backfill de-duplicates by it
