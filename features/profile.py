@@ -27,13 +27,16 @@ def profile_features(state: ClientState, now: float, rules: SegmentRules) -> dic
     for name, get, is_time in _GETTERS:
         value = get(context)
         features[name] = format_time(value) if is_time else value
-    features.update(
-        cart_products=[line.product_id for line in state.cart],
-        recently_viewed=[pid for pid, _ in reversed(state.viewed)],
-        favourites=list(state.favourites),
-        checkout_started_at=format_time(state.checkout_started_at),
-    )
+    features.update(product_lists(state),
+                    checkout_started_at=format_time(state.checkout_started_at))
     return features
+
+
+def product_lists(state: ClientState) -> dict[str, list[str]]:
+    """The product-id lists a profile holds beside the feature table (newest view first)."""
+    return {"cart_products": [line.product_id for line in state.cart],
+            "recently_viewed": [pid for pid, _ in reversed(state.viewed)],
+            "favourites": list(state.favourites)}
 
 
 def profile_row(client_key: str, state: ClientState, now: float, rules: SegmentRules
@@ -43,6 +46,8 @@ def profile_row(client_key: str, state: ClientState, now: float, rules: SegmentR
     row: dict[str, Any] = {"client_id": client_key}
     for name, feature in FEATURES.items():
         row[name] = feature.get(context)
+    row["checkout_started_at"] = state.checkout_started_at
+    row.update(product_lists(state))
     row["updated_at"] = state.updated_at
     return row
 

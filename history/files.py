@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -72,17 +73,28 @@ class _Lines:
         with self.path.open("rb") as handle:
             gzipped = handle.read(2) == b"\x1f\x8b"
             handle.seek(0)
-            if not gzipped:
+            if not gzipped and not self._cr_only(handle.read(self.CHUNK)):
+                handle.seek(0)
                 yield from handle
                 return
+            handle.seek(0)
             pending = b""
-            for data in self._gunzip(handle):
+            ending: bytes | None = None  # b"\r" in a file whose lines end in CR alone
+            for data in (self._gunzip(handle) if gzipped else iter(
+                    lambda: handle.read(self.CHUNK), b"")):
+                if ending is None:
+                    ending = b"\r" if self._cr_only(data) else b"\n"
                 pending += data
-                *lines, pending = pending.split(b"\n")
+                *lines, pending = pending.split(ending)
                 for line in lines:
                     yield line + b"\n"
             if pending:
                 yield pending
+
+    @staticmethod
+    def _cr_only(start: bytes) -> bool:
+        """Lines that end in CR alone (classic Mac OS, Excel's "CSV (Macintosh)")."""
+        return b"\r" in start and b"\n" not in start
 
     def _gunzip(self, handle: IO[bytes]) -> Iterator[bytes]:
         """The decompressed bytes of every gzip member in turn."""
@@ -109,13 +121,15 @@ class _Lines:
 
 
 def _plain(value: Any) -> Any:
-    """Parquet values as JSON would carry them: times as ISO text (naive means UTC), and no
-    nulls in objects (a Parquet column, or a struct's field, exists for every row: its null
-    means absent, as the key left out of a JSON line)."""
+    """Parquet values as JSON would carry them: times as ISO text (naive means UTC), decimals
+    as numbers, and no nulls in objects (a Parquet column, or a struct's field, exists for
+    every row: its null means absent, as the key left out of a JSON line)."""
     if isinstance(value, datetime):
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
     if isinstance(value, date):
         return value.isoformat()
+    if isinstance(value, Decimal):  # a decimal column (money): JSON would carry a number
+        return float(value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
@@ -123,13 +137,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def parquet_rows(path: Path) -> Iterator[tuple[str, Row]]:
+def parquet_rows(path: Path) -> Iterator[tuple[str, Row | BadRow]]:
     try:
         table = pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
         raise HistoryError(f"{path}: not a readable Parquet file ({exc})") from None
     index = 0
-    for batch in table.iter_batches(batch_size=PARQUET_BATCH):
+    batches = table.iter_batches(batch_size=PARQUET_BATCH)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for damage
+            yield (f"{path}:row {index + 1}",
+                   BadRow("damaged Parquet file", f"{exc}; the rows before were read"))
+            return
         for row in batch.to_pylist():
             index += 1
             yield f"{path}:row {index}", _plain(row)
@@ -164,42 +187,79 @@ def csv_rows(path: Path, required: tuple[str, ...] = ()
              ) -> Iterator[tuple[str, Row | BadRow]]:
     """Rows of a CSV file with a header; `required` columns must be in it. A row with fewer
     or more fields than the header (a truncated line, an unquoted comma), with bytes that
-    are not UTF-8, or that the csv module cannot read is a `BadRow`; so is the end of a
-    truncated gzip file, after the rows before it."""
+    are not UTF-8, or that the csv module cannot read is a `BadRow` named by its first line;
+    so is the end of a truncated gzip file, after the rows before it. A bad row that runs
+    over several lines (an unclosed quote swallows the lines after it) is reported at its
+    first line and the lines after it are read again as rows of their own."""
     lines = _Lines(path)
-    reader = csv.DictReader(lines)
-    header = reader.fieldnames or []
+    source = iter(lines)
+    try:
+        header = next(csv.reader(source), [])
+    except csv.Error as exc:
+        raise HistoryError(f"{path}: unreadable CSV header ({exc})") from None
     missing = [name for name in required if name not in header]
     if missing:
         raise HistoryError(f"{path}: missing column(s) {', '.join(missing)}; "
                            f"the header has: {', '.join(header) or '(nothing)'}")
-    last = reader.line_num
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            yield f"{path}:{reader.line_num}", BadRow("unreadable CSV", str(exc))
-            last = reader.line_num
-            continue
-        where = f"{path}:{reader.line_num}"
-        undecoded = [lines.bad[n] for n in range(last + 1, reader.line_num + 1) if n in lines.bad]
-        last = reader.line_num
-        if undecoded:
-            yield where, BadRow("not UTF-8", undecoded[0])
-        elif None in row:  # DictReader files the fields past the header's under None
-            yield where, BadRow("too many fields", f"{len(header) + len(row[None])} "
-                                f"fields, the header has {len(header)}")
-        elif None in row.values():  # ... and leaves the missing ones None
-            absent = [name for name, value in row.items() if value is None]
-            yield where, BadRow("too few fields", f"no {', '.join(absent)}: "
-                                f"{len(header) - len(absent)} fields, the header has "
-                                f"{len(header)}")
-        else:
-            yield where, row
+    yield from _records(path, source, lines.number + 1, header, lines.bad)
     if lines.broken:
         yield _broken(lines)
+
+
+class _Taken:
+    """Lines as a csv reader takes them, kept until cleared: the lines of one record."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self.taken: list[str] = []
+
+    def __iter__(self) -> _Taken:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.taken.append(line)
+        return line
+
+
+def _records(path: Path, source: Iterator[str], first: int, header: list[str],
+             undecoded: dict[int, str]) -> Iterator[tuple[str, Row | BadRow]]:
+    """The rows of `source`, whose first line is line `first` of the file."""
+    taken = _Taken(source)
+    reader = csv.reader(taken)
+    line = first  # the number of the next line to read
+    while True:
+        taken.taken.clear()
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield f"{path}:{line}", BadRow("unreadable CSV", str(exc))
+            line += max(len(taken.taken), 1)
+            continue
+        start, record = line, list(taken.taken)
+        line += len(record)
+        where = f"{path}:{start}"
+        if not fields:
+            continue  # a blank line
+        not_utf8 = [undecoded[n] for n in range(start, line) if n in undecoded]
+        if not_utf8:
+            yield where, BadRow("not UTF-8", not_utf8[0])
+        elif len(fields) != len(header) and len(record) > 1:
+            yield where, BadRow("unreadable CSV", f"a quoted field runs from line {start} to "
+                                f"{line - 1} (an unclosed quote?); the lines after it are read "
+                                "as rows of their own")
+            yield from _records(path, iter(record[1:]), start + 1, header, undecoded)
+        elif len(fields) > len(header):
+            yield where, BadRow("too many fields", f"{len(fields)} fields, the header has "
+                                f"{len(header)}")
+        elif len(fields) < len(header):
+            absent = header[len(fields):]
+            yield where, BadRow("too few fields", f"no {', '.join(absent)}: {len(fields)} "
+                                f"fields, the header has {len(header)}")
+        else:
+            yield where, dict(zip(header, fields, strict=True))
 
 
 def table_rows(path: Path, required: tuple[str, ...] = ()
@@ -208,7 +268,10 @@ def table_rows(path: Path, required: tuple[str, ...] = ()
     if not is_parquet(path):
         yield from csv_rows(path, required)
         return
-    columns = pq.read_schema(path).names
+    try:
+        columns = pq.read_schema(path).names
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+        raise HistoryError(f"{path}: not a readable Parquet file ({exc})") from None
     missing = [name for name in required if name not in columns]
     if missing:
         raise HistoryError(f"{path}: missing column(s) {', '.join(missing)}; "

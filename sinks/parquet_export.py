@@ -50,6 +50,9 @@ def _feature_type(name: str) -> pa.DataType:
 
 PROFILE_SCHEMA = pa.schema([pa.field("client_id", pa.string(), nullable=False),
                             *(pa.field(name, _feature_type(name)) for name in FEATURES),
+                            pa.field("checkout_started_at", _TIME),
+                            *(pa.field(name, pa.list_(pa.string()))
+                              for name in ("cart_products", "recently_viewed", "favourites")),
                             pa.field("updated_at", _TIME),
                             pa.field("traits", pa.string())])  # JSON text
 SEGMENT_SCHEMA = pa.schema([pa.field("client_id", pa.string(), nullable=False),

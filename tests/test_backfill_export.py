@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import polars as pl
 import pyarrow.parquet as pq
 import redis
@@ -147,6 +148,13 @@ def check_export_readers(folder: Path, profiles: int, triggers: int) -> None:
     frame = pd.read_parquet(folder / "profiles.parquet")
     assert len(frame) == profiles and frame["orders_count"].dtype == "int64"
     assert str(frame["last_order_at"].dtype) == "datetime64[ms, UTC]"
+    assert str(frame["checkout_started_at"].dtype) == "datetime64[ms, UTC]"
+    # the profile's product lists too, as lists of ids
+    schema = pq.read_schema(folder / "profiles.parquet")
+    for name in ("cart_products", "recently_viewed", "favourites"):
+        column = schema.field(name).type
+        assert pa.types.is_list(column) and column.value_type == pa.string(), (name, column)
+    assert any(len(ids) for ids in frame["recently_viewed"])
     by_day = pd.read_parquet(folder / "triggers")
     assert len(by_day) == triggers and "day" in by_day.columns
     polars_triggers = pl.read_parquet(folder / "triggers" / "**" / "*.parquet",

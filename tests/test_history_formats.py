@@ -392,3 +392,75 @@ def test_ids_built_from_long_source_ids_stay_within_the_limit(tmp_path: Path) ->
     assert len(set(ids)) == 2 and all(len(i) <= 200 for i in ids)
     again, _ = events_of("orders", [write(tmp_path / "o2.csv", text)])
     assert [e["event_id"] for e in again] == ids  # stable: a backfill de-duplicates by it
+
+
+def test_csv_damage_is_named_at_its_line_and_costs_no_valid_row(tmp_path: Path) -> None:
+    uci = UCI_HEADER + (
+        "536365,A,HEART,6,2010-12-01 08:26:00,2.55,17850.0,UK\n"
+        '536366,B,"LANTERN,6,2010-12-01 08:28:00,3.39,17850.0,UK\n'  # a quote never closed
+        "536367,C,CUP,6,2010-12-01 08:30:00,1.0,17850.0,UK\n"
+        "536368,D,MUG,6,2010-12-01 08:31:00,1.0,17850.0,UK\n"
+        "536369,E,JUG,6,2010-12-01 08:32:00,1.0,17850.0,UK\n")
+    path = write(tmp_path / "uci.csv", uci)
+    events, tally = events_of("uci-online-retail", [path])
+    assert sorted(e["order"]["order_id"] for e in events) == [
+        "536365", "536367", "536368", "536369"]
+    assert tally.bad == {"unreadable CSV": 1}
+    assert tally.examples["unreadable CSV"].startswith(f"{path}:3: unreadable CSV (a quoted "
+                                                       "field runs from line 3 to 6")
+    with pytest.raises(HistoryError, match=f"{path}:3: unreadable CSV"):
+        list(read_events("uci-online-retail", [path], Tally(strict=True)))
+
+    stray = write(tmp_path / "stray.csv", "client_id,timestamp,amount\n"
+                  "a,2024-01-01,5\rb\n"        # a CR inside a row: line 2, not the header's
+                  "c,2024-01-02,6\n")
+    events, tally = events_of("orders", [stray])
+    assert [e["client_id"] for e in events] == ["c"]
+    assert tally.examples["unreadable CSV"].startswith(f"{stray}:2:")
+
+
+def test_csv_files_whose_lines_end_in_cr_alone_are_read(tmp_path: Path) -> None:
+    mac = tmp_path / "mac.csv"  # Excel's "CSV (Macintosh)"
+    mac.write_bytes(b"client_id,timestamp,amount,order_id\rann,2024-01-01T10:00:00,12.5,o1\r"
+                    b"bob,2024-01-02T10:00:00,3,o2\r")
+    events, tally = events_of("orders", [mac])
+    assert [(e["client_id"], e["order"]["total"]) for e in events] == [("ann", 12.5),
+                                                                        ("bob", 3.0)]
+    assert not tally.bad
+    zipped = write(tmp_path / "mac.csv.gz", "client_id,timestamp,amount\rc,2024-01-01,5\r",
+                   gz=True)
+    assert [e["client_id"] for e in events_of("orders", [zipped])[0]] == ["c"]
+
+
+def test_damaged_parquet_is_named_and_the_rows_before_it_are_kept(tmp_path: Path) -> None:
+    garbage = tmp_path / "bad.parquet"
+    garbage.write_bytes(b"PAR1garbage")
+    for fmt in ("orders", "events"):
+        with pytest.raises(HistoryError, match="not a readable Parquet file"):
+            events_of(fmt, [garbage])
+
+    rows = 30_000
+    table = pa.table({"event_id": [f"e{i}" for i in range(rows)], "type": ["visit"] * rows,
+                      "client_id": [f"c{i % 97}" for i in range(rows)],
+                      "event_time": ["2024-05-01T10:00:00Z"] * rows})
+    damaged = tmp_path / "damaged.parquet"
+    pq.write_table(table, damaged, row_group_size=10_000, compression="none")
+    data = bytearray(damaged.read_bytes())
+    middle = len(data) * 5 // 6  # inside the last row group
+    data[middle:middle + 2_000] = b"\xff" * 2_000
+    damaged.write_bytes(bytes(data))
+    events, tally = events_of("events", [damaged])
+    assert len(events) >= 10_000  # the row groups before the damage
+    assert tally.bad == {"damaged Parquet file": 1}, tally.bad
+
+
+def test_decimal_amounts_in_parquet_are_numbers(tmp_path: Path) -> None:
+    from decimal import Decimal
+    order = pa.array([{"order_id": "o1", "total": Decimal("12.50")}],
+                     type=pa.struct([("order_id", pa.string()),
+                                     ("total", pa.decimal128(10, 2))]))
+    table = pa.table({"event_id": ["e1"], "type": ["order_placed"], "client_id": ["c1"],
+                      "event_time": ["2024-05-01T10:00:00Z"], "order": order})
+    pq.write_table(table, tmp_path / "orders.parquet")
+    events, tally = events_of("events", [tmp_path / "orders.parquet"])
+    assert not tally.bad and events[0]["order"]["total"] == 12.5
