@@ -464,6 +464,7 @@ class TriggerSettings(Section):
     welcome: TriggerRuleSettings = TriggerRuleSettings()
     order_confirmation: ImmediateRuleSettings = ImmediateRuleSettings()
     order_cancellation: ImmediateRuleSettings = ImmediateRuleSettings()
+    order_refund: ImmediateRuleSettings = ImmediateRuleSettings()
     abandoned_cart: TriggerRuleSettings = TriggerRuleSettings(delay=3600.0)
     abandoned_browse: TriggerRuleSettings = TriggerRuleSettings(delay=7200.0)
     feedback_request: FeedbackSettings = FeedbackSettings()
@@ -643,7 +644,7 @@ class Settings(BaseSettings):
         t = self.triggers
         return TriggerRules(
             welcome=t.welcome.rule(), order_confirmation=t.order_confirmation.rule(),
-            order_cancellation=t.order_cancellation.rule(),
+            order_cancellation=t.order_cancellation.rule(), order_refund=t.order_refund.rule(),
             abandoned_cart=t.abandoned_cart.rule(), abandoned_browse=t.abandoned_browse.rule(),
             feedback_request=t.feedback_request.rule(),
             nps_detractor_task=t.nps_detractor_task.rule(),

@@ -116,13 +116,14 @@ def next_birthday(month: int, day: int, tz: tzinfo, at: int, offset: float, *,
                   after_year: int | None, not_before: float) -> tuple[int, float]:
     """The first birthday occurrence to greet: (year, due time).
 
-    With `after_year` (the last year greeted) it is the year after; otherwise the first year
-    whose greeting is due at or after `not_before` (when the birthday became known).
+    The first year after `after_year` (the last year greeted, if any) whose greeting is due
+    at or after `not_before` (when the birthday became known or last changed): a greeting
+    is for a birthday still to come then, never for one already past, so a birthday set
+    again years later, or corrected to an earlier date, brings no burst of late greetings.
     """
-    if after_year is not None:
-        year = after_year + 1
-        return year, birthday_due(year, month, day, tz, at, offset)
     year = datetime.fromtimestamp(not_before, tz).year - 1
+    if after_year is not None:
+        year = max(year, after_year + 1)
     while True:
         due = birthday_due(year, month, day, tz, at, offset)
         if due >= not_before:

@@ -5,7 +5,11 @@ Two kinds of rule:
   alone, and `fire_rule` turns the due occasion into a `Candidate` while marking it decided
   in the state. A state change is all it takes to cancel or re-arm a timer.
 - immediate: `on_event(before, after, event, rules)` raises candidates for the event itself
-  (registration, order, cancellation, NPS answer, loyalty tier change).
+  (registration, order, cancellation, refund in full, NPS answer, loyalty tier change).
+
+A trigger that waited (quiet hours) is decided again at its release: `released` gives it as
+it stands then, or None when its occasion ended meanwhile, which an event that arrives late
+can show too, stamped before the trigger was due.
 
 Every candidate has an occasion key; (client, type, key) is the trigger's id, so the same
 occasion always yields the same id. What happens to a candidate is the policy's business
@@ -24,11 +28,14 @@ from features.lifecycle import (
     DETRACTOR_MAX,
     PASSIVE_MAX,
     churn_anchor,
-    first_live_order,
+    first_purchase,
     is_loyal,
     last_live_order,
+    last_purchase,
     loyalty_tier,
     mean_order_interval,
+    purchase_count,
+    refunded_in_full,
     tier_rank,
 )
 from features.rules import (
@@ -46,6 +53,7 @@ from features.rules import (
     ONBOARDING,
     ORDER_CANCELLATION,
     ORDER_CONFIRMATION,
+    ORDER_REFUND,
     REPLENISHMENT_REMINDER,
     SECOND_ORDER_NUDGE,
     SEGMENT_ENTERED,
@@ -56,7 +64,9 @@ from features.rules import (
 from features.state import (
     CategoryOrders,
     ClientState,
+    OrderRecord,
     PendingTrigger,
+    browse_gate,
     evolve,
     mark_of,
     with_mark,
@@ -88,10 +98,28 @@ def occasion_time(seconds: float) -> str:
     return f"{seconds:.3f}"
 
 
+def _key_time(key: str) -> float | None:
+    """The time an occasion key made of a time stands for; None for another key (one raised
+    under another configuration, say per-category replenishment switched on meanwhile)."""
+    try:
+        return float(key)
+    except ValueError:
+        return None
+
+
+def _not_after(seconds: float, key: str) -> bool:
+    """Whether `seconds` is no later than the time an occasion key made of a time stands for
+    (compared at the key's precision, the millisecond); true for a key that is no time, as
+    nothing then shows the occasion ended."""
+    at = _key_time(key)
+    return at is None or float(occasion_time(seconds)) <= at
+
+
 # --- timer rules: (due time from the state, fire) ------------------------------------------------
 
 DueFn = Callable[[ClientState, TriggerRules], float | None]
-FireFn = Callable[[ClientState, TriggerRules], tuple[ClientState, Candidate]]
+# None: the occasion was decided without a trigger (nothing left to say)
+FireFn = Callable[[ClientState, TriggerRules], tuple[ClientState, Candidate | None]]
 
 
 def _cart_due(state: ClientState, rules: TriggerRules) -> float | None:
@@ -119,29 +147,47 @@ def _browse_due(state: ClientState, rules: TriggerRules) -> float | None:
     return None
 
 
-def _browse_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
+def _browse_fire(state: ClientState, rules: TriggerRules
+                 ) -> tuple[ClientState, Candidate | None]:
+    """The browse episode's reminder, keyed by its last view.
+
+    The last view, unlike the first, does not depend on the order in which the events
+    arrived: a cart add or an order that arrives late cuts the episode's start, and the
+    state keeps each product's latest view only, not the view that then came first. The
+    rule's mark, the due time, closes the episode: a view up to it that arrives late is no
+    new browse. No reminder when every product viewed is in the cart or was just bought."""
     assert state.browse_since is not None and state.last_view_at is not None
-    since = state.browse_since
-    products = [pid for pid, at in reversed(state.viewed) if at >= since]
-    candidate = Candidate(ABANDONED_BROWSE, occasion_time(since),
-                          state.last_view_at + rules.abandoned_browse.delay,
-                          {"products": products, "last_view_at": format_time(state.last_view_at)})
-    # views up to the reminder's due time are closed: a late one must not remind again
-    closed = max(state.browse_closed_at, state.last_view_at + rules.abandoned_browse.delay)
-    return evolve(state, browse_since=None, browse_closed_at=closed), candidate
+    last_view = state.last_view_at
+    due = last_view + rules.abandoned_browse.delay
+    gate = browse_gate(state)
+    products = _browsed_products(state, [pid for pid, at in reversed(state.viewed) if at > gate])
+    decided = with_mark(evolve(state, browse_since=None), ABANDONED_BROWSE,
+                        max(due, mark_of(state, ABANDONED_BROWSE) or due))
+    if not products:
+        return decided, None
+    return decided, Candidate(ABANDONED_BROWSE, occasion_time(last_view), due,
+                              {"products": products, "last_view_at": format_time(last_view)})
+
+
+def _browsed_products(state: ClientState, viewed: list[str]) -> list[str]:
+    """The products of `viewed` that a browse reminder may name: abandoned browse is viewing
+    without adding or buying, so those in the cart or bought in the latest order are not."""
+    taken = {line.product_id for line in state.cart}.union(state.bought)
+    return [pid for pid in viewed if pid not in taken]
 
 
 def _feedback_due(state: ClientState, rules: TriggerRules) -> float | None:
-    """7 days after the latest live order not asked about yet (a newer order supersedes an
-    older one still waiting: the client is asked about the latest purchase)."""
-    last = last_live_order(state)
+    """7 days after the latest purchase not asked about yet (a newer order supersedes an
+    older one still waiting: the client is asked about the latest purchase; one cancelled or
+    refunded in full is no purchase)."""
+    last = last_purchase(state)
     if last is None or last.placed_at <= (mark_of(state, FEEDBACK_REQUEST) or float("-inf")):
         return None
     return last.placed_at + rules.feedback_request.delay
 
 
 def _feedback_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
-    last = last_live_order(state)
+    last = last_purchase(state)
     assert last is not None
     rule = rules.feedback_request
     payload: dict[str, Any] = {"order_id": last.order_id, "placed_at": format_time(last.placed_at),
@@ -153,15 +199,16 @@ def _feedback_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState
 
 
 def _nudge_due(state: ClientState, rules: TriggerRules) -> float | None:
-    """14 days after the first order, while it is the only one."""
-    if state.orders_count != 1 or mark_of(state, SECOND_ORDER_NUDGE) is not None:
+    """14 days after the first purchase, while it is the only one."""
+    if (state.orders_count < 1 or mark_of(state, SECOND_ORDER_NUDGE) is not None
+            or purchase_count(state) != 1):  # cheap checks first: asked on every event
         return None
-    first = first_live_order(state)
+    first = first_purchase(state)
     return None if first is None else first.placed_at + rules.second_order_nudge.delay
 
 
 def _nudge_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
-    first = first_live_order(state)
+    first = first_purchase(state)
     assert first is not None
     return (with_mark(state, SECOND_ORDER_NUDGE, DONE_ONCE),
             Candidate(SECOND_ORDER_NUDGE, "", first.placed_at + rules.second_order_nudge.delay,
@@ -303,8 +350,9 @@ def _service_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState,
 
 
 def _birthday_next(state: ClientState, rules: TriggerRules) -> tuple[int, float] | None:
-    """The next birthday to greet: (year, due). The first is the first one due after the
-    client's traits were last updated (when the birthday became known), then yearly."""
+    """The next birthday to greet: (year, due): the first after the year last greeted that is
+    due at or after the client's traits were last updated (when the birthday became known or
+    changed), so only a birthday still to come then is greeted."""
     parsed = parse_birthday(state.traits.get("birthday"))
     if parsed is None:
         return None
@@ -333,19 +381,19 @@ def _birthday_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState
 
 
 def _onboarding_due(state: ClientState, rules: TriggerRules) -> float | None:
-    """The series' next step after the first live order; stopped once the client is loyal."""
+    """The series' next step after the first purchase; stopped once the client is loyal."""
     steps = rules.onboarding.steps
     done = int(mark_of(state, ONBOARDING) or 0)
     if done >= len(steps) or is_loyal(state, rules.policy.loyal_after_orders):
         return None
-    first = first_live_order(state)
+    first = first_purchase(state)
     return None if first is None else first.placed_at + steps[done]
 
 
 def _onboarding_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
     steps = rules.onboarding.steps
     done = int(mark_of(state, ONBOARDING) or 0)
-    first = first_live_order(state)
+    first = first_purchase(state)
     assert first is not None
     payload = {"step": done + 1, "steps": len(steps),
                "days_after_first_order": round(steps[done] / DAY, 3),
@@ -379,46 +427,92 @@ def rule_timers(state: ClientState, rules: TriggerRules) -> list[tuple[float, st
 
 
 def fire_rule(kind: str, state: ClientState, rules: TriggerRules
-              ) -> tuple[ClientState, Candidate]:
-    """The due occasion of timer rule `kind`, marked decided in the returned state."""
+              ) -> tuple[ClientState, Candidate | None]:
+    """The due occasion of timer rule `kind`, marked decided in the returned state (None:
+    decided without a trigger, as the rule found nothing to say)."""
     return TIMER_RULES[kind][1](state, rules)
 
 
+def released(state: ClientState, pending: PendingTrigger, rules: TriggerRules
+             ) -> Candidate | None:
+    """A trigger that waited (a delay, or quiet hours), as it stands at its release; None
+    when its occasion ended meanwhile: the client may have ordered, filled or emptied the
+    cart, or come back. An event that arrives late, stamped before the trigger came due,
+    ends it too, as it would have in order: each rule compares the state with the
+    occasion's start (its key), not with the time the trigger came due."""
+    if pending.type == ABANDONED_BROWSE:
+        return _browse_released(state, pending)
+    if not still_valid(state, pending, rules):
+        return None
+    return Candidate(pending.type, pending.key, pending.fired_at, dict(pending.payload))
+
+
+def _browse_released(state: ClientState, pending: PendingTrigger) -> Candidate | None:
+    """A browse reminder stands while no later one was fired (its mark) and no cart add or
+    order came after the episode's last view (its key); it names the products still viewed
+    after the last cart add or order and still neither in the cart nor bought. A cart add
+    or order that arrives late, stamped within the episode, cuts it as it would have in
+    order; one stamped after it ends it."""
+    mark = mark_of(state, ABANDONED_BROWSE)
+    closed = state.browse_closed_at
+    last_view = _key_time(pending.key)
+    if (mark is not None and mark > pending.fired_at) or (
+            last_view is not None and float(occasion_time(closed)) >= last_view):
+        return None
+    latest = dict(state.viewed)  # a product no longer listed: nothing shows it was closed
+    named = pending.payload.get("products")
+    products = _browsed_products(state, [
+        str(pid) for pid in (named if isinstance(named, list) else [])
+        if latest.get(pid, float("inf")) > closed])
+    if not products:
+        return None
+    return Candidate(pending.type, pending.key, pending.fired_at,
+                     {**pending.payload, "products": products})
+
+
 def still_valid(state: ClientState, pending: PendingTrigger, rules: TriggerRules) -> bool:
-    """Whether a trigger that waited (a delay, or quiet hours) still has its occasion: the
-    client may have ordered, filled or emptied the cart, or come back meanwhile."""
+    """Whether a trigger that waited still has its occasion (see `released`)."""
     kind = pending.type
     if kind == ABANDONED_CART:
         return (bool(state.cart) and state.cart_since is not None
                 and occasion_time(state.cart_since) == pending.key)
     if kind == ABANDONED_BROWSE:
-        return state.browse_closed_at <= pending.fired_at
+        return _browse_released(state, pending) is not None
     if kind == FIRST_ORDER_PROMO:
         return state.first_order_at is None
     if kind == SEGMENT_ENTERED:  # still in the segment it entered
         return any(f"{name}@{occasion_time(at)}" == pending.key for name, at in state.segments)
     if kind == SECOND_ORDER_NUDGE:
-        return state.orders_count == 1
-    if kind == FEEDBACK_REQUEST:  # about the order in its key, which must still stand
-        return any(o.order_id == pending.key and not o.cancelled for o in state.orders)
-    if kind == ONBOARDING:  # a series after the first order: some order must still stand
-        return last_live_order(state) is not None
-    if kind == REPLENISHMENT_REMINDER and not rules.replenishment_reminder.per_category:
-        # predicted from the orders as they were: the last must still be the last live one,
-        # and still follow another (a cancellation may leave a single order: no prediction)
-        last = last_live_order(state)
-        return (last is not None and last.order_id == pending.key
-                and mean_order_interval(state) is not None)
+        return purchase_count(state) == 1
+    if kind == FEEDBACK_REQUEST:  # about the purchase in its key, still the latest one
+        last = last_purchase(state)
+        return last is not None and last.order_id == pending.key
+    if kind == ONBOARDING:  # a series after the first purchase: some purchase must stand
+        return last_purchase(state) is not None
+    if kind == REPLENISHMENT_REMINDER:
+        return _replenishment_stands(state, pending, rules)
     if kind == CHURN_WINBACK:
         anchor = churn_anchor(state)
     elif kind == SERVICE_REMINDER:
         anchor = _service_anchor(state, rules)
-    elif kind == REPLENISHMENT_REMINDER:
-        last = last_live_order(state)
-        anchor = None if last is None else last.placed_at
     else:
         return True
-    return anchor is None or anchor <= pending.fired_at
+    # the silence or interval in its key still runs: no order or visit since it began
+    return anchor is None or _not_after(anchor, pending.key)
+
+
+def _replenishment_stands(state: ClientState, pending: PendingTrigger,
+                          rules: TriggerRules) -> bool:
+    """Predicted from the orders as they were: the last must still be the last live one, and
+    still follow another (a cancellation may leave a single order: no prediction). Per
+    category (key `<category>:<its last order>`): no order of that category since."""
+    if rules.replenishment_reminder.per_category:
+        category, _, since = pending.key.rpartition(":")
+        stats = next((c for c in state.categories if c.category == category), None)
+        return stats is None or _not_after(stats.last_at, since)
+    last = last_live_order(state)
+    return (last is not None and last.order_id == pending.key
+            and mean_order_interval(state) is not None)
 
 
 # --- immediate rules ------------------------------------------------------------------------------
@@ -461,9 +555,51 @@ def _cancellation(before: ClientState | None, after: ClientState, event: Event
     now = next((o for o in after.orders if o.order_id == order_id), None)
     if was is None or now is None or was.cancelled or not now.cancelled:
         return []
-    return [Candidate(ORDER_CANCELLATION, order_id, event.event_time,
-                      {"order_id": order_id, "total": now.total, "returned": now.returned,
-                       "placed_at": format_time(now.placed_at)})]
+    return [_returned(ORDER_CANCELLATION, now, event.event_time)]
+
+
+def _refund(before: ClientState | None, after: ClientState, event: Event) -> list[Candidate]:
+    """When a known order becomes refunded in full (by one refund or the last of several;
+    once per order, like a cancellation: a partial refund raises nothing)."""
+    if before is None or event.order is None:
+        return []
+    order_id = event.order.order_id
+    was = next((o for o in before.orders if o.order_id == order_id), None)
+    now = next((o for o in after.orders if o.order_id == order_id), None)
+    if was is None or now is None or refunded_in_full(was) or not refunded_in_full(now):
+        return []
+    return [_returned(ORDER_REFUND, now, event.event_time)]
+
+
+def _returned(kind: str, order: OrderRecord, at: float) -> Candidate:
+    """A cancellation or refund confirmation: transactional, once per order (its key)."""
+    return Candidate(kind, order.order_id, at,
+                     {"order_id": order.order_id, "total": order.total,
+                      "returned": order.returned, "placed_at": format_time(order.placed_at)})
+
+
+def _placed(after: ClientState, event: Event, rules: TriggerRules) -> list[Candidate]:
+    """On a new order: its confirmation. A cancellation or refund in full that arrived
+    before it was applied with it: the cancellation replaces the confirmation, and the
+    refund's confirmation follows it, as if they had arrived in order."""
+    assert event.order is not None
+    placed = next((o for o in after.orders if o.order_id == event.order.order_id), None)
+    if placed is not None and placed.cancelled:  # its cancellation had come first
+        if rules.order_cancellation.enabled:
+            return [_returned(ORDER_CANCELLATION, placed, event.event_time)]
+        return []
+    candidates = []
+    if rules.order_confirmation.enabled:
+        order = event.order
+        candidates.append(Candidate(
+            ORDER_CONFIRMATION, order.order_id, event.event_time,
+            {"order_id": order.order_id, "total": round(order.total, 2),
+             "currency": order.currency,
+             "items": [{"product_id": p.product_id, "quantity": p.quantity, "price": p.price}
+                       for p in order.items]}))
+    if placed is not None and refunded_in_full(placed) and rules.order_refund.enabled:
+        candidates.append(_returned(ORDER_REFUND, placed, event.event_time))
+    return candidates
 
 
 def _loyalty(after: ClientState, event: Event, rules: TriggerRules
@@ -530,23 +666,11 @@ def on_event(before: ClientState | None, after: ClientState, event: Event, rules
         after = with_mark(after, WELCOME, DONE_ONCE)  # what a later touch of it must know
         candidates.append(Candidate(WELCOME, "", event.event_time, {"traits": dict(after.traits)}))
     elif kind is EventType.ORDER_PLACED and event.order is not None:
-        placed = next((o for o in after.orders if o.order_id == event.order.order_id), None)
-        if placed is not None and placed.cancelled:  # its cancellation had come first
-            if rules.order_cancellation.enabled:
-                candidates.append(Candidate(
-                    ORDER_CANCELLATION, placed.order_id, event.event_time,
-                    {"order_id": placed.order_id, "total": placed.total,
-                     "returned": placed.returned, "placed_at": format_time(placed.placed_at)}))
-        elif rules.order_confirmation.enabled:
-            order = event.order
-            candidates.append(Candidate(
-                ORDER_CONFIRMATION, order.order_id, event.event_time,
-                {"order_id": order.order_id, "total": round(order.total, 2),
-                 "currency": order.currency,
-                 "items": [{"product_id": p.product_id, "quantity": p.quantity, "price": p.price}
-                           for p in order.items]}))
+        candidates.extend(_placed(after, event, rules))
     elif kind is EventType.ORDER_CANCELLED and rules.order_cancellation.enabled:
         candidates.extend(_cancellation(before, after, event))
+    elif kind is EventType.ORDER_REFUNDED and rules.order_refund.enabled:
+        candidates.extend(_refund(before, after, event))
     elif kind is EventType.NPS_ANSWER:
         candidates.extend(_nps(before, after, event, rules))
     if kind in (EventType.ORDER_PLACED, EventType.ORDER_CANCELLED, EventType.ORDER_REFUNDED):

@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from features.rules import (
+    ABANDONED_BROWSE,
     BIRTHDAY,
     CHURN_WINBACK,
     FEEDBACK_REQUEST,
@@ -36,15 +37,19 @@ from features.state import (
     ClientState,
     OrderRecord,
     PendingTrigger,
+    evolve,
+    mark_of,
+    with_mark,
 )
 from features.stored_schedule import StoredSchedule
 
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 
 # Rule marks are stored by number: append only, never reorder (a name not listed is kept as
 # text). Whole-number values (flags, counts, whole-second times) are stored as integers.
 _MARK_NAMES = (FEEDBACK_REQUEST, SECOND_ORDER_NUDGE, FIRST_ORDER_PROMO, CHURN_WINBACK,
-               REPLENISHMENT_REMINDER, SERVICE_REMINDER, BIRTHDAY, ONBOARDING, LOYALTY_STATUS)
+               REPLENISHMENT_REMINDER, SERVICE_REMINDER, BIRTHDAY, ONBOARDING, LOYALTY_STATUS,
+               ABANDONED_BROWSE)
 _MARK_CODES = {name: code for code, name in enumerate(_MARK_NAMES)}
 
 
@@ -102,7 +107,7 @@ def encode_state(state: ClientState) -> bytes:
          for i in state.interests],
         _time(state.orders_updated_at), _time(state.cart_changed_at), _time(state.engagement_at),
         [[name, _time(at)] for name, at in state.segments], _time(state.segments_at),
-        state.aliases, state.merged_into, _time(state.history_until),
+        state.aliases, state.merged_into, _time(state.history_until), state.bought,
     ]
     return msgpack.packb(row, use_bin_type=True)
 
@@ -148,7 +153,10 @@ def decode_state(data: bytes) -> ClientState:
         # v6 added rolling activity, interests, group times, segments and identity
         row = [6, *row[1:], [], [], [], [], None, None, None, [], 0, [], None]
     if isinstance(row, list) and row and row[0] == 6:
-        row = [FORMAT_VERSION, *row[1:], 0]  # v7 added history_until (backfills)
+        row = [7, *row[1:], 0]  # v7 added history_until (backfills)
+    before_v8 = isinstance(row, list) and bool(row) and row[0] == 7
+    if before_v8:
+        row = [FORMAT_VERSION, *row[1:], []]  # v8 added bought (the latest order's products)
     if not isinstance(row, list) or not row or row[0] != FORMAT_VERSION:
         found = row[:1] if isinstance(row, list) else type(row).__name__
         raise StateFormatError(f"unknown client state format: {found}")
@@ -160,8 +168,8 @@ def decode_state(data: bytes) -> ClientState:
      channel_engagement, recent_event_ids, categories, marks, loyalty_tier, pending, sends,
      decided, early_returns, touched, visit_days, view_hours, view_days, interests,
      orders_updated_at, cart_changed_at, engagement_at, segments, segments_at, aliases,
-     merged_into, history_until) = row
-    return ClientState(
+     merged_into, history_until, bought) = row
+    state = ClientState(
         first_seen_at=first_seen_at, last_seen_at=last_seen_at, updated_at=updated_at,
         last_received_at=last_received_at,
         registered_at=registered_at, welcomed=welcomed, traits=traits,
@@ -191,5 +199,21 @@ def decode_state(data: bytes) -> ClientState:
         engagement_at=engagement_at,
         segments=tuple((name, float(at)) for name, at in segments),
         segments_at=float(segments_at), aliases=tuple(aliases), merged_into=merged_into,
-        history_until=float(history_until),
+        history_until=float(history_until), bought=tuple(bought),
     )
+    return _browse_mark_of_v7(state) if before_v8 else state
+
+
+def _browse_mark_of_v7(state: ClientState) -> ClientState:
+    """Up to v7 a browse reminder, when it fired, pushed `browse_closed_at` up to its due
+    time (views up to it were closed) and the rule kept no mark; since v8 the mark holds
+    that time, and `browse_closed_at` only the last cart add or order, which the reminder
+    waiting for the end of quiet hours is checked against at its release. A v7 state whose
+    waiting reminder made its `browse_closed_at` gets the mark instead (the cart add or
+    order before, lost, was before the episode: 0 stands for it), else that reminder would
+    read as closed by a cart add."""
+    fired = {p.fired_at for p in state.pending if p.type == ABANDONED_BROWSE}
+    if mark_of(state, ABANDONED_BROWSE) is not None or state.browse_closed_at not in fired:
+        return state
+    return with_mark(evolve(state, browse_closed_at=0.0), ABANDONED_BROWSE,
+                     state.browse_closed_at)

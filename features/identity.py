@@ -31,9 +31,10 @@ from typing import Any
 from features import windows
 from features.codec import decode_state, encode_state
 from features.events import ANONYMOUS_PREFIX, MAX_ID_LENGTH, Event, EventType
-from features.rules import DAY
+from features.rules import ABANDONED_BROWSE, DAY
 from features.state import (
     MAX_ALIASES,
+    MAX_BOUGHT,
     MAX_CART_LINES,
     MAX_CATEGORIES,
     MAX_DECIDED,
@@ -53,6 +54,7 @@ from features.state import (
     event_fingerprint,
     evolve,
     first_view_after,
+    mark_of,
     return_order,
 )
 from features.triggers import Trigger, TriggerRules, fire_due, process_event
@@ -238,11 +240,13 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
     viewed = {pid: at for pid, at in s.viewed}
     for pid, seen in t.viewed:
         viewed[pid] = max(seen, viewed.get(pid, seen))
-    viewed_items = tuple(sorted(viewed.items(), key=lambda v: v[1]))[-MAX_VIEWED:]
+    viewed_items = tuple(sorted(viewed.items(), key=lambda v: (v[1], v[0])))[-MAX_VIEWED:]
     browse_closed = max(t.browse_closed_at, s.browse_closed_at)
+    # views up to either side's latest browse reminder are decided, as in one profile
+    browse_gate = max(browse_closed, *(mark_of(x, ABANDONED_BROWSE) or 0.0 for x in (t, s)))
     browse_since = _earliest(t.browse_since, s.browse_since)
-    if browse_since is not None and browse_since <= browse_closed:  # as an order closes it
-        browse_since = first_view_after(viewed_items, browse_closed)
+    if browse_since is not None and browse_since <= browse_gate:  # as an order closes it
+        browse_since = first_view_after(viewed_items, browse_gate)
     orders, orders_count, money, first_order, last_order = _merge_orders(t, s)
     (orders, orders_count, money, first_order, last_order), early_returns = _early_returns(
         t, s, (orders, orders_count, money, first_order, last_order))
@@ -270,6 +274,7 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         browse_since=browse_since,
         last_view_at=_latest(t.last_view_at, s.last_view_at),
         browse_closed_at=browse_closed,
+        bought=_merge_bought(t, s),
         favourites=tuple(dict.fromkeys((*s.favourites, *t.favourites)))[-MAX_VIEWED:],
         orders=orders,
         orders_count=orders_count,
@@ -301,6 +306,13 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         engagement_at=_latest(t.engagement_at, s.engagement_at),
         aliases=tuple(dict.fromkeys((*t.aliases, alias, *s.aliases)))[-MAX_ALIASES:],
     )
+
+
+def _merge_bought(t: ClientState, s: ClientState) -> tuple[str, ...]:
+    """The products of the latest order either side saw (both sides' at the same instant)."""
+    closed = max(t.cart_closed_at, s.cart_closed_at)
+    products = {pid for x in (t, s) if x.cart_closed_at == closed for pid in x.bought}
+    return tuple(sorted(products)[:MAX_BOUGHT])
 
 
 def _merge_orders(t: ClientState, s: ClientState) -> tuple[

@@ -1,7 +1,11 @@
 """Facts derived from a client's state that rules, policy and profile share: live orders,
 the mean interval between them, churn, loyalty and NPS groups.
 
-"Live" orders are placed and not cancelled, among the latest `MAX_ORDERS` the state keeps.
+"Live" orders are placed and not cancelled, among the latest `MAX_ORDERS` the state keeps:
+the profile's statistics, RFM, the lifecycle stage and the rhythm rules (churn, replenishment,
+service) count them. "Purchases" are live orders not refunded in full either: the rules that
+follow up on a purchase (feedback, onboarding, the second-order nudge) and the loyal-client
+count treat an order whose money all went back like a cancelled one.
 """
 
 from __future__ import annotations
@@ -30,6 +34,36 @@ def first_live_order(state: ClientState) -> OrderRecord | None:
         if not order.cancelled:
             return order
     return None
+
+
+def refunded_in_full(order: OrderRecord) -> bool:
+    """All of the order's money went back by refunds (a cancellation is not a refund)."""
+    return not order.cancelled and 0 < order.total <= order.returned
+
+
+def is_purchase(order: OrderRecord) -> bool:
+    """An order the client kept: neither cancelled nor refunded in full."""
+    return not order.cancelled and not refunded_in_full(order)
+
+
+def last_purchase(state: ClientState) -> OrderRecord | None:
+    for order in reversed(state.orders):
+        if is_purchase(order):
+            return order
+    return None
+
+
+def first_purchase(state: ClientState) -> OrderRecord | None:
+    for order in state.orders:
+        if is_purchase(order):
+            return order
+    return None
+
+
+def purchase_count(state: ClientState) -> int:
+    """Orders kept, all time: `orders_count` (not cancelled) less the orders refunded in full
+    among the latest `MAX_ORDERS` (older refunds are beyond what the state keeps)."""
+    return state.orders_count - sum(1 for order in state.orders if refunded_in_full(order))
 
 
 def mean_order_interval(state: ClientState) -> float | None:
@@ -62,7 +96,8 @@ def is_churned(state: ClientState, at: float, churn_after: float) -> bool:
 
 
 def is_loyal(state: ClientState, loyal_after_orders: int) -> bool:
-    return loyal_after_orders > 0 and state.orders_count >= loyal_after_orders
+    """Enough purchases kept: a refunded order counts no more than a cancelled one."""
+    return loyal_after_orders > 0 and purchase_count(state) >= loyal_after_orders
 
 
 def is_detractor(state: ClientState) -> bool:

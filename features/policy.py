@@ -1,9 +1,9 @@
 """The policy applied, in one place, to every trigger once it is due: `decide`.
 
 In this order (the first that applies wins):
-1. transactional triggers (order confirmation and cancellation, the detractor task) are
-   sent on a channel with a contact, consent aside: no suppression, cap, hold-out or
-   quiet hours;
+1. transactional triggers (order confirmation, cancellation and refund, the detractor
+   task) are sent on a channel with a contact, consent aside: no suppression, cap,
+   hold-out or quiet hours;
 2. suppression: loyal clients get no new-customer triggers, churned clients no routine
    broadcasts, detractors no second-order nudge (the lists are configurable);
 3. hold-out: a stable, hash-chosen share of clients per trigger type is the control group;

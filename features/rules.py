@@ -21,6 +21,7 @@ DAY = 86400.0
 WELCOME = "welcome"
 ORDER_CONFIRMATION = "order_confirmation"
 ORDER_CANCELLATION = "order_cancellation"
+ORDER_REFUND = "order_refund"
 ABANDONED_CART = "abandoned_cart"
 ABANDONED_BROWSE = "abandoned_browse"
 FEEDBACK_REQUEST = "feedback_request"
@@ -38,10 +39,11 @@ LOYALTY_STATUS = "loyalty_status"
 SEGMENT_ENTERED = "segment_entered"
 
 TRIGGER_TYPES = (
-    WELCOME, ORDER_CONFIRMATION, ORDER_CANCELLATION, ABANDONED_CART, ABANDONED_BROWSE,
-    FEEDBACK_REQUEST, NPS_DETRACTOR_TASK, NPS_PASSIVE_OFFER, NPS_PROMOTER_REFERRAL,
-    SECOND_ORDER_NUDGE, FIRST_ORDER_PROMO, CHURN_WINBACK, REPLENISHMENT_REMINDER,
-    SERVICE_REMINDER, BIRTHDAY, ONBOARDING, LOYALTY_STATUS, SEGMENT_ENTERED,
+    WELCOME, ORDER_CONFIRMATION, ORDER_CANCELLATION, ORDER_REFUND, ABANDONED_CART,
+    ABANDONED_BROWSE, FEEDBACK_REQUEST, NPS_DETRACTOR_TASK, NPS_PASSIVE_OFFER,
+    NPS_PROMOTER_REFERRAL, SECOND_ORDER_NUDGE, FIRST_ORDER_PROMO, CHURN_WINBACK,
+    REPLENISHMENT_REMINDER, SERVICE_REMINDER, BIRTHDAY, ONBOARDING, LOYALTY_STATUS,
+    SEGMENT_ENTERED,
 )
 # The rules that wait for a moment derived from the state (the others answer events).
 TIMER_TYPES = (
@@ -49,7 +51,8 @@ TIMER_TYPES = (
     CHURN_WINBACK, REPLENISHMENT_REMINDER, SERVICE_REMINDER, BIRTHDAY, ONBOARDING,
 )
 # Never suppressed, capped, held out or deferred: the client (or a manager) must get them.
-TRANSACTIONAL = frozenset({ORDER_CONFIRMATION, ORDER_CANCELLATION, NPS_DETRACTOR_TASK})
+TRANSACTIONAL = frozenset({ORDER_CONFIRMATION, ORDER_CANCELLATION, ORDER_REFUND,
+                           NPS_DETRACTOR_TASK})
 
 # Which one wins when several marketing triggers compete for the same moment (first wins).
 DEFAULT_PRIORITY = (
@@ -255,6 +258,7 @@ class TriggerRules:
     welcome: TriggerRule = TriggerRule()
     order_confirmation: TriggerRule = TriggerRule()
     order_cancellation: TriggerRule = TriggerRule()
+    order_refund: TriggerRule = TriggerRule()
     abandoned_cart: TriggerRule = TriggerRule(delay=3600.0)
     abandoned_browse: TriggerRule = TriggerRule(delay=7200.0)
     feedback_request: FeedbackRule = FeedbackRule()

@@ -17,7 +17,7 @@ from typing import Any, cast
 import features
 from features import windows
 from features.events import Event, EventType, Product
-from features.rules import DAY
+from features.rules import ABANDONED_BROWSE, ABANDONED_CART, DAY
 from features.windows import HOUR, VIEW_DAYS, VIEW_HOURS, VISIT_DAYS, Buckets
 
 MAX_CART_LINES = 50
@@ -34,6 +34,7 @@ MAX_EARLY_RETURNS = 4  # cancellations and refunds that arrived before their ord
 MAX_TOUCHED = 32  # occasions a manager decided by hand: automatic triggers must not repeat
 MAX_INTERESTS = 8  # product categories the client interacted with, most recent kept
 MAX_ALIASES = 8  # anonymous ids merged into a client
+MAX_BOUGHT = MAX_CART_LINES  # products of the latest order, left out of browse reminders
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +159,12 @@ class ClientState:
     cart_reminded: float = 0.0  # when abandoned_cart fired in this episode (0: not yet)
     cart_closed_at: float = 0.0  # last order: cart changes before it are void
     viewed: tuple[tuple[str, float], ...] = ()  # (product_id, time), newest last
-    browse_since: float | None = None  # first product view of the current browse episode
+    # the current browse episode's first view (set while one is open; after a late cart add
+    # or order, the first the state still knows: it keeps each product's latest view only)
+    browse_since: float | None = None
     last_view_at: float | None = None
     browse_closed_at: float = 0.0  # last cart add or order: views before it are no browse
+    bought: tuple[str, ...] = ()  # products of the latest order (at cart_closed_at), sorted
     favourites: tuple[str, ...] = ()
     orders: tuple[OrderRecord, ...] = ()  # newest last
     orders_count: int = 0  # orders placed and not cancelled, all time
@@ -209,6 +213,7 @@ class ClientState:
                  cart_reminded: float = 0.0, cart_closed_at: float = 0.0,
                  viewed: tuple[tuple[str, float], ...] = (), browse_since: float | None = None,
                  last_view_at: float | None = None, browse_closed_at: float = 0.0,
+                 bought: tuple[str, ...] = (),
                  favourites: tuple[str, ...] = (), orders: tuple[OrderRecord, ...] = (),
                  orders_count: int = 0, monetary_total: float = 0.0,
                  first_order_at: float | None = None, last_order_at: float | None = None,
@@ -249,6 +254,7 @@ class ClientState:
         object.__setattr__(self, "browse_since", browse_since)
         object.__setattr__(self, "last_view_at", last_view_at)
         object.__setattr__(self, "browse_closed_at", browse_closed_at)
+        object.__setattr__(self, "bought", bought)
         object.__setattr__(self, "favourites", favourites)
         object.__setattr__(self, "orders", orders)
         object.__setattr__(self, "orders_count", orders_count)
@@ -343,6 +349,7 @@ def _slot_copy(state: ClientState) -> ClientState:
         browse_since=state.browse_since,
         last_view_at=state.last_view_at,
         browse_closed_at=state.browse_closed_at,
+        bought=state.bought,
         favourites=state.favourites,
         orders=state.orders,
         orders_count=state.orders_count,
@@ -509,7 +516,9 @@ def _product_view(state: ClientState, event: Event) -> Changes:
     latest = {pid: at for pid, at in state.viewed if pid in ids}  # a late view keeps the newest
     viewed = [(pid, at) for pid, at in state.viewed if pid not in ids]
     viewed.extend((pid, max(t, latest.get(pid, t))) for pid in ids)
-    viewed.sort(key=lambda item: item[1])
+    # ties by product id, not by arrival: which one a bound drops, or a reminder names first,
+    # must not depend on the order in which views of the same instant arrived
+    viewed.sort(key=lambda item: (item[1], item[0]))
     newest = max(state.updated_at, t)
     changes: Changes = {
         "viewed": tuple(viewed[-MAX_VIEWED:]),
@@ -517,7 +526,7 @@ def _product_view(state: ClientState, event: Event) -> Changes:
         "view_days": windows.add(state.view_days, t, newest, DAY, VIEW_DAYS),
         "interests": _touch_interests(state.interests, event.products, t, "viewed_at"),
     }
-    if t > state.browse_closed_at:
+    if t > browse_gate(state):
         changes["browse_since"] = t if state.browse_since is None else min(state.browse_since, t)
         changes["last_view_at"] = t if state.last_view_at is None else max(state.last_view_at, t)
     return changes
@@ -536,8 +545,10 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
         changes.update(_close_browse(state, t))
         changes["interests"] = _touch_interests(state.interests, event.products, t,
                                                 "carted_at")
-    if t < state.cart_closed_at:
-        return changes  # a late change to a cart that an order already closed
+    if t <= state.cart_closed_at:
+        # a late change to a cart that an order already closed; one at the order's very
+        # instant too, as the order buys a line added then (whichever arrives first)
+        return changes
     cart = {line.product_id: line for line in state.cart}
     for product in event.products:
         line = cart.get(product.product_id)
@@ -569,6 +580,12 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
     elif event.type is EventType.CART_ADD and not state.cart_reminded and t < state.cart_since:
         changes["cart_since"] = t  # a late first add: the episode (and its id) began then
     return changes
+
+
+def browse_gate(state: ClientState) -> float:
+    """Views at or before this time are no browse: the last cart add or order closed them, or
+    the abandoned-browse rule decided them (its mark: the due time of its latest reminder)."""
+    return max(state.browse_closed_at, mark_of(state, ABANDONED_BROWSE) or 0.0)
 
 
 def _close_browse(state: ClientState, t: float) -> Changes:
@@ -613,15 +630,9 @@ def _order_placed(state: ClientState, event: Event) -> Changes:
         changes["categories"] = categories
     changes["orders_updated_at"] = _later(state.orders_updated_at, t)
     changes["interests"] = _touch_interests(state.interests, event.order.items, t, "bought_at")
-    later = tuple(line for line in state.cart if line.added_at > t)
-    if later != state.cart:  # the order bought what was in the cart before it
-        if later:  # lines added after the order (it arrived late): their own episode,
-            # last changed when the cart last changed (after the order, as a line was)
-            changes.update(cart=later, cart_since=min(line.added_at for line in later),
-                           cart_updated_at=state.cart_updated_at, cart_reminded=0.0)
-        else:
-            changes.update(cart=(), cart_updated_at=None, cart_since=None, cart_reminded=0.0)
-        changes["cart_changed_at"] = _later(state.cart_changed_at, t)
+    changes.update(_order_closes_cart(state, t))
+    if t >= state.cart_closed_at:
+        changes["bought"] = _bought(state, event.order.items, t)
     changes["cart_closed_at"] = max(state.cart_closed_at, t)
     early = next((r for r in state.early_returns if r[0] == record.order_id), None)
     if early is not None:  # its cancellation or refund arrived first: apply it now
@@ -632,6 +643,44 @@ def _order_placed(state: ClientState, event: Event) -> Changes:
         changes["early_returns"] = tuple(r for r in state.early_returns
                                         if r[0] != record.order_id)
     return changes
+
+
+def _order_closes_cart(state: ClientState, t: float) -> Changes:
+    """An order at `t` bought the cart lines added at or before it.
+
+    Lines added after it (the order arrived late) stay, last changed when the cart last
+    changed. If the abandoned-cart reminder of their episode was already decided, they stay
+    reminded: it covered them, and one occasion gets one trigger. If it still waits (quiet
+    hours), they are an episode of their own, re-armed, and the waiting one, whose episode
+    (and key) the order changed, is cancelled on release, as in order.
+    """
+    later = tuple(line for line in state.cart if line.added_at > t)
+    if later == state.cart:
+        return {}
+    changes: Changes = {"cart_changed_at": _later(state.cart_changed_at, t)}
+    if not later:
+        changes.update(cart=(), cart_updated_at=None, cart_since=None, cart_reminded=0.0)
+        return changes
+    reminded = 0.0 if _cart_reminder_waits(state) else state.cart_reminded
+    changes.update(cart=later, cart_since=min(line.added_at for line in later),
+                   cart_updated_at=state.cart_updated_at, cart_reminded=reminded)
+    return changes
+
+
+def _cart_reminder_waits(state: ClientState) -> bool:
+    """The cart episode's reminder fired and waits for the end of quiet hours (its due
+    time, `cart_reminded`, is the waiting trigger's `fired_at`)."""
+    return any(p.type == ABANDONED_CART and p.fired_at == state.cart_reminded
+               for p in state.pending)
+
+
+def _bought(state: ClientState, items: tuple[Product, ...], t: float) -> tuple[str, ...]:
+    """The products of the latest order (two at the same instant: both), sorted and
+    bounded, so the result does not depend on the order in which orders arrive."""
+    products = {p.product_id for p in items}
+    if t == state.cart_closed_at:
+        products.update(state.bought)
+    return tuple(sorted(products)[:MAX_BOUGHT])
 
 
 def _order_categories(state: ClientState, event: Event) -> tuple[CategoryOrders, ...] | None:

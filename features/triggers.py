@@ -54,6 +54,7 @@ from features.rules import (
     ONBOARDING,
     ORDER_CANCELLATION,
     ORDER_CONFIRMATION,
+    ORDER_REFUND,
     REPLENISHMENT_REMINDER,
     SECOND_ORDER_NUDGE,
     SEGMENT_ENTERED,
@@ -80,6 +81,7 @@ __all__ = [
     "ABANDONED_BROWSE", "ABANDONED_CART", "BIRTHDAY", "CHURN_WINBACK", "FEEDBACK_REQUEST",
     "FIRST_ORDER_PROMO", "LOYALTY_STATUS", "NPS_DETRACTOR_TASK", "NPS_PASSIVE_OFFER",
     "NPS_PROMOTER_REFERRAL", "ONBOARDING", "ORDER_CANCELLATION", "ORDER_CONFIRMATION",
+    "ORDER_REFUND",
     "REPLENISHMENT_REMINDER", "SECOND_ORDER_NUDGE", "SEGMENT_ENTERED", "SERVICE_REMINDER",
     "TRANSACTIONAL",
     "TRIGGER_TYPES", "WELCOME", "Trigger", "TriggerRule", "TriggerRules", "due_timers",
@@ -256,7 +258,8 @@ def _fire_at(client_key: str, state: ClientState, at: float,
     for due, kind in rule_timers:
         if due <= at:
             state, candidate = catalogue.fire_rule(kind, state, rules)
-            items.append((candidate, None))
+            if candidate is not None:  # None: decided with nothing to say
+                items.append((candidate, None))
     return _decide_all(client_key, state, items, at, rules)
 
 
@@ -323,10 +326,14 @@ def _decide_all(client_key: str, state: ClientState,
         fingerprint = occasion_fingerprint(candidate.type, candidate.key)
         if fingerprint in state.decided or fingerprint in state.touched:
             continue  # decided already, or meanwhile by a manual touch: its final record
-        if pending is not None and not catalogue.still_valid(state, pending, rules):
-            if waited:
-                out.append(_record(client_key, candidate, Decision(SUPPRESSED, CANCELLED), at))
-            continue
+        if pending is not None:  # decided again as it stands now, or ended meanwhile
+            current = catalogue.released(state, pending, rules)
+            if current is None:
+                if waited:
+                    out.append(_record(client_key, candidate, Decision(SUPPRESSED, CANCELLED),
+                                       at))
+                continue
+            candidate = current
         delay = _delay_of(candidate.type, rules) if delayable else 0.0
         decision: Decision | None = None
         if delay > 0:  # an immediate trigger configured to wait: decided when it is due

@@ -14,8 +14,8 @@ from typing import Any
 
 import duckdb
 import pandas as pd
-import pyarrow as pa
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 

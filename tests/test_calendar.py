@@ -124,6 +124,21 @@ def test_next_birthday() -> None:
         2025, at("2024-12-28T10:00:00"))
 
 
+def test_next_birthday_after_a_year_greeted_is_still_to_come() -> None:
+    """The year after the last greeted, unless its greeting was already due when the
+    birthday became known (set again, or corrected): then the first still to come."""
+    known = at("2026-11-14T00:00:00")
+    assert next_birthday(11, 20, UTC, 600, 0.0, after_year=2023, not_before=known) == (
+        2026, at("2026-11-20T10:00:00"))
+    corrected = at("2024-01-10T00:00:00")  # greeted 20 Nov 2023, then set to 5 January
+    assert next_birthday(1, 5, UTC, 600, 0.0, after_year=2023, not_before=corrected) == (
+        2025, at("2025-01-05T10:00:00"))
+    # a greeting already made this year is never made again, even if known long before
+    assert next_birthday(11, 20, UTC, 600, 0.0, after_year=2026,
+                         not_before=at("2020-01-01T00:00:00")) == (
+        2027, at("2027-11-20T10:00:00"))
+
+
 def test_parse_birthday() -> None:
     assert parse_birthday("1990-04-01") == (1990, 4, 1)
     assert parse_birthday("1990-04-01T00:00:00Z") == (1990, 4, 1)

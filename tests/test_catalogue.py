@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 
 from features.catalogue import NPS_QUESTION, occasion_time
-from features.events import EventType, format_time
-from features.lifecycle import is_churned
+from features.events import Event, EventType, Order, format_time
+from features.lifecycle import is_churned, is_loyal, purchase_count
 from features.rules import (
     BIRTHDAY,
     CHURN_WINBACK,
@@ -28,6 +28,8 @@ from features.rules import (
     SERVICE_REMINDER,
     WELCOME,
     LoyaltyTier,
+    QuietHours,
+    TriggerRules,
 )
 from features.triggers import due_timers, fire_due, next_due, process_event, trigger_id
 from tests.core_events import (
@@ -92,6 +94,93 @@ def test_cancellation_can_be_switched_off() -> None:
     rules = replace(RULES, order_cancellation=replace(RULES.order_cancellation, enabled=False))
     _, triggers = run([order(0, "o1"), cancel(HOUR, "o1")], rules)
     assert kinds(triggers) == [ORDER_CONFIRMATION]
+
+
+# --- order refund ---------------------------------------------------------------------------------
+
+REFUND = "order_refund"
+
+
+def refund(t: float, order_id: str, amount: float = -1.0) -> Event:
+    """A refund of `amount` (-1: all that is left) of an order."""
+    return ev(EventType.ORDER_REFUNDED, t, order=Order(order_id, amount))
+
+
+def test_a_full_refund_is_confirmed_once_like_a_cancellation() -> None:
+    """Transactional, keyed by the order: the refund that gives the last of its money back
+    raises it (a partial one does not); a refund of a refunded order raises nothing."""
+    _, triggers = run([order(0, "o1", 30.0), refund(HOUR, "o1", 10.0), refund(2 * HOUR, "o1"),
+                       refund(3 * HOUR, "o1")])
+    [confirmation] = of(triggers, REFUND)
+    assert confirmation.key == "o1" and confirmation.fired_at == T0 + 2 * HOUR
+    assert confirmation.trigger_id == trigger_id(CLIENT, REFUND, "o1")
+    assert confirmation.payload == {"order_id": "o1", "total": 30.0, "returned": 30.0,
+                                    "placed_at": format_time(T0)}
+    assert (confirmation.status, confirmation.channel) == ("sent", "crm")
+
+
+def test_a_refund_before_its_order_is_confirmed_when_the_order_arrives() -> None:
+    in_order = run([order(0, "o1", 30.0), refund(HOUR, "o1")])[1]
+    early = run([refund(HOUR, "o1"), order(0, "o1", 30.0)])[1]
+    assert [(t.type, t.key) for t in early] == [(t.type, t.key) for t in in_order] == [
+        (ORDER_CONFIRMATION, "o1"), (REFUND, "o1")]
+
+
+def test_refunds_of_unknown_or_cancelled_orders_raise_nothing_and_the_rule_switches_off() -> None:
+    assert of(run([visit(0), refund(HOUR, "never-seen")])[1], REFUND) == []
+    assert of(run([order(0, "o1"), cancel(HOUR, "o1"), refund(2 * HOUR, "o1")])[1],
+              REFUND) == []
+    rules = replace(RULES, order_refund=replace(RULES.order_refund, enabled=False))
+    assert kinds(run([order(0, "o1"), refund(HOUR, "o1")], rules)[1]) == [ORDER_CONFIRMATION]
+
+
+def test_a_refund_confirmation_is_transactional() -> None:
+    """Like a cancellation: never held out, capped or deferred by quiet hours."""
+    policy = replace(RULES.policy, quiet_hours=QuietHours(), frequency_cap_per_day=1,
+                     holdout_percent=100.0)
+    _, triggers = run([order(22 * HOUR, "o1"), refund(23 * HOUR, "o1")],
+                      replace(RULES, policy=policy))
+    assert [(t.type, t.status) for t in of(triggers, REFUND)] == [(REFUND, "sent")]
+
+
+def test_an_order_refunded_in_full_is_followed_up_like_a_cancelled_one() -> None:
+    """No onboarding, feedback request or second-order nudge about it: it is no purchase."""
+    rules = only(RULES, ONBOARDING, FEEDBACK_REQUEST, SECOND_ORDER_NUDGE)
+    for undo in (refund, cancel):
+        _, triggers = run([order(0, "o1", 20.0), undo(HOUR, "o1")], rules, until=days(20))
+        assert triggers == [], undo
+    _, partly = run([order(0, "o1", 20.0), refund(HOUR, "o1", 5.0)], rules, until=days(20))
+    assert sorted(kinds(partly)) == sorted(
+        [ONBOARDING] * 3 + [FEEDBACK_REQUEST, SECOND_ORDER_NUDGE])
+
+
+def test_a_later_purchase_after_one_refunded_in_full_is_the_first() -> None:
+    rules = only(RULES, ONBOARDING, SECOND_ORDER_NUDGE)
+    _, triggers = run([order(0, "o1"), refund(HOUR, "o1"), order(days(2), "o2")], rules,
+                      until=days(30))
+    assert sorted((t.type, t.fired_at) for t in triggers) == sorted(
+        [(ONBOARDING, T0 + days(3)), (ONBOARDING, T0 + days(5)), (ONBOARDING, T0 + days(9)),
+         (SECOND_ORDER_NUDGE, T0 + days(16))])
+
+
+def test_a_feedback_request_waiting_for_quiet_hours_is_cancelled_by_a_full_refund() -> None:
+    rules = only(TriggerRules(policy=replace(RULES.policy, quiet_hours=QuietHours())),
+                 FEEDBACK_REQUEST)
+    _, triggers = run([order(23 * HOUR, "o1"), visit(days(7) + 23.5 * HOUR),
+                       refund(days(8) + HOUR, "o1")], rules, until=days(9))
+    assert [(t.status, t.reason) for t in triggers] == [("deferred", "quiet_hours"),
+                                                        ("suppressed", "cancelled")]
+
+
+def test_refunds_in_full_do_not_count_towards_loyalty() -> None:
+    """The policy's loyal clients (5 purchases) get no onboarding: refunded orders are no
+    purchases, as cancelled ones are not."""
+    events = [order(i * HOUR, f"o{i}") for i in range(5)] + [refund(6 * HOUR, "o4")]
+    state = run(events)[0]
+    assert state.orders_count == 5 and purchase_count(state) == 4
+    assert not is_loyal(state, RULES.policy.loyal_after_orders)
+    assert is_loyal(run([order(7 * HOUR, "o5")], state=state)[0],
+                    RULES.policy.loyal_after_orders)
 
 
 # --- feedback request -----------------------------------------------------------------------------
@@ -395,6 +484,25 @@ def test_birthday_after_a_trait_update_does_not_repeat_or_skip() -> None:
     _, more = run([identify(days(30), email="new@x"), identify(days(40), birthday="1990-12-01")],
                   BDAY, state=state, until=days(400))
     assert [t.key for t in first + more] == ["2023", "2024"]
+
+
+def test_a_birthday_set_again_years_later_greets_only_the_next_one() -> None:
+    """Greeted in 2023, the date cleared, then set again three years later: the greeting is
+    for the birthday to come, with no burst of greetings for the years missed."""
+    events = [identify(0, birthday="1990-11-20"), identify(days(10), birthday=None),
+              identify(days(3 * 365), birthday="1990-11-20")]
+    state, triggers = run(events, BDAY, until=days(3 * 365) + 1)
+    assert [t.key for t in triggers] == ["2023"]
+    _, later = run([], BDAY, state=state, until=days(4 * 365))
+    assert [(t.key, format_time(t.fired_at)) for t in later] == [
+        ("2026", "2026-11-20T10:00:00.000Z")]
+
+
+def test_a_birthday_corrected_to_a_date_already_past_waits_for_next_year() -> None:
+    events = [identify(0, birthday="1990-11-20"), identify(days(56), birthday="1990-01-05")]
+    _, triggers = run(events, BDAY, until=days(450))
+    assert [(t.key, format_time(t.fired_at)) for t in triggers] == [
+        ("2023", "2023-11-20T10:00:00.000Z"), ("2025", "2025-01-05T10:00:00.000Z")]
 
 
 def test_no_birthday_without_a_valid_date() -> None:

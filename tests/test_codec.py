@@ -29,7 +29,7 @@ def test_round_trip_of_every_new_field() -> None:
     data = encode_state(FULL)
     assert decode_state(data) == FULL
     assert encode_state(decode_state(data)) == data
-    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 7
+    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 8
 
 
 def test_every_field_survives_the_round_trip() -> None:
@@ -42,8 +42,46 @@ def test_every_field_survives_the_round_trip() -> None:
 
 def test_version_6_records_read_as_never_backfilled() -> None:
     row = msgpack.unpackb(encode_state(FULL))
-    old = msgpack.packb([6, *row[1:-1]])
+    old = msgpack.packb([6, *row[1:-2]])
     assert decode_state(old) == replace(FULL, history_until=0.0)
+
+
+def test_version_7_records_read_with_no_products_bought() -> None:
+    state = replace(FULL, bought=("p1", "p2"))
+    row = msgpack.unpackb(encode_state(state))
+    assert row[-1] == ["p1", "p2"]
+    old = msgpack.packb([7, *row[1:-1]])
+    assert decode_state(old) == replace(state, bought=())
+
+
+def _as_version_7(state: ClientState) -> bytes:
+    row = msgpack.unpackb(encode_state(state), strict_map_key=False)
+    return msgpack.packb([7, *row[1:-1]], use_bin_type=True)
+
+
+BROWSE_DUE = 1_700_007_200.0
+WAITING_BROWSE = PendingTrigger(1_700_035_200.0, "abandoned_browse", "1700000000.000",
+                                BROWSE_DUE, {"products": ["p1"]}, True)
+
+
+def test_a_version_7_browse_reminder_waiting_gets_its_due_time_as_the_rules_mark() -> None:
+    """Up to v7 a browse reminder pushed `browse_closed_at` to its due time when it fired;
+    v8 keeps that in the rule's mark and checks the waiting reminder against
+    `browse_closed_at` (a cart add or order after the episode's last view cancels it). Read
+    as it was, the reminder waiting at the upgrade would be cancelled at its release."""
+    v7 = replace(FULL, browse_closed_at=BROWSE_DUE, pending=(WAITING_BROWSE,))
+    state = decode_state(_as_version_7(v7))
+    assert state.browse_closed_at == 0.0
+    assert dict(state.marks)["abandoned_browse"] == BROWSE_DUE
+    assert state.pending == (WAITING_BROWSE,)
+    assert decode_state(encode_state(state)) == state  # v8 now: read as it is
+
+
+def test_a_version_7_browse_closed_by_a_later_cart_add_is_read_as_it_was() -> None:
+    later = replace(FULL, browse_closed_at=BROWSE_DUE + 60.0, pending=(WAITING_BROWSE,))
+    assert decode_state(_as_version_7(later)) == later  # the cart add cancels it, as in v7
+    sent = replace(FULL, browse_closed_at=BROWSE_DUE)  # no reminder waiting: nothing to move
+    assert decode_state(_as_version_7(sent)) == sent
 
 
 def test_marks_are_stored_compactly() -> None:

@@ -354,3 +354,37 @@ def test_a_cancellation_the_cookie_saw_before_its_order_still_cancels_it_after_t
         ("o2", False, 5.0), ("o1", True, 50.0)]
     assert merged.orders_count == 1 and merged.monetary_total == 15.0
     assert merged.early_returns == ()
+
+
+def test_products_the_cookie_bought_are_left_out_of_the_clients_browse_reminder() -> None:
+    """The latest order's products (the cookie's here, the later one) join the client: a
+    view of them after the link is no abandoned browse, as in one profile."""
+    rules = only(RULES, ABANDONED_BROWSE)
+    world = World(rules)
+    world.send(user(EventType.ORDER_PLACED, 0, "o0", order=Order("o0", 9.0, items=shoes("p0"))))
+    world.send(anon(EventType.ORDER_PLACED, 60, "o1", order=Order("o1", 30.0,
+                                                                  items=shoes("p1"))))
+    world.send(user(EventType.IDENTIFY, 120, "i1", with_cookie=True))
+    world.send(user(EventType.PRODUCT_VIEW, 180, "pv1", products=(*shoes("p1"), *shoes("p0"))))
+    merged = world.states[USER]
+    assert merged is not None and merged.bought == ("p1",)
+    _, fired = fire_due(USER, merged, T0 + 10 * HOUR, rules)
+    assert [t.payload["products"] for t in fired] == [["p0"]]
+
+
+def test_the_cookies_views_before_the_clients_browse_reminder_are_decided_by_it() -> None:
+    """The client was reminded of a browse (the rule's mark: its due time, 2:00); the
+    cookie's view at 1:00, joined later, is like a view arriving after the reminder it
+    belongs to: no browse reminder of its own."""
+    rules = only(RULES, ABANDONED_BROWSE)
+    world = World(rules)
+    world.send(user(EventType.PRODUCT_VIEW, 0, "pv1", products=shoes("p1")))
+    world.send(anon(EventType.PRODUCT_VIEW, HOUR, "pv2", products=shoes("p2")))
+    world.send(user(EventType.VISIT, 2.5 * HOUR, "v1"))  # the client's reminder fires first
+    # linked before the cookie's own browse came due (3:00)
+    world.send(user(EventType.IDENTIFY, 2.75 * HOUR, "i1", with_cookie=True))
+    assert [t.key for t in of(world.triggers, ABANDONED_BROWSE)] == [f"{T0:.3f}"]
+    merged = world.states[USER]
+    assert merged is not None and merged.browse_since is None
+    _, fired = fire_due(USER, merged, T0 + 10 * HOUR, rules)
+    assert fired == []

@@ -45,7 +45,9 @@ def rees46_events() -> Iterator[dict[str, Any]]:
 
 
 def expected_triggers(events: list[dict[str, Any]]) -> Counter[str]:
-    """The rules recomputed in a few lines, per user in time order, every timer due by now."""
+    """The rules recomputed in a few lines, per user in time order, every timer due by now.
+    A browse reminder needs a product viewed that is neither in the cart nor bought by the
+    latest order (all the orders at the latest order time)."""
     by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for event in events:
         by_user[event["client_id"]].append(event)
@@ -54,27 +56,35 @@ def expected_triggers(events: list[dict[str, Any]]) -> Counter[str]:
         user_events.sort(key=lambda e: e["event_time"])
         cart_open, reminded, cart_changed = False, False, 0.0
         last_view: float | None = None
+        browsed: set[str] = set()  # products viewed since the browse episode began
+        carted: set[str] = set()
+        bought: set[str] = set()
+        bought_at: float | None = None
         for event in user_events:
             t, kind = event["event_time"], event["type"]
             if cart_open and not reminded and t >= cart_changed + CART_DELAY:
                 counts["abandoned_cart"] += 1  # due before this event: fired first
                 reminded = True  # once per cart episode
             if last_view is not None and t >= last_view + BROWSE_DELAY:
-                counts["abandoned_browse"] += 1
-                last_view = None
+                counts["abandoned_browse"] += bool(browsed - carted - bought)
+                last_view, browsed = None, set()
             if kind == "product_view":
                 last_view = t
+                browsed.update(p["product_id"] for p in event["products"])
             elif kind == "cart_add":
-                last_view = None
+                last_view, browsed = None, set()
                 if not cart_open:
                     cart_open, reminded = True, False
                 cart_changed = t
+                carted.update(p["product_id"] for p in event["products"])
             elif kind == "order_placed":
-                last_view = None
-                cart_open = False
+                last_view, browsed, cart_open, carted = None, set(), False, set()
+                items = {p["product_id"] for p in event["order"]["items"]}
+                bought = (bought if t == bought_at else set()) | items
+                bought_at = t
                 counts["order_confirmation"] += 1
         counts["abandoned_cart"] += cart_open and not reminded  # due by now: the head fires it
-        counts["abandoned_browse"] += last_view is not None
+        counts["abandoned_browse"] += last_view is not None and bool(browsed - carted - bought)
     return counts
 
 

@@ -118,8 +118,10 @@ def test_uci_replay_matches_group_bys_of_the_raw_file(tmp_path: Path, redis_url:
 def rees46_expected(as_of: float
                     ) -> tuple[Counter[str], dict[str, int], dict[str, int], set[str]]:
     """Per user from the raw rows: abandoned carts and browses due by `as_of`, product
-    views, orders (the purchases of one session at one second); and the users."""
-    rows: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
+    views, orders (the purchases of one session at one second); and the users. A browse
+    reminder needs a product viewed that is neither in the cart nor bought by the latest
+    order (the purchases at the latest purchase time)."""
+    rows: dict[str, list[tuple[float, int, str, str]]] = defaultdict(list)
     rank = {"view": 0, "cart": 1, "purchase": 2}
     orders: dict[str, set[tuple[str, float]]] = defaultdict(set)
     views: Counter[str] = Counter()
@@ -127,7 +129,8 @@ def rees46_expected(as_of: float
         for row in csv.DictReader(handle):
             at = datetime.strptime(row["event_time"], "%Y-%m-%d %H:%M:%S %Z").replace(
                 tzinfo=UTC).timestamp()
-            rows[row["user_id"]].append((at, rank[row["event_type"]], row["event_type"]))
+            rows[row["user_id"]].append((at, rank[row["event_type"]], row["event_type"],
+                                         row["product_id"]))
             if row["event_type"] == "purchase":
                 orders[row["user_id"]].add((row["user_session"], at))
             elif row["event_type"] == "view":
@@ -138,23 +141,32 @@ def rees46_expected(as_of: float
         cart_open = reminded = False
         cart_changed = 0.0
         last_view: float | None = None
-        for t, _, kind in user_rows:
+        browsed: set[str] = set()  # products viewed since the browse episode began
+        carted: set[str] = set()
+        bought: set[str] = set()
+        bought_at: float | None = None
+        for t, _, kind, product in user_rows:
             if cart_open and not reminded and t >= cart_changed + 3600:
                 fired["abandoned_cart"] += 1
                 reminded = True
             if last_view is not None and t >= last_view + 7200:
-                fired["abandoned_browse"] += 1
-                last_view = None
+                fired["abandoned_browse"] += bool(browsed - carted - bought)
+                last_view, browsed = None, set()
             if kind == "view":
                 last_view = t
+                browsed.add(product)
             elif kind == "cart":
-                last_view = None
+                last_view, browsed = None, set()
                 cart_open, reminded = (True, False) if not cart_open else (True, reminded)
                 cart_changed = t
+                carted.add(product)
             else:
-                last_view, cart_open = None, False
+                last_view, browsed, cart_open, carted = None, set(), False, set()
+                bought = (bought if t == bought_at else set()) | {product}
+                bought_at = t
         fired["abandoned_cart"] += cart_open and not reminded and cart_changed + 3600 <= as_of
-        fired["abandoned_browse"] += last_view is not None and last_view + 7200 <= as_of
+        fired["abandoned_browse"] += (last_view is not None and last_view + 7200 <= as_of
+                                      and bool(browsed - carted - bought))
     return fired, dict(views), {user: len(o) for user, o in orders.items()}, set(rows)
 
 
