@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
@@ -19,20 +21,27 @@ from sinks.redis_client import sync_client
 RFM_POLL_SECONDS = 5.0  # how often a process looks for a newer RFM model
 
 
-def store_factory(settings: Settings) -> BucketStore:
-    return BucketStore(sync_client(settings.redis), KeyLayout.from_settings(settings),
+def store_factory(settings: Settings, *, emitted_prefix: str | None = None) -> BucketStore:
+    """`emitted_prefix`: the events the dataflow writes for other clients (identity steps,
+    forwards) go to the event streams under this key prefix instead of its own input."""
+    layout = KeyLayout.from_settings(settings)
+    return BucketStore(sync_client(settings.redis), layout,
                        ledger_max_entries=settings.redis.ledger_max_entries,
                        stream_maxlen=settings.redis.stream_maxlen,
                        dedupe_window=settings.redis.dedupe_window,
                        timeline_events=settings.console.timeline_events,
-                       activity_retention=settings.console.activity_retention)
+                       activity_retention=settings.console.activity_retention,
+                       emitted_layout=None if emitted_prefix is None
+                       else replace(layout, prefix=emitted_prefix))
 
 
 def build_flow(settings: Settings, metrics: DataflowMetrics, *,
                stop_when_caught_up: bool = False, as_of: float | None = None,
-               replay: bool = False, rfm_model: RfmModel | None = None) -> Dataflow:
+               replay: bool = False, rfm_model: RfmModel | None = None,
+               emitted_prefix: str | None = None) -> Dataflow:
     """`replay`: timers run on event time alone (see BucketConfig); `rfm_model`: score with
-    this model instead of polling Redis for one (with `rfm.refresh` 0)."""
+    this model instead of polling Redis for one (with `rfm.refresh` 0); `emitted_prefix`:
+    see `store_factory` (a replay's first stage, history/replay.py)."""
     df = settings.dataflow
     source_config = SourceConfig(
         batch_size=df.batch_size, tick_interval=df.tick_interval, idle_wait=df.idle_wait,
@@ -48,7 +57,7 @@ def build_flow(settings: Settings, metrics: DataflowMetrics, *,
     models.poll()  # buckets start with the current model, not without one
 
     def make_store() -> BucketStore:
-        return store_factory(settings)
+        return store_factory(settings, emitted_prefix=emitted_prefix)
 
     flow = Dataflow("crmflow")
     entries = op.input("events", flow, EventStreamSource(make_store, source_config, metrics))

@@ -23,12 +23,12 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
                  addresses: list[str] | None = None, stop_when_caught_up: bool = False,
                  registry: CollectorRegistry | None = None, metrics_port: int | None = None,
                  as_of: float | None = None, replay: bool = False,
-                 rfm_model: RfmModel | None = None) -> None:
+                 rfm_model: RfmModel | None = None, emitted_prefix: str | None = None) -> None:
     """Blocks until the dataflow ends (never, unless `stop_when_caught_up`).
 
     `as_of` (with `stop_when_caught_up`, for replays): at the stream head, timers fire up
-    to this time instead of the wall clock, and no later. `replay` and `rfm_model`: see
-    `build_flow`.
+    to this time instead of the wall clock, and no later. `replay`, `rfm_model` and
+    `emitted_prefix`: see `build_flow`.
     """
     store = store_factory(settings)
     retrying(lambda: claim_layout(store.client, store.layout), "starting")  # Redis may be late
@@ -52,7 +52,8 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
         # each round loads its buckets afresh and counts their timers again
         metrics.timers_pending.set(0)
         flow = build_flow(settings, metrics, stop_when_caught_up=stop_when_caught_up,
-                          as_of=as_of, replay=replay, rfm_model=rfm_model)
+                          as_of=as_of, replay=replay, rfm_model=rfm_model,
+                          emitted_prefix=emitted_prefix)
         cli_main(  # type: ignore[no-untyped-call]
             flow, workers_per_process=settings.dataflow.workers, process_id=process_id,
             addresses=addresses,

@@ -10,19 +10,37 @@ as `crmflow export` writes the result. What differs from live is only the clock:
   client's outcome depends on its own events only, whatever the workers or batch size;
 - RFM scores are relative to all buyers: the model is computed once, as of the end, and
   the dataflow then re-files every buyer under it (entered at the as-of time).
+
+Identity steps are what a client receives from another: an anonymous visitor's merge
+answer to a link and the events forwarded after it (features/identity.py). Live in event
+time, each joins the client at once; written by the dataflow after the whole history was
+appended, they would land among the client's own events wherever batch boundaries and the
+processes' pace put them. So a history with links replays in two stages
+(`identity_stages`). First the anonymous visitors that some event links to a client, with
+the link requests at their places: what they do hangs on their own entries alone, and the
+dataflow writes their identity steps apart. Then everything else, each of those steps
+right after the entry that caused it (`in_event_time_order`): every client sees its
+events and steps in the order live traffic in event time would give. What the second
+stage writes (aliases handed over to tombstones beyond the alias cap) changes only those
+tombstones' alias lists, in the order live would, and is applied after.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import hashlib
+import heapq
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
+import orjson
 import redis
 from prometheus_client import CollectorRegistry
 
@@ -30,19 +48,21 @@ from config.settings import Settings
 from crmflow.redis_server import EmbeddedRedis
 from dataflows.flow import store_factory
 from dataflows.run import run_dataflow
-from features.events import format_time
+from features.events import ANONYMOUS_PREFIX, Event, EventType, format_time, parse_event
+from features.identity import step_id, with_links
 from features.rfm import RfmMode, RfmModel
 from features.rules import SegmentRules
 from history.load import History, Progress, describe, load_history
 from history.replay_group import run_group
 from sinks import rfm_index
 from sinks.bucket_store import BucketStore
-from sinks.event_log import AppendOptions, EventLog
+from sinks.event_log import AppendOptions, EventLog, encode_event
 from sinks.keys import KeyLayout
 from sinks.parquet_export import ExportSummary, write_profiles, write_triggers
 from sinks.redis_client import sync_client
 
 APPEND_CHUNK = 5000
+HELD = "replay-held"  # under the replay's key prefix: the first stage's identity steps
 
 
 @dataclass(slots=True)
@@ -83,12 +103,15 @@ def replay_settings(settings: Settings, redis_url: str, key_prefix: str, *,
     for name, value in (("workers", workers), ("batch_size", batch_size)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, not {value}")
+    # the replay's Redis is one server of its own (or the one given), never the live
+    # configuration's cluster; its dataflow runs twice in one process, which Bytewax's own
+    # metrics server does not survive (it registers its collectors once per process)
     redis_section = settings.redis.model_copy(update={
-        "url": redis_url, "key_prefix": key_prefix, "dedupe_window": 0.0})
+        "url": redis_url, "key_prefix": key_prefix, "dedupe_window": 0.0, "cluster": False})
     dataflow = settings.dataflow.model_copy(update={
         "workers": settings.dataflow.workers if workers is None else workers,
         "batch_size": settings.dataflow.batch_size if batch_size is None else batch_size,
-        "allowed_lateness": 0.0, "metrics_port": 0})
+        "allowed_lateness": 0.0, "metrics_port": 0, "bytewax_metrics_port": 0})
     rfm = settings.rfm.model_copy(update={"refresh": 0.0})  # one model, as of the end
     return settings.model_copy(update={"redis": redis_section, "dataflow": dataflow,
                                        "rfm": rfm})
@@ -206,28 +229,41 @@ def _run(history: History, settings: Settings, out: Path, as_of: float, progress
     client = sync_client(settings.redis)
     layout = KeyLayout.from_settings(settings)
     try:
-        started = time.monotonic()
         log = EventLog(client, layout, AppendOptions(dedupe_window=0))
         events = history.events
-        for start in range(0, len(events), APPEND_CHUNK):
-            log.append(events[start:start + APPEND_CHUNK])
-            progress.show(f"appending: {min(start + APPEND_CHUNK, len(events)):,} of "
-                          f"{len(events):,} events")
-        seconds["append"] = time.monotonic() - started
+        seconds["append"] = seconds["dataflow"] = 0.0
+        # Every event, and those the dataflow writes itself, with the head clock before
+        # history began: nothing fires at the head yet. First the linked anonymous visitors,
+        # their identity steps held apart; then the rest, those steps at their places.
+        before = min(events[0].event_time - 1.0 if events else as_of, as_of)
+        stages = identity_stages(events)
+        held: list[Event] = []
+        read = 0.0
+        if stages.first:
+            started = time.monotonic()
+            _append(log, stages.first, len(stages.first), progress)
+            seconds["append"] += time.monotonic() - started
+            started = time.monotonic()
+            held_prefix = f"{settings.redis.key_prefix}:{HELD}"
+            read = _dataflow(settings, processes, before, None, progress, len(events),
+                             emitted_prefix=held_prefix)
+            held = _take_held(client, replace(layout, prefix=held_prefix))
+            seconds["dataflow"] += time.monotonic() - started
+        started = time.monotonic()
+        _append(log, in_event_time_order(stages, held),
+                len(stages.entries) - len(stages.first) + len(held), progress)
+        seconds["append"] += time.monotonic() - started
 
         started = time.monotonic()
-        # First every event, including those the dataflow writes itself (identity merges
-        # and forwards), with the head clock before history began: nothing fires at the
-        # head yet. Then the RFM model as of the end, and the head clock at the as-of time:
-        # what is still due fires, and buyers are filed under the model.
-        before = events[0].event_time - 1.0 if events else as_of
-        _dataflow(settings, processes, min(before, as_of), None, progress, len(events))
+        _dataflow(settings, processes, before, None, progress, len(events), read_before=read)
+        # Then the RFM model as of the end, and the head clock at the as-of time: what is
+        # still due fires, and buyers are filed under the model.
         rules = settings.trigger_rules().segments
         model = _final_model(rules, client, layout, as_of)
         _dataflow(settings, processes, as_of, model, Progress(enabled=False), 0)
         if model is not None:
             rules = replace(rules, rfm_model=model)
-        seconds["dataflow"] = time.monotonic() - started
+        seconds["dataflow"] += time.monotonic() - started
 
         started = time.monotonic()
         progress.show("writing Parquet", force=True)
@@ -242,22 +278,134 @@ def _run(history: History, settings: Settings, out: Path, as_of: float, progress
         client.close()
 
 
+@dataclass(slots=True)
+class IdentityStages:
+    """A history in event-time order as a replay's two stages (`identity_stages`).
+
+    Places are indexes in `entries`, the whole history with its link requests, each right
+    after the event that carries both ids (where ingest appends it): the order in which
+    live traffic in event time would apply them, each identity step at once."""
+
+    entries: list[Event]
+    linked: set[str]  # the keys of the anonymous visitors some event links to a client
+    first: list[Event] = field(default_factory=list)  # their entries, link requests included
+    places: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, id) of those
+    contents: dict[bytes, int] = field(default_factory=dict)  # digests of those entries
+
+    def second(self) -> Iterator[tuple[int, Event]]:
+        """Every other entry, with its place."""
+        return ((place, entry) for place, entry in enumerate(self.entries)
+                if entry.client_key not in self.linked)
+
+    def place_of(self, step: Event) -> tuple[int, int]:
+        """The place of the entry whose application wrote the identity step (a merge: the
+        link; a forward: the visitor's event), and 1: the step follows it at once. (Not
+        found, which the identity steps do not allow: after the entries of its time, 2.)"""
+        if step.type is EventType.PROFILE_MERGED:
+            alias = str(step.properties.get("from", ""))
+            place = self.places.get((alias, step_id("link", alias, step.client_key)))
+        else:
+            place = self.contents.get(_digest(replace(step, client_id=None)))
+            if place is None and step.anonymous_id is not None:
+                place = self.places.get((ANONYMOUS_PREFIX + step.anonymous_id, step.event_id))
+        if place is not None:
+            return place, 1
+        return bisect.bisect_right(self.entries, step.event_time,
+                                   key=lambda entry: entry.event_time) - 1, 2
+
+
+def identity_stages(events: Sequence[Event]) -> IdentityStages:
+    """The events of the anonymous visitors that some event links to a client first, the
+    rest second (all of it when nothing links)."""
+    entries = with_links(events)
+    linked = ({e.client_key for e in entries if e.type is EventType.IDENTITY_LINKED}
+              if len(entries) > len(events) else set())
+    stages = IdentityStages(entries, linked)
+    for place, entry in enumerate(entries if linked else ()):
+        if entry.client_key in linked:
+            stages.first.append(entry)
+            stages.places.setdefault((entry.client_key, entry.event_id), place)
+            stages.contents.setdefault(_digest(entry), place)
+    return stages
+
+
+def _digest(event: Event) -> bytes:
+    """The event as appended, in 16 bytes: a map of a long history's visitors' entries
+    stays small."""
+    return hashlib.blake2b(encode_event(event), digest_size=16).digest()
+
+
+def in_event_time_order(stages: IdentityStages, held: Iterable[Event]) -> Iterator[Event]:
+    """The second stage's events with the `held` identity steps the first stage wrote, each
+    right after the entry that caused it (`IdentityStages.place_of`), each step once (a
+    commit sent again writes its steps again)."""
+    steps = sorted({(*stages.place_of(step), encode_event(step)): step
+                    for step in held}.items(), key=lambda item: item[0])
+    own = (((place, 0), event) for place, event in stages.second())
+    for _, event in heapq.merge(own, steps, key=lambda item: item[0]):
+        yield event
+
+
+def _append(log: EventLog, events: Iterable[Event], count: int, progress: Progress) -> None:
+    """Appends `events` in order, link requests being in place already."""
+    chunk: list[Event] = []
+    done = 0
+    for event in events:
+        chunk.append(event)
+        if len(chunk) == APPEND_CHUNK:
+            log.append(chunk, links=False)
+            done += len(chunk)
+            chunk = []
+            progress.show(f"appending: {done:,} of {count:,} events")
+    if chunk:
+        log.append(chunk, links=False)
+        progress.show(f"appending: {done + len(chunk):,} of {count:,} events")
+
+
+def _take_held(client: redis.Redis, layout: KeyLayout) -> list[Event]:
+    """The events the first stage wrote to `layout`'s streams, which are then deleted."""
+    held: list[Event] = []
+    for partition in range(layout.partitions):
+        stream = layout.events(partition)
+        after = "-"
+        while True:
+            entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                           client.xrange(stream, min=after, max="+", count=APPEND_CHUNK))
+            held.extend(parse_event(orjson.loads(fields[b"e"])) for _, fields in entries)
+            if len(entries) < APPEND_CHUNK:
+                break
+            after = "(" + entries[-1][0].decode()
+        client.delete(stream, layout.events_count(partition))
+    return held
+
+
 def _dataflow(settings: Settings, processes: int, as_of: float, model: RfmModel | None,
-              progress: Progress, events: int) -> None:
+              progress: Progress, events: int, *, read_before: float = 0.0,
+              emitted_prefix: str | None = None) -> float:
     """The replay's dataflow to its end, in this process or a group (`model`: as stored in
-    Redis by `_final_model`)."""
+    Redis by `_final_model`; `emitted_prefix`: see `dataflows.flow.store_factory`).
+    Returns the events read so far: in one process, this run's count and `read_before`
+    (an earlier run's); in a group, counted from the positions in Redis."""
     if processes > 1:
         store = store_factory(settings)
         try:
-            with _DataflowProgress(progress, _committed_count(store), events, processes):
-                run_group(settings, processes, as_of=as_of, stored_model=model is not None)
+            committed = _committed_count(store)
+            with _DataflowProgress(progress, committed, events, processes):
+                run_group(settings, processes, as_of=as_of, stored_model=model is not None,
+                          emitted_prefix=emitted_prefix)
+            return committed()
         finally:
             store.client.close()
-        return
     registry = CollectorRegistry()
-    with _DataflowProgress(progress, _metrics_count(registry), events):
+    metrics_count = _metrics_count(registry)
+
+    def count() -> float:
+        return read_before + metrics_count()
+
+    with _DataflowProgress(progress, count, events):
         run_dataflow(settings, stop_when_caught_up=True, registry=registry, metrics_port=0,
-                     as_of=as_of, replay=True, rfm_model=model)
+                     as_of=as_of, replay=True, rfm_model=model, emitted_prefix=emitted_prefix)
+    return count()
 
 
 def _final_model(rules: SegmentRules, client: redis.Redis, layout: KeyLayout, as_of: float

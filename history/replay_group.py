@@ -45,9 +45,10 @@ class ReplayGroupError(RuntimeError):
 
 
 def run_group(settings: Settings, processes: int, *, as_of: float,
-              stored_model: bool) -> None:
+              stored_model: bool, emitted_prefix: str | None = None) -> None:
     """Run the replay dataflow to its end in `processes` processes. `stored_model`: each
-    process files buyers under the RFM model stored in Redis (`rfm_index.store_model`)."""
+    process files buyers under the RFM model stored in Redis (`rfm_index.store_model`);
+    `emitted_prefix`: see `dataflows.flow.store_factory`."""
     with tempfile.TemporaryDirectory(prefix="crmflow-replay-group-") as folder:
         config = Path(folder) / "replay.yaml"
         # resolved settings, without the API's keys: the processes need neither
@@ -63,6 +64,8 @@ def run_group(settings: Settings, processes: int, *, as_of: float,
             argv = [sys.executable, "-m", "history.replay_group", str(config),
                     "--process-id", str(n), "--addresses", group_addresses,
                     "--as-of", repr(as_of)]
+            if emitted_prefix is not None:
+                argv += ["--emitted-prefix", emitted_prefix]
             with log.open("wb") as sink:
                 children.append(subprocess.Popen(  # noqa: S603 - this interpreter, our module
                     [*argv, *(["--stored-model"] if stored_model else [])],
@@ -110,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--addresses", required=True)
     parser.add_argument("--as-of", type=float, required=True)
     parser.add_argument("--stored-model", action="store_true")
+    parser.add_argument("--emitted-prefix")
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
     model = None
@@ -123,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit("replay process: no RFM model stored for this replay")
     run_dataflow(settings, process_id=args.process_id, addresses=args.addresses.split(";"),
                  stop_when_caught_up=True, registry=CollectorRegistry(), metrics_port=0,
-                 as_of=args.as_of, replay=True, rfm_model=model)
+                 as_of=args.as_of, replay=True, rfm_model=model,
+                 emitted_prefix=args.emitted_prefix)
 
 
 if __name__ == "__main__":

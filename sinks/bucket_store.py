@@ -164,7 +164,11 @@ class FencedError(RuntimeError):
 class BucketStore:
     def __init__(self, client: redis.Redis, layout: KeyLayout, *, ledger_max_entries: int,
                  stream_maxlen: int, dedupe_window: float = 86400.0,
-                 timeline_events: int = 10, activity_retention: float = 3 * 3600.0) -> None:
+                 timeline_events: int = 10, activity_retention: float = 3 * 3600.0,
+                 emitted_layout: KeyLayout | None = None) -> None:
+        """`emitted_layout`: the layout whose event streams receive the events the dataflow
+        writes for other clients (identity steps, forwards); `layout`'s own unless given
+        (a replay holds its first stage's apart: history/replay.py)."""
         self._client = client
         self._layout = layout
         self._ledger_max = ledger_max_entries
@@ -172,7 +176,7 @@ class BucketStore:
         self._timeline_max = timeline_events
         self._activity_ttl = max(1, int(activity_retention))
         self._commit = client.register_script(lua("commit_bucket"))
-        self._events = EventLog(client, layout, AppendOptions(dedupe_window))
+        self._events = EventLog(client, emitted_layout or layout, AppendOptions(dedupe_window))
 
     @property
     def layout(self) -> KeyLayout:

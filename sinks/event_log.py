@@ -132,13 +132,16 @@ class EventLog:
         self._options = options
         self._script = client.register_script(lua("append_events"))
 
-    def append(self, events: Sequence[Event], dedupe_ids: Sequence[str] | None = None
-               ) -> list[bool]:
+    def append(self, events: Sequence[Event], dedupe_ids: Sequence[str] | None = None, *,
+               links: bool = True) -> list[bool]:
+        """Per event: True when appended, False for a duplicate. `links`: add the link
+        requests of events that carry both ids (False: the caller placed them already, as
+        a replay does)."""
         if not events:
             return []
         # the dataflow's own events (identity steps, forwards; dedupe_ids) need no new links,
         # and are de-duplicated apart from ingested ids
-        linked = with_links(events) if dedupe_ids is None else list(events)
+        linked = with_links(events) if links and dedupe_ids is None else list(events)
         calls = _script_calls(self._layout, self._options, linked, dedupe_ids)
         results = run_scripts(self._client, self._script,
                               [(keys, args) for _, _, keys, args in calls])
