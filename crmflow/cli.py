@@ -228,6 +228,14 @@ def _cmd_replay(args: argparse.Namespace) -> None:
     settings = settings_from(args)
     for name in ("dataflows", "crmflow.redis_server"):  # the progress line says it better
         logging.getLogger(name).setLevel(logging.WARNING)
+    stopped_by: list[int] = []  # the signal, once one arrived
+
+    def stop(signum: int, frame: object) -> None:
+        stopped_by.append(signum)  # raised inside Bytewax, it comes back wrapped in its error
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
     try:
         result = replay(args.inputs, args.format, args.out, settings, as_of=_as_of(args.as_of),
                         workers=args.workers, batch_size=args.batch_size,
@@ -235,6 +243,12 @@ def _cmd_replay(args: argparse.Namespace) -> None:
                         progress=Progress(), processes=args.processes)
     except (HistoryError, ReplayGroupError) as exc:
         raise SystemExit(f"crmflow replay: {exc}") from None
+    except BaseException:
+        if not stopped_by:
+            raise
+        sys.stderr.write(f"\ncrmflow replay: stopped by {signal.Signals(stopped_by[0]).name}; "
+                         f"{args.out} may hold a part of the output\n")
+        raise SystemExit(128 + stopped_by[0]) from None
     sys.stdout.write("\n".join([*result.summary(), f"written to {args.out}/: "
                                 "profiles.parquet, segments.parquet, triggers.parquet"]) + "\n")
 

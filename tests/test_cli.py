@@ -392,3 +392,41 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -> Non
         assert result.returncode == 2, result.stderr
         assert f"{taken} is a file, not a folder" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_replay_runs_under_a_live_configuration_of_a_cluster_and_bytewax_metrics(
+        tmp_path: Path) -> None:
+    """The replay's Redis is a server of its own: the live configuration's cluster mode and
+    Bytewax metrics port (its dataflow runs twice in one process) must not reach it."""
+    config = tmp_path / "live.yaml"
+    config.write_text(yaml.safe_dump({
+        "redis": {"url": "redis://127.0.0.1:7000/0", "cluster": True},
+        "dataflow": {"bytewax_metrics_port": free_port()}}))
+    history = tmp_path / "orders.csv"
+    history.write_text("client_id,timestamp,amount\nc1,2024-01-01T00:00:00,5\n"
+                       "c1,2024-02-01T00:00:00,7\n")
+    result = _crmflow("replay", str(history), "--format", "orders", "--out",
+                      str(tmp_path / "out"), "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "profiles.parquet").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_replay_stopped_by_a_signal_says_so_without_a_traceback(
+        tmp_path: Path, signum: int) -> None:
+    history = tmp_path / "orders.csv"
+    with history.open("w") as handle:
+        handle.write("client_id,timestamp,amount\n")
+        for n in range(300_000):
+            handle.write(f"c{n % 50_000},2024-01-{1 + n % 28:02d}T00:00:{n % 60:02d},{n % 90}\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crmflow.cli", "replay", str(history), "--format", "orders",
+         "--out", str(tmp_path / "out")], cwd=tmp_path, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    assert process.poll() is None, "the replay ended before it could be stopped"
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, stderr
+    assert f"crmflow replay: stopped by {signal.Signals(signum).name}" in stderr
+    assert "Traceback" not in stderr
