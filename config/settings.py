@@ -53,6 +53,7 @@ from features.rules import (
     LifecycleRules,
     LoyaltyRule,
     LoyaltyTier,
+    NpsBands,
     OfferRule,
     OnboardingRule,
     Policy,
@@ -501,6 +502,21 @@ class LifecycleSettings(Section):
                               self.churned_after)
 
 
+class NpsSettings(Section):
+    detractor_max: Annotated[int, Field(ge=0, le=9)] = 5  # answers 0..5: detractors
+    passive_max: Annotated[int, Field(ge=1, le=10)] = 8  # 6..8 passives; 9..10 promoters
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NpsSettings:
+        if self.detractor_max >= self.passive_max:
+            raise ValueError(f"detractor_max ({self.detractor_max}) must be below "
+                             f"passive_max ({self.passive_max})")
+        return self
+
+    def bands(self) -> NpsBands:
+        return NpsBands(self.detractor_max, self.passive_max)
+
+
 _FIXED = FixedThresholds()
 
 
@@ -610,6 +626,7 @@ class Settings(BaseSettings):
     triggers: TriggerSettings = TriggerSettings()
     policy: PolicySettings = PolicySettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
+    nps: NpsSettings = NpsSettings()
     rfm: RfmSettings = RfmSettings()
     segments: dict[str, Any] = Field(default_factory=dict)  # rule segments (README)
     demo: DemoSettings = DemoSettings()
@@ -656,7 +673,7 @@ class Settings(BaseSettings):
             service_reminder=t.service_reminder.rule(), birthday=t.birthday.rule(),
             onboarding=t.onboarding.rule(), loyalty_status=t.loyalty_status.rule(),
             segment_entered=t.segment_entered.rule(), policy=self.policy.policy(),
-            segments=self.segment_rules())
+            segments=self.segment_rules(), nps=self.nps.bands())
 
     @classmethod
     def settings_customise_sources(

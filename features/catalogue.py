@@ -25,8 +25,6 @@ from typing import Any
 from features.calendar import next_birthday, parse_birthday, zone
 from features.events import Event, EventType, format_time
 from features.lifecycle import (
-    DETRACTOR_MAX,
-    PASSIVE_MAX,
     churn_anchor,
     first_purchase,
     is_loyal,
@@ -527,13 +525,13 @@ def _nps(before: ClientState | None, after: ClientState, event: Event, rules: Tr
     score = event.nps_score
     key = occasion_time(t)
     base: dict[str, Any] = {"score": score, "answered_at": format_time(t)}
-    if score <= DETRACTOR_MAX:
+    if score <= rules.nps.detractor_max:
         if not rules.nps_detractor_task.enabled:
             return []
         comment = event.properties.get("comment")
         return [Candidate(NPS_DETRACTOR_TASK, key, t,
                           {**base, "comment": comment if isinstance(comment, str) else None})]
-    if score <= PASSIVE_MAX:
+    if score <= rules.nps.passive_max:
         if not rules.nps_passive_offer.enabled:
             return []
         return [Candidate(NPS_PASSIVE_OFFER, key, t,

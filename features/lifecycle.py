@@ -10,11 +10,8 @@ count treat an order whose money all went back like a cancelled one.
 
 from __future__ import annotations
 
-from features.rules import LifecycleRules, LoyaltyTier
+from features.rules import LifecycleRules, LoyaltyTier, NpsBands
 from features.state import ClientState, OrderRecord
-
-DETRACTOR_MAX = 5  # NPS 0-5
-PASSIVE_MAX = 8  # NPS 6-8; 9-10 are promoters
 
 
 def live_orders(state: ClientState) -> list[OrderRecord]:
@@ -100,8 +97,8 @@ def is_loyal(state: ClientState, loyal_after_orders: int) -> bool:
     return loyal_after_orders > 0 and purchase_count(state) >= loyal_after_orders
 
 
-def is_detractor(state: ClientState) -> bool:
-    return state.nps_score is not None and state.nps_score <= DETRACTOR_MAX
+def is_detractor(state: ClientState, bands: NpsBands) -> bool:
+    return state.nps_score is not None and state.nps_score <= bands.detractor_max
 
 
 def loyalty_tier(state: ClientState, tiers: tuple[LoyaltyTier, ...]) -> str:

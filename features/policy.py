@@ -160,7 +160,7 @@ def decide(client_key: str, state: ClientState, trigger_type: str, at: float,
     if (trigger_type in policy.suppress_for_churned
             and is_churned(state, at, rules.churn_after)):
         return Decision(SUPPRESSED, CHURNED)
-    if trigger_type in policy.suppress_for_detractors and is_detractor(state):
+    if trigger_type in policy.suppress_for_detractors and is_detractor(state, rules.nps):
         return Decision(SUPPRESSED, DETRACTOR)
     if in_holdout(client_key, trigger_type, rules.holdout_percent(trigger_type)):
         return Decision(HOLDOUT)

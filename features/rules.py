@@ -254,6 +254,21 @@ AnyRule = (TriggerRule | OffsetRule | FeedbackRule | TaskRule | OfferRule | Refe
 
 
 @dataclass(frozen=True, slots=True)
+class NpsBands:
+    """NPS answers 0..`detractor_max` are detractors (a task for a manager, and suppressed
+    from the marketing triggers the policy names), up to `passive_max` passives (an offer),
+    the rest promoters (a referral invitation)."""
+
+    detractor_max: int = 5
+    passive_max: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.detractor_max < self.passive_max <= 10:
+            raise ValueError("NPS bands need 0 <= detractor_max < passive_max <= 10, not "
+                             f"{self.detractor_max} and {self.passive_max}")
+
+
+@dataclass(frozen=True, slots=True)
 class TriggerRules:
     welcome: TriggerRule = TriggerRule()
     order_confirmation: TriggerRule = TriggerRule()
@@ -276,6 +291,7 @@ class TriggerRules:
     segment_entered: SegmentEnteredRule = SegmentEnteredRule()
     policy: Policy = field(default_factory=Policy)
     segments: SegmentRules = SegmentRules()
+    nps: NpsBands = NpsBands()
     # derived: the timer rules switched on (the catalogue asks on every event)
     enabled_timers: tuple[str, ...] = field(init=False, repr=False, compare=False)
 

@@ -28,6 +28,7 @@ from features.rules import (
     SERVICE_REMINDER,
     WELCOME,
     LoyaltyTier,
+    NpsBands,
     QuietHours,
     TriggerRules,
 )
@@ -279,6 +280,20 @@ def test_a_late_older_answer_or_a_resent_one_raises_nothing() -> None:
 def test_a_newer_answer_is_a_new_occasion() -> None:
     _, triggers = run([nps(0, 9), nps(days(60), 3)])
     assert kinds(triggers) == [NPS_PROMOTER_REFERRAL, NPS_DETRACTOR_TASK]
+
+
+@pytest.mark.parametrize(("score", "kind"), [
+    (6, NPS_DETRACTOR_TASK), (7, NPS_PASSIVE_OFFER), (8, NPS_PROMOTER_REFERRAL)])
+def test_nps_bands_are_the_operators(score: int, kind: str) -> None:
+    """The classic NPS split (0-6 detractors, 7-8 passives) where the practice's default
+    is 0-5 and 6-8: the bands come from the configuration."""
+    rules = replace(RULES, nps=NpsBands(detractor_max=6, passive_max=7))
+    assert kinds(run([nps(0, score)], rules)[1]) == [kind]
+
+
+def test_nps_bands_refuse_an_impossible_order() -> None:
+    with pytest.raises(ValueError, match="detractor_max < passive_max"):
+        NpsBands(detractor_max=8, passive_max=8)
 
 
 def test_each_nps_rule_can_be_switched_off() -> None:

@@ -285,6 +285,15 @@ def test_an_env_value_that_is_not_json_names_the_variable(
     assert "CRMFLOW_POLICY__PRIORITY='welcome'" in message and "JSON" in message
 
 
+def test_nps_bands_are_configured_and_checked(tmp_path: Path) -> None:
+    config = tmp_path / "nps.yaml"
+    config.write_text("nps:\n  detractor_max: 6\n  passive_max: 8\n")
+    assert load_settings(config).trigger_rules().nps.detractor_max == 6
+    config.write_text("nps:\n  detractor_max: 8\n  passive_max: 8\n")
+    message = config_error(config)
+    assert "nps" in message and "detractor_max (8) must be below passive_max (8)" in message
+
+
 def test_section_names_that_are_not_text_are_named(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("1: x\n")

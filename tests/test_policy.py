@@ -38,6 +38,7 @@ from features.rules import (
     REPLENISHMENT_REMINDER,
     SECOND_ORDER_NUDGE,
     WELCOME,
+    NpsBands,
     Policy,
     TriggerRules,
 )
@@ -381,6 +382,14 @@ def test_a_detractor_gets_no_second_order_nudge_but_a_promoter_does() -> None:
     _, [nudge] = run([identify(0, **ANN), order(0, "o1"), nps(days(8), 4), nps(days(9), 9)],
                      rules, until=days(20))
     assert nudge.status == SENT
+
+
+def test_who_is_a_detractor_follows_the_configured_bands() -> None:
+    rules = replace(with_rules(only(TriggerRules(), SECOND_ORDER_NUDGE), quiet_hours=None),
+                    nps=NpsBands(detractor_max=6, passive_max=8))
+    _, [nudge] = run([identify(0, **ANN), order(0, "o1"), nps(days(8), 6)], rules,
+                     until=days(20))
+    assert (nudge.status, nudge.reason) == (SUPPRESSED, "detractor")  # 6 sends by default
 
 
 def test_the_detractor_task_is_never_suppressed() -> None:
