@@ -488,6 +488,7 @@ class LifecycleSettings(Section):
     loyal_window: Duration = 365 * DAY
     at_risk_after: Duration = 90 * DAY
     churned_after: Duration = 180 * DAY
+    repeat_orders: Annotated[int, Field(ge=2)] = 2  # fewer orders: stage new
 
     @model_validator(mode="after")
     def _ordered(self) -> LifecycleSettings:
@@ -499,7 +500,7 @@ class LifecycleSettings(Section):
 
     def rules(self) -> LifecycleRules:
         return LifecycleRules(self.loyal_orders, self.loyal_window, self.at_risk_after,
-                              self.churned_after)
+                              self.churned_after, self.repeat_orders)
 
 
 class NpsSettings(Section):

@@ -152,7 +152,7 @@ def lifecycle_stage(state: ClientState, now: float, rules: LifecycleRules) -> st
         return AT_RISK
     if 0 < rules.loyal_orders <= len(orders_within(state, now, rules.loyal_window)):
         return LOYAL
-    return NEW if state.orders_count <= 1 else REPEAT
+    return NEW if state.orders_count < rules.repeat_orders else REPEAT
 
 
 def lifecycle_next_change(state: ClientState, now: float, rules: LifecycleRules

@@ -188,14 +188,16 @@ class SegmentEnteredRule:
 
 @dataclass(frozen=True, slots=True)
 class LifecycleRules:
-    """Lifecycle stages: prospect (registered, no order), new (1 order), repeat (2+), loyal
-    (`loyal_orders` within `loyal_window`), at_risk (no order for `at_risk_after`), churned
-    (no order for `churned_after`, or none at all that long after registering)."""
+    """Lifecycle stages: prospect (registered, no order), new (fewer than `repeat_orders`
+    orders), repeat (`repeat_orders` or more), loyal (`loyal_orders` within `loyal_window`),
+    at_risk (no order for `at_risk_after`), churned (no order for `churned_after`, or none
+    at all that long after registering)."""
 
     loyal_orders: int = 4
     loyal_window: float = 365 * DAY
     at_risk_after: float = 90 * DAY
     churned_after: float = 180 * DAY
+    repeat_orders: int = 2
 
 
 @dataclass(frozen=True, slots=True)

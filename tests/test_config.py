@@ -294,6 +294,14 @@ def test_nps_bands_are_configured_and_checked(tmp_path: Path) -> None:
     assert "nps" in message and "detractor_max (8) must be below passive_max (8)" in message
 
 
+def test_the_repeat_stage_starts_where_configured(tmp_path: Path) -> None:
+    config = tmp_path / "life.yaml"
+    config.write_text("lifecycle:\n  repeat_orders: 3\n")
+    assert load_settings(config).segment_rules().lifecycle.repeat_orders == 3
+    config.write_text("lifecycle:\n  repeat_orders: 1\n")
+    assert "lifecycle.repeat_orders" in config_error(config)
+
+
 def test_section_names_that_are_not_text_are_named(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("1: x\n")

@@ -65,6 +65,11 @@ def test_every_lifecycle_transition() -> None:
                            replace(LIFE, loyal_orders=0)) == "repeat"
     cancelled = apply_event(two, cancel(days(12), "o2"))
     assert lifecycle_stage(cancelled, T0 + days(13), LIFE) == "new"
+    # the practice's funnel: a buyer of 1-2 orders is new, repeat from the third
+    practice = replace(LIFE, repeat_orders=3)
+    assert lifecycle_stage(two, T0 + days(11), practice) == "new"
+    three = apply_event(two, order(days(11), "o3"))
+    assert lifecycle_stage(three, T0 + days(12), practice) == "repeat"
 
 
 def test_next_change_is_exact_for_at_risk_and_churned() -> None:
