@@ -17,7 +17,20 @@ from features.events import MAX_DEPTH, EventError
 MIN_INT, MAX_INT = -(2**63), 2**64 - 1  # what orjson encodes
 
 
+class NotANumber:
+    """`NaN`, `Infinity` or `-Infinity` where JSON has a number: Python's json reads them
+    (`parse_constant`), JSON does not have them, and orjson would store them as null."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 def _problem(value: object) -> str | None:
+    if isinstance(value, NotANumber):
+        return f"{value.text} is not a JSON number"
     if isinstance(value, str):
         try:
             value.encode()

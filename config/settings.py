@@ -750,7 +750,7 @@ def _env_decoding_error(exc: SettingsError, env: Mapping[str, str]) -> str:
     own = f"{_ENV_PREFIX}{(section or '').upper()}"
     variables = sorted(name for name in env if section and (
         name.upper() == own or name.upper().startswith(own + "__")))
-    shown = ", ".join(f"{name}={env[name]!r}" for name in variables) or str(exc)
+    shown = ", ".join(variables) or str(exc)  # names only: values may be keys or passwords
     return (f"invalid configuration (environment): {shown}: a list or mapping setting takes "
             'JSON, such as \'["welcome", "birthday"]\' or \'{"start": "21:00", ...}\'')
 

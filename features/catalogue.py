@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from features.calendar import next_birthday, parse_birthday, zone
-from features.events import Event, EventType, format_time
+from features.events import Event, EventError, EventType, format_time, parse_time
 from features.lifecycle import (
     churn_anchor,
     first_purchase,
@@ -453,7 +453,7 @@ def _browse_released(state: ClientState, pending: PendingTrigger) -> Candidate |
     order; one stamped after it ends it."""
     mark = mark_of(state, ABANDONED_BROWSE)
     closed = state.browse_closed_at
-    last_view = _key_time(pending.key)
+    last_view = _last_view(pending)
     if (mark is not None and mark > pending.fired_at) or (
             last_view is not None and float(occasion_time(closed)) >= last_view):
         return None
@@ -466,6 +466,18 @@ def _browse_released(state: ClientState, pending: PendingTrigger) -> Candidate |
         return None
     return Candidate(pending.type, pending.key, pending.fired_at,
                      {**pending.payload, "products": products})
+
+
+def _last_view(pending: PendingTrigger) -> float | None:
+    """The browse episode's last view: in its payload (a reminder that waited across the
+    upgrade to state format 8 is keyed by the episode's first view), else its key."""
+    sent = pending.payload.get("last_view_at")
+    if isinstance(sent, str):
+        try:  # as a key holds it: a time to the millisecond
+            return _key_time(occasion_time(parse_time(sent, "last_view_at")))
+        except EventError:
+            pass
+    return _key_time(pending.key)
 
 
 def still_valid(state: ClientState, pending: PendingTrigger, rules: TriggerRules) -> bool:

@@ -93,8 +93,10 @@ class _Lines:
 
     @staticmethod
     def _cr_only(start: bytes) -> bool:
-        """Lines that end in CR alone (classic Mac OS, Excel's "CSV (Macintosh)")."""
-        return b"\r" in start and b"\n" not in start
+        """Lines that end in CR alone (classic Mac OS, Excel's "CSV (Macintosh)", which
+        writes a line break inside a cell as a bare LF): more bare CRs than bare LFs."""
+        both = start.count(b"\r\n")
+        return start.count(b"\r") - both > start.count(b"\n") - both
 
     def _gunzip(self, handle: IO[bytes]) -> Iterator[bytes]:
         """The decompressed bytes of every gzip member in turn."""
@@ -187,10 +189,10 @@ def csv_rows(path: Path, required: tuple[str, ...] = ()
              ) -> Iterator[tuple[str, Row | BadRow]]:
     """Rows of a CSV file with a header; `required` columns must be in it. A row with fewer
     or more fields than the header (a truncated line, an unquoted comma), with bytes that
-    are not UTF-8, or that the csv module cannot read is a `BadRow` named by its first line;
-    so is the end of a truncated gzip file, after the rows before it. A bad row that runs
-    over several lines (an unclosed quote swallows the lines after it) is reported at its
-    first line and the lines after it are read again as rows of their own."""
+    are not UTF-8, or that the csv module cannot read is a `BadRow` named by its first line
+    (a line that is not UTF-8 by its own); so is the end of a truncated gzip file, after the
+    rows before it. A bad row that runs over several lines (an unclosed quote swallows the
+    lines after it) is reported with the lines it spans."""
     lines = _Lines(path)
     source = iter(lines)
     try:
@@ -243,14 +245,16 @@ def _records(path: Path, source: Iterator[str], first: int, header: list[str],
         where = f"{path}:{start}"
         if not fields:
             continue  # a blank line
-        not_utf8 = [undecoded[n] for n in range(start, line) if n in undecoded]
+        not_utf8 = [n for n in range(start, line) if n in undecoded]
         if not_utf8:
-            yield where, BadRow("not UTF-8", not_utf8[0])
+            yield f"{path}:{not_utf8[0]}", BadRow("not UTF-8", undecoded[not_utf8[0]])
         elif len(fields) != len(header) and len(record) > 1:
+            # an unclosed quote, or a quoted line break in a row of the wrong width: which,
+            # the file does not say, so the lines are reported, not guessed into rows
             yield where, BadRow("unreadable CSV", f"a quoted field runs from line {start} to "
-                                f"{line - 1} (an unclosed quote?); the lines after it are read "
-                                "as rows of their own")
-            yield from _records(path, iter(record[1:]), start + 1, header, undecoded)
+                                f"line {line - 1} (an unclosed quote?); those "
+                                f"{len(record)} lines make {len(fields)} fields, the header "
+                                f"has {len(header)}")
         elif len(fields) > len(header):
             yield where, BadRow("too many fields", f"{len(fields)} fields, the header has "
                                 f"{len(header)}")

@@ -72,6 +72,13 @@ def test_values_no_store_can_keep_reject_their_item_and_the_batch_is_kept(
     assert "surrogate" in body["rejected"][1]["error"]
     assert stored_ids(redis_client, settings) == {"good-1"}
 
+    nan = post(api, "/v1/events", '[{"type":"visit","client_id":"a","event_id":"ok-2"},'
+               '{"type":"visit","client_id":"a","properties":{"x":NaN}}]')
+    assert nan.status_code == 200 and nan.json()["accepted"] == 1, nan.text  # not a null
+    [refused] = nan.json()["rejected"]
+    assert (refused["index"], refused["field"]) == (1, "properties.x")
+    assert refused["error"] == "properties.x: NaN is not a JSON number"
+
     single = post(api, "/v1/track", bad["half-user"])
     assert single.status_code == 400 and single.json()["field"] == "userId", single.text
 
@@ -179,6 +186,11 @@ def test_contains_and_touches_name_text_no_store_can_keep(api: str) -> None:
                  + '"}').encode())
     assert touch.status_code == 400, touch.text
     assert touch.json()["field"] == "comment"
+    unknown = httpx.post(api + "/v1/profiles/c1/touches", headers={
+        "Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"},
+        content=('{"occasion":"call","status":"done","x' + HALF_EMOJI + '":1}').encode())
+    assert unknown.status_code == 400, unknown.text  # was a 500
+    assert unknown.json()["field"] == "x\\ud83d"
 
 
 def test_a_json_body_without_a_content_type_is_read_as_json(api: str) -> None:

@@ -282,7 +282,12 @@ def test_an_env_value_that_is_not_json_names_the_variable(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRMFLOW_POLICY__PRIORITY", "welcome")
     message = config_error()
-    assert "CRMFLOW_POLICY__PRIORITY='welcome'" in message and "JSON" in message
+    assert "CRMFLOW_POLICY__PRIORITY" in message and "JSON" in message
+    monkeypatch.delenv("CRMFLOW_POLICY__PRIORITY")
+    monkeypatch.setenv("CRMFLOW_API__POINT_READ_KEYS", "shop1=pk_SECRET")  # not JSON
+    monkeypatch.setenv("CRMFLOW_API__ADMIN_KEYS", "adm_SECRET")
+    message = config_error()
+    assert "CRMFLOW_API__POINT_READ_KEYS" in message and "SECRET" not in message
 
 
 def test_nps_bands_are_configured_and_checked(tmp_path: Path) -> None:

@@ -394,22 +394,27 @@ def test_ids_built_from_long_source_ids_stay_within_the_limit(tmp_path: Path) ->
     assert [e["event_id"] for e in again] == ids  # stable: a backfill de-duplicates by it
 
 
-def test_csv_damage_is_named_at_its_line_and_costs_no_valid_row(tmp_path: Path) -> None:
+def test_csv_damage_is_named_at_its_line_and_nothing_is_invented(tmp_path: Path) -> None:
     uci = UCI_HEADER + (
         "536365,A,HEART,6,2010-12-01 08:26:00,2.55,17850.0,UK\n"
         '536366,B,"LANTERN,6,2010-12-01 08:28:00,3.39,17850.0,UK\n'  # a quote never closed
         "536367,C,CUP,6,2010-12-01 08:30:00,1.0,17850.0,UK\n"
-        "536368,D,MUG,6,2010-12-01 08:31:00,1.0,17850.0,UK\n"
-        "536369,E,JUG,6,2010-12-01 08:32:00,1.0,17850.0,UK\n")
+        "536368,D,MUG,6,2010-12-01 08:31:00,1.0,17850.0,UK\n")
     path = write(tmp_path / "uci.csv", uci)
     events, tally = events_of("uci-online-retail", [path])
-    assert sorted(e["order"]["order_id"] for e in events) == [
-        "536365", "536367", "536368", "536369"]
-    assert tally.bad == {"unreadable CSV": 1}
-    assert tally.examples["unreadable CSV"].startswith(f"{path}:3: unreadable CSV (a quoted "
-                                                       "field runs from line 3 to 6")
+    assert [e["order"]["order_id"] for e in events] == ["536365"]
+    assert tally.bad == {"unreadable CSV": 1}  # the lines it swallowed, named, not guessed
+    assert tally.examples["unreadable CSV"].startswith(
+        f"{path}:3: unreadable CSV (a quoted field runs from line 3 to line 5 (an unclosed "
+        "quote?); those 3 lines make 3 fields, the header has 8)")
     with pytest.raises(HistoryError, match=f"{path}:3: unreadable CSV"):
         list(read_events("uci-online-retail", [path], Tally(strict=True)))
+
+    # a quoted line break in a row one field too wide: one bad row, no row made of its parts
+    wide = write(tmp_path / "wide.csv", 'client_id,timestamp,amount\nc1,"note\nc2",'
+                 "2024-01-01,5\nc3,2024-01-02,6\n")
+    events, tally = events_of("orders", [wide])
+    assert [e["client_id"] for e in events] == ["c3"] and tally.bad == {"unreadable CSV": 1}
 
     stray = write(tmp_path / "stray.csv", "client_id,timestamp,amount\n"
                   "a,2024-01-01,5\rb\n"        # a CR inside a row: line 2, not the header's
@@ -417,6 +422,13 @@ def test_csv_damage_is_named_at_its_line_and_costs_no_valid_row(tmp_path: Path) 
     events, tally = events_of("orders", [stray])
     assert [e["client_id"] for e in events] == ["c"]
     assert tally.examples["unreadable CSV"].startswith(f"{stray}:2:")
+
+    latin = tmp_path / "latin.csv"  # the byte is named at its own line, inside a long row
+    latin.write_bytes(b'client_id,timestamp,amount\nc1,"x\ny\xff",2024-01-01,5\n'
+                      b"c2,2024-01-02,6\n")
+    events, tally = events_of("orders", [latin])
+    assert [e["client_id"] for e in events] == ["c2"]
+    assert tally.examples["not UTF-8"].startswith(f"{latin}:3:")
 
 
 def test_csv_files_whose_lines_end_in_cr_alone_are_read(tmp_path: Path) -> None:
@@ -430,6 +442,11 @@ def test_csv_files_whose_lines_end_in_cr_alone_are_read(tmp_path: Path) -> None:
     zipped = write(tmp_path / "mac.csv.gz", "client_id,timestamp,amount\rc,2024-01-01,5\r",
                    gz=True)
     assert [e["client_id"] for e in events_of("orders", [zipped])[0]] == ["c"]
+    in_cell = tmp_path / "in_cell.csv"  # Excel for Mac writes a break inside a cell as LF
+    in_cell.write_bytes(b'client_id,note,timestamp,amount\rann,"line one\nline two",'
+                        b"2024-01-01,5\rbob,x,2024-01-02,6\r")
+    events, tally = events_of("orders", [in_cell])
+    assert [e["client_id"] for e in events] == ["ann", "bob"] and not tally.bad
 
 
 def test_damaged_parquet_is_named_and_the_rows_before_it_are_kept(tmp_path: Path) -> None:

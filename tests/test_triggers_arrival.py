@@ -182,6 +182,22 @@ def test_a_late_cart_add_within_the_browse_episode_cuts_it_as_in_order() -> None
     assert [t.payload["products"] for t in in_order] == [["b"], ["b"]]
 
 
+def test_a_browse_reminder_waiting_across_the_upgrade_is_cut_by_its_last_view() -> None:
+    """Up to state format 7 a browse reminder was keyed by the episode's first view; one
+    waiting for the end of quiet hours at the upgrade keeps that key. Its payload's
+    `last_view_at` says where the episode ended, so a late cart add inside it cuts it as in
+    order instead of cancelling it."""
+    rules = only(QUIET, ABANDONED_BROWSE)
+    views = [view(20 * HOUR, "p1"), view(20 * HOUR + 30 * MINUTE, "p2")]
+    state, waiting = run(views, rules, until=23 * HOUR)
+    [pending] = state.pending
+    v7 = replace(state, pending=(replace(pending, key=occasion_time(T0 + 20 * HOUR)),))
+    _, released = run([late(cart_add(20 * HOUR + 15 * MINUTE, "p9"), 23 * HOUR + MINUTE)],
+                      rules, state=v7, until=days(2))
+    assert [(t.status, t.payload["products"]) for t in released] == [("sent", ["p2"])]
+    assert waiting[0].status == "deferred"
+
+
 # --- the cart ------------------------------------------------------------------------------------
 
 CARTS = only(RULES, ABANDONED_CART)

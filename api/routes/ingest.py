@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import Resources, ResourcesDep, check_write_key
 from api.responses import problems
-from api.wire_values import encoded
+from api.wire_values import NotANumber, encoded
 from config.durations import format_duration
 from config.settings import ApiSettings
 from features.events import INTERNAL_TYPES, Event, EventError, EventType, format_time
@@ -88,7 +88,7 @@ def _decode_json(body: bytes) -> Any:
     if not body.strip():
         raise BodyError(400, "empty body: expected a JSON object", "malformed")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=NotANumber)  # refused per item, by path
     except UnicodeDecodeError:
         raise BodyError(400, "body is not valid UTF-8", "malformed") from None
     except RecursionError:

@@ -72,8 +72,9 @@ async def record_touch(client_id: ClientId, body: TouchBody, request: Request,
     """Record a manual touch; answers 202 with the touch's id (its occasion's trigger id)."""
     client_id = await _check_writer(request, resources, client_id)
     unknown = sorted(set(body) - set(FIELDS))
-    if unknown:
-        return _bad(unknown[0], f"unknown field (known: {', '.join(FIELDS)})")
+    if unknown:  # named as text JSON can carry (a key may hold half an emoji)
+        name = unknown[0].encode("utf-8", "backslashreplace").decode("utf-8")
+        return _bad(name, f"unknown field (known: {', '.join(FIELDS)})")
     received_at = time.time()
     try:
         event_time = (received_at if body.get("touched_at") is None
