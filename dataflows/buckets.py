@@ -361,7 +361,8 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                     and before.traits is after.traits and before.merged_into == after.merged_into
                     and indexed == triple):
                 continue  # the common case: no membership, trait or RFM value moved
-            changes.extend(SegmentChange(key, name, False, after.segments_at)
+            left_at = segments.changed_at(after)
+            changes.extend(SegmentChange(key, name, False, left_at)
                            for name in segments.left(before, after) if segments.is_public(name))
             changes.extend(SegmentChange(key, name, True, at)
                            for name, at in segments.entered(before, after)

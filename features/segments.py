@@ -218,6 +218,14 @@ def refile_rfm(state: ClientState, now: float, rules: SegmentRules) -> ClientSta
     return evolve(state, segments=tuple(sorted(kept)))
 
 
+def changed_at(state: ClientState) -> float:
+    """When the state's latest membership change happened: its last evaluation, or a later
+    RFM model's adoption, whose entries `refile_rfm` stamps after it. A segment left then
+    is left at that time too, not before the segments entered with it."""
+    return max(state.segments_at, *(at for _, at in state.segments)) if state.segments else (
+        state.segments_at)
+
+
 def entered(before: ClientState | None, after: ClientState) -> list[tuple[str, float]]:
     old = set() if before is None else {name for name, _ in before.segments}
     return [(name, at) for name, at in after.segments if name not in old]

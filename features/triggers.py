@@ -210,8 +210,10 @@ def regroup(client_key: str, state: ClientState, at: float, rules: TriggerRules
             ) -> tuple[ClientState, list[Trigger]]:
     """The client's RFM segment refiled at `at` under a new RFM model (nothing else moves:
     memberships that time changes keep waiting for their own timer), with the
-    `segment_entered` trigger that may follow."""
-    return _entered(client_key, state, segments.refile_rfm(state, at, rules.segments), rules)
+    `segment_entered` trigger that may follow, decided when the model is adopted (the
+    policy's quiet hours of that moment, not of the client's last evaluation)."""
+    return _entered(client_key, state, segments.refile_rfm(state, at, rules.segments), rules,
+                    decided_at=max(at, state.segments_at))
 
 
 def refile(client_key: str, state: ClientState, rules: TriggerRules
@@ -230,7 +232,8 @@ def _resegment(client_key: str, state: ClientState, at: float, rules: TriggerRul
 
 
 def _entered(client_key: str, before: ClientState, state: ClientState, rules: TriggerRules,
-             *, live: bool = False) -> tuple[ClientState, list[Trigger]]:
+             *, live: bool = False, decided_at: float | None = None
+             ) -> tuple[ClientState, list[Trigger]]:
     rule = rules.segment_entered
     if not rule.enabled or not rule.segments:
         return state, []
@@ -240,7 +243,8 @@ def _entered(client_key: str, before: ClientState, state: ClientState, rules: Tr
                   if name in rule.segments]
     if not candidates:
         return state, []
-    return _decide_all(client_key, state, [(c, None) for c in candidates], state.segments_at,
+    return _decide_all(client_key, state, [(c, None) for c in candidates],
+                       state.segments_at if decided_at is None else decided_at,
                        rules, delayable=True, live=live)
 
 

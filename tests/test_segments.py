@@ -14,7 +14,11 @@ from features.lifecycle import lifecycle_next_change, lifecycle_stage
 from features.rfm import FixedThresholds, RfmModel, quantile_cuts
 from features.rules import (
     SEGMENT_ENTERED,
+    TRIGGER_TYPES,
+    Channel,
     LifecycleRules,
+    Policy,
+    QuietHours,
     SegmentEnteredRule,
     SegmentRules,
     TriggerRules,
@@ -186,6 +190,54 @@ def test_a_new_rfm_model_refiles_the_rule_segments_that_name_rfm_features() -> N
     back, _ = regroup(CLIENT, after, T0 + 200, rules)
     assert dict(back.segments)["vip"] == T0 + 200
     assert {n for n, _ in back.segments} == {n for n, _ in state.segments}
+
+
+def _poor_then_rich() -> tuple[RfmModel, RfmModel]:
+    """A model under which a single order on day 0 is lost, and one under which it is a
+    champion."""
+    poor = RfmModel("quantile", T0, 5, quantile_cuts([T0 + days(5) + i for i in range(5)]),
+                    quantile_cuts([3, 4, 5, 6, 7]), quantile_cuts([100, 200, 300, 400, 500]))
+    rich = RfmModel("quantile", T0, 5, quantile_cuts([T0 - 5, T0 - 4, T0 - 3, T0 - 2, T0 - 1]),
+                    quantile_cuts([1, 1, 1, 1, 1]), quantile_cuts([1, 2, 3, 4, 5]))
+    return poor, rich
+
+
+def test_segments_left_at_a_model_adoption_are_left_then_not_before() -> None:
+    """A new model moves the client from rfm:lost to rfm:champions on day 40, while the
+    client was last evaluated on day 0: the exit is stamped with the adoption, as the entry
+    is (the segment-changes stream had exits before their entries)."""
+    poor, rich = _poor_then_rich()
+    rules = replace(RULES, segments=SegmentRules(rfm_model=poor))
+    state, _ = run([order(0, "o1", 20.0)], rules)
+    assert "rfm:lost" in dict(state.segments) and segments.changed_at(state) == T0
+    after, _ = regroup(CLIENT, state, T0 + days(40),
+                       replace(rules, segments=replace(rules.segments, rfm_model=rich)))
+    assert "rfm:lost" in segments.left(state, after)
+    assert dict(after.segments)["rfm:champions"] == segments.changed_at(after) == T0 + days(40)
+
+
+def test_a_segment_entered_by_a_new_model_is_decided_when_the_model_is_adopted() -> None:
+    """Under quiet hours (21:00-09:00), an RFM segment entered at a model adopted at 23:00
+    waits for 09:00, whenever the client was last evaluated."""
+    poor, rich = _poor_then_rich()
+    rules = TriggerRules(
+        policy=Policy(quiet_hours=QuietHours(21 * 60, 9 * 60), frequency_cap_per_day=0,
+                      channels=(Channel("crm"),)),  # a channel every client has
+        segment_entered=SegmentEnteredRule(segments=frozenset({"rfm:lost"})),
+        segments=SegmentRules(rfm_model=rich))
+    state, _ = run([order(12 * 3600.0, "o1", 20.0)], only_segments(rules))
+    adopted = T0 + days(3) + 23 * 3600.0
+    _, [entered] = regroup(CLIENT, state, adopted, only_segments(
+        replace(rules, segments=replace(rules.segments, rfm_model=poor))))
+    assert (entered.type, entered.status, entered.reason) == (
+        SEGMENT_ENTERED, "deferred", "quiet_hours")
+    assert entered.fired_at == adopted and entered.until == adopted + 10 * 3600.0  # 09:00
+
+
+def only_segments(rules: TriggerRules) -> TriggerRules:
+    """`rules` with every rule but `segment_entered` switched off."""
+    return replace(rules, **{kind: replace(rules.rule(kind), enabled=False)
+                             for kind in TRIGGER_TYPES if kind != SEGMENT_ENTERED})
 
 
 def test_a_new_rfm_model_refiles_a_rule_on_m_alone() -> None:
