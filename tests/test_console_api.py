@@ -195,8 +195,12 @@ def test_a_point_key_sees_its_clients_everywhere(world: World) -> None:
     assert world.get("/v1/me", ADMIN_KEY)["can_record_touches"] is True
     expected = Counter(cell_of(c) for c in world.clients
                        if c.client_id in leeds and cell_of(c) is not None)
-    cells = world.get("/v1/rfm/map", LEEDS_KEY)["cells"]
+    leeds_map = world.get("/v1/rfm/map", LEEDS_KEY)
+    cells = leeds_map["cells"]
     assert {(c["r"], c["f"]): c["clients"] for c in cells if c["clients"]} == expected
+    # the model's population counts every point's buyers: not a point's to see
+    assert leeds_map["model"]["population"] is None
+    assert isinstance(world.get("/v1/rfm/map")["model"]["population"], int)
     sizes = {s["name"]: s["size"] for s in world.get("/v1/segments", LEEDS_KEY)["segments"]}
     assert sum(size for name, size in sizes.items() if name.startswith("lifecycle:")) == len(
         leeds)

@@ -363,7 +363,11 @@ def small(browser: Any, redis_url: str) -> Iterator[Small]:  # browser first: it
                "traits": {"point_id": POINT, "renewal_at": "2026-03-01T10:00:00",
                           "renewal_utc": "2026-03-01T10:00:00Z",
                           "renewal_spaced": "2026-03-01 10:00",
-                          "phone": "+44 20 9999 9999"}}]
+                          "phone": "+44 20 9999 9999"}},
+              # an id a path would read as another client's sub-resource
+              {"event_id": "slash-identify", "type": "identify",
+               "client_id": "tz-client/segments", "event_time": time.time() - 60,
+               "traits": {"point_id": POINT, "city": "Slashville"}}]
     client = redis.Redis.from_url(redis_url)
     with api_server(settings) as url:
         response = post_events(url, events)
@@ -390,6 +394,22 @@ def test_a_time_without_a_zone_is_shown_as_utc_as_crmflow_reads_it(browser: Any,
         assert "5:00" in utc  # 10:00 UTC is 05:00 in New York in March
         assert shown("renewal_at") == utc
         assert shown("renewal_spaced") == utc
+        assert console.errors == []
+    finally:
+        console.page.context.close()
+
+
+def test_the_card_of_an_id_ending_in_a_sub_resource_shows_that_client(browser: Any,
+                                                                      small: Small) -> None:
+    """`/v1/profiles/tz-client%2Fsegments` is tz-client's segments (the server decodes the
+    slash before routing): the card reads profiles by `?ids=`."""
+    console = sign_in(browser, small.url, ADMIN_KEY)
+    try:
+        console.open("/client/tz-client%2Fsegments", "client")
+        assert console.page.locator("[data-testid=client-id]").inner_text().strip().endswith(
+            "tz-client/segments")
+        traits = console.page.locator("[data-testid=traits]").inner_text()
+        assert "Slashville" in traits
         assert console.errors == []
     finally:
         console.page.context.close()

@@ -64,10 +64,10 @@ async def rfm_map(resources: ReadAccess, grant: Grant) -> FastJSONResponse:
                 "money_sample": len(known), "money_exact": sample.whole}
 
     cells = await asyncio.gather(*(cell(r, f) for r in SCORES for f in SCORES))
-    return FastJSONResponse({
+    return FastJSONResponse({  # a point's key sees its own clients, not all buyers' count
         "model": None if model is None or model.empty else {
             "mode": model.mode, "computed_at": format_time(model.computed_at),
-            "population": model.population},
+            "population": model.population if grant.point is None else None},
         "clients": sum(cell["clients"] for cell in cells), "cells": cells})
 
 

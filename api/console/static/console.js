@@ -842,7 +842,8 @@
     const model = data.model;
     const meta = h("p", { class: "muted rfm-meta" },
       `${model.mode || "RFM"} model · computed `, timeEl(model.computed_at),
-      ` · population ${fmtInt(model.population)} · ${fmtInt(data.clients)} clients scored`);
+      model.population == null ? "" : ` · population ${fmtInt(model.population)}`,
+      ` · ${fmtInt(data.clients)} clients scored`);
     fill(body, meta, h("div", { class: "rfm-wrap" }, map), legend);
   }
 
@@ -1457,8 +1458,12 @@
       h("div", { class: "client-side" },
         card("Record a touch", h("div", { class: "card-body" }, touchForm(ctx, target, reloadTimeline))),
         card("Timeline", timelineBox, { aside: "newest first" }))));
-    const loadProfile = ctx.get(`/v1/profiles/${enc(id)}`).then((p) => {
-      if (!p || typeof p !== "object") throw new Error("the profile is not an object");
+    // by ?ids=: an id may end in /segments, /timeline or /touches, which a path reads as
+    // another client's sub-resource
+    const loadProfile = ctx.get(`/v1/profiles?ids=${enc(id)}`).then((found) => {
+      const p = found && Array.isArray(found.profiles) ? found.profiles[0] : null;
+      if (!p) throw new ApiError(404, `unknown client '${id}'`);
+      if (typeof p !== "object") throw new Error("the profile is not an object");
       if (typeof p.client_id === "string" && p.client_id) target.id = p.client_id;
       renderProfile(profileBox, p);
       document.title = `Client ${target.id} · crmflow console`;
