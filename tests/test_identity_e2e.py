@@ -182,6 +182,11 @@ def test_an_anonymous_history_joins_the_registered_client(
         members = httpx.get(f"{url}/v1/segments/lifecycle:prospect/members",
                             headers=read_headers(), timeout=10).json()["members"]
         assert members == [USER]
+        # ... yet asked about by the cookie, a segment answers for the client, as /segments
+        contains = httpx.post(f"{url}/v1/segments/lifecycle:prospect/contains",
+                              json={"client_ids": [ANON, USER, "anon:nobody"]},
+                              headers=read_headers(), timeout=10).json()
+        assert contains["members"] == [ANON, USER] and contains["checked"] == 3
 
         # after the merge the cookie alone still speaks for the client: forwarded, and a
         # resend of the same message is not counted twice

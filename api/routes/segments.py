@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import Grant, ReadAccess, Resources
 from api.responses import FastJSONResponse, problems
-from features.events import format_time
+from features.events import ANONYMOUS_PREFIX, format_time
 from features.rfm import RFM_SEGMENTS
 from features.segments import LIFECYCLE_PREFIX, RFM_PREFIX, all_segment_names
 from sinks import console_store
@@ -97,12 +97,28 @@ async def segment_members(name: SegmentName, resources: ReadAccess, grant: Grant
 @router.post("/{name}/contains", response_class=FastJSONResponse)
 async def segment_contains(name: SegmentName, request: ContainsRequest,
                            resources: ReadAccess, grant: Grant) -> FastJSONResponse:
-    """Which of the given client ids are members (at most 1000 per request)."""
+    """Which of the given client ids are members (at most 1000 per request). An anonymous
+    id merged into a client answers for that client, as its profile does."""
     _known(resources, name)
-    members = await SegmentStore(resources.redis, resources.layout, grant.point).contains(
-        name, request.client_ids)
+    resolved = await _merged_into(resources, request.client_ids)
+    found = set(await SegmentStore(resources.redis, resources.layout, grant.point).contains(
+        name, list(dict.fromkeys(resolved.values()))))
+    members = [client_id for client_id, key in resolved.items() if key in found]
     return FastJSONResponse({"segment": name, "members": members,
-                             "checked": len(dict.fromkeys(request.client_ids))})
+                             "checked": len(resolved)})
+
+
+async def _merged_into(resources: Resources, client_ids: list[str]) -> dict[str, str]:
+    """Each id (once, in the order given) and the client it reads as: an anonymous id
+    merged into a client is that client (one round trip for the anonymous ids given)."""
+    resolved = dict.fromkeys(client_ids, "")
+    anonymous = [i for i in resolved if i.startswith(ANONYMOUS_PREFIX)]
+    states = await resources.profiles.states(anonymous) if anonymous else {}
+    for client_id in resolved:
+        state = states.get(client_id)
+        merged = None if state is None else state.merged_into
+        resolved[client_id] = merged or client_id
+    return resolved
 
 
 CSV_PAGE = 1000
