@@ -46,6 +46,8 @@ from datetime import MAXYEAR, MINYEAR, UTC, date, datetime
 from enum import Enum
 from typing import Any, Protocol
 
+from features.lifecycle import SEGMENT_STAGES, VISITOR
+from features.rfm import RFM_SEGMENTS
 from features.rules import DAY
 
 MAX_RULE_LENGTH = 2000
@@ -651,6 +653,14 @@ class _Token:
     value: Any = None  # Any, not object: mypyc cannot compile a field annotated `object`
 
 
+# text features with a fixed set of values: a value outside it is a typo that would leave
+# the segment empty for ever
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "lifecycle_stage": (VISITOR, *SEGMENT_STAGES),
+    "rfm_segment": tuple(slug for slug, _ in RFM_SEGMENTS),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class _Term:
     """A parsed operand with what the checks need: its kind and source text."""
@@ -757,6 +767,9 @@ class _Parser:
                 end += 1
             whole = text[start:end]
             found = _duration(number, text[i:end], whole)
+            if found is None and re.fullmatch(r"[eE][+-]?\d*", text[i:end]):
+                raise self.error(f"write the number {whole!r} without an exponent "
+                                 "(1000, not 1e3)", start)
             if found is None:
                 raise self.error(f"bad duration {whole!r} (expected {_UNITS_HELP})", start)
             return end, _Token("duration", whole, start, found)
@@ -964,6 +977,13 @@ class _Parser:
                              f"{right.label} ({_AS_NOUN[right.kind]})", op.pos)
         if left.kind == "bool" and op.text not in ("==", "!="):
             raise self.error("true/false can only be compared with == or !=", op.pos)
+        for feature, other in ((left, right), (right, left)):
+            choices = (_CHOICES.get(feature.node.name)
+                       if isinstance(feature.node, _Feature) else None)
+            if (choices is not None and isinstance(other.node, _Const)
+                    and other.node.constant not in choices):
+                raise self.error(f"{feature.label} is one of {', '.join(map(repr, choices))}: "
+                                 f"{other.node.constant!r} never matches", other.pos)
 
     def comparison(self, op: _Token, left: _Term, right: _Term) -> Condition:
         if "null" in (left.kind, right.kind):
@@ -1209,27 +1229,41 @@ def _check_overlaps(bands: list[Band], path: str) -> None:
 
 def compile_segments(raw: Mapping[Any, Any],
                      features: Mapping[str, FeatureKind]) -> SegmentCatalog:
-    """Compile the `segments:` mapping; any problem raises a RuleError naming its field."""
+    """Compile the `segments:` mapping; a problem raises a RuleError naming its field, and
+    the problems of the other segments follow it in its message, one line each (so that
+    `crmflow check-config` shows every one at once)."""
     if not isinstance(raw, Mapping):
         raise RuleError("segments", "expected a mapping of segment names to definitions")
     segments: list[Segment] = []
+    errors: list[RuleError] = []
     for name, spec in raw.items():
-        path = f"segments.{name}"
-        _check_name(name, path, "segment")
-        if not isinstance(spec, Mapping):
-            raise RuleError(path, "expected a mapping with 'rule' or 'stages'")
-        _check_keys(spec, ("rule", "stages", "description"), path)
-        description = spec.get("description", "")
-        if not isinstance(description, str):
-            raise RuleError(f"{path}.description",
-                            f"expected a string, got {type(description).__name__}")
-        if ("rule" in spec) == ("stages" in spec):
-            raise RuleError(path, "give exactly one of 'rule' or 'stages'")
-        if "rule" in spec:
-            rule = spec["rule"]
-            condition, named = _compile(rule, features, f"{path}.rule")
-            segments.append(RuleSegment(name, condition, rule, description, named))
-        else:
-            segments.append(_compile_stages(name, spec["stages"], features, f"{path}.stages",
-                                            description))
+        try:
+            segments.append(_compile_segment(name, spec, features))
+        except RuleError as exc:
+            errors.append(exc)
+    if len(errors) > 1:
+        first = str(errors[0]).removeprefix(f"{errors[0].path}: ")
+        raise RuleError(errors[0].path, first + "".join(f"\n  {e}" for e in errors[1:]))
+    if errors:
+        raise errors[0]
     return SegmentCatalog(tuple(segments))
+
+
+def _compile_segment(name: Any, spec: Any, features: Mapping[str, FeatureKind]) -> Segment:
+    """One segment's definition, compiled; a RuleError names what is wrong."""
+    path = f"segments.{name}"
+    _check_name(name, path, "segment")
+    if not isinstance(spec, Mapping):
+        raise RuleError(path, "expected a mapping with 'rule' or 'stages'")
+    _check_keys(spec, ("rule", "stages", "description"), path)
+    description = spec.get("description", "")
+    if not isinstance(description, str):
+        raise RuleError(f"{path}.description",
+                        f"expected a string, got {type(description).__name__}")
+    if ("rule" in spec) == ("stages" in spec):
+        raise RuleError(path, "give exactly one of 'rule' or 'stages'")
+    if "rule" in spec:
+        rule = spec["rule"]
+        condition, named = _compile(rule, features, f"{path}.rule")
+        return RuleSegment(name, condition, rule, description, named)
+    return _compile_stages(name, spec["stages"], features, f"{path}.stages", description)

@@ -253,6 +253,9 @@ def compile_catalog(raw: dict[str, Any]) -> SegmentCatalog:
     kinds = {name: FeatureKind(feature.kind.value) for name, feature in FEATURES.items()}
     catalog = compile_segments(raw, kinds)
     for segment in catalog.segments:
+        if f"{segment.name}:" in _BUILT_IN_PREFIXES:
+            raise RuleError(f"segments.{segment.name}", "the name is reserved for crmflow's "
+                                                        "built-in segments")
         taken = [name for name in segment.names if name.startswith(_BUILT_IN_PREFIXES)]
         if taken:
             raise RuleError(f"segments.{segment.name}", f"the name is reserved: it would give "

@@ -342,10 +342,10 @@ def test_linear_number_features() -> None:
 
 
 def test_stepwise_features_use_facts_next_change() -> None:
-    facts = DictFacts(values={"orders_30d": 3, "lifecycle_stage": "active"},
+    facts = DictFacts(values={"orders_30d": 3, "lifecycle_stage": "repeat"},
                       steps={"orders_30d": NOW + 3 * DAY, "lifecycle_stage": NOW + 9 * DAY})
     assert change("orders_30d > 2", facts) == NOW + 3 * DAY
-    assert change("lifecycle_stage == 'active'", facts) == NOW + 9 * DAY
+    assert change("lifecycle_stage == 'repeat'", facts) == NOW + 9 * DAY
     assert change("orders_count > 2", facts) is None
     past = replace(facts, steps={"orders_30d": NOW})
     assert change("orders_30d > 2", past) is None  # times <= now are ignored
@@ -697,6 +697,31 @@ def test_definition_errors(raw: dict[Any, Any], fragments: tuple[str, ...]) -> N
         compile_segments(raw, FEATURES)
     for fragment in fragments:
         assert fragment in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("rule", ['lifecycle_stage == "atrisk"',
+                                  'lifecycle_stage in ["at_risk", "at-risk"]',
+                                  '"Champions" == rfm_segment'])
+def test_a_value_a_fixed_text_feature_never_takes_is_refused(rule: str) -> None:
+    features = {**FEATURES, "rfm_segment": FeatureKind.TEXT}
+    with pytest.raises(RuleError, match="never matches"):
+        compile_segments({"s": {"rule": rule}}, features)
+    compile_segments({"s": {"rule": 'lifecycle_stage in ["at_risk", "churned"] and '
+                                    'rfm_segment != "lost"'}}, features)
+
+
+def test_a_number_with_an_exponent_is_named_as_such() -> None:
+    with pytest.raises(RuleError, match="without an exponent"):
+        compile_segments({"big": {"rule": "monetary_365d >= 1e3"}}, FEATURES)
+
+
+def test_every_bad_segment_is_named_at_once() -> None:
+    with pytest.raises(RuleError) as caught:
+        compile_segments({"a": {"rule": "orders_count >"}, "ok": {"rule": "orders_count > 1"},
+                          "b": {"rule": "nonsense_feature > 1"}}, FEATURES)
+    lines = str(caught.value).splitlines()
+    assert lines[0].startswith("segments.a.rule: ") and len(lines) == 2
+    assert lines[1].startswith("  segments.b.rule: ")
 
 
 def test_segments_must_be_a_mapping() -> None:

@@ -270,6 +270,8 @@ def test_a_rule_segment_cannot_take_a_built_in_segments_name(name: str) -> None:
     with pytest.raises(ValidationError, match="reserved"):
         make_settings("redis://127.0.0.1:1", "t", segments=raw)
     compile_catalog({f"{name}_kids": raw[name]})  # a name that only starts alike is fine
+    with pytest.raises(RuleError, match="reserved"):  # a plain rule too, as README says
+        compile_catalog({name: {"rule": "orders_count > 1"}})
 
 
 def test_a_recomputed_fixed_model_leaves_time_driven_rfm_moves_to_their_timers() -> None:
