@@ -72,7 +72,8 @@ _DIGITS = frozenset("0123456789")
 _NAME_CHARS = _NAME_START | _DIGITS
 _ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t"}
 _SEGMENT_NAME = re.compile(r"[a-z0-9_][a-z0-9_-]*")
-_TRAIT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# a trait's key, or a path into nested traits (`consents.email`); keys may hold '-'
+_TRAIT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z_][A-Za-z0-9_-]*)*")
 _DURATION_TEXT = re.compile(r"\s*([-+]?\d{1,9}(?:\.\d{1,9})?)([A-Za-z]+)\s*")
 _NUMBER_TEXT = re.compile(r"\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*")
 _SEARCH_LIMIT = 4000  # iterations of the float search; far more than any real crossing needs
@@ -717,10 +718,10 @@ class _Parser:
             if ch in _NAME_START:
                 i = self._scan_name(i)
                 if text[start:i] == "traits" and i < n and text[i] == ".":
-                    end = self._scan_name(i + 1)
-                    if end == i + 1:
+                    found = _TRAIT_NAME.match(text, i + 1)
+                    if found is None:
                         raise self.error("syntax error: expected a trait name after 'traits.'", i)
-                    i = end
+                    i = found.end()
                 tokens.append(_Token("name", text[start:i], start))
             elif ch in _DIGITS or (ch == "-" and i + 1 < n and text[i + 1] in _DIGITS):
                 i, token = self._scan_number(i)

@@ -9,6 +9,7 @@ and to record entries and exits, so reads never evaluate rules nor scan clients.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +51,16 @@ def _is_rfm(name: str) -> bool:
     return name.startswith((RFM_PREFIX, RFM_CELL_PREFIX))
 
 
+def trait_value(traits: Mapping[str, Any], path: str) -> object | None:
+    """A trait by its key, or by a path into nested traits (`consents.email`)."""
+    value: object | None = traits.get(path)
+    if value is None and "." in path:
+        value = traits
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, Mapping) else None
+    return value
+
+
 class ClientFacts:
     """The segment rules' view of one client at one moment (features/segment_rules.py)."""
 
@@ -65,7 +76,7 @@ class ClientFacts:
             return self._values[name]
         value: object | None
         if name.startswith("traits."):
-            value = self._context.state.traits.get(name[7:])
+            value = trait_value(self._context.state.traits, name[7:])
         else:
             feature = FEATURES.get(name)
             value = None if feature is None else feature.get(self._context)
@@ -94,7 +105,7 @@ class ClientFacts:
 
     def time_of(self, name: str) -> float | None:
         if name.startswith("traits."):
-            return trait_time(self._context.state.traits.get(name[7:]))
+            return trait_time(trait_value(self._context.state.traits, name[7:]))
         feature = FEATURES.get(name)
         if feature is None or feature.kind is not Kind.TIME:
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
@@ -33,6 +34,7 @@ from tests.core_events import (
     T0,
     cancel,
     days,
+    identify,
     of,
     order,
     registered,
@@ -257,6 +259,25 @@ def test_a_new_rfm_model_refiles_a_rule_on_m_alone() -> None:
     after, _ = regroup(CLIENT, state, T0 + 50, newer)
     assert {n for n, _ in after.segments} == {"lifecycle:new", "rfm-cell:r5f1",
                                               "rfm:potential_loyalist"}
+
+
+def test_rules_name_nested_and_hyphenated_traits() -> None:
+    """README: a rule may name any `traits.<name>`: the documented `consents` object's
+    keys, an address's city, a key with '-' (all kept by ingest) were a syntax error."""
+    catalog = compile_catalog({
+        "emailable": {"rule": "traits.consents.email == true"},
+        "parisians": {"rule": 'traits.address.city == "Paris"'},
+        "anns": {"rule": 'traits.first-name == "Ann"'},
+        "young": {"stages": {"from": "traits.kid.birth-date", "bands": {"baby": {"until": "2y"}}}},
+    })
+    rules = replace(RULES, segments=SegmentRules(catalog=catalog))
+    born = datetime.fromtimestamp(T0 - days(200), UTC).date().isoformat()
+    state, _ = run([identify(0, consents={"email": True, "sms": False},
+                             address={"city": "Paris"}, **{"first-name": "Ann"},
+                             kid={"birth-date": born})], rules)
+    assert {"emailable", "parisians", "anns", "young:baby"} <= set(dict(state.segments))
+    other, _ = run([identify(0, consents={"email": False}, address="Paris")], rules)
+    assert not {"emailable", "parisians", "anns"} & set(dict(other.segments))
 
 
 @pytest.mark.parametrize("name", ["lifecycle", "rfm", "rfm-cell"])
