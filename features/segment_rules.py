@@ -73,7 +73,8 @@ _NAME_CHARS = _NAME_START | _DIGITS
 _ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t"}
 _SEGMENT_NAME = re.compile(r"[a-z0-9_][a-z0-9_-]*")
 # a trait's key, or a path into nested traits (`consents.email`); keys may hold '-'
-_TRAIT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z_][A-Za-z0-9_-]*)*")
+# (a key starting with "__" is refused: names like `__class__` read as code, not data)
+_TRAIT_NAME = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_-]*(?:\.(?!__)[A-Za-z_][A-Za-z0-9_-]*)*")
 _DURATION_TEXT = re.compile(r"\s*([-+]?\d{1,9}(?:\.\d{1,9})?)([A-Za-z]+)\s*")
 _NUMBER_TEXT = re.compile(r"\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*")
 _SEARCH_LIMIT = 4000  # iterations of the float search; far more than any real crossing needs
@@ -722,6 +723,8 @@ class _Parser:
                     if found is None:
                         raise self.error("syntax error: expected a trait name after 'traits.'", i)
                     i = found.end()
+                    if i < n and text[i] == ".":  # a path that goes on with no valid key
+                        raise self.error("syntax error: expected a trait name after '.'", i)
                 tokens.append(_Token("name", text[start:i], start))
             elif ch in _DIGITS or (ch == "-" and i + 1 < n and text[i + 1] in _DIGITS):
                 i, token = self._scan_number(i)
