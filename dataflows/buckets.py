@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import math
 import time
 import uuid
 from collections import Counter
@@ -79,6 +80,9 @@ class BucketConfig:
     replay: bool = False  # event time only: no timer fires on the arrival clock
 
 
+COMPACT_SLACK = 1024  # heap entries beyond twice the clients scheduled before a rebuild
+
+
 class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
     """Built by Bytewax on a bucket's first item; loads the bucket from Redis then."""
 
@@ -117,6 +121,9 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         # clients whose schedule was computed under rules since replaced (a new RFM model)
         self._stale: set[str] = set()
         self._timers: tuple[list[tuple[float, str]], list[tuple[float, str]]] = ([], [])
+        # per clock, the due time of each client's heap entry that counts: any other entry of
+        # the client's is a leftover of an earlier schedule, dropped when it comes up
+        self._queued: tuple[dict[str, float], dict[str, float]] = ({}, {})
         # clients the rules file otherwise than their stored memberships (a new `segments:`
         # configuration): re-filed in the first batch, so no event of theirs is needed
         self._refiled: list[str] = []
@@ -139,6 +146,9 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
 
         Entries are never removed from a heap: a popped entry that no longer matches the
         client's schedule is skipped or pushed again at the new time (lazy cancellation).
+        A client has one entry that counts per heap (`_queued`); the others are dropped as
+        they come up, so the heaps hold about one entry per client, not one per schedule
+        change (they grew by one a day per live client with a far-off timer).
         """
         self._stale.discard(client_key)
         self._set_schedule(client_key, next_due(state, self._rules),
@@ -154,9 +164,26 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         clock = LIVE if live and not self._config.replay else BACKFILL
         if current is None:
             self._metrics.timers_pending.inc()
-        if current is None or current[1] != clock or due < current[0]:
-            heapq.heappush(self._timers[clock], (due, client_key))
+        queued = self._queued[clock]
         self._scheduled[client_key] = (due, clock)
+        if due < queued.get(client_key, math.inf):  # else its entry comes up no later
+            heap = self._timers[clock]
+            heapq.heappush(heap, (due, client_key))
+            queued[client_key] = due
+            if len(heap) > 2 * len(self._scheduled) + COMPACT_SLACK:
+                self._compact(clock)
+
+    def _compact(self, clock: int) -> None:
+        """The heap rebuilt with one entry per client scheduled on it. A far-off entry left
+        behind by an earlier schedule (a birthday, a win-back, when a browse timer comes
+        before it every day) only leaves the heap when its time comes: without this the
+        heap grew by one entry a day per such client. Amortised: at most once per as many
+        pushes as there are clients."""
+        entries = [(due, key) for key, (due, on) in self._scheduled.items() if on == clock]
+        heapq.heapify(entries)
+        self._timers[clock][:] = entries
+        self._queued[clock].clear()
+        self._queued[clock].update((key, due) for due, key in entries)
 
     def _next_timer(self, client_key: str) -> float:
         """The client's earliest due time as scheduled (inf: none), or -inf when unknown."""
@@ -168,13 +195,18 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
     def _advance(self, clock: int, now: float, dirty: set[str], triggers: list[Trigger]) -> None:
         limit = now - self._config.allowed_lateness
         heap = self._timers[clock]
+        queued = self._queued[clock]
         while heap and heap[0][0] <= limit:
-            _, client_key = heapq.heappop(heap)
+            entry_due, client_key = heapq.heappop(heap)
+            if queued.get(client_key) != entry_due:
+                continue  # a leftover: an earlier entry of the client's counts
+            del queued[client_key]
             scheduled = self._scheduled.get(client_key)
             if scheduled is None or scheduled[1] != clock:
                 continue  # cancelled, or moved to the other clock's heap
             if scheduled[0] > limit:
-                heapq.heappush(self._timers[scheduled[1]], (scheduled[0], client_key))
+                heapq.heappush(heap, (scheduled[0], client_key))
+                queued[client_key] = scheduled[0]
                 continue
             before = self._states[client_key]
             state, fired = fire_due(client_key, before, limit, self._rules)
