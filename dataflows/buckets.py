@@ -352,19 +352,21 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         records it, before this batch's); the anonymous ids merged into it are erased too
         (their own requests, in their order)."""
         state = self._states.pop(client_key, None)
+        # what Redis holds of it: as this batch found it (its changes in the batch are not
+        # written), so a trait or membership it changed in the batch leaves no index behind
+        committed = self._before.pop(client_key) if client_key in self._before else state
         self._stale.discard(client_key)
         if self._scheduled.pop(client_key, None) is not None:
             self._metrics.timers_pending.dec()
         dirty.discard(client_key)
-        self._before.pop(client_key, None)
         triggers[:] = [t for t in triggers if t.client_id != client_key]
         dead[:] = [d for d in dead if not dead_letter_of(client_key, d.client, d.entry)]
         self._emitted = [e for e in self._emitted if e.client_key != client_key]
         self._timelines.pop(client_key, None)
         self._erasures.append(Erasure(client_key, event.event_id, stream_id,
                                       event.received_at,
-                                      tuple(_member_ops(client_key, state, None))))
-        if state is not None:
+                                      tuple(_member_ops(client_key, committed, None))))
+        if committed is not None:  # in the RFM population only once committed
             self._unindexed.append(client_key)
         for n, alias in enumerate(state.aliases if state is not None else (), 1):
             self._emitted.append(replace(event, event_id=f"{event.event_id}.{n}",

@@ -154,6 +154,31 @@ def test_erasure_leaves_no_trace_and_an_audit_record(
                          if s in ours + metrics]  # nor any key
 
 
+def test_an_email_changed_in_the_erasures_batch_leaves_no_index_behind(
+        redis_url: str, redis_client: redis.Redis, key_prefix: str) -> None:
+    """The old email is in the lookup index when the change to the new one and the erasure
+    are applied in one batch: the erasure removes what Redis holds, not what the batch
+    made of the client (the old email stayed findable by `/v1/lookup`)."""
+    settings = make_settings(redis_url, key_prefix, policy={"quiet_hours": None})
+    old = {"type": "identify", "userId": CLIENT, "messageId": "e1", "traits": {"email": EMAIL}}
+    with api_server(settings) as url, httpx.Client(base_url=url, timeout=30) as http:
+        assert http.post("/v1/batch", json={"batch": [old]},
+                         auth=(WRITE_KEY, "")).status_code == 200
+        drain(settings)
+        assert mentions(redis_client, key_prefix)  # indexed
+        new = {**old, "messageId": "e2", "traits": {"email": "zoe.new@example.org"}}
+        assert http.post("/v1/batch", json={"batch": [new]},
+                         auth=(WRITE_KEY, "")).status_code == 200
+        erased = http.delete(f"/v1/profiles/{CLIENT}", params={"wait": 0}, headers=ADMIN)
+        assert erased.status_code == 202
+        drain(settings)  # one batch: the change and the erasure
+        assert http.get(f"/v1/erasures/{erased.json()['erasure_id']}",
+                        headers=ADMIN).json()["status"] == "done"
+        assert mentions(redis_client, key_prefix) == []
+        assert http.get("/v1/lookup", params={"q": "zoe.erase41"},
+                        headers=ADMIN).json()["clients"] == []
+
+
 def test_a_full_backlog_answers_touches_and_erasures_503_and_leaves_no_pending_status(
         redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
     settings = make_settings(redis_url, key_prefix, redis={"max_stream_length": 1},
