@@ -295,6 +295,8 @@ def _mapping(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 
 _STRING_TRAITS = ("email", "phone", "gender", "city", "point_id", "timezone", "first_name",
                   "last_name")
+# the traits crmflow itself reads (contact, point, zone, birthday, consents)
+READ_TRAITS = frozenset((*_STRING_TRAITS, "birthday", "consents"))
 
 
 def _traits(raw: Mapping[str, Any]) -> Mapping[str, Any]:

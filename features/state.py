@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import features
 from features import windows
-from features.events import Event, EventType, Product
+from features.events import READ_TRAITS, Event, EventType, Product
 from features.rules import ABANDONED_BROWSE, ABANDONED_CART, DAY
 from features.windows import HOUR, VIEW_DAYS, VIEW_HOURS, VISIT_DAYS, Buckets
 
@@ -35,6 +35,7 @@ MAX_TOUCHED = 32  # occasions a manager decided by hand: automatic triggers must
 MAX_INTERESTS = 8  # product categories the client interacted with, most recent kept
 MAX_ALIASES = 8  # anonymous ids merged into a client
 MAX_BOUGHT = MAX_CART_LINES  # products of the latest order, left out of browse reminders
+MAX_TRAITS = 64  # traits kept per client: a new one beyond them is dropped, known ones kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,7 +490,17 @@ def _merge_traits(state: ClientState, event: Event) -> Changes:
     for key, value in event.traits.items():
         if newer or key not in merged:
             merged[key] = value
-    return {"traits": merged, "traits_updated_at": max(state.traits_updated_at, event.event_time)}
+    return {"traits": capped_traits(merged),
+            "traits_updated_at": max(state.traits_updated_at, event.event_time)}
+
+
+def capped_traits(traits: dict[str, Any]) -> dict[str, Any]:
+    """At most MAX_TRAITS traits, the ones crmflow reads first, then by name: a client
+    sending a new trait name with every identify must not grow its state for ever."""
+    if len(traits) <= MAX_TRAITS:
+        return traits
+    kept = sorted(traits, key=lambda key: (key not in READ_TRAITS, key))[:MAX_TRAITS]
+    return {key: traits[key] for key in kept}
 
 
 def _visit(state: ClientState, event: Event) -> Changes:

@@ -15,6 +15,7 @@ import features
 from features.events import Event, EventType, Order, Product
 from features.state import (
     MAX_CART_LINES,
+    MAX_TRAITS,
     MAX_CHANNELS,
     MAX_FAVOURITES,
     MAX_ORDERS,
@@ -588,3 +589,15 @@ def test_the_compiled_cores_slot_copy_copies_every_field() -> None:
                    for f in fields(ClientState))
     with pytest.raises(FrozenInstanceError):
         copied.cart = ()  # type: ignore[misc]
+
+
+def test_traits_are_capped_keeping_the_ones_crmflow_reads() -> None:
+    """A new trait name with every identify (a session id sent as a trait, say) no longer
+    grows the state for ever; the contact, point and birthday traits are never dropped."""
+    state = run([ev(EventType.IDENTIFY, 1, traits={"email": "ann@x", "birthday": "1990-01-02",
+                                                    "zz_point": "p"})])
+    for n in range(3 * MAX_TRAITS):
+        state = apply_event(state, ev(EventType.IDENTIFY, 2 + n, traits={f"t{n:03d}": n}))
+    assert len(state.traits) == MAX_TRAITS
+    assert state.traits["email"] == "ann@x" and state.traits["birthday"] == "1990-01-02"
+    assert "t000" in state.traits  # the rest by name, the same in any arrival order
