@@ -163,8 +163,14 @@ def _absorb(client_key: str, state: ClientState | None, event: Event, rules: Tri
     fingerprint = event_fingerprint(event.event_id)
     if state is not None and fingerprint in state.recent_event_ids:
         return Outcome(state)
+    if state is None:
+        # The link follows the client's own event in its stream, so a client with no record
+        # here was erased after it asked: the cookie it linked is erased in turn, not merged
+        # into a client brought back from the cookie's history, and so is this answer.
+        return Outcome(None, emitted=[_erasure_of(who, client_key, alias, event)
+                                      for who in (alias, client_key)])
     if "state" not in event.properties:  # the cookie had no history: it becomes an alias
-        if state is None or alias in state.aliases:
+        if alias in state.aliases:
             return Outcome(state)
         merged = evolve(state, aliases=(*state.aliases, alias)[-MAX_ALIASES:],
                         recent_event_ids=(*state.recent_event_ids, fingerprint)[
@@ -172,12 +178,23 @@ def _absorb(client_key: str, state: ClientState | None, event: Event, rules: Tri
         return Outcome(merged, emitted=_hand_over(client_key, state, merged, alias, event))
     source = decode_state(base64.b64decode(str(event.properties["state"])))
     # fire what was due before the merge on the client's own history first
-    base, fired = (None, []) if state is None else process_event(
+    base, fired = process_event(
         client_key, state, replace(event, type=EventType.CUSTOM, name="profile_merged"), rules)
     merged = merge_states(base, source, alias, event.event_time)
     merged = evolve(merged, recent_event_ids=(*merged.recent_event_ids, fingerprint)[
         -MAX_RECENT_EVENT_IDS:])
     return Outcome(merged, fired, _hand_over(client_key, state, merged, alias, event))
+
+
+def _erasure_of(who: str, client_key: str, alias: str, cause: Event) -> Event:
+    """An erasure request for `who` after `client_key`'s erasure met `alias`'s answer; its
+    id a digest, since an erasure's id stays in its audit record and the ids must not."""
+    digest = hashlib.sha256(f"{who}\x1f{client_key}\x1f{alias}".encode()).hexdigest()[:32]
+    anonymous = who.startswith(ANONYMOUS_PREFIX)
+    return Event(event_id=f"erasure-{digest}", type=EventType.ERASURE_REQUESTED,
+                 event_time=cause.event_time, received_at=cause.received_at,
+                 client_id=None if anonymous else who,
+                 anonymous_id=who.removeprefix(ANONYMOUS_PREFIX) if anonymous else None)
 
 
 HANDED_OVER = "alias"  # the property of a hand-over (an `identity_linked` to a tombstone)

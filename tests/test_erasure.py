@@ -179,6 +179,28 @@ def test_an_email_changed_in_the_erasures_batch_leaves_no_index_behind(
                         headers=ADMIN).json()["clients"] == []
 
 
+def test_an_erasure_before_the_sign_up_link_completes_erases_the_cookie_too(
+        redis_url: str, redis_client: redis.Redis, key_prefix: str) -> None:
+    """The cookie's cart and the identify that links it reach the streams, then the client
+    asks to be erased before the dataflow has applied them: the client is erased first,
+    and the cookie's answer to the link came back and rebuilt the client from the cookie's
+    history. Now that answer, finding no client, erases the cookie."""
+    settings = make_settings(redis_url, key_prefix, policy={"quiet_hours": None})
+    batch = [{"type": "track", "messageId": "m1", "anonymousId": COOKIE, "event": "Product Added",
+              "properties": {"product_id": "p1", "price": 30, "category": "shoes"}},
+             {"type": "identify", "userId": CLIENT, "anonymousId": COOKIE, "messageId": "m2",
+              "traits": {"email": EMAIL}}]
+    with api_server(settings) as url, httpx.Client(base_url=url, timeout=30) as http:
+        assert http.post("/v1/batch", json={"batch": batch},
+                         auth=(WRITE_KEY, "")).status_code == 200
+        erased = http.delete(f"/v1/profiles/{CLIENT}", params={"wait": 0}, headers=ADMIN)
+        assert erased.status_code == 202
+        drain(settings)
+        for who in (CLIENT, f"anon:{COOKIE}"):
+            assert http.get(f"/v1/profiles/{who}", headers=read_headers()).status_code == 404
+        assert mentions(redis_client, key_prefix) == []
+
+
 def test_a_full_backlog_answers_touches_and_erasures_503_and_leaves_no_pending_status(
         redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
     settings = make_settings(redis_url, key_prefix, redis={"max_stream_length": 1},
