@@ -15,11 +15,11 @@ import features
 from features.events import Event, EventType, Order, Product
 from features.state import (
     MAX_CART_LINES,
-    MAX_TRAITS,
     MAX_CHANNELS,
     MAX_FAVOURITES,
     MAX_ORDERS,
     MAX_RECENT_EVENT_IDS,
+    MAX_TRAITS,
     MAX_VIEWED,
     CartLine,
     ClientState,
