@@ -26,6 +26,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/crmflow/bin:$PATH
 COPY --from=build /opt/crmflow /opt/crmflow
 RUN useradd --create-home crmflow
 USER crmflow
+# Bytewax's metrics server writes dataflow.json into the working directory: one it may write
+WORKDIR /home/crmflow
 EXPOSE 8000 9101
 ENTRYPOINT ["crmflow"]
 CMD ["api"]

@@ -771,7 +771,11 @@ def redacted_url(url: str) -> str:
 def _secrets(path: Path) -> dict[str, Any]:
     """The key lists of a secrets file (YAML: write_keys, read_keys, admin_keys,
     point_read_keys), and nothing else."""
-    data = read_yaml(path)
+    try:
+        data = read_yaml(path)
+    except ConfigError as exc:  # named as what it is, and where its path came from
+        raise ConfigError(str(exc).replace("config file", "secrets file (CRMFLOW_SECRETS_FILE)",
+                                           1)) from None
     unknown = sorted(set(data) - set(SECRET_NAMES))
     if unknown:
         raise ConfigError(f"secrets file {path}: unknown entry {unknown[0]!r} (expected "

@@ -49,9 +49,12 @@ def _cmd_api(args: argparse.Namespace) -> None:
 
     from api.app import create_app, freeze_startup_objects
     from crmflow.runtime import check_api_keys, with_redis
+    from crmflow.supervisor import check_ports_free
 
     settings = settings_from(args)
     check_api_keys(settings)
+    # before anything starts: uvicorn, failing to bind, waited for ever on the lifespan
+    check_ports_free("api", [(settings.api.host, settings.api.port, "api.port")])
     settings, lease = with_redis(settings)
     _claim_layout(settings, lease, "api")
     try:
@@ -105,7 +108,8 @@ def _check_process_id(process_id: int | None, addresses: str | None) -> None:
 
 def _cmd_dataflow(args: argparse.Namespace) -> None:
     from crmflow.runtime import with_redis
-    from dataflows.run import run_dataflow
+    from dataflows.run import PortInUse, run_dataflow
+    from sinks.keys import LayoutMismatch
 
     settings = settings_from(args)
     if args.addresses is None and settings.dataflow.addresses:  # from the configuration
@@ -118,7 +122,7 @@ def _cmd_dataflow(args: argparse.Namespace) -> None:
         from crmflow.dataflow_group import run_group
 
         try:  # the children use the Redis found (or started) here
-            code = run_group(settings, args.config)
+            code = run_group(settings, args.config, demo=getattr(args, "demo", False))
         finally:
             if lease is not None:
                 lease.release()
@@ -136,6 +140,8 @@ def _cmd_dataflow(args: argparse.Namespace) -> None:
     try:
         run_dataflow(settings, process_id=args.process_id, addresses=addresses,
                      stop_when_caught_up=args.drain)
+    except (LayoutMismatch, PortInUse) as exc:  # expected conditions: a line, no traceback
+        raise SystemExit(f"crmflow dataflow: {exc}") from None
     finally:
         if lease is not None:
             lease.release()
@@ -446,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.func(args)
     except (redis.ConnectionError, redis.TimeoutError) as exc:  # not a bug of ours: say so
         raise SystemExit(f"crmflow {args.command}: Redis is unavailable: {exc}") from None
+    except BrokenPipeError:  # `crmflow tail | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
 
 
 if __name__ == "__main__":

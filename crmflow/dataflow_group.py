@@ -30,12 +30,15 @@ def addresses(settings: Settings) -> str:
     return ";".join(f"127.0.0.1:{base + n}" for n in range(settings.dataflow.processes))
 
 
-def run_group(settings: Settings, config_file: Path | None) -> int:
-    """Run the group until a child exits or a signal arrives; the exit code."""
+def run_group(settings: Settings, config_file: Path | None, *, demo: bool = False) -> int:
+    """Run the group until a child exits or a signal arrives; the exit code. `demo`: the
+    children run on the demo's timings too, as the API does."""
     argv = [sys.executable, "-m", "crmflow.cli", "dataflow", "--addresses",
             addresses(settings)]
     if config_file is not None:
         argv += ["--config", str(config_file)]
+    if demo:
+        argv.append("--demo")
     env = dict(os.environ)
     if settings.redis.url:
         env["REDIS_URL"] = settings.redis.url

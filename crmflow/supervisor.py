@@ -168,13 +168,18 @@ def _check_ports_free(settings: Settings) -> None:
     if settings.dataflow.metrics_port:
         wanted.append((settings.dataflow.metrics_host, settings.dataflow.metrics_port,
                        "dataflow.metrics_port"))
+    check_ports_free("up", wanted)
+
+
+def check_ports_free(verb: str, wanted: list[tuple[str, int, str]]) -> None:
+    """SystemExit naming the first (host, port, setting) that cannot be listened on."""
     for host, port, name in wanted:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
             try:
                 probe.bind((host, port))
             except OSError as exc:
-                raise SystemExit(f"crmflow up: {host}:{port} ({name}) is not free: "
+                raise SystemExit(f"crmflow {verb}: {host}:{port} ({name}) is not free: "
                                  f"{exc.strerror or exc}; is crmflow already running?"
                                  ) from None
 

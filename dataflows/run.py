@@ -19,6 +19,10 @@ from sinks.keys import claim_layout
 log = logging.getLogger(__name__)
 
 
+class PortInUse(RuntimeError):
+    """A port the dataflow listens on is taken (another dataflow, most likely)."""
+
+
 def run_dataflow(settings: Settings, *, process_id: int | None = None,
                  addresses: list[str] | None = None, stop_when_caught_up: bool = False,
                  registry: CollectorRegistry | None = None, metrics_port: int | None = None,
@@ -40,7 +44,11 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
         port += process_id  # several processes on one host: one metrics port each
     if port:
         host = settings.dataflow.metrics_host
-        start_http_server(port, addr=host, registry=registry)
+        try:
+            start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise PortInUse(f"{host}:{port} (dataflow.metrics_port) is not free: "
+                            f"{exc.strerror or exc}") from None
         log.info("dataflow metrics on http://%s:%d/metrics", host, port)
     bytewax_port = settings.dataflow.bytewax_metrics_port
     if bytewax_port:  # read by Bytewax's runtime when the dataflow starts

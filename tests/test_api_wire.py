@@ -212,6 +212,9 @@ def test_every_get_answers_head(api: str, settings: Settings) -> None:
         assert head.headers["content-length"] == get.headers["content-length"], path
     missing = httpx.head(api + "/v1/profiles/nobody", headers=read_headers())
     assert missing.status_code == 404 and missing.content == b""
+    metrics = httpx.get(api + "/metrics").text  # labelled by route, as GET is
+    assert 'method="HEAD",route="/v1/segments",status="200"' in metrics
+    assert 'method="HEAD",route="unmatched"' not in metrics
 
 
 def test_an_endpoint_has_one_metrics_label_on_either_read_path(api: str) -> None:

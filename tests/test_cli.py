@@ -430,3 +430,42 @@ def test_a_replay_stopped_by_a_signal_says_so_without_a_traceback(
     assert process.returncode == 128 + signum, stderr
     assert f"crmflow replay: stopped by {signal.Signals(signum).name}" in stderr
     assert "Traceback" not in stderr
+
+
+def test_a_taken_port_is_named_and_ends_the_process(tmp_path: Path, redis_url: str,
+                                                    key_prefix: str) -> None:
+    """`crmflow api` on a taken port waited for ever (uvicorn failed to bind, then its
+    shutdown waited on the console's recorder); the dataflow printed a traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "taken.yaml"
+        config.write_text(yaml.safe_dump({
+            "redis": {"url": redis_url, "key_prefix": key_prefix},
+            "api": {"write_keys": ["w"], "read_keys": ["r"], "port": port},
+            "dataflow": {"metrics_port": port}}))
+        for verb, setting in (("api", "api.port"), ("dataflow", "dataflow.metrics_port")):
+            result = _crmflow(verb, "--config", str(config), cwd=tmp_path)
+            assert result.returncode == 1, (verb, result.stderr)
+            assert f"crmflow {verb}: 127.0.0.1:{port} ({setting}) is not free" in result.stderr
+            assert "Traceback" not in result.stderr
+
+
+def test_the_dataflow_names_a_layout_other_than_the_datas(tmp_path: Path, redis_url: str,
+                                                         key_prefix: str) -> None:
+    import redis as redis_lib
+
+    from sinks.keys import KeyLayout, claim_layout
+
+    client = redis_lib.Redis.from_url(redis_url)
+    claim_layout(client, KeyLayout(key_prefix, 4, 1024))
+    client.close()
+    config = tmp_path / "other.yaml"
+    config.write_text(yaml.safe_dump({"redis": {"url": redis_url, "key_prefix": key_prefix},
+                                      "dataflow": {"partitions": 8, "metrics_port": 0}}))
+    result = _crmflow("dataflow", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "crmflow dataflow: dataflow.partitions is 8" in result.stderr

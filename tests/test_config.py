@@ -307,6 +307,12 @@ def test_the_repeat_stage_starts_where_configured(tmp_path: Path) -> None:
     assert "lifecycle.repeat_orders" in config_error(config)
 
 
+def test_a_missing_secrets_file_is_named_as_such(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    monkeypatch.setenv("CRMFLOW_SECRETS_FILE", str(tmp_path / "nope.yaml"))
+    assert "secrets file (CRMFLOW_SECRETS_FILE)" in config_error()
+
+
 def test_section_names_that_are_not_text_are_named(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("1: x\n")

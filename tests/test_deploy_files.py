@@ -80,6 +80,10 @@ def test_prometheus_scrapes_the_api_and_the_dataflow_and_grafana_is_provisioned(
     targets = {t for job in scrape["scrape_configs"] for group in job["static_configs"]
                for t in group["targets"]}
     assert {"api:8000", "dataflow:9101", "dataflow:3030"} <= targets
+    # Bytewax's server serves crmflow's series as well: scraped twice, sums read double
+    [bytewax] = [job for job in scrape["scrape_configs"] if job["job_name"] == "bytewax"]
+    assert bytewax["metric_relabel_configs"] == [
+        {"source_labels": ["__name__"], "regex": "crmflow_.*", "action": "drop"}]
     environment = services["dataflow"]["environment"]
     assert environment["CRMFLOW_DATAFLOW__PROCESSES"].startswith("${CRMFLOW_DATAFLOW_PROCESSES")
     for volume in services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
