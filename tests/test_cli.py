@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,15 @@ def _env() -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(REPO)  # this checkout's code, whatever an editable install names
     return env
+
+
+@contextlib.contextmanager
+def taken_port() -> Iterator[int]:
+    """A loopback port something listens on, for as long as the block runs."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
 
 
 def _crmflow(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -289,12 +301,7 @@ def test_dataflow_refuses_a_process_id_outside_its_addresses(
 def test_up_refuses_to_start_beside_a_running_one(tmp_path: Path) -> None:
     """A second `make run` answered its health check with the first one's API, printed
     "crmflow is up" and restarted its own parts (which could not listen) for ever."""
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         config = tmp_path / "up.yaml"
         config.write_text(yaml.safe_dump({
             "redis": {"embedded_port": free_port(), "data_dir": str(tmp_path / "redis")},
@@ -438,12 +445,7 @@ def test_a_taken_port_is_named_and_ends_the_process(tmp_path: Path, redis_url: s
                                                     key_prefix: str) -> None:
     """`crmflow api` on a taken port waited for ever (uvicorn failed to bind, then its
     shutdown waited on the console's recorder); the dataflow printed a traceback."""
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         config = tmp_path / "taken.yaml"
         config.write_text(yaml.safe_dump({
             "redis": {"url": redis_url, "key_prefix": key_prefix},
