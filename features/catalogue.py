@@ -481,13 +481,12 @@ def _last_view(pending: PendingTrigger) -> float | None:
 
 
 def still_valid(state: ClientState, pending: PendingTrigger, rules: TriggerRules) -> bool:
-    """Whether a trigger that waited still has its occasion (see `released`)."""
+    """Whether a trigger that waited still has its occasion (see `released`, which decides
+    a browse reminder itself: it may be cut, not only stand or end)."""
     kind = pending.type
     if kind == ABANDONED_CART:
         return (bool(state.cart) and state.cart_since is not None
                 and occasion_time(state.cart_since) == pending.key)
-    if kind == ABANDONED_BROWSE:
-        return _browse_released(state, pending) is not None
     if kind == FIRST_ORDER_PROMO:
         return state.first_order_at is None
     if kind == SEGMENT_ENTERED:  # still in the segment it entered
@@ -558,24 +557,27 @@ def _cancellation(before: ClientState | None, after: ClientState, event: Event
                   ) -> list[Candidate]:
     """When a known order becomes cancelled (an unknown one, or a second cancellation of the
     same order, changes nothing and raises nothing)."""
-    if before is None or event.order is None:
-        return []
-    order_id = event.order.order_id
-    was = next((o for o in before.orders if o.order_id == order_id), None)
-    now = next((o for o in after.orders if o.order_id == order_id), None)
+    was, now = _order_before_and_after(before, after, event)
     if was is None or now is None or was.cancelled or not now.cancelled:
         return []
     return [_returned(ORDER_CANCELLATION, now, event.event_time)]
 
 
+def _order_before_and_after(before: ClientState | None, after: ClientState, event: Event
+                            ) -> tuple[OrderRecord | None, OrderRecord | None]:
+    """The event's order as the client's state held it before the event and after it
+    (None: not known then, or the event names no order)."""
+    if before is None or event.order is None:
+        return None, None
+    order_id = event.order.order_id
+    return (next((o for o in before.orders if o.order_id == order_id), None),
+            next((o for o in after.orders if o.order_id == order_id), None))
+
+
 def _refund(before: ClientState | None, after: ClientState, event: Event) -> list[Candidate]:
     """When a known order becomes refunded in full (by one refund or the last of several;
     once per order, like a cancellation: a partial refund raises nothing)."""
-    if before is None or event.order is None:
-        return []
-    order_id = event.order.order_id
-    was = next((o for o in before.orders if o.order_id == order_id), None)
-    now = next((o for o in after.orders if o.order_id == order_id), None)
+    was, now = _order_before_and_after(before, after, event)
     if was is None or now is None or refunded_in_full(was) or not refunded_in_full(now):
         return []
     return [_returned(ORDER_REFUND, now, event.event_time)]

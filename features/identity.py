@@ -31,7 +31,7 @@ from typing import Any
 from features import windows
 from features.codec import decode_state, encode_state
 from features.events import ANONYMOUS_PREFIX, MAX_ID_LENGTH, Event, EventType
-from features.rules import ABANDONED_BROWSE, DAY
+from features.rules import DAY
 from features.state import (
     MAX_ALIASES,
     MAX_BOUGHT,
@@ -51,11 +51,11 @@ from features.state import (
     ClientState,
     OrderRecord,
     PendingTrigger,
+    browse_gate,
     capped_traits,
     event_fingerprint,
     evolve,
     first_view_after,
-    mark_of,
     return_order,
 )
 from features.triggers import Trigger, TriggerRules, fire_due, process_event
@@ -261,10 +261,10 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
     viewed_items = tuple(sorted(viewed.items(), key=lambda v: (v[1], v[0])))[-MAX_VIEWED:]
     browse_closed = max(t.browse_closed_at, s.browse_closed_at)
     # views up to either side's latest browse reminder are decided, as in one profile
-    browse_gate = max(browse_closed, *(mark_of(x, ABANDONED_BROWSE) or 0.0 for x in (t, s)))
+    gate = max(browse_gate(t), browse_gate(s))
     browse_since = _earliest(t.browse_since, s.browse_since)
-    if browse_since is not None and browse_since <= browse_gate:  # as an order closes it
-        browse_since = first_view_after(viewed_items, browse_gate)
+    if browse_since is not None and browse_since <= gate:  # as an order closes it
+        browse_since = first_view_after(viewed_items, gate)
     orders, orders_count, money, first_order, last_order = _merge_orders(t, s)
     (orders, orders_count, money, first_order, last_order), early_returns = _early_returns(
         t, s, (orders, orders_count, money, first_order, last_order))

@@ -32,6 +32,9 @@ def profile_features(state: ClientState, now: float, rules: SegmentRules) -> dic
     return features
 
 
+PRODUCT_LISTS = ("cart_products", "recently_viewed", "favourites")
+
+
 def product_lists(state: ClientState) -> dict[str, list[str]]:
     """The product-id lists a profile holds beside the feature table (newest view first)."""
     return {"cart_products": [line.product_id for line in state.cart],

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import redis
 
 from features.codec import decode_state
-from features.profile import profile_row
+from features.profile import PRODUCT_LISTS, profile_row
 from features.rules import SegmentRules
 from features.segments import public_segments
 from features.state import ClientState
@@ -51,8 +51,7 @@ def _feature_type(name: str) -> pa.DataType:
 PROFILE_SCHEMA = pa.schema([pa.field("client_id", pa.string(), nullable=False),
                             *(pa.field(name, _feature_type(name)) for name in FEATURES),
                             pa.field("checkout_started_at", _TIME),
-                            *(pa.field(name, pa.list_(pa.string()))
-                              for name in ("cart_products", "recently_viewed", "favourites")),
+                            *(pa.field(name, pa.list_(pa.string())) for name in PRODUCT_LISTS),
                             pa.field("updated_at", _TIME),
                             pa.field("traits", pa.string())])  # JSON text
 SEGMENT_SCHEMA = pa.schema([pa.field("client_id", pa.string(), nullable=False),
