@@ -456,3 +456,36 @@ def test_a_taken_port_is_named_and_ends_the_process(tmp_path: Path, redis_url: s
             assert result.returncode == 1, (verb, result.stderr)
             assert f"crmflow {verb}: 127.0.0.1:{port} ({setting}) is not free" in result.stderr
             assert "Traceback" not in result.stderr
+
+
+def test_tail_into_a_reader_that_stops_early_exits_quietly(tmp_path: Path, redis_url: str,
+                                                           key_prefix: str) -> None:
+    """`crmflow tail | head -1`: the pipe closes under the next print, which must end the
+    command with status 0 and no traceback, not a BrokenPipeError."""
+    import redis as redis_lib
+
+    from sinks.keys import KeyLayout
+
+    layout = KeyLayout(key_prefix, 4, 1024)
+    client = redis_lib.Redis.from_url(redis_url)
+    for n in range(2_000):  # more than a pipe buffers, so a print meets the closed pipe
+        client.xadd(layout.triggers(n % 4), {
+            "fired_at": "2024-01-01T00:00:00Z", "type": "abandoned_cart", "status": "sent",
+            "channel": "email", "client_id": f"c{n}", "payload": "{}"})
+    client.close()
+    config = tmp_path / "tail.yaml"
+    config.write_text(yaml.safe_dump({"redis": {"url": redis_url, "key_prefix": key_prefix}}))
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "crmflow.cli", "tail", "--from-start", "--config", str(config)],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert tail.stdout is not None and tail.stderr is not None
+    first = tail.stdout.readline()
+    tail.stdout.close()  # what `head -1` does after its line
+    try:
+        status = tail.wait(timeout=30)
+    finally:
+        tail.kill()
+    stderr = tail.stderr.read().decode()
+    assert b"abandoned_cart" in first
+    assert status == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
