@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -38,7 +39,12 @@ from api.wire_values import unencodable
 from config.settings import Settings
 from sinks.event_log import AppendOptions, AsyncEventLog, BacklogFull
 from sinks.keys import KeyLayout
-from sinks.redis_client import STORE_UNAVAILABLE, async_client
+from sinks.redis_client import (
+    STORE_FULL_DETAIL,
+    STORE_UNAVAILABLE,
+    async_client,
+    is_store_full,
+)
 
 
 def freeze_startup_objects() -> None:
@@ -153,6 +159,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     for unavailable in STORE_UNAVAILABLE:
         if unavailable is not OSError:  # an OSError elsewhere is a bug, not the store
             app.add_exception_handler(unavailable, redis_unavailable)
+
+    @app.exception_handler(redis.ResponseError)
+    async def redis_full(request: Request, exc: Exception) -> JSONResponse:
+        """Touches and erasures while Redis refuses writes at its maxmemory."""
+        if not is_store_full(exc):
+            raise exc  # a bug of ours: a 500 with its traceback in the log
+        return JSONResponse({"detail": STORE_FULL_DETAIL}, status_code=503,
+                            headers={"Retry-After": str(ingest.BACKLOG_RETRY_AFTER)})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -122,7 +122,8 @@ def _cmd_dataflow(args: argparse.Namespace) -> None:
         from crmflow.dataflow_group import run_group
 
         try:  # the children use the Redis found (or started) here
-            code = run_group(settings, args.config, demo=getattr(args, "demo", False))
+            code = run_group(settings, args.config, demo=getattr(args, "demo", False),
+                             drain=args.drain)
         finally:
             if lease is not None:
                 lease.release()
@@ -139,7 +140,8 @@ def _cmd_dataflow(args: argparse.Namespace) -> None:
     exit_on_signal(exit_now)
     try:
         run_dataflow(settings, process_id=args.process_id, addresses=addresses,
-                     stop_when_caught_up=args.drain)
+                     stop_when_caught_up=args.drain or args.drain_round,
+                     drain_rounds=1 if args.drain_round else 0)
     except (LayoutMismatch, PortInUse) as exc:  # expected conditions: a line, no traceback
         raise SystemExit(f"crmflow dataflow: {exc}") from None
     finally:
@@ -346,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="host:port of every dataflow process, separated by ';'")
     dataflow.add_argument("--drain", action="store_true",
                           help="stop once every stream entry has been processed")
+    dataflow.add_argument("--drain-round", action="store_true", help=argparse.SUPPRESS)
     dataflow.set_defaults(func=_cmd_dataflow)
 
     demo = command("demo", "send simulated shopper traffic to a running API")

@@ -49,6 +49,9 @@ class Child:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def returncode(self) -> int | None:
+        return self.process.returncode if self.process is not None else None
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is not None:
             stop_process(self.process, timeout)

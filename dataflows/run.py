@@ -27,8 +27,13 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
                  addresses: list[str] | None = None, stop_when_caught_up: bool = False,
                  registry: CollectorRegistry | None = None, metrics_port: int | None = None,
                  as_of: float | None = None, replay: bool = False,
-                 rfm_model: RfmModel | None = None, emitted_prefix: str | None = None) -> None:
+                 rfm_model: RfmModel | None = None, emitted_prefix: str | None = None,
+                 drain_rounds: int = 0) -> None:
     """Blocks until the dataflow ends (never, unless `stop_when_caught_up`).
+
+    `drain_rounds` (with `stop_when_caught_up`): at most this many rounds, 0 for
+    `MAX_DRAIN_ROUNDS`. A group's processes each run one and the group decides on more,
+    since processes deciding apart could disagree and one wait for the others for ever.
 
     `as_of` (with `stop_when_caught_up`, for replays): at the stream head, timers fire up
     to this time instead of the wall clock, and no later. `replay`, `rfm_model` and
@@ -55,7 +60,7 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
         os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "1"
         os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(bytewax_port + (process_id or 0))
         log.info("Bytewax metrics on :%d/metrics", bytewax_port + (process_id or 0))
-    for _ in range(MAX_DRAIN_ROUNDS if stop_when_caught_up else 1):
+    for _ in range((drain_rounds or MAX_DRAIN_ROUNDS) if stop_when_caught_up else 1):
         heads = stream_heads(settings)  # before the round
         # each round loads its buckets afresh and counts their timers again
         metrics.timers_pending.set(0)

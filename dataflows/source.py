@@ -30,6 +30,7 @@ from dataflows.buckets import EVENT, TICK, Item
 from dataflows.metrics import DataflowMetrics
 from features.routing import bucket_of
 from sinks.bucket_store import BucketStore, retrying, stream_id_key
+from sinks.redis_client import is_store_full
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +204,12 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
 
     def _beat(self, now: float) -> None:
         self._last_heartbeat = now
-        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):  # reads report it
+        try:  # a lapsed heartbeat is what readiness reports
             self._client.set(self._heartbeat_key, self._heartbeat_value,
                              px=int(self._config.heartbeat_ttl * 1000))
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            if isinstance(exc, redis.ResponseError) and not is_store_full(exc):
+                raise
 
     def next_awake(self) -> datetime | None:
         if self._retry_in:

@@ -26,6 +26,7 @@ from features.triggers import Trigger
 from sinks import rfm_index
 from sinks.event_log import AppendOptions, EventLog
 from sinks.keys import KeyLayout
+from sinks.redis_client import is_store_full
 from sinks.scripts import lua, run_scripts
 
 log = logging.getLogger(__name__)
@@ -66,17 +67,20 @@ def stream_fields(record: dict[str, Any]) -> list[str | bytes]:
 
 
 def retrying(call: Callable[[], T], what: str, *, retry_for: float = float("inf")) -> T:
-    """`call()`, again with backoff (50 ms doubling to 2 s) while Redis is unreachable, for
-    up to `retry_for` seconds: an outage pauses the dataflow instead of killing it."""
+    """`call()`, again with backoff (50 ms doubling to 2 s) while Redis is unreachable or
+    full, for up to `retry_for` seconds: an outage pauses the dataflow instead of killing it."""
     deadline = time.monotonic() + retry_for
     backoff = 0.05
     while True:
         try:
             return call()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if time.monotonic() + backoff > deadline:
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            full = is_store_full(exc)
+            if (isinstance(exc, redis.ResponseError) and not full
+                    or time.monotonic() + backoff > deadline):
                 raise
-            log.warning("redis unavailable while %s (%s); retrying in %.2fs", what, exc,
+            state = "full" if full else "unavailable"
+            log.warning("redis %s while %s (%s); retrying in %.2fs", state, what, exc,
                         backoff)
             time.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
@@ -311,9 +315,14 @@ class BucketStore:
         """
         def write() -> list[Any]:
             self.before_commit(commits)
-            return run_scripts(self._client, self._commit,
-                               [self._call(commit) for commit in commits],
-                               raise_on_error=False)
+            results = run_scripts(self._client, self._commit,
+                                  [self._call(commit) for commit in commits],
+                                  raise_on_error=False)
+            full = next((r for r in results if isinstance(r, Exception) and is_store_full(r)),
+                        None)
+            if full is not None:  # the calls applied are no-ops when sent again
+                raise full
+            return results
 
         return emitted_triggers(retrying(write, "committing", retry_for=retry_for))
 

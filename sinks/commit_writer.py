@@ -39,6 +39,7 @@ from redis.connection import Connection
 from redis.exceptions import NoScriptError
 
 from sinks.bucket_store import BucketCommit, BucketStore, emitted_triggers, retrying
+from sinks.redis_client import is_store_full
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,9 @@ class CommitWriter:
         try:
             retrying(lambda: self._store.before_commit(commits), "committing")
             results = self._exchange(payload, len(commits))
-            if results is None or any(isinstance(r, NoScriptError) for r in results):
+            if results is None or any(
+                    isinstance(r, NoScriptError) or isinstance(r, Exception) and is_store_full(r)
+                    for r in results):  # sent again the synchronous way, which waits
                 emitted = self._store.commit(commits)  # loads the script; waits for Redis
             elif any(isinstance(result, Exception) for result in results):
                 self._failed = True

@@ -165,6 +165,11 @@ class LayoutMismatch(RuntimeError):
     pass
 
 
+def _layout_of(client: redis.Redis, key: str) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in client.hgetall(key).items()
+            if k in (b"partitions", b"buckets")}
+
+
 def claim_layout(client: redis.Redis, layout: KeyLayout) -> None:
     """Record the partition and bucket counts on first use; refuse to run with others.
 
@@ -172,10 +177,11 @@ def claim_layout(client: redis.Redis, layout: KeyLayout) -> None:
     clients to buckets that do not hold their state.
     """
     key = layout.meta()
-    client.hsetnx(key, "partitions", layout.partitions)
-    client.hsetnx(key, "buckets", layout.buckets)
-    stored = {k.decode(): int(v) for k, v in client.hgetall(key).items()
-              if k in (b"partitions", b"buckets")}
+    stored = _layout_of(client, key)
+    if len(stored) < 2:  # first use: only then a write (a full Redis still lets us start)
+        client.hsetnx(key, "partitions", layout.partitions)
+        client.hsetnx(key, "buckets", layout.buckets)
+        stored = _layout_of(client, key)
     wanted = {"partitions": layout.partitions, "buckets": layout.buckets}
     for name, value in wanted.items():
         if stored.get(name) != value:

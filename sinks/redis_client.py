@@ -22,6 +22,18 @@ STORE_UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError, OSError)
 
+# Redis at its `maxmemory` under the `noeviction` policy refuses writes with a reply error.
+# Freeing memory ends it, not a reconnect, so writers wait and retry as through an outage
+# and the API answers 503 saying so (ingest's retries are de-duplicated by event id).
+STORE_FULL_DETAIL = ("Redis is at its maxmemory and refuses writes; retry once memory is "
+                     "freed (raise maxmemory, or lower redis.stream_retention)")
+
+
+def is_store_full(exc: BaseException) -> bool:
+    """A write refused at `maxmemory`: a command's OOM reply, or a script's error wrapping it."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc))
+
 
 def connection_name() -> str:
     """Every connection says which process it belongs to (visible in CLIENT LIST)."""

@@ -212,3 +212,26 @@ def test_reads_answer_503_while_a_cluster_primary_is_down(redis_cluster: str,
     statuses = {a.status_code for a in answers}
     assert 500 not in statuses and 503 in statuses, [a.text for a in answers]
     assert all(a.headers["retry-after"] == "1" for a in answers if a.status_code == 503)
+
+
+@pytest.mark.slow
+def test_a_group_drains_and_exits_like_one_process(redis_url: str, key_prefix: str,
+                                                   tmp_path: Path) -> None:
+    """`crmflow dataflow --drain` with `dataflow.processes: 2` ends, with status 0, on the
+    same outcome as one process's drain (it ran for ever: the children never heard of the
+    flag)."""
+    start = (time.time() // DAY - 10) * DAY
+    events = [e for h in histories(11, 150, start) for e in h]
+    no_rfm_model = {"refresh": 0}
+    grouped = make_settings(redis_url, key_prefix + "g", dataflow={
+        "processes": 2, "cluster_port": free_ports(2), "metrics_port": 0}, rfm=no_rfm_model)
+    single = make_settings(redis_url, key_prefix + "s", rfm=no_rfm_model)
+    for settings in (grouped, single):
+        with api_server(settings) as url:
+            for chunk in range(0, len(events), 500):
+                assert post_events(url, events[chunk:chunk + 500]).status_code == 200
+    config = write_config(grouped, tmp_path / "group.yaml")
+    with dataflow_process(config, "--drain") as group:
+        assert group.wait(timeout=240) == 0
+    drain(single)
+    assert comparable(outcome(grouped)) == comparable(outcome(single))

@@ -21,6 +21,7 @@ from sinks.bytewax_sink import BucketCommitSink
 from sinks.keys import KeyLayout
 from sinks.parquet_export import client_states
 from tests.support import (
+    ADMIN_KEY,
     api_server,
     dataflow_process,
     drain,
@@ -118,6 +119,50 @@ def test_redis_outage_answers_503_and_loses_no_acknowledged_event(
             profile = httpx.get(url + "/v1/profiles/x1", headers=read_headers(), timeout=10)
             assert profile.status_code == 200
     finally:
+        server.stop()
+
+
+def test_a_full_redis_refuses_writes_with_a_503_and_the_dataflow_waits_for_memory(
+        tmp_path: Path, key_prefix: str) -> None:
+    """Redis at its maxmemory (policy noeviction) refuses writes. Ingest answered a bare
+    500, readiness said ok, and the dataflow crashed at its next commit and could not start
+    again until memory was freed; now each says so and waits."""
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), appendonly=False)
+    server.start()
+    settings = make_settings(server.url, key_prefix,
+                             dataflow={"offset_flush_interval": 0.2, "tick_interval": 0.05})
+    layout = KeyLayout.from_settings(settings)
+    client = redis.Redis.from_url(server.url)
+    t0 = time.time() - 600
+    try:
+        with api_server(settings) as url:
+            assert post_events(url, orders("x", 60, t0)).status_code == 200  # not applied yet
+            for chunk in range(40):  # small commands: no large query buffer to free later
+                client.hset("ballast", mapping={f"{chunk}-{n}": b"x" * 1000 for n in range(100)})
+            used = int(client.info("memory")["used_memory"])
+            client.config_set("maxmemory", used - 2_000_000)
+            client.config_set("maxmemory-policy", "noeviction")
+            refused = post_events(url, orders("y", 10, t0))
+            assert refused.status_code == 503, refused.text
+            assert "maxmemory" in refused.json()["detail"] and refused.headers["retry-after"]
+            ready = httpx.get(url + "/readyz", timeout=10)
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["redis"].startswith("full: used_memory")
+            erasure = httpx.delete(url + "/v1/profiles/x1", timeout=10,
+                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+            assert erasure.status_code == 503, erasure.text  # an admin's write, refused too
+            assert "maxmemory" in erasure.json()["detail"]
+            with dataflow_process(write_config(settings, tmp_path / "crmflow.yaml")) as flow:
+                time.sleep(4)  # starts, loads, and cannot commit: it must wait, not die
+                assert flow.poll() is None
+                assert applied(server.url, layout) == 0
+                client.delete("ballast")
+                wait_for(lambda: applied(server.url, layout) == 60, 60,
+                         "the orders applied once memory is freed", interval=0.2)
+                assert flow.poll() is None
+            assert httpx.get(url + "/readyz", timeout=10).json()["checks"]["redis"] == "ok"
+    finally:
+        client.close()
         server.stop()
 
 

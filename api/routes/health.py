@@ -22,6 +22,14 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def _memory_check(memory: dict[str, Any]) -> str:
+    """"ok", unless Redis is at its maxmemory under a policy that refuses writes then."""
+    used, limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+    if limit and used >= limit and memory.get("maxmemory_policy") == "noeviction":
+        return f"full: used_memory {used} >= maxmemory {limit}; writes are refused"
+    return "ok"
+
+
 @router.get("/readyz", responses={503: {"description": "not ready: the checks say why"}})
 async def readyz(resources: ResourcesDep) -> JSONResponse:
     """Ready when Redis answers and a dataflow process has beaten its heart recently."""
@@ -32,7 +40,8 @@ async def readyz(resources: ResourcesDep) -> JSONResponse:
             await client.ping(target_nodes=aioredis.RedisCluster.PRIMARIES)
         else:
             await client.ping()
-        checks["redis"] = "ok"
+        checks["redis"] = "ok" if isinstance(client, aioredis.RedisCluster) else (
+            _memory_check(await client.info("memory")))
         alive = await client.exists(resources.layout.heartbeat())
         checks["dataflow"] = "ok" if alive else "no heartbeat"
     except (redis.RedisError, RedisClusterException, OSError) as exc:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -32,7 +33,7 @@ from config.settings import ApiSettings
 from features.events import INTERNAL_TYPES, Event, EventError, EventType, format_time
 from features.segment import from_native, from_segment
 from sinks.event_log import BacklogFull
-from sinks.redis_client import STORE_UNAVAILABLE
+from sinks.redis_client import STORE_FULL_DETAIL, STORE_UNAVAILABLE, is_store_full
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,13 @@ async def _ingest(items: Sequence[object], *, parser: Parser, source: str, singl
     except STORE_UNAVAILABLE:
         return JSONResponse({"success": False, "detail": "event store unavailable; retry"},
                             status_code=503, headers={"Retry-After": "1"})
+    except redis.ResponseError as exc:  # some partitions' events may be stored: see BacklogFull
+        if not is_store_full(exc):
+            raise
+        resources.metrics.rejected.labels(source, "store_full").inc(len(events))
+        warn_backlog(STORE_FULL_DETAIL)
+        return JSONResponse({"success": False, "detail": STORE_FULL_DETAIL}, status_code=503,
+                            headers={"Retry-After": str(BACKLOG_RETRY_AFTER)})
     except BacklogFull as exc:  # the rest may be stored: a retry is de-duplicated by id
         _record_lengths(resources, {**lengths, exc.partition: exc.length})
         resources.metrics.rejected.labels(source, "backlog_full").inc(len(events))
