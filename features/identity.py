@@ -37,8 +37,10 @@ from features.state import (
     MAX_BOUGHT,
     MAX_CART_LINES,
     MAX_CATEGORIES,
+    MAX_CHANNELS,
     MAX_DECIDED,
     MAX_EARLY_RETURNS,
+    MAX_FAVOURITES,
     MAX_INTERESTS,
     MAX_ORDERS,
     MAX_PENDING,
@@ -56,9 +58,10 @@ from features.state import (
     event_fingerprint,
     evolve,
     first_view_after,
+    in_time_order,
     return_order,
 )
-from features.triggers import Trigger, TriggerRules, fire_due, process_event
+from features.triggers import Trigger, TriggerRules, fire_due, process_event, resegmented
 from features.windows import HOUR, VIEW_DAYS, VIEW_HOURS, VISIT_DAYS
 
 
@@ -183,7 +186,10 @@ def _absorb(client_key: str, state: ClientState | None, event: Event, rules: Tri
     merged = merge_states(base, source, alias, event.event_time)
     merged = evolve(merged, recent_event_ids=(*merged.recent_event_ids, fingerprint)[
         -MAX_RECENT_EVENT_IDS:])
-    return Outcome(merged, fired, _hand_over(client_key, state, merged, alias, event))
+    # the visitor's history may move the client between segments (a guest's order: `new`)
+    merged, entered = resegmented(client_key, merged, event, rules)
+    return Outcome(merged, fired + entered,
+                   _hand_over(client_key, state, merged, alias, event))
 
 
 def _erasure_of(who: str, client_key: str, alias: str, cause: Event) -> Event:
@@ -293,7 +299,7 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         last_view_at=_latest(t.last_view_at, s.last_view_at),
         browse_closed_at=browse_closed,
         bought=_merge_bought(t, s),
-        favourites=tuple(dict.fromkeys((*s.favourites, *t.favourites)))[-MAX_VIEWED:],
+        favourites=tuple(dict.fromkeys((*s.favourites, *t.favourites)))[-MAX_FAVOURITES:],
         orders=orders,
         orders_count=orders_count,
         monetary_total=money,
@@ -304,7 +310,8 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         last_support_at=_latest(t.last_support_at, s.last_support_at),
         nps_score=t.nps_score if (t.nps_at or 0) >= (s.nps_at or 0) else s.nps_score,
         nps_at=_latest(t.nps_at, s.nps_at),
-        channel_engagement=tuple(sorted(channels.items(), key=lambda c: (-c[1], c[0])))[:8],
+        channel_engagement=tuple(sorted(channels.items(),
+                                        key=lambda c: (-c[1], c[0])))[:MAX_CHANNELS],
         recent_event_ids=(*s.recent_event_ids, *t.recent_event_ids)[-MAX_RECENT_EVENT_IDS:],
         marks=tuple(sorted({**dict(s.marks), **{k: max(v, dict(s.marks).get(k, v))
                                                 for k, v in t.marks}}.items())),
@@ -357,7 +364,7 @@ def _merge_orders(t: ClientState, s: ClientState) -> tuple[
         money += _net(kept) - _net(own) - _net(other)
         merged[order_id] = kept
     merged.update({order_id: order for order_id, order in mine.items() if order_id not in both})
-    ordered = sorted(merged.values(), key=lambda o: o.placed_at)
+    ordered = sorted(merged.values(), key=in_time_order)
     first = _earliest(t.first_order_at, s.first_order_at)
     last = _latest(t.last_order_at, s.last_order_at)
     if both and len(t.orders) < MAX_ORDERS and len(s.orders) < MAX_ORDERS:

@@ -72,6 +72,12 @@ class OrderRecord:
         object.__setattr__(self, "cancelled", cancelled)
 
 
+def in_time_order(order: OrderRecord) -> tuple[float, str]:
+    """The orders' sort key: time, then id, so that two orders at one instant (invoices of
+    the same minute) keep one order whichever arrived first, live as in replay."""
+    return order.placed_at, order.order_id
+
+
 @dataclass(frozen=True, slots=True)
 class PendingTrigger:
     """A trigger decided later: after its rule's delay, or at the end of quiet hours."""
@@ -627,7 +633,7 @@ def _order_placed(state: ClientState, event: Event) -> Changes:
     assert event.order is not None
     t = event.event_time
     record = OrderRecord(event.order.order_id, t, round(event.order.total, 2))
-    orders = sorted((*state.orders, record), key=lambda o: o.placed_at)[-MAX_ORDERS:]
+    orders = sorted((*state.orders, record), key=in_time_order)[-MAX_ORDERS:]
     changes: Changes = {
         "orders": tuple(orders),
         "orders_count": state.orders_count + 1,

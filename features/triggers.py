@@ -231,6 +231,12 @@ def _resegment(client_key: str, state: ClientState, at: float, rules: TriggerRul
                     live=live)
 
 
+def resegmented(client_key: str, state: ClientState, event: Event, rules: TriggerRules
+                ) -> tuple[ClientState, list[Trigger]]:
+    """Memberships after `event` changed the state outside `process_event` (a merge)."""
+    return _resegment(client_key, state, event.event_time, rules, live=not event.history)
+
+
 def _entered(client_key: str, before: ClientState, state: ClientState, rules: TriggerRules,
              *, live: bool = False, decided_at: float | None = None
              ) -> tuple[ClientState, list[Trigger]]:

@@ -147,11 +147,13 @@ def canonical_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
 
 
 def segment_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
-    """Segment messages: received when Segment says (`receivedAt`), else at their time."""
+    """Segment messages: received when Segment says (`receivedAt`); else when sent
+    (`sentAt`: the skew correction then leaves the device's time as it is, where the
+    message's own time as its arrival moved it back by the skew), else at their time."""
     for path in paths:
         for where, message in _records(path, tally):
-            field = next((name for name in ("receivedAt", "timestamp", "originalTimestamp")
-                          if message.get(name)), None)
+            field = next((name for name in ("receivedAt", "sentAt", "timestamp",
+                                            "originalTimestamp") if message.get(name)), None)
             if field is None:
                 tally.reject(where, "invalid timestamp", "is required in history")
                 continue

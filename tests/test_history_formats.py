@@ -135,6 +135,17 @@ def test_segment_messages(tmp_path: Path) -> None:
     assert tally.bad == {"invalid timestamp": 1}  # named after the field it read
 
 
+
+def test_a_library_message_without_received_at_keeps_its_device_time(tmp_path: Path) -> None:
+    """A message as a library sends it (`timestamp` and `sentAt`, no `receivedAt`): the
+    ingest API corrects the skew against its own arrival time; a history file has none, so
+    `sentAt` stands for it and the time stays the device's (it moved back by the skew)."""
+    message = {"type": "track", "event": "Product Viewed", "userId": "u1", "messageId": "m1",
+               "timestamp": "2024-05-01T12:00:00Z", "sentAt": "2024-05-01T12:00:10Z",
+               "properties": {"product_id": "p1"}}
+    events, _ = events_of("segment", [write(tmp_path / "lib.jsonl", json.dumps(message))])
+    assert [e["event_time"] for e in events] == [1714564800.0]  # 12:00:00, not 11:59:50
+
 UCI_HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
 
 

@@ -388,3 +388,19 @@ def test_the_cookies_views_before_the_clients_browse_reminder_are_decided_by_it(
     assert merged is not None and merged.browse_since is None
     _, fired = fire_due(USER, merged, T0 + 10 * HOUR, rules)
     assert fired == []
+
+
+def test_a_merge_files_the_client_by_the_history_it_joined() -> None:
+    """A guest's order joins a registered client: the client is `new` at once, in the
+    profile's segments as in its stage (they stayed those of the client's own history
+    until its next event or timer, a day later for a guest's order)."""
+    world = World(RULES)
+    world.send(user(EventType.REGISTERED, 0, "r1", traits={"email": "a@example.com"}))
+    assert dict(world.states[USER].segments).keys() >= {"lifecycle:prospect"}  # type: ignore[union-attr]
+    world.send(anon(EventType.ORDER_PLACED, 60, "o1", order=Order("o1", 30.0, items=shoes("p1"))))
+    world.send(user(EventType.IDENTIFY, 120, "i1", with_cookie=True))
+    merged = world.states[USER]
+    assert merged is not None and merged.orders_count == 1
+    names = {name for name, _ in merged.segments}
+    assert "lifecycle:new" in names and "lifecycle:prospect" not in names
+    assert dict(merged.segments)["lifecycle:new"] == T0 + 120  # entered at the merge

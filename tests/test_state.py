@@ -601,3 +601,12 @@ def test_traits_are_capped_keeping_the_ones_crmflow_reads() -> None:
     assert len(state.traits) == MAX_TRAITS
     assert state.traits["email"] == "ann@x" and state.traits["birthday"] == "1990-01-02"
     assert "t000" in state.traits  # the rest by name, the same in any arrival order
+
+
+def test_two_orders_at_one_instant_keep_one_order_whichever_arrives_first() -> None:
+    """Invoices of the same minute: the latest order (the feedback request's key, the
+    replenishment's) is the same live, in arrival order, and in replay, by time."""
+    a, b = order(T0, "A-1", 10.0), order(T0, "B-2", 20.0)
+    one, other = run([a, b]), run([b, a])
+    assert [o.order_id for o in one.orders] == [o.order_id for o in other.orders] == [
+        "A-1", "B-2"]
