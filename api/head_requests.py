@@ -23,9 +23,12 @@ class HeadAsGetMiddleware:
                 return
             await send(message)
 
-        # the scope itself, so that the route the app matches reaches the metrics around it
-        scope["method"] = "GET"
+        # A copy: the server reads the method from its own scope when the response starts,
+        # and sends a HEAD's headers without the body only if it still says HEAD. The route
+        # the app matched is copied back for the metrics around this middleware.
+        as_get = {**scope, "method": "GET"}
         try:
-            await self.app(scope, receive, headers_only)
+            await self.app(as_get, receive, headers_only)
         finally:
-            scope["method"] = "HEAD"
+            if "route" in as_get:
+                scope["route"] = as_get["route"]

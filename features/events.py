@@ -297,6 +297,10 @@ _STRING_TRAITS = ("email", "phone", "gender", "city", "point_id", "timezone", "f
                   "last_name")
 # the traits crmflow itself reads (contact, point, zone, birthday, consents)
 READ_TRAITS = frozenset((*_STRING_TRAITS, "birthday", "consents"))
+# Bytes, not only counts, are a client's budget: a state is rewritten whole on every event,
+# and its text is copied into every trigger's payload and ledger entry.
+MAX_TEXT_TRAIT = 256  # characters of a known text trait (an address is at most 254)
+MAX_TRAIT_BYTES = 1024  # a custom trait, its name and value as JSON
 
 
 def _traits(raw: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -314,6 +318,12 @@ def _traits(raw: Mapping[str, Any]) -> Mapping[str, Any]:
             traits = {**traits, name: str(value)}
         elif value is not None and not isinstance(value, str):
             raise EventError(f"traits.{name}", "expected a string")
+        elif value is not None and len(value) > MAX_TEXT_TRAIT:
+            raise EventError(f"traits.{name}", f"longer than {MAX_TEXT_TRAIT} characters")
+    for name, value in traits.items():
+        if name not in READ_TRAITS and len(json.dumps(
+                {name: value}, ensure_ascii=False, default=str).encode()) > MAX_TRAIT_BYTES:
+            raise EventError(f"traits.{name}", f"larger than {MAX_TRAIT_BYTES} bytes as JSON")
     birthday = traits.get("birthday")
     if birthday is not None:
         if not isinstance(birthday, str):
@@ -341,6 +351,8 @@ def _product(raw: object, field_name: str) -> Product:
     category = raw.get("category")
     if category is not None and not isinstance(category, str):
         raise EventError(f"{field_name}.category", "expected a string")
+    if category is not None and len(category) > MAX_ID_LENGTH:
+        raise EventError(f"{field_name}.category", f"longer than {MAX_ID_LENGTH} characters")
     price = _number(raw.get("price", 0.0), f"{field_name}.price")
     quantity_raw = raw.get("quantity", 1)
     quantity = _number(quantity_raw, f"{field_name}.quantity")

@@ -148,7 +148,10 @@ def _event_time(message: Mapping[str, Any], received_at: float) -> float:
     sent = message.get("sentAt")
     if sent is not None:
         with contextlib.suppress(EventError):  # a bad sentAt loses the correction, not the event
-            event_time += received_at - parse_time(sent, "sentAt")
+            # an archive's skew is against Segment's receipt, not against ours (years later)
+            arrival = (parse_time(message["receivedAt"], "receivedAt")
+                       if message.get("receivedAt") not in (None, "") else received_at)
+            event_time += arrival - parse_time(sent, "sentAt")
     return event_time
 
 

@@ -49,7 +49,10 @@ def summary(event: Event) -> str:
     if event.order is not None:
         order = event.order
         parts.append(f"order {order.order_id}")
-        parts.append(f"{_money(order.total)}{' ' + order.currency if order.currency else ''}")
+        if order.total >= 0:
+            parts.append(f"{_money(order.total)}{' ' + order.currency if order.currency else ''}")
+        else:  # a cancellation or refund naming no amount (the parser's -1): all of it
+            parts.append("whole order")
         if order.items:
             parts.append(f"{len(order.items)} item{'s' if len(order.items) != 1 else ''}")
     elif event.products:

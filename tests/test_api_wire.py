@@ -87,11 +87,12 @@ def test_the_event_size_limit_counts_utf8_bytes(api: str) -> None:
     """32 KB is what is stored, UTF-8: 6,000 CJK characters are 18 KB, not 36 KB of
     \\uXXXX escapes; 12,000 of them are over the limit."""
     def identify(characters: int) -> str:
-        return json.dumps({"type": "identify", "userId": "u1", "messageId": f"id-{characters}",
-                           "traits": {"note": "日本語" * (characters // 3)}},
+        return json.dumps({"type": "track", "event": "Note", "userId": "u1",
+                           "messageId": f"id-{characters}",
+                           "properties": {"note": "日本語" * (characters // 3)}},
                           ensure_ascii=False)  # UTF-8 on the wire, as browsers send it
 
-    assert post(api, "/v1/identify", identify(6_000)).status_code == 200
+    assert post(api, "/v1/track", identify(6_000)).status_code == 200
     too_big = post(api, "/v1/batch", '{"batch":[' + identify(12_000) + "]}")
     assert too_big.status_code == 400
     [rejected] = too_big.json()["rejected"]
@@ -212,6 +213,14 @@ def test_every_get_answers_head(api: str, settings: Settings) -> None:
         assert head.headers["content-length"] == get.headers["content-length"], path
     missing = httpx.head(api + "/v1/profiles/nobody", headers=read_headers())
     assert missing.status_code == 404 and missing.content == b""
+    # on one kept-alive connection, as a load balancer's checks: a HEAD leaves it usable
+    # (the server expected the body it had dropped, logged an error and closed it)
+    with httpx.Client(headers=read_headers()) as connection:
+        for path in ("/healthz", "/v1/profiles/ann",
+                     "/v1/segments/lifecycle:prospect/members.csv"):
+            assert connection.head(api + path).status_code == 200, path
+            again = connection.get(api + path)
+            assert again.status_code == 200 and again.content, path
     metrics = httpx.get(api + "/metrics").text  # labelled by route, as GET is
     assert 'method="HEAD",route="/v1/segments",status="200"' in metrics
     assert 'method="HEAD",route="unmatched"' not in metrics

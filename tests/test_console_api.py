@@ -277,7 +277,7 @@ def test_the_timeline_shows_the_last_events_and_every_touch(world: World) -> Non
     assert times == sorted(times, reverse=True)
     touches = [e for e in entries if e["kind"] == "touch"]
     assert any(t["type"] == "order_confirmation" and t["status"] == "sent"
-               and t["source"] == "trigger" for t in touches)
+               and t["source"] == "auto" for t in touches)
     older = world.get("/v1/profiles/r02/timeline", limit=2)["entries"]
     assert len(older) == 2
 

@@ -78,12 +78,14 @@ def test_timeline_lines_summarise_events() -> None:
         Product("p1"), Product("p2"))))
     view = _event(EventType.PRODUCT_VIEW, products=(Product("sku-1", "tea"), Product("x")))
     nps = _event(EventType.NPS_ANSWER, nps_score=9)
-    lines = [timeline_entry(e) for e in (order, view, nps)]
+    cancelled = _event(EventType.ORDER_CANCELLED, order=Order("o-7", -1.0))  # no amount named
+    lines = [timeline_entry(e) for e in (order, view, nps, cancelled)]
     entries = parse_timeline(SEPARATOR.join(line for line in lines if line))
     assert [(e.type, e.at, e.summary) for e in entries] == [
         ("order_placed", T0, "order o-7, 1,234.50 GBP, 2 items"),
         ("product_view", T0, "sku-1 (tea), +1 more"),
-        ("nps_answer", T0, "score 9")]
+        ("nps_answer", T0, "score 9"),
+        ("order_cancelled", T0, "order o-7, whole order")]
     assert timeline_entry(_event(EventType.TOUCH_RECORDED)) is None
     assert timeline_entry(_event(EventType.PROFILE_MERGED)) is None
     assert parse_timeline("") == [] and parse_timeline("junk\nvisit\tnot-a-time\t") == []

@@ -439,6 +439,19 @@ def test_string_traits_checked() -> None:
     assert parse_event(raw(traits={"shoe_size": 42})).traits == {"shoe_size": 42}
 
 
+def test_text_is_capped_in_bytes_as_traits_and_lines_are_in_number() -> None:
+    """A client's state is rewritten whole on every event and its text copied into every
+    trigger's payload: 64 traits of 30 KB made a 1.9 MB state, 50 cart lines with a 30 KB
+    category a 1.4 MB abandoned-cart payload per reminder."""
+    assert field_of(raw(traits={"city": "x" * 257})) == "traits.city"
+    assert parse_event(raw(traits={"city": "x" * 256})).traits["city"] == "x" * 256
+    assert field_of(raw(traits={"notes": "x" * 1100})) == "traits.notes"
+    assert field_of(raw(traits={"notes": {"deep": ["y" * 600] * 2}})) == "traits.notes"
+    assert parse_event(raw(traits={"notes": "é" * 400})).traits["notes"] == "é" * 400
+    too_long = raw(type="cart_add", products=[{"product_id": "p", "category": "c" * 201}])
+    assert field_of(too_long) == "products[0].category"
+
+
 def test_other_type_checks() -> None:
     assert field_of(raw(name=5)) == "name"
     assert field_of(raw(channel=["email"])) == "channel"
@@ -489,6 +502,8 @@ def test_segment_time_is_corrected_once() -> None:
     assert from_segment(without_original, received).event_time == expected
     only_original = {k: v for k, v in archived.items() if k != "timestamp"}
     assert from_segment(only_original, received).event_time == expected
+    # posted to the API a year later: the skew is against Segment's receipt, not ours
+    assert from_segment(only_original, received + 365 * 86400).event_time == expected
     with pytest.raises(EventError) as info:
         from_segment({**only_original, "originalTimestamp": "soon"}, received)
     assert info.value.field == "originalTimestamp"

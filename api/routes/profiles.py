@@ -76,7 +76,7 @@ async def get_timeline(client_id: str, resources: ReadAccess, grant: Grant,
         entries.append((parse_time(at, "decided_at"), 1, {
             "kind": "touch", "at": at, "type": touch["type"], "status": touch["status"],
             "reason": touch.get("reason"), "channel": touch.get("channel"),
-            "source": "manual" if touch.get("source") == "manual" else "trigger",
+            "source": "manual" if touch.get("source") == "manual" else "auto",
             "author": payload.get("author"), "comment": payload.get("comment"),
             "trigger_id": touch["trigger_id"], "key": touch.get("key", "")}))
     entries.sort(key=lambda item: (item[0], item[1]), reverse=True)
