@@ -319,7 +319,7 @@ class BucketStore:
                                   [self._call(commit) for commit in commits],
                                   raise_on_error=False)
             full = next((r for r in results if isinstance(r, Exception) and is_store_full(r)),
-                        None)
+                        None)  # an exception to raise
             if full is not None:  # the calls applied are no-ops when sent again
                 raise full
             return results

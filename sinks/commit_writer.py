@@ -128,9 +128,8 @@ class CommitWriter:
         try:
             retrying(lambda: self._store.before_commit(commits), "committing")
             results = self._exchange(payload, len(commits))
-            if results is None or any(
-                    isinstance(r, NoScriptError) or isinstance(r, Exception) and is_store_full(r)
-                    for r in results):  # sent again the synchronous way, which waits
+            if results is None or any(isinstance(r, NoScriptError) or is_store_full(r)
+                                      for r in results):  # sent again the synchronous way
                 emitted = self._store.commit(commits)  # loads the script; waits for Redis
             elif any(isinstance(result, Exception) for result in results):
                 self._failed = True

@@ -29,10 +29,11 @@ STORE_FULL_DETAIL = ("Redis is at its maxmemory and refuses writes; retry once m
                      "freed (raise maxmemory, or lower redis.stream_retention)")
 
 
-def is_store_full(exc: BaseException) -> bool:
-    """A write refused at `maxmemory`: a command's OOM reply, or a script's error wrapping it."""
-    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
-        isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc))
+def is_store_full(reply: object) -> bool:
+    """A write refused at `maxmemory`: a command's OOM reply, or a script's error wrapping it
+    (`reply` may be any reply of a pipeline run without raising)."""
+    return isinstance(reply, redis.exceptions.OutOfMemoryError) or (
+        isinstance(reply, redis.ResponseError) and "OOM command not allowed" in str(reply))
 
 
 def connection_name() -> str:
