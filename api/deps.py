@@ -96,10 +96,6 @@ def check_write_key(request: Request, resources: Resources, body_key: object = N
         raise _unauthorized("invalid write key", 'Basic realm="crmflow"')
 
 
-async def require_write_key(request: Request, resources: ResourcesDep) -> None:
-    check_write_key(request, resources)
-
-
 @dataclass(frozen=True, slots=True)
 class ReadGrant:
     """A read key's reach: every client, or (a point's key) the clients of one point."""
@@ -174,7 +170,6 @@ async def require_admin_key(request: Request, resources: ResourcesDep) -> None:
         raise _forbidden("this key may not do this: an admin key is required")
 
 
-WriteKey = Depends(require_write_key)
 AdminKey = Depends(require_admin_key)
 ReadAccess = Annotated[Resources, Depends(require_read_key)]
 Grant = Annotated[ReadGrant, Depends(grant_of)]

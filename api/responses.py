@@ -31,6 +31,8 @@ _MEANINGS = {
     401: "missing or unknown key",
     403: "a valid key of another scope",
     404: "unknown client, segment or erasure (or an id that makes no known path)",
+    409: "conflicts with the data's state: the answer says what to do instead (erase an "
+         "anonymous id's client, not the id)",
     413: "body over the size limit",
     415: "a Content-Encoding other than gzip",
     422: "invalid parameters",

@@ -4,6 +4,8 @@ Sizes are sets the dataflow keeps current; their history is nobody's event, so t
 records it: on start and every `console.size_history_interval`, each segment's size (and
 each point's share) goes into a small hash per segment. Several API processes may record
 the same interval: the slot is the interval's start, so they overwrite one another.
+Points are those that hold clients now (`console_store.points`): a point gone stops being
+recorded, and its history expires with its last entry.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ async def record_once(resources: Resources, at: float) -> int:
     settings = resources.settings.console
     names = all_segment_names(resources.segments.base)
     sizes: dict[tuple[str, str | None], int] = {}
+    retired = await console_store.retire_old_points(resources.redis, resources.layout, names,
+                                                    settings.size_history_retention)
+    if retired:
+        log.info("histories of %d points from before the points were counted now expire",
+                 retired)
     scopes: list[str | None] = [None, *await console_store.points(resources.redis,
                                                                    resources.layout)]
     for point in scopes:

@@ -111,6 +111,10 @@ class RedisSettings(Section):
     dedupe_window: Duration = 86400.0
     ledger_max_entries: PositiveInt = 200
     socket_timeout: PositiveDuration = 5.0  # 0 would make every socket non-blocking
+    # erasures: the audit stream keeps each record this long (proof of erasure, asked for
+    # by compliance for a year or more), the status an API caller polls this long
+    erasure_audit_retention: PositiveDuration = 400 * 86400.0
+    erasure_status_retention: PositiveDuration = 30 * 86400.0
 
     @field_validator("url")
     @classmethod

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             compile_core()
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure leaves the pure core
+    except (Exception, SystemExit) as exc:  # any failure leaves the pure core
         tail = "\n".join(log.getvalue().strip().splitlines()[-15:])
         print(f"{PREFIX} failed ({type(exc).__name__}: {exc}); crmflow runs the pure-Python "
               f"core, the same behaviour about 1.3x slower per event. The build said:\n{tail}",

@@ -145,7 +145,7 @@ def tail_triggers(settings: Settings, *, from_start: bool = False, since: float 
             continue
         for stream, entries in replies or []:
             for entry_id, fields in entries:
-                print(_format_trigger(fields), flush=True)  # noqa: T201 - the user asked to see them
+                print(_format_trigger(fields), flush=True)  # the user asked to see them
                 positions[stream.decode()] = entry_id.decode()
 
 
@@ -220,7 +220,7 @@ def run_up(settings: Settings, *, config_file: Path | None, demo: bool, keys_fil
         for child in children:
             child.start()
         _wait_healthy(api_url, children[1], stop)
-        print(_banner(settings, api_url, lease is not None, demo), flush=True)  # noqa: T201
+        print(_banner(settings, api_url, lease is not None, demo), flush=True)
         threads.append(threading.Thread(target=tail_triggers, args=(settings,),
                                         kwargs={"stop": stop, "since": started},
                                         daemon=True))

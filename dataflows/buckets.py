@@ -1,10 +1,12 @@
 """The per-bucket logic: a few thousand Bytewax keys instead of one per client.
 
 A bucket holds its clients' states and heaps of (due, client) timers. Bytewax's own
-`notify_at` is not used: it is compared with wall time and scanned per key (see
-BYTEWAX_NOTES.md). A timer due at `d` fires at the first of these, all read from the
-stream and so identical in replay and live, whatever the batch size or tick rate:
-- the client's own next event with event time >= d (fired before that event applies);
+`notify_at` is not used: Bytewax 0.21 compares it with wall time and scans it per key.
+A timer due at `d` fires at the first of these, all read from the stream and so identical
+in replay and live, whatever the batch size or tick rate:
+- the client's own next event with event time >= d (fired before that event applies; a
+  live event that arrives before d + allowed lateness is held in the state until then,
+  see `features.triggers.process_event`);
 - for a live client (see `features.state.is_live`), the first item whose arrival time (the
   stream id's clock) is >= d + allowed lateness;
 - for any client, a tick at the stream head whose wall clock is >= d + allowed lateness.
@@ -39,7 +41,7 @@ from features.events import (
     EventType,
     parse_event,
 )
-from features.identity import handle
+from features.identity import MERGED_REFUSAL, handle, linked_steps, refuses_erasure
 from features.lookup import lookup_keys, point_of
 from features.routing import bucket_of
 from features.state import ClientState, is_live
@@ -58,7 +60,7 @@ from sinks.bucket_store import (
     minute_of,
     stream_id_key,
 )
-from sinks.erasure import dead_letter_of
+from sinks.erasure import ErasureRefusal, dead_letter_of
 
 EVENT = "e"
 TICK = "t"
@@ -102,6 +104,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         self._before: dict[str, ClientState | None] = {}
         self._emitted: list[Event] = []
         self._erasures: list[Erasure] = []
+        self._refusals: list[ErasureRefusal] = []
         self._unindexed: list[str] = []  # erased clients to take out of the RFM population
         self._metrics = metrics
         self._counts: Counter[tuple[Any, str]] = Counter()  # metric updates of one batch
@@ -109,6 +112,11 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         # timeline lines (oldest first) and the events applied per (minute, field)
         self._timelines: dict[str, list[str]] = {}
         self._activity: Counter[tuple[int, str | None, str]] = Counter()
+        # clients per point: this batch's erasures' part of the moves (the rest is read off
+        # the changed states at the commit), and the bucket's clients as loaded, while
+        # they are not counted yet (data from before the counts: its next commit counts them)
+        self._point_moves: Counter[str] = Counter()
+        self._point_counts: Counter[str] | None = None if loaded.points_counted else Counter()
         self._clock = 0.0  # the arrival clock of the newest item (seconds)
         self._position = loaded.position
         self._committed = loaded.position
@@ -131,6 +139,9 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
             for client_key, raw in loaded.states.items():
                 state = decode_state(raw)
                 self._states[client_key] = state
+                point = _counted_point(state)
+                if self._point_counts is not None and point is not None:
+                    self._point_counts[point] += 1
                 stored = stored_schedule(raw)
                 if stored is not None and self._prints.trusts(stored):
                     self._set_schedule(client_key, stored.due, stored.live)
@@ -184,6 +195,14 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         self._timers[clock][:] = entries
         self._queued[clock].clear()
         self._queued[clock].update((key, due) for due, key in entries)
+
+    @property
+    def _settled(self) -> float:
+        """Up to when every event has arrived, by the newest item's arrival clock (a replay
+        reads history in event time: all of it)."""
+        if self._config.replay:
+            return math.inf
+        return self._clock - self._config.allowed_lateness
 
     def _next_timer(self, client_key: str) -> float:
         """The client's earliest due time as scheduled (inf: none), or -inf when unknown."""
@@ -315,11 +334,15 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
             self._counts[(self._metrics.dead_letters, "misrouted")] += 1
             return 0
         if event.type is EventType.ERASURE_REQUESTED:
-            self._erase(client_key, event, stream_id, dirty, triggers, dead)
+            if refuses_erasure(self._states.get(client_key), event):
+                self._refusals.append(ErasureRefusal(event.event_id, event.received_at,
+                                                     MERGED_REFUSAL))
+            else:
+                self._erase(client_key, event, stream_id, dirty, triggers, dead)
             return 1
         before = self._states.get(client_key)
         outcome = handle(client_key, before, event, self._rules,
-                         next_timer=self._next_timer(client_key))
+                         next_timer=self._next_timer(client_key), settled=self._settled)
         self._emitted.extend(outcome.emitted)
         after = outcome.state
         if after is before or after is None:
@@ -365,13 +388,17 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         self._timelines.pop(client_key, None)
         self._erasures.append(Erasure(client_key, event.event_id, stream_id,
                                       event.received_at,
-                                      tuple(_member_ops(client_key, committed, None))))
+                                      tuple(_member_ops(client_key, committed, None)),
+                                      tuple(linked_steps(client_key, state))))
         if committed is not None:  # in the RFM population only once committed
             self._unindexed.append(client_key)
+        if (point := _counted_point(committed)) is not None:
+            self._point_moves[point] -= 1
         for n, alias in enumerate(state.aliases if state is not None else (), 1):
+            # reached through the client's erasure, not asked for directly: never refused
             self._emitted.append(replace(event, event_id=f"{event.event_id}.{n}",
                                          client_id=None, anonymous_id=alias.removeprefix(
-                                             ANONYMOUS_PREFIX)))
+                                             ANONYMOUS_PREFIX), properties={}))
 
     def _commit(self, dirty: set[str], triggers: list[Trigger], dead: list[DeadLetter],
                 applied: int, *, flush: bool = False) -> list[BucketCommit]:
@@ -379,12 +406,14 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         moved = self._position != self._committed
         emitted, self._emitted = self._emitted, []
         erasures, self._erasures = self._erasures, []
-        if not (dirty or triggers or dead or emitted or erasures) and not (moved and (
-                flush or now - self._last_commit >= self._config.offset_flush_interval)):
+        refusals, self._refusals = self._refusals, []
+        if not (dirty or triggers or dead or emitted or erasures or refusals) and not (moved and (
+                flush or now - self._last_commit >= self._config.offset_flush_interval)
+        ) and self._point_counts is None:
             return []
         changes: list[SegmentChange] = []
         ops: list[MemberOp] = []
-        points: set[str] = set()
+        moves, self._point_moves = self._point_moves, Counter()
         values: list[tuple[str, RfmValues | None]] = []
         for key in sorted(dirty):
             before, after = self._before.get(key), self._states[key]
@@ -402,9 +431,12 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                            for name, at in segments.entered(before, after)
                            if segments.is_public(name))
             ops.extend(_member_ops(key, before, after))
-            point = point_of(after.traits)
-            if point is not None and (before is None or point_of(before.traits) != point):
-                points.add(point)
+            old_point, new_point = _counted_point(before), _counted_point(after)
+            if old_point != new_point:
+                if old_point is not None:
+                    moves[old_point] -= 1
+                if new_point is not None:
+                    moves[new_point] += 1
             if triple != indexed:
                 values.append((key, triple))
         self._before.clear()
@@ -416,6 +448,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         trigger_points = {t.client_id: point for t in triggers
                           if t.client_id in self._states
                           and (point := point_of(self._states[t.client_id].traits)) is not None}
+        counts, self._point_counts = self._point_counts, None
         self._commits_made += 1
         commit = BucketCommit(
             bucket=self._bucket, base=self._committed, position=self._position,
@@ -423,11 +456,14 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
             states=[(key, encode_stored(encode_state(self._states[key]),
                                         self._stored_schedule(key))) for key in sorted(dirty)],
             triggers=triggers, dead_letters=dead, events=applied, segment_changes=changes,
-            rfm_values=values, emitted=emitted, erasures=erasures, member_ops=ops,
+            rfm_values=values, emitted=emitted, erasures=erasures, refusals=refusals,
+            member_ops=ops,
             timelines=[(key, SEPARATOR.join(reversed(lines)))
                        for key, lines in sorted(timelines.items()) if key in self._states],
             activity=[(*key, count) for key, count in activity.items()],
-            clock=self._clock, trigger_points=trigger_points, points=sorted(points))
+            clock=self._clock, trigger_points=trigger_points,
+            point_moves=sorted((point, n) for point, n in moves.items() if n),
+            point_counts=None if counts is None else sorted(counts.items()))
         self._committed = self._position
         self._last_commit = now
         return [commit]
@@ -495,6 +531,14 @@ def _member_ops(client_key: str, before: ClientState | None, after: ClientState 
     ops += [MemberOp(lookup_member(k, client_key), False) for k in sorted(old_keys - new_keys)]
     ops += [MemberOp(lookup_member(k, client_key), True) for k in sorted(new_keys - old_keys)]
     return ops
+
+
+def _counted_point(state: ClientState | None) -> str | None:
+    """The point whose clients count the client (`KeyLayout.points`): its `point_id`,
+    unless it is erased or merged away (a pointer is nobody's client)."""
+    if state is None or state.merged_into is not None:
+        return None
+    return point_of(state.traits)
 
 
 def _rfm_values(state: ClientState) -> RfmValues | None:

@@ -15,6 +15,7 @@ from dataflows.source import EventStreamSource, SourceConfig
 from features.rfm import RfmModel
 from sinks.bucket_store import BucketStore
 from sinks.bytewax_sink import BucketCommitSink
+from sinks.erasure import Retention
 from sinks.keys import KeyLayout
 from sinks.redis_client import sync_client
 
@@ -63,5 +64,6 @@ def build_flow(settings: Settings, metrics: DataflowMetrics, *,
     entries = op.input("events", flow, EventStreamSource(make_store, source_config, metrics))
     commits = op.stateful_batch(
         "buckets", entries, lambda _resume: LazyBucketLogic(loader, bucket_config, metrics, models))
-    op.output("commit", commits, BucketCommitSink(make_store, metrics))
+    op.output("commit", commits, BucketCommitSink(make_store, metrics,
+                                                  Retention.from_settings(settings.redis)))
     return flow

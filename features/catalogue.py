@@ -60,6 +60,7 @@ from features.rules import (
     TriggerRules,
 )
 from features.state import (
+    BIRTHDAY_KNOWN,
     CategoryOrders,
     ClientState,
     OrderRecord,
@@ -349,8 +350,8 @@ def _service_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState,
 
 def _birthday_next(state: ClientState, rules: TriggerRules) -> tuple[int, float] | None:
     """The next birthday to greet: (year, due): the first after the year last greeted that is
-    due at or after the client's traits were last updated (when the birthday became known or
-    changed), so only a birthday still to come then is greeted."""
+    due at or after the birthday became known or changed, so only a birthday still to come
+    then is greeted."""
     parsed = parse_birthday(state.traits.get("birthday"))
     if parsed is None:
         return None
@@ -361,7 +362,14 @@ def _birthday_next(state: ClientState, rules: TriggerRules) -> tuple[int, float]
     last_year = mark_of(state, BIRTHDAY)
     return next_birthday(month, day, tz, rule.at, rule.offset,
                          after_year=None if last_year is None else int(last_year),
-                         not_before=state.traits_updated_at)
+                         not_before=_birthday_known(state))
+
+
+def _birthday_known(state: ClientState) -> float:
+    """When the birthday was set or last changed (a state stored before that was marked:
+    the latest update of any trait, later or the same)."""
+    known = mark_of(state, BIRTHDAY_KNOWN)
+    return state.traits_updated_at if known is None else known
 
 
 def _birthday_due(state: ClientState, rules: TriggerRules) -> float | None:
@@ -614,12 +622,13 @@ def _placed(after: ClientState, event: Event, rules: TriggerRules) -> list[Candi
     return candidates
 
 
-def _loyalty(after: ClientState, event: Event, rules: TriggerRules
-             ) -> tuple[ClientState, list[Candidate]]:
-    """A tier change. A tier is announced the first time it is reached (the rule's mark is
-    the highest rank announced, so a tier regained after a downgrade is not announced
-    again); a downgrade only with `announce_downgrades`. The state follows the tier either
-    way."""
+def retier(after: ClientState, event: Event, rules: TriggerRules
+           ) -> tuple[ClientState, list[Candidate]]:
+    """The tier after an order, a return or a merge (`event`), and its announcement.
+
+    A tier is announced the first time it is reached (the rule's mark is the highest rank
+    announced, so a tier regained after a downgrade is not announced again); a downgrade
+    only with `announce_downgrades`. The state follows the tier either way."""
     rule = rules.loyalty_status
     tier = loyalty_tier(after, rule.tiers)
     previous = after.loyalty_tier
@@ -686,6 +695,6 @@ def on_event(before: ClientState | None, after: ClientState, event: Event, rules
     elif kind is EventType.NPS_ANSWER:
         candidates.extend(_nps(before, after, event, rules))
     if kind in (EventType.ORDER_PLACED, EventType.ORDER_CANCELLED, EventType.ORDER_REFUNDED):
-        after, changed = _loyalty(after, event, rules)
+        after, changed = retier(after, event, rules)
         candidates.extend(changed)
     return after, candidates

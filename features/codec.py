@@ -18,6 +18,7 @@ from typing import Any
 
 import msgpack
 
+from features.events import event_to_dict, parse_event
 from features.rules import (
     ABANDONED_BROWSE,
     BIRTHDAY,
@@ -31,6 +32,7 @@ from features.rules import (
     SERVICE_REMINDER,
 )
 from features.state import (
+    BIRTHDAY_KNOWN,
     CartLine,
     CategoryInterest,
     CategoryOrders,
@@ -43,13 +45,13 @@ from features.state import (
 )
 from features.stored_schedule import StoredSchedule
 
-FORMAT_VERSION = 8
+FORMAT_VERSION = 9
 
-# Rule marks are stored by number: append only, never reorder (a name not listed is kept as
+# Marks are stored by number: append only, never reorder (a name not listed is kept as
 # text). Whole-number values (flags, counts, whole-second times) are stored as integers.
 _MARK_NAMES = (FEEDBACK_REQUEST, SECOND_ORDER_NUDGE, FIRST_ORDER_PROMO, CHURN_WINBACK,
                REPLENISHMENT_REMINDER, SERVICE_REMINDER, BIRTHDAY, ONBOARDING, LOYALTY_STATUS,
-               ABANDONED_BROWSE)
+               ABANDONED_BROWSE, BIRTHDAY_KNOWN)
 _MARK_CODES = {name: code for code, name in enumerate(_MARK_NAMES)}
 
 
@@ -108,6 +110,7 @@ def encode_state(state: ClientState) -> bytes:
         _time(state.orders_updated_at), _time(state.cart_changed_at), _time(state.engagement_at),
         [[name, _time(at)] for name, at in state.segments], _time(state.segments_at),
         state.aliases, state.merged_into, _time(state.history_until), state.bought,
+        [event_to_dict(e) for e in state.held],
     ]
     return msgpack.packb(row, use_bin_type=True)
 
@@ -156,7 +159,9 @@ def decode_state(data: bytes) -> ClientState:
         row = [7, *row[1:], 0]  # v7 added history_until (backfills)
     before_v8 = isinstance(row, list) and bool(row) and row[0] == 7
     if before_v8:
-        row = [FORMAT_VERSION, *row[1:], []]  # v8 added bought (the latest order's products)
+        row = [8, *row[1:], []]  # v8 added bought (the latest order's products)
+    if isinstance(row, list) and row and row[0] == 8:
+        row = [FORMAT_VERSION, *row[1:], []]  # v9 added held (live events held back)
     if not isinstance(row, list) or not row or row[0] != FORMAT_VERSION:
         found = row[:1] if isinstance(row, list) else type(row).__name__
         raise StateFormatError(f"unknown client state format: {found}")
@@ -168,7 +173,7 @@ def decode_state(data: bytes) -> ClientState:
      channel_engagement, recent_event_ids, categories, marks, loyalty_tier, pending, sends,
      decided, early_returns, touched, visit_days, view_hours, view_days, interests,
      orders_updated_at, cart_changed_at, engagement_at, segments, segments_at, aliases,
-     merged_into, history_until, bought) = row
+     merged_into, history_until, bought, held) = row
     state = ClientState(
         first_seen_at=first_seen_at, last_seen_at=last_seen_at, updated_at=updated_at,
         last_received_at=last_received_at,
@@ -200,6 +205,7 @@ def decode_state(data: bytes) -> ClientState:
         segments=tuple((name, float(at)) for name, at in segments),
         segments_at=float(segments_at), aliases=tuple(aliases), merged_into=merged_into,
         history_until=float(history_until), bought=tuple(bought),
+        held=tuple(parse_event(e) for e in held),
     )
     return _browse_mark_of_v7(state) if before_v8 else state
 

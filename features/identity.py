@@ -18,6 +18,13 @@ still reaches every anonymous id merged into it (tombstone by tombstone).
 The first link wins: a tombstone ignores later links (a shared device does not hand one
 client's history to the next), and sends no answer, so the later client does not list the
 anonymous id among its aliases.
+
+Erasure: the event log de-duplicates the steps by id for `redis.dedupe_window`, and their
+ids stay the same for the same two keys (a replay gives the same ids), so an erasure
+forgets the steps that joined the erased client's cookies to it (`linked_steps`): else the
+client's next sign-in on the same browser within the window would not link again. An
+erasure asked for by an anonymous id that was merged into a client is refused
+(`refuses_erasure`): the client's profile holds the cookie's history now.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any
 
 from features import windows
 from features.codec import decode_state, encode_state
-from features.events import ANONYMOUS_PREFIX, MAX_ID_LENGTH, Event, EventType
+from features.events import ANONYMOUS_PREFIX, MAX_ID_LENGTH, READ_TRAITS, Event, EventType
 from features.rules import DAY
 from features.state import (
     MAX_ALIASES,
@@ -61,7 +68,14 @@ from features.state import (
     in_time_order,
     return_order,
 )
-from features.triggers import Trigger, TriggerRules, fire_due, process_event, resegmented
+from features.triggers import (
+    Trigger,
+    TriggerRules,
+    after_merge,
+    fire_due,
+    process_event,
+    release_held,
+)
 from features.windows import HOUR, VIEW_DAYS, VIEW_HOURS, VISIT_DAYS
 
 
@@ -82,9 +96,9 @@ class Outcome:
 
 
 def handle(client_key: str, state: ClientState | None, event: Event, rules: TriggerRules,
-           *, next_timer: float = float("-inf")) -> Outcome:
-    """`process_event` with identity: forwards, link requests, merges. `next_timer`: see
-    `process_event`."""
+           *, next_timer: float = float("-inf"), settled: float = float("inf")) -> Outcome:
+    """`process_event` with identity: forwards, link requests, merges. `next_timer` and
+    `settled`: see `process_event`."""
     if event.type is EventType.IDENTITY_LINKED and HANDED_OVER in event.properties:
         return _keep_handed_over(client_key, state, event)
     if state is not None and state.merged_into is not None:
@@ -97,7 +111,8 @@ def handle(client_key: str, state: ClientState | None, event: Event, rules: Trig
         return _absorb(client_key, state, event, rules)
     # an event with both ids does not make its cookie an alias yet: the link may lose (the
     # cookie went to another client first); the anonymous client's answer records it
-    after, fired = process_event(client_key, state, event, rules, next_timer=next_timer)
+    after, fired = process_event(client_key, state, event, rules, next_timer=next_timer,
+                                 settled=settled)
     return Outcome(after, fired)
 
 
@@ -132,6 +147,50 @@ def link_request(alias: str, client_key: str, cause: Event) -> Event:
                  properties={"client_id": client_key})
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """An identity step as the event log de-duplicated it: the client whose stream it went
+    to, its id, and whether ingest appended it (a link request) or the dataflow did."""
+
+    client_key: str
+    event_id: str
+    ingested: bool
+
+
+def linked_steps(client_key: str, state: ClientState | None) -> list[Step]:
+    """The identity steps that joined anonymous ids to the client, or (a tombstone) this
+    anonymous id to its client, and handed it the aliases it keeps: what an erasure of
+    `client_key` forgets, so that a later sign-in links and merges again within the
+    de-duplication window. Their ids follow from the two keys alone, as when appended."""
+    if state is None:
+        return []
+    if state.merged_into is None:
+        pairs = [(alias, client_key) for alias in state.aliases]
+        handed: list[Step] = []
+    else:
+        pairs = [(client_key, state.merged_into)]
+        handed = [Step(client_key, step_id("alias", dropped, client_key), False)
+                  for dropped in state.aliases]
+    return [step for alias, target in pairs
+            for step in (Step(alias, step_id("link", alias, target), True),
+                         Step(target, step_id("merge", alias, target), False))] + handed
+
+
+DIRECT = "direct"  # property of an erasure asked for by this very id (api/routes/erasure.py)
+MERGED_REFUSAL = ("the anonymous id was merged into a client, whose profile holds its "
+                  "history: erase that client, which erases the anonymous ids merged into it")
+
+
+def refuses_erasure(state: ClientState | None, event: Event) -> bool:
+    """Whether an erasure is refused: asked for directly by an anonymous id that is merged
+    into a client (not reached through that client's erasure). Erasing the pointer alone
+    would leave the id and its history in the client's profile; erasing the client on a
+    cookie's word would erase a shared device's first user. The API refuses it up front
+    (409, naming the client); this covers a link that was still on its way then."""
+    return (event.type is EventType.ERASURE_REQUESTED and event.properties.get(DIRECT) is True
+            and state is not None and state.merged_into is not None)
+
+
 def forwarded(event: Event, client_key: str) -> Event:
     """The event as the client it now belongs to receives it (same id: deduplicated there)."""
     return replace(event, client_id=client_key)
@@ -142,7 +201,9 @@ def _merge_away(client_key: str, state: ClientState | None, event: Event,
     target = str(event.properties["client_id"])
     fired: list[Trigger] = []
     if state is not None:  # what was due before the link is decided here, as it was live
-        state, fired = fire_due(client_key, state, event.event_time, rules)
+        state, fired = release_held(client_key, state, rules)
+        state, due = fire_due(client_key, state, event.event_time, rules)
+        fired += due
     tombstone = ClientState(
         first_seen_at=event.event_time if state is None else state.first_seen_at,
         last_seen_at=event.event_time if state is None else state.last_seen_at,
@@ -183,11 +244,11 @@ def _absorb(client_key: str, state: ClientState | None, event: Event, rules: Tri
     # fire what was due before the merge on the client's own history first
     base, fired = process_event(
         client_key, state, replace(event, type=EventType.CUSTOM, name="profile_merged"), rules)
-    merged = merge_states(base, source, alias, event.event_time)
+    merged = merge_states(base, source, alias, event.event_time, rules.read_traits)
     merged = evolve(merged, recent_event_ids=(*merged.recent_event_ids, fingerprint)[
         -MAX_RECENT_EVENT_IDS:])
-    # the visitor's history may move the client between segments (a guest's order: `new`)
-    merged, entered = resegmented(client_key, merged, event, rules)
+    # the visitor's history may raise the tier and move the client between segments
+    merged, entered = after_merge(client_key, merged, event, rules)
     return Outcome(merged, fired + entered,
                    _hand_over(client_key, state, merged, alias, event))
 
@@ -232,14 +293,15 @@ def _keep_handed_over(client_key: str, state: ClientState | None, event: Event) 
     return Outcome(evolve(state, aliases=(*state.aliases, dropped)[-MAX_ALIASES:]))
 
 
-def merge_states(target: ClientState | None, source: ClientState, alias: str, at: float
-                 ) -> ClientState:
+def merge_states(target: ClientState | None, source: ClientState, alias: str, at: float,
+                 read_traits: frozenset[str] = READ_TRAITS) -> ClientState:
     """The client's state with an anonymous client's history joined in.
 
     Counts add up, times take the earliest first and the latest last, collections unite
     (the newer entry wins for the same product or category), the client's own traits win,
     what either side decided stays decided, so nothing fires twice, and what either side
-    had waiting (a delay, quiet hours) still waits, so nothing is lost.
+    had waiting (a delay, quiet hours) still waits, so nothing is lost. `read_traits`: kept
+    first when the traits are too many (`TriggerRules.read_traits`).
     """
     if target is None:
         return evolve(source, merged_into=None, segments=(), segments_at=0.0,
@@ -284,7 +346,7 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         updated_at=latest,
         registered_at=_earliest(t.registered_at, s.registered_at),
         welcomed=t.welcomed or s.welcomed,
-        traits=capped_traits({**s.traits, **t.traits}),
+        traits=capped_traits({**s.traits, **t.traits}, read_traits),
         traits_updated_at=max(t.traits_updated_at, s.traits_updated_at),
         last_visit_at=_latest(t.last_visit_at, s.last_visit_at),
         visits=t.visits + s.visits,

@@ -14,20 +14,8 @@ from features.rules import LifecycleRules, LoyaltyTier, NpsBands
 from features.state import ClientState, OrderRecord
 
 
-def live_orders(state: ClientState) -> list[OrderRecord]:
-    """Orders not cancelled, oldest first."""
-    return [o for o in state.orders if not o.cancelled]
-
-
 def last_live_order(state: ClientState) -> OrderRecord | None:
     for order in reversed(state.orders):
-        if not order.cancelled:
-            return order
-    return None
-
-
-def first_live_order(state: ClientState) -> OrderRecord | None:
-    for order in state.orders:
         if not order.cancelled:
             return order
     return None

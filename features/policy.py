@@ -30,10 +30,8 @@ SENT = "sent"
 HOLDOUT = "holdout"
 DEFERRED = "deferred"
 SUPPRESSED = "suppressed"
-# Manual touches carry the manager's own verdict.
+# A manual touch carries the manager's own verdict, `done` or skipped.
 DONE = "done"
-SKIPPED = "skipped"
-STATUSES = (SENT, HOLDOUT, DEFERRED, SUPPRESSED, DONE, SKIPPED)
 
 # Reasons for `suppressed` (and `deferred`): a bounded set, used as metric labels too.
 LOYAL = "loyal"
@@ -45,6 +43,8 @@ FREQUENCY_CAP = "frequency_cap"
 CANCELLED = "cancelled"  # the occasion ended while the trigger waited
 PENDING_LIMIT = "pending_limit"  # too many triggers already waiting for this client
 BACKFILL = "backfill"  # due before the history that raised it arrived: never sent late
+
+SENDS_KEPT_FOR = 7 * DAY  # how far back of the newest send a late one still counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +129,13 @@ def cap_reached(sends: tuple[float, ...], at: float, cap: int) -> bool:
 
 
 def record_send(sends: tuple[float, ...], at: float) -> tuple[float, ...]:
-    """Add a send; keep only the latest day's, at most MAX_SENDS."""
+    """Add a send; keep those of the week before the newest, at most MAX_SENDS.
+
+    Not only the latest day's: a send decided late (a late event) lands before the newest,
+    and forgetting it at once let a second late decision beside it pass the cap."""
     kept = sorted((*sends, at))
     newest = kept[-1]
-    return tuple(s for s in kept if s > newest - DAY)[-MAX_SENDS:]
+    return tuple(s for s in kept if s > newest - SENDS_KEPT_FOR)[-MAX_SENDS:]
 
 
 def priority_rank(trigger_type: str, rules: TriggerRules) -> tuple[int, str]:

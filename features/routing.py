@@ -17,7 +17,3 @@ def bucket_of(client_key: str, buckets: int) -> int:
 def partition_of_bucket(bucket: int, partitions: int) -> int:
     """Each bucket is fed by exactly one partition, so its events arrive in order."""
     return bucket % partitions
-
-
-def buckets_of_partition(partition: int, partitions: int, buckets: int) -> range:
-    return range(partition, buckets, partitions)

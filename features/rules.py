@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from features.events import READ_TRAITS
+
 if TYPE_CHECKING:
     from features.rfm import FixedThresholds, RfmModel
     from features.segment_rules import SegmentCatalog
@@ -128,9 +130,6 @@ class ReplenishmentRule:
     offset: float = 7 * DAY
     holdout_percent: float | None = None
     per_category: bool = False
-
-
-SERVICE_SINCE = ("order", "visit", "any")
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,12 +293,19 @@ class TriggerRules:
     policy: Policy = field(default_factory=Policy)
     segments: SegmentRules = SegmentRules()
     nps: NpsBands = NpsBands()
-    # derived: the timer rules switched on (the catalogue asks on every event)
+    # derived: the timer rules switched on (the catalogue asks on every event), and the
+    # traits the rules read (kept first when a client has too many)
     enabled_timers: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    read_traits: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "enabled_timers", tuple(
             kind for kind in TIMER_TYPES if getattr(self, kind).enabled))
+        catalog = self.segments.catalog
+        object.__setattr__(self, "read_traits", READ_TRAITS.union(
+            (channel.contact for channel in self.policy.channels if channel.contact),
+            (self.service_reminder.interval_trait,),
+            () if catalog is None else catalog.traits))
 
     def rule(self, trigger_type: str) -> AnyRule:
         rule: AnyRule = getattr(self, trigger_type)

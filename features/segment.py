@@ -3,7 +3,9 @@
 Sites already instrumented with analytics.js or a Segment/RudderStack server library can
 point at crmflow unchanged: `track`, `identify`, `page` and `screen` messages are mapped,
 with the e-commerce v2 spec names; other track names, and `alias` and `group` messages,
-become `custom` events (kept, not dropped).
+become `custom` events (kept, not dropped). An `alias` links its `previousId` when that is
+an anonymous id (see `_alias`): crmflow merges anonymous visitors into clients, never two
+clients.
 
 Event time follows Segment's clock-skew correction: a device's `timestamp` is shifted by
 the difference between when crmflow received the message and the device's `sentAt`, so a
@@ -19,6 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from features.events import (
+    ANONYMOUS_PREFIX,
+    MAX_ID_LENGTH,
     Event,
     EventError,
     EventType,
@@ -180,10 +184,7 @@ def from_segment(message: object, received_at: float) -> Event:
         canonical.update(type=EventType.PAGE_VIEW.value, name=message.get("name"),
                          properties=dict(properties))
     elif kind == "alias":
-        canonical.update(type=EventType.CUSTOM.value, name="alias",
-                         properties={"previous_id": message.get("previousId")})
-        if canonical["anonymous_id"] is None:  # the id it was known by before: a link
-            canonical["anonymous_id"] = message.get("previousId")
+        _alias(message, canonical)
     elif kind == "group":
         traits = message.get("traits")
         canonical.update(type=EventType.CUSTOM.value, name="group",
@@ -202,6 +203,68 @@ def from_segment(message: object, received_at: float) -> Event:
         raise EventError(field, _SEGMENT_MESSAGES.get(exc.message, exc.message)) from None
 
 
+def _id_text(value: object) -> object:
+    """An id as the canonical event holds it (a number is its text); other values as sent,
+    for the parser to refuse."""
+    if value is None or value == "":
+        return None
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _alias(message: Mapping[str, Any], canonical: dict[str, Any]) -> None:
+    """Segment's `alias`: `previousId` is the id the user was known by before `userId`,
+    an anonymous id or a previous user id. crmflow links an anonymous id to a client
+    (features/identity.py) and cannot merge two clients, so:
+    - previousId is the userId, or the message's own anonymousId: nothing more to link
+      than any message with both ids links;
+    - the message has an anonymousId and previousId is another id: analytics.js sends the
+      previous userId there, so it is refused, naming previousId;
+    - no anonymousId: previousId is taken as the anonymous id (linked), unless it is the
+      user id of a known client: the ingest refuses that (`previous_user_id`)."""
+    previous = _id_text(message.get("previousId"))
+    canonical.update(type=EventType.CUSTOM.value, name="alias",
+                     properties={"previous_id": message.get("previousId")})
+    if previous is None:
+        return
+    if not isinstance(previous, str):
+        raise EventError("previousId", "expected a string")
+    if len(previous) > MAX_ID_LENGTH:
+        raise EventError("previousId", f"longer than {MAX_ID_LENGTH} characters")
+    if previous in (_id_text(canonical["client_id"]), _id_text(canonical["anonymous_id"])):
+        return
+    if canonical["anonymous_id"] is not None:
+        raise EventError("previousId", f"{previous!r} is neither this message's anonymousId "
+                                       "nor its userId, so it is a previous user id: crmflow "
+                                       "merges an anonymous id into a client, never two "
+                                       f"clients ({ALIAS_HINT})")
+    canonical["anonymous_id"] = previous
+
+
+ALIAS_HINT = ("send previousId as the anonymous id it replaces, or identify the user with "
+              "userId and anonymousId")
+
+
+def previous_user_id(message: object) -> str | None:
+    """The `previousId` an alias message links as an anonymous id without saying it is one
+    (it has no anonymousId of its own): the ingest refuses the message when a client has
+    that user id. None for any other message."""
+    if not isinstance(message, Mapping) or message.get("type") != "alias":
+        return None
+    previous = _id_text(message.get("previousId"))
+    if (not isinstance(previous, str) or _id_text(message.get("anonymousId")) is not None
+            or previous == _id_text(message.get("userId"))):
+        return None
+    # a client's id never begins with the anonymous prefix (features/events.py)
+    return None if previous.startswith(ANONYMOUS_PREFIX) else previous
+
+
+def known_user_error(previous: str) -> EventError:
+    """The refusal of an alias whose previousId is a known client's user id."""
+    return EventError("previousId", f"{previous!r} is the userId of a known client: crmflow "
+                                    "merges an anonymous id into a client, never two clients "
+                                    f"({ALIAS_HINT})")
+
+
 _TOP_FIELDS = {"client_id": "userId", "anonymous_id": "anonymousId", "event_id": "messageId",
                "event_time": "timestamp", "channel": "properties.channel"}
 _SEGMENT_MESSAGES = {"client_id or anonymous_id is required":
@@ -213,6 +276,9 @@ def segment_field(field: str, event_type: object, message: Mapping[str, Any]) ->
     """The Segment message's name for a canonical event's `field` (`products[0].price` of a
     Product Added is its `properties.price`)."""
     head, dot, rest = field.partition(".")
+    if (field == "anonymous_id" and message.get("type") == "alias"
+            and _id_text(message.get("anonymousId")) is None):
+        return "previousId"  # the alias's anonymous id
     if field in _TOP_FIELDS:
         return _TOP_FIELDS[field]
     if field == "name":

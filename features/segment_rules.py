@@ -75,6 +75,7 @@ _SEGMENT_NAME = re.compile(r"[a-z0-9_][a-z0-9_-]*")
 # a trait's key, or a path into nested traits (`consents.email`); keys may hold '-'
 # (a key starting with "__" is refused: names like `__class__` read as code, not data)
 _TRAIT_NAME = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_-]*(?:\.(?!__)[A-Za-z_][A-Za-z0-9_-]*)*")
+_TRAIT_READ = re.compile(r"\btraits\.(" + _TRAIT_NAME.pattern + ")")
 _DURATION_TEXT = re.compile(r"\s*([-+]?\d{1,9}(?:\.\d{1,9})?)([A-Za-z]+)\s*")
 _NUMBER_TEXT = re.compile(r"\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*")
 _SEARCH_LIMIT = 4000  # iterations of the float search; far more than any real crossing needs
@@ -1142,6 +1143,15 @@ class SegmentCatalog:
         """The segments the client is in at facts.now."""
         found = (segment.current(facts) for segment in self.segments)
         return frozenset(name for name in found if name is not None)
+
+    @property
+    def traits(self) -> frozenset[str]:
+        """The traits the definitions read (the top key of a path such as `consents.email`):
+        a client's state keeps them when it has too many."""
+        texts = [segment.rule if isinstance(segment, RuleSegment) else segment.source
+                 for segment in self.segments]
+        return frozenset(found.group(1).split(".")[0] for text in texts
+                         for found in _TRAIT_READ.finditer(text))
 
     def naming(self, features: frozenset[str]) -> tuple[Segment, ...]:
         """The segments whose definition names any of `features`."""

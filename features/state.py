@@ -36,6 +36,9 @@ MAX_INTERESTS = 8  # product categories the client interacted with, most recent 
 MAX_ALIASES = 8  # anonymous ids merged into a client
 MAX_BOUGHT = MAX_CART_LINES  # products of the latest order, left out of browse reminders
 MAX_TRAITS = 64  # traits kept per client: a new one beyond them is dropped, known ones kept
+MAX_HELD = 16  # live events held back for a timer to settle (more: the oldest goes on)
+BIRTHDAY_TRAIT = "birthday"
+BIRTHDAY_KNOWN = "birthday_known"  # a mark: the event time the birthday was set or changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +213,8 @@ class ClientState:
     merged_into: str | None = None  # set on an anonymous client merged into that key
     # --- backfill (history/backfill.py) ---
     history_until: float = 0.0  # when the latest backfilled history arrived: older is past
+    # --- live events waiting for a timer due before them to settle (features/triggers.py) ---
+    held: tuple[Event, ...] = ()  # by event time
 
     def __init__(self, first_seen_at: float, last_seen_at: float, updated_at: float,
                  last_received_at: float = 0.0, registered_at: float | None = None,
@@ -241,7 +246,8 @@ class ClientState:
                  segments: tuple[tuple[str, float], ...] = (),
                  segments_at: float = 0.0, aliases: tuple[str, ...] = (),
                  merged_into: str | None = None,
-                 history_until: float = 0.0) -> None:  # see `features.__init__`
+                 history_until: float = 0.0,
+                 held: tuple[Event, ...] = ()) -> None:  # see `features.__init__`
         object.__setattr__(self, "first_seen_at", first_seen_at)
         object.__setattr__(self, "last_seen_at", last_seen_at)
         object.__setattr__(self, "updated_at", updated_at)
@@ -295,6 +301,7 @@ class ClientState:
         object.__setattr__(self, "aliases", aliases)
         object.__setattr__(self, "merged_into", merged_into)
         object.__setattr__(self, "history_until", history_until)
+        object.__setattr__(self, "held", held)
 
     @property
     def cart_value(self) -> float:
@@ -390,6 +397,7 @@ def _slot_copy(state: ClientState) -> ClientState:
         aliases=state.aliases,
         merged_into=state.merged_into,
         history_until=state.history_until,
+        held=state.held,
     )
 
 
@@ -457,8 +465,10 @@ def is_live(state: ClientState, allowed_lateness: float) -> bool:
     return state.last_received_at - state.updated_at <= allowed_lateness
 
 
-def apply_event(state: ClientState | None, event: Event) -> ClientState:
-    """The state after `event`. Duplicates return `state` itself."""
+def apply_event(state: ClientState | None, event: Event,
+                read_traits: frozenset[str] = READ_TRAITS) -> ClientState:
+    """The state after `event`. Duplicates return `state` itself. `read_traits`: the traits
+    the rules read, kept first when a client has too many (`TriggerRules.read_traits`)."""
     if state is None:
         state = new_state(event)
     elif is_duplicate(state, event):
@@ -480,7 +490,7 @@ def apply_event(state: ClientState | None, event: Event) -> ClientState:
     if handler is not None:
         changes.update(handler(state, event))
     if event.traits:
-        changes.update(_merge_traits(state, event))
+        changes.update(_merge_traits(state, event, read_traits))
     return evolve(state, **changes)
 
 
@@ -489,23 +499,35 @@ def apply_event(state: ClientState | None, event: Event) -> ClientState:
 Changes = dict[str, Any]
 
 
-def _merge_traits(state: ClientState, event: Event) -> Changes:
-    """Newer traits win; an older event only fills traits the client does not have yet."""
+def _merge_traits(state: ClientState, event: Event, read: frozenset[str]) -> Changes:
+    """Newer traits win; an older event only fills traits the client does not have yet.
+
+    When the birthday is set or changed, its own time is marked: which birthdays are still
+    to come is decided from it, not from the latest update of any trait (a late identify
+    carrying the birthday would otherwise lose a birthday between it and a newer one)."""
     merged = dict(state.traits)
     newer = event.event_time >= state.traits_updated_at
     for key, value in event.traits.items():
         if newer or key not in merged:
             merged[key] = value
-    return {"traits": capped_traits(merged),
-            "traits_updated_at": max(state.traits_updated_at, event.event_time)}
+    changes: Changes = {"traits": capped_traits(merged, read),
+                        "traits_updated_at": max(state.traits_updated_at, event.event_time)}
+    birthday = merged.get(BIRTHDAY_TRAIT)
+    if birthday is not None and birthday != state.traits.get(BIRTHDAY_TRAIT):
+        changes["marks"] = tuple(sorted({**dict(state.marks),
+                                         BIRTHDAY_KNOWN: event.event_time}.items()))
+    return changes
 
 
-def capped_traits(traits: dict[str, Any]) -> dict[str, Any]:
-    """At most MAX_TRAITS traits, the ones crmflow reads first, then by name: a client
-    sending a new trait name with every identify must not grow its state for ever."""
+def capped_traits(traits: dict[str, Any], read: frozenset[str] = READ_TRAITS
+                  ) -> dict[str, Any]:
+    """At most MAX_TRAITS traits: those crmflow reads first (`read`: the built-in ones and
+    those the configuration names: channel contacts, the service interval, the segments'),
+    then by name, the same in any arrival order. A client sending a new trait name with
+    every identify must not grow its state for ever, nor push out a trait a rule reads."""
     if len(traits) <= MAX_TRAITS:
         return traits
-    kept = sorted(traits, key=lambda key: (key not in READ_TRAITS, key))[:MAX_TRAITS]
+    kept = sorted(traits, key=lambda key: (key not in read, key))[:MAX_TRAITS]
     return {key: traits[key] for key in kept}
 
 
@@ -835,7 +857,3 @@ _HANDLERS: dict[EventType, Any] = {
     EventType.MESSAGE_CLICKED: _message_engagement,
 }
 
-
-def products_of(lines: tuple[CartLine, ...]) -> tuple[Product, ...]:
-    return tuple(Product(line.product_id, line.category, line.price, line.quantity)
-                 for line in lines)

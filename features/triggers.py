@@ -67,6 +67,7 @@ from features.rules import (
 )
 from features.state import (
     MAX_DECIDED,
+    MAX_HELD,
     MAX_PENDING,
     MAX_TOUCHED,
     ClientState,
@@ -85,7 +86,8 @@ __all__ = [
     "REPLENISHMENT_REMINDER", "SECOND_ORDER_NUDGE", "SEGMENT_ENTERED", "SERVICE_REMINDER",
     "TRANSACTIONAL",
     "TRIGGER_TYPES", "WELCOME", "Trigger", "TriggerRule", "TriggerRules", "due_timers",
-    "fire_due", "next_due", "process_event", "refile", "regroup", "trigger_id",
+    "after_merge", "fire_due", "next_due", "process_event", "refile", "regroup",
+    "release_held", "trigger_id",
 ]
 
 AUTO = "auto"
@@ -186,8 +188,14 @@ def fire_due(client_key: str, state: ClientState, now: float, rules: TriggerRule
              ) -> tuple[ClientState, list[Trigger]]:
     """Decide every timer due at or before `now` (event time or wall time, the caller's
     clock), in due order; those due at the same moment compete by priority. Segment
-    memberships are brought up to each of those moments too."""
+    memberships are brought up to each of those moments too. Events held back (see
+    `process_event`) are applied in their place among those timers, as far as `now` settles
+    them."""
     fired: list[Trigger] = []
+    if state.held:
+        state, fired = _release(client_key, state, now, rules)
+        if state.held:
+            return state, fired  # the next timer is after `now`: nothing else is due
     rule_timers = catalogue.rule_timers(state, rules)
     while True:
         at = min((p.release_at for p in state.pending), default=float("inf"))
@@ -231,10 +239,19 @@ def _resegment(client_key: str, state: ClientState, at: float, rules: TriggerRul
                     live=live)
 
 
-def resegmented(client_key: str, state: ClientState, event: Event, rules: TriggerRules
-                ) -> tuple[ClientState, list[Trigger]]:
-    """Memberships after `event` changed the state outside `process_event` (a merge)."""
-    return _resegment(client_key, state, event.event_time, rules, live=not event.history)
+def after_merge(client_key: str, state: ClientState, event: Event, rules: TriggerRules
+           ) -> tuple[ClientState, list[Trigger]]:
+    """What follows a merge (`event`) of another history into the client: the loyalty tier
+    of the orders joined (announced as an order would announce it, so the outcome does not
+    depend on which side's orders came first) and the memberships."""
+    live = not event.history
+    state, candidates = catalogue.retier(state, event, rules)
+    decided: list[Trigger] = []
+    if candidates:
+        state, decided = _decide_all(client_key, state, [(c, None) for c in candidates],
+                                     event.event_time, rules, delayable=True, live=live)
+    state, entered = _resegment(client_key, state, event.event_time, rules, live=live)
+    return state, decided + entered
 
 
 def _entered(client_key: str, before: ClientState, state: ClientState, rules: TriggerRules,
@@ -376,6 +393,39 @@ def _decide_all(client_key: str, state: ClientState,
 
 # --- events ---------------------------------------------------------------------------------------
 
+INF = float("inf")
+
+
+def _hold(state: ClientState, event: Event) -> ClientState:
+    """`event` held back, in event-time order after those of the same time (at most
+    MAX_HELD: the oldest of more is applied at once, see `_release`)."""
+    held = [*state.held, event]
+    held.sort(key=lambda e: e.event_time)  # stable: arrival order among equal times
+    return evolve(state, held=tuple(held))
+
+
+def release_held(client_key: str, state: ClientState, rules: TriggerRules
+                 ) -> tuple[ClientState, list[Trigger]]:
+    """Every held event applied now (the client leaves: a merge, not a timer, comes next)."""
+    return _release(client_key, state, INF, rules) if state.held else (state, [])
+
+
+def _release(client_key: str, state: ClientState, settled: float, rules: TriggerRules
+             ) -> tuple[ClientState, list[Trigger]]:
+    """Apply the held events in event-time order, each after the timers due before it, up to
+    one that a timer due after `settled` comes before (INF: all of them)."""
+    held, fired = state.held, list[Trigger]()
+    state = evolve(state, held=())
+    for n, event in enumerate(held):
+        due = next_due(state, rules)
+        if (due is not None and settled < due <= event.event_time
+                and len(held) - n <= MAX_HELD):
+            return evolve(state, held=held[n:]), fired
+        state, decided = process_event(client_key, state, event, rules)
+        fired.extend(decided)
+    return state, fired
+
+
 def _manual_touch(client_key: str, state: ClientState, event: Event
                   ) -> tuple[ClientState, list[Trigger]]:
     """A touch a manager recorded: it decides its occasion like an automatic trigger would
@@ -400,20 +450,38 @@ def _manual_touch(client_key: str, state: ClientState, event: Event
 
 
 def process_event(client_key: str, state: ClientState | None, event: Event, rules: TriggerRules,
-                  *, next_timer: float = float("-inf")) -> tuple[ClientState, list[Trigger]]:
+                  *, next_timer: float = float("-inf"), settled: float = INF
+                  ) -> tuple[ClientState, list[Trigger]]:
     """Apply one event: first fire the client's timers due before it, then apply it.
 
     Firing first makes the outcome independent of when ticks arrive: a timer due at `d`
     always sees exactly the client's events before `d` that had arrived, in replay and live.
     `next_timer`: `next_due(state, rules)` when the caller already knows it (inf: none), so
     an event before it skips looking for due timers; the outcome is the same.
+
+    `settled`: for a live event, the time up to which every event has arrived (its arrival
+    clock less the allowed lateness). A timer due after it and before the event may still
+    see an earlier event arrive late: the event is held in the state until the timer
+    settles (`fire_due` at a later clock), so the timer decides on the same events as in
+    replay. The default, and history, hold nothing (and first apply what is held).
     """
     if state is not None and is_duplicate(state, event):
         return state, []
     fired: list[Trigger] = []
+    if state is not None and state.held:
+        if settled != INF and not event.history:
+            return fire_due(client_key, _hold(state, event), settled, rules)
+        state, fired = _release(client_key, state, INF, rules)
+        next_timer = float("-inf")
+    elif (state is not None and settled < event.event_time and not event.history
+          and event.event_time >= next_timer):
+        due = next_due(state, rules) if next_timer == float("-inf") else next_timer
+        if due is not None and settled < due <= event.event_time:
+            return fire_due(client_key, _hold(state, event), settled, rules)
     if state is not None and event.event_time >= next_timer:
-        state, fired = fire_due(client_key, state, event.event_time, rules)
-    after = apply_event(state, event)
+        state, due_fired = fire_due(client_key, state, event.event_time, rules)
+        fired += due_fired
+    after = apply_event(state, event, rules.read_traits)
     if event.type is EventType.TOUCH_RECORDED:
         after, touched = _manual_touch(client_key, after, event)
         after, entered = _resegment(client_key, after, event.event_time, rules,

@@ -256,7 +256,6 @@ def _build() -> dict[str, Feature]:
 
 
 FEATURES: dict[str, Feature] = _build()
-FEATURE_KINDS: dict[str, str] = {name: f.kind.value for name, f in FEATURES.items()}
 
 
 def group_times(state: ClientState) -> dict[str, float | None]:

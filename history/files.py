@@ -142,7 +142,7 @@ def _plain(value: Any) -> Any:
 def parquet_rows(path: Path) -> Iterator[tuple[str, Row | BadRow]]:
     try:
         table = pq.ParquetFile(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+    except Exception as exc:  # pyarrow raises several kinds for a bad file
         raise HistoryError(f"{path}: not a readable Parquet file ({exc})") from None
     index = 0
     batches = table.iter_batches(batch_size=PARQUET_BATCH)
@@ -151,7 +151,7 @@ def parquet_rows(path: Path) -> Iterator[tuple[str, Row | BadRow]]:
             batch = next(batches)
         except StopIteration:
             return
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for damage
+        except Exception as exc:  # pyarrow raises several kinds for damage
             yield (f"{path}:row {index + 1}",
                    BadRow("damaged Parquet file", f"{exc}; the rows before were read"))
             return
@@ -274,7 +274,7 @@ def table_rows(path: Path, required: tuple[str, ...] = ()
         return
     try:
         columns = pq.read_schema(path).names
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+    except Exception as exc:  # pyarrow raises several kinds for a bad file
         raise HistoryError(f"{path}: not a readable Parquet file ({exc})") from None
     missing = [name for name in required if name not in columns]
     if missing:

@@ -22,9 +22,11 @@ import orjson
 import redis
 
 from features.events import Event, format_time
+from features.identity import Step
 from features.triggers import Trigger
 from sinks import rfm_index
-from sinks.event_log import AppendOptions, EventLog
+from sinks.erasure import ErasureRefusal
+from sinks.event_log import AppendOptions, EventLog, emitted_dedupe_id
 from sinks.keys import KeyLayout
 from sinks.redis_client import is_store_full
 from sinks.scripts import lua, run_scripts
@@ -109,13 +111,19 @@ class BucketCommit:
     rfm_values: Sequence[tuple[str, RfmValues | None]] = ()  # None: no longer a buyer
     emitted: Sequence[Event] = ()  # events for other clients: identity steps, forwards
     erasures: Sequence[Erasure] = ()  # clients erased, applied after everything above
+    refusals: Sequence[ErasureRefusal] = ()  # erasures refused: their statuses say why
     member_ops: Sequence[MemberOp] = ()  # segment, point and lookup set changes
     timelines: Sequence[tuple[str, str]] = ()  # client, its new timeline lines newest first
     # events applied: (minute, point or None for all clients, "e:<type>", count)
     activity: Sequence[tuple[int, str | None, str, int]] = ()
     clock: float = 0.0  # the batch's arrival clock: the minute its triggers count in
     trigger_points: Mapping[str, str] = field(default_factory=dict)  # client -> its point
-    points: Sequence[str] = ()  # points the batch's clients belong to
+    # (point, change in its clients): the clients the batch moved in or out of a point,
+    # erasures and merges included, summed per point, never 0
+    point_moves: Sequence[tuple[str, int]] = ()
+    # (point, its clients in the bucket) as loaded, when the load found the bucket's
+    # clients not counted yet (`KeyLayout.points_counted`): this commit counts them
+    point_counts: Sequence[tuple[str, int]] | None = None
     # "<process>.<number>", numbered in order: a resend of it, or of any commit its process
     # numbered before the bucket's last, is a no-op, even when base == position (timers
     # fired at an idle head); "" for none (then only a moved position tells a replay)
@@ -153,12 +161,15 @@ class Erasure:
     stream_id: str  # the request's entry: the client's entries up to it are purged
     requested_at: float
     removals: tuple[MemberOp, ...] = ()  # its memberships and lookup entries
+    # identity steps whose de-duplication keys go (`before_commit`): a later sign-in links
+    forget: tuple[Step, ...] = ()
 
 
 @dataclass(slots=True)
 class LoadedBucket:
     position: str
     states: dict[str, bytes] = field(default_factory=dict)
+    points_counted: bool = True  # False: its clients are not in the points' counts yet
 
 
 class FencedError(RuntimeError):
@@ -194,15 +205,16 @@ class BucketStore:
         """The bucket's position and states; waits while Redis is away."""
         partition = self._layout.partition_of_bucket(bucket)
 
-        def read() -> tuple[bytes | None, dict[bytes, bytes]]:
+        def read() -> tuple[bytes | None, dict[bytes, bytes], int]:
             pipe = self._client.pipeline(transaction=True)
             pipe.hget(self._layout.offsets(partition), str(bucket))
             pipe.hgetall(self._layout.state(bucket))
-            return cast(tuple[bytes | None, dict[bytes, bytes]], pipe.execute())
+            pipe.sismember(self._layout.points_counted(partition), str(bucket))
+            return cast(tuple[bytes | None, dict[bytes, bytes], int], pipe.execute())
 
-        position, states = retrying(read, f"loading bucket {bucket}")
+        position, states, counted = retrying(read, f"loading bucket {bucket}")
         return LoadedBucket(position.decode() if position else START,
-                            {k.decode(): v for k, v in states.items()})
+                            {k.decode(): v for k, v in states.items()}, bool(counted))
 
     def partition_positions(self, partition: int) -> dict[int, str]:
         raw = cast(dict[bytes, bytes], self._client.hgetall(self._layout.offsets(partition)))
@@ -250,7 +262,7 @@ class BucketStore:
                 layout.segment_changes(partition), layout.erasures(partition),
                 layout.timeline(commit.bucket), layout.points(partition),
                 layout.activity(partition, minute_of(commit.clock)),
-                layout.last_commits(partition)]
+                layout.last_commits(partition), layout.points_counted(partition)]
         timelines = commit.timelines if self._timeline_max > 0 else ()
         args: list[str | bytes | int] = [
             str(commit.bucket), commit.base, commit.position,
@@ -258,7 +270,8 @@ class BucketStore:
             len(commit.states), len(commit.triggers), len(commit.dead_letters),
             len(commit.segment_changes), len(commit.erasures), len(commit.member_ops),
             len(timelines), self._timeline_max, len(commit.activity), self._activity_ttl,
-            len(commit.points), commit.commit_id]
+            len(commit.point_moves), commit.commit_id,
+            -1 if commit.point_counts is None else len(commit.point_counts)]
         for erasure in commit.erasures:
             args += [erasure.client_id, erasure.erasure_id, erasure.stream_id,
                      format_time(erasure.requested_at) or "", len(erasure.removals)]
@@ -284,7 +297,8 @@ class BucketStore:
             args += [client_key, lines]
         for minute, point, name, count in commit.activity:
             args += [layout.activity(partition, minute, point), name, count]
-        args += list(commit.points)
+        for point, clients in (*(commit.point_counts or ()), *commit.point_moves):
+            args += [point, clients]
         return keys, args
 
     def _set_key(self, partition: int, op: MemberOp) -> str:
@@ -294,11 +308,15 @@ class BucketStore:
     def before_commit(self, commits: Sequence[BucketCommit]) -> None:
         """Writes outside the bucket's slot, done first and idempotent, so a commit that
         fails after them repeats them harmlessly: events for other clients (deduplicated
-        by id at their stream) and the RFM population."""
+        by id at their stream), the erased clients' identity steps forgotten (after the
+        erasures of their cookies are in the cookies' streams: a link appended later comes
+        after them) and the RFM population."""
         emitted = [event for commit in commits for event in commit.emitted]
         if emitted:
             self._events.append(emitted, dedupe_ids=[
-                f"dataflow>{event.client_key}>{event.event_id}" for event in emitted])
+                emitted_dedupe_id(event.client_key, event.event_id) for event in emitted])
+        self._events.forget([step for commit in commits for erasure in commit.erasures
+                             for step in erasure.forget])
         values = [item for commit in commits for item in commit.rfm_values]
         if values:
             pipe = self._client.pipeline(transaction=False)

@@ -22,20 +22,28 @@ KeyedCommit = tuple[str, BucketCommit]
 
 
 class BucketCommitSink(DynamicSink[KeyedCommit]):
-    def __init__(self, store_factory: Callable[[], BucketStore], metrics: DataflowMetrics) -> None:
+    def __init__(self, store_factory: Callable[[], BucketStore], metrics: DataflowMetrics,
+                 retention: erasure.Retention = erasure.DEFAULT_RETENTION) -> None:
+        """`retention`: how long erasure statuses and audit records are kept."""
         self._store_factory = store_factory
         self._metrics = metrics
+        self._retention = retention
 
     def build(self, step_id: str, worker_index: int, worker_count: int
               ) -> _BucketCommitPartition:
-        return _BucketCommitPartition(self._store_factory(), self._metrics)
+        return _BucketCommitPartition(self._store_factory(), self._metrics, self._retention)
 
 
 class _BucketCommitPartition(StatelessSinkPartition[KeyedCommit]):
-    def __init__(self, store: BucketStore, metrics: DataflowMetrics) -> None:
+    def __init__(self, store: BucketStore, metrics: DataflowMetrics,
+                 retention: erasure.Retention) -> None:
         self._store = store
         self._metrics = metrics
+        self._retention = retention
         self._writer = CommitWriter(store, self._applied)
+        # erasure statuses from before they expired get their expiry first
+        retrying(lambda: erasure.expire_legacy_statuses(store.client, store.layout, time.time(),
+                                                        retention), "expiring erasure statuses")
         # erasures a crash left committed but not purged: finished before anything else
         self._purge(range(store.layout.partitions))
 
@@ -53,7 +61,8 @@ class _BucketCommitPartition(StatelessSinkPartition[KeyedCommit]):
             retrying(functools.partial(self._purge_partition, partition), "purging erasures")
 
     def _purge_partition(self, partition: int) -> int:
-        return erasure.purge(self._store.client, self._store.layout, partition, time.time())
+        return erasure.purge(self._store.client, self._store.layout, partition, time.time(),
+                             self._retention)
 
     def write_batch(self, items: list[KeyedCommit]) -> None:
         commits = [commit for _, commit in items]
@@ -61,6 +70,11 @@ class _BucketCommitPartition(StatelessSinkPartition[KeyedCommit]):
             return
         self._writer.submit(commits)
         layout = self._store.layout
+        refusals = [refusal for commit in commits for refusal in commit.refusals]
+        if refusals:  # written again by a replay, alike: nothing else depends on them
+            retrying(lambda: erasure.record_refusals(self._store.client, layout, refusals,
+                                                     time.time(), self._retention),
+                     "recording refused erasures")
         self._purge({layout.partition_of_bucket(c.bucket) for c in commits if c.erasures})
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
 -- Commit one bucket's batch atomically: client states, touch ledger entries, trigger stream
--- entries, dead letters, segment and index memberships, timelines, activity counts and the
--- bucket's stream position, guarded by compare-and-set on that position. A replayed commit
--- is a no-op, so the counts here are never counted twice: its id is the bucket's last
+-- entries, dead letters, segment and index memberships, timelines, activity counts, the
+-- partition's clients per point and the bucket's stream position, guarded by
+-- compare-and-set on that position. A replayed commit is a no-op, so the counts here are
+-- never counted twice: its id is the bucket's last
 -- commit id or an earlier one of the same process ("incarnation.number", numbered in
 -- order, and applied in order, so every number up to the last was applied), or the
 -- position is already at NEW. A commit from a process that lost the bucket (position
@@ -14,13 +15,15 @@
 --
 -- KEYS: 1 offsets hash, 2 bucket state hash, 3 trigger stream, 4 dead-letter stream,
 --       5 segment-changes stream, 6 pending erasures hash, 7 bucket timeline hash,
---       8 partition's points set, 9 activity hash of the batch's minute (for triggers),
---       10 last commits hash (bucket -> its last commit id)
+--       8 partition's clients per point (hash), 9 activity hash of the batch's minute (for
+--       triggers), 10 last commits hash (bucket -> its last commit id), 11 the set of the
+--       partition's buckets whose clients KEYS[8] counts
 -- ARGV: 1 bucket, 2 base position, 3 new position, 4 ledger key prefix, 5 ledger max entries,
 --       6 stream maxlen, 7 number of states, 8 number of triggers, 9 number of dead letters,
 --       10 number of segment changes, 11 number of erasures, 12 number of member operations,
 --       13 number of timelines, 14 timeline max entries, 15 number of activity counts,
---       16 activity ttl seconds, 17 number of points, 18 commit id ("" for none),
+--       16 activity ttl seconds, 17 number of point moves, 18 commit id ("" for none),
+--       19 number of the bucket's points as loaded (-1: none given, the bucket was counted),
 --       then per erasure (applied first: a client may start afresh later in the batch):
 --       client, erasure id, its event's stream id, requested at, number of set entries N,
 --       then N pairs of sorted set key and member to remove
@@ -32,7 +35,8 @@
 --       then per member operation: sorted set key, member, "+" (add) or "-" (remove)
 --       then per timeline: client, new lines (newest first)
 --       then per activity count: hash key, field, count
---       then the points newly seen
+--       then per point as loaded: point, its clients in the bucket
+--       then per point move: point, change in its clients (+n, -n)
 local commit_id = ARGV[18]
 if commit_id ~= '' then
   local last = redis.call('HGET', KEYS[10], ARGV[1])
@@ -54,7 +58,7 @@ if stored ~= ARGV[2] then
 end
 local maxlen = ARGV[6]
 local ledger_max = tonumber(ARGV[5])
-local i = 19
+local i = 20
 local activity_ttl = tonumber(ARGV[16])
 -- An erasure deletes the client's state, touch ledger and memberships here, atomically with
 -- the position; the entries that mention it in the partition's streams up to now are
@@ -171,9 +175,28 @@ for _, key in ipairs(counted_keys) do
   for field, by in pairs(counts[key]) do redis.call('HINCRBY', key, field, by) end
   redis.call('EXPIRE', key, activity_ttl)
 end
-for _ = 1, tonumber(ARGV[17]) do
-  redis.call('SADD', KEYS[8], ARGV[i])
-  i = i + 1
+-- Clients per point: a bucket's clients are counted once, by the first commit after a load
+-- that found them uncounted (its states as loaded: this commit's base, which the guard above
+-- holds to), then moved by its commits; a point whose count reaches 0 is gone. Until a bucket
+-- is counted its moves are left out: its counting will see their outcome.
+local moves, loaded = tonumber(ARGV[17]), tonumber(ARGV[19])
+local counted = (moves > 0 or loaded >= 0)
+  and redis.call('SISMEMBER', KEYS[11], ARGV[1]) == 1
+if loaded >= 0 then
+  if not counted then
+    for j = i, i + 2 * loaded - 1, 2 do
+      redis.call('HINCRBY', KEYS[8], ARGV[j], ARGV[j + 1])
+    end
+    redis.call('SADD', KEYS[11], ARGV[1])
+    counted = true
+  end
+  i = i + 2 * loaded
+end
+for _ = 1, moves do
+  if counted and redis.call('HINCRBY', KEYS[8], ARGV[i], ARGV[i + 1]) <= 0 then
+    redis.call('HDEL', KEYS[8], ARGV[i])
+  end
+  i = i + 2
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 if commit_id ~= '' then

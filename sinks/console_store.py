@@ -5,6 +5,7 @@ key reads (minutes x partitions, partitions, one field); none scans the keyspace
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -135,12 +136,17 @@ async def timeline(client: aioredis.Redis, layout: KeyLayout, client_key: str
 
 
 async def points(client: aioredis.Redis, layout: KeyLayout) -> list[str]:
-    """Every point any partition has seen a client of."""
+    """Every point some partition holds a client of now (a point whose clients all left,
+    were erased or merged away is not listed)."""
     async with client.pipeline(transaction=False) as pipe:
         for partition in range(layout.partitions):
-            pipe.smembers(layout.points(partition))
-        replies = cast(list[set[bytes]], await pipe.execute())
+            pipe.hkeys(layout.points(partition))
+        replies = cast(list[list[bytes]], await pipe.execute())
     return sorted({item.decode() for reply in replies for item in reply})
+
+
+def _history_ttl(retention: float) -> int:
+    return max(1, math.ceil(retention))
 
 
 async def record_sizes(client: aioredis.Redis, layout: KeyLayout, at: float,
@@ -148,16 +154,18 @@ async def record_sizes(client: aioredis.Redis, layout: KeyLayout, at: float,
                        retention: float) -> None:
     """Each (segment, point) size at the start of `at`'s interval (a repeat within the
     interval overwrites: any number of API processes may record), and the entries older
-    than `retention` dropped."""
+    than `retention` dropped. Each history recorded expires `retention` after: one no
+    longer recorded (a point gone, a segment no longer configured) goes with its last entry."""
     slot = int(at // interval * interval)
     oldest = at - retention
     async with client.pipeline(transaction=False) as pipe:
         for (name, point), size in sizes.items():
             pipe.hset(layout.segment_sizes(name, point), str(slot), size)
+            pipe.expire(layout.segment_sizes(name, point), _history_ttl(retention))
             pipe.hkeys(layout.segment_sizes(name, point))
         replies = await pipe.execute()
     stale: dict[str, list[bytes]] = {}
-    for (name, point), fields in zip(sizes, replies[1::2], strict=True):
+    for (name, point), fields in zip(sizes, replies[2::3], strict=True):
         old = [f for f in cast(list[bytes], fields) if int(f) < oldest]
         if old:
             stale[layout.segment_sizes(name, point)] = old
@@ -166,6 +174,46 @@ async def record_sizes(client: aioredis.Redis, layout: KeyLayout, at: float,
             for key, old in stale.items():
                 pipe.hdel(key, *old)
             await pipe.execute()
+
+
+RETIRE_PAGE = 500  # points of a retired set handled per round trip
+
+
+async def retire_old_points(client: aioredis.Redis, layout: KeyLayout, names: Sequence[str],
+                            retention: float) -> int:
+    """Give the size histories of every point in the partitions' retired sets
+    (`KeyLayout.retired_points`, kept before the points were counted) the retention, and
+    delete the sets; how many points were in them. Their histories were never expired: a
+    point gone before the counts would keep its own for ever. One still recorded is
+    refreshed by `record_sizes`. Once per deployment; then a read of an absent key per
+    partition. Repeated after a failure, it does the same again."""
+    retired = 0
+    for partition in range(layout.partitions):
+        key = layout.retired_points(partition)
+        page: list[str] = []
+        found = 0
+        async for raw in client.sscan_iter(key, count=RETIRE_PAGE):
+            page.append(cast(bytes, raw).decode())
+            if len(page) == RETIRE_PAGE:
+                await _expire_histories(client, layout, names, page, retention)
+                found, page = found + len(page), []
+        await _expire_histories(client, layout, names, page, retention)
+        found += len(page)
+        if found:
+            await client.unlink(key)
+            retired += found
+    return retired
+
+
+async def _expire_histories(client: aioredis.Redis, layout: KeyLayout, names: Sequence[str],
+                            points: Sequence[str], retention: float) -> None:
+    if not points:
+        return
+    async with client.pipeline(transaction=False) as pipe:
+        for point in points:
+            for name in names:
+                pipe.expire(layout.segment_sizes(name, point), _history_ttl(retention))
+        await pipe.execute()
 
 
 async def size_history(client: aioredis.Redis, layout: KeyLayout, name: str,

@@ -11,25 +11,108 @@ id, the times, and how much was removed.
 Purging reads the partition's streams a page at a time and deletes matching entries: its
 cost grows with the streams' length (bounded by retention and `redis.stream_maxlen`), and
 it is paid once per erasure.
+
+Records are bounded in time (`Retention`): a status expires with its key, and each audit
+record written trims the audit stream of the records older than its retention.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
 import redis
 
-from features.events import ANONYMOUS_PREFIX, format_time
+from config.settings import RedisSettings
+from features.events import ANONYMOUS_PREFIX, EventError, format_time, parse_time
 from sinks.keys import KeyLayout
 
 log = logging.getLogger(__name__)
 
 PAGE = 1000
 Fields = dict[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long erasure records are kept, in seconds (`redis.erasure_*_retention`)."""
+
+    status: float  # an erasure's status, for `GET /v1/erasures/{id}`
+    audit: float  # its audit record: compliance asks for proof of erasure for a year or more
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings) -> Retention:
+        return cls(settings.erasure_status_retention, settings.erasure_audit_retention)
+
+
+DEFAULT_RETENTION = Retention.from_settings(RedisSettings())
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureRefusal:
+    """An erasure the dataflow refused (features/identity.py `refuses_erasure`): nothing was
+    erased; its status says why, without naming anybody."""
+
+    erasure_id: str
+    requested_at: float
+    reason: str
+
+
+def status_ttl_ms(retention: float, since: float, now: float) -> int:
+    """Milliseconds a status record written `since` has left (at least 1: PX refuses 0)."""
+    return max(1, int((since + retention - now) * 1000))
+
+
+def refusal_record(refusal: ErasureRefusal, now: float) -> dict[str, Any]:
+    return {"erasure_id": refusal.erasure_id, "status": "refused",
+            "requested_at": format_time(refusal.requested_at), "completed_at": format_time(now),
+            "reason": refusal.reason}
+
+
+def record_refusals(client: redis.Redis, layout: KeyLayout, refusals: Sequence[ErasureRefusal],
+                    now: float, retention: Retention) -> None:
+    """Write the refusals' statuses (idempotent: a replay refuses again, alike)."""
+    if not refusals:
+        return
+    pipe = client.pipeline(transaction=False)
+    for refusal in refusals:
+        pipe.set(layout.erasure_status(refusal.erasure_id),
+                 json.dumps(refusal_record(refusal, now)), px=status_ttl_ms(
+                     retention.status, now, now))
+    pipe.execute()
+
+
+def expire_legacy_statuses(client: redis.Redis, layout: KeyLayout, now: float,
+                           retention: Retention) -> int:
+    """Move the statuses of the hash that kept them forever (`legacy_erasure_status`) to
+    expiring keys, each left the time its retention has left (gone if none), and delete
+    the hash; how many were moved."""
+    legacy = layout.legacy_erasure_status()
+    moved = 0
+    for erasure_id, raw in cast(Any, client.hscan_iter(legacy, count=PAGE)):
+        pipe = client.pipeline(transaction=False)
+        since = _recorded_at(raw, now)
+        if since + retention.status > now:
+            pipe.set(layout.erasure_status(erasure_id.decode()), raw, nx=True,
+                     px=status_ttl_ms(retention.status, since, now))
+            moved += 1
+        pipe.hdel(legacy, erasure_id)
+        pipe.execute()
+    return moved
+
+
+def _recorded_at(raw: bytes, now: float) -> float:
+    """When a status record was written: its completion, else its request (now if
+    unreadable, so it is kept a whole retention rather than lost)."""
+    try:
+        record = json.loads(raw)
+        return parse_time(record.get("completed_at") or record["requested_at"], "at")
+    except (ValueError, KeyError, TypeError, AttributeError, EventError):
+        return now
 
 
 def _named_client(entry: bytes) -> str | None:
@@ -92,7 +175,8 @@ def _purge_job(client: redis.Redis, layout: KeyLayout, partition: int, job: dict
     }
 
 
-def purge(client: redis.Redis, layout: KeyLayout, partition: int, now: float) -> int:
+def purge(client: redis.Redis, layout: KeyLayout, partition: int, now: float,
+          retention: Retention = DEFAULT_RETENTION) -> int:
     """Finish the partition's pending erasures; how many were finished here."""
     jobs = cast(dict[bytes, bytes], client.hgetall(layout.erasures(partition)))
     done = 0
@@ -106,8 +190,12 @@ def purge(client: redis.Redis, layout: KeyLayout, partition: int, now: float) ->
                   **{f"{name}_removed": count for name, count in removed.items()}}
         if client.hdel(layout.erasures(partition), erasure_id):  # once, whoever purged too
             pipe = client.pipeline(transaction=False)
-            pipe.xadd(layout.erasure_log(), {k: str(v) for k, v in record.items()})
-            pipe.hset(layout.erasure_status(), erasure_id, json.dumps(record))
+            # exact MINID trimming: the audit keeps what its retention asks, not a node more
+            oldest = max(0, int((now - retention.audit) * 1000))
+            pipe.xadd(layout.erasure_log(), {k: str(v) for k, v in record.items()},
+                      minid=oldest, approximate=False)
+            pipe.set(layout.erasure_status(erasure_id), json.dumps(record),
+                     px=status_ttl_ms(retention.status, now, now))
             pipe.execute()
             log.info("erasure %s done: %s", erasure_id, removed)
             done += 1

@@ -7,6 +7,7 @@ and the canonical event JSON (`e`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -16,7 +17,7 @@ import redis
 import redis.asyncio as aioredis
 
 from features.events import Event, event_to_dict
-from features.identity import with_links
+from features.identity import Step, with_links
 from sinks.keys import KeyLayout
 from sinks.scripts import lua, run_scripts, run_scripts_async
 
@@ -44,6 +45,23 @@ Call = tuple[int, list[int], list[str], list[str | bytes | int | float]]
 
 def encode_event(event: Event) -> bytes:
     return orjson.dumps(event_to_dict(event))
+
+
+def emitted_dedupe_id(client_key: str, event_id: str) -> str:
+    """The id an event the dataflow appends for `client_key` is de-duplicated by."""
+    return f"dataflow>{client_key}>{event_id}"
+
+
+def dedupe_key(layout: KeyLayout, step: Step) -> str:
+    """The key that de-duplicates an identity step, as append_events.lua names it (a digest
+    of the id: no key names a client)."""
+    partition = layout.partition_of_client(step.client_key)
+    if step.ingested:
+        prefix, dedupe_id = layout.seen(partition), step.event_id
+    else:
+        prefix = layout.emitted_seen(partition)
+        dedupe_id = emitted_dedupe_id(step.client_key, step.event_id)
+    return prefix + hashlib.sha1(dedupe_id.encode()).hexdigest()  # noqa: S324 - a name
 
 
 def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Event],
@@ -147,3 +165,13 @@ class EventLog:
                               [(keys, args) for _, _, keys, args in calls])
         return _own_outcomes(events, linked,
                              _outcomes(len(linked), self._options, calls, results))
+
+    def forget(self, steps: Sequence[Step]) -> None:
+        """Drop the de-duplication keys of identity steps (an erasure's: features/identity.py
+        `linked_steps`), so the same steps may be appended again."""
+        if not steps:
+            return
+        pipe = self._client.pipeline(transaction=False)  # one key a command: any slot
+        for step in steps:
+            pipe.delete(dedupe_key(self._layout, step))
+        pipe.execute()

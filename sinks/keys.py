@@ -88,7 +88,20 @@ class KeyLayout:
                 else self.point_segment_members(partition, segment, point))
 
     def points(self, partition: int) -> str:
-        """The points whose clients this partition has ever held: a set."""
+        """The points this partition holds clients of: a hash of point -> how many, which
+        the commit script keeps (a point leaves it with its last client), so its fields
+        are the points to list, never more than the partition has clients."""
+        return f"{self._tag(partition)}:point-clients"
+
+    def points_counted(self, partition: int) -> str:
+        """The buckets whose clients `points` counts: a set. A bucket from before the
+        counts is counted by its first commit after a load (dataflows/buckets.py)."""
+        return f"{self._tag(partition)}:point-clients:buckets"
+
+    def retired_points(self, partition: int) -> str:
+        """Before `points`: every point the partition had ever seen, a set that only grew.
+        Nothing writes it now; the size-history recorder expires those points' histories
+        and deletes it (sinks/console_store.py)."""
         return f"{self._tag(partition)}:points"
 
     def lookup(self, partition: int) -> str:
@@ -127,11 +140,18 @@ class KeyLayout:
         return f"{self._tag(partition)}:erasures"
 
     def erasure_log(self) -> str:
-        """The audit trail of erasures (no personal data): a stream."""
+        """The audit trail of erasures (no personal data): a stream, trimmed by age
+        (`redis.erasure_audit_retention`)."""
         return f"{self.prefix}:audit:erasures"
 
-    def erasure_status(self) -> str:
-        """Erasure id -> its outcome, for the API (no personal data)."""
+    def erasure_status(self, erasure_id: str) -> str:
+        """An erasure's outcome, for the API (no personal data): a string that expires
+        (`redis.erasure_status_retention`)."""
+        return f"{self.prefix}:erasure-status:{erasure_id}"
+
+    def legacy_erasure_status(self) -> str:
+        """Before `erasure_status`: one hash of every erasure's outcome, kept forever. The
+        dataflow moves its records to expiring keys and deletes it (sinks/erasure.py)."""
         return f"{self.prefix}:erasure-status"
 
     def rfm_values(self, dimension: str) -> str:

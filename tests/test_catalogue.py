@@ -501,6 +501,16 @@ def test_birthday_after_a_trait_update_does_not_repeat_or_skip() -> None:
     assert [t.key for t in first + more] == ["2023", "2024"]
 
 
+def test_a_late_identify_with_the_birthday_greets_as_in_time_order() -> None:
+    """The birthday sent on day 5 arrives after an identify of day 20 with another trait:
+    its 25 November is still to come from day 5, so it is greeted, as in replay."""
+    with_birthday, newer = identify(days(5), birthday="1990-11-25"), identify(days(20),
+                                                                             email="a@x")
+    for events in ([with_birthday, newer], [newer, with_birthday]):
+        _, triggers = run(events, BDAY, until=days(400))
+        assert [t.key for t in triggers] == ["2023", "2024"], events
+
+
 def test_a_birthday_set_again_years_later_greets_only_the_next_one() -> None:
     """Greeted in 2023, the date cleared, then set again three years later: the greeting is
     for the birthday to come, with no burst of greetings for the years missed."""

@@ -29,7 +29,7 @@ def test_round_trip_of_every_new_field() -> None:
     data = encode_state(FULL)
     assert decode_state(data) == FULL
     assert encode_state(decode_state(data)) == data
-    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 8
+    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 9
 
 
 def test_every_field_survives_the_round_trip() -> None:
@@ -42,21 +42,28 @@ def test_every_field_survives_the_round_trip() -> None:
 
 def test_version_6_records_read_as_never_backfilled() -> None:
     row = msgpack.unpackb(encode_state(FULL))
-    old = msgpack.packb([6, *row[1:-2]])
+    old = msgpack.packb([6, *row[1:-3]])
     assert decode_state(old) == replace(FULL, history_until=0.0)
 
 
 def test_version_7_records_read_with_no_products_bought() -> None:
     state = replace(FULL, bought=("p1", "p2"))
     row = msgpack.unpackb(encode_state(state))
-    assert row[-1] == ["p1", "p2"]
-    old = msgpack.packb([7, *row[1:-1]])
+    assert row[-2] == ["p1", "p2"]
+    old = msgpack.packb([7, *row[1:-2]])
     assert decode_state(old) == replace(state, bought=())
+
+
+def test_version_8_records_read_with_no_events_held() -> None:
+    state = every_field_set()
+    row = msgpack.unpackb(encode_state(state), strict_map_key=False)
+    old = msgpack.packb([8, *row[1:-1]], use_bin_type=True)
+    assert decode_state(old) == replace(state, held=())
 
 
 def _as_version_7(state: ClientState) -> bytes:
     row = msgpack.unpackb(encode_state(state), strict_map_key=False)
-    return msgpack.packb([7, *row[1:-1]], use_bin_type=True)
+    return msgpack.packb([7, *row[1:-2]], use_bin_type=True)
 
 
 BROWSE_DUE = 1_700_007_200.0

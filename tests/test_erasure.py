@@ -4,7 +4,9 @@ and a later event starts a fresh profile."""
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
+from config.settings import Settings
 from dataflows.buckets import EVENT, BucketConfig, BucketLogic
 from dataflows.flow import store_factory
 from dataflows.metrics import DataflowMetrics
@@ -216,7 +219,7 @@ def test_a_full_backlog_answers_touches_and_erasures_503_and_leaves_no_pending_s
         assert "retry later" in touch.json()["detail"]
         erased = http.delete(f"/v1/profiles/{CLIENT}", params={"wait": 0}, headers=ADMIN)
         assert erased.status_code == 503 and erased.headers["retry-after"] == "5", erased.text
-    assert redis_client.hgetall(layout.erasure_status()) == {}
+    assert list(redis_client.scan_iter(match=layout.erasure_status("*"))) == []
 
 
 def test_erasure_purges_exactly_the_clients_dead_letters(redis_client: redis.Redis,
@@ -274,5 +277,145 @@ def test_a_dead_letter_in_the_erasures_batch_is_erased(redis_url: str, redis_cli
                                  (EVENT, bucket, ids[1], CLIENT, erase)])
     sink.write_batch([(str(bucket), c) for c in commits])
     sink.close()
-    assert redis_client.hget(layout.erasure_status(), "erasure-1") is not None
+    assert redis_client.get(layout.erasure_status("erasure-1")) is not None
     assert redis_client.xrange(layout.dead_letters(partition)) == []
+
+
+def stream_length(client: redis.Redis, layout: KeyLayout) -> int:
+    return sum(int(client.xlen(stream)) for stream in layout.all_event_streams())
+
+
+def settle(client: redis.Redis, settings: Settings) -> None:
+    """Drain until the dataflow appends nothing more (identity steps, chained erasures)."""
+    layout = KeyLayout.from_settings(settings)
+    for _ in range(8):
+        before = stream_length(client, layout)
+        drain(settings)
+        if stream_length(client, layout) == before:
+            return
+    raise AssertionError("the dataflow keeps appending events")
+
+
+def test_erasing_a_merged_cookie_is_refused_naming_the_client_to_erase(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """A cookie merged into a client is part of that client's profile: erasing only the
+    cookie's pointer left its alias and history in the client (and erasing the client on a
+    cookie's word could erase a shared device's first user). The answer is 409 naming the
+    client, nothing is erased, and erasing the client then erases the cookie too."""
+    settings = make_settings(redis_url, key_prefix, policy={"quiet_hours": None})
+    layout = KeyLayout.from_settings(settings)
+    with api_server(settings) as url, httpx.Client(base_url=url, timeout=30) as http:
+        assert http.post("/v1/batch", json={"batch": history(time.time() - 3600)},
+                         auth=(WRITE_KEY, "")).status_code == 200
+        settle(redis_client, settings)
+        assert http.get(f"/v1/profiles/anon:{COOKIE}",
+                        headers=read_headers()).json()["client_id"] == CLIENT
+
+        refused = http.delete(f"/v1/profiles/anon:{COOKIE}", headers=ADMIN)
+        assert refused.status_code == 409, refused.text
+        body = refused.json()
+        assert body["merged_into"] == CLIENT
+        assert f"merged into client {CLIENT!r}" in body["detail"]
+        assert f"DELETE /v1/profiles/{CLIENT}" in body["detail"]
+        settle(redis_client, settings)
+        assert list(redis_client.scan_iter(match=layout.erasure_status("*"))) == []
+        by_cookie = http.get(f"/v1/profiles/anon:{COOKIE}", headers=read_headers()).json()
+        assert by_cookie["client_id"] == CLIENT and f"anon:{COOKIE}" in by_cookie["aliases"]
+
+        erased = http.delete(f"/v1/profiles/{CLIENT}", params={"wait": 0}, headers=ADMIN)
+        assert erased.status_code == 202, erased.text
+        settle(redis_client, settings)
+        for read in (f"/v1/profiles/{CLIENT}", f"/v1/profiles/anon:{COOKIE}"):
+            assert http.get(read, headers=read_headers()).status_code == 404, read
+        assert mentions(redis_client, key_prefix) == []
+
+
+def test_a_cookie_merged_while_its_erasure_waited_is_refused_by_the_dataflow(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """The cookie was still anonymous when the API checked, but its sign-in's link was
+    ahead of the erasure in its stream: the dataflow refuses the erasure as the API would
+    have, the status says why, and a caller still waiting gets the 409 naming the client."""
+    settings = make_settings(redis_url, key_prefix, policy={"quiet_hours": None})
+    layout = KeyLayout.from_settings(settings)
+    t0 = time.time() - 3600
+    with api_server(settings) as url, httpx.Client(base_url=url, timeout=60) as http:
+        visit = history(t0)[:2]  # the cookie's view and cart
+        assert http.post("/v1/batch", json={"batch": visit},
+                         auth=(WRITE_KEY, "")).status_code == 200
+        settle(redis_client, settings)
+        sign_in = [history(t0)[2]]
+        assert http.post("/v1/batch", json={"batch": sign_in},
+                         auth=(WRITE_KEY, "")).status_code == 200
+        erased = http.delete(f"/v1/profiles/anon:{COOKIE}", params={"wait": 0}, headers=ADMIN)
+        assert erased.status_code == 202, erased.text  # not merged yet when checked
+        erasure_id = erased.json()["erasure_id"]
+        settle(redis_client, settings)
+        status = http.get(f"/v1/erasures/{erasure_id}", headers=ADMIN).json()
+        assert status["status"] == "refused" and "merged into a client" in status["reason"]
+        assert CLIENT not in repr(status) and COOKIE not in repr(status)
+        assert redis_client.xlen(layout.erasure_log()) == 0  # nothing was erased
+        merged = http.get(f"/v1/profiles/{CLIENT}", headers=read_headers()).json()
+        assert merged["aliases"] == [f"anon:{COOKIE}"]
+        assert merged["features"]["cart_products"] == ["p1"]
+
+        # the same race, with the caller waiting: it hears 409 and which client to erase
+        other = "ck-erase-42"
+        assert http.post("/v1/batch", auth=(WRITE_KEY, ""), json={"batch": [
+            {**visit[1], "messageId": "n1", "anonymousId": other}]}).status_code == 200
+        settle(redis_client, settings)
+        assert http.post("/v1/batch", auth=(WRITE_KEY, ""), json={"batch": [
+            {**sign_in[0], "messageId": "n2", "anonymousId": other}]}).status_code == 200
+        before = stream_length(redis_client, layout)
+        answers: list[httpx.Response] = []
+        waiting = threading.Thread(target=lambda: answers.append(http.delete(
+            f"/v1/profiles/anon:{other}", params={"wait": 30}, headers=ADMIN)))
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while stream_length(redis_client, layout) == before and time.monotonic() < deadline:
+            time.sleep(0.02)  # the erasure is in the cookie's stream, behind the link
+        settle(redis_client, settings)
+        waiting.join(timeout=30)
+        assert answers and answers[0].status_code == 409, answers
+        assert answers[0].json()["merged_into"] == CLIENT
+        assert answers[0].json()["erasure_id"].startswith("erasure-")
+
+
+def test_erasure_records_expire_and_the_audit_is_trimmed_by_age(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """Statuses are keys with a TTL (`redis.erasure_status_retention`), a pending one
+    written by the API as well as the dataflow's outcome; each audit record written drops
+    the records older than `redis.erasure_audit_retention`; statuses from before they
+    expired (one hash kept forever) get the expiry they have left, or go."""
+    settings = make_settings(redis_url, key_prefix, redis={
+        "erasure_status_retention": "1h", "erasure_audit_retention": "2h"})
+    layout = KeyLayout.from_settings(settings)
+    now = time.time()
+    old_audit = f"{int((now - 3 * 3600) * 1000)}-0"
+    redis_client.xadd(layout.erasure_log(), {"erasure_id": "erasure-old"}, id=old_audit)
+    kept_audit = redis_client.xadd(layout.erasure_log(), {"erasure_id": "erasure-recent"},
+                                   id=f"{int((now - 3600) * 1000)}-0")
+    legacy = {"erasure-stale": iso(now - 2 * 3600), "erasure-fresh": iso(now - 1800)}
+    for erasure_id, at in legacy.items():
+        redis_client.hset(layout.legacy_erasure_status(), erasure_id, json.dumps(
+            {"erasure_id": erasure_id, "status": "done", "requested_at": at,
+             "completed_at": at}))
+    with api_server(settings) as url, httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get("/v1/erasures/erasure-fresh", headers=ADMIN).status_code == 200
+        accepted = http.delete(f"/v1/profiles/{CLIENT}", params={"wait": 0}, headers=ADMIN)
+        assert accepted.status_code == 202
+        erasure_id = accepted.json()["erasure_id"]
+        pending_ttl = redis_client.pttl(layout.erasure_status(erasure_id))
+        assert 3500_000 < pending_ttl <= 3600_000, pending_ttl
+        drain(settings)  # the dataflow: moves the old statuses, erases, records
+        assert http.get(f"/v1/erasures/{erasure_id}", headers=ADMIN).json()["status"] == "done"
+        assert http.get("/v1/erasures/erasure-fresh", headers=ADMIN).status_code == 200
+        assert http.get("/v1/erasures/erasure-stale", headers=ADMIN).status_code == 404
+    done_ttl = redis_client.pttl(layout.erasure_status(erasure_id))
+    assert 3500_000 < done_ttl <= 3600_000, done_ttl
+    fresh_ttl = redis_client.pttl(layout.erasure_status("erasure-fresh"))
+    assert 1700_000 < fresh_ttl <= 1800_000, fresh_ttl  # what its hour has left
+    assert redis_client.exists(layout.legacy_erasure_status()) == 0
+    audit = redis_client.xrange(layout.erasure_log())
+    assert [entry_id for entry_id, _ in audit][:1] == [kept_audit]
+    assert [fields[b"erasure_id"].decode() for _, fields in audit] == [
+        "erasure-recent", erasure_id]

@@ -17,11 +17,12 @@ from features.events import (
     event_to_dict,
     parse_event,
 )
-from features.identity import Outcome, handle, merge_states, with_links
+from features.identity import Outcome, Step, handle, linked_steps, merge_states, with_links
 from features.rules import (
     ABANDONED_BROWSE,
     ABANDONED_CART,
     DAY,
+    LOYALTY_STATUS,
     REPLENISHMENT_REMINDER,
     QuietHours,
     TriggerRules,
@@ -404,3 +405,58 @@ def test_a_merge_files_the_client_by_the_history_it_joined() -> None:
     names = {name for name, _ in merged.segments}
     assert "lifecycle:new" in names and "lifecycle:prospect" not in names
     assert dict(merged.segments)["lifecycle:new"] == T0 + 120  # entered at the merge
+
+
+def test_a_tier_reached_through_a_merge_is_announced_whichever_orders_came_first() -> None:
+    """Two guest orders and one of the client's own make three: silver, announced at the
+    merge and held by the state (the tier stayed the client's own until its next order when
+    its own order came first)."""
+    rules = only(RULES, LOYALTY_STATUS)
+    for own_first in (True, False):
+        world = World(rules)
+        own = [user(EventType.REGISTERED, 0, "r1", traits={"email": "a@example.com"}),
+               user(EventType.ORDER_PLACED, 30, "u-o1", order=Order("u-o1", 30.0))]
+        guest = [anon(EventType.ORDER_PLACED, 10, f"a-o{n}", order=Order(f"a-o{n}", 30.0))
+                 for n in (1, 2)]
+        for event in (own + guest if own_first else guest + own):
+            world.send(event)
+        world.send(user(EventType.IDENTIFY, 120, "i1", with_cookie=True))
+        merged = world.states[USER]
+        assert merged is not None and merged.orders_count == 3
+        assert merged.loyalty_tier == "silver", own_first
+        assert [t.key for t in world.triggers if t.type == LOYALTY_STATUS] == ["silver"], own_first
+
+
+def test_an_erasure_chain_forgets_every_identity_step_it_appended() -> None:
+    """The steps that joined cookies to a client (link requests, merges, and the hand-overs
+    of aliases beyond the profile's 8) are de-duplicated by id for a day; the client's
+    erasure and its cookies' (tombstone by tombstone) name exactly those steps, so a sign-in
+    after the erasure links and merges again."""
+    world = World()
+    appended: set[Step] = set()
+    cookies = [f"browser-{n}" for n in range(11)]
+    for n, cookie in enumerate(cookies):
+        world.send(Event(event_id=f"v{n}", type=EventType.VISIT, event_time=T0 + n,
+                         received_at=T0 + n, anonymous_id=cookie))
+        login = Event(event_id=f"i{n}", type=EventType.IDENTIFY, event_time=T0 + n,
+                      received_at=T0 + n, client_id=USER, anonymous_id=cookie)
+        queue = [(event, event.type is EventType.IDENTITY_LINKED)
+                 for event in with_links([login])]
+        while queue:
+            event, ingested = queue.pop(0)
+            if event.type in (EventType.IDENTITY_LINKED, EventType.PROFILE_MERGED):
+                appended.add(Step(event.client_key, event.event_id, ingested))
+            key = event.client_key
+            outcome = handle(key, world.states.get(key), event, world.rules)
+            world.states[key] = outcome.state
+            queue.extend((e, False) for e in outcome.emitted)
+    client = world.states[USER]
+    assert client is not None and len(client.aliases) == 8
+    named = set(linked_steps(USER, client))
+    for cookie in cookies:
+        tombstone = world.states[f"anon:{cookie}"]
+        assert tombstone is not None and tombstone.merged_into == USER
+        named |= set(linked_steps(f"anon:{cookie}", tombstone))
+    assert any(step.event_id.startswith("alias:") for step in appended)  # hand-overs
+    assert named == appended
+    assert linked_steps(USER, None) == []

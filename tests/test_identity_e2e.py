@@ -312,3 +312,89 @@ def test_erasing_a_client_erases_every_cookie_merged_into_it_beyond_the_alias_ca
             assert response.status_code == 404, (cookie, response.text)
         for cookie in cookies:  # no tombstone left holding the client's id
             assert stored_state(redis_client, settings, f"anon:{cookie}") is None, cookie
+
+
+def test_a_sign_in_after_an_erasure_merges_the_cookie_again(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """Erased, the client comes back within `redis.dedupe_window` on the same browser: its
+    link and merge have the same ids as the first time (deterministic), and the erasure
+    forgot them, so the new cookie history joins the new profile (it stayed anonymous)."""
+    settings = identity_settings(redis_url, key_prefix)
+    t0 = time.time() - 2 * 3600
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with api_server(settings) as url:
+        post_batch(url, anonymous_visit(t0) + registration(t0))
+        settle(redis_client, settings, as_of=t0 + 40)
+        assert profile(url, USER)["aliases"] == [ANON]
+        erased = httpx.delete(f"{url}/v1/profiles/{USER}", params={"wait": 0}, headers=admin,
+                              timeout=10)
+        assert erased.status_code == 202, erased.text
+        settle(redis_client, settings, as_of=t0 + 40)
+        assert stored_state(redis_client, settings, ANON) is None
+
+        post_batch(url, [
+            {"type": "track", "anonymousId": COOKIE, "messageId": "m-again-view",
+             "event": "Product Viewed", "timestamp": iso(t0 + 60),
+             "properties": {"product_id": "p2", "category": "hats", "price": 20}},
+            {"type": "identify", "userId": USER, "anonymousId": COOKIE,
+             "messageId": "m-again-identify", "timestamp": iso(t0 + 70)}])
+        settle(redis_client, settings, as_of=t0 + 75)
+        again = profile(url, USER)
+        assert again["aliases"] == [ANON]
+        assert again["features"]["recently_viewed"] == ["p2"]
+        assert profile(url, ANON)["client_id"] == USER
+
+
+def test_a_segment_alias_links_only_an_anonymous_previous_id(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """Segment's `alias` names in `previousId` the id the user had before `userId`: an
+    anonymous id, or a previous user id. crmflow merges anonymous visitors into clients,
+    never two clients: a previousId that is a user id (a known client's, or the one
+    analytics.js sends beside an anonymousId) is refused naming previousId, the rest of
+    the batch is kept, and no user id becomes a fake anonymous alias."""
+    settings = identity_settings(redis_url, key_prefix)
+    t0 = time.time() - 2 * 3600
+    old = "ann-old-account"
+    with api_server(settings) as url:
+        post_batch(url, anonymous_visit(t0) + [
+            {"type": "identify", "userId": old, "messageId": "m-old", "timestamp": iso(t0),
+             "traits": {"email": "ann.old@example.com"}}])
+        settle(redis_client, settings, as_of=t0 + 20)
+        batch = [
+            {"type": "alias", "userId": USER, "previousId": old, "messageId": "al-known",
+             "timestamp": iso(t0 + 21)},
+            {"type": "alias", "userId": USER, "previousId": USER, "messageId": "al-self",
+             "timestamp": iso(t0 + 22)},
+            {"type": "alias", "userId": USER, "anonymousId": "cookie-other",
+             "previousId": "ann-older", "messageId": "al-previous-user",
+             "timestamp": iso(t0 + 23)},
+            {"type": "alias", "userId": USER, "previousId": COOKIE, "messageId": "al-cookie",
+             "timestamp": iso(t0 + 24)},
+            {"type": "track", "userId": USER, "event": "Session Started",
+             "messageId": "m-session-2", "timestamp": iso(t0 + 25)},
+        ]
+        response = httpx.post(url + "/v1/batch", json={"batch": batch}, auth=(WRITE_KEY, ""),
+                              timeout=10)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["success"] is False and body["accepted"] == 3, body
+        rejected = {r["messageId"]: r for r in body["rejected"]}
+        assert [r["index"] for r in body["rejected"]] == [0, 2]
+        assert {r["field"] for r in rejected.values()} == {"previousId"}
+        assert f"{old!r} is the userId of a known client" in rejected["al-known"]["error"]
+        assert "'ann-older' is neither this message's anonymousId nor its userId" in (
+            rejected["al-previous-user"]["error"])
+        assert "never two clients" in rejected["al-known"]["error"]
+
+        single = httpx.post(url + "/v1/alias", auth=(WRITE_KEY, ""), timeout=10, json={
+            "userId": USER, "previousId": old, "messageId": "al-single"})
+        assert single.status_code == 400, single.text
+        assert single.json()["field"] == "previousId"
+
+        settle(redis_client, settings, as_of=t0 + 30)
+        merged = profile(url, USER)
+        assert merged["aliases"] == [ANON]  # the cookie, linked by its alias
+        assert merged["features"]["cart_products"] == ["p1"]
+        assert profile(url, old)["client_id"] == old  # untouched, and not an alias
+        for fake in (f"anon:{old}", f"anon:{USER}", "anon:ann-older"):
+            assert stored_state(redis_client, settings, fake) is None, fake

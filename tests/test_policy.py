@@ -23,6 +23,7 @@ from features.policy import (
     choose_channel,
     decide,
     in_holdout,
+    record_send,
 )
 from features.rules import (
     ABANDONED_BROWSE,
@@ -332,6 +333,20 @@ def test_cap_reached_is_whether_some_rolling_day_would_hold_one_too_many(
     if over(sends):
         return  # the engine never holds more than the cap: only allowed histories
     assert cap_reached(tuple(sends), at, cap) == over([*sends, at])
+
+
+@given(st.lists(st.floats(0, 6 * 86400), max_size=12), st.integers(1, 4))
+def test_sends_decided_in_any_order_never_pass_the_cap(times: list[float], cap: int) -> None:
+    """Late decisions land before sends already made: each must still count for the next
+    (a late send more than a day before the newest was forgotten at once, so a second
+    late decision beside it passed the cap)."""
+    sends: tuple[float, ...] = ()
+    made: list[float] = []
+    for at in times:
+        if not cap_reached(sends, at, cap):
+            sends = record_send(sends, at)
+            made.append(at)
+    assert not any(sum(1 for s in made if t - 86400 < s <= t) > cap for t in made)
 
 
 def test_sends_kept_for_the_cap_are_bounded() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import FrozenInstanceError, fields
+from dataclasses import FrozenInstanceError, fields, replace
 from typing import Any
 
 import pytest
@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 import features
 from features.events import Event, EventType, Order, Product
+from features.rules import TriggerRules
+from features.segment_rules import compile_segments
 from features.state import (
     MAX_CART_LINES,
     MAX_CHANNELS,
@@ -601,6 +603,21 @@ def test_traits_are_capped_keeping_the_ones_crmflow_reads() -> None:
     assert len(state.traits) == MAX_TRAITS
     assert state.traits["email"] == "ann@x" and state.traits["birthday"] == "1990-01-02"
     assert "t000" in state.traits  # the rest by name, the same in any arrival order
+
+
+def test_traits_the_configuration_reads_are_kept_first() -> None:
+    """A push token (a channel's contact), the service interval and a trait a segment reads
+    are kept however many other traits sort before them."""
+    catalog = compile_segments({"vip": {"rule": "traits.vip_level >= 2"}}, {})
+    rules = replace(TriggerRules(), segments=replace(TriggerRules().segments, catalog=catalog))
+    assert {"push_token", "service_interval_days", "vip_level"} <= rules.read_traits
+    named = {"push_token": "tok", "service_interval_days": 30, "vip_level": 3}
+    state = apply_event(None, ev(EventType.IDENTIFY, 1, traits=named), rules.read_traits)
+    for n in range(MAX_TRAITS):
+        state = apply_event(state, ev(EventType.IDENTIFY, 2 + n, traits={f"a{n:03d}": n}),
+                            rules.read_traits)
+    assert len(state.traits) == MAX_TRAITS
+    assert {name: state.traits[name] for name in named} == named
 
 
 def test_two_orders_at_one_instant_keep_one_order_whichever_arrives_first() -> None:

@@ -29,7 +29,7 @@ from features.rules import (
     QuietHours,
     TriggerRules,
 )
-from features.triggers import Trigger, trigger_id
+from features.triggers import Trigger, fire_due, process_event, trigger_id
 from tests.core_events import (
     CLIENT,
     HOUR,
@@ -328,3 +328,72 @@ def test_any_arrival_order_before_anything_is_due_raises_the_same_triggers(
         histories: tuple[list[Event], list[Event]]) -> None:
     in_order, shuffled = histories
     assert outcome(shuffled) == outcome(sorted(in_order, key=lambda e: e.event_time))
+
+
+# --- live arrival within the allowed lateness ----------------------------------------------------
+
+LATENESS = 5.0
+
+
+def live(arrivals: list[Event], rules: TriggerRules, until: float) -> list[Trigger]:
+    """Events in arrival order as the dataflow takes them: the timers the arrival clock has
+    settled fire first, then the event, held while a timer before it is not settled."""
+    state, out = None, []
+    for event in arrivals:
+        settled = event.received_at - LATENESS
+        if state is not None:
+            state, fired = fire_due(CLIENT, state, settled, rules)
+            out.extend(fired)
+        state, fired = process_event(CLIENT, state, event, rules, settled=settled)
+        out.extend(fired)
+    assert state is not None
+    state, fired = fire_due(CLIENT, state, T0 + until, rules)
+    assert state.held == ()
+    return out + fired
+
+
+def summary(triggers: list[Trigger]) -> list[tuple[Any, ...]]:
+    return sorted((t.trigger_id, t.type, t.key, t.fired_at, t.status, t.reason,
+                   str(sorted(map(str, t.payload.get("items", [])))))
+                  for t in triggers)
+
+
+@st.composite
+def late_within_lateness(draw: st.DrawFn) -> list[Event]:
+    """A cart add, then views, cart changes and orders around the moment its reminder comes
+    due (an hour later), each arriving up to 4 s after it happened: in arrival order."""
+    def around() -> float:
+        return HOUR + draw(st.integers(-8, 12))
+
+    events = [cart_add(draw(st.integers(0, 3)), "p1")]
+    for n in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["view", "cart", "order"]))
+        t = around()
+        events.append(view(t, "p2") if kind == "view" else cart_add(t, f"c{n}")
+                      if kind == "cart" else order(t, f"o{n}"))
+    arrived = [replace(e, received_at=e.event_time + draw(st.integers(0, 4)))
+               for e in events]
+    return sorted(arrived, key=lambda e: e.received_at)  # stable: ties keep their order
+
+
+@settings(max_examples=300, deadline=None)
+@given(late_within_lateness())
+def test_events_late_within_the_allowed_lateness_raise_what_replay_raises(
+        arrivals: list[Event]) -> None:
+    """An order stamped 3 s before a view, arriving 1 s after it, while the cart reminder
+    came due between them: the view used to fire the reminder at once (then the order
+    arrived); replay, in event time, never sent it. Held until the reminder's due time
+    settles, the view waits for the order, and live and replay agree."""
+    rules = only(RULES, ABANDONED_CART, ABANDONED_BROWSE, ORDER_CONFIRMATION)
+    replay = sorted(arrivals, key=lambda e: e.event_time)
+    _, in_order = run(replay, rules, until=days(1))
+    assert summary(live(arrivals, rules, days(1))) == summary(in_order)
+
+
+def test_a_view_after_the_reminder_came_due_waits_for_the_order_before_it() -> None:
+    rules = only(RULES, ABANDONED_CART, ORDER_CONFIRMATION)
+    due = cart_add(0, "p1").event_time + HOUR
+    ordered = replace(order(HOUR - 1, "o1"), received_at=due + 3)
+    viewed = replace(view(HOUR + 2, "p2"), received_at=due + 2)
+    triggers = live([cart_add(0, "p1"), viewed, ordered], rules, days(1))
+    assert [t.type for t in triggers] == [ORDER_CONFIRMATION]

@@ -31,7 +31,7 @@ from api.wire_values import NotANumber, encoded
 from config.durations import format_duration
 from config.settings import ApiSettings
 from features.events import INTERNAL_TYPES, Event, EventError, EventType, format_time
-from features.segment import from_native, from_segment
+from features.segment import from_native, from_segment, known_user_error, previous_user_id
 from sinks.event_log import BacklogFull
 from sinks.redis_client import STORE_FULL_DETAIL, STORE_UNAVAILABLE, is_store_full
 
@@ -170,23 +170,49 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"success": False, "detail": message, **extra}, status_code=status)
 
 
+def _rejection(resources: Resources, source: str, index: int, item: object,
+               error: EventError) -> dict[str, Any]:
+    resources.metrics.rejected.labels(source, _reason(error)).inc()
+    entry: dict[str, Any] = {"index": index, "field": error.field, "error": str(error)}
+    if isinstance(item, dict) and isinstance(item.get("messageId"), str):
+        entry["messageId"] = item["messageId"]
+    return entry
+
+
+async def _known_previous_user_ids(resources: Resources, items: Sequence[object],
+                                   parsed: list[tuple[int, Event]]) -> set[int]:
+    """The indexes of the alias messages whose previousId, taken for an anonymous id, is
+    the user id of a known client (features/segment.py `previous_user_id`): one read of
+    those ids, only when the request holds such messages."""
+    wanted = {index: previous for index, _ in parsed
+              if (previous := previous_user_id(items[index])) is not None}
+    if not wanted:
+        return set()
+    known = await resources.profiles.states(sorted(set(wanted.values())))
+    return {index for index, previous in wanted.items() if previous in known}
+
+
 async def _ingest(items: Sequence[object], *, parser: Parser, source: str, single: bool,
                   resources: Resources) -> JSONResponse:
     received_at = time.time()
     time_field = TIME_FIELDS[source]
-    events: list[Event] = []
+    parsed: list[tuple[int, Event]] = []
     rejected: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
-            events.append(_parse(item, parser, received_at, resources, time_field))
+            parsed.append((index, _parse(item, parser, received_at, resources, time_field)))
         except EventError as exc:
-            resources.metrics.rejected.labels(source, _reason(exc)).inc()
-            entry: dict[str, Any] = {"index": index, "field": exc.field, "error": str(exc)}
-            if isinstance(item, dict) and isinstance(item.get("messageId"), str):
-                entry["messageId"] = item["messageId"]
-            rejected.append(entry)
+            rejected.append(_rejection(resources, source, index, item, exc))
+    events = [event for _, event in parsed]
     lengths: dict[int, int] = {}
     try:
+        if source == "segment":
+            refused = await _known_previous_user_ids(resources, items, parsed)
+            if refused:
+                rejected += [_rejection(resources, source, index, items[index], known_user_error(
+                    str(previous_user_id(items[index])))) for index in refused]
+                rejected.sort(key=lambda entry: int(entry["index"]))
+                events = [event for index, event in parsed if index not in refused]
         stored = await resources.event_log.append(events, lengths)
     except STORE_UNAVAILABLE:
         return JSONResponse({"success": False, "detail": "event store unavailable; retry"},
