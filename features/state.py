@@ -424,8 +424,12 @@ def mark_of(state: ClientState, name: str) -> float | None:
 
 
 def with_mark(state: ClientState, name: str, value: float) -> ClientState:
-    marks = tuple(sorted({**dict(state.marks), name: value}.items()))
-    return evolve(state, marks=marks)
+    return evolve(state, marks=_marked(state.marks, name, value))
+
+
+def _marked(marks: tuple[tuple[str, float], ...], name: str, value: float
+            ) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted({**dict(marks), name: value}.items()))
 
 
 def occasion_fingerprint(trigger_type: str, key: str) -> int:
@@ -514,8 +518,7 @@ def _merge_traits(state: ClientState, event: Event, read: frozenset[str]) -> Cha
                         "traits_updated_at": max(state.traits_updated_at, event.event_time)}
     birthday = merged.get(BIRTHDAY_TRAIT)
     if birthday is not None and birthday != state.traits.get(BIRTHDAY_TRAIT):
-        changes["marks"] = tuple(sorted({**dict(state.marks),
-                                         BIRTHDAY_KNOWN: event.event_time}.items()))
+        changes["marks"] = _marked(state.marks, BIRTHDAY_KNOWN, event.event_time)
     return changes
 
 

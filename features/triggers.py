@@ -240,7 +240,7 @@ def _resegment(client_key: str, state: ClientState, at: float, rules: TriggerRul
 
 
 def after_merge(client_key: str, state: ClientState, event: Event, rules: TriggerRules
-           ) -> tuple[ClientState, list[Trigger]]:
+                ) -> tuple[ClientState, list[Trigger]]:
     """What follows a merge (`event`) of another history into the client: the loyalty tier
     of the orders joined (announced as an order would announce it, so the outcome does not
     depend on which side's orders came first) and the memberships."""
