@@ -134,10 +134,10 @@ def run_drain(config: Path) -> tuple[float, int]:
 # as one pipelined XADD each (redis-py's command path per entry), 13-16 s this way, of which
 # about 6 s is Redis's own XADDs.
 _APPEND_SCRIPT = """
-for i = 1, #ARGV, 3 do
-  redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 't', ARGV[i + 1], 'e', ARGV[i + 2])
+for i = 1, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'e', ARGV[i + 1])
 end
-return #ARGV / 3
+return #ARGV / 2
 """
 APPEND_CHUNK = 5000
 
@@ -153,7 +153,7 @@ def append_entries(client: redis.Redis, layout: KeyLayout, entries: Sequence[Ent
         shares: dict[int, list[str | bytes]] = {}
         for entry in entries[first:first + APPEND_CHUNK]:
             shares.setdefault(layout.partition_of_client(entry.client_key), []).extend(
-                (entry.client_key, repr(entry.event_time), entry.body))
+                (entry.client_key, entry.body))
         for partition, args in shares.items():
             script(keys=[layout.events(partition)], args=args, client=pipe)
         pipe.execute()
@@ -390,7 +390,7 @@ def latency_section(client: redis.Redis, url: str, plan: Plan, folder: Path,
                             "event_time": now, "received_at": now,
                             "products": [{"product_id": "p", "price": 1}]}
                 pipe.xadd(layout.events(layout.partition_of_client(key)),
-                          {"k": key, "t": repr(now), "e": json.dumps(body)})
+                          {"k": key, "e": json.dumps(body)})
                 sent += 1
             pipe.execute()
             time.sleep(0.005)

@@ -20,10 +20,9 @@ MIX = (("product_view", 45), ("visit", 20), ("cart_add", 15), ("cart_remove", 5)
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One stream entry as a producer appends it: client key, event time, event JSON."""
+    """One stream entry as a producer appends it: client key, event JSON."""
 
     client_key: str
-    event_time: float
     body: bytes
 
 
@@ -57,7 +56,7 @@ def events(count: int, clients: int, *, start: float, span: float, seed: int = 1
             event["order"] = {"order_id": f"o{first_id + n}", "total": rng.randrange(5, 500)}
         elif kind == "registered":
             event["traits"] = {"email": f"{client}@example.com"}
-        yield Entry(client, t, orjson.dumps(event))
+        yield Entry(client, orjson.dumps(event))
 
 
 def entry_list(entries: Iterable[Entry]) -> list[Entry]:

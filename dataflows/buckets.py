@@ -42,6 +42,7 @@ from features.events import (
     parse_event,
 )
 from features.identity import MERGED_REFUSAL, handle, linked_steps, refuses_erasure
+from features.lifecycle import recency_anchor
 from features.lookup import lookup_keys, point_of
 from features.routing import bucket_of
 from features.state import ClientState, is_live
@@ -272,7 +273,6 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         triggers: list[Trigger] = []
         dead: list[DeadLetter] = []
         self._counts.clear()
-        applied = 0
         head_reached = False
         position_key = stream_id_key(self._position)
         if self._refiled:
@@ -287,7 +287,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 self._position = stream_id
                 self._clock = key[0] / 1000
                 self._advance(LIVE, self._clock, dirty, triggers)
-                applied += self._apply(stream_id, client_key, raw, dirty, triggers, dead)
+                self._apply(stream_id, client_key, raw, dirty, triggers, dead)
             else:
                 _, _, clock, position, at_head = item
                 self._clock = max(self._clock, clock)
@@ -316,30 +316,30 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 metric.labels(label).inc(count)
             else:
                 metric.inc(count)
-        return (self._commit(dirty, triggers, dead, applied, flush=head_reached),
+        return (self._commit(dirty, triggers, dead, flush=head_reached),
                 StatefulBatchLogic.RETAIN)
 
     def _apply(self, stream_id: str, client_key: str, raw: bytes, dirty: set[str],
-               triggers: list[Trigger], dead: list[DeadLetter]) -> int:
+               triggers: list[Trigger], dead: list[DeadLetter]) -> None:
         try:
             event = parse_event(orjson.loads(raw))
         except (ValueError, EventError) as exc:
             reason = f"invalid event: {exc}" if isinstance(exc, EventError) else "invalid json"
             dead.append(DeadLetter(reason, stream_id, raw, client_key))
             self._counts[(self._metrics.dead_letters, "invalid")] += 1
-            return 0
+            return
         if event.client_key != client_key or bucket_of(client_key, self._buckets) != self._bucket:
             dead.append(DeadLetter("misrouted: entry key does not match the event's client",
                                    stream_id, raw, client_key))
             self._counts[(self._metrics.dead_letters, "misrouted")] += 1
-            return 0
+            return
         if event.type is EventType.ERASURE_REQUESTED:
             if refuses_erasure(self._states.get(client_key), event):
                 self._refusals.append(ErasureRefusal(event.event_id, event.received_at,
                                                      MERGED_REFUSAL))
             else:
                 self._erase(client_key, event, stream_id, dirty, triggers, dead)
-            return 1
+            return
         before = self._states.get(client_key)
         outcome = handle(client_key, before, event, self._rules,
                          next_timer=self._next_timer(client_key), settled=self._settled)
@@ -348,7 +348,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         if after is before or after is None:
             if not outcome.emitted:
                 self._counts[(self._metrics.duplicates, "")] += 1
-            return 0
+            return
         self._before.setdefault(client_key, before)
         self._states[client_key] = after
         self._schedule(client_key, after)
@@ -366,7 +366,6 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 self._activity[(minute, point, counted)] += 1
         if before is not None and event.event_time < before.updated_at:
             self._counts[(self._metrics.late_events, event.type.value)] += 1
-        return 1
 
     def _erase(self, client_key: str, event: Event, stream_id: str, dirty: set[str],
                triggers: list[Trigger], dead: list[DeadLetter]) -> None:
@@ -400,8 +399,8 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                                          client_id=None, anonymous_id=alias.removeprefix(
                                              ANONYMOUS_PREFIX), properties={}))
 
-    def _commit(self, dirty: set[str], triggers: list[Trigger], dead: list[DeadLetter],
-                applied: int, *, flush: bool = False) -> list[BucketCommit]:
+    def _commit(self, dirty: set[str], triggers: list[Trigger], dead: list[DeadLetter], *,
+                flush: bool = False) -> list[BucketCommit]:
         now = time.monotonic()
         moved = self._position != self._committed
         emitted, self._emitted = self._emitted, []
@@ -455,7 +454,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
             commit_id=f"{self._incarnation}.{self._commits_made}",
             states=[(key, encode_stored(encode_state(self._states[key]),
                                         self._stored_schedule(key))) for key in sorted(dirty)],
-            triggers=triggers, dead_letters=dead, events=applied, segment_changes=changes,
+            triggers=triggers, dead_letters=dead, segment_changes=changes,
             rfm_values=values, emitted=emitted, erasures=erasures, refusals=refusals,
             member_ops=ops,
             timelines=[(key, SEPARATOR.join(reversed(lines)))
@@ -543,9 +542,10 @@ def _counted_point(state: ClientState | None) -> str | None:
 
 def _rfm_values(state: ClientState) -> RfmValues | None:
     """What the RFM population index holds for the client (None: not a buyer)."""
-    if state.orders_count <= 0 or state.last_order_at is None or state.merged_into:
+    last_bought = recency_anchor(state)
+    if last_bought is None or state.merged_into:
         return None
-    return state.last_order_at, state.orders_count, state.monetary_total
+    return last_bought, state.orders_count, state.monetary_total
 
 
 class LazyBucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):

@@ -61,7 +61,8 @@ def build_flow(settings: Settings, metrics: DataflowMetrics, *,
         return store_factory(settings, emitted_prefix=emitted_prefix)
 
     flow = Dataflow("crmflow")
-    entries = op.input("events", flow, EventStreamSource(make_store, source_config, metrics))
+    entries = op.input("events", flow, EventStreamSource(make_store, loader.layout.partitions,
+                                                         source_config, metrics))
     commits = op.stateful_batch(
         "buckets", entries, lambda _resume: LazyBucketLogic(loader, bucket_config, metrics, models))
     op.output("commit", commits, BucketCommitSink(make_store, metrics,

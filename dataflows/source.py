@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 KeyedItem = tuple[str, Item]
 HEARTBEAT_EVERY = 2.0
-TRIM_EVERY = 10.0
+TRIM_EVERY = 10.0  # seconds; sooner under a length cap (`_trim_due`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +52,15 @@ class SourceConfig:
 
 
 class EventStreamSource(FixedPartitionedSource[KeyedItem, None]):
-    """One partition per event stream, keyed by bucket."""
+    """One partition per event stream, keyed by bucket. `store_factory`: a store for each
+    partition's reader, built in the worker that runs it."""
 
-    def __init__(self, store_factory: Callable[[], BucketStore], config: SourceConfig,
-                 metrics: DataflowMetrics) -> None:
+    def __init__(self, store_factory: Callable[[], BucketStore], partitions: int,
+                 config: SourceConfig, metrics: DataflowMetrics) -> None:
         self._store_factory = store_factory
         self._config = config
         self._metrics = metrics
-        self._partitions = store_factory().layout.partitions
+        self._partitions = partitions
 
     def list_parts(self) -> list[str]:
         return [str(p) for p in range(self._partitions)]
@@ -78,6 +79,7 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
         self._client: redis.Redis = store.client
         self._store = store
         self._last_trim = time.time()
+        self._read_since_trim = 0
         self._config = config
         self._metrics = metrics
         self._stream = layout.events(partition)
@@ -119,6 +121,7 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
                 self._read_number = int(number)
         if entries:
             self._metrics.events_read.labels(self._label).inc(len(entries))
+            self._read_since_trim += len(entries)
         self._caught_up = len(entries) < self._config.batch_size
         now = time.time()
         self._update_lag(entries, now)
@@ -131,9 +134,17 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
             self._beat(now)
         if self._caught_up and self._config.stop_when_caught_up:
             self._stopping = True
-        if now - self._last_trim >= TRIM_EVERY or self._stopping:
+        if self._trim_due(now):
             self._trim(now)
         return items
+
+    def _trim_due(self, now: float) -> bool:
+        """Every TRIM_EVERY seconds, or once a quarter of the length cap was read since the
+        last trim: at a low cap and a high rate, ten seconds of events would fill the
+        stream, and ingest would answer "retry later" for events already applied."""
+        cap = self._config.max_stream_length
+        return (now - self._last_trim >= TRIM_EVERY or self._stopping
+                or (cap > 0 and self._read_since_trim * 4 >= cap))
 
     def _trim(self, now: float) -> None:
         """Drop entries every bucket has applied, once older than the retention (at once
@@ -141,6 +152,7 @@ class _EventStreamPartition(StatefulSourcePartition[KeyedItem, None]):
         dataflow always leaves room): the stream is a buffer with a replay window, never
         the place where unread events die."""
         self._last_trim = now
+        self._read_since_trim = 0
         with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
             applied = stream_id_key(self._store.resume_position(self._partition))
             expired = (int((now - self._config.retention) * 1000), 0)

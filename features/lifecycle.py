@@ -21,6 +21,16 @@ def last_live_order(state: ClientState) -> OrderRecord | None:
     return None
 
 
+def recency_anchor(state: ClientState) -> float | None:
+    """When the client last bought, as RFM's recency counts it: the latest order not
+    cancelled (None: no such order). Scores, their timers and the population index the
+    quantile model is fitted on all take it from here, so they agree on it."""
+    if state.orders_count <= 0:
+        return None
+    last = last_live_order(state)
+    return None if last is None else last.placed_at
+
+
 def refunded_in_full(order: OrderRecord) -> bool:
     """All of the order's money went back by refunds (a cancellation is not a refund)."""
     return not order.cancelled and 0 < order.total <= order.returned

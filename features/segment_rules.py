@@ -1241,18 +1241,22 @@ def _check_overlaps(bands: list[Band], path: str) -> None:
                                   "overlap: a client must fall in at most one band")
 
 
-def compile_segments(raw: Mapping[Any, Any],
-                     features: Mapping[str, FeatureKind]) -> SegmentCatalog:
+def compile_segments(raw: Mapping[Any, Any], features: Mapping[str, FeatureKind],
+                     check: Callable[[Segment], None] | None = None) -> SegmentCatalog:
     """Compile the `segments:` mapping; a problem raises a RuleError naming its field, and
     the problems of the other segments follow it in its message, one line each (so that
-    `crmflow check-config` shows every one at once)."""
+    `crmflow check-config` shows every one at once). `check`: the caller's own test of
+    each compiled segment (a RuleError of it is one of those problems)."""
     if not isinstance(raw, Mapping):
         raise RuleError("segments", "expected a mapping of segment names to definitions")
     segments: list[Segment] = []
     errors: list[RuleError] = []
     for name, spec in raw.items():
         try:
-            segments.append(_compile_segment(name, spec, features))
+            segment = _compile_segment(name, spec, features)
+            if check is not None:
+                check(segment)
+            segments.append(segment)
         except RuleError as exc:
             errors.append(exc)
     if len(errors) > 1:

@@ -15,9 +15,20 @@ from typing import Any
 
 from features import rfm
 from features.calendar import parse_birthday
-from features.lifecycle import SEGMENT_STAGES, lifecycle_next_change, lifecycle_stage
+from features.lifecycle import (
+    SEGMENT_STAGES,
+    lifecycle_next_change,
+    lifecycle_stage,
+    recency_anchor,
+)
 from features.rules import SegmentRules
-from features.segment_rules import FeatureKind, RuleError, SegmentCatalog, compile_segments
+from features.segment_rules import (
+    FeatureKind,
+    RuleError,
+    Segment,
+    SegmentCatalog,
+    compile_segments,
+)
 from features.state import ClientState, evolve
 from features.values import FEATURES, Context, Kind, rfm_scores
 
@@ -186,8 +197,9 @@ def next_change(state: ClientState, now: float, rules: SegmentRules) -> float | 
     if state.merged_into is not None:
         return None
     times = [lifecycle_next_change(state, now, rules.lifecycle)]
-    if rules.rfm_enabled and rules.rfm_model is not None and state.last_order_at is not None:
-        times.append(rfm.next_score_change(rules.rfm_model, state.last_order_at, now))
+    last_bought = recency_anchor(state)
+    if rules.rfm_enabled and rules.rfm_model is not None and last_bought is not None:
+        times.append(rfm.next_score_change(rules.rfm_model, last_bought, now))
     if rules.catalog is not None:
         times.append(rules.catalog.next_change(ClientFacts(state, now, rules)))
     later = [t for t in times if t is not None and t > now]
@@ -262,17 +274,17 @@ def all_segment_names(rules: SegmentRules) -> list[str]:
 def compile_catalog(raw: dict[str, Any]) -> SegmentCatalog:
     """The operator's `segments:` compiled against the feature table (RuleError if bad)."""
     kinds = {name: FeatureKind(feature.kind.value) for name, feature in FEATURES.items()}
-    catalog = compile_segments(raw, kinds)
-    for segment in catalog.segments:
-        if f"{segment.name}:" in _BUILT_IN_PREFIXES:
-            raise RuleError(f"segments.{segment.name}", "the name is reserved for crmflow's "
-                                                        "built-in segments")
-        taken = [name for name in segment.names if name.startswith(_BUILT_IN_PREFIXES)]
-        if taken:
-            raise RuleError(f"segments.{segment.name}", f"the name is reserved: it would give "
-                                                        f"{taken[0]!r}, a built-in segment's "
-                                                        "name")
-    return catalog
+    return compile_segments(raw, kinds, _not_built_in)
+
+
+def _not_built_in(segment: Segment) -> None:
+    if f"{segment.name}:" in _BUILT_IN_PREFIXES:
+        raise RuleError(f"segments.{segment.name}", "the name is reserved for crmflow's "
+                                                    "built-in segments")
+    taken = [name for name in segment.names if name.startswith(_BUILT_IN_PREFIXES)]
+    if taken:
+        raise RuleError(f"segments.{segment.name}", f"the name is reserved: it would give "
+                                                    f"{taken[0]!r}, a built-in segment's name")
 
 
 # Stage bands are named "<segment>:<band>", so a segment named "lifecycle" or "rfm" would

@@ -606,11 +606,11 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
                 cart[product.product_id] = replace(line, quantity=remaining)
             else:
                 del cart[product.product_id]
-    lines = tuple(cart.values())[-MAX_CART_LINES:]
+    # in time order, ties by product: which line the bound drops must not hang on arrival
+    lines = tuple(sorted(cart.values(), key=_line_order))[-MAX_CART_LINES:]
     changes["cart"] = lines
     changes["cart_changed_at"] = _later(state.cart_changed_at, t)
-    changes["cart_updated_at"] = t if state.cart_updated_at is None else max(
-        state.cart_updated_at, t)
+    changes["cart_updated_at"] = _rearmed(state, _later(state.cart_updated_at, t))
     if not lines:
         changes.update(cart_since=None, cart_reminded=0.0, cart_updated_at=None)
     elif state.cart_since is None or (
@@ -643,6 +643,21 @@ def first_view_after(viewed: tuple[tuple[str, float], ...], t: float) -> float |
     """When browsing after `t` began (its earliest view), or None: what a cart add or an
     order at `t` leaves of a browse episode."""
     return min((at for _, at in viewed if at > t), default=None)
+
+
+def _line_order(line: CartLine) -> tuple[float, str]:
+    return line.added_at, line.product_id
+
+
+def _rearmed(state: ClientState, updated: float) -> float:
+    """The cart's last update, counting a checkout started since the last order: in order,
+    the checkout found the cart holding what was added before it and re-armed the reminder;
+    when an add before it arrives after it, the checkout found an empty cart, so the add
+    re-arms it in its stead (else the reminder's time would hang on arrival)."""
+    checkout = state.checkout_started_at
+    if checkout is None or checkout < state.cart_closed_at:
+        return updated
+    return max(updated, checkout)
 
 
 def _checkout_started(state: ClientState, event: Event) -> Changes:

@@ -25,7 +25,7 @@ from typing import Any
 
 from features import catalogue, segments
 from features.catalogue import Candidate, occasion_time
-from features.events import Event, EventType, format_time
+from features.events import ANONYMOUS_PREFIX, Event, EventType, format_time
 from features.policy import (
     BACKFILL,
     CANCELLED,
@@ -292,8 +292,19 @@ def _fire_at(client_key: str, state: ClientState, at: float,
 
 # --- decisions ------------------------------------------------------------------------------------
 
-def _delay_of(trigger_type: str, rules: TriggerRules) -> float:
-    return float(getattr(rules.rule(trigger_type), "delay", 0.0))
+ANONYMOUS_WELCOME_WAIT = 600.0  # seconds an anonymous visitor's welcome waits for a link
+
+
+def _delay_of(client_key: str, trigger_type: str, rules: TriggerRules) -> float:
+    """The rule's delay; a visitor who registered without a user id is welcomed no sooner
+    than ANONYMOUS_WELCOME_WAIT, as the identify that names the client (and may carry its
+    own registration) usually follows within seconds: a welcome still waiting joins the
+    client with the cookie's history, where a welcome already decided on either side
+    stands for both (the occasion is the client's, once), so the person gets one."""
+    delay = float(getattr(rules.rule(trigger_type), "delay", 0.0))
+    if trigger_type == WELCOME and client_key.startswith(ANONYMOUS_PREFIX):
+        return max(delay, ANONYMOUS_WELCOME_WAIT)
+    return delay
 
 
 def _record(client_key: str, candidate: Candidate, decision: Decision, at: float) -> Trigger:
@@ -361,7 +372,7 @@ def _decide_all(client_key: str, state: ClientState,
                                        at))
                 continue
             candidate = current
-        delay = _delay_of(candidate.type, rules) if delayable else 0.0
+        delay = _delay_of(client_key, candidate.type, rules) if delayable else 0.0
         decision: Decision | None = None
         if delay > 0:  # an immediate trigger configured to wait: decided when it is due
             due = replace(candidate, at=candidate.at + delay)

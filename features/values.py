@@ -24,6 +24,7 @@ from features.lifecycle import (
     lifecycle_stage,
     mean_order_interval,
     orders_within,
+    recency_anchor,
 )
 from features.rules import DAY, SegmentRules
 from features.state import ClientState
@@ -144,13 +145,10 @@ def _predicted_next_order(c: Context) -> float | None:
 
 def rfm_scores(c: Context) -> tuple[int, int, int] | None:
     model = c.rules.rfm_model
-    if not c.rules.rfm_enabled or model is None or c.state.orders_count <= 0:
+    last = recency_anchor(c.state)
+    if not c.rules.rfm_enabled or model is None or last is None:
         return None
-    last = last_live_order(c.state)
-    if last is None:
-        return None
-    return rfm.rfm_scores(model, last.placed_at, c.state.orders_count,
-                          c.state.monetary_total, c.now)
+    return rfm.rfm_scores(model, last, c.state.orders_count, c.state.monetary_total, c.now)
 
 
 def _rfm_part(index: int) -> Getter:
@@ -167,10 +165,10 @@ def _rfm_segment(c: Context) -> str | None:
 
 def _rfm_change(c: Context) -> float | None:
     model = c.rules.rfm_model
-    last = last_live_order(c.state)
+    last = recency_anchor(c.state)
     if model is None or last is None or not c.rules.rfm_enabled:
         return None
-    return rfm.next_score_change(model, last.placed_at, c.now)
+    return rfm.next_score_change(model, last, c.now)
 
 
 def _top_category(c: Context) -> str | None:

@@ -5,7 +5,7 @@
 -- KEYS: 1 event stream
 -- ARGV: 1 window seconds (0 = no de-duplication), 2 the stream's length cap (0 = none),
 --       3 de-duplication key prefix (same hash tag as the stream), then per event: event
---       id, client key, event time, event json
+--       id, client key, event json
 -- Each entry carries `n`, its number in the stream (a counter beside it, same hash tag): the
 -- dataflow's pending entries are the counter less the `n` it last read.
 -- Returns the stream's length, then per event its new stream id, or 0 for a duplicate; or
@@ -15,10 +15,10 @@ local window = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 if cap > 0 then
   local length = redis.call('XLEN', KEYS[1])
-  if length + (#ARGV - 3) / 4 > cap then return {-1, length} end
+  if length + (#ARGV - 3) / 3 > cap then return {-1, length} end
 end
 local results = {0}
-for i = 4, #ARGV, 4 do
+for i = 4, #ARGV, 3 do
   local fresh = true
   if window > 0 then
     -- keyed by a digest of the id: ids may carry client ids, and an erased client must
@@ -27,8 +27,8 @@ for i = 4, #ARGV, 4 do
   end
   if fresh then
     local n = redis.call('INCR', KEYS[1] .. ':count')
-    table.insert(results, redis.call('XADD', KEYS[1], '*', 'k', ARGV[i + 1], 't', ARGV[i + 2],
-                                     'e', ARGV[i + 3], 'n', n))
+    table.insert(results, redis.call('XADD', KEYS[1], '*', 'k', ARGV[i + 1], 'e', ARGV[i + 2],
+                                     'n', n))
   else
     table.insert(results, 0)
   end

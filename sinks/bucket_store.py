@@ -68,18 +68,16 @@ def stream_fields(record: dict[str, Any]) -> list[str | bytes]:
     return fields
 
 
-def retrying(call: Callable[[], T], what: str, *, retry_for: float = float("inf")) -> T:
+def retrying(call: Callable[[], T], what: str) -> T:
     """`call()`, again with backoff (50 ms doubling to 2 s) while Redis is unreachable or
-    full, for up to `retry_for` seconds: an outage pauses the dataflow instead of killing it."""
-    deadline = time.monotonic() + retry_for
+    full: an outage pauses the dataflow instead of killing it."""
     backoff = 0.05
     while True:
         try:
             return call()
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
             full = is_store_full(exc)
-            if (isinstance(exc, redis.ResponseError) and not full
-                    or time.monotonic() + backoff > deadline):
+            if isinstance(exc, redis.ResponseError) and not full:
                 raise
             state = "full" if full else "unavailable"
             log.warning("redis %s while %s (%s); retrying in %.2fs", state, what, exc,
@@ -106,7 +104,6 @@ class BucketCommit:
     states: Sequence[tuple[str, bytes]] = ()
     triggers: Sequence[Trigger] = ()
     dead_letters: Sequence[DeadLetter] = ()
-    events: int = 0  # events applied, for metrics
     segment_changes: Sequence[SegmentChange] = ()
     rfm_values: Sequence[tuple[str, RfmValues | None]] = ()  # None: no longer a buyer
     emitted: Sequence[Event] = ()  # events for other clients: identity steps, forwards
@@ -324,8 +321,7 @@ class BucketStore:
                 rfm_index.index_commands(pipe, self._layout, client_key, triple)
             pipe.execute()
 
-    def commit(self, commits: Sequence[BucketCommit], *, retry_for: float = float("inf")
-               ) -> list[tuple[str, str]]:
+    def commit(self, commits: Sequence[BucketCommit]) -> list[tuple[str, str]]:
         """Apply commits in order, one pipelined round trip; retry while Redis is away.
 
         Returns (type, status) of each trigger newly emitted. Raises FencedError when
@@ -342,7 +338,7 @@ class BucketStore:
                 raise full
             return results
 
-        return emitted_triggers(retrying(write, "committing", retry_for=retry_for))
+        return emitted_triggers(retrying(write, "committing"))
 
     @property
     def pipelined(self) -> bool:

@@ -81,7 +81,7 @@ def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Ev
         for index in indexes:
             event = events[index]
             args += [event.event_id if dedupe_ids is None else dedupe_ids[index],
-                     event.client_key, repr(event.event_time), encode_event(event)]
+                     event.client_key, encode_event(event)]
         calls.append((partition, indexes, [layout.events(partition)], args))
     return calls
 

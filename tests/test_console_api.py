@@ -368,7 +368,8 @@ def test_members_download_as_csv(world: World) -> None:
     ("=HYPERLINK(\"http://evil\",\"x\")", "'=HYPERLINK(\"http://evil\",\"x\")"),
     ("@SUM(A1)", "'@SUM(A1)"), ("+A1+B1", "'+A1+B1"), ("-cmd", "'-cmd"),
     ("\tx", "'\tx"), ("+441234567", "+441234567"), ("-5", "-5"), ("ann", "ann"),
-    ("", "")])
+    ("+44 20 7946 0958", "+44 20 7946 0958"), ("+1 (555) 010-0199", "+1 (555) 010-0199"),
+    ("-2.5", "-2.5"), ("+1 555 SUM(A1)", "'+1 555 SUM(A1)"), ("+ ()", "'+ ()"), ("", "")])
 def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted(member: str,
                                                                   written: str) -> None:
     assert spreadsheet_safe(member) == written

@@ -144,8 +144,8 @@ def test_bad_entries_go_to_the_dead_letter_stream(redis_client: redis.Redis, red
     settings = make_settings(redis_url, key_prefix)
     layout = KeyLayout.from_settings(settings)
     stream = layout.events(layout.partition_of_client("c1"))
-    redis_client.xadd(stream, {"k": "c1", "t": "0", "e": "{not json"})
-    redis_client.xadd(stream, {"k": "c1", "t": "0", "e": '{"type": "visit", "client_id": "c1"}'})
+    redis_client.xadd(stream, {"k": "c1", "e": "{not json"})
+    redis_client.xadd(stream, {"k": "c1", "e": '{"type": "visit", "client_id": "c1"}'})
     append(redis_client, settings, [{"event_id": "v", "type": "visit", "client_id": "c1",
                                      "event_time": time.time()}])
     registry = CollectorRegistry()
@@ -253,7 +253,7 @@ def test_live_dataflow_fires_timers_on_wall_clock(redis_client: redis.Redis, red
 def first_partition(settings: Settings, registry: CollectorRegistry, *, tick_interval: float
                     ) -> Any:
     """The source's reader of partition 0, in batches of 10, reporting to `registry`."""
-    source = EventStreamSource(lambda: store_factory(settings),
+    source = EventStreamSource(lambda: store_factory(settings), settings.dataflow.partitions,
                                SourceConfig(batch_size=10, tick_interval=tick_interval,
                                             idle_wait=0.01, heartbeat_ttl=5),
                                DataflowMetrics.create(registry))
@@ -265,7 +265,7 @@ def test_lag_is_the_age_of_the_oldest_unread_entry(redis_client: redis.Redis, re
     settings = make_settings(redis_url, key_prefix)
     layout = KeyLayout.from_settings(settings)
     appended = int((time.time() - 30) * 1000)
-    redis_client.xadd(layout.events(0), {"k": "x", "t": "0", "e": "{}"}, id=f"{appended}-0")
+    redis_client.xadd(layout.events(0), {"k": "x", "e": "{}"}, id=f"{appended}-0")
     registry = CollectorRegistry()
     partition = first_partition(settings, registry, tick_interval=0.1)
 
@@ -303,6 +303,30 @@ def test_pending_entries_count_what_is_appended_and_not_yet_read(
     partition.close()
 
 
+def test_under_a_length_cap_applied_entries_are_trimmed_after_a_quarter_of_it_is_read(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """Not ten seconds later: at a low cap and a high rate those would fill the stream, and
+    ingest would refuse events while the stream holds only applied ones."""
+    settings = make_settings(redis_url, key_prefix, dataflow={"partitions": 1})
+    layout = KeyLayout.from_settings(settings)
+    visits = [{"event_id": f"q{n}", "type": "visit", "client_id": f"c{n % 3}",
+               "event_time": RECEIVED - 100 + n} for n in range(40)]
+    append(redis_client, settings, visits[:30])
+    drain(settings)  # applied; kept, as no cap was set and the retention is a day
+    assert redis_client.xlen(layout.events(0)) == 30
+    append(redis_client, settings, visits[30:])
+    source = EventStreamSource(lambda: store_factory(settings), 1,
+                               SourceConfig(batch_size=10, tick_interval=60, idle_wait=0.01,
+                                            heartbeat_ttl=5, max_stream_length=40),
+                               DataflowMetrics.create(CollectorRegistry()))
+    partition = source.build_part("events", "0", None)
+    read = [item for _, item in partition.next_batch() if item[0] == "e"]
+    assert len(read) == 10  # the 10 new entries: a quarter of the cap
+    # the applied ones are gone, but for the last (the trim keeps the position's entry)
+    assert redis_client.xlen(layout.events(0)) == 11
+    partition.close()
+
+
 def test_a_failed_read_is_not_taken_for_the_stream_head(
         redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
     """During an outage the reader knows nothing of the backlog: its ticks must not carry
@@ -312,10 +336,10 @@ def test_a_failed_read_is_not_taken_for_the_stream_head(
     layout = KeyLayout.from_settings(settings)
     appended = int((time.time() - 3 * 3600) * 1000)
     for n in range(3):
-        redis_client.xadd(layout.events(0), {"k": "x", "t": "0", "e": "{}", "n": n + 1},
+        redis_client.xadd(layout.events(0), {"k": "x", "e": "{}", "n": n + 1},
                           id=f"{appended + n}-0")
     registry = CollectorRegistry()
-    source = EventStreamSource(lambda: store_factory(settings),
+    source = EventStreamSource(lambda: store_factory(settings), settings.dataflow.partitions,
                                SourceConfig(batch_size=1, tick_interval=0, idle_wait=0.01,
                                             heartbeat_ttl=5, stop_when_caught_up=True),
                                DataflowMetrics.create(registry))

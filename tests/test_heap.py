@@ -6,6 +6,7 @@ import gc
 import time
 import weakref
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from bench.workload import events
@@ -71,8 +72,8 @@ def test_a_dataflow_leaves_next_to_no_cyclic_garbage_behind_its_freezes(
                 bucket = store.layout.bucket_of(entry.client_key)
                 body = entry.body if n % 50 else b'{"type": "order_placed"}'  # a dead letter
                 batches.setdefault(bucket, []).append(
-                    (EVENT, bucket, f"{int(entry.event_time * 1000)}-{n}", entry.client_key,
-                     body))
+                    (EVENT, bucket, f"{int(orjson.loads(entry.body)['event_time'] * 1000)}-{n}",
+                     entry.client_key, body))
             for bucket, items in batches.items():
                 if bucket not in logics:
                     logics[bucket] = BucketLogic(bucket, store, config, metrics)

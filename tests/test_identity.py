@@ -24,11 +24,12 @@ from features.rules import (
     DAY,
     LOYALTY_STATUS,
     REPLENISHMENT_REMINDER,
+    WELCOME,
     QuietHours,
     TriggerRules,
 )
 from features.state import ClientState, evolve
-from features.triggers import fire_due, next_due
+from features.triggers import ANONYMOUS_WELCOME_WAIT, fire_due, next_due
 from features.values import FEATURES, Context
 from tests.core_events import HOUR, OPEN, RULES, T0, of, only
 
@@ -460,3 +461,42 @@ def test_an_erasure_chain_forgets_every_identity_step_it_appended() -> None:
     assert any(step.event_id.startswith("alias:") for step in appended)  # hand-overs
     assert named == appended
     assert linked_steps(USER, None) == []
+
+
+WELCOME_ONLY = only(RULES, WELCOME)
+
+
+def welcomes(world: World, until: float) -> list[tuple[str, str]]:
+    """Every welcome decided, with the clocks of both keys run on to `until`."""
+    for key in (ANON, USER):
+        state = world.states.get(key)
+        if state is not None:
+            world.states[key], fired = fire_due(key, state, T0 + until, world.rules)
+            world.triggers.extend(fired)
+    return [(t.client_id, t.status) for t in of(world.triggers, WELCOME)]
+
+
+def test_a_visitor_who_registered_anonymously_and_then_as_the_client_is_welcomed_once() -> None:
+    """The site sends the sign-up with the cookie alone, the backend with the user id, in
+    the seconds before the link's answer: one person, one welcome."""
+    world = World(WELCOME_ONLY)
+    world.send(anon(EventType.REGISTERED, 0, "r-anon", traits={"email": "a@example.com"}))
+    assert next_due(world.states[ANON], WELCOME_ONLY) == T0 + ANONYMOUS_WELCOME_WAIT
+    world.send(user(EventType.REGISTERED, 5, "r-user", with_cookie=True))
+    assert welcomes(world, DAY) == [(USER, "sent")]
+
+
+def test_an_anonymous_registration_then_an_identify_welcomes_the_client() -> None:
+    world = World(WELCOME_ONLY)
+    world.send(anon(EventType.REGISTERED, 0, "r-anon", traits={"email": "a@example.com"}))
+    world.send(user(EventType.IDENTIFY, 30, "i1", with_cookie=True))
+    assert welcomes(world, DAY) == [(USER, "sent")]
+    [sent] = of(world.triggers, WELCOME)
+    assert sent.fired_at == T0 + ANONYMOUS_WELCOME_WAIT  # a delayed trigger's due time
+
+
+def test_an_anonymous_registration_never_linked_is_welcomed_after_the_wait() -> None:
+    world = World(WELCOME_ONLY)
+    world.send(anon(EventType.REGISTERED, 0, "r-anon", traits={"email": "a@example.com"}))
+    assert welcomes(world, ANONYMOUS_WELCOME_WAIT - 1) == []
+    assert welcomes(world, DAY) == [(ANON, "sent")]

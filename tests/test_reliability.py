@@ -63,7 +63,8 @@ def test_a_full_backlog_refuses_events_and_drops_none(
         assert 'crmflow_event_stream_length{partition="0"} 40.0' in metrics
         with dataflow_process(write_config(settings, tmp_path / "crmflow.yaml")):
             # the dataflow applies the backlog and, the stream being over half its cap,
-            # trims what it applied at its next trim (every 10 s) without waiting a day
+            # trims what it applied at its next trim (every 10 s, or once a quarter of the
+            # cap was read) without waiting a day
             wait_for(lambda: stream_length(redis_client, layout) < 25, 40,
                      "the applied entries to be trimmed", interval=0.5)
         assert post_events(url, orders("b", 20, t0)).status_code == 200
@@ -180,7 +181,7 @@ def test_the_dataflows_parts_wait_for_a_redis_that_is_not_up_yet(tmp_path: Path,
         built: Any
         if part == "source":
             built = EventStreamSource(
-                lambda: store_factory(settings),
+                lambda: store_factory(settings), settings.dataflow.partitions,
                 SourceConfig(batch_size=10, tick_interval=1, idle_wait=0.1, heartbeat_ttl=5),
                 metrics).build_part("events", "0", None)
         else:

@@ -295,6 +295,16 @@ def test_a_rule_segment_cannot_take_a_built_in_segments_name(name: str) -> None:
         compile_catalog({name: {"rule": "orders_count > 1"}})
 
 
+def test_every_reserved_name_and_other_problem_is_reported_at_once() -> None:
+    raw = {"lifecycle": {"rule": "orders_count > 1"}, "rfm": {"rule": "orders_count > 2"},
+           "broken": {"rule": "orders_count >"}, "fine": {"rule": "orders_count > 3"}}
+    with pytest.raises(RuleError) as caught:
+        compile_catalog(raw)
+    lines = str(caught.value).splitlines()
+    assert [line.strip().split(":")[0] for line in lines] == [
+        "segments.lifecycle", "segments.rfm", "segments.broken.rule"]
+
+
 def test_a_recomputed_fixed_model_leaves_time_driven_rfm_moves_to_their_timers() -> None:
     """In mode fixed, R drops with time on the client's own timer. The model is recomputed
     every period (its population count changes); adopting it ahead of the client's timers
@@ -313,3 +323,16 @@ def test_a_recomputed_fixed_model_leaves_time_driven_rfm_moves_to_their_timers()
     # the timers then move R at its exact time, as without the new model
     timed, _ = fire_due(CLIENT, state, T0 + days(40), recomputed)
     assert dict(timed.segments)["rfm-cell:r4f1"] == math.nextafter(T0 + days(30), math.inf)
+
+
+def test_r_drops_on_time_when_the_latest_order_was_cancelled() -> None:
+    """A cancelled order is not a purchase: R counts from the order before it, and so does
+    the timer that moves R (both from `lifecycle.recency_anchor`)."""
+    model = RfmModel("fixed", T0, 1, fixed=FixedThresholds())
+    rules = replace(RULES, segments=SegmentRules(rfm_model=model, rfm_mode="fixed"))
+    state, _ = run([order(0, "o1", 20.0), order(days(20), "o2", 30.0),
+                    cancel(days(20) + 60, "o2")], rules)
+    assert segments.next_change(state, T0 + days(21), rules.segments) == math.nextafter(
+        T0 + days(30), math.inf)
+    timed, _ = fire_due(CLIENT, state, T0 + days(31), rules)
+    assert "rfm-cell:r4f1" in dict(timed.segments)

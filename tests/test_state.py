@@ -228,6 +228,49 @@ def test_checkout_rearms_cart_timer_base() -> None:
     assert empty.cart_updated_at is None
 
 
+CART_EVENTS = [
+    cart_add(10, ("p1", 1)),
+    cart_add(20, ("p2", 2)),
+    ev(EventType.CHECKOUT_STARTED, 30),
+    cart_add(40, ("p1", 1)),
+    order(50, "o1", 30.0),
+    cart_add(60, ("p3", 1)),
+    ev(EventType.CHECKOUT_STARTED, 70),
+    cart_add(65, ("p4", 1), ("p5", 1)),
+    ev(EventType.CHECKOUT_STARTED, 45),
+]
+CART_FIELDS = ("cart", "cart_updated_at", "cart_since", "cart_changed_at",
+               "checkout_started_at", "cart_closed_at")
+
+
+def cart_fields(state: ClientState) -> dict[str, Any]:
+    return {name: getattr(state, name) for name in CART_FIELDS}
+
+
+def test_a_checkout_before_a_late_add_rearms_the_reminder_as_in_order() -> None:
+    """The checkout found a cart in order; arriving first, it found none, and the add that
+    arrives after it re-arms in its stead."""
+    added, checkout = cart_add(10, ("p1", 1)), ev(EventType.CHECKOUT_STARTED, 50)
+    assert run([checkout, added]).cart_updated_at == run([added, checkout]).cart_updated_at \
+        == T0 + 50
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.permutations(CART_EVENTS))
+def test_the_cart_is_the_same_in_any_arrival_order(events: list[Event]) -> None:
+    in_order = run(sorted(CART_EVENTS, key=lambda e: e.event_time))
+    assert cart_fields(run(events)) == cart_fields(in_order)
+    assert [line.product_id for line in in_order.cart] == ["p3", "p4", "p5"]
+    assert in_order.cart_updated_at == T0 + 70
+
+
+def test_the_cart_bound_keeps_the_latest_lines_whatever_arrived_first() -> None:
+    adds = [cart_add(i, (f"p{i:02d}", 1)) for i in range(1, MAX_CART_LINES + 4)]
+    kept = run(adds).cart
+    assert run(reversed(adds)).cart == kept
+    assert [line.product_id for line in kept][:2] == ["p04", "p05"]
+
+
 # --- orders ---------------------------------------------------------------------------------------
 
 def test_order_clears_the_cart_and_closes_it() -> None:

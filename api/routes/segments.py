@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -125,21 +126,19 @@ CSV_PAGE = 1000
 _FORMULA_STARTS = ("=", "@", "\t", "\r")
 
 
+# A + or - followed by digits and the separators of written phone numbers only: no name a
+# formula could call or reference, so nothing a spreadsheet would run.
+_PHONE_OR_NUMBER = re.compile(r"[+-][0-9 ().-]*[0-9][0-9 ().-]*")
+
+
 def spreadsheet_safe(cell: str) -> str:
     """The cell with a leading apostrophe when a spreadsheet would run it as a formula
-    (`=HYPERLINK(...)` as a client id, OWASP's CSV injection): ids and numbers that start
-    with + or - (phone numbers, negative numbers) are left as they are."""
-    if cell.startswith(_FORMULA_STARTS) or (cell[:1] in ("+", "-") and not _is_number(cell)):
+    (`=HYPERLINK(...)` as a client id, OWASP's CSV injection): ids that start with + or -
+    and hold only a number or a phone number, spaced or not, are left as they are."""
+    if cell.startswith(_FORMULA_STARTS) or (
+            cell[:1] in ("+", "-") and _PHONE_OR_NUMBER.fullmatch(cell) is None):
         return "'" + cell
     return cell
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 @router.get("/{name}/members.csv", response_class=StreamingResponse,
