@@ -180,16 +180,16 @@ def _rejection(resources: Resources, source: str, index: int, item: object,
 
 
 async def _known_previous_user_ids(resources: Resources, items: Sequence[object],
-                                   parsed: list[tuple[int, Event]]) -> set[int]:
-    """The indexes of the alias messages whose previousId, taken for an anonymous id, is
-    the user id of a known client (features/segment.py `previous_user_id`): one read of
-    those ids, only when the request holds such messages."""
+                                   parsed: list[tuple[int, Event]]) -> dict[int, str]:
+    """The alias messages whose previousId, taken for an anonymous id, is the user id of a
+    known client (features/segment.py `previous_user_id`), by index, with that id: one
+    read of those ids, only when the request holds such messages."""
     wanted = {index: previous for index, _ in parsed
               if (previous := previous_user_id(items[index])) is not None}
     if not wanted:
-        return set()
+        return {}
     known = await resources.profiles.states(sorted(set(wanted.values())))
-    return {index for index, previous in wanted.items() if previous in known}
+    return {index: previous for index, previous in wanted.items() if previous in known}
 
 
 async def _ingest(items: Sequence[object], *, parser: Parser, source: str, single: bool,
@@ -209,8 +209,9 @@ async def _ingest(items: Sequence[object], *, parser: Parser, source: str, singl
         if source == "segment":
             refused = await _known_previous_user_ids(resources, items, parsed)
             if refused:
-                rejected += [_rejection(resources, source, index, items[index], known_user_error(
-                    str(previous_user_id(items[index])))) for index in refused]
+                rejected += [_rejection(resources, source, index, items[index],
+                                        known_user_error(previous))
+                             for index, previous in refused.items()]
                 rejected.sort(key=lambda entry: int(entry["index"]))
                 events = [event for index, event in parsed if index not in refused]
         stored = await resources.event_log.append(events, lengths)
