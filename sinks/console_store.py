@@ -129,10 +129,16 @@ async def lookup(client: aioredis.Redis, layout: KeyLayout, prefixes: Sequence[s
     return Found(ordered, complete=keep is None or not starts)
 
 
-async def timeline(client: aioredis.Redis, layout: KeyLayout, client_key: str
-                   ) -> list[TimelineEntry]:
-    raw = await client.hget(layout.timeline(layout.bucket_of(client_key)), client_key)
-    return parse_timeline(cast(bytes, raw).decode()) if raw is not None else []
+async def timelines(client: aioredis.Redis, layout: KeyLayout, client_keys: Sequence[str]
+                    ) -> list[list[TimelineEntry]]:
+    """Each client's timeline, newest first, in one round trip (a client merged away
+    keeps the lines from before its merge: its client's card reads them with its own)."""
+    async with client.pipeline(transaction=False) as pipe:
+        for key in client_keys:
+            pipe.hget(layout.timeline(layout.bucket_of(key)), key)
+        raws = await pipe.execute()
+    return [parse_timeline(cast(bytes, raw).decode()) if raw is not None else []
+            for raw in raws]
 
 
 async def points(client: aioredis.Redis, layout: KeyLayout) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -35,14 +36,19 @@ class ProfileStore:
         return {key: decode_state(cast(bytes, raw))
                 for key, raw in zip(client_keys, raws, strict=True) if raw is not None}
 
-    async def touches(self, client_key: str, limit: int) -> list[dict[str, Any]] | None:
-        """The client's touches, newest first; None when the client is unknown."""
+    async def touches(self, client_key: str, limit: int, aliases: Sequence[str] = ()
+                      ) -> list[dict[str, Any]] | None:
+        """The touches of the client and of the anonymous ids merged into it (`aliases`:
+        what each decided before its merge stays in its own ledger), newest first; None
+        when the client is unknown. Each touch names the id it was recorded for."""
+        ledgers = (client_key, *aliases)
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.hexists(self._layout.state(self._layout.bucket_of(client_key)), client_key)
-            pipe.hgetall(self._layout.ledger(client_key))
-            known, entries = await pipe.execute()
-        if not known and not entries:
+            for key in ledgers:
+                pipe.hgetall(self._layout.ledger(key))
+            known, *entries = await pipe.execute()
+        if not known and not entries[0]:
             return None
-        touches = [json.loads(value) for value in entries.values()]
+        touches = [json.loads(value) for ledger in entries for value in ledger.values()]
         touches.sort(key=lambda t: (t["fired_at"], t["trigger_id"]), reverse=True)
         return touches[:limit]

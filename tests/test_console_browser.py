@@ -276,6 +276,32 @@ def test_a_manual_touch_recorded_in_the_form_shows_on_the_timeline_and_in_the_ap
     assert console.errors == []
 
 
+def test_a_merged_cookies_events_show_on_the_clients_card_marked_as_its(
+        console: Console, crmflow: Crmflow) -> None:
+    tag = uuid.uuid4().hex[:8]
+    cookie, client_id, now = f"ck-{tag}", f"merged-{tag}", time.time()
+    response = post_events(crmflow.url, [
+        {"event_id": f"{tag}-view", "type": "product_view", "anonymous_id": cookie,
+         "event_time": now - 60, "products": [{"product_id": "85123A"}]},
+        {"event_id": f"{tag}-identify", "type": "identify", "client_id": client_id,
+         "anonymous_id": cookie, "event_time": now - 30}])
+    assert response.status_code == 200 and not response.json()["rejected"], response.text
+
+    def merged() -> bool:
+        answer = httpx.get(f"{crmflow.url}/v1/profiles/{client_id}", timeout=10,
+                           headers={"Authorization": f"Bearer {READ_KEY}"})
+        return answer.status_code == 200 and answer.json()["aliases"] == [f"anon:{cookie}"]
+
+    wait_for(merged, 60, "the dataflow merged the cookie into the client")
+    card = console.open(f"/client/{client_id}", "client")
+    marked = card.locator("[data-testid=timeline-entry]",
+                          has=console.page.locator("[data-testid=timeline-alias]"))
+    assert marked.count() == 1
+    assert "product_view" in marked.inner_text() and f"as anon:{cookie}" in marked.inner_text()
+    console.shot("client-merged-cookie")
+    assert console.errors == []
+
+
 def test_search_by_email_opens_the_card(console: Console, crmflow: Crmflow) -> None:
     client_id = next(iter(crmflow.points))
     page = console.open("/client", "client")

@@ -178,6 +178,12 @@ def test_an_anonymous_history_joins_the_registered_client(
         own = httpx.get(f"{url}/v1/profiles/{USER}/timeline", headers=read_headers(),
                         timeout=10).json()
         assert "requested_id" not in own and own["entries"] == timeline["entries"]
+        # the cookie's events from before the merge are on the client's card, marked as its
+        assert [(e["kind"], e["type"], e.get("alias")) for e in own["entries"]] == [
+            ("event", "registered", None), ("touch", "welcome", None),
+            ("event", "identify", None),
+            ("event", "cart_add", ANON), ("event", "product_view", ANON),
+            ("event", "product_view", ANON), ("event", "visit", ANON)]
         # the cookie's own record is a tombstone: no memberships of its own
         members = httpx.get(f"{url}/v1/segments/lifecycle:prospect/members",
                             headers=read_headers(), timeout=10).json()["members"]

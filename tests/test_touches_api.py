@@ -207,3 +207,28 @@ def test_a_merged_anonymous_id_reads_and_records_the_clients_touches(
     assert merged.json()["touches"] == by_client
     unknown = httpx.get(f"{api}/v1/profiles/anon:nobody/touches", headers=read_headers())
     assert unknown.status_code == 404
+
+
+def test_a_cookies_touches_from_before_its_merge_are_on_the_clients_card(
+        api: str, settings: Settings) -> None:
+    now = time.time()
+    assert post_events(api, [
+        {"event_id": "v2", "type": "product_view", "anonymous_id": "u2",
+         "event_time": now - 300, "products": [{"product_id": "p1"}]}]).status_code == 200
+    drain(settings)
+    chat = post_touch(api, "anon:u2", {"occasion": "chat_help", "status": "done",
+                                       "touched_at": now - 200})
+    assert chat.status_code == 202 and chat.json()["client_id"] == "anon:u2"
+    drain(settings)
+    assert post_events(api, [
+        {"event_id": "i2", "type": "identify", "client_id": "c4", "anonymous_id": "u2",
+         "event_time": now - 100}]).status_code == 200
+    for _ in range(3):  # the link request, then the merge, are the dataflow's own entries
+        drain(settings)
+    listed = touches(api, "c4")
+    assert [(t["type"], t["client_id"]) for t in listed] == [("chat_help", "anon:u2")]
+    assert touches(api, "anon:u2") == listed
+    timeline = httpx.get(f"{api}/v1/profiles/c4/timeline", headers=read_headers()).json()
+    assert [(e["kind"], e["type"], e.get("alias")) for e in timeline["entries"]] == [
+        ("event", "identify", None), ("touch", "chat_help", "anon:u2"),
+        ("event", "product_view", "anon:u2")]

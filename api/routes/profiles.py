@@ -36,11 +36,13 @@ SUBRESOURCES = ("/touches", "/segments", "/timeline")
 @router.get("/{client_id:path}/touches", response_class=FastJSONResponse)
 async def get_touches(client_id: str, resources: ReadAccess, grant: Grant,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> FastJSONResponse:
-    """The client's touch ledger, newest first: trigger decisions and manual touches. An
-    anonymous id merged into a client answers that client's ledger (`requested_id` is the
-    id asked for), as the profile does."""
+    """The client's touch ledger, newest first: trigger decisions and manual touches,
+    with those of the anonymous ids merged into it (each touch's `client_id` is the id it
+    was decided for). An anonymous id merged into a client answers that client's ledger
+    (`requested_id` is the id asked for), as the profile does."""
     found = await resolve(resources, client_id, grant)
-    touches = None if found is None else await resources.profiles.touches(found[0], limit)
+    touches = None if found is None else await resources.profiles.touches(
+        found[0], limit, found[1].aliases)
     if found is None or touches is None:
         raise _not_found(resources, "/v1/profiles/{client_id}/touches", client_id)
     return FastJSONResponse(_answered_as(client_id, {"client_id": found[0],
@@ -59,29 +61,40 @@ def _answered_as(requested: str, body: dict[str, Any]) -> dict[str, Any]:
 async def get_timeline(client_id: str, resources: ReadAccess, grant: Grant,
                        limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> FastJSONResponse:
     """The client's recent events (the last `console.timeline_events`) and touches (trigger
-    decisions and manual touches) in one list, newest first."""
+    decisions and manual touches) in one list, newest first, with those of the anonymous
+    ids merged into it: an entry recorded under one of them names it in `alias`."""
     found = await resolve(resources, client_id, grant)
     if found is None:
         raise _not_found(resources, "/v1/profiles/{client_id}/timeline", client_id)
-    key, _ = found
-    store = resources.profiles
-    touches = await store.touches(key, limit) or []
-    entries: list[tuple[float, int, dict[str, Any]]] = [
-        (entry.at, 0, {"kind": "event", "at": format_time(entry.at), "type": entry.type,
-                       "summary": entry.summary})
-        for entry in await console_store.timeline(resources.redis, resources.layout, key)]
+    key, state = found
+    touches = await resources.profiles.touches(key, limit, state.aliases) or []
+    recorded_for = (key, *state.aliases)
+    entries: list[tuple[float, int, dict[str, Any]]] = []
+    for owner, lines in zip(recorded_for, await console_store.timelines(
+            resources.redis, resources.layout, recorded_for), strict=True):
+        entries.extend((entry.at, 0, _recorded_for(owner, key, {
+            "kind": "event", "at": format_time(entry.at), "type": entry.type,
+            "summary": entry.summary})) for entry in lines)
     for touch in touches:
         at = touch.get("decided_at") or touch["fired_at"]
         payload = touch.get("payload") or {}
-        entries.append((parse_time(at, "decided_at"), 1, {
-            "kind": "touch", "at": at, "type": touch["type"], "status": touch["status"],
-            "reason": touch.get("reason"), "channel": touch.get("channel"),
-            "source": "manual" if touch.get("source") == "manual" else "auto",
-            "author": payload.get("author"), "comment": payload.get("comment"),
-            "trigger_id": touch["trigger_id"], "key": touch.get("key", "")}))
+        entries.append((parse_time(at, "decided_at"), 1, _recorded_for(
+            touch.get("client_id", key), key, {
+                "kind": "touch", "at": at, "type": touch["type"], "status": touch["status"],
+                "reason": touch.get("reason"), "channel": touch.get("channel"),
+                "source": "manual" if touch.get("source") == "manual" else "auto",
+                "author": payload.get("author"), "comment": payload.get("comment"),
+                "trigger_id": touch["trigger_id"], "key": touch.get("key", "")})))
     entries.sort(key=lambda item: (item[0], item[1]), reverse=True)
     return FastJSONResponse(_answered_as(client_id, {
         "client_id": key, "entries": [entry for _, _, entry in entries[:limit]]}))
+
+
+def _recorded_for(owner: str, client_key: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """`entry`, naming the alias it was recorded under when that is not the client."""
+    if owner != client_key:
+        entry["alias"] = owner
+    return entry
 
 
 PROFILE_ROUTE = "/v1/profiles/{client_id}"

@@ -1287,6 +1287,8 @@
     });
     const main = h("div", { class: "tl-main" },
       h("span", { class: "tl-type" }, e.type == null ? "?" : String(e.type)));
+    if (e.alias) add(main, " ", h("span", { class: "tl-alias muted", testid: "timeline-alias",
+      title: "Recorded under this anonymous id, before it was merged into the client" }, `as ${e.alias}`));
     if (kind === "touch") {
       const status = e.status == null ? "?" : String(e.status);
       add(main, " ", badge(status, `status-${status.replace(/[^a-z0-9_-]/gi, "")}`),
