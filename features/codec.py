@@ -45,7 +45,7 @@ from features.state import (
 )
 from features.stored_schedule import StoredSchedule
 
-FORMAT_VERSION = 9
+FORMAT_VERSION = 10
 
 # Marks are stored by number: append only, never reorder (a name not listed is kept as
 # text). Whole-number values (flags, counts, whole-second times) are stored as integers.
@@ -161,7 +161,11 @@ def decode_state(data: bytes) -> ClientState:
     if before_v8:
         row = [8, *row[1:], []]  # v8 added bought (the latest order's products)
     if isinstance(row, list) and row and row[0] == 8:
-        row = [FORMAT_VERSION, *row[1:], []]  # v9 added held (live events held back)
+        row = [9, *row[1:], []]  # v9 added held (live events held back)
+    if isinstance(row, list) and len(row) > 20 and row[0] == 9:
+        # v10 gave favourites their times; the ones before keep their order, oldest first
+        row = [FORMAT_VERSION, *row[1:20], [[pid, float(n)] for n, pid in enumerate(row[20])],
+               *row[21:]]
     if not isinstance(row, list) or not row or row[0] != FORMAT_VERSION:
         found = row[:1] if isinstance(row, list) else type(row).__name__
         raise StateFormatError(f"unknown client state format: {found}")
@@ -183,7 +187,7 @@ def decode_state(data: bytes) -> ClientState:
         cart_since=cart_since, cart_reminded=cart_reminded, cart_closed_at=cart_closed_at,
         viewed=tuple(map(tuple, viewed)), browse_since=browse_since,
         last_view_at=last_view_at, browse_closed_at=browse_closed_at,
-        favourites=tuple(favourites), orders=tuple(starmap(OrderRecord, orders)),
+        favourites=tuple(map(tuple, favourites)), orders=tuple(starmap(OrderRecord, orders)),
         orders_count=orders_count, monetary_total=monetary_total,
         first_order_at=first_order_at, last_order_at=last_order_at,
         checkout_started_at=checkout_started_at, support_requests=support_requests,

@@ -61,11 +61,13 @@ from features.state import (
     OrderRecord,
     PendingTrigger,
     browse_gate,
+    by_time_then_product,
     capped_traits,
     event_fingerprint,
     evolve,
     first_view_after,
     in_time_order,
+    line_order,
     return_order,
 )
 from features.triggers import (
@@ -318,15 +320,12 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
     # the outcome would hang on whether the link came before or after the order)
     closed = max(t.cart_closed_at, s.cart_closed_at)
     cart_lines = tuple(sorted((line for line in cart.values() if line.added_at > closed),
-                              key=lambda c: c.added_at))[-MAX_CART_LINES:]
+                              key=line_order))[-MAX_CART_LINES:]
     open_sides = [x for x in (t, s) if any(line.added_at > closed for line in x.cart)]
     # a side's reminder stays decided while its cart episode is intact
     reminded = max((x.cart_reminded for x in open_sides
                     if all(line.added_at > closed for line in x.cart)), default=0.0)
-    viewed = {pid: at for pid, at in s.viewed}
-    for pid, seen in t.viewed:
-        viewed[pid] = max(seen, viewed.get(pid, seen))
-    viewed_items = tuple(sorted(viewed.items(), key=lambda v: (v[1], v[0])))[-MAX_VIEWED:]
+    viewed_items = _merge_latest(t.viewed, s.viewed, MAX_VIEWED)
     browse_closed = max(t.browse_closed_at, s.browse_closed_at)
     # views up to either side's latest browse reminder are decided, as in one profile
     gate = max(browse_gate(t), browse_gate(s))
@@ -361,7 +360,7 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         last_view_at=_latest(t.last_view_at, s.last_view_at),
         browse_closed_at=browse_closed,
         bought=_merge_bought(t, s),
-        favourites=tuple(dict.fromkeys((*s.favourites, *t.favourites)))[-MAX_FAVOURITES:],
+        favourites=_merge_latest(t.favourites, s.favourites, MAX_FAVOURITES),
         orders=orders,
         orders_count=orders_count,
         monetary_total=money,
@@ -393,6 +392,16 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         engagement_at=_latest(t.engagement_at, s.engagement_at),
         aliases=tuple(dict.fromkeys((*t.aliases, alias, *s.aliases)))[-MAX_ALIASES:],
     )
+
+
+def _merge_latest(a: tuple[tuple[str, float], ...], b: tuple[tuple[str, float], ...],
+                  bound: int) -> tuple[tuple[str, float], ...]:
+    """(product, time) pairs of both sides, each product at its latest time, as one
+    profile keeps them (`state.by_time_then_product`)."""
+    latest = dict(b)
+    for pid, at in a:
+        latest[pid] = max(at, latest.get(pid, at))
+    return tuple(sorted(latest.items(), key=by_time_then_product))[-bound:]
 
 
 def _merge_bought(t: ClientState, s: ClientState) -> tuple[str, ...]:

@@ -39,7 +39,7 @@ def product_lists(state: ClientState) -> dict[str, list[str]]:
     """The product-id lists a profile holds beside the feature table (newest view first)."""
     return {"cart_products": [line.product_id for line in state.cart],
             "recently_viewed": [pid for pid, _ in reversed(state.viewed)],
-            "favourites": list(state.favourites)}
+            "favourites": [pid for pid, _ in state.favourites]}
 
 
 def profile_row(client_key: str, state: ClientState, now: float, rules: SegmentRules

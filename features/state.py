@@ -175,7 +175,10 @@ class ClientState:
     last_view_at: float | None = None
     browse_closed_at: float = 0.0  # last cart add or order: views before it are no browse
     bought: tuple[str, ...] = ()  # products of the latest order (at cart_closed_at), sorted
-    favourites: tuple[str, ...] = ()
+    # (product_id, time it was last favourited), oldest first; each time is an event time,
+    # so the bound drops the same one in any arrival order (states from before format 10
+    # knew no times: their favourites read as favourited at 0, 1, 2... seconds, in order)
+    favourites: tuple[tuple[str, float], ...] = ()
     orders: tuple[OrderRecord, ...] = ()  # newest last
     orders_count: int = 0  # orders placed and not cancelled, all time
     monetary_total: float = 0.0  # money received net of cancellations and refunds
@@ -226,7 +229,8 @@ class ClientState:
                  viewed: tuple[tuple[str, float], ...] = (), browse_since: float | None = None,
                  last_view_at: float | None = None, browse_closed_at: float = 0.0,
                  bought: tuple[str, ...] = (),
-                 favourites: tuple[str, ...] = (), orders: tuple[OrderRecord, ...] = (),
+                 favourites: tuple[tuple[str, float], ...] = (),
+                 orders: tuple[OrderRecord, ...] = (),
                  orders_count: int = 0, monetary_total: float = 0.0,
                  first_order_at: float | None = None, last_order_at: float | None = None,
                  checkout_started_at: float | None = None, support_requests: int = 0,
@@ -554,16 +558,9 @@ def _registered(state: ClientState, event: Event) -> Changes:
 
 def _product_view(state: ClientState, event: Event) -> Changes:
     t = event.event_time
-    ids = dict.fromkeys(p.product_id for p in event.products)
-    latest = {pid: at for pid, at in state.viewed if pid in ids}  # a late view keeps the newest
-    viewed = [(pid, at) for pid, at in state.viewed if pid not in ids]
-    viewed.extend((pid, max(t, latest.get(pid, t))) for pid in ids)
-    # ties by product id, not by arrival: which one a bound drops, or a reminder names first,
-    # must not depend on the order in which views of the same instant arrived
-    viewed.sort(key=lambda item: (item[1], item[0]))
     newest = max(state.updated_at, t)
     changes: Changes = {
-        "viewed": tuple(viewed[-MAX_VIEWED:]),
+        "viewed": _touched_at(state.viewed, event.products, t, MAX_VIEWED),
         "view_hours": windows.add(state.view_hours, t, newest, HOUR, VIEW_HOURS),
         "view_days": windows.add(state.view_days, t, newest, DAY, VIEW_DAYS),
         "interests": _touch_interests(state.interests, event.products, t, "viewed_at"),
@@ -575,9 +572,25 @@ def _product_view(state: ClientState, event: Event) -> Changes:
 
 
 def _favourite_add(state: ClientState, event: Event) -> Changes:
-    added = [p.product_id for p in event.products]
-    kept = [pid for pid in state.favourites if pid not in added]
-    return {"favourites": tuple((kept + added)[-MAX_FAVOURITES:])}
+    return {"favourites": _touched_at(state.favourites, event.products, event.event_time,
+                                      MAX_FAVOURITES)}
+
+
+def _touched_at(items: tuple[tuple[str, float], ...], products: tuple[Product, ...], t: float,
+                bound: int) -> tuple[tuple[str, float], ...]:
+    """(product, latest time) pairs with `products` touched at `t`, oldest first, the newest
+    `bound` kept. A late event keeps a product's newer time; ties go by product id, not by
+    arrival: which one a bound drops, or a reminder names first, must not depend on the
+    order in which events of the same instant arrived."""
+    ids = dict.fromkeys(p.product_id for p in products)
+    latest = {pid: at for pid, at in items if pid in ids}
+    touched = [(pid, at) for pid, at in items if pid not in ids]
+    touched.extend((pid, max(t, latest.get(pid, t))) for pid in ids)
+    return tuple(sorted(touched, key=by_time_then_product)[-bound:])
+
+
+def by_time_then_product(item: tuple[str, float]) -> tuple[float, str]:
+    return item[1], item[0]
 
 
 def _cart_change(state: ClientState, event: Event) -> Changes:
@@ -607,7 +620,7 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
             else:
                 del cart[product.product_id]
     # in time order, ties by product: which line the bound drops must not hang on arrival
-    lines = tuple(sorted(cart.values(), key=_line_order))[-MAX_CART_LINES:]
+    lines = tuple(sorted(cart.values(), key=line_order))[-MAX_CART_LINES:]
     changes["cart"] = lines
     changes["cart_changed_at"] = _later(state.cart_changed_at, t)
     changes["cart_updated_at"] = _rearmed(state, _later(state.cart_updated_at, t))
@@ -645,7 +658,9 @@ def first_view_after(viewed: tuple[tuple[str, float], ...], t: float) -> float |
     return min((at for _, at in viewed if at > t), default=None)
 
 
-def _line_order(line: CartLine) -> tuple[float, str]:
+def line_order(line: CartLine) -> tuple[float, str]:
+    """Cart lines in time order, ties by product: so the bound drops the same lines, and a
+    merged cart reads the same, whatever order the adds arrived in."""
     return line.added_at, line.product_id
 
 

@@ -147,7 +147,7 @@ def every_field_set() -> ClientState:
         cart_updated_at=2.0, cart_since=1.75, cart_reminded=2.125, cart_closed_at=0.5,
         viewed=(("p2", 1.5),), browse_since=1.5, last_view_at=1.5, browse_closed_at=0.75,
         bought=("p4",),
-        favourites=("p3",), orders=(OrderRecord("o1", 1.0, 9.5),), orders_count=1,
+        favourites=(("p3", 1.5),), orders=(OrderRecord("o1", 1.0, 9.5),), orders_count=1,
         monetary_total=9.5, first_order_at=1.0, last_order_at=1.0, checkout_started_at=0.875,
         support_requests=1, last_support_at=1.125, nps_score=9, nps_at=1.375,
         channel_engagement=(("email", 2),), recent_event_ids=(7, 8),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import MISSING, fields, replace
+from typing import Any
 
 import msgpack
 import pytest
@@ -29,7 +30,7 @@ def test_round_trip_of_every_new_field() -> None:
     data = encode_state(FULL)
     assert decode_state(data) == FULL
     assert encode_state(decode_state(data)) == data
-    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 9
+    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 10
 
 
 def test_every_field_survives_the_round_trip() -> None:
@@ -54,16 +55,33 @@ def test_version_7_records_read_with_no_products_bought() -> None:
     assert decode_state(old) == replace(state, bought=())
 
 
+FAVOURITES = 20  # the row's position of the favourites
+
+
+def _as_version_9(state: ClientState) -> list[Any]:
+    """The state's row as version 9 wrote it: favourites as product ids, oldest first."""
+    row: list[Any] = msgpack.unpackb(encode_state(state), strict_map_key=False)
+    row[0] = 9
+    row[FAVOURITES] = [pid for pid, _ in row[FAVOURITES]]
+    return row
+
+
+def test_version_9_favourites_keep_their_order_with_times_before_any_event() -> None:
+    state = replace(every_field_set(), favourites=(("p7", 1.5), ("p3", 2.0), ("p5", 2.0)))
+    old = msgpack.packb(_as_version_9(state), use_bin_type=True)
+    decoded = decode_state(old)
+    assert decoded == replace(state, favourites=(("p7", 0.0), ("p3", 1.0), ("p5", 2.0)))
+    assert decode_state(encode_state(decoded)) == decoded
+
+
 def test_version_8_records_read_with_no_events_held() -> None:
     state = every_field_set()
-    row = msgpack.unpackb(encode_state(state), strict_map_key=False)
-    old = msgpack.packb([8, *row[1:-1]], use_bin_type=True)
-    assert decode_state(old) == replace(state, held=())
+    old = msgpack.packb([8, *_as_version_9(state)[1:-1]], use_bin_type=True)
+    assert decode_state(old) == replace(state, held=(), favourites=(("p3", 0.0),))
 
 
 def _as_version_7(state: ClientState) -> bytes:
-    row = msgpack.unpackb(encode_state(state), strict_map_key=False)
-    return msgpack.packb([7, *row[1:-2]], use_bin_type=True)
+    return msgpack.packb([7, *_as_version_9(state)[1:-2]], use_bin_type=True)
 
 
 BROWSE_DUE = 1_700_007_200.0

@@ -145,6 +145,35 @@ def test_merge_adds_counts_and_keeps_the_clients_own_traits() -> None:
     assert merged.first_seen_at == T0
 
 
+def test_a_merged_cart_orders_lines_added_at_one_instant_by_product_whichever_side_held_them(
+        ) -> None:
+    """As one profile's cart does (`state.line_order`): the merged cart, and what its bound
+    keeps, do not hang on which side saw which add."""
+    carts = []
+    for cookie_products, client_products in ((("p2", "p4"), ("p1", "p3")),
+                                             (("p1", "p3"), ("p2", "p4"))):
+        world = World()
+        for n, pid in enumerate(cookie_products):
+            world.send(anon(EventType.CART_ADD, 0, f"a{n}", products=shoes(pid)))
+        for n, pid in enumerate(client_products):
+            world.send(user(EventType.CART_ADD, 0, f"b{n}", products=shoes(pid)))
+        world.send(user(EventType.IDENTIFY, 1, "i1", with_cookie=True))
+        merged = world.states[USER]
+        assert merged is not None and merged.aliases == (ANON,)
+        carts.append([line.product_id for line in merged.cart])
+    assert carts == [["p1", "p2", "p3", "p4"]] * 2
+
+
+def test_merged_favourites_keep_each_products_latest_time_in_time_order() -> None:
+    world = World()
+    world.send(anon(EventType.FAVOURITE_ADD, 5, "f1", products=shoes("p1")))
+    world.send(user(EventType.FAVOURITE_ADD, 3, "f2", products=shoes("p1")))
+    world.send(user(EventType.FAVOURITE_ADD, 4, "f3", products=shoes("p2")))
+    world.send(user(EventType.IDENTIFY, 6, "i1", with_cookie=True))
+    merged = world.states[USER]
+    assert merged is not None and merged.favourites == (("p2", T0 + 4), ("p1", T0 + 5))
+
+
 def test_ids_at_the_length_limit_still_link_and_merge() -> None:
     """An anonymous id and a client id each as long as ingest allows: the identity steps
     derived from both must still be valid events (they were dead-lettered as too long)."""

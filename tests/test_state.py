@@ -463,12 +463,30 @@ def test_cart_add_and_order_close_the_browse_episode() -> None:
     assert ordered.browse_closed_at == T0 + 30
 
 
-def test_favourites_move_to_the_end_without_duplicates() -> None:
-    def fav(t: float, *pids: str) -> Event:
-        return ev(EventType.FAVOURITE_ADD, t, products=tuple(Product(p) for p in pids))
+def fav(t: float, *pids: str) -> Event:
+    return ev(EventType.FAVOURITE_ADD, t, products=tuple(Product(p) for p in pids))
 
+
+def test_favourites_move_to_the_end_without_duplicates() -> None:
     state = run([fav(1, "a", "b"), fav(2, "c"), fav(3, "a")])
-    assert state.favourites == ("b", "c", "a")
+    assert state.favourites == (("b", T0 + 1), ("c", T0 + 2), ("a", T0 + 3))
+
+
+# more than the bound, a product favourited twice, two at one instant
+FAVOURITE_EVENTS = [fav(i, f"f{i:02d}") for i in range(MAX_FAVOURITES - 2)] + [
+    fav(30, "f03"), fav(31, "z", "y"), fav(32, "x"), fav(2, "f40")]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.permutations(FAVOURITE_EVENTS))
+def test_favourites_are_the_same_in_any_arrival_order(events: list[Event]) -> None:
+    """A late favourite used to go to the newest end, and the bound then dropped a newer
+    one in its stead."""
+    in_order = run(sorted(FAVOURITE_EVENTS, key=lambda e: e.event_time))
+    assert run(events).favourites == in_order.favourites
+    kept = [pid for pid, _ in in_order.favourites]
+    assert len(kept) == MAX_FAVOURITES and kept[:2] == ["f02", "f40"]
+    assert kept[-4:] == ["f03", "y", "z", "x"]
 
 
 def test_support_requests() -> None:
@@ -518,7 +536,7 @@ def test_favourites_bounded() -> None:
     state = run([ev(EventType.FAVOURITE_ADD, i, products=(Product(f"p{i}"),))
                  for i in range(MAX_FAVOURITES + 3)])
     assert len(state.favourites) == MAX_FAVOURITES
-    assert state.favourites[-1] == f"p{MAX_FAVOURITES + 2}"
+    assert state.favourites[-1] == (f"p{MAX_FAVOURITES + 2}", T0 + MAX_FAVOURITES + 2)
 
 
 def test_orders_bounded_newest_kept_counts_all() -> None:
