@@ -45,7 +45,7 @@ from features.state import (
 )
 from features.stored_schedule import StoredSchedule
 
-FORMAT_VERSION = 10
+FORMAT_VERSION = 11
 
 # Marks are stored by number: append only, never reorder (a name not listed is kept as
 # text). Whole-number values (flags, counts, whole-second times) are stored as integers.
@@ -110,7 +110,7 @@ def encode_state(state: ClientState) -> bytes:
         _time(state.orders_updated_at), _time(state.cart_changed_at), _time(state.engagement_at),
         [[name, _time(at)] for name, at in state.segments], _time(state.segments_at),
         state.aliases, state.merged_into, _time(state.history_until), state.bought,
-        [event_to_dict(e) for e in state.held],
+        [event_to_dict(e) for e in state.held], state.links_lost,
     ]
     return msgpack.packb(row, use_bin_type=True)
 
@@ -164,8 +164,9 @@ def decode_state(data: bytes) -> ClientState:
         row = [9, *row[1:], []]  # v9 added held (live events held back)
     if isinstance(row, list) and len(row) > 20 and row[0] == 9:
         # v10 gave favourites their times; the ones before keep their order, oldest first
-        row = [FORMAT_VERSION, *row[1:20], [[pid, float(n)] for n, pid in enumerate(row[20])],
-               *row[21:]]
+        row = [10, *row[1:20], [[pid, float(n)] for n, pid in enumerate(row[20])], *row[21:]]
+    if isinstance(row, list) and row and row[0] == 10:
+        row = [FORMAT_VERSION, *row[1:], []]  # v11 added links_lost (tombstones)
     if not isinstance(row, list) or not row or row[0] != FORMAT_VERSION:
         found = row[:1] if isinstance(row, list) else type(row).__name__
         raise StateFormatError(f"unknown client state format: {found}")
@@ -177,7 +178,7 @@ def decode_state(data: bytes) -> ClientState:
      channel_engagement, recent_event_ids, categories, marks, loyalty_tier, pending, sends,
      decided, early_returns, touched, visit_days, view_hours, view_days, interests,
      orders_updated_at, cart_changed_at, engagement_at, segments, segments_at, aliases,
-     merged_into, history_until, bought, held) = row
+     merged_into, history_until, bought, held, links_lost) = row
     state = ClientState(
         first_seen_at=first_seen_at, last_seen_at=last_seen_at, updated_at=updated_at,
         last_received_at=last_received_at,
@@ -209,7 +210,7 @@ def decode_state(data: bytes) -> ClientState:
         segments=tuple((name, float(at)) for name, at in segments),
         segments_at=float(segments_at), aliases=tuple(aliases), merged_into=merged_into,
         history_until=float(history_until), bought=tuple(bought),
-        held=tuple(parse_event(e) for e in held),
+        held=tuple(parse_event(e) for e in held), links_lost=tuple(links_lost),
     )
     return _browse_mark_of_v7(state) if before_v8 else state
 

@@ -49,6 +49,7 @@ from features.state import (
     MAX_EARLY_RETURNS,
     MAX_FAVOURITES,
     MAX_INTERESTS,
+    MAX_LOST_LINKS,
     MAX_ORDERS,
     MAX_PENDING,
     MAX_RECENT_EVENT_IDS,
@@ -105,7 +106,7 @@ def handle(client_key: str, state: ClientState | None, event: Event, rules: Trig
         return _keep_handed_over(client_key, state, event)
     if state is not None and state.merged_into is not None:
         if event.type is EventType.IDENTITY_LINKED:
-            return Outcome(state)  # the first link won
+            return Outcome(_link_lost(state, event))  # the first link won
         return Outcome(state, emitted=[forwarded(event, state.merged_into)])
     if event.type is EventType.IDENTITY_LINKED:
         return _merge_away(client_key, state, event, rules)
@@ -161,21 +162,24 @@ class Step:
 
 def linked_steps(client_key: str, state: ClientState | None) -> list[Step]:
     """The identity steps that joined anonymous ids to the client, or (a tombstone) this
-    anonymous id to its client, and handed it the aliases it keeps: what an erasure of
-    `client_key` forgets, so that a later sign-in links and merges again within the
-    de-duplication window. Their ids follow from the two keys alone, as when appended."""
+    anonymous id to its client, handed it the aliases it keeps, and asked for the links
+    that lost to it: what an erasure of `client_key` forgets, so that a later sign-in links
+    and merges again within the de-duplication window. Their ids follow from the two keys
+    alone, as when appended."""
     if state is None:
         return []
     if state.merged_into is None:
         pairs = [(alias, client_key) for alias in state.aliases]
-        handed: list[Step] = []
+        others: list[Step] = []
     else:
         pairs = [(client_key, state.merged_into)]
-        handed = [Step(client_key, step_id("alias", dropped, client_key), False)
+        others = [Step(client_key, step_id("alias", dropped, client_key), False)
                   for dropped in state.aliases]
+        others += [Step(client_key, step_id("link", client_key, lost), True)
+                   for lost in state.links_lost]
     return [step for alias, target in pairs
             for step in (Step(alias, step_id("link", alias, target), True),
-                         Step(target, step_id("merge", alias, target), False))] + handed
+                         Step(target, step_id("merge", alias, target), False))] + others
 
 
 DIRECT = "direct"  # property of an erasure asked for by this very id (api/routes/erasure.py)
@@ -196,6 +200,18 @@ def refuses_erasure(state: ClientState | None, event: Event) -> bool:
 def forwarded(event: Event, client_key: str) -> Event:
     """The event as the client it now belongs to receives it (same id: deduplicated there)."""
     return replace(event, client_id=client_key)
+
+
+def _link_lost(tombstone: ClientState, event: Event) -> ClientState:
+    """The tombstone noting a later client whose link to it lost: the link request's id is
+    deterministic, so unless the tombstone's erasure forgets it, that client's next sign-in
+    with the cookie would be ignored as a duplicate for the rest of the de-duplication
+    window."""
+    target = event.properties.get("client_id")
+    if not isinstance(target, str) or target == tombstone.merged_into \
+            or target in tombstone.links_lost:
+        return tombstone
+    return evolve(tombstone, links_lost=(*tombstone.links_lost, target)[-MAX_LOST_LINKS:])
 
 
 def _merge_away(client_key: str, state: ClientState | None, event: Event,

@@ -34,6 +34,7 @@ MAX_EARLY_RETURNS = 4  # cancellations and refunds that arrived before their ord
 MAX_TOUCHED = 32  # occasions a manager decided by hand: automatic triggers must not repeat
 MAX_INTERESTS = 8  # product categories the client interacted with, most recent kept
 MAX_ALIASES = 8  # anonymous ids merged into a client
+MAX_LOST_LINKS = 4  # later clients whose link to a merged anonymous id lost (shared devices)
 MAX_BOUGHT = MAX_CART_LINES  # products of the latest order, left out of browse reminders
 MAX_TRAITS = 64  # traits kept per client: a new one beyond them is dropped, known ones kept
 MAX_HELD = 16  # live events held back for a timer to settle (more: the oldest goes on)
@@ -214,6 +215,9 @@ class ClientState:
     segments_at: float = 0.0  # when the memberships were last evaluated
     aliases: tuple[str, ...] = ()  # anonymous client keys merged into this client
     merged_into: str | None = None  # set on an anonymous client merged into that key
+    # on such a tombstone: the clients whose later link lost to it (the first link won),
+    # newest last, so that its erasure forgets their link requests too
+    links_lost: tuple[str, ...] = ()
     # --- backfill (history/backfill.py) ---
     history_until: float = 0.0  # when the latest backfilled history arrived: older is past
     # --- live events waiting for a timer due before them to settle (features/triggers.py) ---
@@ -249,7 +253,7 @@ class ClientState:
                  engagement_at: float | None = None,
                  segments: tuple[tuple[str, float], ...] = (),
                  segments_at: float = 0.0, aliases: tuple[str, ...] = (),
-                 merged_into: str | None = None,
+                 merged_into: str | None = None, links_lost: tuple[str, ...] = (),
                  history_until: float = 0.0,
                  held: tuple[Event, ...] = ()) -> None:  # see `features.__init__`
         object.__setattr__(self, "first_seen_at", first_seen_at)
@@ -304,6 +308,7 @@ class ClientState:
         object.__setattr__(self, "segments_at", segments_at)
         object.__setattr__(self, "aliases", aliases)
         object.__setattr__(self, "merged_into", merged_into)
+        object.__setattr__(self, "links_lost", links_lost)
         object.__setattr__(self, "history_until", history_until)
         object.__setattr__(self, "held", held)
 
@@ -400,6 +405,7 @@ def _slot_copy(state: ClientState) -> ClientState:
         segments_at=state.segments_at,
         aliases=state.aliases,
         merged_into=state.merged_into,
+        links_lost=state.links_lost,
         history_until=state.history_until,
         held=state.held,
     )

@@ -160,7 +160,7 @@ def every_field_set() -> ClientState:
         view_hours=((456000, 2),), view_days=((19000, 2),),
         interests=(CategoryInterest("tea", 1.5, 2.0, None, 3),), orders_updated_at=1.0,
         cart_changed_at=2.0, engagement_at=1.625, segments=(("active", 1.0),),
-        segments_at=2.5, aliases=("anon:a1",), merged_into="c9",
+        segments_at=2.5, aliases=("anon:a1",), merged_into="c9", links_lost=("c8",),
         history_until=1_700_000_100.0,
         held=(Event("h1", EventType.PRODUCT_VIEW, 1_700_000_200.0, 1_700_000_201.5,
                     client_id="c1", products=(Product("p5", "tea", 1.5, 1),)),))

@@ -30,7 +30,7 @@ def test_round_trip_of_every_new_field() -> None:
     data = encode_state(FULL)
     assert decode_state(data) == FULL
     assert encode_state(decode_state(data)) == data
-    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 10
+    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 11
 
 
 def test_every_field_survives_the_round_trip() -> None:
@@ -41,15 +41,20 @@ def test_every_field_survives_the_round_trip() -> None:
     assert decode_state(encode_state(state)) == state
 
 
+def _as_version_10(state: ClientState) -> list[Any]:
+    """The state's row as version 10 wrote it: without `links_lost`."""
+    row: list[Any] = msgpack.unpackb(encode_state(state), strict_map_key=False)
+    return [10, *row[1:-1]]
+
+
 def test_version_6_records_read_as_never_backfilled() -> None:
-    row = msgpack.unpackb(encode_state(FULL))
-    old = msgpack.packb([6, *row[1:-3]])
+    old = msgpack.packb([6, *_as_version_10(FULL)[1:-3]])
     assert decode_state(old) == replace(FULL, history_until=0.0)
 
 
 def test_version_7_records_read_with_no_products_bought() -> None:
     state = replace(FULL, bought=("p1", "p2"))
-    row = msgpack.unpackb(encode_state(state))
+    row = _as_version_10(state)
     assert row[-2] == ["p1", "p2"]
     old = msgpack.packb([7, *row[1:-2]])
     assert decode_state(old) == replace(state, bought=())
@@ -58,9 +63,15 @@ def test_version_7_records_read_with_no_products_bought() -> None:
 FAVOURITES = 20  # the row's position of the favourites
 
 
+def test_version_10_records_read_with_no_links_lost() -> None:
+    state = every_field_set()
+    old = msgpack.packb(_as_version_10(state), use_bin_type=True)
+    assert decode_state(old) == replace(state, links_lost=())
+
+
 def _as_version_9(state: ClientState) -> list[Any]:
     """The state's row as version 9 wrote it: favourites as product ids, oldest first."""
-    row: list[Any] = msgpack.unpackb(encode_state(state), strict_map_key=False)
+    row = _as_version_10(state)
     row[0] = 9
     row[FAVOURITES] = [pid for pid, _ in row[FAVOURITES]]
     return row
@@ -70,14 +81,16 @@ def test_version_9_favourites_keep_their_order_with_times_before_any_event() -> 
     state = replace(every_field_set(), favourites=(("p7", 1.5), ("p3", 2.0), ("p5", 2.0)))
     old = msgpack.packb(_as_version_9(state), use_bin_type=True)
     decoded = decode_state(old)
-    assert decoded == replace(state, favourites=(("p7", 0.0), ("p3", 1.0), ("p5", 2.0)))
+    assert decoded == replace(state, favourites=(("p7", 0.0), ("p3", 1.0), ("p5", 2.0)),
+                              links_lost=())
     assert decode_state(encode_state(decoded)) == decoded
 
 
 def test_version_8_records_read_with_no_events_held() -> None:
     state = every_field_set()
     old = msgpack.packb([8, *_as_version_9(state)[1:-1]], use_bin_type=True)
-    assert decode_state(old) == replace(state, held=(), favourites=(("p3", 0.0),))
+    assert decode_state(old) == replace(state, held=(), favourites=(("p3", 0.0),),
+                                        links_lost=())
 
 
 def _as_version_7(state: ClientState) -> bytes:

@@ -28,7 +28,7 @@ from features.rules import (
     QuietHours,
     TriggerRules,
 )
-from features.state import ClientState, evolve
+from features.state import MAX_LOST_LINKS, ClientState, evolve
 from features.triggers import ANONYMOUS_WELCOME_WAIT, fire_due, next_due
 from features.values import FEATURES, Context
 from tests.core_events import HOUR, OPEN, RULES, T0, of, only
@@ -458,18 +458,18 @@ def test_a_tier_reached_through_a_merge_is_announced_whichever_orders_came_first
 
 
 def test_an_erasure_chain_forgets_every_identity_step_it_appended() -> None:
-    """The steps that joined cookies to a client (link requests, merges, and the hand-overs
-    of aliases beyond the profile's 8) are de-duplicated by id for a day; the client's
-    erasure and its cookies' (tombstone by tombstone) name exactly those steps, so a sign-in
-    after the erasure links and merges again."""
+    """The steps that joined cookies to a client (link requests, merges, the hand-overs
+    of aliases beyond the profile's 8, and the requests of later clients whose link lost,
+    the newest 4 of them) are de-duplicated by id for a day; the client's erasure and its
+    cookies' (tombstone by tombstone) name exactly those steps, so a sign-in after the
+    erasure links and merges again."""
     world = World()
     appended: set[Step] = set()
-    cookies = [f"browser-{n}" for n in range(11)]
-    for n, cookie in enumerate(cookies):
-        world.send(Event(event_id=f"v{n}", type=EventType.VISIT, event_time=T0 + n,
-                         received_at=T0 + n, anonymous_id=cookie))
-        login = Event(event_id=f"i{n}", type=EventType.IDENTIFY, event_time=T0 + n,
-                      received_at=T0 + n, client_id=USER, anonymous_id=cookie)
+
+    def sign_in(client_key: str, cookie: str, t: float) -> None:
+        login = Event(event_id=f"i-{client_key}-{cookie}", type=EventType.IDENTIFY,
+                      event_time=T0 + t, received_at=T0 + t, client_id=client_key,
+                      anonymous_id=cookie)
         queue = [(event, event.type is EventType.IDENTITY_LINKED)
                  for event in with_links([login])]
         while queue:
@@ -480,6 +480,18 @@ def test_an_erasure_chain_forgets_every_identity_step_it_appended() -> None:
             outcome = handle(key, world.states.get(key), event, world.rules)
             world.states[key] = outcome.state
             queue.extend((e, False) for e in outcome.emitted)
+
+    cookies = [f"browser-{n}" for n in range(11)]
+    for n, cookie in enumerate(cookies):
+        world.send(Event(event_id=f"v{n}", type=EventType.VISIT, event_time=T0 + n,
+                         received_at=T0 + n, anonymous_id=cookie))
+        sign_in(USER, cookie, n)
+    # later users of a shared device: their links lose to the first, and are forgotten too
+    for n in range(MAX_LOST_LINKS + 1):
+        sign_in(f"u-later-{n}", cookies[0], 20 + n)
+    lost = [f"u-later-{n}" for n in range(1, MAX_LOST_LINKS + 1)]
+    assert world.states[f"anon:{cookies[0]}"].links_lost == tuple(lost)  # type: ignore[union-attr]
+    appended.discard(Step(f"anon:{cookies[0]}", f"link:anon:{cookies[0]}>u-later-0", True))
     client = world.states[USER]
     assert client is not None and len(client.aliases) == 8
     named = set(linked_steps(USER, client))

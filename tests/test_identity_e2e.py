@@ -351,6 +351,44 @@ def test_a_sign_in_after_an_erasure_merges_the_cookie_again(
         assert profile(url, ANON)["client_id"] == USER
 
 
+def test_after_the_first_clients_erasure_a_later_client_of_the_device_gets_the_cookie(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """A shared device: bob's link lost to ann's (the first link wins). Ann is erased, and
+    her cookie with her; bob signs in again on the device within `redis.dedupe_window`. His
+    link request has the same id as the one that lost, so the cookie's erasure must forget
+    that one too, or his sign-in would be ignored as a duplicate for the rest of the day."""
+    settings = identity_settings(redis_url, key_prefix)
+    t0 = time.time() - 2 * 3600
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    def bob_signs_in(message_id: str, offset: float) -> dict[str, Any]:
+        return {"type": "identify", "userId": "bob", "anonymousId": COOKIE,
+                "messageId": message_id, "timestamp": iso(t0 + offset)}
+
+    with api_server(settings) as url:
+        post_batch(url, anonymous_visit(t0) + registration(t0))
+        settle(redis_client, settings, as_of=t0 + 35)
+        post_batch(url, [bob_signs_in("m-bob", 40)])
+        settle(redis_client, settings, as_of=t0 + 45)
+        assert profile(url, ANON)["client_id"] == USER and profile(url, "bob")["aliases"] == []
+        erased = httpx.delete(f"{url}/v1/profiles/{USER}", params={"wait": 0}, headers=admin,
+                              timeout=10)
+        assert erased.status_code == 202, erased.text
+        settle(redis_client, settings, as_of=t0 + 45)
+        assert stored_state(redis_client, settings, ANON) is None
+
+        post_batch(url, [
+            {"type": "track", "anonymousId": COOKIE, "messageId": "m-bob-view",
+             "event": "Product Viewed", "timestamp": iso(t0 + 60),
+             "properties": {"product_id": "p2", "category": "hats", "price": 20}},
+            bob_signs_in("m-bob-again", 70)])
+        settle(redis_client, settings, as_of=t0 + 75)
+        bob = profile(url, "bob")
+        assert bob["aliases"] == [ANON]
+        assert bob["features"]["recently_viewed"] == ["p2"]
+        assert profile(url, ANON)["client_id"] == "bob"
+
+
 def test_a_segment_alias_links_only_an_anonymous_previous_id(
         redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
     """Segment's `alias` names in `previousId` the id the user had before `userId`: an
