@@ -72,6 +72,7 @@ from features.state import (
     return_order,
 )
 from features.triggers import (
+    INF,
     Trigger,
     TriggerRules,
     after_merge,
@@ -99,7 +100,7 @@ class Outcome:
 
 
 def handle(client_key: str, state: ClientState | None, event: Event, rules: TriggerRules,
-           *, next_timer: float = float("-inf"), settled: float = float("inf")) -> Outcome:
+           *, next_timer: float = -INF, settled: float = INF) -> Outcome:
     """`process_event` with identity: forwards, link requests, merges. `next_timer` and
     `settled`: see `process_event`."""
     if event.type is EventType.IDENTITY_LINKED and HANDED_OVER in event.properties:

@@ -92,6 +92,7 @@ __all__ = [
 
 AUTO = "auto"
 MANUAL = "manual"
+INF = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +199,8 @@ def fire_due(client_key: str, state: ClientState, now: float, rules: TriggerRule
             return state, fired  # the next timer is after `now`: nothing else is due
     rule_timers = catalogue.rule_timers(state, rules)
     while True:
-        at = min((p.release_at for p in state.pending), default=float("inf"))
-        at = min(at, min((due for due, _ in rule_timers), default=float("inf")))
+        at = min((p.release_at for p in state.pending), default=INF)
+        at = min(at, min((due for due, _ in rule_timers), default=INF))
         regroup = segments.due(state, rules.segments)
         if at > now and (regroup is None or regroup > now):
             return state, fired
@@ -404,8 +405,6 @@ def _decide_all(client_key: str, state: ClientState,
 
 # --- events ---------------------------------------------------------------------------------------
 
-INF = float("inf")
-
 
 def _hold(state: ClientState, event: Event) -> ClientState:
     """`event` held back, in event-time order after those of the same time (at most
@@ -461,7 +460,7 @@ def _manual_touch(client_key: str, state: ClientState, event: Event
 
 
 def process_event(client_key: str, state: ClientState | None, event: Event, rules: TriggerRules,
-                  *, next_timer: float = float("-inf"), settled: float = INF
+                  *, next_timer: float = -INF, settled: float = INF
                   ) -> tuple[ClientState, list[Trigger]]:
     """Apply one event: first fire the client's timers due before it, then apply it.
 
@@ -483,10 +482,10 @@ def process_event(client_key: str, state: ClientState | None, event: Event, rule
         if settled != INF and not event.history:
             return fire_due(client_key, _hold(state, event), settled, rules)
         state, fired = _release(client_key, state, INF, rules)
-        next_timer = float("-inf")
+        next_timer = -INF
     elif (state is not None and settled < event.event_time and not event.history
           and event.event_time >= next_timer):
-        due = next_due(state, rules) if next_timer == float("-inf") else next_timer
+        due = next_due(state, rules) if next_timer == -INF else next_timer
         if due is not None and settled < due <= event.event_time:
             return fire_due(client_key, _hold(state, event), settled, rules)
     if state is not None and event.event_time >= next_timer:
