@@ -93,16 +93,23 @@ def expire_legacy_statuses(client: redis.Redis, layout: KeyLayout, now: float,
     the hash; how many were moved."""
     legacy = layout.legacy_erasure_status()
     moved = 0
-    for erasure_id, raw in cast(Any, client.hscan_iter(legacy, count=PAGE)):
-        pipe = client.pipeline(transaction=False)
+    pipe = client.pipeline(transaction=False)
+    for queued, (erasure_id, raw) in enumerate(
+            cast(Any, client.hscan_iter(legacy, count=PAGE)), 1):
         since = _recorded_at(raw, now)
-        if since + retention.status > now:
+        if since + retention.status > now:  # each status set before its field goes
             pipe.set(layout.erasure_status(erasure_id.decode()), raw, nx=True,
                      px=status_ttl_ms(retention.status, since, now))
-            moved += 1
         pipe.hdel(legacy, erasure_id)
-        pipe.execute()
-    return moved
+        if queued % PAGE == 0:  # a page per round trip, not a status
+            moved += _statuses_set(pipe.execute())
+    return moved + _statuses_set(pipe.execute())
+
+
+def _statuses_set(replies: list[Any]) -> int:
+    """The SETs that wrote a status (True; an HDEL answers a count): HSCAN may return a
+    field twice while the hash shrinks, and the second SET NX writes nothing."""
+    return sum(1 for reply in replies if reply is True)
 
 
 def _recorded_at(raw: bytes, now: float) -> float:

@@ -419,3 +419,24 @@ def test_erasure_records_expire_and_the_audit_is_trimmed_by_age(
     assert [entry_id for entry_id, _ in audit][:1] == [kept_audit]
     assert [fields[b"erasure_id"].decode() for _, fields in audit] == [
         "erasure-recent", erasure_id]
+
+
+def test_legacy_statuses_beyond_a_page_all_move_and_the_hash_goes(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """The move is sent a page at a time: the statuses of every page, the last one partial,
+    are moved or dropped."""
+    layout = KeyLayout.from_settings(make_settings(redis_url, key_prefix))
+    now = time.time()
+    count = 2 * erasure.PAGE + 7
+    for n in range(count):  # every third is past its hour's retention
+        at = datetime.fromtimestamp(now - (7200 if n % 3 == 0 else 600), UTC).isoformat()
+        redis_client.hset(layout.legacy_erasure_status(), f"erasure-{n}", json.dumps(
+            {"erasure_id": f"erasure-{n}", "status": "done", "requested_at": at}))
+    moved = erasure.expire_legacy_statuses(redis_client, layout, now,
+                                           erasure.Retention(3600.0, 7200.0))
+    kept = [n for n in range(count) if n % 3]
+    assert moved == len(kept)
+    assert redis_client.exists(layout.legacy_erasure_status()) == 0
+    for n in range(count):
+        ttl = redis_client.pttl(layout.erasure_status(f"erasure-{n}"))
+        assert (2900_000 < ttl <= 3000_000) if n % 3 else ttl == -2, (n, ttl)
