@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import httpx
+import pytest
 import redis
 
 from config.settings import Settings
@@ -320,73 +321,49 @@ def test_erasing_a_client_erases_every_cookie_merged_into_it_beyond_the_alias_ca
             assert stored_state(redis_client, settings, f"anon:{cookie}") is None, cookie
 
 
+@pytest.mark.parametrize("returning", [USER, "bob"])
 def test_a_sign_in_after_an_erasure_merges_the_cookie_again(
-        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+        redis_client: redis.Redis, redis_url: str, key_prefix: str, returning: str) -> None:
     """Erased, the client comes back within `redis.dedupe_window` on the same browser: its
     link and merge have the same ids as the first time (deterministic), and the erasure
-    forgot them, so the new cookie history joins the new profile (it stayed anonymous)."""
+    forgot them, so the new cookie history joins the new profile (it stayed anonymous).
+
+    Or a shared device: bob's link lost to ann's (the first link wins), ann is erased, her
+    cookie with her, and bob signs in again on the device. His link request has the id of
+    the one that lost, so the cookie's erasure must forget that one too, or his sign-in
+    would be ignored as a duplicate for the rest of the day."""
     settings = identity_settings(redis_url, key_prefix)
     t0 = time.time() - 2 * 3600
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    def signs_in(message_id: str, offset: float) -> dict[str, Any]:
+        return {"type": "identify", "userId": returning, "anonymousId": COOKIE,
+                "messageId": message_id, "timestamp": iso(t0 + offset)}
+
     with api_server(settings) as url:
         post_batch(url, anonymous_visit(t0) + registration(t0))
-        settle(redis_client, settings, as_of=t0 + 40)
+        settle(redis_client, settings, as_of=t0 + 35)
+        if returning != USER:
+            post_batch(url, [signs_in("m-first", 40)])
+            settle(redis_client, settings, as_of=t0 + 45)
+            assert profile(url, returning)["aliases"] == []
         assert profile(url, USER)["aliases"] == [ANON]
         erased = httpx.delete(f"{url}/v1/profiles/{USER}", params={"wait": 0}, headers=admin,
                               timeout=10)
         assert erased.status_code == 202, erased.text
-        settle(redis_client, settings, as_of=t0 + 40)
+        settle(redis_client, settings, as_of=t0 + 45)
         assert stored_state(redis_client, settings, ANON) is None
 
         post_batch(url, [
             {"type": "track", "anonymousId": COOKIE, "messageId": "m-again-view",
              "event": "Product Viewed", "timestamp": iso(t0 + 60),
              "properties": {"product_id": "p2", "category": "hats", "price": 20}},
-            {"type": "identify", "userId": USER, "anonymousId": COOKIE,
-             "messageId": "m-again-identify", "timestamp": iso(t0 + 70)}])
+            signs_in("m-again-identify", 70)])
         settle(redis_client, settings, as_of=t0 + 75)
-        again = profile(url, USER)
+        again = profile(url, returning)
         assert again["aliases"] == [ANON]
         assert again["features"]["recently_viewed"] == ["p2"]
-        assert profile(url, ANON)["client_id"] == USER
-
-
-def test_after_the_first_clients_erasure_a_later_client_of_the_device_gets_the_cookie(
-        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
-    """A shared device: bob's link lost to ann's (the first link wins). Ann is erased, and
-    her cookie with her; bob signs in again on the device within `redis.dedupe_window`. His
-    link request has the same id as the one that lost, so the cookie's erasure must forget
-    that one too, or his sign-in would be ignored as a duplicate for the rest of the day."""
-    settings = identity_settings(redis_url, key_prefix)
-    t0 = time.time() - 2 * 3600
-    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-    def bob_signs_in(message_id: str, offset: float) -> dict[str, Any]:
-        return {"type": "identify", "userId": "bob", "anonymousId": COOKIE,
-                "messageId": message_id, "timestamp": iso(t0 + offset)}
-
-    with api_server(settings) as url:
-        post_batch(url, anonymous_visit(t0) + registration(t0))
-        settle(redis_client, settings, as_of=t0 + 35)
-        post_batch(url, [bob_signs_in("m-bob", 40)])
-        settle(redis_client, settings, as_of=t0 + 45)
-        assert profile(url, ANON)["client_id"] == USER and profile(url, "bob")["aliases"] == []
-        erased = httpx.delete(f"{url}/v1/profiles/{USER}", params={"wait": 0}, headers=admin,
-                              timeout=10)
-        assert erased.status_code == 202, erased.text
-        settle(redis_client, settings, as_of=t0 + 45)
-        assert stored_state(redis_client, settings, ANON) is None
-
-        post_batch(url, [
-            {"type": "track", "anonymousId": COOKIE, "messageId": "m-bob-view",
-             "event": "Product Viewed", "timestamp": iso(t0 + 60),
-             "properties": {"product_id": "p2", "category": "hats", "price": 20}},
-            bob_signs_in("m-bob-again", 70)])
-        settle(redis_client, settings, as_of=t0 + 75)
-        bob = profile(url, "bob")
-        assert bob["aliases"] == [ANON]
-        assert bob["features"]["recently_viewed"] == ["p2"]
-        assert profile(url, ANON)["client_id"] == "bob"
+        assert profile(url, ANON)["client_id"] == returning
 
 
 def test_a_segment_alias_links_only_an_anonymous_previous_id(
