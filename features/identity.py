@@ -151,14 +151,22 @@ def link_request(alias: str, client_key: str, cause: Event) -> Event:
                  properties={"client_id": client_key})
 
 
+def id_digest(event_id: str) -> str:
+    """The digest an ingested event id is de-duplicated under (sinks/append_events.lua)."""
+    return hashlib.sha1(event_id.encode()).hexdigest()  # noqa: S324 - a name, not a secret
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """An identity step as the event log de-duplicated it: the client whose stream it went
-    to, its id, and whether ingest appended it (a link request) or the dataflow did."""
+    to, its id (`hashed`: the id's `id_digest`, all a tombstone keeps of a link that lost,
+    since the id names the later client), and whether ingest appended it (a link request)
+    or the dataflow did."""
 
     client_key: str
     event_id: str
     ingested: bool
+    hashed: bool = False
 
 
 def linked_steps(client_key: str, state: ClientState | None) -> list[Step]:
@@ -176,8 +184,7 @@ def linked_steps(client_key: str, state: ClientState | None) -> list[Step]:
         pairs = [(client_key, state.merged_into)]
         others = [Step(client_key, step_id("alias", dropped, client_key), False)
                   for dropped in state.aliases]
-        others += [Step(client_key, step_id("link", client_key, lost), True)
-                   for lost in state.links_lost]
+        others += [Step(client_key, digest, True, hashed=True) for digest in state.links_lost]
     return [step for alias, target in pairs
             for step in (Step(alias, step_id("link", alias, target), True),
                          Step(target, step_id("merge", alias, target), False))] + others
@@ -204,15 +211,17 @@ def forwarded(event: Event, client_key: str) -> Event:
 
 
 def _link_lost(tombstone: ClientState, event: Event) -> ClientState:
-    """The tombstone noting a later client whose link to it lost: the link request's id is
+    """The tombstone noting a link request of a later client that lost: its id is
     deterministic, so unless the tombstone's erasure forgets it, that client's next sign-in
     with the cookie would be ignored as a duplicate for the rest of the de-duplication
-    window."""
-    target = event.properties.get("client_id")
-    if not isinstance(target, str) or target == tombstone.merged_into \
-            or target in tombstone.links_lost:
+    window. Only the id's digest is kept, the de-duplication key's own name: the id names
+    the later client, whose erasure cannot reach this tombstone."""
+    if event.properties.get("client_id") == tombstone.merged_into:
+        return tombstone  # the winning link, replayed
+    digest = id_digest(event.event_id)
+    if digest in tombstone.links_lost:
         return tombstone
-    return evolve(tombstone, links_lost=(*tombstone.links_lost, target)[-MAX_LOST_LINKS:])
+    return evolve(tombstone, links_lost=(*tombstone.links_lost, digest)[-MAX_LOST_LINKS:])
 
 
 def _merge_away(client_key: str, state: ClientState | None, event: Event,

@@ -34,7 +34,7 @@ MAX_EARLY_RETURNS = 4  # cancellations and refunds that arrived before their ord
 MAX_TOUCHED = 32  # occasions a manager decided by hand: automatic triggers must not repeat
 MAX_INTERESTS = 8  # product categories the client interacted with, most recent kept
 MAX_ALIASES = 8  # anonymous ids merged into a client
-MAX_LOST_LINKS = 4  # later clients whose link to a merged anonymous id lost (shared devices)
+MAX_LOST_LINKS = 4  # later link requests for a merged anonymous id that lost (shared devices)
 MAX_BOUGHT = MAX_CART_LINES  # products of the latest order, left out of browse reminders
 MAX_TRAITS = 64  # traits kept per client: a new one beyond them is dropped, known ones kept
 MAX_HELD = 16  # live events held back for a timer to settle (more: the oldest goes on)
@@ -215,8 +215,9 @@ class ClientState:
     segments_at: float = 0.0  # when the memberships were last evaluated
     aliases: tuple[str, ...] = ()  # anonymous client keys merged into this client
     merged_into: str | None = None  # set on an anonymous client merged into that key
-    # on such a tombstone: the clients whose later link lost to it (the first link won),
-    # newest last, so that its erasure forgets their link requests too
+    # on such a tombstone: the digests (identity.id_digest) of later clients' link requests
+    # that lost to it (the first link won), newest last, so that its erasure forgets them
+    # too; digests, since a later client's erasure cannot reach this record
     links_lost: tuple[str, ...] = ()
     # --- backfill (history/backfill.py) ---
     history_until: float = 0.0  # when the latest backfilled history arrived: older is past

@@ -7,7 +7,6 @@ and the canonical event JSON (`e`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -17,7 +16,7 @@ import redis
 import redis.asyncio as aioredis
 
 from features.events import Event, event_to_dict
-from features.identity import Step, with_links
+from features.identity import Step, id_digest, with_links
 from sinks.keys import KeyLayout
 from sinks.scripts import lua, run_scripts, run_scripts_async
 
@@ -56,12 +55,12 @@ def dedupe_key(layout: KeyLayout, step: Step) -> str:
     """The key that de-duplicates an identity step, as append_events.lua names it (a digest
     of the id: no key names a client)."""
     partition = layout.partition_of_client(step.client_key)
+    if step.hashed:
+        return layout.seen(partition) + step.event_id
     if step.ingested:
-        prefix, dedupe_id = layout.seen(partition), step.event_id
-    else:
-        prefix = layout.emitted_seen(partition)
-        dedupe_id = emitted_dedupe_id(step.client_key, step.event_id)
-    return prefix + hashlib.sha1(dedupe_id.encode()).hexdigest()  # noqa: S324 - a name
+        return layout.seen(partition) + id_digest(step.event_id)
+    return layout.emitted_seen(partition) + id_digest(emitted_dedupe_id(step.client_key,
+                                                                        step.event_id))
 
 
 def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Event],
