@@ -14,7 +14,9 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from config.settings import Settings
+from features.codec import encode_state
 from features.events import format_time
+from features.state import ClientState
 from features.triggers import trigger_id
 from sinks.keys import KeyLayout
 from tests.support import (
@@ -232,3 +234,29 @@ def test_a_cookies_touches_from_before_its_merge_are_on_the_clients_card(
     assert [(e["kind"], e["type"], e.get("alias")) for e in timeline["entries"]] == [
         ("event", "identify", None), ("touch", "chat_help", "anon:u2"),
         ("event", "product_view", "anon:u2")]
+
+
+def test_a_tombstone_read_before_its_client_exists_shows_no_handed_over_cookies_history(
+        api: str, settings: Settings, redis_url: str) -> None:
+    """A cookie's tombstone read while its client is not there (the merge not committed yet,
+    or the client's erasure on its way) answers for itself: the aliases it keeps were
+    handed over to be erased with it, and their touches and events are another history."""
+    now = time.time()
+    assert post_events(api, [
+        {"event_id": "v3", "type": "product_view", "anonymous_id": "u3",
+         "event_time": now - 300, "products": [{"product_id": "p1"}]}]).status_code == 200
+    drain(settings)
+    assert post_touch(api, "anon:u3", {"occasion": "chat_help", "status": "done",
+                                       "touched_at": now - 200}).status_code == 202
+    drain(settings)
+    layout = KeyLayout.from_settings(settings)
+    tombstone = ClientState(first_seen_at=now - 50, last_seen_at=now - 50, updated_at=now - 50,
+                            merged_into="c-not-there", aliases=("anon:u3",))
+    with redis.Redis.from_url(redis_url) as client:
+        client.hset(layout.state(layout.bucket_of("anon:u4")), "anon:u4",
+                    encode_state(tombstone))
+    assert touches(api, "anon:u4") == []
+    timeline = httpx.get(f"{api}/v1/profiles/anon:u4/timeline", headers=read_headers())
+    assert timeline.status_code == 200, timeline.text
+    assert timeline.json()["entries"] == []
+    assert [t["type"] for t in touches(api, "anon:u3")] == ["chat_help"]

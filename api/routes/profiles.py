@@ -42,11 +42,18 @@ async def get_touches(client_id: str, resources: ReadAccess, grant: Grant,
     (`requested_id` is the id asked for), as the profile does."""
     found = await resolve(resources, client_id, grant)
     touches = None if found is None else await resources.profiles.touches(
-        found[0], limit, found[1].aliases)
+        found[0], limit, _merged_ids(found[1]))
     if found is None or touches is None:
         raise _not_found(resources, "/v1/profiles/{client_id}/touches", client_id)
     return FastJSONResponse(_answered_as(client_id, {"client_id": found[0],
                                                      "touches": touches}))
+
+
+def _merged_ids(state: ClientState) -> tuple[str, ...]:
+    """The anonymous ids whose records join the client's. None when `resolve` answered a
+    tombstone itself (its client not written yet, or being erased): the aliases it keeps
+    were handed over to be erased with it, and are not its history."""
+    return state.aliases if state.merged_into is None else ()
 
 
 def _answered_as(requested: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -67,8 +74,8 @@ async def get_timeline(client_id: str, resources: ReadAccess, grant: Grant,
     if found is None:
         raise _not_found(resources, "/v1/profiles/{client_id}/timeline", client_id)
     key, state = found
-    touches = await resources.profiles.touches(key, limit, state.aliases) or []
-    recorded_for = (key, *state.aliases)
+    touches = await resources.profiles.touches(key, limit, _merged_ids(state)) or []
+    recorded_for = (key, *_merged_ids(state))
     entries: list[tuple[float, int, dict[str, Any]]] = []
     for owner, lines in zip(recorded_for, await console_store.timelines(
             resources.redis, resources.layout, recorded_for), strict=True):
