@@ -23,7 +23,9 @@ FULL = ClientState(
     loyalty_tier="silver",
     pending=(PendingTrigger(10.0, "abandoned_cart", "1.000", 5.0,
                             {"items": [{"product_id": "p"}], "cart_value": 3.5}, True),),
-    sends=(4.0, 5.5), decided=(123, 4_000_000_000), history_until=1_700_000_100.0)
+    sends=(4.0, 5.5), decided=(123, 4_000_000_000), history_until=1_700_000_100.0,
+    favourites=(("p4", 2.5),))
+AS_BEFORE_V10 = (("p4", 0.0),)  # favourites read from a row that kept no times
 
 
 def test_round_trip_of_every_new_field() -> None:
@@ -48,16 +50,16 @@ def _as_version_10(state: ClientState) -> list[Any]:
 
 
 def test_version_6_records_read_as_never_backfilled() -> None:
-    old = msgpack.packb([6, *_as_version_10(FULL)[1:-3]])
-    assert decode_state(old) == replace(FULL, history_until=0.0)
+    old = msgpack.packb([6, *_as_version_9(FULL)[1:-3]])
+    assert decode_state(old) == replace(FULL, history_until=0.0, favourites=AS_BEFORE_V10)
 
 
 def test_version_7_records_read_with_no_products_bought() -> None:
     state = replace(FULL, bought=("p1", "p2"))
-    row = _as_version_10(state)
+    row = _as_version_9(state)
     assert row[-2] == ["p1", "p2"]
     old = msgpack.packb([7, *row[1:-2]])
-    assert decode_state(old) == replace(state, bought=())
+    assert decode_state(old) == replace(state, bought=(), favourites=AS_BEFORE_V10)
 
 
 FAVOURITES = 20  # the row's position of the favourites
@@ -117,9 +119,10 @@ def test_a_version_7_browse_reminder_waiting_gets_its_due_time_as_the_rules_mark
 
 def test_a_version_7_browse_closed_by_a_later_cart_add_is_read_as_it_was() -> None:
     later = replace(FULL, browse_closed_at=BROWSE_DUE + 60.0, pending=(WAITING_BROWSE,))
-    assert decode_state(_as_version_7(later)) == later  # the cart add cancels it, as in v7
+    read = decode_state(_as_version_7(later))
+    assert read == replace(later, favourites=AS_BEFORE_V10)  # the cart add cancels it, as in v7
     sent = replace(FULL, browse_closed_at=BROWSE_DUE)  # no reminder waiting: nothing to move
-    assert decode_state(_as_version_7(sent)) == sent
+    assert decode_state(_as_version_7(sent)) == replace(sent, favourites=AS_BEFORE_V10)
 
 
 def test_marks_are_stored_compactly() -> None:
@@ -131,11 +134,10 @@ def test_marks_are_stored_compactly() -> None:
 
 
 def test_version_2_records_are_read_with_defaults() -> None:
-    row = msgpack.unpackb(encode_state(FULL), strict_map_key=False)
-    v2 = msgpack.packb([2, *row[1:33]], use_bin_type=True)
+    v2 = msgpack.packb([2, *_as_version_9(FULL)[1:33]], use_bin_type=True)
     old = decode_state(v2)
     assert old == replace(FULL, categories=(), marks=(), loyalty_tier="", pending=(), sends=(),
-                          decided=(), history_until=0.0)
+                          decided=(), history_until=0.0, favourites=AS_BEFORE_V10)
 
 
 @pytest.mark.parametrize("data", [msgpack.packb([1, 2, 3]), msgpack.packb({"a": 1}), b"\xc1"])

@@ -424,7 +424,7 @@ def test_erasure_records_expire_and_the_audit_is_trimmed_by_age(
 def test_legacy_statuses_beyond_a_page_all_move_and_the_hash_goes(
         redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
     """The move is sent a page at a time: the statuses of every page, the last one partial,
-    are moved or dropped."""
+    are moved or dropped; one already under its own key (a later write) is left alone."""
     layout = KeyLayout.from_settings(make_settings(redis_url, key_prefix))
     now = time.time()
     count = 2 * erasure.PAGE + 7
@@ -432,10 +432,14 @@ def test_legacy_statuses_beyond_a_page_all_move_and_the_hash_goes(
         at = datetime.fromtimestamp(now - (7200 if n % 3 == 0 else 600), UTC).isoformat()
         redis_client.hset(layout.legacy_erasure_status(), f"erasure-{n}", json.dumps(
             {"erasure_id": f"erasure-{n}", "status": "done", "requested_at": at}))
+    newer = json.dumps({"erasure_id": "erasure-1", "status": "done", "requested_at":
+                        datetime.fromtimestamp(now - 60, UTC).isoformat()})
+    redis_client.set(layout.erasure_status("erasure-1"), newer, px=2950_000)
     moved = erasure.expire_legacy_statuses(redis_client, layout, now,
                                            erasure.Retention(3600.0, 7200.0))
     kept = [n for n in range(count) if n % 3]
-    assert moved == len(kept)
+    assert moved == len(kept) - 1  # erasure-1's status was there already, and stays
+    assert redis_client.get(layout.erasure_status("erasure-1")) == newer.encode()
     assert redis_client.exists(layout.legacy_erasure_status()) == 0
     for n in range(count):
         ttl = redis_client.pttl(layout.erasure_status(f"erasure-{n}"))
