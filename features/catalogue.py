@@ -129,15 +129,22 @@ def _cart_due(state: ClientState, rules: TriggerRules) -> float | None:
 
 def _cart_fire(state: ClientState, rules: TriggerRules) -> tuple[ClientState, Candidate]:
     assert state.cart_since is not None and state.cart_updated_at is not None
-    payload = {
+    due = state.cart_updated_at + rules.abandoned_cart.delay
+    return (evolve(state, cart_reminded=due),
+            Candidate(ABANDONED_CART, occasion_time(state.cart_since), due,
+                      _cart_payload(state)))
+
+
+def _cart_payload(state: ClientState) -> dict[str, Any]:
+    """The cart as it stands: at the reminder's due time, and again at its release (a
+    reminder that waited for quiet hours to end names what the cart holds then)."""
+    assert state.cart_updated_at is not None
+    return {
         "items": [{"product_id": line.product_id, "quantity": line.quantity,
                    "price": line.price, "category": line.category} for line in state.cart],
         "cart_value": state.cart_value,
         "cart_updated_at": format_time(state.cart_updated_at),
     }
-    due = state.cart_updated_at + rules.abandoned_cart.delay
-    return (evolve(state, cart_reminded=due),
-            Candidate(ABANDONED_CART, occasion_time(state.cart_since), due, payload))
 
 
 def _browse_due(state: ClientState, rules: TriggerRules) -> float | None:
@@ -450,7 +457,26 @@ def released(state: ClientState, pending: PendingTrigger, rules: TriggerRules
         return _browse_released(state, pending)
     if not still_valid(state, pending, rules):
         return None
-    return Candidate(pending.type, pending.key, pending.fired_at, dict(pending.payload))
+    payload = _cart_payload(state) if pending.type == ABANDONED_CART else pending.payload
+    return Candidate(pending.type, pending.key, pending.fired_at, dict(payload))
+
+
+def after_cancelled(state: ClientState, pending: PendingTrigger, rules: TriggerRules
+                    ) -> ClientState:
+    """The state once `pending` was cancelled at its release. A tier announcement that was
+    not sent (an order returned meanwhile took the tier away) gives back its mark, so that
+    reaching the tier again announces it: the mark falls to the rank held before the
+    announcement or now, whichever is higher (a tier announced before that and lost since
+    may then be announced once more, where the exact mark is not known)."""
+    if pending.type != LOYALTY_STATUS or pending.payload.get("direction") != "up":
+        return state
+    tiers = rules.loyalty_status.tiers
+    previous = pending.payload.get("previous_tier")
+    rank = max(tier_rank(state.loyalty_tier, tiers),
+               tier_rank(previous if isinstance(previous, str) else "", tiers), 0)
+    if rank >= (mark_of(state, LOYALTY_STATUS) or 0):
+        return state
+    return with_mark(state, LOYALTY_STATUS, float(rank))
 
 
 def _browse_released(state: ClientState, pending: PendingTrigger) -> Candidate | None:
@@ -508,6 +534,14 @@ def still_valid(state: ClientState, pending: PendingTrigger, rules: TriggerRules
         return last_purchase(state) is not None
     if kind == REPLENISHMENT_REMINDER:
         return _replenishment_stands(state, pending, rules)
+    if kind in (NPS_DETRACTOR_TASK, NPS_PASSIVE_OFFER, NPS_PROMOTER_REFERRAL):
+        # its answer is still the latest: a later one decided its own occasion
+        return (state.nps_at is not None and state.nps_score is not None
+                and occasion_time(state.nps_at) == pending.key
+                and nps_band(state.nps_score, rules) == kind)
+    if kind == LOYALTY_STATUS:  # the client still holds the tier announced
+        announced = pending.payload.get("tier")
+        return state.loyalty_tier == (announced if isinstance(announced, str) else "")
     if kind == CHURN_WINBACK:
         anchor = churn_anchor(state)
     elif kind == SERVICE_REMINDER:
@@ -544,13 +578,14 @@ def _nps(before: ClientState | None, after: ClientState, event: Event, rules: Tr
     score = event.nps_score
     key = occasion_time(t)
     base: dict[str, Any] = {"score": score, "answered_at": format_time(t)}
-    if score <= rules.nps.detractor_max:
+    band = nps_band(score, rules)
+    if band == NPS_DETRACTOR_TASK:
         if not rules.nps_detractor_task.enabled:
             return []
         comment = event.properties.get("comment")
         return [Candidate(NPS_DETRACTOR_TASK, key, t,
                           {**base, "comment": comment if isinstance(comment, str) else None})]
-    if score <= rules.nps.passive_max:
+    if band == NPS_PASSIVE_OFFER:
         if not rules.nps_passive_offer.enabled:
             return []
         return [Candidate(NPS_PASSIVE_OFFER, key, t,
@@ -559,6 +594,13 @@ def _nps(before: ClientState | None, after: ClientState, event: Event, rules: Tr
         return []
     return [Candidate(NPS_PROMOTER_REFERRAL, key, t,
                       {**base, "bonus_per_friend": rules.nps_promoter_referral.bonus_per_friend})]
+
+
+def nps_band(score: int, rules: TriggerRules) -> str:
+    """The trigger an NPS answer of `score` raises: detractor, passive or promoter."""
+    if score <= rules.nps.detractor_max:
+        return NPS_DETRACTOR_TASK
+    return NPS_PASSIVE_OFFER if score <= rules.nps.passive_max else NPS_PROMOTER_REFERRAL
 
 
 def _cancellation(before: ClientState | None, after: ClientState, event: Event

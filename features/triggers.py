@@ -368,6 +368,7 @@ def _decide_all(client_key: str, state: ClientState,
         if pending is not None:  # decided again as it stands now, or ended meanwhile
             current = catalogue.released(state, pending, rules)
             if current is None:
+                state = catalogue.after_cancelled(state, pending, rules)
                 if waited:
                     out.append(_record(client_key, candidate, Decision(SUPPRESSED, CANCELLED),
                                        at))
