@@ -240,7 +240,9 @@ class Policy:
     loyal_after_orders: int = 5
     suppress_for_loyal: frozenset[str] = frozenset({FIRST_ORDER_PROMO, SECOND_ORDER_NUDGE,
                                                     ONBOARDING})
-    suppress_for_churned: frozenset[str] = frozenset({REPLENISHMENT_REMINDER, SERVICE_REMINDER})
+    # none by default: crmflow raises no broadcasts, and its rhythm reminders come on the
+    # client's own schedule (a yearly service is not churn, though 6 months pass)
+    suppress_for_churned: frozenset[str] = frozenset()
     suppress_for_detractors: frozenset[str] = frozenset({SECOND_ORDER_NUDGE})
     channels: tuple[Channel, ...] = (Channel("email", "email"),
                                      Channel("mobile_push", "push_token"),

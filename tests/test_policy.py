@@ -14,6 +14,7 @@ from features.catalogue import DONE_ONCE
 from features.codec import decode_state, encode_state
 from features.events import Event, EventType, Order, Product, format_time
 from features.policy import (
+    CANCELLED,
     DEFERRED,
     HOLDOUT,
     SENT,
@@ -33,6 +34,7 @@ from features.rules import (
     FIRST_ORDER_PROMO,
     LOYALTY_STATUS,
     NPS_DETRACTOR_TASK,
+    NPS_PASSIVE_OFFER,
     NPS_PROMOTER_REFERRAL,
     ONBOARDING,
     ORDER_CONFIRMATION,
@@ -377,12 +379,21 @@ def test_a_loyal_client_gets_no_nudge_when_loyalty_comes_early() -> None:
     assert (nudge.status, nudge.reason) == (SUPPRESSED, "loyal")
 
 
-def test_churned_clients_get_no_routine_broadcasts() -> None:
+def test_a_rhythm_longer_than_the_churn_delay_is_still_reminded() -> None:
+    """A 200-day rhythm: the reminder comes 193 days after the last order, past the 180
+    days that make a client churned, and is sent: the client is on their own schedule."""
     rules = with_rules(only(TriggerRules(), REPLENISHMENT_REMINDER), quiet_hours=None)
-    # a rhythm of 200 days: the reminder comes 193 days after the last order, churned by then
     _, [reminder] = run([identify(0, **ANN), order(0, "o1"), order(days(200), "o2")], rules,
                         until=days(500))
     assert reminder.fired_at == T0 + days(393)
+    assert reminder.status == SENT
+
+
+def test_churned_clients_get_none_of_the_types_listed_for_them() -> None:
+    rules = with_rules(only(TriggerRules(), REPLENISHMENT_REMINDER), quiet_hours=None,
+                       suppress_for_churned=frozenset({REPLENISHMENT_REMINDER}))
+    _, [reminder] = run([identify(0, **ANN), order(0, "o1"), order(days(200), "o2")], rules,
+                        until=days(500))
     assert (reminder.status, reminder.reason) == (SUPPRESSED, "churned")
     _, [sent] = run([identify(0, **ANN), order(0, "o1"), order(days(100), "o2")], rules,
                     until=days(500))
@@ -649,3 +660,52 @@ def test_a_full_waiting_list_makes_room_for_a_higher_priority_trigger() -> None:
         ("onboarding", SUPPRESSED, "pending_limit"), (ABANDONED_CART, "deferred", "quiet_hours")]
     assert len(state.pending) == MAX_PENDING
     assert any(p.type == ABANDONED_CART for p in state.pending)
+
+
+# --- triggers that waited for quiet hours, checked again at their release -----------------------
+
+UNCAPPED = replace(POLICY, frequency_cap_per_day=0)
+
+
+def final_decisions(events: list[Event], *keep: str) -> list[Trigger]:
+    """The final decisions by two days later: at once, or at 09:00 for what waited the
+    night (its deferral left out)."""
+    rules = only(TriggerRules(policy=UNCAPPED), *keep)
+    _, triggers = run([identify(0, **ANN), *events], rules, until=days(3))
+    return [t for t in triggers if t.status != DEFERRED]
+
+
+@pytest.mark.parametrize(("first", "second", "sent"), [
+    (10, 2, NPS_DETRACTOR_TASK),  # a detractor must not be asked for referrals in the morning
+    (7, 10, NPS_PROMOTER_REFERRAL),  # only the latest answer counts
+    (9, 7, NPS_PASSIVE_OFFER),
+])
+def test_an_nps_answer_that_waited_the_night_goes_only_if_still_the_latest(
+        first: int, second: int, sent: str) -> None:
+    nps_rules = (NPS_DETRACTOR_TASK, NPS_PASSIVE_OFFER, NPS_PROMOTER_REFERRAL)
+    decided = final_decisions([nps(22 * HOUR, first), nps(23 * HOUR, second)], *nps_rules)
+    assert [t.type for t in decided if t.status == SENT] == [sent]
+    assert all(t.reason == CANCELLED for t in decided if t.status != SENT)
+
+
+def test_a_tier_lost_before_its_announcement_went_out_is_not_announced_but_later_is() -> None:
+    """Silver reached at 22:00 (its third order) waits for the morning; the order is
+    cancelled at 23:00: the announcement is cancelled, and silver reached for real two days
+    later is announced then."""
+    rules = only(TriggerRules(policy=UNCAPPED), LOYALTY_STATUS)
+    state, triggers = run([identify(0, **ANN), order(NOON, "o1"), order(days(1) + NOON, "o2"),
+                           order(days(2) + 22 * HOUR, "o3"),
+                           cancel(days(2) + 23 * HOUR, "o3")], rules, until=days(4))
+    assert [(t.key, t.status, t.reason) for t in triggers] == [
+        ("silver", DEFERRED, "quiet_hours"), ("silver", SUPPRESSED, CANCELLED)]
+    assert state.loyalty_tier == ""
+    _, later = run([order(days(4) + NOON, "o4")], rules, state=state, until=days(5))
+    assert [(t.key, t.status) for t in later] == [("silver", SENT)]
+
+
+def test_a_cart_reminder_that_waited_the_night_names_the_cart_as_it_is_then() -> None:
+    remove = ev(EventType.CART_REMOVE, 22 * HOUR, products=(Product("p1"),))
+    [reminder] = final_decisions([cart_add(20 * HOUR, "p1", "p2"), remove], ABANDONED_CART)
+    assert reminder.status == SENT
+    assert [item["product_id"] for item in reminder.payload["items"]] == ["p2"]
+    assert reminder.payload["cart_value"] == 10.0
