@@ -151,17 +151,34 @@ def link_request(alias: str, client_key: str, cause: Event) -> Event:
                  properties={"client_id": client_key})
 
 
-def id_digest(event_id: str) -> str:
-    """The digest an ingested event id is de-duplicated under (sinks/append_events.lua)."""
-    return hashlib.sha1(event_id.encode()).hexdigest()  # noqa: S324 - a name, not a secret
+def ingest_dedupe_id(client_key: str, event_id: str, event_type: EventType) -> str:
+    """What ingest de-duplicates an event by: its id within its client's events (two
+    clients' events may carry the same id, a shop's order number or a touch id, and the
+    dataflow keeps them apart too), and a link request apart from every event sent (else a
+    sender naming an event `link:anon:<cookie>><client>` would block that link). The
+    client key's length goes first, so no two (client, id) pairs read alike."""
+    if event_type is EventType.IDENTITY_LINKED:
+        return "link>" + event_id
+    return f"{len(client_key)}:{client_key}>{event_id}"
+
+
+def id_digest(dedupe_id: str) -> str:
+    """The digest a de-duplication id is kept under (sinks/append_events.lua): ids may name
+    clients, and an erased client must leave no key naming it."""
+    return hashlib.sha1(dedupe_id.encode()).hexdigest()  # noqa: S324 - a name, not a secret
+
+
+def link_digest(link_id: str) -> str:
+    """The digest the link request `link_id` is de-duplicated under at ingest."""
+    return id_digest(ingest_dedupe_id("", link_id, EventType.IDENTITY_LINKED))
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
     """An identity step as the event log de-duplicated it: the client whose stream it went
-    to, its id (`hashed`: the id's `id_digest`, all a tombstone keeps of a link that lost,
-    since the id names the later client), and whether ingest appended it (a link request)
-    or the dataflow did."""
+    to, its id (`hashed`: a link request's `link_digest`, all a tombstone keeps of a link
+    that lost, since the id names the later client), and whether ingest appended it (a
+    link request) or the dataflow did."""
 
     client_key: str
     event_id: str
@@ -218,7 +235,7 @@ def _link_lost(tombstone: ClientState, event: Event) -> ClientState:
     the later client, whose erasure cannot reach this tombstone."""
     if event.properties.get("client_id") == tombstone.merged_into:
         return tombstone  # the winning link, replayed
-    digest = id_digest(event.event_id)
+    digest = link_digest(event.event_id)
     if digest in tombstone.links_lost:
         return tombstone
     return evolve(tombstone, links_lost=(*tombstone.links_lost, digest)[-MAX_LOST_LINKS:])

@@ -4,8 +4,8 @@
 -- (the dataflow trims what it has applied, after the retention).
 -- KEYS: 1 event stream
 -- ARGV: 1 window seconds (0 = no de-duplication), 2 the stream's length cap (0 = none),
---       3 de-duplication key prefix (same hash tag as the stream), then per event: event
---       id, client key, event json
+--       3 de-duplication key prefix (same hash tag as the stream), then per event: its
+--       de-duplication id (features/identity.py ingest_dedupe_id), client key, event json
 -- Each entry carries `n`, its number in the stream (a counter beside it, same hash tag): the
 -- dataflow's pending entries are the counter less the `n` it last read.
 -- Returns the stream's length, then per event its new stream id, or 0 for a duplicate; or

@@ -16,7 +16,7 @@ import redis
 import redis.asyncio as aioredis
 
 from features.events import Event, event_to_dict
-from features.identity import Step, id_digest, with_links
+from features.identity import Step, id_digest, ingest_dedupe_id, link_digest, with_links
 from sinks.keys import KeyLayout
 from sinks.scripts import lua, run_scripts, run_scripts_async
 
@@ -58,7 +58,7 @@ def dedupe_key(layout: KeyLayout, step: Step) -> str:
     if step.hashed:
         return layout.seen(partition) + step.event_id
     if step.ingested:
-        return layout.seen(partition) + id_digest(step.event_id)
+        return layout.seen(partition) + link_digest(step.event_id)
     return layout.emitted_seen(partition) + id_digest(emitted_dedupe_id(step.client_key,
                                                                         step.event_id))
 
@@ -66,8 +66,8 @@ def dedupe_key(layout: KeyLayout, step: Step) -> str:
 def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Event],
                   dedupe_ids: Sequence[str] | None = None) -> list[Call]:
     """One script call per partition: (indexes of its events, keys, args). Events are
-    de-duplicated by their id, or, when given, by `dedupe_ids`: the dataflow's own keys,
-    in their own key space."""
+    de-duplicated by their id within their client (`ingest_dedupe_id`), or, when given, by
+    `dedupe_ids`: the dataflow's own keys, in their own key space."""
     grouped: dict[int, list[int]] = {}
     for index, event in enumerate(events):
         grouped.setdefault(layout.partition_of_client(event.client_key), []).append(index)
@@ -79,8 +79,9 @@ def _script_calls(layout: KeyLayout, options: AppendOptions, events: Sequence[Ev
                                                  else layout.emitted_seen(partition)]
         for index in indexes:
             event = events[index]
-            args += [event.event_id if dedupe_ids is None else dedupe_ids[index],
-                     event.client_key, encode_event(event)]
+            key = event.client_key
+            args += [ingest_dedupe_id(key, event.event_id, event.type) if dedupe_ids is None
+                     else dedupe_ids[index], key, encode_event(event)]
         calls.append((partition, indexes, [layout.events(partition)], args))
     return calls
 

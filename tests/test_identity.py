@@ -21,7 +21,7 @@ from features.identity import (
     Outcome,
     Step,
     handle,
-    id_digest,
+    link_digest,
     link_request,
     linked_steps,
     merge_states,
@@ -213,7 +213,7 @@ def test_a_client_whose_link_lost_does_not_claim_the_cookie() -> None:
     assert second is not None and second.aliases == ()
     tombstone = world.states[ANON]
     assert tombstone is not None and tombstone.merged_into == USER
-    assert tombstone.links_lost == (id_digest(f"link:{ANON}>u2"),)
+    assert tombstone.links_lost == (link_digest(f"link:{ANON}>u2"),)
     # the losing link delivered again, the winning one replayed: nothing more to note
     world.send(Event(event_id="i2", type=EventType.IDENTIFY, event_time=T0 + 30,
                      received_at=T0 + 30, client_id="u2", anonymous_id="cookie-1"))
@@ -477,7 +477,7 @@ def dedupe_name(step: Step) -> tuple[str, str, bool]:
     """What the event log de-duplicates `step` by: the digest of an ingested id."""
     if step.hashed or not step.ingested:
         return step.client_key, step.event_id, step.ingested
-    return step.client_key, id_digest(step.event_id), True
+    return step.client_key, link_digest(step.event_id), True
 
 
 def test_an_erasure_chain_forgets_every_identity_step_it_appended() -> None:
@@ -512,7 +512,8 @@ def test_an_erasure_chain_forgets_every_identity_step_it_appended() -> None:
     # later users of a shared device: their links lose to the first, and are forgotten too
     for n in range(MAX_LOST_LINKS + 1):
         sign_in(f"u-later-{n}", cookies[0], 20 + n)
-    lost = [id_digest(f"link:anon:{cookies[0]}>u-later-{n}") for n in range(1, MAX_LOST_LINKS + 1)]
+    lost = [link_digest(f"link:anon:{cookies[0]}>u-later-{n}")
+            for n in range(1, MAX_LOST_LINKS + 1)]
     assert world.states[f"anon:{cookies[0]}"].links_lost == tuple(lost)  # type: ignore[union-attr]
     assert not any("u-later" in kept for kept in lost)  # the tombstone names no later client
     appended.discard(Step(f"anon:{cookies[0]}", f"link:anon:{cookies[0]}>u-later-0", True))

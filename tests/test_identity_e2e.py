@@ -289,6 +289,24 @@ def test_erasing_the_second_client_of_a_shared_device_keeps_the_first_clients_li
         assert profile(url, USER)["features"]["cart_products"] == ["p1"]
 
 
+def test_a_message_named_like_a_link_does_not_block_the_link(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """Link requests are de-duplicated apart from what senders send: a message whose id is
+    the cookie's link to the client (sent before the sign-in, by mistake or to block the
+    link) is an event of its own, and the sign-in still links."""
+    settings = identity_settings(redis_url, key_prefix)
+    t0 = time.time() - 2 * 3600
+    named_like_the_link = {"type": "track", "anonymousId": COOKIE, "event": "Product Viewed",
+                           "messageId": f"link:{ANON}>{USER}", "timestamp": iso(t0 + 20),
+                           "properties": {"product_id": "p3"}}
+    with api_server(settings) as url:
+        assert post_batch(url, [*anonymous_visit(t0), named_like_the_link])["duplicates"] == 0
+        assert post_batch(url, registration(t0))["duplicates"] == 0
+        settle(redis_client, settings, as_of=t0 + 45)
+        assert profile(url, USER)["aliases"] == [ANON]
+        assert profile(url, USER)["features"]["cart_products"] == ["p1"]
+
+
 def test_erasing_a_client_erases_every_cookie_merged_into_it_beyond_the_alias_cap(
         redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
     """A client who logged in from more browsers than the profile lists aliases (8): the
