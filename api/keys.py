@@ -18,7 +18,9 @@ NO_SCOPES: frozenset[str] = frozenset()
 
 
 def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+    """surrogatepass: a `writeKey` in a JSON body may hold a lone surrogate (`"\\ud800"`),
+    which is no key (401), not a failure to encode it (500)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
 @dataclass(frozen=True, slots=True)

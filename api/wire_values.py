@@ -1,13 +1,16 @@
 """Values JSON can carry that the event log cannot store.
 
-`json.loads` accepts integers of any size and lone UTF-16 surrogates (`"\\ud83d"`, what
-JavaScript leaves when it cuts a string inside an emoji); orjson, which encodes every
-stored event, and Redis's UTF-8 refuse both. Found at the door, they reject the one item
-that holds them, named by its path, instead of failing the whole request.
+`json.loads` accepts integers of any size, numbers beyond any float (read as infinity)
+and lone UTF-16 surrogates (`"\\ud83d"`, what JavaScript leaves when it cuts a string
+inside an emoji); orjson, which encodes every stored event, refuses the integers and the
+surrogates (so does Redis's UTF-8) and would store infinity as null. Found at the door,
+they reject the one item that holds them, named by its path, instead of failing the whole
+request.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import orjson
@@ -28,7 +31,21 @@ class NotANumber:
         return self.text
 
 
+class OutOfRange(NotANumber):
+    """A number literal beyond any float (`1e400`): Python's json reads it as infinity,
+    which orjson would store as null."""
+
+
+def finite_float(text: str) -> float | OutOfRange:
+    """json's `parse_float`: the number, or OutOfRange for a literal beyond any float."""
+    value = float(text)
+    return value if math.isfinite(value) else OutOfRange(text)
+
+
 def _problem(value: object) -> str | None:
+    if isinstance(value, OutOfRange) or (isinstance(value, float)
+                                         and not math.isfinite(value)):
+        return "number out of range"
     if isinstance(value, NotANumber):
         return f"{value.text} is not a JSON number"
     if isinstance(value, str):

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from features.events import parse_birthday as parse_birthday  # moved: see there
 from features.rules import DAY, QuietHours
 
 
@@ -99,17 +100,6 @@ def birthday_due(year: int, month: int, day: int, tz: tzinfo, at: int, offset: f
     local_day = birthday_in(year, month, day) - timedelta(days=int(days))
     moment = datetime.combine(local_day, time(at // 60, at % 60), tzinfo=tz)
     return moment.timestamp() - seconds
-
-
-def parse_birthday(value: object) -> tuple[int, int, int] | None:
-    """(year, month, day) from a YYYY-MM-DD trait, or None when it is not a valid date."""
-    if not isinstance(value, str) or len(value) < 10:
-        return None
-    try:
-        parsed = date.fromisoformat(value[:10])
-    except ValueError:
-        return None
-    return parsed.year, parsed.month, parsed.day
 
 
 def next_birthday(month: int, day: int, tz: tzinfo, at: int, offset: float, *,

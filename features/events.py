@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
@@ -152,6 +152,16 @@ _MAX_EPOCH = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
 
 def parse_time(value: object, field_name: str) -> float:
     """ISO-8601 text (naive means UTC) or epoch seconds/milliseconds -> epoch seconds."""
+    seconds = read_time(value, field_name)
+    if not in_time_range(seconds):
+        raise EventError(field_name, f"time out of range (1990..2100): {value!r}")
+    return seconds
+
+
+def read_time(value: object, field_name: str) -> float:
+    """`parse_time` without its 1990..2100 range check: a device's clock can be anywhere,
+    and Segment's `sentAt` correction (features/segment.py) moves it back into range, so
+    that correction checks the corrected time instead."""
     if isinstance(value, bool):
         raise EventError(field_name, "expected an ISO-8601 time or epoch seconds")
     if isinstance(value, int | float):
@@ -174,9 +184,14 @@ def parse_time(value: object, field_name: str) -> float:
         seconds = parsed.timestamp()
     else:
         raise EventError(field_name, "expected an ISO-8601 time or epoch seconds")
-    if not math.isfinite(seconds) or not _MIN_EPOCH <= seconds < _MAX_EPOCH:
+    if not math.isfinite(seconds):
         raise EventError(field_name, f"time out of range (1990..2100): {value!r}")
     return seconds
+
+
+def in_time_range(seconds: float) -> bool:
+    """Within 1990..2100: outside it, a time is a broken clock or a bug upstream."""
+    return _MIN_EPOCH <= seconds < _MAX_EPOCH
 
 
 def format_time(seconds: float | None) -> str | None:
@@ -303,6 +318,19 @@ MAX_TEXT_TRAIT = 256  # characters of a known text trait (an address is at most 
 MAX_TRAIT_BYTES = 1024  # a custom trait, its name and value as JSON
 
 
+def parse_birthday(value: object) -> tuple[int, int, int] | None:
+    """(year, month, day) from a YYYY-MM-DD trait, or None when it is not a valid date.
+    Here, not in features/calendar.py, so that the ingest refuses what the core cannot read
+    (calendar imports rules, which imports this module)."""
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        parsed = date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+    return parsed.year, parsed.month, parsed.day
+
+
 def _traits(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     """Known traits are checked for type; any other trait is kept as sent.
 
@@ -325,14 +353,8 @@ def _traits(raw: Mapping[str, Any]) -> Mapping[str, Any]:
                 {name: value}, ensure_ascii=False, default=str).encode()) > MAX_TRAIT_BYTES:
             raise EventError(f"traits.{name}", f"larger than {MAX_TRAIT_BYTES} bytes as JSON")
     birthday = traits.get("birthday")
-    if birthday is not None:
-        if not isinstance(birthday, str):
-            raise EventError("traits.birthday", "expected a date YYYY-MM-DD")
-        try:
-            datetime.strptime(birthday[:10], "%Y-%m-%d")  # noqa: DTZ007 - a date, no zone
-        except ValueError:
-            raise EventError("traits.birthday",
-                             f"expected a date YYYY-MM-DD, got {birthday!r}") from None
+    if birthday is not None and parse_birthday(birthday) is None:  # as the core reads it
+        raise EventError("traits.birthday", f"expected YYYY-MM-DD, got {birthday!r}")
     consents = traits.get("consents")
     if consents is not None and (
         not isinstance(consents, Mapping)

@@ -16,19 +16,21 @@ them) carries the corrected `timestamp`, used as is.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 from features.events import (
     ANONYMOUS_PREFIX,
+    INTERNAL_TYPES,
     MAX_ID_LENGTH,
     Event,
     EventError,
     EventType,
     content_event_id,
+    in_time_range,
     parse_event,
     parse_time,
+    read_time,
 )
 
 TRACK_EVENTS: dict[str, EventType] = {
@@ -56,8 +58,10 @@ TRACK_EVENTS: dict[str, EventType] = {
     "email link clicked": EventType.MESSAGE_CLICKED,
     "push clicked": EventType.MESSAGE_CLICKED,
 }
-# Canonical names are accepted as track names too ("cart_add", "nps_answer", ...).
-TRACK_EVENTS.update({t.value: t for t in EventType if t is not EventType.CUSTOM})
+# Canonical names are accepted as track names too ("cart_add", "nps_answer", ...), but not
+# those crmflow writes itself: a track of that name is a custom event.
+TRACK_EVENTS.update({t.value: t for t in EventType
+                     if t is not EventType.CUSTOM and t not in INTERNAL_TYPES})
 
 _PRODUCT_EVENTS = {EventType.PRODUCT_VIEW, EventType.CART_ADD, EventType.CART_REMOVE,
                    EventType.FAVOURITE_ADD}
@@ -133,30 +137,56 @@ def _channel_from_name(name: str) -> str | None:
 
 def _event_time(message: Mapping[str, Any], received_at: float) -> float:
     """When the event happened, as Segment's spec computes `timestamp`:
-    receivedAt - (sentAt - device time).
+    receivedAt - (sentAt - device time)."""
+    return _timed(message, received_at)[0]
+
+
+def time_origin(message: object, received_at: float) -> tuple[str, bool]:
+    """The field a message's event time was taken from, and whether `sentAt` corrected
+    it: what an error about that time (outside the accepted window) names."""
+    if not isinstance(message, Mapping):
+        return "timestamp", False
+    _, field_name, corrected = _timed(message, received_at)
+    return field_name, corrected
+
+
+def _timed(message: Mapping[str, Any], received_at: float) -> tuple[float, str, bool]:
+    """(event time, the field it came from, whether sentAt corrected it).
 
     A library sends the device time as `timestamp` (or `originalTimestamp`) with `sentAt`;
     it is corrected by the skew. A message Segment already processed (an archive: it
     carries `receivedAt` or `originalTimestamp`) holds the corrected time in `timestamp`,
     taken as is: correcting it again would move it by the skew twice. Without `timestamp`,
-    its `originalTimestamp` is corrected."""
+    its `originalTimestamp` is corrected. A device clock may be anywhere (a phone reset to
+    1970): the range is checked on the corrected time."""
+    field_name = next((name for name in ("timestamp", "originalTimestamp")
+                       if message.get(name) not in (None, "")), None)
+    if field_name is None:
+        return received_at, "timestamp", False
     processed = _first(message, "receivedAt", "originalTimestamp") is not None
-    if message.get("timestamp") not in (None, ""):
-        event_time = parse_time(message["timestamp"], "timestamp")
-        if processed:
-            return event_time
-    elif message.get("originalTimestamp") not in (None, ""):
-        event_time = parse_time(message["originalTimestamp"], "originalTimestamp")
-    else:
-        return received_at
+    skew = None if field_name == "timestamp" and processed else _skew(message, received_at)
+    if skew is None:
+        return parse_time(message[field_name], field_name), field_name, False
+    corrected = read_time(message[field_name], field_name) + skew
+    if not in_time_range(corrected):
+        raise EventError(field_name, "time out of range (1990..2100) once corrected by sentAt "
+                                     f"{message['sentAt']!r}: {message[field_name]!r}")
+    return corrected, field_name, True
+
+
+def _skew(message: Mapping[str, Any], received_at: float) -> float | None:
+    """arrival - sentAt, how far behind the device clock is; None without a readable
+    sentAt (a bad sentAt loses the correction, not the event)."""
     sent = message.get("sentAt")
-    if sent is not None:
-        with contextlib.suppress(EventError):  # a bad sentAt loses the correction, not the event
-            # an archive's skew is against Segment's receipt, not against ours (years later)
-            arrival = (parse_time(message["receivedAt"], "receivedAt")
-                       if message.get("receivedAt") not in (None, "") else received_at)
-            event_time += arrival - parse_time(sent, "sentAt")
-    return event_time
+    if sent is None:
+        return None
+    try:
+        # an archive's skew is against Segment's receipt, not against ours (years later)
+        arrival = (parse_time(message["receivedAt"], "receivedAt")
+                   if message.get("receivedAt") not in (None, "") else received_at)
+        return arrival - read_time(sent, "sentAt")
+    except EventError:
+        return None
 
 
 def from_segment(message: object, received_at: float) -> Event:
@@ -316,13 +346,53 @@ def _content_id(message: Mapping[str, Any], canonical: Mapping[str, Any]) -> str
     return content_event_id(content)
 
 
+# the canonical event's fields (`event_to_dict`): `received_at` is stamped over
+NATIVE_FIELDS = ("type", "client_id", "anonymous_id", "event_time", "event_id", "name",
+                 "products", "order", "traits", "properties", "nps_score", "channel",
+                 "history", "received_at")
+# what Segment's habits, and other near misses, name the native fields
+_NATIVE_HINTS = {"timestamp": "event_time", "originalTimestamp": "event_time",
+                 "sentAt": "event_time", "userId": "client_id", "user_id": "client_id",
+                 "anonymousId": "anonymous_id", "messageId": "event_id",
+                 "event": "type (or name, for a custom event)", "score": "nps_score",
+                 "product_id": "products", "price": "products", "quantity": "products",
+                 "order_id": "order", "total": "order", "revenue": "order",
+                 "currency": "order", "context": "traits or properties"}
+_LOOSE_NAMES = {name.replace("_", ""): name for name in NATIVE_FIELDS}
+
+
+class UnknownFieldError(EventError):
+    """A native event's top-level field that is not one of NATIVE_FIELDS (a typo, or a
+    Segment name): dropped, it would lose what the sender meant (an event time)."""
+
+
+_NATIVE_SET = frozenset(NATIVE_FIELDS)
+
+
+def _check_native_fields(raw: Mapping[str, Any]) -> None:
+    if raw.keys() <= _NATIVE_SET:
+        return
+    for key in raw:
+        if key in _NATIVE_SET:
+            continue
+        # named as text JSON can carry (a key may hold half an emoji)
+        name = str(key).encode("utf-8", "backslashreplace").decode("utf-8") or '""'
+        meant = _NATIVE_HINTS.get(name) or _LOOSE_NAMES.get(
+            name.replace("_", "").replace("-", "").lower())
+        raise UnknownFieldError(name, f"unknown field; did you mean {meant}?" if meant else
+                                f"unknown field (known: {', '.join(NATIVE_FIELDS)})")
+
+
 def from_native(raw: object, received_at: float) -> Event:
-    """A native canonical event; the server stamps received_at and fills optional ids."""
+    """A native canonical event; the server stamps received_at and fills optional ids. An
+    absent or null event_time is the time received."""
     if not isinstance(raw, Mapping):
         raise EventError("event", "expected an object")
+    _check_native_fields(raw)
     canonical = dict(raw)
     canonical["received_at"] = received_at
-    canonical.setdefault("event_time", received_at)
+    if canonical.get("event_time") is None:
+        canonical["event_time"] = received_at
     if not canonical.get("event_id"):  # content and time: see from_segment
         canonical["event_id"] = content_event_id(
             {k: v for k, v in canonical.items() if k != "received_at"})

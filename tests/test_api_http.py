@@ -167,6 +167,27 @@ def test_duplicates_are_acknowledged_once(api: str, settings: Settings,
     assert len(_stream_entries(redis_client, settings)) == 1
 
 
+def test_one_id_in_two_clients_events_is_two_events(api: str, settings: Settings,
+                                                      redis_client: redis.Redis) -> None:
+    """An id is unique within its client, not across clients (a shop's order numbers, a
+    touch id): two clients' events with one id are both stored, in one partition or two."""
+    layout = KeyLayout.from_settings(settings)
+    clients = [f"c{n}" for n in range(40)]
+    first = clients[0]
+    same = next(c for c in clients[1:] if layout.partition_of_client(c) ==
+                layout.partition_of_client(first))
+    other = next(c for c in clients[1:] if layout.partition_of_client(c) !=
+                 layout.partition_of_client(first))
+    for client_id in (first, same, other, first):
+        response = httpx.post(api + "/v1/events", auth=(WRITE_KEY, ""),
+                              json={"event_id": "shared-1", "type": "visit",
+                                    "client_id": client_id})
+        assert response.status_code == 200, response.text
+    assert response.json()["duplicates"] == 1  # the first client's, resent
+    stored = sorted(str(e["client_id"]) for e in _stream_entries(redis_client, settings))
+    assert stored == sorted([first, same, other])
+
+
 def test_profile_and_touches_after_processing(api: str, settings: Settings,
                                               redis_client: redis.Redis) -> None:
     now = time.time()
@@ -467,3 +488,95 @@ def test_integers_beyond_any_float_are_refused_naming_the_field(api: str) -> Non
     track = httpx.post(api + "/v1/track", auth=(WRITE_KEY, ""), content=(
         '{"type":"track","userId":"c","event":"x","timestamp":BIG}').replace("BIG", big))
     assert track.status_code == 400 and track.json()["field"] == "timestamp", track.text
+
+
+def test_a_device_clock_reset_to_1970_is_corrected_by_sent_at(
+        api: str, settings: Settings, redis_client: redis.Redis) -> None:
+    message = {"userId": "clk1", "event": "Product Viewed", "properties": {"product_id": "p"},
+               "timestamp": "1970-01-01T00:05:00Z", "sentAt": "1970-01-01T00:05:10Z",
+               "messageId": "clk-a"}
+    response = httpx.post(api + "/v1/track", json=message, auth=(WRITE_KEY, ""))
+    assert response.status_code == 200, response.text
+    [stored] = _stream_entries(redis_client, settings)
+    assert abs(stored["event_time"] - (stored["received_at"] - 10)) < 0.01
+    unsent = {k: v for k, v in message.items() if k != "sentAt"}
+    refused = httpx.post(api + "/v1/track", json=unsent, auth=(WRITE_KEY, ""))
+    assert refused.status_code == 400 and refused.json()["field"] == "timestamp"
+    assert "out of range" in refused.json()["detail"]
+
+
+def test_numbers_beyond_any_float_are_refused_naming_their_path(api: str) -> None:
+    """json reads 1e400 as infinity, which would be stored as null."""
+    batch = ('{"events":[{"event_id":"ok1","type":"visit","client_id":"c"},'
+             '{"event_id":"inf1","type":"visit","client_id":"c","properties":{"x":[1,1e400]}}]}')
+    response = httpx.post(api + "/v1/events", content=batch, auth=(WRITE_KEY, ""))
+    assert response.status_code == 200 and response.json()["accepted"] == 1, response.text
+    [refused] = response.json()["rejected"]
+    assert refused["error"] == "properties.x[1]: number out of range"
+    track = httpx.post(api + "/v1/track", auth=(WRITE_KEY, ""), content=(
+        '{"userId":"c","event":"Product Added","properties":{"product_id":"p","price":-1e400}}'))
+    assert track.status_code == 400 and track.json()["field"] == "properties.price", track.text
+
+
+def test_a_write_key_that_is_not_text_is_invalid(api: str) -> None:
+    """A lone surrogate in the body's writeKey is no key (it was a 500)."""
+    for path in ("/v1/track", "/v1/events"):
+        response = httpx.post(api + path, content=(
+            '{"writeKey":"\\ud800","type":"track","event":"x","userId":"u"}'))
+        assert response.status_code == 401, (path, response.text)
+    native = httpx.post(api + "/v1/events", json={"writeKey": WRITE_KEY, "type": "visit",
+                                                  "client_id": "wk"})
+    assert native.status_code == 200, native.text  # the request's key, not an event field
+
+
+def test_native_fields_are_known_ones_and_a_null_time_is_absent(api: str) -> None:
+    """`timestamp` on a native event was dropped and the event stored as of its arrival."""
+    sent = {"type": "visit", "client_id": "n1", "timestamp": "2026-01-01T00:00:00Z"}
+    response = httpx.post(api + "/v1/events", json=sent, auth=(WRITE_KEY, ""))
+    assert response.status_code == 400, response.text
+    assert response.json() == {"success": False, "field": "timestamp",
+                               "detail": "timestamp: unknown field; did you mean event_time?"}
+    typo = httpx.post(api + "/v1/events", json=[{**sent, "eventTime": 1}, {"x" * 40: 1}],
+                      auth=(WRITE_KEY, ""))
+    assert [r["field"] for r in typo.json()["rejected"]] == ["timestamp", "x" * 40]
+    metrics = httpx.get(api + "/metrics").text
+    assert 'rejected_total{reason="unknown_field",source="native"} 3.0' in metrics
+    null = httpx.post(api + "/v1/events", auth=(WRITE_KEY, ""),
+                      json={"type": "visit", "client_id": "n1", "event_time": None})
+    assert null.status_code == 200 and null.json()["accepted"] == 1, null.text
+
+
+@pytest.mark.parametrize("event", [
+    {"type": "identity_linked", "client_id": "c1"},
+    {"type": "profile_merged", "client_id": "c1", "properties": {"from": 5}},
+    {"type": "erasure_requested", "client_id": "c1"},
+    {"type": "touch_recorded", "client_id": "c1"},
+], ids=lambda event: event["type"])
+def test_refused_types_are_refused_before_their_fields_are_checked(
+        api: str, event: dict[str, object]) -> None:
+    response = httpx.post(api + "/v1/events", json=event, auth=(WRITE_KEY, ""))
+    assert response.status_code == 400 and response.json()["field"] == "type", response.text
+    reason = "admin key" if event["type"] == "touch_recorded" else "written by crmflow itself"
+    assert reason in response.json()["detail"]
+    track = httpx.post(api + "/v1/track", json={"event": event["type"], "userId": "c1"},
+                       auth=(WRITE_KEY, ""))
+    if event["type"] == "touch_recorded":
+        assert track.status_code == 400 and track.json()["field"] == "event", track.text
+        assert reason in track.json()["detail"]
+    else:  # crmflow's own types are no track names: a custom event, as any other name
+        assert track.status_code == 200, track.text
+
+
+def test_a_time_outside_the_window_is_named_as_sent(redis_url: str, key_prefix: str) -> None:
+    now = time.time()
+    original = {"type": "track", "event": "Session Started", "userId": "u1",
+                "messageId": "orig", "originalTimestamp": "2001-01-01T00:00:00Z"}
+    skewed = {"type": "track", "event": "Session Started", "userId": "u1", "messageId": "skew",
+              "timestamp": now, "sentAt": now - 2 * 86400}  # the device's time is fine
+    with api_server(_window_settings(redis_url, key_prefix, "reject")) as url:
+        response = httpx.post(url + "/v1/batch", json={"batch": [original, skewed]},
+                              auth=(WRITE_KEY, ""))
+    assert response.status_code == 400, response.text
+    assert [(r["field"], r["error"]) for r in response.json()["rejected"]] == [
+        ("originalTimestamp", "originalTimestamp: more than 30d in the past"),
+        ("timestamp", "timestamp: more than 1h in the future once corrected by sentAt")]

@@ -22,3 +22,10 @@ def test_each_key_holds_the_scopes_of_the_lists_it_is_in() -> None:
 def test_no_keys_configured_means_no_key_is_valid() -> None:
     keys = KeyScopes.from_settings(ApiSettings())
     assert keys.of("anything") == frozenset() and keys.point("anything") is None
+
+
+def test_a_key_that_is_not_unicode_text_holds_no_scope() -> None:
+    """A JSON body's writeKey may be a lone surrogate: no key, not an encoding failure."""
+    keys = KeyScopes.from_settings(ApiSettings(write_keys=["wk"],
+                                               point_read_keys={"pk": "leeds"}))
+    assert keys.of("\ud800") == frozenset() and keys.point("wk\udfff") is None

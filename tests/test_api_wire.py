@@ -255,3 +255,4 @@ def test_the_path_finder_names_the_first_bad_value() -> None:
                   "18446744073709551615]")
     assert unencodable({"a": 2**64 - 1, "b": -(2**63), "c": [True, 1.5, None]}) is None
     assert unencodable("ok\ud83d")[0] == "(value)"  # type: ignore[index]
+    assert unencodable({"a": [1.5, float("-inf")]}) == ("a[1]", "number out of range")

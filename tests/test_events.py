@@ -411,9 +411,24 @@ def test_nps_bounds_accepted() -> None:
     assert parse_event(raw(EventType.NPS_ANSWER, nps_score=10)).nps_score == 10
 
 
-@pytest.mark.parametrize("birthday", ["1990-02-30", "31.12.1990", "yesterday", 19900101])
+@pytest.mark.parametrize("birthday", ["1990-02-30", "31.12.1990", "yesterday", 19900101,
+                                      "1990-4-1", "1990-04-1"])
 def test_bad_birthday(birthday: object) -> None:
     assert field_of(raw(traits={"birthday": birthday})) == "traits.birthday"
+
+
+@pytest.mark.parametrize("birthday", ["1990-4-1", "1990-04-01", "1990-04-01T08:00:00Z",
+                                      "2000-02-29", "2001-02-29", "19900401", "1990-13-01"])
+def test_the_ingest_takes_a_birthday_exactly_when_the_core_can_read_it(birthday: str) -> None:
+    """A birthday accepted but unreadable would give no age and no greeting, silently."""
+    from features.calendar import parse_birthday
+    try:
+        parse_event(raw(traits={"birthday": birthday}))
+    except EventError as error:
+        assert error.message == f"expected YYYY-MM-DD, got {birthday!r}"
+        assert parse_birthday(birthday) is None
+    else:
+        assert parse_birthday(birthday) is not None
 
 
 def test_good_birthday() -> None:
@@ -524,3 +539,66 @@ def test_a_segment_resend_without_message_id_keeps_its_id() -> None:
     assert from_segment(message, T0 + 6).event_id == first.event_id
     untimed = {k: v for k, v in message.items() if k != "timestamp"}
     assert from_segment(untimed, T0).event_id != from_segment(untimed, T0 + 60).event_id
+
+
+def test_a_device_clock_outside_the_range_is_corrected_by_sent_at() -> None:
+    """A phone reset to 1970 still sends its skew in sentAt: the corrected time is checked,
+    not the device's; without sentAt the device's own time is."""
+    from features.segment import from_segment
+    reset = {"type": "track", "event": "Product Viewed", "userId": "clk1",
+             "properties": {"product_id": "p"}, "timestamp": "1970-01-01T00:05:00Z",
+             "sentAt": "1970-01-01T00:05:10Z", "messageId": "clk-a"}
+    assert from_segment(reset, T0).event_time == pytest.approx(T0 - 10, abs=0.01)
+    original = {**{k: v for k, v in reset.items() if k != "timestamp"},
+                "originalTimestamp": reset["timestamp"]}
+    assert from_segment(original, T0).event_time == pytest.approx(T0 - 10, abs=0.01)
+    far = {**reset, "timestamp": "2150-01-01T00:00:00Z", "sentAt": "2150-01-01T00:01:00Z"}
+    assert from_segment(far, T0).event_time == pytest.approx(T0 - 60, abs=0.01)
+    for message, field in [({k: v for k, v in reset.items() if k != "sentAt"}, "timestamp"),
+                           ({**original, "sentAt": "2060-01-01T00:00:00Z"},
+                            "originalTimestamp")]:
+        with pytest.raises(EventError) as info:
+            from_segment(message, T0)
+        assert info.value.field == field and "out of range" in info.value.message
+
+
+def test_tracks_named_as_crmflow_s_own_types_are_custom_events() -> None:
+    """Only crmflow writes identity steps and erasures: a track of that name maps to none."""
+    from features.events import INTERNAL_TYPES
+    from features.segment import TRACK_EVENTS, from_segment
+    assert not INTERNAL_TYPES & set(TRACK_EVENTS.values())
+    for internal in INTERNAL_TYPES:
+        event = from_segment({"type": "track", "event": internal.value, "userId": "u"}, T0)
+        assert (event.type, event.name) == (EventType.CUSTOM, internal.value)
+
+
+@pytest.mark.parametrize(("key", "meant"), [
+    ("timestamp", "event_time"), ("eventTime", "event_time"), ("userId", "client_id"),
+    ("anonymousId", "anonymous_id"), ("messageId", "event_id"), ("Client-Id", "client_id")])
+def test_native_events_refuse_unknown_fields_with_the_native_name(key: str, meant: str) -> None:
+    """Dropped, `timestamp` would leave the event stored at its time of arrival."""
+    from features.segment import from_native
+    with pytest.raises(EventError) as info:
+        from_native({"type": "visit", "client_id": "c1", key: "2023-11-14T00:00:00Z"}, T0)
+    assert (info.value.field, info.value.message) == (key, f"unknown field; did you mean {meant}?")
+
+
+def test_native_events_take_every_documented_field_and_name_others() -> None:
+    from features.segment import NATIVE_FIELDS, from_native
+    full = {"type": "order_placed", "client_id": "c1", "anonymous_id": "a1", "event_time": T0,
+            "event_id": "e1", "name": "checkout", "products": PRODUCTS, "order": ORDER,
+            "traits": {"city": "York"}, "properties": {"coupon": "X"}, "nps_score": None,
+            "channel": "web", "history": True, "received_at": T0 - 5}
+    assert set(full) == set(NATIVE_FIELDS)
+    assert from_native(full, T0).order == Order("o1", 39.98, "EUR", (Product("p1", "shoes",
+                                                                             19.99, 2),))
+    with pytest.raises(EventError) as info:
+        from_native({**full, "colour": "red"}, T0)
+    assert info.value.field == "colour" and info.value.message.startswith("unknown field (known")
+
+
+def test_a_null_native_event_time_is_the_time_received() -> None:
+    from features.segment import from_native
+    absent = from_native({"type": "visit", "client_id": "c1"}, T0)
+    null = from_native({"type": "visit", "client_id": "c1", "event_time": None}, T0)
+    assert null.event_time == T0 and null == absent

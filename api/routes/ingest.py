@@ -17,7 +17,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -27,11 +27,19 @@ from fastapi.responses import JSONResponse
 
 from api.deps import Resources, ResourcesDep, check_write_key
 from api.responses import problems
-from api.wire_values import NotANumber, encoded
+from api.wire_values import NotANumber, encoded, finite_float
 from config.durations import format_duration
 from config.settings import ApiSettings
 from features.events import INTERNAL_TYPES, Event, EventError, EventType, format_time
-from features.segment import from_native, from_segment, known_user_error, previous_user_id
+from features.segment import (
+    TRACK_EVENTS,
+    UnknownFieldError,
+    from_native,
+    from_segment,
+    known_user_error,
+    previous_user_id,
+    time_origin,
+)
 from sinks.event_log import BacklogFull
 from sinks.redis_client import STORE_FULL_DETAIL, STORE_UNAVAILABLE, is_store_full
 
@@ -89,7 +97,8 @@ def _decode_json(body: bytes) -> Any:
     if not body.strip():
         raise BodyError(400, "empty body: expected a JSON object", "malformed")
     try:
-        return json.loads(body, parse_constant=NotANumber)  # refused per item, by path
+        # refused per item, by path
+        return json.loads(body, parse_constant=NotANumber, parse_float=finite_float)
     except UnicodeDecodeError:
         raise BodyError(400, "body is not valid UTF-8", "malformed") from None
     except RecursionError:
@@ -99,25 +108,62 @@ def _decode_json(body: bytes) -> Any:
 
 
 def _reason(error: EventError) -> str:
-    """A bounded metric label: the top-level field, without list indices."""
+    """A bounded metric label: the top-level field, without list indices (an unknown field
+    is named by the sender: counted as one)."""
+    if isinstance(error, UnknownFieldError):
+        return "unknown_field"
     return _INDEX.sub("", error.field).split(".")[0][:32]
 
 
+# the write key is public: touches come with an admin key (routes/touches), and identity
+# steps and erasures are crmflow's own
+REFUSED_TYPES = {t.value: t for t in (EventType.TOUCH_RECORDED, *INTERNAL_TYPES)}
+
+
+def _declared_type(item: object, source: str) -> EventType | None:
+    """The refused type an item's raw fields name (a native `type`, or the type a Segment
+    track's event name maps to): refused before the fields that type needs are checked."""
+    if not isinstance(item, Mapping):
+        return None
+    if source == "native":
+        name = item.get("type")
+        return REFUSED_TYPES.get(name) if isinstance(name, str) else None
+    name = item.get("event")
+    if item.get("type") != "track" or not isinstance(name, str):
+        return None
+    declared = TRACK_EVENTS.get(name.strip().lower())
+    return declared if declared is not None and declared.value in REFUSED_TYPES else None
+
+
+def _refusal(event_type: EventType, field: str) -> EventError:
+    if event_type is EventType.TOUCH_RECORDED:
+        return EventError(field, "touches are recorded through POST "
+                                 "/v1/profiles/{client_id}/touches with an admin key")
+    return EventError(field, f"{event_type.value} is written by crmflow itself (send an "
+                             "identify with userId and anonymousId to link; erase with "
+                             "DELETE /v1/profiles/{client_id})")
+
+
 def _parse(item: object, parser: Parser, received_at: float, resources: Resources,
-           time_field: str) -> Event:
+           source: str) -> Event:
     api = resources.settings.api
     size = len(encoded(item, "event"))  # UTF-8 bytes, as stored
     if size > api.max_event_bytes:
         raise EventError("event", f"is {size} bytes; the limit per event is {api.max_event_bytes}")
+    declared = _declared_type(item, source)
+    if declared is not None:
+        raise _refusal(declared, "type" if source == "native" else "event")
     event = parser(item, received_at)
-    if event.type is EventType.TOUCH_RECORDED:  # the write key is public: see routes/touches
-        raise EventError("type", "touches are recorded through POST "
-                                 "/v1/profiles/{client_id}/touches with an admin key")
-    if event.type in INTERNAL_TYPES:
-        raise EventError("type", f"{event.type.value} is written by crmflow itself (send an "
-                                 "identify with userId and anonymousId to link; erase with "
-                                 "DELETE /v1/profiles/{client_id})")
-    return in_window(event, received_at, api, time_field)
+    if event.type.value in REFUSED_TYPES:  # whatever the raw fields said
+        raise _refusal(event.type, "type")
+    if source == "native":
+        return in_window(event, received_at, api, "event_time")
+    try:
+        return in_window(event, received_at, api, "timestamp")
+    except EventError as exc:  # named as the sender set the time: see time_origin
+        field, corrected = time_origin(item, received_at)
+        raise EventError(field, exc.message + (" once corrected by sentAt" if corrected
+                                               else "")) from None
 
 
 def in_window(event: Event, received_at: float, api: ApiSettings, time_field: str) -> Event:
@@ -140,8 +186,6 @@ def in_window(event: Event, received_at: float, api: ApiSettings, time_field: st
 
 # a body of tiny bad items (`[{}, {}, ...]`) would otherwise answer 45 times its size
 MAX_REJECTED_LISTED = 100
-# the field an event's time is sent in, per source
-TIME_FIELDS = {"native": "event_time", "segment": "timestamp"}
 BACKLOG_RETRY_AFTER = 5
 BACKLOG_WARN_AT = 0.8  # of the cap
 _warned_at = 0.0
@@ -195,12 +239,11 @@ async def _known_previous_user_ids(resources: Resources, items: Sequence[object]
 async def _ingest(items: Sequence[object], *, parser: Parser, source: str, single: bool,
                   resources: Resources) -> JSONResponse:
     received_at = time.time()
-    time_field = TIME_FIELDS[source]
     parsed: list[tuple[int, Event]] = []
     rejected: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
-            parsed.append((index, _parse(item, parser, received_at, resources, time_field)))
+            parsed.append((index, _parse(item, parser, received_at, resources, source)))
         except EventError as exc:
             rejected.append(_rejection(resources, source, index, item, exc))
     events = [event for _, event in parsed]
@@ -296,8 +339,8 @@ def _native(payload: Any) -> tuple[Sequence[object], bool]:
         items: list[object] = payload
     elif isinstance(payload, dict) and isinstance(payload.get("events"), list):
         items = payload["events"]
-    elif isinstance(payload, dict):
-        return [payload], True
+    elif isinstance(payload, dict):  # its writeKey, if any, is the request's
+        return [{k: v for k, v in payload.items() if k != "writeKey"}], True
     else:
         raise BodyError(400, 'expected an event object, a list, or {"events": [...]}',
                         "malformed")
