@@ -45,7 +45,7 @@ from features.state import (
 )
 from features.stored_schedule import StoredSchedule
 
-FORMAT_VERSION = 11
+FORMAT_VERSION = 12
 
 # Marks are stored by number: append only, never reorder (a name not listed is kept as
 # text). Whole-number values (flags, counts, whole-second times) are stored as integers.
@@ -111,6 +111,7 @@ def encode_state(state: ClientState) -> bytes:
         [[name, _time(at)] for name, at in state.segments], _time(state.segments_at),
         state.aliases, state.merged_into, _time(state.history_until), state.bought,
         [event_to_dict(e) for e in state.held], state.links_lost,
+        [[pid, _time(at), quantity] for pid, at, quantity in state.cart_removals],
     ]
     return msgpack.packb(row, use_bin_type=True)
 
@@ -166,7 +167,9 @@ def decode_state(data: bytes) -> ClientState:
         # v10 gave favourites their times; the ones before keep their order, oldest first
         row = [10, *row[1:20], [[pid, float(n)] for n, pid in enumerate(row[20])], *row[21:]]
     if isinstance(row, list) and row and row[0] == 10:
-        row = [FORMAT_VERSION, *row[1:], []]  # v11 added links_lost (tombstones)
+        row = [11, *row[1:], []]  # v11 added links_lost (tombstones)
+    if isinstance(row, list) and row and row[0] == 11:
+        row = [FORMAT_VERSION, *row[1:], []]  # v12 added cart_removals
     if not isinstance(row, list) or not row or row[0] != FORMAT_VERSION:
         found = row[:1] if isinstance(row, list) else type(row).__name__
         raise StateFormatError(f"unknown client state format: {found}")
@@ -178,7 +181,7 @@ def decode_state(data: bytes) -> ClientState:
      channel_engagement, recent_event_ids, categories, marks, loyalty_tier, pending, sends,
      decided, early_returns, touched, visit_days, view_hours, view_days, interests,
      orders_updated_at, cart_changed_at, engagement_at, segments, segments_at, aliases,
-     merged_into, history_until, bought, held, links_lost) = row
+     merged_into, history_until, bought, held, links_lost, cart_removals) = row
     state = ClientState(
         first_seen_at=first_seen_at, last_seen_at=last_seen_at, updated_at=updated_at,
         last_received_at=last_received_at,
@@ -186,6 +189,7 @@ def decode_state(data: bytes) -> ClientState:
         traits_updated_at=traits_updated_at, last_visit_at=last_visit_at, visits=visits,
         cart=tuple(starmap(CartLine, cart)), cart_updated_at=cart_updated_at,
         cart_since=cart_since, cart_reminded=cart_reminded, cart_closed_at=cart_closed_at,
+        cart_removals=tuple((pid, float(at), quantity) for pid, at, quantity in cart_removals),
         viewed=tuple(map(tuple, viewed)), browse_since=browse_since,
         last_view_at=last_view_at, browse_closed_at=browse_closed_at,
         favourites=tuple(map(tuple, favourites)), orders=tuple(starmap(OrderRecord, orders)),

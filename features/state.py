@@ -21,6 +21,8 @@ from features.rules import ABANDONED_BROWSE, ABANDONED_CART, DAY
 from features.windows import HOUR, VIEW_DAYS, VIEW_HOURS, VISIT_DAYS, Buckets
 
 MAX_CART_LINES = 50
+MAX_CART_REMOVALS = 8  # removals an add stamped before them may still reach
+CART_REMOVALS_KEPT_FOR = DAY  # an add later than that behind its removal is not waited for
 MAX_VIEWED = 20
 MAX_FAVOURITES = 20
 MAX_ORDERS = 64
@@ -169,6 +171,11 @@ class ClientState:
     cart_since: float | None = None  # first add of the current cart episode
     cart_reminded: float = 0.0  # when abandoned_cart fired in this episode (0: not yet)
     cart_closed_at: float = 0.0  # last order: cart changes before it are void
+    # (product_id, time, quantity) of removals that found fewer units added at or before
+    # them than they took (their add arrived later, or was stamped after them), oldest
+    # first: a late add stamped at or before one gives it its units first, as in order
+    # (the newest MAX_CART_REMOVALS, within CART_REMOVALS_KEPT_FOR of the latest change)
+    cart_removals: tuple[tuple[str, float, int], ...] = ()
     viewed: tuple[tuple[str, float], ...] = ()  # (product_id, time), newest last
     # the current browse episode's first view (set while one is open; after a late cart add
     # or order, the first the state still knows: it keeps each product's latest view only)
@@ -231,6 +238,7 @@ class ClientState:
                  visits: int = 0, cart: tuple[CartLine, ...] = (),
                  cart_updated_at: float | None = None, cart_since: float | None = None,
                  cart_reminded: float = 0.0, cart_closed_at: float = 0.0,
+                 cart_removals: tuple[tuple[str, float, int], ...] = (),
                  viewed: tuple[tuple[str, float], ...] = (), browse_since: float | None = None,
                  last_view_at: float | None = None, browse_closed_at: float = 0.0,
                  bought: tuple[str, ...] = (),
@@ -272,6 +280,7 @@ class ClientState:
         object.__setattr__(self, "cart_since", cart_since)
         object.__setattr__(self, "cart_reminded", cart_reminded)
         object.__setattr__(self, "cart_closed_at", cart_closed_at)
+        object.__setattr__(self, "cart_removals", cart_removals)
         object.__setattr__(self, "viewed", viewed)
         object.__setattr__(self, "browse_since", browse_since)
         object.__setattr__(self, "last_view_at", last_view_at)
@@ -369,6 +378,7 @@ def _slot_copy(state: ClientState) -> ClientState:
         cart_since=state.cart_since,
         cart_reminded=state.cart_reminded,
         cart_closed_at=state.cart_closed_at,
+        cart_removals=state.cart_removals,
         viewed=state.viewed,
         browse_since=state.browse_since,
         last_view_at=state.last_view_at,
@@ -601,9 +611,14 @@ def by_time_then_product(item: tuple[str, float]) -> tuple[float, str]:
 
 
 def _cart_change(state: ClientState, event: Event) -> Changes:
+    """A cart add or removal, decided per product by event time, not by arrival: a removal
+    takes only units added at or before it (a line's units count as added at its latest
+    add), and what it could not take is kept (`cart_removals`), so that an add stamped at
+    or before it, arriving after it, gives it those units first, as in order."""
     t = event.event_time
+    adding = event.type is EventType.CART_ADD
     changes: Changes = {}
-    if event.type is EventType.CART_ADD:
+    if adding:
         changes.update(_close_browse(state, t))
         changes["interests"] = _touch_interests(state.interests, event.products, t,
                                                 "carted_at")
@@ -612,36 +627,115 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
         # instant too, as the order buys a line added then (whichever arrives first)
         return changes
     cart = {line.product_id: line for line in state.cart}
+    removals = state.cart_removals
+    stays = False  # a unit the add added is in the cart
+    taken: float | None = None  # the latest removal that took units the add added
+    deleted = False  # a removal took a line whole
     for product in event.products:
-        line = cart.get(product.product_id)
-        if event.type is EventType.CART_ADD:
-            quantity = product.quantity + (line.quantity if line else 0)
-            cart[product.product_id] = CartLine(
-                product.product_id, quantity, product.price or (line.price if line else 0.0),
+        pid = product.product_id
+        line = cart.get(pid)
+        if adding:
+            removals, quantity, until = _taken_back(removals, pid, t, product.quantity)
+            if until is not None:
+                taken = until if taken is None else max(taken, until)
+            if quantity == 0:
+                continue
+            stays = True
+            cart[pid] = CartLine(
+                pid, quantity + (line.quantity if line else 0),
+                product.price or (line.price if line else 0.0),
                 product.category or (line.category if line else None),
                 max(line.added_at, t) if line else t)
-        elif line is not None:
-            remaining = line.quantity - product.quantity
-            if remaining > 0:
-                cart[product.product_id] = replace(line, quantity=remaining)
-            else:
-                del cart[product.product_id]
+            continue
+        held = 0  # units added at or before the removal; a newer add keeps its own
+        if line is not None and line.added_at <= t:
+            held = line.quantity
+            if held > product.quantity:
+                cart[pid] = replace(line, quantity=held - product.quantity)
+                continue
+            del cart[pid]
+            deleted = True
+        if product.quantity > held:
+            removals = _with_removal(removals, pid, t, product.quantity - held)
     # in time order, ties by product: which line the bound drops must not hang on arrival
     lines = tuple(sorted(cart.values(), key=line_order))[-MAX_CART_LINES:]
     changes["cart"] = lines
-    changes["cart_changed_at"] = _later(state.cart_changed_at, t)
-    changes["cart_updated_at"] = _rearmed(state, _later(state.cart_updated_at, t))
+    changes["cart_changed_at"] = latest = _later(state.cart_changed_at, t)
+    if removals and removals[0][1] < latest - CART_REMOVALS_KEPT_FOR:
+        # a remove for an add never seen (a cart from before tracking) must not stay forever
+        removals = tuple(r for r in removals if r[1] >= latest - CART_REMOVALS_KEPT_FOR)
+    if removals != state.cart_removals:
+        changes["cart_removals"] = removals
     if not lines:
         changes.update(cart_since=None, cart_reminded=0.0, cart_updated_at=None)
-    elif state.cart_since is None or (
-            event.type is EventType.CART_ADD and state.cart_reminded
-            and t >= state.cart_reminded):
+        return changes
+    # an add all of whose units a later removal took back was in the cart until then: in
+    # order it changed this episode if that removal came in it, else it came and went before
+    since = state.cart_since
+    counts = not adding or stays or (taken is not None and since is not None
+                                     and taken >= since)
+    updated = _later(state.cart_updated_at, t)
+    if adding and stays and state.cart_changed_at is not None:
+        # the cart holds what it added ever since: in order, every change after it (the
+        # latest, say a removal that found an empty cart on arrival) changed this episode
+        updated = max(updated, state.cart_changed_at)
+    elif counts and taken is not None:
+        updated = max(updated, taken)  # that removal changed this episode's cart, in order
+    changes["cart_updated_at"] = _rearmed(state, updated)
+    if not counts:
+        return changes
+    if deleted and since is not None and since <= t and all(line.added_at > t for line in lines):
+        # a late removal in the episode took every line added before it: in order the cart
+        # was empty then, and the lines left are an episode of their own, as after an order
+        reminded = 0.0 if _cart_reminder_waits(state) else state.cart_reminded
+        changes.update(cart_since=lines[0].added_at, cart_reminded=reminded)
+    elif since is None or (adding and state.cart_reminded and t >= state.cart_reminded):
         # a first add, or an add after the reminder (not a late one from before it): a new
         # episode, re-armed
         changes.update(cart_since=t, cart_reminded=0.0)
-    elif event.type is EventType.CART_ADD and not state.cart_reminded and t < state.cart_since:
+    elif adding and not state.cart_reminded and t < since:
         changes["cart_since"] = t  # a late first add: the episode (and its id) began then
     return changes
+
+
+Removals = tuple[tuple[str, float, int], ...]  # (product, time, units owed), oldest first
+
+
+def _taken_back(removals: Removals, pid: str, t: float, quantity: int
+                ) -> tuple[Removals, int, float | None]:
+    """An add of `quantity` units of `pid` at `t`, after removals of it stamped at or after
+    `t` (at its very instant too, as with an order) that found too few units: in order they
+    took these units, the earliest first. The removals still owed, the units that stay, and
+    the latest removal that took some (None: none)."""
+    if not any(r[0] == pid and r[1] >= t for r in removals):
+        return removals, quantity, None
+    kept: list[tuple[str, float, int]] = []
+    taken: float | None = None
+    for removal in removals:  # oldest first
+        product_id, at, owed = removal
+        if quantity and product_id == pid and at >= t:
+            given = min(quantity, owed)
+            quantity -= given
+            taken = at
+            if owed > given:
+                kept.append((product_id, at, owed - given))
+            continue
+        kept.append(removal)
+    return tuple(kept), quantity, taken
+
+
+def _with_removal(removals: Removals, pid: str, t: float, quantity: int) -> Removals:
+    """`removals` with `quantity` units of `pid` owed at `t`: oldest first, ties by product,
+    the newest MAX_CART_REMOVALS kept (an add older than all of them is rare: it would
+    arrive later than that many removals after it)."""
+    owed = {(r[0], r[1]): r[2] for r in removals}
+    owed[(pid, t)] = owed.get((pid, t), 0) + quantity
+    ordered = sorted(((p, at, n) for (p, at), n in owed.items()), key=by_removal_time)
+    return tuple(ordered[-MAX_CART_REMOVALS:])
+
+
+def by_removal_time(removal: tuple[str, float, int]) -> tuple[float, str]:
+    return removal[1], removal[0]
 
 
 def browse_gate(state: ClientState) -> float:
@@ -712,7 +806,10 @@ def _order_placed(state: ClientState, event: Event) -> Changes:
     changes.update(_order_closes_cart(state, t))
     if t >= state.cart_closed_at:
         changes["bought"] = _bought(state, event.order.items, t)
-    changes["cart_closed_at"] = max(state.cart_closed_at, t)
+    changes["cart_closed_at"] = closed = max(state.cart_closed_at, t)
+    if state.cart_removals and state.cart_removals[0][1] <= closed:
+        # the adds those removals wait for are void now: the order closed the cart
+        changes["cart_removals"] = tuple(r for r in state.cart_removals if r[1] > closed)
     early = next((r for r in state.early_returns if r[0] == record.order_id), None)
     if early is not None:  # its cancellation or refund arrived first: apply it now
         undone = return_order(changes, len(changes["orders"]) - 1 - [
@@ -841,7 +938,10 @@ def _support_request(state: ClientState, event: Event) -> Changes:
 
 
 def _nps_answer(state: ClientState, event: Event) -> Changes:
-    if state.nps_at is not None and event.event_time < state.nps_at:
+    """A strictly later answer replaces the stored one; one at the same instant does not: the
+    trigger rule (`catalogue._nps`) acts on the first answer of an instant to arrive only,
+    so the state keeps that one, the answer its follow-up was decided on."""
+    if state.nps_at is not None and event.event_time <= state.nps_at:
         return {}
     return {"nps_score": event.nps_score, "nps_at": event.event_time}
 

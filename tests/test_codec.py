@@ -32,7 +32,7 @@ def test_round_trip_of_every_new_field() -> None:
     data = encode_state(FULL)
     assert decode_state(data) == FULL
     assert encode_state(decode_state(data)) == data
-    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 11
+    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 12
 
 
 def test_every_field_survives_the_round_trip() -> None:
@@ -43,10 +43,31 @@ def test_every_field_survives_the_round_trip() -> None:
     assert decode_state(encode_state(state)) == state
 
 
-def _as_version_10(state: ClientState) -> list[Any]:
-    """The state's row as version 10 wrote it: without `links_lost`."""
+def _as_version_11(state: ClientState) -> list[Any]:
+    """The state's row as version 11 wrote it: without `cart_removals`."""
     row: list[Any] = msgpack.unpackb(encode_state(state), strict_map_key=False)
-    return [10, *row[1:-1]]
+    return [11, *row[1:-1]]
+
+
+def _as_version_10(state: ClientState) -> list[Any]:
+    """The state's row as version 10 wrote it: without `links_lost` either."""
+    return [10, *_as_version_11(state)[1:-1]]
+
+
+def test_version_11_records_read_with_no_cart_removals() -> None:
+    state = every_field_set()
+    old = msgpack.packb(_as_version_11(state), use_bin_type=True)
+    assert decode_state(old) == replace(state, cart_removals=())
+
+
+def test_cart_removals_at_whole_seconds_are_stored_compactly_and_read_as_times() -> None:
+    state = replace(FULL, cart_removals=(("p1", 1_700_000_000.0, 2), ("p2", 1_700_000_000.5, 1)))
+    row = msgpack.unpackb(encode_state(state), strict_map_key=False)
+    assert row[-1] == [["p1", 1_700_000_000, 2], ["p2", 1_700_000_000.5, 1]]
+    assert isinstance(row[-1][0][1], int)  # 5 bytes, not 9
+    decoded = decode_state(encode_state(state))
+    assert decoded == state
+    assert all(isinstance(at, float) for _, at, _ in decoded.cart_removals)
 
 
 def test_version_6_records_read_as_never_backfilled() -> None:
@@ -68,7 +89,7 @@ FAVOURITES = 20  # the row's position of the favourites
 def test_version_10_records_read_with_no_links_lost() -> None:
     state = every_field_set()
     old = msgpack.packb(_as_version_10(state), use_bin_type=True)
-    assert decode_state(old) == replace(state, links_lost=())
+    assert decode_state(old) == replace(state, links_lost=(), cart_removals=())
 
 
 def _as_version_9(state: ClientState) -> list[Any]:
@@ -84,7 +105,7 @@ def test_version_9_favourites_keep_their_order_with_times_before_any_event() -> 
     old = msgpack.packb(_as_version_9(state), use_bin_type=True)
     decoded = decode_state(old)
     assert decoded == replace(state, favourites=(("p7", 0.0), ("p3", 1.0), ("p5", 2.0)),
-                              links_lost=())
+                              links_lost=(), cart_removals=())
     assert decode_state(encode_state(decoded)) == decoded
 
 
@@ -92,7 +113,7 @@ def test_version_8_records_read_with_no_events_held() -> None:
     state = every_field_set()
     old = msgpack.packb([8, *_as_version_9(state)[1:-1]], use_bin_type=True)
     assert decode_state(old) == replace(state, held=(), favourites=(("p3", 0.0),),
-                                        links_lost=())
+                                        links_lost=(), cart_removals=())
 
 
 def _as_version_7(state: ClientState) -> bytes:

@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 
 import features
 from features.events import Event, EventType, Order, Product
-from features.rules import TriggerRules
+from features.rules import DAY, TriggerRules
 from features.segment_rules import compile_segments
 from features.state import (
     MAX_CART_LINES,
+    MAX_CART_REMOVALS,
     MAX_CHANNELS,
     MAX_FAVOURITES,
     MAX_ORDERS,
@@ -271,6 +272,127 @@ def test_the_cart_bound_keeps_the_latest_lines_whatever_arrived_first() -> None:
     assert [line.product_id for line in kept][:2] == ["p04", "p05"]
 
 
+def test_a_removal_arriving_before_its_add_takes_it_back() -> None:
+    """Added at 10, removed at 11, the removal arriving first: in order the cart is empty,
+    so no reminder may name the product. The removal keeps what it could not take; the add
+    gives it its units, and only what is left stays (a partial removal too)."""
+    added, removed = cart_add(10, ("p1", 1)), cart_remove(11, ("p1", 1))
+    for history in ([added, removed], [removed, added]):
+        state = run(history)
+        assert state.cart == () and state.cart_since is None and state.cart_updated_at is None
+        assert state.cart_removals == ()  # the add paid what the removal was owed
+    three, two_back = cart_add(10, ("p1", 3)), cart_remove(11, ("p1", 2))
+    assert run([two_back, three]).cart == run([three, two_back]).cart == (
+        CartLine("p1", 1, 10.0, "cat", T0 + 10),)
+
+
+def test_a_removal_stamped_before_a_newer_add_leaves_the_newer_add() -> None:
+    """Removed at 10 (nothing in the cart yet), added at 11: the product stays, whichever
+    arrives first; the removal is kept for an add stamped before it that may still come."""
+    removed, added = cart_remove(10, ("p1", 1)), cart_add(11, ("p1", 1))
+    for history in ([removed, added], [added, removed]):
+        state = run(history)
+        assert state.cart == (CartLine("p1", 1, 10.0, "cat", T0 + 11),)
+        assert state.cart_since == state.cart_updated_at == T0 + 11
+        assert state.cart_removals == (("p1", T0 + 10, 1),)
+    earlier = run([added, removed, cart_add(9, ("p1", 2))])
+    assert earlier.cart == (CartLine("p1", 2, 10.0, "cat", T0 + 11),)  # 2 added, 1 taken
+    assert earlier.cart_removals == ()
+
+
+def test_an_add_at_the_instant_of_a_removal_is_taken_by_it_whichever_arrives_first() -> None:
+    """As with an order: a change at its very instant is taken."""
+    added, removed = cart_add(10, ("p1", 1)), cart_remove(10, ("p1", 1))
+    assert run([added, removed]).cart == run([removed, added]).cart == ()
+
+
+def test_an_add_taken_back_counts_for_the_episode_only_while_it_was_in_the_cart() -> None:
+    """An add all of whose units a removal that arrived first took back was in the cart
+    from its time to the removal's: in order it began the episode, and the removal changed
+    the cart, when that span reaches into the episode; before it, it changes neither."""
+    other = cart_add(12, ("p2", 1))
+    before = run([cart_remove(11, ("p1", 1)), other, cart_add(10, ("p1", 1))])
+    assert (before.cart_since, before.cart_updated_at) == (T0 + 12, T0 + 12)
+    during = run([cart_remove(13, ("p1", 1)), other, cart_add(10, ("p1", 1))])
+    in_order = run([cart_add(10, ("p1", 1)), other, cart_remove(13, ("p1", 1))])
+    assert (during.cart_since, during.cart_updated_at) == (T0 + 10, T0 + 13)
+    assert cart_fields(during) == cart_fields(in_order)
+
+
+def test_a_late_add_is_rearmed_by_a_change_after_it_that_found_an_empty_cart() -> None:
+    """Removed at 1 a product never added (a cart change all the same), arriving before an
+    add stamped at 0: in order the cart held the add then, and the reminder's time is 1."""
+    added, removed = cart_add(0, ("p2", 1)), cart_remove(1, ("p1", 1))
+    assert run([removed, added]).cart_updated_at == run([added, removed]).cart_updated_at \
+        == T0 + 1
+
+
+def test_a_late_removal_of_every_earlier_line_leaves_the_later_ones_an_episode() -> None:
+    """p1 added at 0 and removed at 6, p2 added at 7, the removal arriving last: in order the
+    cart was empty at 6, so p2's episode (its reminder's key) began at 7, as after an order."""
+    history = [cart_add(0, ("p1", 1)), cart_add(7, ("p2", 1)), cart_remove(6, ("p1", 1))]
+    late = run(history)
+    assert cart_fields(late) == cart_fields(run(sorted(history, key=lambda e: e.event_time)))
+    assert (late.cart_since, late.cart_updated_at) == (T0 + 7, T0 + 7)
+
+
+def test_removals_owed_are_bounded_and_closed_with_the_cart_by_an_order() -> None:
+    last = MAX_CART_REMOVALS + 3
+    removals = [cart_remove(i, (f"p{i:02d}", 1)) for i in range(1, last + 1)]
+    state = run(removals)
+    assert len(state.cart_removals) == MAX_CART_REMOVALS
+    assert state.cart_removals[0] == ("p04", T0 + 4, 1)  # the newest kept
+    assert run(reversed(removals)).cart_removals == state.cart_removals
+    closed = apply_event(state, order(6, "o1", 5.0))
+    assert [r[1] for r in closed.cart_removals] == [T0 + i for i in range(7, last + 1)]
+    # an add before the order is void anyway; one after it still meets a removal after it
+    assert apply_event(closed, cart_add(5, ("p05", 1))).cart == ()
+    assert apply_event(closed, cart_add(6.5, (f"p{last}", 1))).cart == ()
+    assert cart_of(apply_event(closed, cart_add(last + 1, (f"p{last}", 1)))) == {
+        f"p{last}": 1}
+
+
+def test_removals_owed_are_kept_a_day_behind_the_latest_cart_change() -> None:
+    """A remove for an add never seen (a cart from before tracking) is not kept for ever:
+    a cart change a day after it lets it go, and an add stamped before it that arrives
+    later still is not waited for."""
+    owed = run([cart_remove(10, ("p1", 1))])
+    assert owed.cart_removals == (("p1", T0 + 10, 1),)
+    within = apply_event(owed, cart_add(10 + DAY, ("p2", 1)))
+    assert within.cart_removals == owed.cart_removals
+    beyond = apply_event(within, cart_add(11 + DAY, ("p3", 1)))
+    assert beyond.cart_removals == ()
+    assert cart_of(apply_event(beyond, cart_add(5, ("p1", 1)))) == {"p1": 1, "p2": 1, "p3": 1}
+
+
+@st.composite
+def cart_histories(draw: st.DrawFn) -> list[Event]:
+    """Adds and removals of a few products at distinct times, any quantities; each product
+    added at most once, since a line keeps its latest add's time only (a removal stamped
+    between two adds of a product that arrives after both cannot tell their units apart)."""
+    products = draw(st.lists(st.sampled_from(["p1", "p2", "p3"]), min_size=1, max_size=8))
+    times = draw(st.lists(st.integers(1, 200), min_size=len(products), max_size=len(products),
+                          unique=True))
+    added: set[str] = set()
+    events = []
+    for pid, t in zip(products, times, strict=True):
+        quantity = draw(st.integers(1, 3))
+        if pid not in added and draw(st.booleans()):
+            added.add(pid)
+            events.append(cart_add(t, (pid, quantity)))
+        else:
+            events.append(cart_remove(t, (pid, quantity)))
+    return draw(st.permutations(events))
+
+
+@settings(max_examples=300, deadline=None)
+@given(cart_histories())
+def test_cart_adds_and_removals_in_any_arrival_order_leave_the_cart_of_event_order(
+        arrivals: list[Event]) -> None:
+    in_order = run(sorted(arrivals, key=lambda e: e.event_time))
+    assert run(arrivals).cart == in_order.cart
+
+
 # --- orders ---------------------------------------------------------------------------------------
 
 def test_order_clears_the_cart_and_closes_it() -> None:
@@ -501,6 +623,16 @@ def test_nps_latest_answer_wins() -> None:
     assert (state.nps_score, state.nps_at) == (9, T0 + 50)
     state = apply_event(state, ev(EventType.NPS_ANSWER, 60, nps_score=4))
     assert (state.nps_score, state.nps_at) == (4, T0 + 60)
+
+
+@pytest.mark.parametrize(("first", "second"), [(10, 3), (3, 10)])
+def test_an_nps_answer_at_the_instant_of_the_stored_one_does_not_replace_it(
+        first: int, second: int) -> None:
+    """The trigger rule acts on the first answer of an instant to arrive; the state keeps
+    that one, in either arrival order (`test_triggers_arrival` checks the two agree)."""
+    state = run([ev(EventType.NPS_ANSWER, 50, nps_score=first)])
+    again = apply_event(state, ev(EventType.NPS_ANSWER, 50, nps_score=second))
+    assert (again.nps_score, again.nps_at) == (state.nps_score, state.nps_at) == (first, T0 + 50)
 
 
 def test_channel_engagement_counts() -> None:

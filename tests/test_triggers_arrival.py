@@ -23,6 +23,9 @@ from features.rules import (
     ABANDONED_CART,
     CHURN_WINBACK,
     FEEDBACK_REQUEST,
+    NPS_DETRACTOR_TASK,
+    NPS_PASSIVE_OFFER,
+    NPS_PROMOTER_REFERRAL,
     ORDER_CONFIRMATION,
     REPLENISHMENT_REMINDER,
     SERVICE_REMINDER,
@@ -40,6 +43,7 @@ from tests.core_events import (
     cart_add,
     days,
     ev,
+    nps,
     of,
     only,
     order,
@@ -235,6 +239,66 @@ def test_a_late_order_while_the_cart_reminder_waits_leaves_the_rest_its_own_remi
         (first, "suppressed", "cancelled"), (then, "sent", None)]
     _, in_order = run([adds[0], placed, adds[1]], rules, until=days(2))
     assert final(out_of_order) == final(in_order) != []
+
+
+def removal(t: float, *pids: str) -> Event:
+    return ev(EventType.CART_REMOVE, t, products=tuple(Product(p, None, 0.0, 1) for p in pids))
+
+
+def test_a_removal_arriving_before_its_add_leaves_no_reminder_for_the_removed_product() -> None:
+    """Added at 0:00:10, removed at 0:00:11, the removal arriving first (2 s late, within
+    the allowed lateness): in order the cart is empty, so nothing is reminded, live or in
+    replay; the removal used to find nothing and be lost, and the reminder named p1."""
+    added, removed = late(cart_add(10, "p1"), 12), removal(11, "p1")
+    assert live([removed, added], CARTS, days(1)) == []
+    assert run([added, removed], CARTS, until=days(1))[1] == []
+
+
+def test_a_removal_stamped_before_a_newer_add_leaves_the_reminder_of_the_add() -> None:
+    """Removed at 0:00:10 (nothing in the cart), added at 0:00:11, the removal arriving
+    last: in order p1 stays; the removal used to take it and the reminder was lost."""
+    removed, added = late(removal(10, "p1"), 12), cart_add(11, "p1")
+    triggers = live([added, removed], CARTS, days(1))
+    assert [(t.key, [i["product_id"] for i in t.payload["items"]]) for t in triggers] == [
+        (occasion_time(T0 + 11), ["p1"])]
+    assert summary(triggers) == summary(run([removed, added], CARTS, until=days(1))[1])
+
+
+def test_a_late_removal_from_before_the_episode_leaves_its_waiting_reminder_alone() -> None:
+    """a at 18:00 (reminded at 19:00), b at 20:30: a new episode, its reminder waiting for
+    09:00, when a removal of a stamped 20:15 arrives. It took a line of the reminded
+    episode, not of b's: b's reminder is not raised a second time."""
+    rules = only(QUIET, ABANDONED_CART)
+    before = [cart_add(18 * HOUR, "a"), cart_add(20.5 * HOUR, "b")]
+    triggers = waited_then_late(rules, before, 22 * HOUR,
+                                late(removal(20.25 * HOUR, "a"), 22 * HOUR), days(2))
+    first, then = occasion_time(T0 + 18 * HOUR), occasion_time(T0 + 20.5 * HOUR)
+    assert decisions(triggers, ABANDONED_CART) == [
+        (first, "sent", None), (then, "deferred", "quiet_hours"), (then, "sent", None)]
+
+
+# --- NPS answers ---------------------------------------------------------------------------------
+
+NPS_RULES = only(RULES, NPS_DETRACTOR_TASK, NPS_PASSIVE_OFFER, NPS_PROMOTER_REFERRAL)
+NPS_FOLLOW_UP = {3: NPS_DETRACTOR_TASK, 10: NPS_PROMOTER_REFERRAL}
+
+
+@pytest.mark.parametrize("scores", [(10, 3), (3, 10)])
+def test_answers_at_one_instant_keep_the_answer_the_follow_up_was_decided_on(
+        scores: tuple[int, int]) -> None:
+    """Two answers with one timestamp (a same-second correction): the follow-up is decided
+    on the first to arrive, and the state keeps that one in either arrival order, so the
+    score the segments and the policy read is the one acted on (10 then 3 used to leave
+    a score of 3 with a promoter referral sent and no detractor task)."""
+    state, triggers = run([nps(12 * HOUR, scores[0]), nps(12 * HOUR, scores[1])], NPS_RULES)
+    assert state.nps_score == scores[0]
+    assert [t.type for t in triggers] == [NPS_FOLLOW_UP[scores[0]]]
+    # at night the follow-up waits for 09:00 and is checked against the answer kept then:
+    # it is sent, not cancelled for a score it was not decided on
+    quiet = only(QUIET, NPS_DETRACTOR_TASK, NPS_PASSIVE_OFFER, NPS_PROMOTER_REFERRAL)
+    _, waited = run([nps(22 * HOUR, scores[0]), nps(22 * HOUR, scores[1])], quiet,
+                    until=days(2))
+    assert [t.type for t in waited if t.status == "sent"] == [NPS_FOLLOW_UP[scores[0]]]
 
 
 # --- the browse episode --------------------------------------------------------------------------
