@@ -534,7 +534,7 @@ def still_valid(state: ClientState, pending: PendingTrigger, rules: TriggerRules
         return last_purchase(state) is not None
     if kind == REPLENISHMENT_REMINDER:
         return _replenishment_stands(state, pending, rules)
-    if kind in (NPS_DETRACTOR_TASK, NPS_PASSIVE_OFFER, NPS_PROMOTER_REFERRAL):
+    if kind in (NPS_PASSIVE_OFFER, NPS_PROMOTER_REFERRAL):  # a detractor's task stands
         # its answer is still the latest: a later one decided its own occasion
         return (state.nps_at is not None and state.nps_score is not None
                 and occasion_time(state.nps_at) == pending.key
@@ -570,15 +570,20 @@ def _replenishment_stands(state: ClientState, pending: PendingTrigger,
 
 def _nps(before: ClientState | None, after: ClientState, event: Event, rules: TriggerRules
          ) -> list[Candidate]:
-    """On an NPS answer that is the client's latest (a late older answer changes nothing)."""
+    """On an NPS answer: the offer or invitation for the client's latest answer only (a late
+    older one changes nothing), a manager's task for every detractor answer, however late
+    (a complaint is not superseded by a later score)."""
     t = event.event_time
-    if event.nps_score is None or after.nps_at != t or (
-            before is not None and before.nps_at is not None and t <= before.nps_at):
+    if event.nps_score is None:
         return []
+    latest = after.nps_at == t and (before is None or before.nps_at is None
+                                    or t > before.nps_at)
     score = event.nps_score
+    band = nps_band(score, rules)
+    if not latest and band != NPS_DETRACTOR_TASK:
+        return []
     key = occasion_time(t)
     base: dict[str, Any] = {"score": score, "answered_at": format_time(t)}
-    band = nps_band(score, rules)
     if band == NPS_DETRACTOR_TASK:
         if not rules.nps_detractor_task.enabled:
             return []

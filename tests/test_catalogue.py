@@ -268,13 +268,19 @@ def test_nps_payloads() -> None:
     assert referral.payload["bonus_per_friend"] == 5.0
 
 
-def test_a_late_older_answer_or_a_resent_one_raises_nothing() -> None:
+def test_a_late_older_answer_raises_only_a_detractors_task_and_a_resent_one_nothing() -> None:
+    """The offer and the invitation follow the latest answer; a detractor's complaint is a
+    manager's task however late it arrives, as it would have been in order."""
     answer = nps(HOUR, 9)
     state, triggers = run([answer])
     assert kinds(triggers) == [NPS_PROMOTER_REFERRAL]
-    _, late = run([nps(0, 2), answer, replace(answer, event_id="other-id")], state=state)
+    after, late = run([nps(0, 7), answer, replace(answer, event_id="other-id")], state=state)
     assert late == []
-    assert state.nps_score == 9
+    _, complaint = run([nps(0, 2)], state=after)
+    assert [(t.type, t.payload["score"]) for t in complaint] == [(NPS_DETRACTOR_TASK, 2)]
+    assert after.nps_score == 9
+    in_order = run([nps(0, 2), answer])[1]
+    assert sorted(kinds(in_order)) == sorted([NPS_PROMOTER_REFERRAL, NPS_DETRACTOR_TASK])
 
 
 def test_a_newer_answer_is_a_new_occasion() -> None:

@@ -289,16 +289,32 @@ def test_answers_at_one_instant_keep_the_answer_the_follow_up_was_decided_on(
     """Two answers with one timestamp (a same-second correction): the follow-up is decided
     on the first to arrive, and the state keeps that one in either arrival order, so the
     score the segments and the policy read is the one acted on (10 then 3 used to leave
-    a score of 3 with a promoter referral sent and no detractor task)."""
+    a score of 3 with a promoter referral sent and no detractor task). A detractor's
+    answer raises its manager's task in either order."""
     state, triggers = run([nps(12 * HOUR, scores[0]), nps(12 * HOUR, scores[1])], NPS_RULES)
     assert state.nps_score == scores[0]
-    assert [t.type for t in triggers] == [NPS_FOLLOW_UP[scores[0]]]
+    assert sorted(t.type for t in triggers) == sorted({NPS_FOLLOW_UP[scores[0]],
+                                                       NPS_DETRACTOR_TASK})
     # at night the follow-up waits for 09:00 and is checked against the answer kept then:
     # it is sent, not cancelled for a score it was not decided on
     quiet = only(QUIET, NPS_DETRACTOR_TASK, NPS_PASSIVE_OFFER, NPS_PROMOTER_REFERRAL)
     _, waited = run([nps(22 * HOUR, scores[0]), nps(22 * HOUR, scores[1])], quiet,
                     until=days(2))
-    assert [t.type for t in waited if t.status == "sent"] == [NPS_FOLLOW_UP[scores[0]]]
+    assert sorted(t.type for t in waited if t.status == "sent") == sorted(
+        {NPS_FOLLOW_UP[scores[0]], NPS_DETRACTOR_TASK})
+
+
+def test_a_detractors_task_stands_whatever_answer_comes_after_it() -> None:
+    """A task configured to wait an hour is not cancelled by a later, happier answer (it is
+    transactional: a complaint to handle), and a late older complaint still raises one."""
+    delayed = replace(NPS_RULES, nps_detractor_task=replace(NPS_RULES.nps_detractor_task,
+                                                            delay=HOUR))
+    _, triggers = run([nps(10 * HOUR, 2), nps(10 * HOUR + 600, 9)], delayed, until=days(1))
+    assert sorted((t.type, t.status) for t in triggers) == [
+        (NPS_DETRACTOR_TASK, "sent"), (NPS_PROMOTER_REFERRAL, "sent")]
+    complaint, happier = late(nps(12 * HOUR, 2), 12 * HOUR + 3), nps(12 * HOUR + 1, 10)
+    assert summary(live([happier, complaint], NPS_RULES, days(1))) == summary(
+        run([complaint, happier], NPS_RULES, until=days(1))[1])
 
 
 # --- the browse episode --------------------------------------------------------------------------
