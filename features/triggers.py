@@ -318,11 +318,14 @@ def _record(client_key: str, candidate: Candidate, decision: Decision, at: float
 def _remember(state: ClientState, candidate: Candidate, decision: Decision, at: float
               ) -> ClientState:
     """A final decision: marketing occasions join the recently decided ones (transactional
-    ones are unique by their rule's own state), and a marketing send counts for the cap."""
-    if candidate.type in TRANSACTIONAL:
+    ones are unique by their rule's own state, but for a detractor's task: an answer older
+    than the latest raises one too, and the state keeps the latest only), and a marketing
+    send counts for the cap."""
+    if candidate.type in TRANSACTIONAL and candidate.type != NPS_DETRACTOR_TASK:
         return state
     fingerprint = occasion_fingerprint(candidate.type, candidate.key)
-    sends = record_send(state.sends, at) if decision.status == SENT else state.sends
+    sends = (record_send(state.sends, at) if decision.status == SENT
+             and candidate.type not in TRANSACTIONAL else state.sends)
     return evolve(state, decided=(*state.decided, fingerprint)[-MAX_DECIDED:], sends=sends)
 
 

@@ -283,6 +283,16 @@ def test_a_late_older_answer_raises_only_a_detractors_task_and_a_resent_one_noth
     assert sorted(kinds(in_order)) == sorted([NPS_PROMOTER_REFERRAL, NPS_DETRACTOR_TASK])
 
 
+def test_a_detractors_task_is_raised_once_for_its_instant() -> None:
+    """Two answers of one instant (another id, the same second), or a late complaint sent
+    twice: one task, as an occasion is decided once."""
+    _, same_instant = run([nps(0, 2), nps(0, 1, event_id="again")])
+    assert kinds(same_instant) == [NPS_DETRACTOR_TASK]
+    state, _ = run([nps(HOUR, 9)])
+    _, twice = run([nps(0, 2), nps(0, 2, event_id="resent-under-another-id")], state=state)
+    assert kinds(twice) == [NPS_DETRACTOR_TASK]
+
+
 def test_a_newer_answer_is_a_new_occasion() -> None:
     _, triggers = run([nps(0, 9), nps(days(60), 3)])
     assert kinds(triggers) == [NPS_PROMOTER_REFERRAL, NPS_DETRACTOR_TASK]
