@@ -61,6 +61,7 @@ from features.state import (
     ClientState,
     OrderRecord,
     PendingTrigger,
+    Removals,
     browse_gate,
     by_time_then_product,
     capped_traits,
@@ -68,8 +69,10 @@ from features.state import (
     evolve,
     first_view_after,
     in_time_order,
-    line_order,
+    recent_removals,
     return_order,
+    settle_removals,
+    with_removal,
 )
 from features.triggers import (
     INF,
@@ -362,12 +365,26 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
     # profile: lines added before the latest order are void, whichever side saw them (else
     # the outcome would hang on whether the link came before or after the order)
     closed = max(t.cart_closed_at, s.cart_closed_at)
-    cart_lines = tuple(sorted((line for line in cart.values() if line.added_at > closed),
-                              key=line_order))[-MAX_CART_LINES:]
+    cart_changed = _latest(t.cart_changed_at, s.cart_changed_at)
+    # a removal owed on one side takes the units its add left on the other, as in order
+    owed: Removals = ()
+    for pid, at, units in (*t.cart_removals, *s.cart_removals):
+        if at > closed:
+            owed = with_removal(owed, pid, at, units)
+    cart_lines, owed, taken = settle_removals(
+        tuple(line for line in cart.values() if line.added_at > closed), owed)
+    cart_lines = cart_lines[-MAX_CART_LINES:]
+    owed = owed if cart_changed is None else recent_removals(owed, cart_changed)
     open_sides = [x for x in (t, s) if any(line.added_at > closed for line in x.cart)]
     # a side's reminder stays decided while its cart episode is intact
     reminded = max((x.cart_reminded for x in open_sides
                     if all(line.added_at > closed for line in x.cart)), default=0.0)
+    cart_updated = max((x.cart_updated_at for x in open_sides
+                        if x.cart_updated_at is not None), default=None)
+    if not cart_lines:
+        cart_updated, reminded = None, 0.0
+    elif taken is not None and cart_updated is not None:
+        cart_updated = max(cart_updated, taken)  # that removal changed the cart, in order
     viewed_items = _merge_latest(t.viewed, s.viewed, MAX_VIEWED)
     browse_closed = max(t.browse_closed_at, s.browse_closed_at)
     # views up to either side's latest browse reminder are decided, as in one profile
@@ -393,11 +410,11 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         last_visit_at=_latest(t.last_visit_at, s.last_visit_at),
         visits=t.visits + s.visits,
         cart=cart_lines,
-        cart_updated_at=max((x.cart_updated_at for x in open_sides
-                             if x.cart_updated_at is not None), default=None),
+        cart_updated_at=cart_updated,
         cart_since=(min(c.added_at for c in cart_lines) if cart_lines else None),
         cart_reminded=reminded,
         cart_closed_at=closed,
+        cart_removals=owed,
         viewed=viewed_items,
         browse_since=browse_since,
         last_view_at=_latest(t.last_view_at, s.last_view_at),
@@ -431,7 +448,7 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         categories=_merge_categories(t.categories, s.categories),
         early_returns=early_returns,
         orders_updated_at=_latest(t.orders_updated_at, s.orders_updated_at),
-        cart_changed_at=_latest(t.cart_changed_at, s.cart_changed_at) or at,
+        cart_changed_at=cart_changed or at,
         engagement_at=_latest(t.engagement_at, s.engagement_at),
         aliases=tuple(dict.fromkeys((*t.aliases, alias, *s.aliases)))[-MAX_ALIASES:],
     )

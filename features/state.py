@@ -656,14 +656,12 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
             del cart[pid]
             deleted = True
         if product.quantity > held:
-            removals = _with_removal(removals, pid, t, product.quantity - held)
+            removals = with_removal(removals, pid, t, product.quantity - held)
     # in time order, ties by product: which line the bound drops must not hang on arrival
     lines = tuple(sorted(cart.values(), key=line_order))[-MAX_CART_LINES:]
     changes["cart"] = lines
     changes["cart_changed_at"] = latest = _later(state.cart_changed_at, t)
-    if removals and removals[0][1] < latest - CART_REMOVALS_KEPT_FOR:
-        # a remove for an add never seen (a cart from before tracking) must not stay forever
-        removals = tuple(r for r in removals if r[1] >= latest - CART_REMOVALS_KEPT_FOR)
+    removals = recent_removals(removals, latest)
     if removals != state.cart_removals:
         changes["cart_removals"] = removals
     if not lines:
@@ -724,7 +722,40 @@ def _taken_back(removals: Removals, pid: str, t: float, quantity: int
     return tuple(kept), quantity, taken
 
 
-def _with_removal(removals: Removals, pid: str, t: float, quantity: int) -> Removals:
+def recent_removals(removals: Removals, latest_change: float) -> Removals:
+    """The removals owed within CART_REMOVALS_KEPT_FOR of the latest cart change: a remove
+    for an add never seen (a cart from before tracking) must not stay for ever."""
+    if removals and removals[0][1] < latest_change - CART_REMOVALS_KEPT_FOR:
+        return tuple(r for r in removals if r[1] >= latest_change - CART_REMOVALS_KEPT_FOR)
+    return removals
+
+
+def settle_removals(lines: tuple[CartLine, ...], removals: Removals
+                    ) -> tuple[tuple[CartLine, ...], Removals, float | None]:
+    """`lines` once the removals owed (oldest first) took the units added at or before
+    them, as in order: what joining two profiles' carts needs, a removal owed on one side
+    meeting its add on the other. The lines left (in line order), the removals still owed,
+    and the latest removal that took units (None: none did)."""
+    cart = {line.product_id: line for line in lines}
+    owed: list[tuple[str, float, int]] = []
+    taken: float | None = None
+    for pid, at, units in removals:
+        line = cart.get(pid)
+        if line is None or line.added_at > at:
+            owed.append((pid, at, units))
+            continue
+        given = min(units, line.quantity)
+        taken = at if taken is None else max(taken, at)
+        if line.quantity > given:
+            cart[pid] = replace(line, quantity=line.quantity - given)
+        else:
+            del cart[pid]
+        if units > given:
+            owed.append((pid, at, units - given))
+    return tuple(sorted(cart.values(), key=line_order)), tuple(owed), taken
+
+
+def with_removal(removals: Removals, pid: str, t: float, quantity: int) -> Removals:
     """`removals` with `quantity` units of `pid` owed at `t`: oldest first, ties by product,
     the newest MAX_CART_REMOVALS kept (an add older than all of them is rare: it would
     arrive later than that many removals after it)."""

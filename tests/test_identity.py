@@ -38,7 +38,7 @@ from features.rules import (
     TriggerRules,
 )
 from features.state import MAX_LOST_LINKS, ClientState, evolve
-from features.triggers import ANONYMOUS_WELCOME_WAIT, fire_due, next_due
+from features.triggers import ANONYMOUS_WELCOME_WAIT, Trigger, fire_due, next_due
 from features.values import FEATURES, Context
 from tests.core_events import HOUR, OPEN, RULES, T0, of, only
 
@@ -566,3 +566,50 @@ def test_an_anonymous_registration_never_linked_is_welcomed_after_the_wait() -> 
     world.send(anon(EventType.REGISTERED, 0, "r-anon", traits={"email": "a@example.com"}))
     assert welcomes(world, ANONYMOUS_WELCOME_WAIT - 1) == []
     assert welcomes(world, DAY) == [(ANON, "sent")]
+
+
+def cart_after(steps: list[tuple[str, Event]], rules: TriggerRules = CART_ONLY
+               ) -> tuple[ClientState, list[Trigger]]:
+    """Each (key, event) handled in this order, what it emits right after it; then a day of
+    timers: the client's state and every trigger."""
+    states: dict[str, ClientState | None] = {}
+    out: list[Trigger] = []
+    queue = list(steps)
+    while queue:
+        key, event = queue.pop(0)
+        outcome = handle(key, states.get(key), event, rules)
+        states[key] = outcome.state
+        out.extend(outcome.triggers)
+        queue[:0] = [(emitted.client_key, emitted) for emitted in outcome.emitted]
+    state = states[USER]
+    assert state is not None
+    state, fired = fire_due(USER, state, T0 + DAY, rules)
+    return state, out + fired
+
+
+@pytest.mark.parametrize("removal_first", [False, True])
+def test_a_removal_waiting_for_its_add_meets_it_across_the_merge(removal_first: bool) -> None:
+    """The visitor carts p1, signs in, and removes it: whether the removal reaches the
+    client before the cookie's answer or after it, the cart is empty and nothing is
+    reminded (a removal owed on one side takes the units its add left on the other)."""
+    login = user(EventType.IDENTIFY, 600, "i1", with_cookie=True)
+    removal = (USER, user(EventType.CART_REMOVE, 700, "r1", products=shoes("p1")))
+    merge = (ANON, link_request(ANON, USER, login))
+    steps = [(ANON, anon(EventType.CART_ADD, 120, "a1", products=shoes("p1"))),
+             (USER, login), *([removal, merge] if removal_first else [merge, removal])]
+    state, triggers = cart_after(steps)
+    assert (state.cart, state.cart_removals, state.cart_since) == ((), (), None)
+    assert triggers == []
+
+
+def test_a_cookies_removal_owed_is_kept_by_the_merge_for_its_late_add() -> None:
+    """The cookie's removal arrives before its add, the sign-in comes, and then the add,
+    forwarded to the client: it is taken back as in order."""
+    login = user(EventType.IDENTIFY, 600, "i1", with_cookie=True)
+    state, triggers = cart_after([
+        (ANON, anon(EventType.CART_REMOVE, 130, "r1", products=shoes("p1"))),
+        (USER, user(EventType.VISIT, 5, "v1")), (USER, login),
+        (ANON, link_request(ANON, USER, login)),
+        (ANON, anon(EventType.CART_ADD, 120, "a1", products=shoes("p1")))])
+    assert (state.cart, state.cart_removals) == ((), ())
+    assert triggers == []
