@@ -112,6 +112,7 @@ def encode_state(state: ClientState) -> bytes:
         state.aliases, state.merged_into, _time(state.history_until), state.bought,
         [event_to_dict(e) for e in state.held], state.links_lost,
         [[pid, _time(at), quantity] for pid, at, quantity in state.cart_removals],
+        None if state.cart_emptied is None else [_time(at) for at in state.cart_emptied],
     ]
     return msgpack.packb(row, use_bin_type=True)
 
@@ -169,7 +170,7 @@ def decode_state(data: bytes) -> ClientState:
     if isinstance(row, list) and row and row[0] == 10:
         row = [11, *row[1:], []]  # v11 added links_lost (tombstones)
     if isinstance(row, list) and row and row[0] == 11:
-        row = [FORMAT_VERSION, *row[1:], []]  # v12 added cart_removals
+        row = [FORMAT_VERSION, *row[1:], [], None]  # v12 added cart_removals, cart_emptied
     if not isinstance(row, list) or not row or row[0] != FORMAT_VERSION:
         found = row[:1] if isinstance(row, list) else type(row).__name__
         raise StateFormatError(f"unknown client state format: {found}")
@@ -181,7 +182,7 @@ def decode_state(data: bytes) -> ClientState:
      channel_engagement, recent_event_ids, categories, marks, loyalty_tier, pending, sends,
      decided, early_returns, touched, visit_days, view_hours, view_days, interests,
      orders_updated_at, cart_changed_at, engagement_at, segments, segments_at, aliases,
-     merged_into, history_until, bought, held, links_lost, cart_removals) = row
+     merged_into, history_until, bought, held, links_lost, cart_removals, cart_emptied) = row
     state = ClientState(
         first_seen_at=first_seen_at, last_seen_at=last_seen_at, updated_at=updated_at,
         last_received_at=last_received_at,
@@ -190,6 +191,8 @@ def decode_state(data: bytes) -> ClientState:
         cart=tuple(starmap(CartLine, cart)), cart_updated_at=cart_updated_at,
         cart_since=cart_since, cart_reminded=cart_reminded, cart_closed_at=cart_closed_at,
         cart_removals=tuple((pid, float(at), quantity) for pid, at, quantity in cart_removals),
+        cart_emptied=None if cart_emptied is None else (
+            float(cart_emptied[0]), float(cart_emptied[1]), float(cart_emptied[2])),
         viewed=tuple(map(tuple, viewed)), browse_since=browse_since,
         last_view_at=last_view_at, browse_closed_at=browse_closed_at,
         favourites=tuple(map(tuple, favourites)), orders=tuple(starmap(OrderRecord, orders)),

@@ -176,6 +176,9 @@ class ClientState:
     # first: a late add stamped at or before one gives it its units first, as in order
     # (the newest MAX_CART_REMOVALS, within CART_REMOVALS_KEPT_FOR of the latest change)
     cart_removals: tuple[tuple[str, float, int], ...] = ()
+    # (first add, reminded, emptied at) of the episode a removal emptied: an add stamped
+    # before the emptying that arrives after it rejoins that episode, as in order
+    cart_emptied: tuple[float, float, float] | None = None
     viewed: tuple[tuple[str, float], ...] = ()  # (product_id, time), newest last
     # the current browse episode's first view (set while one is open; after a late cart add
     # or order, the first the state still knows: it keeps each product's latest view only)
@@ -239,6 +242,7 @@ class ClientState:
                  cart_updated_at: float | None = None, cart_since: float | None = None,
                  cart_reminded: float = 0.0, cart_closed_at: float = 0.0,
                  cart_removals: tuple[tuple[str, float, int], ...] = (),
+                 cart_emptied: tuple[float, float, float] | None = None,
                  viewed: tuple[tuple[str, float], ...] = (), browse_since: float | None = None,
                  last_view_at: float | None = None, browse_closed_at: float = 0.0,
                  bought: tuple[str, ...] = (),
@@ -281,6 +285,7 @@ class ClientState:
         object.__setattr__(self, "cart_reminded", cart_reminded)
         object.__setattr__(self, "cart_closed_at", cart_closed_at)
         object.__setattr__(self, "cart_removals", cart_removals)
+        object.__setattr__(self, "cart_emptied", cart_emptied)
         object.__setattr__(self, "viewed", viewed)
         object.__setattr__(self, "browse_since", browse_since)
         object.__setattr__(self, "last_view_at", last_view_at)
@@ -379,6 +384,7 @@ def _slot_copy(state: ClientState) -> ClientState:
         cart_reminded=state.cart_reminded,
         cart_closed_at=state.cart_closed_at,
         cart_removals=state.cart_removals,
+        cart_emptied=state.cart_emptied,
         viewed=state.viewed,
         browse_since=state.browse_since,
         last_view_at=state.last_view_at,
@@ -666,6 +672,14 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
         changes["cart_removals"] = removals
     if not lines:
         changes.update(cart_since=None, cart_reminded=0.0, cart_updated_at=None)
+        if deleted and state.cart_since is not None:
+            changes["cart_emptied"] = (state.cart_since, state.cart_reminded, t)
+        elif adding and taken is not None:
+            # it came and went: in order it began an episode that removal ended
+            before = state.cart_emptied
+            changes["cart_emptied"] = ((t, 0.0, taken) if before is None or before[2] < t
+                                       else (min(before[0], t), before[1],
+                                             max(before[2], taken)))
         return changes
     # an add all of whose units a later removal took back was in the cart until then: in
     # order it changed this episode if that removal came in it, else it came and went before
@@ -682,7 +696,15 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
     changes["cart_updated_at"] = _rearmed(state, updated)
     if not counts:
         return changes
-    if deleted and since is not None and since <= t and all(line.added_at > t for line in lines):
+    emptied = state.cart_emptied
+    if adding and since is None and emptied is not None and t <= emptied[2]:
+        # added before a removal emptied the cart, arriving after it: in order the cart
+        # was never empty, and this is still that episode, reminded or not
+        first, reminded, _ = emptied
+        changes.update(cart_since=first if reminded else min(first, t),
+                       cart_reminded=reminded, cart_emptied=None)
+    elif deleted and since is not None and since <= t and all(
+            line.added_at > t for line in lines):
         # a late removal in the episode took every line added before it: in order the cart
         # was empty then, and the lines left are an episode of their own, as after an order
         reminded = 0.0 if _cart_reminder_waits(state) else state.cart_reminded
@@ -690,7 +712,7 @@ def _cart_change(state: ClientState, event: Event) -> Changes:
     elif since is None or (adding and state.cart_reminded and t >= state.cart_reminded):
         # a first add, or an add after the reminder (not a late one from before it): a new
         # episode, re-armed
-        changes.update(cart_since=t, cart_reminded=0.0)
+        changes.update(cart_since=t, cart_reminded=0.0, cart_emptied=None)
     elif adding and not state.cart_reminded and t < since:
         changes["cart_since"] = t  # a late first add: the episode (and its id) began then
     return changes
@@ -841,6 +863,8 @@ def _order_placed(state: ClientState, event: Event) -> Changes:
     if state.cart_removals and state.cart_removals[0][1] <= closed:
         # the adds those removals wait for are void now: the order closed the cart
         changes["cart_removals"] = tuple(r for r in state.cart_removals if r[1] > closed)
+    if state.cart_emptied is not None and state.cart_emptied[0] <= closed:
+        changes["cart_emptied"] = None  # that episode ended with the order, not the removal
     early = next((r for r in state.early_returns if r[0] == record.order_id), None)
     if early is not None:  # its cancellation or refund arrived first: apply it now
         undone = return_order(changes, len(changes["orders"]) - 1 - [
@@ -862,11 +886,12 @@ def _order_closes_cart(state: ClientState, t: float) -> Changes:
     (and key) the order changed, is cancelled on release, as in order.
     """
     later = tuple(line for line in state.cart if line.added_at > t)
-    if later == state.cart:
-        return {}
+    if later == state.cart and (state.cart_since is None or state.cart_since > t):
+        return {}  # (an episode begun before it, its lines since removed, still ends here)
     changes: Changes = {"cart_changed_at": _later(state.cart_changed_at, t)}
     if not later:
-        changes.update(cart=(), cart_updated_at=None, cart_since=None, cart_reminded=0.0)
+        changes.update(cart=(), cart_updated_at=None, cart_since=None, cart_reminded=0.0,
+                       cart_emptied=None)
         return changes
     reminded = 0.0 if _cart_reminder_waits(state) else state.cart_reminded
     changes.update(cart=later, cart_since=min(line.added_at for line in later),

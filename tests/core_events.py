@@ -145,7 +145,7 @@ def every_field_set() -> ClientState:
         registered_at=1.5, welcomed=True, traits={"email": "a@x"}, traits_updated_at=1.25,
         last_visit_at=2.25, visits=3, cart=(CartLine("p1", 2, 4.5, "tea", 2.0),),
         cart_updated_at=2.0, cart_since=1.75, cart_reminded=2.125, cart_closed_at=0.5,
-        cart_removals=(("p6", 2.25, 1),),
+        cart_removals=(("p6", 2.25, 1),), cart_emptied=(0.25, 0.375, 0.5),
         viewed=(("p2", 1.5),), browse_since=1.5, last_view_at=1.5, browse_closed_at=0.75,
         bought=("p4",),
         favourites=(("p3", 1.5),), orders=(OrderRecord("o1", 1.0, 9.5),), orders_count=1,

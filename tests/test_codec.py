@@ -44,9 +44,9 @@ def test_every_field_survives_the_round_trip() -> None:
 
 
 def _as_version_11(state: ClientState) -> list[Any]:
-    """The state's row as version 11 wrote it: without `cart_removals`."""
+    """The state's row as version 11 wrote it: without `cart_removals` and `cart_emptied`."""
     row: list[Any] = msgpack.unpackb(encode_state(state), strict_map_key=False)
-    return [11, *row[1:-1]]
+    return [11, *row[1:-2]]
 
 
 def _as_version_10(state: ClientState) -> list[Any]:
@@ -57,14 +57,14 @@ def _as_version_10(state: ClientState) -> list[Any]:
 def test_version_11_records_read_with_no_cart_removals() -> None:
     state = every_field_set()
     old = msgpack.packb(_as_version_11(state), use_bin_type=True)
-    assert decode_state(old) == replace(state, cart_removals=())
+    assert decode_state(old) == replace(state, cart_removals=(), cart_emptied=None)
 
 
 def test_cart_removals_at_whole_seconds_are_stored_compactly_and_read_as_times() -> None:
     state = replace(FULL, cart_removals=(("p1", 1_700_000_000.0, 2), ("p2", 1_700_000_000.5, 1)))
     row = msgpack.unpackb(encode_state(state), strict_map_key=False)
-    assert row[-1] == [["p1", 1_700_000_000, 2], ["p2", 1_700_000_000.5, 1]]
-    assert isinstance(row[-1][0][1], int)  # 5 bytes, not 9
+    assert row[-2] == [["p1", 1_700_000_000, 2], ["p2", 1_700_000_000.5, 1]]
+    assert isinstance(row[-2][0][1], int)  # 5 bytes, not 9
     decoded = decode_state(encode_state(state))
     assert decoded == state
     assert all(isinstance(at, float) for _, at, _ in decoded.cart_removals)
@@ -89,7 +89,7 @@ FAVOURITES = 20  # the row's position of the favourites
 def test_version_10_records_read_with_no_links_lost() -> None:
     state = every_field_set()
     old = msgpack.packb(_as_version_10(state), use_bin_type=True)
-    assert decode_state(old) == replace(state, links_lost=(), cart_removals=())
+    assert decode_state(old) == replace(state, links_lost=(), cart_removals=(), cart_emptied=None)
 
 
 def _as_version_9(state: ClientState) -> list[Any]:
@@ -105,7 +105,7 @@ def test_version_9_favourites_keep_their_order_with_times_before_any_event() -> 
     old = msgpack.packb(_as_version_9(state), use_bin_type=True)
     decoded = decode_state(old)
     assert decoded == replace(state, favourites=(("p7", 0.0), ("p3", 1.0), ("p5", 2.0)),
-                              links_lost=(), cart_removals=())
+                              links_lost=(), cart_removals=(), cart_emptied=None)
     assert decode_state(encode_state(decoded)) == decoded
 
 
@@ -113,7 +113,7 @@ def test_version_8_records_read_with_no_events_held() -> None:
     state = every_field_set()
     old = msgpack.packb([8, *_as_version_9(state)[1:-1]], use_bin_type=True)
     assert decode_state(old) == replace(state, held=(), favourites=(("p3", 0.0),),
-                                        links_lost=(), cart_removals=())
+                                        links_lost=(), cart_removals=(), cart_emptied=None)
 
 
 def _as_version_7(state: ClientState) -> bytes:

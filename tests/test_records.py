@@ -77,7 +77,9 @@ def _sample(cls: type, spec: Field[Any], index: int) -> Any:
         "str": f"{spec.name}-{index}", "float": index + 0.25, "int": index + 3, "bool": True,
         "EventType": EventType.NPS_ANSWER, "Order": Order("o1", 9.5),
         "ClientState": _state(), "SegmentRules": SegmentRules(rfm_enabled=False),
-        "Buckets": ((index, 1),)}
+        "Buckets": ((index, 1),),
+        # a fixed-length tuple is a native type there: its items are checked too
+        "tuple[float, float, float]": (index + 0.25, index + 0.5, index + 0.75)}
     if kind in simple:
         return simple[kind]
     container = kind.partition("[")[0]

@@ -820,3 +820,23 @@ def test_two_orders_at_one_instant_keep_one_order_whichever_arrives_first() -> N
     one, other = run([a, b]), run([b, a])
     assert [o.order_id for o in one.orders] == [o.order_id for o in other.orders] == [
         "A-1", "B-2"]
+
+
+def test_an_add_taken_back_on_arrival_still_began_the_episode_it_was_in() -> None:
+    """a removed at 26 arrives first; its add at 12 comes next and is taken back; b at 19:
+    in order a began the episode at 12, which b joined, so the cart's episode is 12's."""
+    events = [cart_remove(26, ("a", 2)), cart_add(12, ("a", 2)), cart_add(19, ("b", 2))]
+    in_order = run(sorted(events, key=lambda e: e.event_time))
+    assert run(events).cart_since == in_order.cart_since == T0 + 12
+
+
+def test_a_late_order_ends_the_episode_of_lines_since_removed() -> None:
+    """b at 4, a at 10, b removed at 23, and the order at 9 arriving last: in order the
+    order bought b and a began an episode of its own at 10."""
+    events = [cart_add(4, ("b", 1)), cart_add(10, ("a", 2)), cart_remove(23, ("b", 1)),
+              order(9, "o1", 5.0)]
+    assert run(events).cart_since == run(sorted(events, key=lambda e: e.event_time)
+                                         ).cart_since == T0 + 10
+    emptied_first = [cart_add(4, ("b", 1)), cart_remove(23, ("b", 1)), order(9, "o1", 5.0),
+                     cart_add(10, ("a", 2))]
+    assert run(emptied_first).cart_since == T0 + 10

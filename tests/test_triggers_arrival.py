@@ -277,6 +277,27 @@ def test_a_late_removal_from_before_the_episode_leaves_its_waiting_reminder_alon
         (first, "sent", None), (then, "deferred", "quiet_hours"), (then, "sent", None)]
 
 
+def test_an_add_arriving_after_a_removal_emptied_the_cart_joins_the_episode_it_was_in() -> None:
+    """a at 0:00, b at 0:09:58 (arriving 4 s late, within the lateness), a removed at
+    0:10: in order the cart was never empty, so the reminder is the episode of 0:00's, one
+    id live and in replay."""
+    a, b, gone = cart_add(0, "a"), late(cart_add(598, "b"), 602), removal(600, "a")
+    live_run = live([a, gone, b], CARTS, days(1))
+    assert summary(live_run) == summary(run([a, b, gone], CARTS, until=days(1))[1])
+    [reminder] = live_run
+    assert reminder.key == occasion_time(T0)
+
+
+def test_an_add_from_before_a_sent_reminder_arriving_after_the_cart_emptied_is_covered() -> None:
+    """The reminder of 0:00's cart went out at 1:00; a was removed at 2:00; c, added at
+    0:30, arrives at 2:30: the reminder covered the episode c was in, as it does when
+    nothing was removed, so no second reminder."""
+    state, first = run([cart_add(0, "a")], CARTS, until=1.5 * HOUR)
+    _, then = run([removal(2 * HOUR, "a"), late(cart_add(30 * 60, "c"), 2.5 * HOUR)], CARTS,
+                  state=state, until=days(1))
+    assert [t.status for t in first] == ["sent"] and then == []
+
+
 # --- NPS answers ---------------------------------------------------------------------------------
 
 NPS_RULES = only(RULES, NPS_DETRACTOR_TASK, NPS_PASSIVE_OFFER, NPS_PROMOTER_REFERRAL)
