@@ -56,6 +56,7 @@ from features.state import (
     MAX_SENDS,
     MAX_TOUCHED,
     MAX_VIEWED,
+    CartLine,
     CategoryInterest,
     CategoryOrders,
     ClientState,
@@ -377,12 +378,13 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
     owed = owed if cart_changed is None else recent_removals(owed, cart_changed)
     open_sides = [x for x in (t, s) if any(line.added_at > closed for line in x.cart)]
     # a side's reminder stays decided while its cart episode is intact
-    reminded = max((x.cart_reminded for x in open_sides
-                    if all(line.added_at > closed for line in x.cart)), default=0.0)
+    reminders = sorted({x.cart_reminded for x in open_sides if x.cart_reminded
+                        and all(line.added_at > closed for line in x.cart)})
+    cart_since, reminded = _merged_episode(cart_lines, reminders)
     cart_updated = max((x.cart_updated_at for x in open_sides
                         if x.cart_updated_at is not None), default=None)
     if not cart_lines:
-        cart_updated, reminded = None, 0.0
+        cart_updated = None
     elif taken is not None and cart_updated is not None:
         cart_updated = max(cart_updated, taken)  # that removal changed the cart, in order
     viewed_items = _merge_latest(t.viewed, s.viewed, MAX_VIEWED)
@@ -411,7 +413,7 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         visits=t.visits + s.visits,
         cart=cart_lines,
         cart_updated_at=cart_updated,
-        cart_since=(min(c.added_at for c in cart_lines) if cart_lines else None),
+        cart_since=cart_since,
         cart_reminded=reminded,
         cart_closed_at=closed,
         cart_removals=owed,
@@ -452,6 +454,23 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
         engagement_at=_latest(t.engagement_at, s.engagement_at),
         aliases=tuple(dict.fromkeys((*t.aliases, alias, *s.aliases)))[-MAX_ALIASES:],
     )
+
+
+def _merged_episode(lines: tuple[CartLine, ...], reminders: list[float]
+                    ) -> tuple[float | None, float]:
+    """The joined cart's episode (its first add) and reminder, as one profile would have
+    them: an add at or after a reminder began a new episode, so the latest reminder that
+    fired before the last add ends the episode before it, and the lines added since are
+    the episode, reminded only by a reminder that came after it (one may wait for quiet
+    hours: keyed by that episode, it still stands)."""
+    if not lines:
+        return None, 0.0
+    last_add = max(line.added_at for line in lines)
+    before = [r for r in reminders if r <= last_add]
+    if not before:
+        return min(line.added_at for line in lines), max(reminders, default=0.0)
+    since = min(line.added_at for line in lines if line.added_at >= before[-1])
+    return since, next((r for r in reminders if r > before[-1]), 0.0)
 
 
 def _merge_latest(a: tuple[tuple[str, float], ...], b: tuple[tuple[str, float], ...],

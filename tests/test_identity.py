@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from features.catalogue import occasion_time
 from features.events import (
     MAX_ID_LENGTH,
     Event,
@@ -613,3 +614,40 @@ def test_a_cookies_removal_owed_is_kept_by_the_merge_for_its_late_add() -> None:
         (ANON, anon(EventType.CART_ADD, 120, "a1", products=shoes("p1")))])
     assert (state.cart, state.cart_removals) == ((), ())
     assert triggers == []
+
+
+def test_a_cart_reminder_waiting_for_the_morning_stands_after_the_merge() -> None:
+    """The cookie's cart (b at 19:00) was reminded at 20:00; the client carted a at 20:30,
+    its reminder due at 21:30 waits for 09:00; the sign-in at 22:00 joins the carts. As in
+    one profile, a began an episode after the sent reminder: the waiting reminder is that
+    episode's and goes out in the morning, naming both products."""
+    rules = only(replace(RULES, policy=replace(OPEN, quiet_hours=QuietHours())),
+                 ABANDONED_CART)
+    states: dict[str, ClientState | None] = {}
+    out: list[Trigger] = []
+
+    def send(key: str, event: Event) -> None:
+        outcome = handle(key, states.get(key), event, rules)
+        states[key] = outcome.state
+        out.extend(outcome.triggers)
+        for emitted in outcome.emitted:
+            send(emitted.client_key, emitted)
+
+    def tick(key: str, at: float) -> None:
+        state = states[key]
+        assert state is not None
+        states[key], fired = fire_due(key, state, T0 + at, rules)
+        out.extend(fired)
+
+    send(ANON, anon(EventType.CART_ADD, 19 * HOUR, "b1", products=shoes("b")))
+    tick(ANON, 20.5 * HOUR)
+    send(USER, user(EventType.CART_ADD, 20.5 * HOUR, "a1", products=shoes("a")))
+    tick(USER, 21.6 * HOUR)
+    login = user(EventType.IDENTIFY, 22 * HOUR, "i1", with_cookie=True)
+    send(USER, login)
+    send(ANON, link_request(ANON, USER, login))
+    tick(USER, 40 * HOUR)
+    sent = [(t.key, [item["product_id"] for item in t.payload["items"]])
+            for t in out if t.status == "sent"]
+    assert sent == [(occasion_time(T0 + 19 * HOUR), ["b"]),
+                    (occasion_time(T0 + 20.5 * HOUR), ["b", "a"])]
