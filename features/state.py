@@ -225,7 +225,7 @@ class ClientState:
     segments_at: float = 0.0  # when the memberships were last evaluated
     aliases: tuple[str, ...] = ()  # anonymous client keys merged into this client
     merged_into: str | None = None  # set on an anonymous client merged into that key
-    # on such a tombstone: the digests (identity.id_digest) of later clients' link requests
+    # on such a tombstone: the digests (identity.link_digest) of later clients' link requests
     # that lost to it (the first link won), newest last, so that its erasure forgets them
     # too; digests, since a later client's erasure cannot reach this record
     links_lost: tuple[str, ...] = ()
