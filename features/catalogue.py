@@ -457,8 +457,9 @@ def released(state: ClientState, pending: PendingTrigger, rules: TriggerRules
         return _browse_released(state, pending)
     if not still_valid(state, pending, rules):
         return None
-    payload = _cart_payload(state) if pending.type == ABANDONED_CART else pending.payload
-    return Candidate(pending.type, pending.key, pending.fired_at, dict(payload))
+    payload = (_cart_payload(state) if pending.type == ABANDONED_CART
+               else dict(pending.payload))
+    return Candidate(pending.type, pending.key, pending.fired_at, payload)
 
 
 def after_cancelled(state: ClientState, pending: PendingTrigger, rules: TriggerRules

@@ -74,8 +74,9 @@ async def get_timeline(client_id: str, resources: ReadAccess, grant: Grant,
     if found is None:
         raise _not_found(resources, "/v1/profiles/{client_id}/timeline", client_id)
     key, state = found
-    touches = await resources.profiles.touches(key, limit, _merged_ids(state)) or []
-    recorded_for = (key, *_merged_ids(state))
+    merged = _merged_ids(state)
+    touches = await resources.profiles.touches(key, limit, merged) or []
+    recorded_for = (key, *merged)
     entries: list[tuple[float, int, dict[str, Any]]] = []
     for owner, lines in zip(recorded_for, await console_store.timelines(
             resources.redis, resources.layout, recorded_for), strict=True):
