@@ -11,6 +11,7 @@ A bad value stops start-up with a `ConfigError` that names the field.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -293,6 +294,27 @@ def _quiet_hours(value: object) -> object:
     return f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}"
 
 
+def _moment(value: object) -> float:
+    """Epoch seconds from a date or a date and time (ISO 8601; YAML reads an unquoted date
+    as a date); without a zone, UTC, so every process reads the same moment."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError("expected a date or a date and time (ISO 8601, e.g. 2026-12-01 "
+                             f"or 2026-12-01T09:00:00+01:00), got {value!r}") from None
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    if not isinstance(value, dt.datetime):
+        raise ValueError(f"expected a date or a date and time (ISO 8601), got {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()
+
+
+Moment = Annotated[float, BeforeValidator(_moment)]
+
+
 def _trigger_type(value: object) -> str:
     if not isinstance(value, str) or value not in TRIGGER_TYPES:
         raise ValueError(f"unknown trigger type {value!r} (known: {', '.join(TRIGGER_TYPES)})")
@@ -312,21 +334,27 @@ MarketingType = Annotated[str, BeforeValidator(_marketing_type)]
 ChannelName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 
-class ImmediateRuleSettings(Section):
+class _RuleSwitch(Section):
+    """A rule can be switched off; `enabled_from` is when it was switched on: its occasions
+    due before then are recorded `suppressed`, reason `before_enabled`, not sent late."""
+
+    enabled: bool = True
+    enabled_from: Moment | None = None
+
+
+class ImmediateRuleSettings(_RuleSwitch):
     """A transactional trigger raised by an event itself: it can be switched off, or wait
     `delay` after the event (never suppressed, capped, held out or deferred)."""
 
-    enabled: bool = True
     delay: Duration = 0.0
 
     def rule(self) -> TriggerRule:
         return TriggerRule(enabled=self.enabled, delay=self.delay)
 
 
-class _DelayedRule(Section):
+class _DelayedRule(_RuleSwitch):
     """A marketing trigger `delay` after its occasion (0 = at once)."""
 
-    enabled: bool = True
     delay: Duration = 0.0
     holdout_percent: Percent | None = None  # null: policy.holdout_percent
 
@@ -345,8 +373,7 @@ class FeedbackSettings(_DelayedRule):
         return FeedbackRule(self.enabled, self.delay, self.holdout_percent, self.nps_survey)
 
 
-class TaskSettings(Section):
-    enabled: bool = True
+class TaskSettings(_RuleSwitch):
     channel: ChannelName = "task"
     delay: Duration = 0.0
 
@@ -377,8 +404,7 @@ class PromoSettings(_DelayedRule):
         return PromoRule(self.enabled, self.delay, self.holdout_percent, self.promo_code)
 
 
-class ReplenishmentSettings(Section):
-    enabled: bool = True
+class ReplenishmentSettings(_RuleSwitch):
     offset: Duration = 7 * DAY
     holdout_percent: Percent | None = None
     per_category: bool = False
@@ -388,8 +414,7 @@ class ReplenishmentSettings(Section):
                                  self.per_category)
 
 
-class ServiceSettings(Section):
-    enabled: bool = True
+class ServiceSettings(_RuleSwitch):
     offset: Duration = 0.0
     holdout_percent: Percent | None = None
     interval_trait: Annotated[str, Field(min_length=1, max_length=64)] = "service_interval_days"
@@ -400,8 +425,7 @@ class ServiceSettings(Section):
                            self.since)
 
 
-class BirthdaySettings(Section):
-    enabled: bool = True
+class BirthdaySettings(_RuleSwitch):
     offset: Annotated[Duration, Field(le=365 * DAY)] = 0.0
     holdout_percent: Percent | None = None
     at: TimeOfDay = "10:00"
@@ -410,8 +434,7 @@ class BirthdaySettings(Section):
         return BirthdayRule(self.enabled, self.offset, self.holdout_percent, _minutes(self.at))
 
 
-class OnboardingSettings(Section):
-    enabled: bool = True
+class OnboardingSettings(_RuleSwitch):
     steps: list[Duration] = Field(default_factory=lambda: [1 * DAY, 3 * DAY, 7 * DAY])
     holdout_percent: Percent | None = None
 
@@ -678,7 +701,9 @@ class Settings(BaseSettings):
             service_reminder=t.service_reminder.rule(), birthday=t.birthday.rule(),
             onboarding=t.onboarding.rule(), loyalty_status=t.loyalty_status.rule(),
             segment_entered=t.segment_entered.rule(), policy=self.policy.policy(),
-            segments=self.segment_rules(), nps=self.nps.bands())
+            segments=self.segment_rules(), nps=self.nps.bands(),
+            enabled_from=tuple((name, since) for name in TRIGGER_TYPES
+                               if (since := getattr(t, name).enabled_from) is not None))
 
     @classmethod
     def settings_customise_sources(
@@ -715,13 +740,27 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML as the settings read it: a date stays text, so the field that holds it checks
+    it and names itself (PyYAML's own dates made `2026-13-01` a bare ValueError)."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror or exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path}: not valid YAML: {exc}") from exc
     if data is None:

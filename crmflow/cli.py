@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 import yaml
 
-from config.settings import ConfigError, Settings, load_settings, redacted_url
+from config.settings import ConfigError, Settings, load_settings, parse_yaml, redacted_url
 
 if TYPE_CHECKING:
     from crmflow.runtime import EmbeddedLease
@@ -33,7 +33,7 @@ def _overlays(demo: bool) -> tuple[dict[str, Any], ...]:
     from importlib import resources
 
     text = resources.files("config").joinpath("demo.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
+    data = parse_yaml(text)
     return (data,) if isinstance(data, dict) else ()
 
 

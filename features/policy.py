@@ -43,6 +43,7 @@ FREQUENCY_CAP = "frequency_cap"
 CANCELLED = "cancelled"  # the occasion ended while the trigger waited
 PENDING_LIMIT = "pending_limit"  # too many triggers already waiting for this client
 BACKFILL = "backfill"  # due before the history that raised it arrived: never sent late
+BEFORE_ENABLED = "before_enabled"  # due before its rule was switched on (`enabled_from`)
 
 SENDS_KEPT_FOR = 7 * DAY  # how far back of the newest send a late one still counts
 

@@ -8,6 +8,7 @@ Durations are float seconds; times of day are minutes after local midnight.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -295,19 +296,30 @@ class TriggerRules:
     policy: Policy = field(default_factory=Policy)
     segments: SegmentRules = SegmentRules()
     nps: NpsBands = NpsBands()
-    # derived: the timer rules switched on (the catalogue asks on every event), and the
-    # traits the rules read (kept first when a client has too many)
+    # (type, epoch seconds): when a rule was switched on. Its occasions due before then are
+    # decided without a send, so switching a rule on does not send what fell due while it
+    # was off (a birthday rule switched on years after the dates were set), and a replay
+    # under the same configuration decides the same. A type not listed: always on.
+    enabled_from: tuple[tuple[str, float], ...] = ()
+    # derived: the timer rules switched on (the catalogue asks on every event), the traits
+    # the rules read (kept first when a client has too many), `enabled_from` by type
     enabled_timers: tuple[str, ...] = field(init=False, repr=False, compare=False)
     read_traits: frozenset[str] = field(init=False, repr=False, compare=False)
+    switched_on: dict[str, float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "enabled_timers", tuple(
             kind for kind in TIMER_TYPES if getattr(self, kind).enabled))
+        object.__setattr__(self, "switched_on", dict(self.enabled_from))
         catalog = self.segments.catalog
         object.__setattr__(self, "read_traits", READ_TRAITS.union(
             (channel.contact for channel in self.policy.channels if channel.contact),
             (self.service_reminder.interval_trait,),
             () if catalog is None else catalog.traits))
+
+    def on_since(self, trigger_type: str) -> float:
+        """When the rule was switched on (-inf: always)."""
+        return self.switched_on.get(trigger_type, -math.inf)
 
     def rule(self, trigger_type: str) -> AnyRule:
         rule: AnyRule = getattr(self, trigger_type)

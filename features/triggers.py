@@ -28,6 +28,7 @@ from features.catalogue import Candidate, occasion_time
 from features.events import ANONYMOUS_PREFIX, Event, EventType, format_time
 from features.policy import (
     BACKFILL,
+    BEFORE_ENABLED,
     CANCELLED,
     DEFERRED,
     DONE,
@@ -359,7 +360,8 @@ def _decide_all(client_key: str, state: ClientState,
     the sends decided before it (so the frequency cap keeps the most important).
 
     Occasions due before the client's backfilled history arrived are past: recorded as
-    suppressed (`backfill`), unless `live` (raised by a live event, however late)."""
+    suppressed (`backfill`), unless `live` (raised by a live event, however late); so are
+    those due before their rule was switched on (`before_enabled`)."""
     past_before = 0.0 if live else state.history_until
     items.sort(key=lambda item: (priority_rank(item[0].type, rules), item[0].key))
     out: list[Trigger] = []
@@ -391,6 +393,8 @@ def _decide_all(client_key: str, state: ClientState,
                 decision = Decision(SUPPRESSED, PENDING_LIMIT)
         if decision is None:
             decision = (Decision(SUPPRESSED, BACKFILL) if at < past_before  # never sent late
+                        else Decision(SUPPRESSED, BEFORE_ENABLED)
+                        if at < rules.on_since(candidate.type)
                         else decide(client_key, state, candidate.type, at, rules,
                                     allow_defer=not waited))
         if decision.status == DEFERRED:

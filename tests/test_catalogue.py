@@ -546,6 +546,35 @@ def test_a_birthday_corrected_to_a_date_already_past_waits_for_next_year() -> No
         ("2023", "2023-11-20T10:00:00.000Z"), ("2025", "2025-01-05T10:00:00.000Z")]
 
 
+def test_a_birthday_rule_switched_on_later_greets_only_from_then() -> None:
+    """The dates were set in 2023 while the rule was off; switched on three years later,
+    the birthdays that fell due meanwhile are recorded `before_enabled`, never sent, and
+    the next one is greeted. Without `enabled_from` every missed year is sent at once."""
+    off = replace(BDAY, birthday=replace(BDAY.birthday, enabled=False))
+    state, none = run([registered(0, birthday="1990-11-20")], off, until=days(3 * 365))
+    assert none == []
+    switched_on = T0 + days(3 * 365)
+    on = replace(BDAY, enabled_from=((BIRTHDAY, switched_on),))
+    after, fired = run([], on, state=state, until=days(4 * 365))
+    assert [(t.key, t.status, t.reason) for t in fired] == [
+        ("2023", "suppressed", "before_enabled"), ("2024", "suppressed", "before_enabled"),
+        ("2025", "suppressed", "before_enabled"), ("2026", "sent", None)]
+    assert fired[-1].fired_at > switched_on
+    assert [t.key for t in run([], BDAY, state=state, until=days(4 * 365))[1]] == [
+        "2023", "2024", "2025", "2026"]
+
+
+def test_an_event_raised_trigger_before_its_rule_was_switched_on_is_not_sent() -> None:
+    """Decided by the occasion's time, so live and a replay of the same events under the
+    same configuration agree: a registration before the switch gets no welcome, even when
+    it arrives after it."""
+    rules = only(replace(RULES, enabled_from=((WELCOME, T0 + days(1)),)), WELCOME)
+    _, before = run([registered(days(1) - 1)], rules)
+    assert [(t.status, t.reason) for t in before] == [("suppressed", "before_enabled")]
+    _, after = run([registered(days(1))], rules)
+    assert [(t.status, t.reason) for t in after] == [("sent", None)]
+
+
 def test_no_birthday_without_a_valid_date() -> None:
     assert run([registered(0, birthday="not a date")], BDAY, until=days(400))[1] == []
 

@@ -395,6 +395,21 @@ triggers:
     assert rules.loyalty_status.announce_downgrades is True
 
 
+def test_when_rules_were_switched_on_from_a_file(tmp_path: Path) -> None:
+    """A date (YAML reads it unquoted as a date) is midnight UTC; a time with a zone is that
+    moment; rules not named are always on."""
+    settings = load_settings(write(tmp_path, (
+        "triggers:\n  birthday:\n    enabled_from: 2026-12-01\n"
+        "  welcome:\n    enabled_from: '2026-12-01T09:30:00+01:00'\n"
+        "  order_refund:\n    enabled_from: '2026-12-01 08:00'\n")))
+    rules = settings.trigger_rules()
+    assert rules.on_since("birthday") == 1_796_083_200.0  # 2026-12-01T00:00:00Z
+    assert rules.on_since("welcome") == 1_796_083_200.0 + 8.5 * 3600
+    assert rules.on_since("order_refund") == 1_796_083_200.0 + 8 * 3600
+    assert rules.on_since("abandoned_cart") == float("-inf")
+    assert settings.triggers.birthday.enabled and rules.birthday.enabled
+
+
 def test_policy_from_a_file(tmp_path: Path) -> None:
     path = write(tmp_path, """
 policy:
@@ -435,6 +450,10 @@ policy:
     ("triggers:\n  abandoned_cart:\n    holdout_percent: 120\n",
      "triggers.abandoned_cart.holdout_percent", "less than or equal to 100"),
     ("triggers:\n  birthday:\n    at: '25:00'\n", "triggers.birthday.at", "HH:MM"),
+    ("triggers:\n  birthday:\n    enabled_from: soon\n", "triggers.birthday.enabled_from",
+     "expected a date or a date and time"),
+    ("triggers:\n  welcome:\n    enabled_from: 2026-13-01\n", "triggers.welcome.enabled_from",
+     "expected a date"),
     ("triggers:\n  service_reminder:\n    since: week\n", "triggers.service_reminder.since",
      "'order', 'visit' or 'any'"),
     ("triggers:\n  order_confirmation:\n    delay: -1h\n",
