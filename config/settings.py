@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -295,8 +296,12 @@ def _quiet_hours(value: object) -> object:
 
 
 def _moment(value: object) -> float:
-    """Epoch seconds from a date or a date and time (ISO 8601; YAML reads an unquoted date
-    as a date); without a zone, UTC, so every process reads the same moment."""
+    """Epoch seconds from a date or a date and time (ISO 8601), without a zone in UTC so
+    every process reads the same moment; or epoch seconds, as `crmflow config` prints it."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"expected a date or a date and time (ISO 8601), got {value!r}")
+        return float(value)
     if isinstance(value, str):
         try:
             value = dt.datetime.fromisoformat(value.strip())

@@ -408,6 +408,8 @@ def test_when_rules_were_switched_on_from_a_file(tmp_path: Path) -> None:
     assert rules.on_since("order_refund") == 1_796_083_200.0 + 8 * 3600
     assert rules.on_since("abandoned_cart") == float("-inf")
     assert settings.triggers.birthday.enabled and rules.birthday.enabled
+    printed = write(tmp_path, yaml.safe_dump(settings.model_dump(mode="json")), "printed.yaml")
+    assert load_settings(printed) == settings  # as `crmflow config` prints it: epoch seconds
 
 
 def test_policy_from_a_file(tmp_path: Path) -> None:
