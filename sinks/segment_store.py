@@ -92,20 +92,20 @@ class SegmentStore:
         # no cursor, or an empty one (`?cursor=&limit=`): the first page
         partition, after = (0, None) if not cursor else decode_cursor(
             cursor, self._layout.partitions)
-        members: list[str] = []
-        last_partition = partition
-        while partition < self._layout.partitions and len(members) < limit:
+        # one member past the page, so the last page says so (no cursor to an empty page)
+        found: list[tuple[int, str]] = []
+        while partition < self._layout.partitions and len(found) <= limit:
             low = _lex_after(after) if after is not None else b"-"
             raw = cast(list[bytes], await self._client.zrange(
                 self._key(partition, name), low, b"+", bylex=True,
-                offset=0, num=limit - len(members)))
-            members.extend(item.decode() for item in raw)
-            last_partition = partition
-            if len(members) < limit:
-                partition, after = partition + 1, None
-        if len(members) < limit:
+                offset=0, num=limit + 1 - len(found)))
+            found.extend((partition, item.decode()) for item in raw)
+            partition, after = partition + 1, None
+        members = [member for _, member in found[:limit]]
+        if len(found) <= limit:
             return Page(members, None)  # every partition walked to its end
-        return Page(members, encode_cursor(last_partition, members[-1]))
+        last_partition, last = found[limit - 1]
+        return Page(members, encode_cursor(last_partition, last))
 
     async def sample(self, name: str, size: int) -> Sample:
         """The segment's size and up to `size` members drawn at random, spread over the

@@ -254,6 +254,10 @@ def test_paging_walks_every_member_once_in_a_stable_order(world: World, name: st
     assert all(len(page) == 3 for page in pages[:-1])
     # the same walk with one big page
     assert walk(world.url, name, limit=1000) == [walked]
+    # a page that ends on the last member is the last: no cursor to an empty page
+    assert walk(world.url, name, limit=max(len(walked), 1)) == [walked]
+    for limit in (n for n in (1, 2, 3) if walked and len(walked) % n == 0):
+        assert walk(world.url, name, limit=limit)[-1] != [], limit
 
 
 def test_an_empty_segment_has_one_empty_page(world: World) -> None:
