@@ -88,7 +88,7 @@ class _Lines:
                 *lines, pending = pending.split(ending)
                 for line in lines:
                     yield line + b"\n"
-            if pending:
+            if pending and not self.broken:  # cut by the damage: what it says is not known
                 yield pending
 
     @staticmethod

@@ -310,6 +310,10 @@ def test_a_byte_order_mark_a_non_utf8_line_and_a_truncated_gzip_file(tmp_path: P
     assert "truncated" in tally.examples["broken gzip file"]
     with pytest.raises(HistoryError, match=rf"bad row at {cut}:\d+: (too few fields|broken)"):
         list(read_events("orders", [cut], Tally(strict=True)))
+    for end in range(len(whole) - 60, len(whole)):  # wherever it is cut, no row is made up
+        cut.write_bytes(whole[:end])
+        events, _ = events_of("orders", [cut])
+        assert all(e["order"]["total"] == int(e["client_id"]) + 1 for e in events), end
     two = tmp_path / "two.csv.gz"  # gzip members back to back (cat a.gz b.gz) still read
     two.write_bytes(gzip.compress(b"client_id,timestamp,amount\n1,2024-01-01,5\r\n")
                     + gzip.compress(b"2,2024-01-02,6\r\n"))
