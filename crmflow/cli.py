@@ -18,6 +18,7 @@ import redis
 import yaml
 
 from config.settings import ConfigError, Settings, load_settings, parse_yaml, redacted_url
+from crmflow.parent_watch import stop_with_parent
 
 if TYPE_CHECKING:
     from crmflow.runtime import EmbeddedLease
@@ -451,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    stop_with_parent()  # a part of `crmflow up` or of a dataflow group
     try:
         args.func(args)
     except (redis.ConnectionError, redis.TimeoutError) as exc:  # not a bug of ours: say so

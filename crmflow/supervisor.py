@@ -23,6 +23,7 @@ import httpx
 import redis
 
 from config.settings import Settings, redacted_url
+from crmflow.parent_watch import child_environment
 from crmflow.redis_server import EmbeddedRedis
 from crmflow.runtime import ensure_keys, with_redis
 from sinks.keys import KeyLayout
@@ -43,7 +44,8 @@ class Child:
     started_at: float = field(default=0.0)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, env=self.env)  # noqa: S603
+        self.process = subprocess.Popen(self.argv,  # noqa: S603
+                                        env=child_environment(self.env))
         self.started_at = time.monotonic()
 
     def alive(self) -> bool:

@@ -235,3 +235,39 @@ def test_a_group_drains_and_exits_like_one_process(redis_url: str, key_prefix: s
         assert group.wait(timeout=240) == 0
     drain(single)
     assert comparable(outcome(grouped)) == comparable(outcome(single))
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(n) for n in path.read_text().split()] if path.exists() else []
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads children from /proc")
+def test_a_groups_children_stop_when_its_parent_is_killed(redis_url: str, key_prefix: str,
+                                                          tmp_path: Path) -> None:
+    """A SIGKILL gives the group's parent no chance to stop its children: they notice they
+    lost their parent and stop, rather than run on, unsupervised, beside the group that
+    replaces them and owning the same buckets."""
+    grouped = make_settings(redis_url, key_prefix, dataflow={
+        "processes": 2, "cluster_port": free_ports(2), "metrics_port": 0})
+    config = write_config(grouped, tmp_path / "group.yaml")
+    with dataflow_process(config) as group:
+        deadline = time.monotonic() + 60
+        while len(children := _children(group.pid)) < 2:
+            assert group.poll() is None and time.monotonic() < deadline, "no children"
+            time.sleep(0.2)
+        time.sleep(1.0)  # the children past their start
+        group.kill()
+        group.wait()
+        deadline = time.monotonic() + 30
+        while any(_running(pid) for pid in children):
+            assert time.monotonic() < deadline, f"children still running: {children}"
+            time.sleep(0.2)
