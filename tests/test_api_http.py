@@ -307,6 +307,29 @@ def test_client_ids_with_slashes_can_be_read(api: str, settings: Settings) -> No
     assert touches.status_code == 200 and touches.json()["client_id"] == "shop/42"
 
 
+def test_client_ids_with_commas_are_read_whole_by_id(api: str, settings: Settings) -> None:
+    """`?ids=` splits on commas; `?id=` takes each id whole, so `smith,john` is not read as
+    the clients `smith` and `john` (the console's card of `smith,john` showed `smith`)."""
+    events = [{"event_id": f"k{n}", "type": "identify", "client_id": client,
+               "traits": {"city": city}}
+              for n, (client, city) in enumerate([("smith", "Smithtown"),
+                                                   ("smith,john", "CommaCity"),
+                                                   ("x/segments", "Slashville")])]
+    assert httpx.post(api + "/v1/events", json=events, auth=(WRITE_KEY, "")).status_code == 200
+    drain(settings)
+    whole = httpx.get(api + "/v1/profiles", params=[("id", "smith,john"), ("id", "x/segments")],
+                      headers=read_headers()).json()
+    assert [(p["client_id"], p["traits"]["city"]) for p in whole["profiles"]] == [
+        ("smith,john", "CommaCity"), ("x/segments", "Slashville")]
+    assert whole["missing"] == []
+    both = httpx.get(api + "/v1/profiles", params={"ids": "smith,nobody", "id": "smith,john"},
+                     headers=read_headers()).json()
+    assert [p["client_id"] for p in both["profiles"]] == ["smith", "smith,john"]
+    assert both["missing"] == ["nobody"]
+    none = httpx.get(api + "/v1/profiles", params={"id": ""}, headers=read_headers())
+    assert none.status_code == 422 and "at least one client id" in none.text
+
+
 def test_the_fast_read_path_answers_as_the_fastapi_route(
         redis_url: str, key_prefix: str) -> None:
     now = time.time()

@@ -393,7 +393,11 @@ def small(browser: Any, redis_url: str) -> Iterator[Small]:  # browser first: it
               # an id a path would read as another client's sub-resource
               {"event_id": "slash-identify", "type": "identify",
                "client_id": "tz-client/segments", "event_time": time.time() - 60,
-               "traits": {"point_id": POINT, "city": "Slashville"}}]
+               "traits": {"point_id": POINT, "city": "Slashville"}},
+              # an id `?ids=` would read as two clients
+              {"event_id": "comma-identify", "type": "identify",
+               "client_id": "tz-client,north", "event_time": time.time() - 60,
+               "traits": {"city": "Commaville"}}]
     client = redis.Redis.from_url(redis_url)
     with api_server(settings) as url:
         response = post_events(url, events)
@@ -428,7 +432,8 @@ def test_a_time_without_a_zone_is_shown_as_utc_as_crmflow_reads_it(browser: Any,
 def test_the_card_of_an_id_ending_in_a_sub_resource_shows_that_client(browser: Any,
                                                                       small: Small) -> None:
     """`/v1/profiles/tz-client%2Fsegments` is tz-client's segments (the server decodes the
-    slash before routing): the card reads profiles by `?ids=`."""
+    slash before routing): the card reads profiles by `?id=`, which takes the id whole, so
+    an id with a comma shows that client too, not the one before the comma."""
     console = sign_in(browser, small.url, ADMIN_KEY)
     try:
         console.open("/client/tz-client%2Fsegments", "client")
@@ -436,6 +441,10 @@ def test_the_card_of_an_id_ending_in_a_sub_resource_shows_that_client(browser: A
             "tz-client/segments")
         traits = console.page.locator("[data-testid=traits]").inner_text()
         assert "Slashville" in traits
+        console.open("/client/tz-client%2Cnorth", "client")
+        assert console.page.locator("[data-testid=client-id]").inner_text().strip().endswith(
+            "tz-client,north")
+        assert "Commaville" in console.page.locator("[data-testid=traits]").inner_text()
         assert console.errors == []
     finally:
         console.page.context.close()

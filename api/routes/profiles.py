@@ -138,14 +138,19 @@ async def read_profile(resources: Resources, client_id: str, grant: ReadGrant
 
 
 @router.get("", response_class=FastJSONResponse)
-async def get_profiles(resources: ReadAccess, grant: Grant,
-                       ids: Annotated[str, Query(description="comma-separated client ids "
-                                                 f"(at most {MAX_IDS})")]
-                       ) -> FastJSONResponse:
-    """Many profiles in one round trip to Redis per id batch; unknown ids are listed apart."""
-    wanted = [i for i in dict.fromkeys(part.strip() for part in ids.split(",")) if i]
+async def get_profiles(
+        resources: ReadAccess, grant: Grant,
+        ids: Annotated[str, Query(description="comma-separated client ids")] = "",
+        whole: Annotated[list[str], Query(alias="id", description=(
+            "one client id, taken whole (repeatable): an id that holds a comma, or ends in "
+            "/segments, /timeline or /touches"))] = [],  # noqa: B006 - FastAPI copies it
+        ) -> FastJSONResponse:
+    """Many profiles in one round trip to Redis per id batch; unknown ids are listed apart.
+    At most MAX_IDS ids in all."""
+    wanted = [i for i in dict.fromkeys([*(part.strip() for part in ids.split(",")), *whole])
+              if i]
     if not wanted:
-        raise HTTPException(422, detail="ids: give at least one client id")
+        raise HTTPException(422, detail="ids: give at least one client id (ids=a,b or id=a)")
     if len(wanted) > MAX_IDS:
         raise HTTPException(422, detail=f"ids: at most {MAX_IDS} ids per request, "
                                         f"got {len(wanted)}")

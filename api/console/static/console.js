@@ -1460,9 +1460,9 @@
       h("div", { class: "client-side" },
         card("Record a touch", h("div", { class: "card-body" }, touchForm(ctx, target, reloadTimeline))),
         card("Timeline", timelineBox, { aside: "newest first" }))));
-    // by ?ids=: an id may end in /segments, /timeline or /touches, which a path reads as
-    // another client's sub-resource
-    const loadProfile = ctx.get(`/v1/profiles?ids=${enc(id)}`).then((found) => {
+    // by ?id=, taken whole: an id may hold a comma (which ?ids= splits), or end in
+    // /segments, /timeline or /touches (which a path reads as another client's sub-resource)
+    const loadProfile = ctx.get(`/v1/profiles?id=${enc(id)}`).then((found) => {
       const p = found && Array.isArray(found.profiles) ? found.profiles[0] : null;
       if (!p) throw new ApiError(404, `unknown client '${id}'`);
       if (typeof p !== "object") throw new Error("the profile is not an object");
