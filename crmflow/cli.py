@@ -288,11 +288,14 @@ def _cmd_backfill(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from crmflow.runtime import with_redis
     from history.export import export
+    from sinks.parquet_export import AsOfBeforeState
 
     settings, lease = with_redis(settings_from(args))
     _claim_layout(settings, lease, "export")
     try:
         summary = export(settings, args.out, as_of=_as_of(args.as_of))
+    except AsOfBeforeState as exc:
+        raise SystemExit(f"crmflow export: --as-of: {exc}") from None
     finally:
         if lease is not None:
             lease.release()

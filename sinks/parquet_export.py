@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import redis
 
 from features.codec import decode_state
+from features.events import format_time
 from features.profile import PRODUCT_LISTS, profile_row
 from features.rules import SegmentRules
 from features.segments import public_segments
@@ -116,6 +117,12 @@ class _BatchedWriter:
         self.written += self._buffered
         self._batches, self._buffered = [], 0
 
+    def discard(self) -> None:
+        """Stop, leaving no file (an export that could not be finished)."""
+        if self._writer is not None:
+            self._writer.close()
+        self._path.unlink(missing_ok=True)
+
     def close(self) -> None:
         if self._buffered or self._writer is None:
             self._flush()
@@ -180,9 +187,22 @@ def _times(text: pa.Array) -> pa.Array:
         return pa.array([_ms_of_text(value) for value in text.to_pylist()], _TIME)
 
 
+class AsOfBeforeState(ValueError):
+    """A live state holds events after the export's as-of time: it cannot be rewound."""
+
+    def __init__(self, client_key: str, updated_at: float, as_of: float) -> None:
+        super().__init__(
+            f"client {client_key!r} has events up to {format_time(updated_at)}, after the "
+            f"as-of time {format_time(as_of)}: a live profile cannot be rewound (its totals "
+            "and segments already count the later events); export as of that time or "
+            "later, or replay the history with --as-of")
+        self.client_key = client_key
+
+
 def write_profiles(client: redis.Redis, layout: KeyLayout, rules: SegmentRules, out: Path,
                    as_of: float, summary: ExportSummary) -> None:
-    """`profiles.parquet` (features as of `as_of`) and `segments.parquet`."""
+    """`profiles.parquet` (features as of `as_of`) and `segments.parquet`. Raises
+    AsOfBeforeState, with no file left behind, for a client with events after `as_of`."""
     profiles = _BatchedWriter(out / "profiles.parquet", PROFILE_SCHEMA)
     segments = _BatchedWriter(out / "segments.parquet", SEGMENT_SCHEMA)
     times = [name for name in PROFILE_SCHEMA.names if PROFILE_SCHEMA.field(name).type == _TIME]
@@ -190,6 +210,10 @@ def write_profiles(client: redis.Redis, layout: KeyLayout, rules: SegmentRules, 
         if state.merged_into:
             summary.tombstones += 1
             continue
+        if state.updated_at > as_of:
+            profiles.discard()
+            segments.discard()
+            raise AsOfBeforeState(client_key, state.updated_at, as_of)
         row = profile_row(client_key, state, as_of, rules)
         for name in times:
             row[name] = _ms(row[name])

@@ -204,6 +204,13 @@ def test_backfill_and_export_commands(tmp_path: Path, redis_url: str, key_prefix
                                                        "backfill")}
     bad = crmflow("export", "--out", str(tmp_path / "x"), "--as-of", "soon")
     assert bad.returncode == 1 and "--as-of: not an ISO-8601 time" in bad.stderr
+    # b ordered on 1 February: its live profile cannot say what it was on 10 January
+    early = crmflow("export", "--out", str(tmp_path / "early"), "--as-of", "2023-01-10")
+    assert early.returncode == 1
+    assert ("--as-of: client 'b' has events up to 2023-02-01T10:00:00.000Z, after the as-of "
+            "time 2023-01-10T00:00:00.000Z") in early.stderr, early.stderr
+    assert not (tmp_path / "early" / "profiles.parquet").exists()
+    assert not (tmp_path / "early" / "segments.parquet").exists()
 
 
 def test_a_backfill_keeps_two_clients_orders_whose_ids_read_alike(
