@@ -233,6 +233,9 @@ class ApiSettings(Section):
                 if not key.strip():
                     raise ValueError(f"{where}: an empty key (it would accept an empty "
                                      "token)")
+                if key != key.strip():  # a token is read stripped: it could never match
+                    raise ValueError(f"{where}: a key with spaces around it (no request "
+                                     "can send it: remove them)")
                 other = roles.setdefault(key, name)
                 if other != name:
                     raise ValueError(f"api.{name}: a key is also in api.{other}; give each "
@@ -241,6 +244,9 @@ class ApiSettings(Section):
             if not point.strip():
                 raise ValueError("api.point_read_keys: a key with an empty point (expected "
                                  "{key: point_id})")
+            if point != point.strip():  # the point_id trait is read stripped
+                raise ValueError(f"api.point_read_keys: the point {point!r} has spaces "
+                                 "around it (no client's point_id can match it)")
         return self
 
     @model_validator(mode="after")

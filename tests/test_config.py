@@ -519,6 +519,8 @@ def test_several_hosts_are_configured_by_addresses_and_process_id(
     ("read_keys: [rk]\n  point_read_keys: {rk: leeds}",
      "api.point_read_keys: a key is also in api.read_keys"),
     ("write_keys: [k1]\n  admin_keys: [k1]", "api.admin_keys: a key is also in api.write_keys"),
+    ("read_keys: [' rk-padded ']", "api.read_keys[0]: a key with spaces around it"),
+    ("point_read_keys: {pk: ' leeds'}", "api.point_read_keys: the point ' leeds' has spaces"),
 ])
 def test_key_mistakes_that_would_widen_access_stop_start_up(
         tmp_path: Path, api: str, expected: str) -> None:
