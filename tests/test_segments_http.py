@@ -22,7 +22,7 @@ from features.rfm import RFM_SEGMENTS, SEGMENT_GRID
 from sinks import rfm_index
 from sinks.keys import KeyLayout
 from sinks.segment_store import MAX_CURSOR_LENGTH, encode_cursor
-from tests.support import api_server, drain, make_settings, post_events, read_headers
+from tests.support import WRITE_KEY, api_server, drain, make_settings, post_events, read_headers
 
 DAY = 86400.0
 LIFECYCLE = ["lifecycle:prospect", "lifecycle:new", "lifecycle:repeat", "lifecycle:loyal",
@@ -263,6 +263,19 @@ def test_paging_walks_every_member_once_in_a_stable_order(world: World, name: st
 def test_an_empty_segment_has_one_empty_page(world: World) -> None:
     empty = next(name for name in RFM if not world.expected[name])
     assert walk(world.url, empty, limit=3) == [[]]
+
+
+def test_contains_checks_the_key_before_it_reads_the_body(world: World) -> None:
+    """A body parameter is decoded before any dependency runs: a stranger's malformed JSON
+    got 422, not the 401 every keyed route answers."""
+    path = f"{world.url}/v1/segments/lifecycle:new/contains"
+    for headers, expected in (({}, 401), ({"Authorization": "Bearer nope"}, 401),
+                              ({"Authorization": f"Bearer {WRITE_KEY}"}, 403),
+                              (read_headers(), 422)):
+        response = httpx.post(path, content=b"{not json", headers=headers, timeout=10)
+        assert response.status_code == expected, (headers, response.text)
+    bad = httpx.post(path, json={"client_ids": []}, headers=read_headers(), timeout=10)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "client_ids"]
 
 
 def test_member_reads_refuse_bad_cursors_unknown_segments_and_missing_keys(

@@ -137,6 +137,18 @@ def test_touch_auth_and_validation(api: str) -> None:
         assert response.json()["field"] == field, response.text
         assert response.json()["detail"].startswith(field + ":")
     assert post_touch(api, "c1", ["not", "an", "object"]).status_code == 422  # type: ignore[arg-type]
+    # the key is checked before the body is read: a stranger's malformed JSON is refused as
+    # a stranger's request, not parsed and answered 422
+    for key, expected in ((None, 401), ("not-a-key", 401), (READ_KEY, 403), (ADMIN_KEY, 422)):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        malformed = httpx.post(f"{api}/v1/profiles/c1/touches", content=b"{not json",
+                               headers=headers, timeout=10)
+        assert malformed.status_code == expected, (key, malformed.text)
+    surrogate = httpx.post(f"{api}/v1/profiles/c1/touches", headers={
+        "Authorization": f"Bearer {ADMIN_KEY}"},
+        content=b'{"occasion": "renewal_call", "status": "done", "comment": "\\ud83d"}')
+    assert surrogate.status_code == 400 and surrogate.json()["field"] == "comment", (
+        surrogate.text)
 
 
 def test_touch_for_an_anonymous_visitor(api: str, settings: Settings) -> None:

@@ -14,10 +14,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
+from api.bodies import body_schema, json_body
 from api.deps import Grant, ReadAccess, Resources
 from api.responses import FastJSONResponse, problems
 from features.events import ANONYMOUS_PREFIX, format_time
@@ -95,13 +96,18 @@ async def segment_members(name: SegmentName, resources: ReadAccess, grant: Grant
                              "next_cursor": page.next_cursor})
 
 
-@router.post("/{name}/contains", response_class=FastJSONResponse)
-async def segment_contains(name: SegmentName, request: ContainsRequest,
-                           resources: ReadAccess, grant: Grant) -> FastJSONResponse:
+_CONTAINS_BODY = TypeAdapter(ContainsRequest)
+
+
+@router.post("/{name}/contains", response_class=FastJSONResponse,
+             openapi_extra=body_schema(ContainsRequest))
+async def segment_contains(name: SegmentName, request: Request, resources: ReadAccess,
+                           grant: Grant) -> FastJSONResponse:
     """Which of the given client ids are members (at most 1000 per request). An anonymous
     id merged into a client answers for that client, as its profile does."""
+    body = await json_body(request, _CONTAINS_BODY)  # after the key: see api/bodies.py
     _known(resources, name)
-    resolved = await _merged_into(resources, request.client_ids)
+    resolved = await _merged_into(resources, body.client_ids)
     found = set(await SegmentStore(resources.redis, resources.layout, grant.point).contains(
         name, list(dict.fromkeys(resolved.values()))))
     members = [client_id for client_id, key in resolved.items() if key in found]

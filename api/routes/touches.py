@@ -14,9 +14,11 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter
 
+from api.bodies import body_schema, json_body
 from api.deps import ReadGrant, Resources, ResourcesDep, granted
 from api.responses import problems
 from api.routes.ingest import in_window
@@ -34,12 +36,14 @@ ClientId = Annotated[str, Path(min_length=1, max_length=205,
 FIELDS = ("occasion", "key", "channel", "status", "comment", "author", "touched_at", "touch_id")
 _PROPERTIES = ("occasion", "key", "status", "comment", "author")
 
-TouchBody = Annotated[dict[str, Any], Body(
-    examples=[{"occasion": "renewal_call", "key": "2025", "channel": "phone",
-               "status": "done", "comment": "renews in March", "author": "mia@example.com"}],
-    description="occasion (a trigger type, or a name of your own: a-z, 0-9, _), optional key "
-                "(default empty: once per client), channel, status done|skipped, comment, "
-                "author, touched_at (default now), touch_id (an idempotency key)")]
+_TOUCH_BODY: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+_TOUCH_DOC = body_schema(_TOUCH_BODY, example={
+    "occasion": "renewal_call", "key": "2025", "channel": "phone", "status": "done",
+    "comment": "renews in March", "author": "mia@example.com"})
+_TOUCH_DOC["requestBody"]["description"] = (
+    "occasion (a trigger type, or a name of your own: a-z, 0-9, _), optional key (default "
+    "empty: once per client), channel, status done|skipped, comment, author, touched_at "
+    "(default now), touch_id (an idempotency key)")
 
 
 def can_record(grant: ReadGrant) -> bool:
@@ -66,11 +70,12 @@ def _bad(field: str, message: str) -> JSONResponse:
 
 
 # Client ids may contain '/', as on the read routes: the path converter takes them whole.
-@router.post("/{client_id:path}/touches", status_code=202)
-async def record_touch(client_id: ClientId, body: TouchBody, request: Request,
+@router.post("/{client_id:path}/touches", status_code=202, openapi_extra=_TOUCH_DOC)
+async def record_touch(client_id: ClientId, request: Request,
                        resources: ResourcesDep) -> JSONResponse:
     """Record a manual touch; answers 202 with the touch's id (its occasion's trigger id)."""
     client_id = await _check_writer(request, resources, client_id)
+    body = await json_body(request, _TOUCH_BODY)  # after the key: see api/bodies.py
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:  # named as text JSON can carry (a key may hold half an emoji)
         name = unknown[0].encode("utf-8", "backslashreplace").decode("utf-8")
