@@ -83,12 +83,18 @@ def backfill(inputs: Sequence[Path], fmt: str, settings: Settings, *,
 
 def _append_when_room(log: EventLog, chunk: Sequence[Event], progress: Progress) -> int:
     """Append, waiting while a stream is at its cap (the dataflow catches up meanwhile).
-    What a refused try had appended to other streams is de-duplicated by id on the next
-    (and counted among the duplicates)."""
+    A chunk whose share of a stream could not fit even a stream half empty goes in halves
+    (else a cap below it waited for ever on a stream the dataflow had emptied). What a
+    refused try had appended to other streams is de-duplicated by id on the next (and
+    counted among the duplicates)."""
     while True:
         try:
             return sum(log.append(chunk))
         except BacklogFull as exc:
+            if len(chunk) > 1 and exc.length <= exc.cap // 2:
+                middle = len(chunk) // 2
+                return (_append_when_room(log, chunk[:middle], progress)
+                        + _append_when_room(log, chunk[middle:], progress))
             progress.show(f"waiting for the dataflow: {exc}")
             time.sleep(BACKLOG_WAIT)
 

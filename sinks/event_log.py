@@ -36,6 +36,7 @@ class BacklogFull(RuntimeError):
                          "the dataflow is behind; retry later")
         self.partition = partition
         self.length = length
+        self.cap = cap
 
 
 # partition, indexes of its events in the request, script keys, script args

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -223,3 +224,31 @@ def test_a_backfill_keeps_two_clients_orders_whose_ids_read_alike(
     assert (result.appended, result.duplicates) == (2, 0)
     again = backfill([orders], "orders", settings, wait=None)  # a repeat is still de-duplicated
     assert (again.appended, again.duplicates) == (0, 2)
+
+
+def test_a_backfill_fits_its_appends_under_a_small_stream_cap(
+        tmp_path: Path, redis_url: str, key_prefix: str) -> None:
+    """A cap below one append chunk's share of a stream: the chunk goes in parts as the
+    dataflow makes room (it waited for ever, saying the dataflow was behind, on a stream
+    the dataflow had emptied)."""
+    orders = tmp_path / "orders.csv"
+    orders.write_text("client_id,timestamp,amount,order_id\n" + "".join(
+        f"c{n % 50},2011-01-01T{n // 60 % 24:02d}:{n % 60:02d}:00,5,{n}\n"
+        for n in range(600)))
+    settings = make_settings(redis_url, key_prefix, policy=NO_POLICY,
+                             dataflow={"partitions": 1, "buckets": 4},
+                             redis={"max_stream_length": 500})
+    done: list[Any] = []
+    appending = threading.Thread(target=lambda: done.append(
+        backfill([orders], "orders", settings, wait=None)), daemon=True)
+    appending.start()
+    deadline = time.monotonic() + 120
+    while appending.is_alive():
+        assert time.monotonic() < deadline, "the backfill still waits"
+        drain(settings)  # the dataflow makes room
+        appending.join(0.5)
+    drain(settings)
+    assert (done[0].appended, done[0].duplicates) == (600, 0)
+    states = dict(client_states(redis.Redis.from_url(redis_url), KeyLayout.from_settings(
+        settings)))
+    assert sum(state.orders_count for state in states.values()) == 600
