@@ -177,6 +177,7 @@ class _Order:
     total: float = 0.0
     where: str = ""  # its first line, for reports
     country: str = ""
+    lines: int = 0
 
 
 def _number(value: Any) -> float:
@@ -314,7 +315,10 @@ def uci_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
     before it (ties: the greatest number), for its total's absolute value capped at that
     invoice's total; one with no such invoice in the input is skipped and counted. Rows
     without a CustomerID (guest checkouts) are skipped and counted."""
-    invoices: dict[str, _Order] = {}
+    # per invoice, per client named on its lines: the input's order must not matter, so
+    # an invoice under two CustomerIDs goes to the one with the earliest line (then the
+    # smaller id), and its country is its earliest line's (then the smaller name)
+    claims: dict[str, dict[str, _Order]] = {}
     for path in paths:
         for where, row in _readable(csv_rows(path, UCI_COLUMNS), tally):
             customer = (row.get("CustomerID") or "").strip()
@@ -333,15 +337,23 @@ def uci_events(paths: list[Path], tally: Tally) -> Iterator[Event]:
             except _BadColumn as exc:
                 tally.reject(where, f"unreadable {exc.column}", exc.detail)
                 continue
-            invoice = invoices.get(number)
+            country = (row.get("Country") or "").strip()
+            invoice = claims.setdefault(number, {}).get(client_id)
             if invoice is None:
-                invoice = invoices[number] = _Order(client_id, at, where=where,
-                                                      country=(row.get("Country") or "").strip())
-            elif invoice.client_id != client_id:
-                tally.reject(where, "invoice of another client", f"invoice {number}")
-                continue
+                invoice = claims[number][client_id] = _Order(client_id, at, where=where,
+                                                             country=country)
+            elif (at, country) < (invoice.at, invoice.country):
+                invoice.country = country
             invoice.at = min(invoice.at, at)
             invoice.total += amount
+            invoice.lines += 1
+    invoices: dict[str, _Order] = {}
+    for number, by_client in claims.items():
+        winner, *others = sorted(by_client.values(), key=lambda o: (o.at, o.client_id))
+        invoices[number] = winner
+        for other in others:
+            for _ in range(other.lines):
+                tally.reject(other.where, "invoice of another client", f"invoice {number}")
     placed: dict[str, list[tuple[float, str]]] = {}  # client -> its invoices (time, number)
     for number, invoice in invoices.items():
         if not number.startswith("C"):

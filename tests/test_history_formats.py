@@ -166,6 +166,28 @@ def test_uci_invoices_become_orders_and_c_invoices_refunds(tmp_path: Path) -> No
     assert tally.bad == {"unreadable Quantity": 1}  # the column named
 
 
+def test_uci_output_does_not_depend_on_the_order_of_its_files(tmp_path: Path) -> None:
+    """An invoice's country is its earliest line's; an invoice under two CustomerIDs goes
+    to the one with the earliest line, the other's lines rejected: whichever file is read
+    first (the first line read decided both)."""
+    a = write(tmp_path / "a.csv", UCI_HEADER + (
+        "536365,1,X,1,2010-12-01 08:30:00,5.1,17850.0,United Kingdom\n"
+        "536366,1,X,1,2010-12-01 09:00:00,8.49,17850.0,United Kingdom\n"))
+    b = write(tmp_path / "b.csv", UCI_HEADER + (
+        "536365,2,Y,1,2010-12-01 08:26:00,3.39,13047.0,France\n"
+        "536366,2,Y,1,2010-12-01 09:00:00,0,17850.0,EIRE\n"))
+    seen = []
+    for files in ([a, b], [b, a]):
+        events, tally = events_of("uci-online-retail", files)
+        seen.append(([(e["client_id"], e["order"]["order_id"], e["order"]["total"],
+                       e["traits"]) for e in sorted(events, key=lambda e: e["event_id"])],
+                     dict(tally.bad)))
+    assert seen[0] == seen[1]
+    assert seen[0] == ([("13047", "536365", 3.39, {"country": "France"}),
+                        ("17850", "536366", 8.49, {"country": "EIRE"})],
+                       {"invoice of another client": 1})
+
+
 def test_uci_c_invoices_refund_the_clients_latest_earlier_invoice(tmp_path: Path) -> None:
     text = UCI_HEADER + (
         "500001,A,,10,2010-12-01 08:00:00,1.0,1.0,UK\n"      # 10.00
