@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -215,12 +216,19 @@ def _utc_time(text: Any) -> float:
     return parsed.timestamp()
 
 
+_FLOAT_WRITTEN_ID = re.compile(r"-?\d+\.0+")
+
+
 def _text(value: Any) -> str:
+    """An id as text. An id column stored as float (Parquet, or pandas, which writes
+    17850.0 to a CSV once a column holds a missing value) reads as the integer, so the same
+    data gives the same clients in CSV, Parquet and the UCI format."""
     if value is None:
         return ""
     if isinstance(value, float) and value.is_integer():
-        value = int(value)  # an id column Parquet or pandas stored as float
-    return str(value).strip()
+        value = int(value)
+    text = str(value).strip()
+    return text.partition(".")[0] if _FLOAT_WRITTEN_ID.fullmatch(text) else text
 
 
 def parse_mapping(text: str | None) -> dict[str, str]:

@@ -96,6 +96,23 @@ def test_orders_from_parquet_with_timestamps(tmp_path: Path) -> None:
     assert tally.rows == 2 and not tally.bad
 
 
+def test_ids_written_as_floats_name_the_same_clients_in_csv_and_parquet(tmp_path: Path) -> None:
+    """pandas writes an id column holding a missing value as 17850.0; the same rows as CSV,
+    as Parquet floats and as the UCI format give the client 17850 (a backfill on top of
+    existing clients split their profiles)."""
+    csv_file = write(tmp_path / "o.csv", "client_id,timestamp,amount,order_id\n"
+                                         "17850.0,2010-12-01T08:26:00Z,5,536365.0\n"
+                                         "A1.0,2010-12-01T08:27:00Z,5,x.00\n")
+    pq.write_table(pa.table({"client_id": [17850.0], "timestamp": ["2010-12-01T08:26:00Z"],
+                             "amount": [5.0], "order_id": [536365.0]}), tmp_path / "o.parquet")
+    from_csv, _ = events_of("orders", [csv_file])
+    from_parquet, _ = events_of("orders", [tmp_path / "o.parquet"])
+    assert [(e["client_id"], e["order"]["order_id"]) for e in from_csv] == [
+        ("17850", "536365"), ("A1.0", "x.00")]  # only a number written as a float
+    assert [(e["event_id"], e["client_id"]) for e in from_parquet] == [
+        (e["event_id"], e["client_id"]) for e in from_csv[:1]]
+
+
 def test_canonical_events_from_json_lines_and_parquet(tmp_path: Path) -> None:
     good = {"event_id": "e1", "type": "cart_add", "client_id": "c1",
             "event_time": "2024-05-01T10:00:00Z",
