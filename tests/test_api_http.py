@@ -294,6 +294,19 @@ def test_metric_labels_stay_bounded(api: str) -> None:
         httpx.request(method, api + "/v1/batch")
     text = httpx.get(api + "/metrics").text
     assert "PROPFIND" not in text and 'method="OTHER"' in text
+    # a field the sender names, holding a value no store can keep, is refused by its name:
+    # the name is not a label (the write key is public)
+    for n in range(3):
+        for path, body in (("/v1/events", {"type": "visit", "client_id": "c", f"k{n}": 2**70}),
+                           ("/v1/track", {"type": "track", "event": "X", "userId": "c",
+                                          f"s{n}": float("inf") if n else "\ud800"})):
+            raw = json.dumps(body).replace("Infinity", "1e400").encode()
+            answer = httpx.post(api + path, content=raw, auth=(WRITE_KEY, ""))
+            assert answer.status_code == 400, answer.text
+    text = httpx.get(api + "/metrics").text
+    assert 'reason="k0"' not in text and 'reason="s1"' not in text
+    assert 'crmflow_ingest_events_rejected_total{reason="other",source="native"} 3.0' in text
+    assert 'crmflow_ingest_events_rejected_total{reason="other",source="segment"} 3.0' in text
 
 
 def test_client_ids_with_slashes_can_be_read(api: str, settings: Settings) -> None:
