@@ -191,7 +191,10 @@ def _number(value: object) -> float | None:
         except OverflowError:
             return None
     if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value):
-        return float(value)
+        try:
+            return float(value)
+        except ValueError:  # U+001C-U+001F: whitespace to the pattern, not to float()
+            return None
     return None
 
 

@@ -224,6 +224,12 @@ def test_numeric_strings_in_traits() -> None:
     assert holds("traits.name > 'abb'", facts)  # text compares as text
     for rule in ("traits.name > 1", "traits.name == 1", "traits.name != 1", "traits.age == true"):
         assert not holds(rule, facts), rule  # incomparable: false
+    # U+001C-U+001F are whitespace to a regular expression but not to float(): such a
+    # trait (ingest takes it) is text, not a crash of the dataflow's batch
+    for odd in ("\x1c5", "5\x1f", "\x1d5\x1e"):
+        odd_facts = DictFacts(values={"traits.score": odd})
+        assert not holds("traits.score > 3", odd_facts), repr(odd)
+        assert not holds("traits.score == 5", odd_facts), repr(odd)  # incomparable
 
 
 def test_has() -> None:
