@@ -78,6 +78,7 @@ _TRAIT_NAME = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_-]*(?:\.(?!__)[A-Za-z_][A-Z
 _TRAIT_READ = re.compile(r"\btraits\.(" + _TRAIT_NAME.pattern + ")")
 _DURATION_TEXT = re.compile(r"\s*([-+]?\d{1,9}(?:\.\d{1,9})?)([A-Za-z]+)\s*")
 _NUMBER_TEXT = re.compile(r"\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*")
+MAX_YEARS = 10_000  # the longest span in years a rule may name
 _SEARCH_LIMIT = 4000  # iterations of the float search; far more than any real crossing needs
 
 
@@ -161,6 +162,8 @@ def _duration(number: str, unit: str, text: str) -> Duration | None:
         if "." in number:
             return None
         years = int(number)
+        if abs(years) > MAX_YEARS:  # no calendar reaches it (and no float holds its seconds)
+            return None
         return Duration(years=years, text=text) if years else Duration(text=text)
     scale = _FIXED_UNITS.get(unit)
     if scale is None:

@@ -723,6 +723,14 @@ def test_a_number_with_an_exponent_is_named_as_such() -> None:
         compile_segments({"big": {"rule": "monetary_365d >= 1e3"}}, FEATURES)
 
 
+def test_a_span_of_more_years_than_any_calendar_is_named() -> None:
+    """An OverflowError (the seconds of 10**309 years) came out of compiling it."""
+    for years in ("9" * 309, "10001"):
+        with pytest.raises(RuleError, match="segments.s.rule"):
+            compile_segments({"s": {"rule": f'viewed("x", {years}y)'}}, FEATURES)
+    compile_segments({"s": {"rule": 'viewed("x", 10000y)'}}, FEATURES)
+
+
 def test_every_bad_segment_is_named_at_once() -> None:
     with pytest.raises(RuleError) as caught:
         compile_segments({"a": {"rule": "orders_count >"}, "ok": {"rule": "orders_count > 1"},
