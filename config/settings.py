@@ -70,7 +70,7 @@ from features.rules import (
     TriggerRule,
     TriggerRules,
 )
-from features.segments import all_segment_names, compile_catalog
+from features.segments import RFM_FEATURES, all_segment_names, compile_catalog
 from features.state import MAX_ORDERS, MAX_SENDS
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -676,6 +676,20 @@ class Settings(BaseSettings):
     def _compiled(cls, value: dict[str, Any]) -> dict[str, Any]:
         compile_catalog(value)  # raises RuleError (a ValueError) naming the segment
         return value
+
+    @model_validator(mode="after")
+    def _rfm_rules_need_rfm(self) -> Settings:
+        """With `rfm.enabled: false` the RFM features are always null: a rule that reads
+        them would be accepted and never match."""
+        if self.rfm.enabled or not self.segments:
+            return self
+        catalog = compile_catalog(self.segments)
+        naming = catalog.naming(RFM_FEATURES)
+        if naming:
+            raise ValueError(f"segments.{naming[0].name}: reads RFM features "
+                             f"({', '.join(sorted(RFM_FEATURES))}), which are always null "
+                             "with rfm.enabled: false")
+        return self
 
     @model_validator(mode="after")
     def _watched_segments_exist(self) -> Settings:

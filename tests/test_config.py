@@ -412,6 +412,16 @@ def test_when_rules_were_switched_on_from_a_file(tmp_path: Path) -> None:
     assert load_settings(printed) == settings  # as `crmflow config` prints it: epoch seconds
 
 
+def test_a_rule_reading_rfm_features_needs_rfm(tmp_path: Path) -> None:
+    """With RFM off its features are always null: the rule was accepted and never matched."""
+    text = ("rfm:\n  enabled: false\nsegments:\n  big: {rule: 'orders_count > 3'}\n"
+            "  vips: {rule: 'rfm_segment == \"champions\" or rfm_r >= 4'}\n")
+    message = config_error(write(tmp_path, text))
+    assert "segments.vips: reads RFM features" in message, message
+    assert "rfm.enabled: false" in message
+    load_settings(write(tmp_path, text.replace("false", "true"), "on.yaml"))
+
+
 def test_policy_from_a_file(tmp_path: Path) -> None:
     path = write(tmp_path, """
 policy:
