@@ -68,6 +68,14 @@ def test_the_dashboard_queries_only_metrics_the_code_exports() -> None:
             bytewax = set(re.findall(r"\bbytewax_[a-z_]+", target["expr"]))
             assert named or bytewax, panel["title"]  # Bytewax's: see test_metrics.py
             assert named <= exported, (panel["title"], named - exported)
+            # a panel in seconds draws only times in seconds, unless the series says otherwise
+            counted = not any(name.endswith(("_seconds", "_seconds_bucket", "_seconds_sum"))
+                              for name in named | bytewax)
+            if panel["fieldConfig"]["defaults"].get("unit") == "s" and counted:
+                overridden = {o["matcher"]["options"] for o in panel["fieldConfig"]["overrides"]
+                              if o["matcher"]["id"] == "byFrameRefID"
+                              and any(p["id"] == "unit" for p in o["properties"])}
+                assert target["refId"] in overridden, (panel["title"], target["expr"])
     wanted = ("Ingest", "lag", "Triggers", "Segment sizes", "API latency")
     assert all(any(word in title for title in titles) for word in wanted)
 
