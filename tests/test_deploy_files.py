@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -123,3 +124,33 @@ def test_docker_compose_validates_the_file() -> None:
     missing = subprocess.run(command, cwd=REPO, env={**env, "CRMFLOW_WRITE_KEY": ""},
                              capture_output=True, text=True, timeout=120, check=False)
     assert missing.returncode != 0 and "CRMFLOW_WRITE_KEY" in missing.stderr
+
+
+def test_the_alert_rules_parse_and_watch_what_the_code_exports() -> None:
+    """Every rule's query parses as PromQL, names only metrics the code exports (and
+    scrape jobs Prometheus has), and Prometheus loads the file the compose stack mounts."""
+    import re
+
+    import promql_parser
+
+    scrape = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    mounts = dict(volume.split(":")[:2] for volume in compose["services"]["prometheus"]["volumes"])
+    assert mounts["./deploy/prometheus/alerts.yml"] in scrape["rule_files"]
+    jobs = {job["job_name"] for job in scrape["scrape_configs"]}
+    exported = exported_metric_names()
+    rules = yaml.safe_load((REPO / "deploy/prometheus/alerts.yml").read_text())
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    assert {"CrmflowDataflowDown", "CrmflowConsumerLag", "CrmflowIngestRefused",
+            "CrmflowDeadLetters"} <= {rule["alert"] for rule in alerts}
+    for rule in alerts:
+        promql_parser.parse(rule["expr"])  # raises on a syntax error
+        named = set(re.findall(r"\bcrmflow_[a-z_]+", rule["expr"]))
+        assert named <= exported, (rule["alert"], named - exported)
+        assert set(re.findall(r'job="([^"]+)"', rule["expr"])) <= jobs, rule["alert"]
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"] and re.fullmatch(r"\d+[smh]", rule["for"])
+    dashboard = json.loads((REPO / "deploy/grafana/dashboards/crmflow.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            promql_parser.parse(target["expr"])
