@@ -979,7 +979,11 @@ def return_order(current: Changes, index: int, *, amount: float, cancel: bool) -
     }
     if cancel:  # a cancelled order no longer counts as the first or the last one
         live = [o.placed_at for o in orders if not o.cancelled]
-        complete = len(orders) < MAX_ORDERS  # else older orders may lie beyond the list
+        # no older live order lies beyond the list: it is not full, or its first live order
+        # is still one of its own (a full list dropped only orders older than it)
+        first = current.get("first_order_at")
+        complete = len(orders) < MAX_ORDERS or (
+            first is not None and first >= min(o.placed_at for o in orders))
         if live or complete:
             changes["last_order_at"] = max(live) if live else None
         if complete:

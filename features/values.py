@@ -120,6 +120,8 @@ def _age(c: Context) -> int | None:
     if born is None:
         return None
     today = datetime.fromtimestamp(c.now, UTC).date()
+    if born > today:  # a birth date still to come (an expected child): no age yet
+        return None
     had_birthday = today >= birthday_in(today.year, born.month, born.day)
     return today.year - born.year - (0 if had_birthday else 1)
 
@@ -128,6 +130,9 @@ def _age_change(c: Context) -> float | None:
     born = _birth_date(c.state)
     if born is None:
         return None
+    birth = datetime.combine(born, datetime.min.time(), UTC).timestamp()
+    if birth > c.now:  # the age begins then
+        return birth
     year = datetime.fromtimestamp(c.now, UTC).year
     for candidate in (year, year + 1):
         moment = datetime.combine(birthday_in(candidate, born.month, born.day),
@@ -175,7 +180,8 @@ def _top_category(c: Context) -> str | None:
     interests = c.state.interests
     if not interests:
         return None
-    return max(interests, key=lambda i: (i.count, i.last_at, i.category)).category
+    # the first of `profile.category_interest`: most interactions, then most recent, then name
+    return min(interests, key=lambda i: (-i.count, -i.last_at, i.category)).category
 
 
 def _latest_view(state: ClientState) -> float | None:
@@ -268,6 +274,7 @@ def group_times(state: ClientState) -> dict[str, float | None]:
         "engagement": state.engagement_at,
         "nps": state.nps_at,
         "support": state.last_support_at,
-        "profile": state.traits_updated_at or state.registered_at,
+        "profile": max((t for t in (state.traits_updated_at, state.registered_at) if t),
+                       default=None),
         "segments": state.segments_at or None,
     }

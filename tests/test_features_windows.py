@@ -107,6 +107,14 @@ def test_linear_features_have_anchors() -> None:
     assert value(state, "recency_days", days(12.5)) == 12.5
 
 
+def test_a_birth_date_still_to_come_has_no_age_until_then() -> None:
+    state = state_of(ev(EventType.IDENTIFY, 0, traits={"birthday": "2024-03-01"}))
+    assert value(state, "age", 0) is None  # T0 is 2023-11-15: not -1
+    born = change(state, "age", 0)
+    assert born is not None and value(state, "age", born - T0) == 0
+    assert value(state, "age", born - T0 - 1) is None
+
+
 def test_age_changes_on_the_birthday() -> None:
     state = state_of(ev(EventType.IDENTIFY, 0, traits={"birthday": "2000-11-20"}))
     assert value(state, "age", 0) == 22  # T0 is 2023-11-15

@@ -38,3 +38,23 @@ def test_profile_reports_each_groups_freshness_and_category_interest() -> None:
                                      "entered_at": format_time(T0 + days(2))}]
     assert document["rfm"] is None  # no model yet
     assert document["features"]["visits_7d"] == 1
+
+
+def test_the_profile_groups_freshness_is_its_latest_change() -> None:
+    """Traits set on day 0, the registration on day 100: the group changed on day 100 (the
+    traits' time hid the registration's)."""
+    from tests.core_events import identify, registered
+
+    state, _ = run([identify(0, city="Leeds"), registered(days(100))])
+    document = profile_document("c1", state, T0 + days(101))
+    assert document["freshness"]["profile"] == format_time(T0 + days(100))
+
+
+def test_top_category_is_the_first_category_of_interest() -> None:
+    """On a tie of interactions and time the name decides, the same way in both."""
+    views = [ev(EventType.PRODUCT_VIEW, 0, products=(Product("b", "books", 5.0, 1),
+                                                     Product("t", "toys", 5.0, 1)))]
+    state, _ = run(views)
+    document = profile_document("c1", state, T0 + 60)
+    assert document["features"]["top_category"] == document["category_interest"][0][
+        "category"] == "books"

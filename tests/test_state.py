@@ -681,6 +681,17 @@ def test_orders_bounded_newest_kept_counts_all() -> None:
     assert state.first_order_at == T0
 
 
+def test_a_full_order_list_that_holds_the_first_order_moves_it_on_cancellation() -> None:
+    """Exactly MAX_ORDERS orders, the first cancelled: the list holds every order, so the
+    first is the second (only a list that dropped older ones cannot tell)."""
+    state = run([*(order(i, f"o{i}", 1.0) for i in range(MAX_ORDERS)),
+                 cancel(MAX_ORDERS, "o0")])
+    assert state.first_order_at == T0 + 1 and state.orders_count == MAX_ORDERS - 1
+    dropped = run([*(order(i, f"o{i}", 1.0) for i in range(MAX_ORDERS + 1)),
+                   cancel(MAX_ORDERS + 1, "o1")])
+    assert dropped.first_order_at == T0  # o0 lies beyond the list: it stays the first
+
+
 def test_cart_lines_bounded() -> None:
     state = run([cart_add(i, (f"p{i}", 1)) for i in range(MAX_CART_LINES + 4)])
     assert len(state.cart) == MAX_CART_LINES
