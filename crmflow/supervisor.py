@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import redis
@@ -134,8 +134,14 @@ def tail_triggers(settings: Settings, *, from_start: bool = False, since: float 
     layout = KeyLayout.from_settings(settings)
     assert settings.redis.url is not None
     client = sync_client(settings.redis)
-    first = "0-0" if from_start else f"{int(since * 1000)}-0" if since is not None else "$"
-    positions: dict[str, str] = dict.fromkeys(layout.all_trigger_streams(), first)
+    streams = layout.all_trigger_streams()
+    if from_start:
+        positions: dict[str, str] = dict.fromkeys(streams, "0-0")
+    elif since is not None:
+        positions = dict.fromkeys(streams, f"{int(since * 1000)}-0")
+    else:  # from now: each stream's own last id, not `$`, which a read of several streams
+        # keeps for a stream until it answers (entries between two reads were never shown)
+        positions = {stream: _last_id(client, stream) for stream in streams}
     while stop is None or not stop.is_set():
         try:
             replies = _read_triggers(client, positions, settings.redis.cluster)
@@ -149,6 +155,11 @@ def tail_triggers(settings: Settings, *, from_start: bool = False, since: float 
             for entry_id, fields in entries:
                 print(_format_trigger(fields), flush=True)  # the user asked to see them
                 positions[stream.decode()] = entry_id.decode()
+
+
+def _last_id(client: redis.Redis, stream: str) -> str:
+    last = cast(list[tuple[bytes, Any]], client.xrevrange(stream, count=1))
+    return last[0][0].decode() if last else "0-0"
 
 
 def _read_triggers(client: redis.Redis, positions: dict[str, str], cluster: bool

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -489,3 +490,41 @@ def test_tail_into_a_reader_that_stops_early_exits_quietly(tmp_path: Path, redis
     assert b"abandoned_cart" in first
     assert status == 0, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_tail_from_now_shows_every_partitions_triggers(redis_url: str, key_prefix: str,
+                                                       capfd: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    """From now, each stream starts at its own last id: with `$` a stream kept `$` until it
+    answered a read, and the triggers written to it between two reads of the others were
+    never shown (a burst over 4 partitions printed one partition's quarter)."""
+    import threading
+
+    import redis as redis_lib
+
+    from config.settings import Settings
+    from crmflow.supervisor import tail_triggers
+    from sinks.keys import KeyLayout
+
+    settings = Settings(redis={"url": redis_url, "key_prefix": key_prefix})
+    layout = KeyLayout.from_settings(settings)
+    client = redis_lib.Redis.from_url(redis_url)
+    client.xadd(layout.triggers(0), {"type": "welcome", "client_id": "before"})  # not shown
+    stop = threading.Event()
+    tailing = threading.Thread(target=tail_triggers, args=(settings,), kwargs={"stop": stop},
+                               daemon=True)
+    tailing.start()
+    time.sleep(0.5)  # tail has taken its positions
+    for n in range(40):
+        client.xadd(layout.triggers(n % 4), {"type": "welcome", "client_id": f"c{n}"})
+        if n % 4 == 3:
+            time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    seen: set[str] = set()
+    while len(seen) < 40 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        seen.update(re.findall(r"client=(c\d+)", capfd.readouterr().out))
+    stop.set()
+    tailing.join(5)
+    client.close()
+    assert seen == {f"c{n}" for n in range(40)}
