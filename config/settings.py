@@ -784,6 +784,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:  # e.g. saved as UTF-16 by Windows Notepad
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                          f"at offset {exc.start}): save it as UTF-8") from None
     try:
         data = parse_yaml(text)
     except yaml.YAMLError as exc:

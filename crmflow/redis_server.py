@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,9 @@ class EmbeddedRedis:
     def _ping(self) -> bool:
         """Whether our own server answers: another one already on the port (whose answer
         came before ours failed to bind) must not pass for it."""
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        # a reply timeout, and no retries: something else listening there may never answer
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5,
+                             socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
         try:
             pid = client.info("server").get("process_id")
         except redis.RedisError:
@@ -107,16 +111,20 @@ class EmbeddedRedis:
             start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                log_tail = (self.data_dir / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server on port {self.port} exited at start-up:\n"
-                                   f"{log_tail}")
+            self._check_running()
             if self._ping():
                 log.info("embedded redis on %s (data in %s)", self.url, self.data_dir)
                 return
             time.sleep(0.05)
+        self._check_running()  # the last ping may have outlasted the deadline
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout}s")
+
+    def _check_running(self) -> None:
+        if self._process is not None and self._process.poll() is not None:
+            log_tail = (self.data_dir / "redis.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"redis-server on port {self.port} exited at start-up:\n"
+                               f"{log_tail}")
 
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None

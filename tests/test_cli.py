@@ -323,6 +323,22 @@ def test_backfill_refuses_a_negative_or_non_finite_wait(tmp_path: Path) -> None:
         assert "argument --wait:" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_the_embedded_redis_does_not_wait_for_ever_on_a_port_that_never_answers(
+        tmp_path: Path) -> None:
+    """Something other than Redis listens on redis.embedded_port and never replies: the
+    start-up ping waited for its reply for ever, so the failed server was never noticed."""
+    from crmflow.redis_server import EmbeddedRedis
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=f"redis-server on port {port} exited"):
+            EmbeddedRedis(tmp_path / "mine", port=port).start(timeout=10)
+        assert time.monotonic() - started < 10
+
+
 def test_the_embedded_redis_never_passes_another_server_for_its_own(tmp_path: Path) -> None:
     """Another Redis on redis.embedded_port (not serving our folder) answered the new
     server's first ping before it failed to bind: crmflow then ran on that server."""

@@ -157,6 +157,13 @@ def test_non_mapping_yaml(tmp_path: Path, text: str) -> None:
     assert "mapping" in config_error(write(tmp_path, text))
 
 
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "notepad.yaml"
+    path.write_bytes("redis:\n  key_prefix: x\n".encode("utf-16"))  # a BOM, then UTF-16
+    with pytest.raises(ConfigError, match=r"notepad.yaml: not UTF-8 text .*save it as UTF-8"):
+        load_settings(path)
+
+
 def test_invalid_yaml(tmp_path: Path) -> None:
     assert "YAML" in config_error(write(tmp_path, "triggers: [unclosed\n"))
 
