@@ -159,7 +159,7 @@ def _cmd_up(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     import threading
 
-    from crmflow.demo import run_demo
+    from crmflow.demo import DemoRefused, run_demo
 
     settings = settings_from(args)
     write_key = args.write_key or (settings.api.write_keys or [""])[0]
@@ -172,6 +172,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
                  shoppers=settings.demo.shoppers, seed=settings.demo.seed, stop=stop)
     except KeyboardInterrupt:
         stop.set()
+    except DemoRefused as exc:
+        raise SystemExit(f"crmflow demo: {exc}") from None
 
 
 def _cmd_tail(args: argparse.Namespace) -> None:

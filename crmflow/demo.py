@@ -663,6 +663,9 @@ class _Sender:
                 status = response.status_code
                 if status < 300:
                     return self._accepted(response, len(batch))
+                if status in (401, 403):  # no retry or later batch can fare better
+                    raise DemoRefused(f"crmflow refused the write key: HTTP {status}: "
+                                      f"{_server_message(response)}")
                 if status not in (408, 429) and status < 500:
                     log.error("demo: crmflow refused %d messages: HTTP %d: %s",
                               len(batch), status, _server_message(response))
@@ -700,6 +703,10 @@ class _Sender:
         if isinstance(accepted, int) and not isinstance(accepted, bool):
             return accepted
         return sent - len(rejected) if isinstance(rejected, list) else sent
+
+
+class DemoRefused(RuntimeError):
+    """The server refused the write key: the demo stops (it retried for ever)."""
 
 
 def run_demo(base_url: str, write_key: str, *, events_per_second: float, shoppers: int,

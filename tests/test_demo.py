@@ -20,6 +20,7 @@ import pytest
 
 from crmflow.demo import (
     TRACK_EVENT_NAMES,
+    DemoRefused,
     ShopperSimulator,
     build_catalogue,
     run_demo,
@@ -353,15 +354,26 @@ def test_run_demo_posts_batches_retries_503_and_stops(
     assert sum(sent for sent, _ in batches) == len(ids)
 
 
-def test_run_demo_logs_a_refusal_with_the_servers_message(
-        ingest_server: tuple[str, Recorder], caplog: pytest.LogCaptureFixture) -> None:
+def test_run_demo_stops_when_the_key_is_refused(ingest_server: tuple[str, Recorder]) -> None:
+    """A wrong write key: no retry and no later batch can fare better, so the demo stops
+    with the server's message (it logged a refusal every half second for ever)."""
     url, recorder = ingest_server
     recorder.default = (401, {}, {"detail": "invalid write key"})
+    with pytest.raises(DemoRefused, match="HTTP 401: invalid write key"):
+        run_demo(url, "wk-demo", events_per_second=500, shoppers=50, seed=9,
+                 stop=threading.Event())
+    assert len(recorder.requests) == 1
+
+
+def test_run_demo_logs_a_refused_batch_with_the_servers_message(
+        ingest_server: tuple[str, Recorder], caplog: pytest.LogCaptureFixture) -> None:
+    url, recorder = ingest_server
+    recorder.default = (400, {}, {"detail": "batch: nothing valid"})
     caplog.set_level(logging.WARNING, logger="crmflow.demo")
     thread, stop, batches = start_demo(url)
     wait_for(lambda: len(recorder.requests) >= 2)
     stop_promptly(thread, stop)
-    assert any("invalid write key" in r.getMessage() and r.levelno == logging.ERROR
+    assert any("nothing valid" in r.getMessage() and r.levelno == logging.ERROR
                for r in caplog.records)
     ids = [m["messageId"] for _, _, body, _ in recorder.requests for m in body["batch"]]
     assert len(ids) == len(set(ids)), "a 4xx must not be retried"
