@@ -678,22 +678,18 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _rfm_rules_need_rfm(self) -> Settings:
-        """With `rfm.enabled: false` the RFM features are always null: a rule that reads
-        them would be accepted and never match."""
-        if self.rfm.enabled or not self.segments:
-            return self
-        catalog = compile_catalog(self.segments)
-        naming = catalog.naming(RFM_FEATURES)
+    def _segments_fit_the_rest(self) -> Settings:
+        """The segments compiled once for both checks: with `rfm.enabled: false` the RFM
+        features are always null, so a rule that reads them would be accepted and never
+        match; and `segment_entered` watches only segments that exist."""
+        rules = self.segment_rules()
+        naming = () if self.rfm.enabled or rules.catalog is None else rules.catalog.naming(
+            RFM_FEATURES)
         if naming:
             raise ValueError(f"segments.{naming[0].name}: reads RFM features "
                              f"({', '.join(sorted(RFM_FEATURES))}), which are always null "
                              "with rfm.enabled: false")
-        return self
-
-    @model_validator(mode="after")
-    def _watched_segments_exist(self) -> Settings:
-        known = set(all_segment_names(self.segment_rules()))
+        known = set(all_segment_names(rules))
         unknown = [name for name in self.triggers.segment_entered.segments
                    if name not in known]
         if unknown:

@@ -100,7 +100,7 @@ _CONTAINS_BODY = TypeAdapter(ContainsRequest)
 
 
 @router.post("/{name}/contains", response_class=FastJSONResponse,
-             openapi_extra=body_schema(ContainsRequest))
+             openapi_extra=body_schema(_CONTAINS_BODY))
 async def segment_contains(name: SegmentName, request: Request, resources: ReadAccess,
                            grant: Grant) -> FastJSONResponse:
     """Which of the given client ids are members (at most 1000 per request). An anonymous

@@ -39,11 +39,10 @@ _PROPERTIES = ("occasion", "key", "status", "comment", "author")
 _TOUCH_BODY: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 _TOUCH_DOC = body_schema(_TOUCH_BODY, example={
     "occasion": "renewal_call", "key": "2025", "channel": "phone", "status": "done",
-    "comment": "renews in March", "author": "mia@example.com"})
-_TOUCH_DOC["requestBody"]["description"] = (
+    "comment": "renews in March", "author": "mia@example.com"}, description=(
     "occasion (a trigger type, or a name of your own: a-z, 0-9, _), optional key (default "
     "empty: once per client), channel, status done|skipped, comment, author, touched_at "
-    "(default now), touch_id (an idempotency key)")
+    "(default now), touch_id (an idempotency key)"))
 
 
 def can_record(grant: ReadGrant) -> bool:
