@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import logging
 import math
 import time
 import uuid
@@ -63,6 +64,8 @@ from sinks.bucket_store import (
 )
 from sinks.erasure import ErasureRefusal, dead_letter_of
 
+log = logging.getLogger(__name__)
+
 EVENT = "e"
 TICK = "t"
 LIVE = 0  # timers on the arrival clock
@@ -83,7 +86,24 @@ class BucketConfig:
     replay: bool = False  # event time only: no timer fires on the arrival clock
 
 
+class UnreadableState(RuntimeError):
+    """A stored client state this code cannot decode: written by other code (a newer
+    state format, after a rollback) or changed outside crmflow. Loading stops: carrying
+    on without it would overwrite the client with a new state at its next event."""
+
+    def __init__(self, key: str, client_key: str, cause: Exception) -> None:
+        super().__init__(
+            f"{key}: the stored state of client {client_key!r} cannot be read "
+            f"({type(cause).__name__}: {cause}). It was written by other crmflow code (a "
+            "newer state format, after a rollback?) or changed outside crmflow. The "
+            "dataflow stops rather than overwrite it: run the version that wrote it, or "
+            f"delete the client's field from {key} (the client starts afresh)")
+
+
 COMPACT_SLACK = 1024  # heap entries beyond twice the clients scheduled before a rebuild
+CORE_ERROR = "core error"  # a dead letter's reason begins so when the rules raised
+TRACEBACKS_LOGGED = 20  # per process: then one line each, the dead letter says the rest
+_tracebacks_logged = 0
 
 
 class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
@@ -138,7 +158,10 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         self._refiled: list[str] = []
         with frozen_on_arrival():
             for client_key, raw in loaded.states.items():
-                state = decode_state(raw)
+                try:
+                    state = decode_state(raw)
+                except Exception as exc:  # noqa: BLE001 - re-raised naming where it is
+                    raise UnreadableState(store.layout.state(bucket), client_key, exc) from exc
                 self._states[client_key] = state
                 point = _counted_point(state)
                 if self._point_counts is not None and point is not None:
@@ -163,8 +186,11 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         change (they grew by one a day per live client with a far-off timer).
         """
         self._stale.discard(client_key)
-        self._set_schedule(client_key, next_due(state, self._rules),
-                           is_live(state, self._config.allowed_lateness))
+        self._set_schedule(client_key, *self._schedule_of(state))
+
+    def _schedule_of(self, state: ClientState) -> tuple[float | None, bool]:
+        """The state's next due time, and whether it is on the arrival clock."""
+        return next_due(state, self._rules), is_live(state, self._config.allowed_lateness)
 
     def _set_schedule(self, client_key: str, due: float | None, live: bool) -> None:
         current = self._scheduled.get(client_key)
@@ -212,7 +238,8 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         scheduled = self._scheduled.get(client_key)
         return float("inf") if scheduled is None else scheduled[0]
 
-    def _advance(self, clock: int, now: float, dirty: set[str], triggers: list[Trigger]) -> None:
+    def _advance(self, clock: int, now: float, dirty: set[str], triggers: list[Trigger],
+                 dead: list[DeadLetter]) -> None:
         limit = now - self._config.allowed_lateness
         heap = self._timers[clock]
         queued = self._queued[clock]
@@ -229,42 +256,65 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 queued[client_key] = scheduled[0]
                 continue
             before = self._states[client_key]
-            state, fired = fire_due(client_key, before, limit, self._rules)
-            self._states[client_key] = state
             del self._scheduled[client_key]
             self._metrics.timers_pending.dec()
-            self._schedule(client_key, state)
+            try:
+                state, fired = fire_due(client_key, before, limit, self._rules)
+                schedule = self._schedule_of(state)
+            except Exception as exc:  # noqa: BLE001 - one client's failure stops no other
+                # its timers wait for its next event instead of failing every tick
+                self._stale.add(client_key)  # its next event looks for them afresh
+                self._core_failed(exc, self._position, b"", client_key, dead, "its timers")
+                continue
+            self._states[client_key] = state
+            self._stale.discard(client_key)
+            self._set_schedule(client_key, *schedule)
             if state is not before:
                 self._before.setdefault(client_key, before)
                 triggers.extend(fired)
                 dirty.add(client_key)
 
-    def _refile(self, dirty: set[str], triggers: list[Trigger]) -> None:
+    def _refile(self, dirty: set[str], triggers: list[Trigger], dead: list[DeadLetter]) -> None:
         refiled, self._refiled = self._refiled, []
         for client_key in refiled:
             before = self._states[client_key]
-            after, fired = refile(client_key, before, self._rules)
-            self._before.setdefault(client_key, before)
-            self._states[client_key] = after
-            self._schedule(client_key, after)
-            triggers.extend(fired)
-            dirty.add(client_key)
+            try:
+                after, fired = refile(client_key, before, self._rules)
+                schedule = self._schedule_of(after)
+            except Exception as exc:  # noqa: BLE001 - as for an event
+                self._core_failed(exc, self._position, b"", client_key, dead,
+                                  "re-filing its segments")
+                continue
+            self._changed(client_key, before, after, schedule, fired, dirty, triggers)
 
-    def _rescore(self, now: float, dirty: set[str], triggers: list[Trigger]) -> None:
+    def _rescore(self, now: float, dirty: set[str], triggers: list[Trigger],
+                 dead: list[DeadLetter]) -> None:
         """A new RFM model: re-evaluate the buyers whose RFM segment it changes."""
         rules = self._rules.segments
         for client_key, state in list(self._states.items()):
-            filed = segments.current_filing(state)
-            if state.orders_count <= 0 and not filed:
+            try:
+                filed = segments.current_filing(state)
+                if state.orders_count <= 0 and not filed:
+                    continue
+                if segments.rfm_filing(state, now, rules) == filed:
+                    continue
+                after, fired = regroup(client_key, state, now, self._rules)
+                schedule = self._schedule_of(after)
+            except Exception as exc:  # noqa: BLE001 - as for an event
+                self._core_failed(exc, self._position, b"", client_key, dead,
+                                  "re-scoring its RFM segment")
                 continue
-            if segments.rfm_filing(state, now, rules) == filed:
-                continue
-            after, fired = regroup(client_key, state, now, self._rules)
-            self._before.setdefault(client_key, state)
-            self._states[client_key] = after
-            self._schedule(client_key, after)
-            triggers.extend(fired)
-            dirty.add(client_key)
+            self._changed(client_key, state, after, schedule, fired, dirty, triggers)
+
+    def _changed(self, client_key: str, before: ClientState, after: ClientState,
+                 schedule: tuple[float | None, bool], fired: Iterable[Trigger],
+                 dirty: set[str], triggers: list[Trigger]) -> None:
+        self._before.setdefault(client_key, before)
+        self._states[client_key] = after
+        self._stale.discard(client_key)
+        self._set_schedule(client_key, *schedule)
+        triggers.extend(fired)
+        dirty.add(client_key)
 
     # --- Bytewax callbacks -----------------------------------------------------------------------
 
@@ -276,7 +326,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         head_reached = False
         position_key = stream_id_key(self._position)
         if self._refiled:
-            self._refile(dirty, triggers)
+            self._refile(dirty, triggers, dead)
         for item in values:
             if item[0] == EVENT:
                 _, _, stream_id, client_key, raw = item
@@ -286,7 +336,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 position_key = key
                 self._position = stream_id
                 self._clock = key[0] / 1000
-                self._advance(LIVE, self._clock, dirty, triggers)
+                self._advance(LIVE, self._clock, dirty, triggers, dead)
                 self._apply(stream_id, client_key, raw, dirty, triggers, dead)
             else:
                 _, _, clock, position, at_head = item
@@ -295,9 +345,9 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 if key > position_key:
                     position_key = key
                     self._position = position
-                self._advance(LIVE, clock, dirty, triggers)
+                self._advance(LIVE, clock, dirty, triggers, dead)
                 if at_head:
-                    self._advance(BACKFILL, clock, dirty, triggers)
+                    self._advance(BACKFILL, clock, dirty, triggers, dead)
                     head_reached = self._config.replay  # a replay's end: keep the position
                 # a new RFM model re-files buyers as of this clock, after the timers due by
                 # then (a replay's arrival clock is not history's: it re-scores at its end)
@@ -309,7 +359,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                             self._prints = _prints_of(rules, self._config.allowed_lateness)
                         self._rules = rules
                         self._rescored = True
-                        self._rescore(clock, dirty, triggers)
+                        self._rescore(clock, dirty, triggers, dead)
         freeze_survivors()
         for (metric, label), count in self._counts.items():  # one update per batch, not event
             if label:
@@ -341,21 +391,28 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 self._erase(client_key, event, stream_id, dirty, triggers, dead)
             return
         before = self._states.get(client_key)
-        outcome = handle(client_key, before, event, self._rules,
-                         next_timer=self._next_timer(client_key), settled=self._settled)
+        try:
+            outcome = handle(client_key, before, event, self._rules,
+                             next_timer=self._next_timer(client_key), settled=self._settled)
+            after = outcome.state
+            changed = after is not before and after is not None
+            schedule = self._schedule_of(after) if changed and after is not None else None
+            line = timeline_entry(event) if changed else None
+        except Exception as exc:  # noqa: BLE001 - one poison event must not stop the rest
+            self._core_failed(exc, stream_id, raw, client_key, dead, "this event")
+            return
         self._emitted.extend(outcome.emitted)
-        after = outcome.state
-        if after is before or after is None:
+        if schedule is None or after is None:
             if not outcome.emitted:
                 self._counts[(self._metrics.duplicates, "")] += 1
             return
         self._before.setdefault(client_key, before)
         self._states[client_key] = after
-        self._schedule(client_key, after)
+        self._stale.discard(client_key)
+        self._set_schedule(client_key, *schedule)
         dirty.add(client_key)
         triggers.extend(outcome.triggers)
         self._counts[(self._metrics.events_processed, event.type.value)] += 1
-        line = timeline_entry(event)
         if line is not None:
             self._timelines.setdefault(client_key, []).append(line)
         if event.type not in INTERNAL_TYPES:  # what clients did, not identity bookkeeping
@@ -366,6 +423,23 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 self._activity[(minute, point, counted)] += 1
         if before is not None and event.event_time < before.updated_at:
             self._counts[(self._metrics.late_events, event.type.value)] += 1
+
+    def _core_failed(self, exc: Exception, stream_id: str, raw: bytes, client_key: str,
+                     dead: list[DeadLetter], what: str) -> None:
+        """The rules raised on one client: a bug, or input they do not expect. Its state
+        stays as it was, the cause goes to the dead-letter stream (the entry's raw event,
+        or none for a timer) and the partition goes on: stopping would halt every client,
+        and again after every restart, for one client's data."""
+        global _tracebacks_logged
+        reason = f"{CORE_ERROR} on {what}: {type(exc).__name__}: {exc}"
+        dead.append(DeadLetter(reason[:1000], stream_id, raw, client_key))
+        self._counts[(self._metrics.dead_letters, "core_error")] += 1
+        if _tracebacks_logged < TRACEBACKS_LOGGED:
+            _tracebacks_logged += 1
+            log.error("bucket %d: client %r: %s", self._bucket, client_key, reason,
+                      exc_info=exc)
+        else:
+            log.error("bucket %d: client %r: %s", self._bucket, client_key, reason)
 
     def _erase(self, client_key: str, event: Event, stream_id: str, dirty: set[str],
                triggers: list[Trigger], dead: list[DeadLetter]) -> None:

@@ -65,12 +65,25 @@ APPEND_CHUNK = 5000
 HELD = "replay-held"  # under the replay's key prefix: the first stage's identity steps
 
 
+FAILURES_SHOWN = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Failures:
+    """What the rules raised on (the dataflow dead-letters it and goes on): the output
+    leaves those events or timers out, so the summary must say so."""
+
+    count: int = 0
+    first: tuple[str, ...] = ()  # "client: reason" of the first few
+
+
 @dataclass(slots=True)
 class ReplayResult:
     history: History
     as_of: float
     export: ExportSummary
     seconds: dict[str, float] = field(default_factory=dict)
+    failures: Failures = Failures()
 
     @property
     def total_seconds(self) -> float:
@@ -84,6 +97,10 @@ class ReplayResult:
         lines.append(f"profiles: {self.export.profiles:,}; memberships: "
                      f"{self.export.memberships:,}; merged clients: {self.export.tombstones:,}")
         lines.append(f"triggers: {self.export.triggers:,}")
+        if self.failures.count:
+            lines.append(f"left out, the rules failed on them: {self.failures.count:,} "
+                         "(the dataflow's log has the tracebacks)")
+            lines.extend(f"  {failure}" for failure in self.failures.first)
         by_type: dict[str, list[str]] = {}
         for (kind, status), count in sorted(self.export.triggers_by_type.items()):
             by_type.setdefault(kind, []).append(f"{status} {count:,}")
@@ -220,12 +237,12 @@ def replay(inputs: Sequence[Path], fmt: str, out: Path, settings: Settings, *,
         url = redis_url or stack.enter_context(_private_redis())
         run = replay_settings(settings, url, key_prefix, workers=workers,
                               batch_size=batch_size)
-        export = _run(history, run, out, end, progress, seconds, processes)
-    return ReplayResult(history, end, export, seconds)
+        export, failures = _run(history, run, out, end, progress, seconds, processes)
+    return ReplayResult(history, end, export, seconds, failures)
 
 
 def _run(history: History, settings: Settings, out: Path, as_of: float, progress: Progress,
-         seconds: dict[str, float], processes: int) -> ExportSummary:
+         seconds: dict[str, float], processes: int) -> tuple[ExportSummary, Failures]:
     client = sync_client(settings.redis)
     layout = KeyLayout.from_settings(settings)
     try:
@@ -273,9 +290,22 @@ def _run(history: History, settings: Settings, out: Path, as_of: float, progress
         write_triggers(client, layout, out, summary, by_day=False)
         seconds["write"] = time.monotonic() - started
         progress.done()
-        return summary
+        return summary, _failures(client, layout)
     finally:
         client.close()
+
+
+def _failures(client: redis.Redis, layout: KeyLayout) -> Failures:
+    """The dead letters of the replay's own Redis: its events were validated as they were
+    read, so each is one the rules raised on."""
+    count, first = 0, []
+    for partition in range(layout.partitions):
+        stream = layout.dead_letters(partition)
+        count += client.xlen(stream)
+        for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]],
+                              client.xrange(stream, count=FAILURES_SHOWN)):
+            first.append(f"{fields[b'client'].decode()}: {fields[b'reason'].decode()}")
+    return Failures(count, tuple(first[:FAILURES_SHOWN]))
 
 
 @dataclass(slots=True)
