@@ -306,6 +306,30 @@ def _cmd_export(args: argparse.Namespace) -> None:
                      "profiles.parquet, segments.parquet, triggers/day=YYYY-MM-DD/\n")
 
 
+def _cmd_redrive(args: argparse.Namespace) -> None:
+    from crmflow.runtime import with_redis
+    from sinks.dead_letters import redrive
+    from sinks.event_log import AppendOptions, BacklogFull
+    from sinks.keys import KeyLayout
+    from sinks.redis_client import sync_client
+
+    settings, lease = with_redis(settings_from(args))
+    _claim_layout(settings, lease, "redrive")
+    client = sync_client(settings.redis)
+    try:
+        result = redrive(client, KeyLayout.from_settings(settings),
+                         AppendOptions(0, settings.redis.max_stream_length),
+                         dry_run=args.dry_run)
+    except BacklogFull as exc:
+        raise SystemExit(f"crmflow redrive: {exc} (what was re-driven before stays so; "
+                         "run it again later for the rest)") from None
+    finally:
+        client.close()
+        if lease is not None:
+            lease.release()
+    sys.stdout.write("\n".join(result.summary(args.dry_run)) + "\n")
+
+
 def _cmd_config(args: argparse.Namespace) -> None:
     values = settings_from(args).model_dump(mode="json")
 
@@ -411,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the time features are computed at: ISO-8601 or epoch "
                                  "seconds (default: now)")
     export_cmd.set_defaults(func=_cmd_export)
+
+    redrive_cmd = command("redrive", "append again the events the trigger rules failed on "
+                                     "(dead-lettered), once the rules are fixed")
+    redrive_cmd.add_argument("--dry-run", action="store_true",
+                             help="count them, change nothing")
+    redrive_cmd.set_defaults(func=_cmd_redrive)
 
     show = command("config", "validate the configuration and print the effective values")
     show.set_defaults(func=_cmd_config)

@@ -62,6 +62,7 @@ from sinks.bucket_store import (
     minute_of,
     stream_id_key,
 )
+from sinks.dead_letters import CORE_ERROR
 from sinks.erasure import ErasureRefusal, dead_letter_of
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,6 @@ class UnreadableState(RuntimeError):
 
 
 COMPACT_SLACK = 1024  # heap entries beyond twice the clients scheduled before a rebuild
-CORE_ERROR = "core error"  # a dead letter's reason begins so when the rules raised
 TRACEBACKS_LOGGED = 20  # per process: then one line each, the dead letter says the rest
 _tracebacks_logged = 0
 

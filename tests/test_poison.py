@@ -6,6 +6,9 @@ the error names the client and the key."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +19,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 import redis
+import yaml
 from prometheus_client import CollectorRegistry
 
 from dataflows import buckets
@@ -34,7 +38,7 @@ from features.routing import bucket_of
 from history.replay import replay
 from sinks.bucket_store import BucketCommit, BucketStore
 from sinks.keys import claim_layout
-from tests.support import make_settings
+from tests.support import REPO, make_settings
 
 DAY = 86400.0
 POISON = "poison"  # the event id the broken rules raise on
@@ -184,3 +188,54 @@ def test_a_replay_leaves_out_what_the_rules_raise_on_and_says_so(
     assert "left out, the rules failed on them: 1 " in summary and failure in summary
     profiles = pq.read_table(tmp_path / "out" / "profiles.parquet").to_pylist()
     assert len(profiles) == 2  # both clients, the one with its other events
+
+
+def test_redrive_appends_the_failed_events_again_once_the_rules_are_fixed(
+        store: BucketStore, redis_client: redis.Redis, redis_url: str, key_prefix: str,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken, bystander = same_bucket_pair(store)
+    bucket = bucket_of(broken, store.layout.buckets)
+    partition = store.layout.partition_of_bucket(bucket)
+    with monkeypatch.context() as patched:
+        patched.setattr(buckets, "handle", raising_on(
+            buckets.handle, lambda client, state, event, *_: event.event_id == POISON))
+        logic, event = new_logic(store, bucket), Events(bucket)
+        start = time.time() - DAY
+        line = [{"product_id": "p1", "price": 3, "category": "a"}]
+        poison = event(broken, "cart_add", start, POISON, products=line)
+        invalid = (EVENT, bucket, f"{int(start * 1000)}-99", bystander, b"{not json")
+        store.commit(commits_of(logic.on_batch([
+            poison, invalid, event(bystander, "page_view", start + 1)])))
+    dead = store.layout.dead_letters(partition)
+    assert redis_client.xlen(dead) == 2
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "redis": {"url": redis_url, "key_prefix": key_prefix},
+        "dataflow": {"partitions": 4, "buckets": 64}}))
+
+    def crmflow(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("CRMFLOW_") and k != "REDIS_URL"}
+        return subprocess.run([sys.executable, "-m", "crmflow.cli", "redrive", "--config",
+                               str(config), *args], env={**env, "PYTHONPATH": str(REPO)},
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    dry = crmflow("--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would re-drive: 1 events" in dry.stdout and redis_client.xlen(dead) == 2
+    events = store.layout.events(partition)
+    appended_before = redis_client.xlen(events)
+    done = crmflow()
+    assert done.returncode == 0, done.stderr
+    assert "re-driven: 1 events" in done.stdout and "left in the dead-letter streams: 1" in (
+        done.stdout)
+    [(_, left)] = redis_client.xrange(dead)
+    assert left[b"reason"] == b"invalid json"  # not re-drivable: left for a person
+    [(entry_id, fields)] = redis_client.xrange(events)[appended_before:]
+    assert fields[b"k"].decode() == broken and orjson.loads(fields[b"e"])["event_id"] == POISON
+    # the fixed rules apply it, as a late event of the client's
+    logic.on_batch([(EVENT, bucket, entry_id.decode(), broken, fields[b"e"])])
+    assert [line.product_id for line in logic._states[broken].cart] == ["p1"]
+    again = crmflow()
+    assert "re-driven: 0 events" in again.stdout and redis_client.xlen(events) == (
+        appended_before + 1)
