@@ -703,7 +703,8 @@ class Settings(BaseSettings):
             lifecycle=self.lifecycle.rules(), rfm_enabled=self.rfm.enabled,
             rfm_mode=self.rfm.mode, rfm_refresh=self.rfm.refresh,
             rfm_fixed=self.rfm.fixed.thresholds() if self.rfm.mode == "fixed" else None,
-            catalog=compile_catalog(self.segments) if self.segments else None)
+            catalog=compile_catalog(self.segments) if self.segments else None,
+            timezone=self.policy.timezone)
 
     def trigger_rules(self) -> TriggerRules:
         """The catalogue and the policy, as the pure core's frozen values."""

@@ -212,6 +212,7 @@ class SegmentRules:
     rfm_fixed: FixedThresholds | None = None  # mode fixed: the thresholds
     rfm_model: RfmModel | None = None
     catalog: SegmentCatalog | None = None
+    timezone: str = "UTC"  # for dates (a client's age) when the client names no zone
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime, tzinfo
 from enum import StrEnum
 from typing import Any
 
 from features import rfm, windows
-from features.calendar import birthday_in, parse_birthday
+from features.calendar import birthday_in, parse_birthday, zone
 from features.lifecycle import (
     last_live_order,
     lifecycle_next_change,
@@ -115,11 +115,18 @@ def _birth_date(state: ClientState) -> date | None:
     return None if parsed is None else date(*parsed)
 
 
+def _client_zone(c: Context) -> tzinfo:
+    """The client's `timezone` trait, else the configured default (`policy.timezone`):
+    the zone the birthday greeting uses too, so the age turns with the greeting's day."""
+    name = c.state.traits.get("timezone")
+    return zone(name if isinstance(name, str) else None, c.rules.timezone)
+
+
 def _age(c: Context) -> int | None:
     born = _birth_date(c.state)
     if born is None:
         return None
-    today = datetime.fromtimestamp(c.now, UTC).date()
+    today = datetime.fromtimestamp(c.now, _client_zone(c)).date()
     if born > today:  # a birth date still to come (an expected child): no age yet
         return None
     had_birthday = today >= birthday_in(today.year, born.month, born.day)
@@ -130,13 +137,14 @@ def _age_change(c: Context) -> float | None:
     born = _birth_date(c.state)
     if born is None:
         return None
-    birth = datetime.combine(born, datetime.min.time(), UTC).timestamp()
+    tz = _client_zone(c)
+    birth = datetime.combine(born, datetime.min.time(), tz).timestamp()
     if birth > c.now:  # the age begins then
         return birth
-    year = datetime.fromtimestamp(c.now, UTC).year
+    year = datetime.fromtimestamp(c.now, tz).year
     for candidate in (year, year + 1):
         moment = datetime.combine(birthday_in(candidate, born.month, born.day),
-                                  datetime.min.time(), UTC).timestamp()
+                                  datetime.min.time(), tz).timestamp()
         if moment > c.now:
             return moment
     return None

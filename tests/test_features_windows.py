@@ -4,6 +4,8 @@ when each of them next changes with time alone."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from features.events import EventType, Order, Product
@@ -113,6 +115,27 @@ def test_a_birth_date_still_to_come_has_no_age_until_then() -> None:
     born = change(state, "age", 0)
     assert born is not None and value(state, "age", born - T0) == 0
     assert value(state, "age", born - T0 - 1) is None
+
+
+def test_age_turns_at_midnight_in_the_clients_zone_else_the_configured_one() -> None:
+    """As the birthday greeting does: in Tokyo the age turns nine hours before UTC's
+    midnight; a client naming no zone takes `policy.timezone`."""
+    tokyo_midnight = datetime(2024, 6, 1, tzinfo=UTC).timestamp() - 9 * 3600
+    for traits, rules in (({"timezone": "Asia/Tokyo"}, RULES),
+                          ({}, SegmentRules(timezone="Asia/Tokyo"))):
+        state = state_of(ev(EventType.IDENTIFY, 0, traits={"birthday": "1990-06-01",
+                                                           **traits}))
+
+        def at(moment: float, state: ClientState = state, rules: SegmentRules = rules
+               ) -> Context:
+            return Context(state, moment, rules)
+
+        step = FEATURES["age"].next_change
+        assert step is not None and step(at(tokyo_midnight - DAY)) == tokyo_midnight
+        assert FEATURES["age"].get(at(tokyo_midnight - 1)) == 33
+        assert FEATURES["age"].get(at(tokyo_midnight)) == 34
+    utc = state_of(ev(EventType.IDENTIFY, 0, traits={"birthday": "1990-06-01"}))
+    assert FEATURES["age"].get(Context(utc, tokyo_midnight, RULES)) == 33
 
 
 def test_age_changes_on_the_birthday() -> None:
