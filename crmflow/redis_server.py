@@ -6,6 +6,7 @@ a folder of ours. Used by `crmflow up` when REDIS_URL is unset, and by the test 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
@@ -20,6 +21,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
+
+LOCK_FILE = "redis.lock"  # in the data folder: held by the server serving it
 
 
 def redis_server_binary() -> str:
@@ -93,8 +96,25 @@ class EmbeddedRedis:
             client.close()
         return self._process is not None and pid == self._process.pid
 
+    def _lock_folder(self) -> int:
+        """A lock on the data folder, which the server inherits and holds for its life: a
+        second server on the same folder (another port) would save over the first's files."""
+        path = self.data_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RuntimeError(f"another redis-server serves {self.data_dir} (port "
+                               f"{holder}): use its port, or another data folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(self.port).encode())
+        return fd
+
     def start(self, timeout: float = 15.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = self._lock_folder()
         args = [
             redis_server_binary(),
             "--bind", "127.0.0.1", "--port", str(self.port), "--protected-mode", "yes",
@@ -106,9 +126,12 @@ class EmbeddedRedis:
         ]
         # Its own session: a terminal's Ctrl-C reaches crmflow, which stops its users first
         # and then this server (saving), rather than the server vanishing under them.
-        self._process = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
+        try:
+            self._process = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True, pass_fds=(lock,))
+        finally:
+            os.close(lock)  # the server's copy holds the lock until it exits
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_running()

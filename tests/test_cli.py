@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 
 from crmflow.redis_server import free_port
@@ -362,6 +363,44 @@ def test_the_embedded_redis_never_passes_another_server_for_its_own(tmp_path: Pa
         assert foreign.alive()
     finally:
         foreign.stop()
+
+
+def test_a_second_embedded_redis_is_refused_a_data_folder_another_one_serves(
+        tmp_path: Path) -> None:
+    """Configured with another port, a second server started on the first's folder and
+    saved over its dump.rdb at its exit. The lock is the server's: it holds when the
+    process that started the server has gone, and goes with the server."""
+    from crmflow.redis_server import EmbeddedRedis
+
+    folder = tmp_path / "data"
+    starter = subprocess.run([sys.executable, "-c", (
+        "import os, sys; from pathlib import Path; "
+        "from crmflow.redis_server import EmbeddedRedis; "
+        f"server = EmbeddedRedis(Path({str(folder)!r})); server.start(); "
+        "print(server.port, flush=True); os._exit(0)")], env=_env(), capture_output=True,
+        text=True, timeout=60, check=True)
+    port = int(starter.stdout)
+    try:
+        config = tmp_path / "c.yaml"
+        config.write_text(yaml.safe_dump({
+            "redis": {"embedded_port": free_port(), "data_dir": str(folder)},
+            "api": {"write_keys": ["w"], "read_keys": ["r"], "port": free_port()}}))
+        result = _crmflow("api", "--config", str(config), cwd=tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert (f"another redis-server serves {folder.resolve()} (port {port}): use its "
+                "port, or another data folder") in result.stderr, result.stderr
+    finally:
+        redis.Redis(port=port).shutdown(nosave=True)
+    deadline = time.monotonic() + 10
+    while True:  # the lock goes with the server
+        try:
+            again = EmbeddedRedis(folder)
+            again.start()
+            break
+        except RuntimeError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    again.stop()
 
 
 def test_up_stopped_while_starting_stops_at_once_without_saying_it_is_up(
