@@ -159,7 +159,9 @@ def _predicted_next_order(c: Context) -> float | None:
 def rfm_scores(c: Context) -> tuple[int, int, int] | None:
     model = c.rules.rfm_model
     last = recency_anchor(c.state)
-    if not c.rules.rfm_enabled or model is None or last is None:
+    # an empty model (quintiles of no buyers, before the first re-score) would call every
+    # buyer "lost": no scores yet, wherever the model was read (API, export, dataflow)
+    if not c.rules.rfm_enabled or model is None or model.empty or last is None:
         return None
     return rfm.rfm_scores(model, last, c.state.orders_count, c.state.monetary_total, c.now)
 

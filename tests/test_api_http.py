@@ -616,3 +616,18 @@ def test_a_time_outside_the_window_is_named_as_sent(redis_url: str, key_prefix: 
     assert [(r["field"], r["error"]) for r in response.json()["rejected"]] == [
         ("originalTimestamp", "originalTimestamp: more than 30d in the past"),
         ("timestamp", "timestamp: more than 1h in the future once corrected by sentAt")]
+
+
+def test_an_event_over_the_size_limit_is_refused_as_a_whole_not_by_a_field(api: str) -> None:
+    """In a Segment message `event` is the event's name: blaming it for an event's size
+    pointed the sender at the wrong field."""
+    big = {"type": "track", "event": "Viewed", "userId": "c1", "messageId": "m1",
+           "properties": {"note": "x" * 40_000}}
+    answer = httpx.post(api + "/v1/batch", json={"batch": [big]}, auth=(WRITE_KEY, ""))
+    [rejected] = answer.json()["rejected"]
+    assert rejected["field"] is None and rejected["messageId"] == "m1"
+    assert rejected["error"].startswith("the event is ") and "limit per event is" in (
+        rejected["error"])
+    text = httpx.get(api + "/metrics").text
+    assert 'crmflow_ingest_events_rejected_total{reason="too_large",source="segment"} 1.0' in (
+        text)

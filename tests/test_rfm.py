@@ -33,7 +33,10 @@ from features.rfm import (
     score,
     to_json,
 )
-from features.rules import DAY
+from features.rules import DAY, SegmentRules
+from features.segments import memberships, next_change
+from features.values import FEATURES, Context
+from tests.core_events import T0, order, state_of
 
 pytestmark = pytest.mark.core  # run again on the pure-Python core (Makefile)
 
@@ -284,3 +287,19 @@ def test_the_docstring_grid_is_the_grid() -> None:
     assert len(rows) == 5
     printed = {(int(row[0]), fm): row[fm] for row in rows for fm in range(1, 6)}
     assert printed == SEGMENT_GRID
+
+
+def test_an_empty_quantile_model_scores_nobody() -> None:
+    """Before the first re-score the stored model holds quintiles of no buyers: scoring
+    with it called every buyer 1/1/1 "lost" in `crmflow export`, while the API, which
+    skips an empty model, showed none. Now no consumer scores with it."""
+    state = state_of(order(0, "o1", 30.0))
+    empty = RfmModel(mode="quantile", computed_at=T0, population=0)
+    assert empty.empty
+    rules = SegmentRules(rfm_model=empty)
+    context = Context(state, T0 + DAY, rules)
+    assert [FEATURES[name].get(context) for name in ("rfm_r", "rfm_f", "rfm_m",
+                                                     "rfm_segment")] == [None] * 4
+    assert not any(name.startswith("rfm:") for name in memberships(state, T0 + DAY, rules))
+    assert next_change(state, T0 + DAY, rules) == next_change(state, T0 + DAY,
+                                                              SegmentRules())

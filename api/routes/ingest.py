@@ -117,10 +117,21 @@ _REASON_FIELDS = frozenset({
     "integrations", "category", "writeKey"})
 
 
+class EventTooLarge(EventError):
+    """An event over `api.max_event_bytes`: the event as a whole, not one of its fields (in
+    a Segment message, `event` is the event's name)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__("", f"is {size} bytes; the limit per event is {limit}")
+        self.args = (f"the event is {size} bytes; the limit per event is {limit}",)
+
+
 def _reason(error: EventError) -> str:
     """A bounded metric label: the top-level field, without list indices."""
     if isinstance(error, UnknownFieldError):
         return "unknown_field"
+    if isinstance(error, EventTooLarge):
+        return "too_large"
     field = _INDEX.sub("", error.field).split(".")[0]
     return field if field in _REASON_FIELDS else "other"
 
@@ -159,7 +170,7 @@ def _parse(item: object, parser: Parser, received_at: float, resources: Resource
     api = resources.settings.api
     size = len(encoded(item, "event"))  # UTF-8 bytes, as stored
     if size > api.max_event_bytes:
-        raise EventError("event", f"is {size} bytes; the limit per event is {api.max_event_bytes}")
+        raise EventTooLarge(size, api.max_event_bytes)
     declared = _declared_type(item, source)
     if declared is not None:
         raise _refusal(declared, "type" if source == "native" else "event")
@@ -227,7 +238,7 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
 def _rejection(resources: Resources, source: str, index: int, item: object,
                error: EventError) -> dict[str, Any]:
     resources.metrics.rejected.labels(source, _reason(error)).inc()
-    entry: dict[str, Any] = {"index": index, "field": error.field, "error": str(error)}
+    entry: dict[str, Any] = {"index": index, "field": error.field or None, "error": str(error)}
     if isinstance(item, dict) and isinstance(item.get("messageId"), str):
         entry["messageId"] = item["messageId"]
     return entry
