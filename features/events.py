@@ -57,7 +57,8 @@ class EventError(ValueError):
     """An event that cannot be accepted; `field` names the offending part."""
 
     def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
+        # no field: the event as a whole (one over the size limit)
+        super().__init__(f"{field_name}: {message}" if field_name else message)
         self.field = field_name
         self.message = message
 

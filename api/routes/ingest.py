@@ -117,20 +117,11 @@ _REASON_FIELDS = frozenset({
     "integrations", "category", "writeKey"})
 
 
-class EventTooLarge(EventError):
-    """An event over `api.max_event_bytes`: the event as a whole, not one of its fields (in
-    a Segment message, `event` is the event's name)."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__("", f"is {size} bytes; the limit per event is {limit}")
-        self.args = (f"the event is {size} bytes; the limit per event is {limit}",)
-
-
 def _reason(error: EventError) -> str:
     """A bounded metric label: the top-level field, without list indices."""
     if isinstance(error, UnknownFieldError):
         return "unknown_field"
-    if isinstance(error, EventTooLarge):
+    if not error.field:  # the event as a whole: over the size limit
         return "too_large"
     field = _INDEX.sub("", error.field).split(".")[0]
     return field if field in _REASON_FIELDS else "other"
@@ -169,8 +160,9 @@ def _parse(item: object, parser: Parser, received_at: float, resources: Resource
            source: str) -> Event:
     api = resources.settings.api
     size = len(encoded(item, "event"))  # UTF-8 bytes, as stored
-    if size > api.max_event_bytes:
-        raise EventTooLarge(size, api.max_event_bytes)
+    if size > api.max_event_bytes:  # no one field is at fault (Segment's `event` is a name)
+        raise EventError("", f"the event is {size} bytes; the limit per event is "
+                             f"{api.max_event_bytes}")
     declared = _declared_type(item, source)
     if declared is not None:
         raise _refusal(declared, "type" if source == "native" else "event")
