@@ -41,8 +41,10 @@ from pydantic_settings import (
 )
 from redis.connection import parse_url
 
-from config.durations import parse_duration
+from config.durations import format_duration, parse_duration
 from features.calendar import is_zone
+from features.events import TOUCH_STATUSES
+from features.policy import DEFERRED, HOLDOUT, SENT, SUPPRESSED
 from features.rfm import FixedThresholds, fixed_thresholds
 from features.rules import (
     DAY,
@@ -653,6 +655,166 @@ class DemoSettings(Section):
     seed: int = 7
 
 
+# Decision statuses a webhook may deliver: the policy's, and a manual touch's verdicts.
+WEBHOOK_STATUSES = (SENT, HOLDOUT, DEFERRED, SUPPRESSED, *TOUCH_STATUSES)
+_ENDPOINT_NAME = re.compile(r"[a-z0-9_-]{1,64}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MIN_SECRET_LENGTH = 16
+
+
+def _webhook_status(value: object) -> str:
+    if not isinstance(value, str) or value not in WEBHOOK_STATUSES:
+        raise ValueError(f"unknown decision status {value!r} (known: "
+                         f"{', '.join(WEBHOOK_STATUSES)})")
+    return value
+
+
+WebhookStatus = Annotated[str, BeforeValidator(_webhook_status)]
+
+
+def _distinct(value: list[str]) -> list[str]:
+    repeated = sorted({name for name in value if value.count(name) > 1})
+    if repeated:
+        raise ValueError(f"listed more than once: {', '.join(repeated)}")
+    return value
+
+
+class WebhookEndpoint(Section):
+    """One receiver of trigger decisions (crmflow deliver; README, Webhooks)."""
+
+    name: str  # a-z, 0-9, _ and -: its consumer groups (webhook:<name>) and metric label
+    url: str
+    # the HMAC-SHA256 key of the signature header (kept out of repr; `crmflow config` masks it)
+    secret: str | None = Field(default=None, repr=False)
+    secret_env: str | None = None  # or the environment variable that holds it
+    types: list[TriggerType] = Field(default_factory=list)  # empty: every type
+    statuses: list[WebhookStatus] = Field(default_factory=lambda: [SENT])
+    timeout: Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=300)] = 10.0
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 8
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 8  # requests in flight
+    start_from: Literal["new", "oldest"] = "new"
+    backoff_initial: PositiveDuration = 1.0
+    backoff_max: PositiveDuration = 300.0  # also the cap on a Retry-After
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not _ENDPOINT_NAME.fullmatch(value):
+            raise ValueError(f"expected 1 to 64 of a-z, 0-9, _ and -, got {value!r}")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # ValueError when it is not a port
+        except ValueError as exc:
+            raise ValueError(f"not a usable URL: {exc}") from None
+        if value != value.strip() or any(ch.isspace() for ch in value):
+            raise ValueError("must not contain spaces")
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"must be an http:// or https:// URL, got {parts.scheme or 'no'} "
+                             "scheme")
+        if not parts.hostname:
+            raise ValueError("names no host")
+        if port == 0:
+            raise ValueError("port 0 cannot be reached")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _strong_secret(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_secret(value)
+        return value
+
+    @field_validator("secret_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError(f"not an environment variable name: {value!r}")
+        return value
+
+    @field_validator("types", "statuses")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        return _distinct(value)
+
+    @field_validator("statuses")
+    @classmethod
+    def _some_status(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(f"list the statuses to deliver ({', '.join(WEBHOOK_STATUSES)})")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> WebhookEndpoint:
+        if self.backoff_initial > self.backoff_max:
+            raise ValueError(f"backoff_initial ({format_duration(self.backoff_initial)}) is "
+                             f"longer than backoff_max ({format_duration(self.backoff_max)})")
+        return self
+
+    def signing_key(self) -> bytes:
+        """The secret as HMAC key bytes: `secret`, or the variable `secret_env` names (checked
+        at start-up by `WebhookSettings`)."""
+        if self.secret is not None:
+            return self.secret.encode()
+        assert self.secret_env is not None
+        return os.environ.get(self.secret_env, "").encode()
+
+
+def _check_secret(value: str) -> None:
+    if value != value.strip():
+        raise ValueError("has spaces around it")
+    if len(value) < MIN_SECRET_LENGTH:
+        raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters (a short secret "
+                         "can be guessed)")
+
+
+class WebhookSettings(Section):
+    """`crmflow deliver`: trigger decisions POSTed to HTTP endpoints (README, Webhooks)."""
+
+    endpoints: list[WebhookEndpoint] = Field(default_factory=list)
+    # this process's consumer name in every group: null = the host name; keep it stable so a
+    # restarted process finds its unacknowledged records again
+    consumer: str | None = None
+    # a record held this long by a consumer that no longer reads (a host gone) is taken over
+    claim_after: Annotated[float, BeforeValidator(parse_duration), Field(ge=1)] = 60.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Port = 9180
+
+    @field_validator("consumer")
+    @classmethod
+    def _plain_consumer(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,128}", value):
+            raise ValueError("expected 1 to 128 letters, digits and _ . : @ -")
+        return value
+
+    @model_validator(mode="after")
+    def _endpoints_usable(self) -> WebhookSettings:
+        names = [endpoint.name for endpoint in self.endpoints]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"webhooks.endpoints: names must be distinct: {repeated[0]!r} is "
+                             "listed more than once")
+        for index, endpoint in enumerate(self.endpoints):
+            where = f"webhooks.endpoints.{index}"
+            if (endpoint.secret is None) == (endpoint.secret_env is None):
+                raise ValueError(f"{where}.secret: give the signing secret, either as secret "
+                                 "or as secret_env (the environment variable holding it)")
+            if endpoint.secret_env is not None:
+                if not os.environ.get(endpoint.secret_env):
+                    raise ValueError(f"{where}.secret_env: the environment variable "
+                                     f"{endpoint.secret_env} is not set")
+                try:
+                    _check_secret(os.environ[endpoint.secret_env])
+                except ValueError as exc:
+                    raise ValueError(f"{where}.secret_env: the secret in "
+                                     f"{endpoint.secret_env} {exc}") from None
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CRMFLOW_", env_nested_delimiter="__", extra="forbid", frozen=True,
@@ -670,6 +832,7 @@ class Settings(BaseSettings):
     segments: dict[str, Any] = Field(default_factory=dict)  # rule segments (README)
     demo: DemoSettings = DemoSettings()
     console: ConsoleSettings = ConsoleSettings()
+    webhooks: WebhookSettings = WebhookSettings()
 
     @field_validator("segments")
     @classmethod
@@ -695,6 +858,26 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"triggers.segment_entered.segments: unknown segment "
                              f"{unknown[0]!r} (known: {', '.join(sorted(known))})")
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_metrics_apart(self) -> Settings:
+        """`crmflow up` runs the deliverer beside the API and the dataflow: its metrics port
+        must be none of theirs (checked only when there is something to deliver)."""
+        port = self.webhooks.metrics_port
+        if not self.webhooks.endpoints or not port:
+            return self
+        flow = self.dataflow
+        count = len(flow.addresses) or flow.processes
+        taken = {"api.port": range(self.api.port, self.api.port + 1)}
+        for name in ("metrics_port", "bytewax_metrics_port"):
+            base = getattr(flow, name)
+            if base:
+                taken[f"dataflow.{name}"] = range(base, base + count)
+        for name, ports in taken.items():
+            if port in ports:
+                offset = f" + {port - ports.start}" if port != ports.start else ""
+                raise ValueError(f"webhooks.metrics_port: {port} is also {name}{offset}")
         return self
 
     def segment_rules(self) -> SegmentRules:
