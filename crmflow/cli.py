@@ -1,5 +1,5 @@
-"""The `crmflow` command: up, api, dataflow, demo, tail, replay, backfill, export, config,
-check-config."""
+"""The `crmflow` command: up, api, dataflow, deliver, demo, tail, replay, backfill, export,
+config, check-config."""
 
 from __future__ import annotations
 
@@ -145,6 +145,30 @@ def _cmd_dataflow(args: argparse.Namespace) -> None:
                      drain_rounds=1 if args.drain_round else 0)
     except (LayoutMismatch, PortInUse) as exc:  # expected conditions: a line, no traceback
         raise SystemExit(f"crmflow dataflow: {exc}") from None
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _cmd_deliver(args: argparse.Namespace) -> None:
+    from crmflow.deliver import MetricsPortInUse, run_deliver
+    from crmflow.runtime import with_redis
+    from crmflow.supervisor import check_ports_free
+
+    settings = settings_from(args)
+    hooks = settings.webhooks
+    if not hooks.endpoints:
+        raise SystemExit("crmflow deliver: webhooks.endpoints is empty: there is nothing to "
+                         "deliver (see README, Webhooks)")
+    if hooks.metrics_port:
+        check_ports_free("deliver", [(hooks.metrics_host, hooks.metrics_port,
+                                      "webhooks.metrics_port")])
+    settings, lease = with_redis(settings)
+    _claim_layout(settings, lease, "deliver")
+    try:
+        run_deliver(settings)
+    except MetricsPortInUse as exc:
+        raise SystemExit(f"crmflow deliver: {exc}") from None
     finally:
         if lease is not None:
             lease.release()
@@ -342,6 +366,10 @@ def _cmd_config(args: argparse.Namespace) -> None:
                                         in values["api"]["point_read_keys"].items()}
     if values["redis"]["url"]:  # nor the Redis password
         values["redis"]["url"] = redacted_url(values["redis"]["url"])
+    for endpoint in values["webhooks"]["endpoints"]:  # nor a webhook's signing secret
+        if endpoint["secret"] is not None:
+            endpoint["secret"] = masked(endpoint["secret"])
+        endpoint["url"] = redacted_url(endpoint["url"])  # a password in the URL
     sys.stdout.write(yaml.safe_dump(values, sort_keys=False))
 
 
@@ -380,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="stop once every stream entry has been processed")
     dataflow.add_argument("--drain-round", action="store_true", help=argparse.SUPPRESS)
     dataflow.set_defaults(func=_cmd_dataflow)
+
+    deliver = command("deliver", "POST trigger decisions to the webhook endpoints configured "
+                                 "(webhooks.endpoints), until stopped")
+    deliver.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
+    deliver.set_defaults(func=_cmd_deliver)
 
     demo = command("demo", "send simulated shopper traffic to a running API")
     demo.add_argument("--url", default="http://127.0.0.1:8000")

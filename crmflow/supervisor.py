@@ -1,4 +1,5 @@
-"""`crmflow up`: one machine, everything: Redis, the dataflow, the API, optionally the demo.
+"""`crmflow up`: one machine, everything: Redis, the dataflow, the API, the webhook deliverer
+when endpoints are configured, optionally the demo.
 
 The supervisor restarts any part that dies (the dataflow is disposable: it resumes from
 Redis alone) and stops them all on Ctrl-C or SIGTERM.
@@ -102,6 +103,9 @@ def _banner(settings: Settings, api_url: str, embedded: bool, demo: bool) -> str
         f"  Dataflow   metrics http://{settings.dataflow.metrics_host}:"
         f"{settings.dataflow.metrics_port}/metrics",
         f"  Redis      {redacted_url(settings.redis.url or '')} ({where})",
+        *([f"  Webhooks   {', '.join(e.name for e in settings.webhooks.endpoints)}   metrics "
+           f"http://{settings.webhooks.metrics_host}:{settings.webhooks.metrics_port}/metrics"]
+          if settings.webhooks.endpoints else []),
         f"  Write key  {write_key}   (HTTP Basic user name, Segment style)",
         f"  Read key   {read_key}   (Authorization: Bearer)",
         f"  Admin key  {admin_key}   (Bearer: manual touches; all of the above)",
@@ -184,6 +188,9 @@ def _check_ports_free(settings: Settings) -> None:
     if settings.dataflow.metrics_port:
         wanted.append((settings.dataflow.metrics_host, settings.dataflow.metrics_port,
                        "dataflow.metrics_port"))
+    if settings.webhooks.endpoints and settings.webhooks.metrics_port:
+        wanted.append((settings.webhooks.metrics_host, settings.webhooks.metrics_port,
+                       "webhooks.metrics_port"))
     check_ports_free("up", wanted)
 
 
@@ -219,6 +226,8 @@ def run_up(settings: Settings, *, config_file: Path | None, demo: bool, keys_fil
         ["--demo"] if demo else [])
     children = [Child("dataflow", [*base, "dataflow", *options], env),
                 Child("API", [*base, "api", *options], env)]
+    if settings.webhooks.endpoints:  # a part of its own: a dead endpoint slows nothing else
+        children.append(Child("webhook deliverer", [*base, "deliver", *options], env))
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

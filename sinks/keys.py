@@ -73,6 +73,11 @@ class KeyLayout:
     def dead_letters(self, partition: int) -> str:
         return f"{self._tag(partition)}:deadletter"
 
+    def webhook_failed(self, partition: int) -> str:
+        """Records a webhook endpoint gave up on (crmflow deliver): endpoint, entry id,
+        trigger id, attempts and the last answer; no client id."""
+        return f"{self._tag(partition)}:webhook_failed"
+
     def segment_members(self, partition: int, segment: str) -> str:
         """A segment's members in one partition: a sorted set of client keys, all scored 0,
         so members page in lexical order with a stable cursor."""
