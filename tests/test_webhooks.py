@@ -825,3 +825,24 @@ def test_delivery_on_a_redis_cluster(redis_cluster: str, key_prefix: str,  # noq
         assert {f["http_status"] for f in failed_records(client, settings)} == {"422"}
     finally:
         client.close()
+
+
+def test_the_readme_s_verification_snippet_accepts_a_real_request_and_nothing_else(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str,
+        receiver: Receiver) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```python\nimport hashlib")
+    code = readme[start + len("```python\n"):readme.index("```", start + 3)]
+    scope: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    verify = scope["verify"]
+    settings = hook_settings(redis_url, key_prefix, endpoint("crm", receiver.url("/crm")))
+    with delivering(settings, redis_client):
+        add_record(redis_client, settings)
+        [request] = receiver.wait("/crm", 1)
+    header = request.headers["x-crmflow-signature"]
+    assert verify(SECRET.encode(), request.body, header)
+    assert not verify(SECRET.encode(), request.body + b"\n", header)
+    assert not verify(b"not-the-secret-at-all", request.body, header)
+    assert not verify(SECRET.encode(), request.body, header, tolerance=-1)
+    assert not verify(SECRET.encode(), request.body, "v1=" + header.split("v1=")[1])
