@@ -34,17 +34,20 @@ def test_dockerfile_installs_every_package_the_image_runs() -> None:
 
 
 def exported_metric_names() -> set[str]:
-    """Every sample name the API, the store gauges and the dataflow export."""
+    """Every sample name the API, the store gauges, the dataflow and the webhook deliverer
+    export."""
     from prometheus_client import CollectorRegistry
 
     from api.metrics import ApiMetrics
     from api.store_metrics import StoreMetrics
     from dataflows.metrics import DataflowMetrics
+    from sinks.webhook_metrics import WebhookMetrics
 
     registry = CollectorRegistry()
     ApiMetrics.create(registry)
     StoreMetrics(registry)
     DataflowMetrics.create(registry)
+    WebhookMetrics.create(registry)
     names = set()
     for family in registry.collect():
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(
@@ -88,7 +91,11 @@ def test_prometheus_scrapes_the_api_and_the_dataflow_and_grafana_is_provisioned(
     scrape = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
     targets = {t for job in scrape["scrape_configs"] for group in job["static_configs"]
                for t in group["targets"]}
-    assert {"api:8000", "dataflow:9101", "dataflow:3030"} <= targets
+    assert {"api:8000", "dataflow:9101", "dataflow:3030", "deliver:9180"} <= targets
+    deliver = services["deliver"]  # the webhook deliverer, with the `webhooks` profile
+    assert deliver["command"] == ["deliver"] and deliver["profiles"] == ["webhooks"]
+    assert deliver["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert deliver["environment"]["CRMFLOW_WEBHOOKS__METRICS_HOST"] == "0.0.0.0"
     # Bytewax's server serves crmflow's series as well: scraped twice, sums read double
     [bytewax] = [job for job in scrape["scrape_configs"] if job["job_name"] == "bytewax"]
     assert bytewax["metric_relabel_configs"] == [
@@ -142,7 +149,8 @@ def test_the_alert_rules_parse_and_watch_what_the_code_exports() -> None:
     rules = yaml.safe_load((REPO / "deploy/prometheus/alerts.yml").read_text())
     alerts = [rule for group in rules["groups"] for rule in group["rules"]]
     assert {"CrmflowDataflowDown", "CrmflowConsumerLag", "CrmflowIngestRefused",
-            "CrmflowDeadLetters"} <= {rule["alert"] for rule in alerts}
+            "CrmflowDeadLetters", "CrmflowWebhookFailures", "CrmflowWebhookNotDelivering",
+            "CrmflowWebhookRecordsLost"} <= {rule["alert"] for rule in alerts}
     for rule in alerts:
         promql_parser.parse(rule["expr"])  # raises on a syntax error
         named = set(re.findall(r"\bcrmflow_[a-z_]+", rule["expr"]))
