@@ -56,10 +56,12 @@ def sync_client(settings: RedisSettings) -> redis.Redis:
     return redis.Redis.from_url(_url(settings), **options)
 
 
-def async_client(settings: RedisSettings) -> aioredis.Redis:
+def async_client(settings: RedisSettings, max_connections: int = 256) -> aioredis.Redis:
+    """`max_connections`: of a single Redis's pool (a cluster client's are per node, and
+    unbounded); a command beyond them fails at once rather than waiting."""
     options: dict[str, Any] = {"socket_timeout": settings.socket_timeout,
                                "socket_connect_timeout": settings.socket_timeout,
                                "client_name": connection_name()}
     if settings.cluster:
         return cast(aioredis.Redis, aioredis.RedisCluster.from_url(_url(settings), **options))
-    return aioredis.Redis.from_url(_url(settings), max_connections=256, **options)
+    return aioredis.Redis.from_url(_url(settings), max_connections=max_connections, **options)

@@ -244,11 +244,15 @@ class EndpointDelivery:
         self._key = endpoint.signing_key()
         self._types = frozenset(endpoint.types)
         self._statuses = frozenset(endpoint.statuses)
-        self._http = httpx.AsyncClient(
-            timeout=endpoint.timeout, follow_redirects=False,
-            limits=httpx.Limits(max_connections=endpoint.concurrency,
-                                max_keepalive_connections=endpoint.concurrency),
-            headers={"User-Agent": USER_AGENT})
+        # a client of one connection per slot: httpx's pool looks at every connection for
+        # every request (at 32 connections it cost more than the requests); one TLS context,
+        # loaded once, for them all
+        tls = httpx.create_ssl_context()
+        self._clients = [httpx.AsyncClient(
+            timeout=endpoint.timeout, follow_redirects=False, verify=tls,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            headers={"User-Agent": USER_AGENT}) for _ in range(endpoint.concurrency)]
+        self._free_slots = deque(range(endpoint.concurrency))
         self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
         # read (so pending for this consumer) and not started: a read of all streams may
         # return up to one record per stream more than the free slots
@@ -487,14 +491,17 @@ class EndpointDelivery:
         while self._waiting and self._free() > 0:
             stream, entry_id, fields = self._waiting.popleft()
             key = (stream, entry_id)
-            task = asyncio.create_task(self._deliver(stream, entry_id, fields),
-                                       name=f"webhook {self.name} {entry_id}")
+            slot = self._free_slots.popleft()
+            task = asyncio.create_task(
+                self._deliver(self._clients[slot], stream, entry_id, fields),
+                name=f"webhook {self.name} {entry_id}")
             self._in_flight[key] = task
             self._metrics.in_flight.labels(self.name).inc()
-            task.add_done_callback(functools.partial(self._finished, key))
+            task.add_done_callback(functools.partial(self._finished, key, slot))
 
-    def _finished(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+    def _finished(self, key: tuple[str, str], slot: int, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(key, None)
+        self._free_slots.append(slot)
         self._held.discard(key)
         self._metrics.in_flight.labels(self.name).dec()
         self._slot_freed.set()
@@ -504,7 +511,8 @@ class EndpointDelivery:
                       _describe(cast(BaseException, task.exception())),
                       exc_info=task.exception())
 
-    async def _deliver(self, stream: str, entry_id: str, fields: Fields) -> None:
+    async def _deliver(self, http: httpx.AsyncClient, stream: str, entry_id: str,
+                       fields: Fields) -> None:
         try:
             body = record_body(fields)
         except RecordError as exc:
@@ -515,7 +523,7 @@ class EndpointDelivery:
         attempt = 0
         while True:
             attempt += 1
-            outcome = await self._send(body, key, attempt)
+            outcome = await self._send(http, body, key, attempt)
             verdict = classify(outcome)
             if verdict is Verdict.DELIVERED:
                 self._metrics.deliveries.labels(self.name, DELIVERED).inc()
@@ -534,7 +542,8 @@ class EndpointDelivery:
             if await self._pause(delay):
                 return  # stopping: it stays pending, sent again at the next start
 
-    async def _send(self, body: bytes, key: str, attempt: int) -> Outcome:
+    async def _send(self, http: httpx.AsyncClient, body: bytes, key: str, attempt: int
+                    ) -> Outcome:
         headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key,
                    SIGNATURE_HEADER: signature(self._key, body, int(self._clock())),
                    ATTEMPT_HEADER: str(attempt)}
@@ -542,8 +551,8 @@ class EndpointDelivery:
         timed_out = False
         try:
             async with asyncio.timeout(self.endpoint.timeout):  # the whole exchange
-                async with self._http.stream("POST", self.endpoint.url, content=body,
-                                             headers=headers) as response:
+                async with http.stream("POST", self.endpoint.url, content=body,
+                                       headers=headers) as response:
                     received = 0
                     async for chunk in response.aiter_raw():
                         received += len(chunk)
@@ -608,7 +617,8 @@ class EndpointDelivery:
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
-        await self._http.aclose()
+        for http in self._clients:
+            await http.aclose()
 
 
 def _no_group(exc: BaseException) -> bool:
@@ -620,7 +630,9 @@ async def deliver(settings: Settings, stop: asyncio.Event, metrics: WebhookMetri
                   clock: Callable[[], float] = time.time) -> None:
     """Deliver to every endpoint of `settings.webhooks` until `stop` is set."""
     hooks = settings.webhooks
-    client = async_client(settings.redis)
+    # every record in flight may acknowledge at once, beside each endpoint's blocking read
+    client = async_client(settings.redis, max_connections=sum(
+        2 + endpoint.concurrency for endpoint in hooks.endpoints) + 8)
     layout = KeyLayout.from_settings(settings)
     name = consumer or hooks.consumer or default_consumer()
     deliveries = [
