@@ -169,6 +169,8 @@ def _cmd_deliver(args: argparse.Namespace) -> None:
         run_deliver(settings)
     except MetricsPortInUse as exc:
         raise SystemExit(f"crmflow deliver: {exc}") from None
+    except KeyboardInterrupt:  # Ctrl-C before the delivery loop took over the signal
+        pass
     finally:
         if lease is not None:
             lease.release()

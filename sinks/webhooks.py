@@ -238,7 +238,8 @@ class EndpointDelivery:
         self._refresh_every = claim_after / 4
         self._maxlen = maxlen
         self._metrics = metrics
-        self._read_block = read_block
+        # a blocking read delays the renewal of the records held (`_refresh_held`)
+        self._read_block = min(read_block, self._refresh_every)
         self._clock = clock
         self._jitter = jitter
         self._key = endpoint.signing_key()
@@ -639,7 +640,9 @@ async def deliver(settings: Settings, stop: asyncio.Event, metrics: WebhookMetri
         EndpointDelivery(endpoint, client=client, layout=layout,
                          cluster=settings.redis.cluster, consumer=name,
                          claim_after=hooks.claim_after, maxlen=settings.redis.stream_maxlen,
-                         metrics=metrics, read_block=read_block, clock=clock)
+                         metrics=metrics, clock=clock,
+                         # a blocking read must end well within the socket's timeout
+                         read_block=min(read_block, settings.redis.socket_timeout / 2))
         for endpoint in hooks.endpoints]
     log.info("delivering to %d webhook endpoint(s) (%s) as consumer %s", len(deliveries),
              ", ".join(endpoint.name for endpoint in hooks.endpoints), name)
