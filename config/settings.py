@@ -757,7 +757,7 @@ class WebhookEndpoint(Section):
 
     def signing_key(self) -> bytes:
         """The secret as HMAC key bytes: `secret`, or the variable `secret_env` names (checked
-        at start-up by `WebhookSettings`)."""
+        when the deliverer starts: `WebhookSettings.check_secrets`)."""
         if self.secret is not None:
             return self.secret.encode()
         assert self.secret_env is not None
@@ -799,20 +799,33 @@ class WebhookSettings(Section):
             raise ValueError(f"webhooks.endpoints: names must be distinct: {repeated[0]!r} is "
                              "listed more than once")
         for index, endpoint in enumerate(self.endpoints):
-            where = f"webhooks.endpoints.{index}"
             if (endpoint.secret is None) == (endpoint.secret_env is None):
-                raise ValueError(f"{where}.secret: give the signing secret, either as secret "
-                                 "or as secret_env (the environment variable holding it)")
-            if endpoint.secret_env is not None:
-                if not os.environ.get(endpoint.secret_env):
-                    raise ValueError(f"{where}.secret_env: the environment variable "
-                                     f"{endpoint.secret_env} is not set")
-                try:
-                    _check_secret(os.environ[endpoint.secret_env])
-                except ValueError as exc:
-                    raise ValueError(f"{where}.secret_env: the secret in "
-                                     f"{endpoint.secret_env} {exc}") from None
+                raise ValueError(f"webhooks.endpoints.{index}.secret: give the signing "
+                                 "secret, either as secret or as secret_env (the environment "
+                                 "variable holding it)")
         return self
+
+    def check_secrets(self) -> None:
+        """ConfigError naming the field when a `secret_env` variable is unset or holds a
+        weak secret. Checked by the deliverer's start (`crmflow deliver`, `crmflow up`), not
+        with the rest: the API and the dataflow need no webhook secret, and their hosts
+        should not hold one."""
+        errors = []
+        for index, endpoint in enumerate(self.endpoints):
+            where = f"webhooks.endpoints.{index}.secret_env"
+            if endpoint.secret_env is None:
+                continue
+            value = os.environ.get(endpoint.secret_env)
+            if not value:
+                errors.append(f"  {where}: the environment variable {endpoint.secret_env} is "
+                              "not set")
+                continue
+            try:
+                _check_secret(value)
+            except ValueError as exc:
+                errors.append(f"  {where}: the secret in {endpoint.secret_env} {exc}")
+        if errors:
+            raise ConfigError("\n".join(["invalid configuration (environment):", *errors]))
 
 
 class Settings(BaseSettings):

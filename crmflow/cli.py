@@ -160,6 +160,7 @@ def _cmd_deliver(args: argparse.Namespace) -> None:
     if not hooks.endpoints:
         raise SystemExit("crmflow deliver: webhooks.endpoints is empty: there is nothing to "
                          "deliver (see README, Webhooks)")
+    _check_webhook_secrets(settings)
     if hooks.metrics_port:
         check_ports_free("deliver", [(hooks.metrics_host, hooks.metrics_port,
                                       "webhooks.metrics_port")])
@@ -176,10 +177,20 @@ def _cmd_deliver(args: argparse.Namespace) -> None:
             lease.release()
 
 
+def _check_webhook_secrets(settings: Settings) -> None:
+    """The deliverer's own check: the variables its endpoints' `secret_env` name."""
+    try:
+        settings.webhooks.check_secrets()
+    except ConfigError as exc:
+        raise SystemExit(f"crmflow: {exc}") from None
+
+
 def _cmd_up(args: argparse.Namespace) -> None:
     from crmflow.supervisor import run_up
 
-    run_up(settings_from(args), config_file=args.config, demo=args.demo, keys_file=KEYS_FILE)
+    settings = settings_from(args)
+    _check_webhook_secrets(settings)  # before anything starts: the deliverer would not
+    run_up(settings, config_file=args.config, demo=args.demo, keys_file=KEYS_FILE)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

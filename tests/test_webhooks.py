@@ -694,12 +694,26 @@ def test_config_never_prints_a_signing_secret(tmp_path: Path) -> None:
     assert (erp["secret"], erp["secret_env"]) == (None, "ERP_SECRET")
 
 
-def test_deliver_refuses_to_run_without_endpoints(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "crmflow.cli", "deliver"], cwd=tmp_path,
-                            env=_env(), capture_output=True, text=True, timeout=60,
-                            check=False)
+def test_deliver_refuses_to_run_without_endpoints_or_their_secrets(tmp_path: Path) -> None:
+    def crmflow(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "crmflow.cli", *args], cwd=tmp_path,
+                              env=_env(), capture_output=True, text=True, timeout=60,
+                              check=False)
+
+    result = crmflow("deliver")
     assert result.returncode == 1
     assert "crmflow deliver: webhooks.endpoints is empty" in result.stderr
+    config = tmp_path / "hooks.yaml"
+    config.write_text(yaml.safe_dump({"webhooks": {"endpoints": [
+        endpoint("crm", "https://crm.example/", secret=None, secret_env="CRM_SECRET")]}}))
+    for verb in ("deliver", "up"):
+        result = crmflow(verb, "--config", str(config))
+        assert result.returncode == 1, result.stderr
+        assert ("webhooks.endpoints.0.secret_env: the environment variable CRM_SECRET is not "
+                "set") in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "var").exists()  # `up` refused before starting anything
+    assert crmflow("check-config", "--config", str(config)).stdout == "ok\n"  # the API's too
 
 
 @pytest.mark.slow
