@@ -1,5 +1,5 @@
 """The `crmflow` command: up, api, dataflow, deliver, demo, tail, replay, backfill, export,
-config, check-config."""
+redrive, config, check-config."""
 
 from __future__ import annotations
 
