@@ -121,10 +121,13 @@ def cap_reached(sends: tuple[float, ...], at: float, cap: int) -> bool:
     A send decided late (a late event) may land before sends already made: every day-long
     window holding `at` counts, not only the one ending at it. Windows are open at the
     start, as (t - 1 day, t]: sends a day or more apart never share one."""
-    near = sorted(s for s in sends if at - DAY < s < at + DAY)
+    # two sends share a window when the later one's window start (later - DAY) is before
+    # the earlier: written so, and never as a difference compared with DAY, which rounds
+    # differently at a day's edge
+    near = sorted(s for s in sends if at - DAY < s and s - DAY < at)
     for first in range(len(near) - cap + 1):
         group = near[first:first + cap]
-        if max(group[-1], at) - min(group[0], at) < DAY:
+        if max(group[-1], at) - DAY < min(group[0], at):
             return True
     return False
 
