@@ -85,6 +85,16 @@ MAX_RESPONSE_BYTES = 65536  # an answer's body is read (for the connection's reu
 USER_AGENT = "crmflow-webhooks"
 STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 
+# The scripts' helper: a field of a reply Redis gives as a flat name, value list (XINFO).
+_FIELD = """
+local function field(list, name)
+  for i = 1, #list, 2 do
+    if list[i] == name then return list[i + 1] end
+  end
+  return false
+end
+"""
+
 # Acknowledge a record given up on and, if it was still pending (not settled by another
 # consumer meanwhile), record it in the failed-delivery stream: both or neither.
 # KEYS: the trigger stream, its webhook_failed stream. ARGV: group, entry id, maxlen, fields.
@@ -101,13 +111,7 @@ return 0
 # start counts as read): without it Redis 7.0 counts nothing until the group's first read,
 # and records trimmed before then could not be told. KEYS: the trigger stream. ARGV: the
 # group, '$' or '0'. Returns {1 when Redis counts reads (7+), 1 when created here}.
-_CREATE_GROUP = """
-local function field(list, name)
-  for i = 1, #list, 2 do
-    if list[i] == name then return list[i + 1] end
-  end
-  return false
-end
+_CREATE_GROUP = _FIELD + """
 local created = 0
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '$', 'MKSTREAM')
@@ -143,13 +147,7 @@ return {counts, 1}
 # `claim_after` (hosts gone), in one step: a consumer that reads again between a look and a
 # delete would lose the records it just read from the group's pending list.
 # KEYS: the trigger stream. ARGV: the group, this consumer, the idle time in milliseconds.
-_FORGET_CONSUMERS = """
-local function field(list, name)
-  for i = 1, #list, 2 do
-    if list[i] == name then return list[i + 1] end
-  end
-  return false
-end
+_FORGET_CONSUMERS = _FIELD + """
 local forgotten = 0
 for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   local name = field(consumer, 'name')
@@ -166,13 +164,7 @@ return forgotten
 # group's last read, before the group read them; the group's read counter is then set to
 # match (its lag then counts only what is left), so each loss is counted once. 0 on a
 # group whose counter Redis does not know. KEYS: the trigger stream. ARGV: the group.
-_LOST_BEFORE_READ = """
-local function field(list, name)
-  for i = 1, #list, 2 do
-    if list[i] == name then return list[i + 1] end
-  end
-  return false
-end
+_LOST_BEFORE_READ = _FIELD + """
 local function before(a, b)
   local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
   local b_ms, b_seq = string.match(b, '^(%d+)-(%d+)$')
