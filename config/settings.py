@@ -720,6 +720,12 @@ class WebhookEndpoint(Section):
             raise ValueError("names no host")
         if port == 0:
             raise ValueError("port 0 cannot be reached")
+        import httpx  # what the deliverer sends with: a URL it refuses, refused at start
+
+        try:
+            httpx.URL(value)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not a usable URL: {exc}") from None
         return value
 
     @field_validator("secret")

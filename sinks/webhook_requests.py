@@ -138,11 +138,11 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(text)
+    if text.isascii() and text.isdigit():  # not '²', which isdigit() takes and float() not
+        return float(text)  # inf when past a float's range: `next_delay` caps it
     try:
         moment = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # a year past datetime's
         return None
     if moment.tzinfo is None:  # an HTTP date is always GMT
         return None
@@ -157,7 +157,7 @@ def next_delay(attempt: int, initial: float, maximum: float, retry_after: float 
     attempt, up to `maximum`, less up to a fifth by `jitter` (a number in [0, 1) the caller
     draws): records that failed together do not all come back at the same moment.
     """
-    if retry_after is not None and math.isfinite(retry_after):
+    if retry_after is not None and not math.isnan(retry_after):  # inf: wait the most
         return min(max(retry_after, 0.0), maximum)
     base = min(maximum, initial * 2.0 ** min(attempt - 1, 64))
     return base * (1.0 - 0.2 * min(max(jitter, 0.0), 1.0))

@@ -143,6 +143,27 @@ end
 return {counts, 1}
 """
 
+# Renew this consumer's hold on its records (reset their idle time), only on those it still
+# owns: one it lost (it stalled past claim_after and another consumer took it over) must not
+# be taken back, or both would send it. KEYS: the trigger stream. ARGV: the group, this
+# consumer, then the ids. Returns the ids it no longer holds.
+_RENEW_HOLD = """
+local claim, lost = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}, {}
+for i = 3, #ARGV do
+  local entry = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if entry[1] and entry[1][2] == ARGV[2] then
+    table.insert(claim, ARGV[i])
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+if #claim > 5 then
+  table.insert(claim, 'JUSTID')
+  redis.call(unpack(claim))
+end
+return lost
+"""
+
 # Forget the group's other consumers that hold nothing and have not read for longer than
 # `claim_after` (hosts gone), in one step: a consumer that reads again between a look and a
 # delete would lose the records it just read from the group's pending list.
@@ -302,12 +323,17 @@ class EndpointDelivery:
             await self._wait_for_slot(self._refresh_every)
 
     async def _until_done(self, step: Callable[[], Awaitable[None]]) -> bool:
-        """`step()`, again while Redis cannot be reached; False when stopped first."""
+        """`step()`, again while Redis cannot be reached, and with the groups made again when
+        a stream went (a Redis that came back empty); False when stopped first."""
         while not self._stop.is_set():
             try:
                 await step()
                 return True
             except STORE_ERRORS as exc:
+                if _no_group(exc):
+                    with contextlib.suppress(*STORE_ERRORS):
+                        await self._create_groups()
+                        continue
                 self._trouble(exc)
                 await self._pause(REDIS_RETRY)
         return False
@@ -433,7 +459,23 @@ class EndpointDelivery:
         for stream, entry_id in self._held:
             by_stream.setdefault(stream, []).append(entry_id)
         for stream, ids in by_stream.items():
-            await self._client.xclaim(stream, self.group, self.consumer, 0, ids, justid=True)
+            lost = cast(list[bytes], await self._client.eval(
+                _RENEW_HOLD, 1, stream, self.group, self.consumer, *ids))
+            for raw_id in lost:
+                self._drop(stream, raw_id.decode())
+
+    def _drop(self, stream: str, entry_id: str) -> None:
+        """Let go of a record another consumer took over (this one stalled past
+        `claim_after`) or that was settled meanwhile: it is no longer this one's to send."""
+        key = (stream, entry_id)
+        task = self._in_flight.get(key)
+        if task is not None:
+            task.cancel()  # `_finished` frees its slot
+        elif key in self._held:
+            self._held.discard(key)
+            self._waiting = deque(w for w in self._waiting if (w[0], w[1]) != key)
+        log.info("webhook %s: record %s of %s is no longer this consumer's (taken over "
+                 "after a stall, or settled)", self.name, entry_id, stream)
 
     async def _claim_abandoned(self) -> None:
         """Take over the records another consumer (a host gone, a renamed one) has held for
@@ -507,6 +549,17 @@ class EndpointDelivery:
     async def _deliver(self, http: httpx.AsyncClient, stream: str, entry_id: str,
                        fields: Fields) -> None:
         try:
+            await self._attempts(http, stream, entry_id, fields)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not leave the record
+            # pending, taken up again and again for ever: it is recorded as failed
+            log.error("webhook %s: record %s: %s", self.name, entry_id, _describe(exc),
+                      exc_info=exc)
+            await self._give_up(stream, entry_id, fields, 0,
+                                Outcome(None, f"internal error: {_describe(exc)}"))
+
+    async def _attempts(self, http: httpx.AsyncClient, stream: str, entry_id: str,
+                        fields: Fields) -> None:
+        try:
             body = record_body(fields)
         except RecordError as exc:
             await self._give_up(stream, entry_id, fields, 0,
@@ -556,7 +609,8 @@ class EndpointDelivery:
         except (TimeoutError, httpx.TimeoutException):
             timed_out = True
             outcome = Outcome(None, f"no answer within {format_duration(self.endpoint.timeout)}")
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # noqa: BLE001 - httpx's errors, and those it lets through
+            # (an IDNA host it cannot encode): an attempt that failed, never a dead task
             outcome = Outcome(None, _describe(exc))
         self._metrics.request_seconds.labels(self.name).observe(time.perf_counter() - started)
         self._metrics.requests.labels(self.name, answer_label(outcome.status, timed_out)).inc()

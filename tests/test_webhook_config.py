@@ -64,6 +64,10 @@ def test_no_endpoints_by_default_and_an_endpoint_has_documented_defaults(
     ({"url": "https:///hooks"}, "webhooks.endpoints.0.url: names no host"),
     ({"url": "https://crm.example:99999/x"}, "webhooks.endpoints.0.url: not a usable URL"),
     ({"url": "https://crm.example/a b"}, "webhooks.endpoints.0.url: must not contain spaces"),
+    # a zero-width space pasted with the URL: httpx refused every request, for ever
+    ({"url": "https://crm\u200b.example/hooks"},
+     "webhooks.endpoints.0.url: not a usable URL: Invalid IDNA hostname"),
+    ({"url": "https://crm.example/\x7f"}, "webhooks.endpoints.0.url: not a usable URL"),
     ({"secret": "short"}, "webhooks.endpoints.0.secret: must be at least 16 characters"),
     ({"secret": f" {SECRET}"}, "webhooks.endpoints.0.secret: has spaces around it"),
     ({"secret": None}, "webhooks.endpoints.0.secret: give the signing secret"),

@@ -114,6 +114,11 @@ def test_retry_after_in_seconds_or_as_an_http_date() -> None:
     assert retry_after_seconds("soon", now) is None
     assert retry_after_seconds("-5", now) is None
     assert retry_after_seconds("1.5", now) is None  # delay-seconds are whole
+    # what a receiver may send that no parse should raise on (a raise killed the delivery
+    # and left the record pending for ever): a digit that is not ASCII, a year past datetime's
+    assert retry_after_seconds("\u00b2", now) is None
+    assert retry_after_seconds("Mon, 01 Jan 99999999999999999999 00:00:00 GMT", now) is None
+    assert retry_after_seconds("9" * 400, now) == float("inf")  # capped by next_delay
 
 
 def test_backoff_doubles_up_to_its_cap_and_retry_after_wins_capped() -> None:
@@ -125,6 +130,7 @@ def test_backoff_doubles_up_to_its_cap_and_retry_after_wins_capped() -> None:
     assert next_delay(1, 1.0, 300.0, 30.0, 0.5) == 30.0  # the receiver's word, no jitter
     assert next_delay(1, 1.0, 300.0, 3600.0, 0.5) == 300.0  # capped
     assert next_delay(5, 1.0, 300.0, 0.0, 0.5) == 0.0
+    assert next_delay(1, 1.0, 300.0, float("inf"), 0.5) == 300.0  # beyond any float: the cap
 
 
 def test_outcomes_describe_themselves_and_label_boundedly() -> None:
