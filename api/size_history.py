@@ -25,6 +25,8 @@ from sinks.segment_store import SegmentStore
 
 log = logging.getLogger(__name__)
 
+CANCEL_AGAIN_AFTER = 1.0  # seconds: see `recording`
+
 
 async def record_once(resources: Resources, at: float) -> int:
     """Record every segment's size at `at`; returns how many sizes were written."""
@@ -67,6 +69,11 @@ async def recording(resources: Resources) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # a cancellation landing mid-command can be swallowed inside redis-py: the task then
+        # went on to its hour-long sleep, and the app's shutdown waited for it (one run in
+        # a few hundred). Cancelled again until it ends.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=CANCEL_AGAIN_AFTER)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("segment size recording ended: %s", task.exception())

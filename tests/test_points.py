@@ -185,14 +185,8 @@ def test_a_point_gone_is_no_longer_recorded_and_its_history_expires(
     layout = KeyLayout.from_settings(settings)
     retention = settings.console.size_history_retention
 
-    # the app only for its resources: with the console on, its lifespan runs a recorder of
-    # its own beside this one, on the same connection pool, and two clean-clone CI runs
-    # hung there for good (the loop idle; not reproduced on demand, cause not found)
-    quiet = settings.model_copy(update={"console": settings.console.model_copy(
-        update={"enabled": False})})
-
     def record(at: float) -> None:
-        app = create_app(quiet)
+        app = create_app(settings)
 
         async def once() -> None:
             async with app.router.lifespan_context(app):
