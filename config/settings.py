@@ -659,6 +659,11 @@ class DemoSettings(Section):
 WEBHOOK_STATUSES = (SENT, HOLDOUT, DEFERRED, SUPPRESSED, *TOUCH_STATUSES)
 _ENDPOINT_NAME = re.compile(r"[a-z0-9_-]{1,64}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}")  # an HTTP token
+# what crmflow sets on every request, or HTTP itself: an endpoint's headers may not replace
+_OWN_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding", "host",
+                          "connection", "user-agent", "idempotency-key",
+                          "x-crmflow-signature", "x-crmflow-attempt"})
 MIN_SECRET_LENGTH = 16
 
 
@@ -695,6 +700,27 @@ class WebhookEndpoint(Section):
     start_from: Literal["new", "oldest"] = "new"
     backoff_initial: PositiveDuration = 1.0
     backoff_max: PositiveDuration = 300.0  # also the cap on a Retry-After
+    # sent with every request, e.g. the receiver's own API key (`crmflow config` masks the
+    # values; kept out of repr)
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+
+    @field_validator("headers")
+    @classmethod
+    def _plain_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        seen: set[str] = set()
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if name.lower() in _OWN_HEADERS:
+                raise ValueError(f"{name} is set by crmflow or by HTTP itself")
+            if name.lower() in seen:
+                raise ValueError(f"{name} is listed twice (header names ignore case)")
+            seen.add(name.lower())
+            # printable ASCII and tabs only: a line break would start a header of the
+            # value's choosing (the message names the header, never the value)
+            if not all(ch == "\t" or " " <= ch <= "~" for ch in text) or not text.strip():
+                raise ValueError(f"the value of {name} must be printable ASCII, not empty")
+        return value
 
     @field_validator("name")
     @classmethod

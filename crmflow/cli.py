@@ -383,6 +383,8 @@ def _cmd_config(args: argparse.Namespace) -> None:
         if endpoint["secret"] is not None:
             endpoint["secret"] = masked(endpoint["secret"])
         endpoint["url"] = redacted_url(endpoint["url"])  # a password in the URL
+        endpoint["headers"] = {name: masked(value)  # an API key of the receiver's
+                               for name, value in endpoint["headers"].items()}
     sys.stdout.write(yaml.safe_dump(values, sort_keys=False))
 
 

@@ -590,7 +590,8 @@ class EndpointDelivery:
 
     async def _send(self, http: httpx.AsyncClient, body: bytes, key: str, attempt: int
                     ) -> Outcome:
-        headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key,
+        headers = {**self.endpoint.headers,
+                   "Content-Type": "application/json", IDEMPOTENCY_HEADER: key,
                    SIGNATURE_HEADER: signature(self._key, body, int(self._clock())),
                    ATTEMPT_HEADER: str(attempt)}
         started = time.perf_counter()

@@ -68,6 +68,13 @@ def test_no_endpoints_by_default_and_an_endpoint_has_documented_defaults(
     ({"url": "https://crm\u200b.example/hooks"},
      "webhooks.endpoints.0.url: not a usable URL: Invalid IDNA hostname"),
     ({"url": "https://crm.example/\x7f"}, "webhooks.endpoints.0.url: not a usable URL"),
+    ({"headers": {"X-Crmflow-Attempt": "9"}},
+     "webhooks.endpoints.0.headers: X-Crmflow-Attempt is set by crmflow or by HTTP itself"),
+    ({"headers": {"content-type": "text/plain"}}, "content-type is set by crmflow or by HTTP"),
+    ({"headers": {"Bad Name": "x"}}, "'Bad Name' is not an HTTP header name"),
+    ({"headers": {"X-Key": "a\r\nX-Evil: 1"}},
+     "webhooks.endpoints.0.headers: the value of X-Key must be printable ASCII"),
+    ({"headers": {"X-Key": "a", "x-key": "b"}}, "x-key is listed twice"),
     ({"secret": "short"}, "webhooks.endpoints.0.secret: must be at least 16 characters"),
     ({"secret": f" {SECRET}"}, "webhooks.endpoints.0.secret: has spaces around it"),
     ({"secret": None}, "webhooks.endpoints.0.secret: give the signing secret"),
@@ -88,7 +95,7 @@ def test_no_endpoints_by_default_and_an_endpoint_has_documented_defaults(
     ({"start_from": "backlog"}, "webhooks.endpoints.0.start_from: Input should be 'new' or"),
     ({"backoff_initial": "10m"},
      "webhooks.endpoints.0: backoff_initial (10m) is longer than backoff_max (5m)"),
-    ({"headers": {"X": "y"}}, "webhooks.endpoints.0.headers: unknown setting"),
+    ({"method": "PUT"}, "webhooks.endpoints.0.method: unknown setting"),
 ])
 def test_a_bad_endpoint_stops_start_up_naming_the_field(tmp_path: Path, change: dict[str, Any],
                                                          words: str) -> None:

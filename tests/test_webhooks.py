@@ -280,7 +280,7 @@ def test_a_record_is_delivered_once_signed_with_the_record_as_its_body(
         redis_client: redis.Redis, redis_url: str, key_prefix: str,
         receiver: Receiver) -> None:
     settings = hook_settings(redis_url, key_prefix, endpoint("crm", receiver.on("/crm", always(
-        204))))
+        204)), headers={"Authorization": "Bearer receiver-key-123", "X-Tenant": "shop-1"}))
     with delivering(settings, redis_client) as running:
         entry = add_record(redis_client, settings, partition=2, payload={"cart": {"items": 2}})
         [request] = receiver.wait("/crm", 1)
@@ -297,6 +297,8 @@ def test_a_record_is_delivered_once_signed_with_the_record_as_its_body(
     assert request.headers["content-type"] == "application/json"
     assert request.headers["idempotency-key"] == f"{key_prefix}:p2:{entry}"
     assert request.headers["x-crmflow-attempt"] == "1"
+    assert request.headers["authorization"] == "Bearer receiver-key-123"  # the endpoint's own
+    assert request.headers["x-tenant"] == "shop-1"
     assert verified(request)
     assert signature_matches(SECRET.encode(), request.body,
                              request.headers["x-crmflow-signature"], time.time())
@@ -681,7 +683,8 @@ def _env() -> dict[str, str]:
 def test_config_never_prints_a_signing_secret(tmp_path: Path) -> None:
     config = tmp_path / "hooks.yaml"
     config.write_text(yaml.safe_dump({"webhooks": {"endpoints": [
-        endpoint("crm", "https://user:pw-in-url@crm.example/hooks"),
+        endpoint("crm", "https://user:pw-in-url@crm.example/hooks",
+                 headers={"Authorization": "Bearer receiver-api-key-42"}),
         endpoint("erp", "https://erp.example/hooks", secret=None, secret_env="ERP_SECRET")]}}))
     result = subprocess.run([sys.executable, "-m", "crmflow.cli", "config", "--config",
                              str(config)], cwd=tmp_path, env={
@@ -689,8 +692,9 @@ def test_config_never_prints_a_signing_secret(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert SECRET not in result.stdout and "erp-secret-from" not in result.stdout
-    assert "pw-in-url" not in result.stdout
+    assert "pw-in-url" not in result.stdout and "receiver-api-key" not in result.stdout
     crm, erp = yaml.safe_load(result.stdout)["webhooks"]["endpoints"]
+    assert crm["headers"] == {"Authorization": "***42"}
     assert crm["secret"] == "***" + SECRET[-2:]  # as the API keys are shown
     assert crm["url"] == "https://user:***@crm.example/hooks"
     assert (erp["secret"], erp["secret_env"]) == (None, "ERP_SECRET")
