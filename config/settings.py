@@ -692,6 +692,9 @@ class WebhookEndpoint(Section):
     # the HMAC-SHA256 key of the signature header (kept out of repr; `crmflow config` masks it)
     secret: str | None = Field(default=None, repr=False)
     secret_env: str | None = None  # or the environment variable that holds it
+    # while rotating: the secret receivers may still check against, signed with too
+    previous_secret: str | None = Field(default=None, repr=False)
+    previous_secret_env: str | None = None
     types: list[TriggerType] = Field(default_factory=list)  # empty: every type
     statuses: list[WebhookStatus] = Field(default_factory=lambda: [SENT])
     timeout: Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=300)] = 10.0
@@ -754,14 +757,14 @@ class WebhookEndpoint(Section):
             raise ValueError(f"not a usable URL: {exc}") from None
         return value
 
-    @field_validator("secret")
+    @field_validator("secret", "previous_secret")
     @classmethod
     def _strong_secret(cls, value: str | None) -> str | None:
         if value is not None:
             _check_secret(value)
         return value
 
-    @field_validator("secret_env")
+    @field_validator("secret_env", "previous_secret_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
         if value is not None and not _ENV_NAME.fullmatch(value):
@@ -794,6 +797,16 @@ class WebhookEndpoint(Section):
             return self.secret.encode()
         assert self.secret_env is not None
         return os.environ.get(self.secret_env, "").encode()
+
+    def signing_keys(self) -> list[bytes]:
+        """The keys each request is signed with: the secret, then the previous one while a
+        rotation is under way (a receiver accepts a signature by either)."""
+        keys = [self.signing_key()]
+        if self.previous_secret is not None:
+            keys.append(self.previous_secret.encode())
+        elif self.previous_secret_env is not None:
+            keys.append(os.environ.get(self.previous_secret_env, "").encode())
+        return keys
 
 
 def _check_secret(value: str) -> None:
@@ -835,6 +848,13 @@ class WebhookSettings(Section):
                 raise ValueError(f"webhooks.endpoints.{index}.secret: give the signing "
                                  "secret, either as secret or as secret_env (the environment "
                                  "variable holding it)")
+            if endpoint.previous_secret is not None and endpoint.previous_secret_env is not None:
+                raise ValueError(f"webhooks.endpoints.{index}.previous_secret: give it as "
+                                 "previous_secret or as previous_secret_env, not both")
+            if endpoint.previous_secret is not None and endpoint.previous_secret == (
+                    endpoint.secret):
+                raise ValueError(f"webhooks.endpoints.{index}.previous_secret: the same as "
+                                 "secret (a rotation signs with a new secret and the old one)")
         return self
 
     def check_secrets(self) -> None:
@@ -844,18 +864,19 @@ class WebhookSettings(Section):
         should not hold one."""
         errors = []
         for index, endpoint in enumerate(self.endpoints):
-            where = f"webhooks.endpoints.{index}.secret_env"
-            if endpoint.secret_env is None:
-                continue
-            value = os.environ.get(endpoint.secret_env)
-            if not value:
-                errors.append(f"  {where}: the environment variable {endpoint.secret_env} is "
-                              "not set")
-                continue
-            try:
-                _check_secret(value)
-            except ValueError as exc:
-                errors.append(f"  {where}: the secret in {endpoint.secret_env} {exc}")
+            for field, variable in (("secret_env", endpoint.secret_env),
+                                    ("previous_secret_env", endpoint.previous_secret_env)):
+                where = f"webhooks.endpoints.{index}.{field}"
+                if variable is None:
+                    continue
+                value = os.environ.get(variable)
+                if not value:
+                    errors.append(f"  {where}: the environment variable {variable} is not set")
+                    continue
+                try:
+                    _check_secret(value)
+                except ValueError as exc:
+                    errors.append(f"  {where}: the secret in {variable} {exc}")
         if errors:
             raise ConfigError("\n".join(["invalid configuration (environment):", *errors]))
 

@@ -380,8 +380,9 @@ def _cmd_config(args: argparse.Namespace) -> None:
     if values["redis"]["url"]:  # nor the Redis password
         values["redis"]["url"] = redacted_url(values["redis"]["url"])
     for endpoint in values["webhooks"]["endpoints"]:  # nor a webhook's signing secret
-        if endpoint["secret"] is not None:
-            endpoint["secret"] = masked(endpoint["secret"])
+        for field in ("secret", "previous_secret"):
+            if endpoint[field] is not None:
+                endpoint[field] = masked(endpoint[field])
         endpoint["url"] = redacted_url(endpoint["url"])  # a password in the URL
         endpoint["headers"] = {name: masked(value)  # an API key of the receiver's
                                for name, value in endpoint["headers"].items()}

@@ -102,6 +102,13 @@ def signature(secret: bytes, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={hmac.new(secret, signed, hashlib.sha256).hexdigest()}"
 
 
+def signatures(secrets: list[bytes], body: bytes, timestamp: int) -> str:
+    """The header's value signed by each secret (a rotation: the new one, then the old):
+    `t=<unix seconds>,v1=<hex>,v1=<hex>`; a receiver accepts a match with any `v1`."""
+    return ",".join([f"t={timestamp}", *(signature(secret, body, timestamp).partition(",")[2]
+                                         for secret in secrets)])
+
+
 def signature_matches(secret: bytes, body: bytes, header: str, now: float,
                       tolerance: float = 300.0) -> bool:
     """What a receiver checks (README, Webhooks): a `v1` that matches, on a `t` no further

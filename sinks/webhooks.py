@@ -65,7 +65,7 @@ from sinks.webhook_requests import (
     next_delay,
     record_body,
     retry_after_seconds,
-    signature,
+    signatures,
     wanted,
 )
 
@@ -255,7 +255,7 @@ class EndpointDelivery:
         self._read_block = min(read_block, self._refresh_every)
         self._clock = clock
         self._jitter = jitter
-        self._key = endpoint.signing_key()
+        self._keys = endpoint.signing_keys()
         self._types = frozenset(endpoint.types)
         self._statuses = frozenset(endpoint.statuses)
         # a client of one connection per slot: httpx's pool looks at every connection for
@@ -592,7 +592,7 @@ class EndpointDelivery:
                     ) -> Outcome:
         headers = {**self.endpoint.headers,
                    "Content-Type": "application/json", IDEMPOTENCY_HEADER: key,
-                   SIGNATURE_HEADER: signature(self._key, body, int(self._clock())),
+                   SIGNATURE_HEADER: signatures(self._keys, body, int(self._clock())),
                    ATTEMPT_HEADER: str(attempt)}
         started = time.perf_counter()
         timed_out = False

@@ -96,6 +96,12 @@ def test_no_endpoints_by_default_and_an_endpoint_has_documented_defaults(
     ({"backoff_initial": "10m"},
      "webhooks.endpoints.0: backoff_initial (10m) is longer than backoff_max (5m)"),
     ({"method": "PUT"}, "webhooks.endpoints.0.method: unknown setting"),
+    ({"previous_secret": "short"},
+     "webhooks.endpoints.0.previous_secret: must be at least 16 characters"),
+    ({"previous_secret": "p" * 20, "previous_secret_env": "OLD_SECRET"},
+     "webhooks.endpoints.0.previous_secret: give it as previous_secret or as "
+     "previous_secret_env, not both"),
+    ({"previous_secret": SECRET}, "webhooks.endpoints.0.previous_secret: the same as secret"),
 ])
 def test_a_bad_endpoint_stops_start_up_naming_the_field(tmp_path: Path, change: dict[str, Any],
                                                          words: str) -> None:

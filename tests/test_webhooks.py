@@ -1020,3 +1020,26 @@ def test_the_timeout_bounds_the_whole_exchange_not_each_read(
     [failure] = failed_records(redis_client, settings)
     assert failure["error"] == "no answer within 1s" and failure["attempts"] == "2"
     assert attempts[1] - attempts[0] < 2.5  # not the 10 s the drip lasts
+
+
+def test_while_a_secret_is_rotated_requests_are_signed_with_both_and_either_verifies(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str,
+        receiver: Receiver) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```python\nimport hashlib")
+    scope: dict[str, Any] = {}
+    exec(compile(readme[start + len("```python\n"):readme.index("```", start + 3)],  # noqa: S102
+                 "README.md", "exec"), scope)
+    verify = scope["verify"]
+    old, new = SECRET, "the-new-signing-secret-0123456789"
+    settings = hook_settings(redis_url, key_prefix, endpoint(
+        "crm", receiver.url("/crm"), secret=new, previous_secret=old))
+    with delivering(settings, redis_client):
+        add_record(redis_client, settings)
+        [request] = receiver.wait("/crm", 1)
+    header = request.headers["x-crmflow-signature"]
+    assert header.count("v1=") == 2
+    for secret in (new, old):  # receivers on either side of the rotation accept it
+        assert verify(secret.encode(), request.body, header)
+        assert signature_matches(secret.encode(), request.body, header, time.time())
+    assert not verify(b"neither-of-the-two-secrets", request.body, header)
