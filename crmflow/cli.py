@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 KEYS_FILE = Path("var/keys.json")
 # `backfill --wait N`: the history is appended, but the dataflow had not applied it all
 BACKFILL_NOT_APPLIED = 3
+REDRIVE_INCOMPLETE = 3  # crmflow redrive skipped partitions the dataflow is behind on
 
 
 def _overlays(demo: bool) -> tuple[dict[str, Any], ...]:
@@ -345,6 +346,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 def _cmd_redrive(args: argparse.Namespace) -> None:
     from crmflow.runtime import with_redis
+    from dataflows.flow import store_factory
     from sinks.dead_letters import redrive
     from sinks.event_log import AppendOptions, BacklogFull
     from sinks.keys import KeyLayout
@@ -353,18 +355,25 @@ def _cmd_redrive(args: argparse.Namespace) -> None:
     settings, lease = with_redis(settings_from(args))
     _claim_layout(settings, lease, "redrive")
     client = sync_client(settings.redis)
+    store = store_factory(settings)
     try:
+        # an erasure waiting in a partition must apply (and purge the client's dead letters)
+        # before that client's failed events could come back after it
+        behind = store.partitions_behind(store.stream_heads())
         result = redrive(client, KeyLayout.from_settings(settings),
                          AppendOptions(0, settings.redis.max_stream_length),
-                         dry_run=args.dry_run)
+                         dry_run=args.dry_run, behind=behind)
     except BacklogFull as exc:
         raise SystemExit(f"crmflow redrive: {exc} (what was re-driven before stays so; "
                          "run it again later for the rest)") from None
     finally:
         client.close()
+        store.client.close()
         if lease is not None:
             lease.release()
     sys.stdout.write("\n".join(result.summary(args.dry_run)) + "\n")
+    if result.skipped:
+        raise SystemExit(REDRIVE_INCOMPLETE)
 
 
 def _cmd_config(args: argparse.Namespace) -> None:

@@ -23,6 +23,21 @@ from redis.retry import Retry
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "redis.lock"  # in the data folder: held by the server serving it
+LOCK_WAIT = 120.0  # seconds a dead server's unfinished save may keep the folder's lock
+
+
+def _answers(port: str) -> bool:
+    """Whether a Redis answers on this loopback port (the lock's holder is then alive)."""
+    if not port.isdigit():
+        return False
+    client = redis.Redis(host="127.0.0.1", port=int(port), socket_connect_timeout=0.5,
+                         socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 def redis_server_binary() -> str:
@@ -96,25 +111,35 @@ class EmbeddedRedis:
             client.close()
         return self._process is not None and pid == self._process.pid
 
-    def _lock_folder(self) -> int:
+    def _lock_folder(self, wait: float) -> int:
         """A lock on the data folder, which the server inherits and holds for its life: a
-        second server on the same folder (another port) would save over the first's files."""
+        second server on the same folder (another port) would save over the first's files.
+
+        The server's forks (a background save, an AOF rewrite) inherit it too, and one may
+        outlive a server that was killed: while no server answers on the holder's port, the
+        lock is waited for, up to `wait` seconds, for that save to end."""
         path = self.data_dir / LOCK_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = path.read_text(errors="replace").strip() or "?"
-            os.close(fd)
-            raise RuntimeError(f"another redis-server serves {self.data_dir} (port "
-                               f"{holder}): use its port, or another data folder") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = path.read_text(errors="replace").strip() or "?"
+                if _answers(holder) or time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise RuntimeError(
+                        f"another redis-server serves {self.data_dir} (port {holder}): use "
+                        "its port, or another data folder") from None
+                time.sleep(0.1)  # a dead server's save, still writing: it ends by itself
         os.ftruncate(fd, 0)
         os.write(fd, str(self.port).encode())
         return fd
 
     def start(self, timeout: float = 15.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        lock = self._lock_folder()
+        lock = self._lock_folder(wait=LOCK_WAIT)
         args = [
             redis_server_binary(),
             "--bind", "127.0.0.1", "--port", str(self.port), "--protected-mode", "yes",

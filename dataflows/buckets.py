@@ -156,6 +156,9 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
         # clients the rules file otherwise than their stored memberships (a new `segments:`
         # configuration): re-filed in the first batch, so no event of theirs is needed
         self._refiled: list[str] = []
+        # dead letters of clients whose schedule the rules failed to compute at load: they
+        # go out with the first batch's commit
+        self._failed_at_load: list[DeadLetter] = []
         with frozen_on_arrival():
             for client_key, raw in loaded.states.items():
                 try:
@@ -169,10 +172,15 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 stored = stored_schedule(raw)
                 if stored is not None and self._prints.trusts(stored):
                     self._set_schedule(client_key, stored.due, stored.live)
-                else:  # other code or rules since: the memberships may be stale too
+                    continue
+                try:  # other code or rules since: the memberships may be stale too
                     self._schedule(client_key, state)
                     if segments.filed_elsewhere(state, self._rules.segments):
                         self._refiled.append(client_key)
+                except Exception as exc:  # noqa: BLE001 - as for an event: the bucket loads
+                    self._stale.add(client_key)  # its next event looks for its timers
+                    self._core_failed(exc, self._position, b"", client_key,
+                                      self._failed_at_load, "loading its schedule")
 
     # --- timers --------------------------------------------------------------------------------
 
@@ -321,8 +329,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
     def on_batch(self, values: list[Item]) -> tuple[Iterable[BucketCommit], bool]:
         dirty: set[str] = set()
         triggers: list[Trigger] = []
-        dead: list[DeadLetter] = []
-        self._counts.clear()
+        dead, self._failed_at_load = self._failed_at_load, []
         head_reached = False
         position_key = stream_id_key(self._position)
         if self._refiled:
@@ -366,6 +373,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 metric.labels(label).inc(count)
             else:
                 metric.inc(count)
+        self._counts.clear()
         return (self._commit(dirty, triggers, dead, flush=head_reached),
                 StatefulBatchLogic.RETAIN)
 

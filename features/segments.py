@@ -198,8 +198,7 @@ def next_change(state: ClientState, now: float, rules: SegmentRules) -> float | 
         return None
     times = [lifecycle_next_change(state, now, rules.lifecycle)]
     last_bought = recency_anchor(state)
-    if (rules.rfm_enabled and rules.rfm_model is not None and not rules.rfm_model.empty
-            and last_bought is not None):
+    if rules.rfm_enabled and rules.rfm_model is not None and last_bought is not None:
         times.append(rfm.next_score_change(rules.rfm_model, last_bought, now))
     if rules.catalog is not None:
         times.append(rules.catalog.next_change(ClientFacts(state, now, rules)))

@@ -8,12 +8,21 @@ dead-lettered as invalid or misrouted are left alone: appending them again would
 again. Ingest's de-duplication is bypassed (the event was acknowledged once, and its id is
 still remembered there); the dataflow still drops an event it has applied, by id.
 
+A partition the dataflow has not caught up with is skipped (and said so): an erasure
+request waiting there must apply, and purge the client's dead letters, before the client's
+failed events could come back after it. What is left: an erasure requested during the
+re-drive itself, or committed and not yet purged, can still be followed by the client's
+re-driven event, which then starts a profile again.
+
 At least once: a stop between an append and its dead letter's deletion re-drives that event
-again on the next run, and the dataflow drops the second copy.
+again on the next run. The dataflow drops the second copy while the event is among the
+client's most recent ids (`features.state.MAX_RECENT_EVENT_IDS`, 16); after that many newer
+events of the client it would apply it twice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -34,6 +43,7 @@ class RedriveResult:
     redriven: int = 0
     left: int = 0  # dead letters not re-drivable: invalid, misrouted, timers
     by_partition: dict[int, int] = field(default_factory=dict)
+    skipped: list[int] = field(default_factory=list)  # partitions the dataflow is behind on
 
     def summary(self, dry_run: bool) -> list[str]:
         verb = "would re-drive" if dry_run else "re-driven"
@@ -41,17 +51,23 @@ class RedriveResult:
         lines.extend(f"  partition {p}: {n:,}" for p, n in sorted(self.by_partition.items()))
         lines.append(f"left in the dead-letter streams: {self.left:,} (invalid or misrouted "
                      "entries, and timers, which need no re-drive)")
+        if self.skipped:
+            lines.append(f"skipped partitions {', '.join(map(str, self.skipped))}: the "
+                         "dataflow has not applied all of their events yet (an erasure may "
+                         "be waiting there); run it again once it has")
         return lines
 
 
 def redrive(client: redis.Redis, layout: KeyLayout, options: AppendOptions, *,
-            dry_run: bool = False) -> RedriveResult:
-    """Append the failed events of every partition again and delete their dead letters.
-    Raises BacklogFull (sinks.event_log) when an event stream is at its cap: what was
-    re-driven before stays re-driven, the rest stays dead-lettered."""
+            dry_run: bool = False, behind: Collection[int] = ()) -> RedriveResult:
+    """Append the failed events of every partition but those in `behind` again and delete
+    their dead letters. Raises BacklogFull (sinks.event_log) when an event stream is at its
+    cap: what was re-driven before stays re-driven, the rest stays dead-lettered."""
     log = EventLog(client, layout, AppendOptions(0, options.max_stream_length))
-    result = RedriveResult()
+    result = RedriveResult(skipped=sorted(behind))
     for partition in range(layout.partitions):
+        if partition in behind:
+            continue
         stream = layout.dead_letters(partition)
         after = "-"
         while True:

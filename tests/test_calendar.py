@@ -170,3 +170,11 @@ def test_a_window_ending_in_the_skipped_hour_ends_at_the_jump() -> None:
     # 2026-03-29 in Berlin: 02:00 CET jumps to 03:00 CEST (01:00 UTC); 02:30 never happens
     end = quiet_until(at("2026-03-29T00:30:00"), LATE_NIGHT, BERLIN)
     assert iso(end) == "2026-03-29T01:00:00+00:00"
+
+
+def test_a_zone_name_that_is_a_folder_or_too_long_is_unknown_not_an_error() -> None:
+    """`ZoneInfo("America")` raises IsADirectoryError and a long name OSError: a client's
+    `timezone` trait like that made its profile read answer 503 and `crmflow export` fail."""
+    for name in ("America", "Europe/", "x" * 300):
+        assert not is_zone(name)
+        assert zone(name, "Europe/Paris") == ZoneInfo("Europe/Paris")

@@ -403,6 +403,31 @@ def test_a_second_embedded_redis_is_refused_a_data_folder_another_one_serves(
     again.stop()
 
 
+def test_a_killed_embedded_redis_can_be_restarted_while_its_save_still_runs(
+        tmp_path: Path) -> None:
+    """A background save's fork inherits the folder's lock and outlives a killed server:
+    `crmflow up` restarting it was refused the folder (by the dead server's port) and
+    exited. The lock is now waited for while no server answers on the holder's port."""
+    from crmflow.redis_server import EmbeddedRedis
+
+    folder = tmp_path / "data"
+    first = EmbeddedRedis(folder)
+    first.start()
+    client = redis.Redis(port=first.port)
+    client.mset({f"k{n}": n for n in range(20)})
+    client.config_set("rdb-key-save-delay", 150_000)  # µs a key: a save of about 3 s
+    client.bgsave()
+    client.close()
+    first.kill()  # its save's fork goes on, holding the lock
+    started = time.monotonic()
+    second = EmbeddedRedis(folder)
+    second.start()
+    try:
+        assert time.monotonic() - started < 60
+    finally:
+        second.stop()
+
+
 def test_up_stopped_while_starting_stops_at_once_without_saying_it_is_up(
         tmp_path: Path) -> None:
     """SIGTERM during start-up waited for the API to be healthy, printed "crmflow is up",

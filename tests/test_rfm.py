@@ -34,7 +34,7 @@ from features.rfm import (
     to_json,
 )
 from features.rules import DAY, SegmentRules
-from features.segments import memberships, next_change
+from features.segments import memberships
 from features.values import FEATURES, Context
 from tests.core_events import T0, order, state_of
 
@@ -301,5 +301,3 @@ def test_an_empty_quantile_model_scores_nobody() -> None:
     assert [FEATURES[name].get(context) for name in ("rfm_r", "rfm_f", "rfm_m",
                                                      "rfm_segment")] == [None] * 4
     assert not any(name.startswith("rfm:") for name in memberships(state, T0 + DAY, rules))
-    assert next_change(state, T0 + DAY, rules) == next_change(state, T0 + DAY,
-                                                              SegmentRules())
