@@ -110,7 +110,8 @@ def _check_process_id(process_id: int | None, addresses: str | None) -> None:
 
 def _cmd_dataflow(args: argparse.Namespace) -> None:
     from crmflow.runtime import with_redis
-    from dataflows.run import PortInUse, run_dataflow
+    from dataflows.metrics import PortInUse
+    from dataflows.run import run_dataflow
     from sinks.keys import LayoutMismatch
 
     settings = settings_from(args)
@@ -152,9 +153,10 @@ def _cmd_dataflow(args: argparse.Namespace) -> None:
 
 
 def _cmd_deliver(args: argparse.Namespace) -> None:
-    from crmflow.deliver import MetricsPortInUse, run_deliver
+    from crmflow.deliver import run_deliver
     from crmflow.runtime import with_redis
     from crmflow.supervisor import check_ports_free
+    from dataflows.metrics import PortInUse
 
     settings = settings_from(args)
     hooks = settings.webhooks
@@ -169,7 +171,7 @@ def _cmd_deliver(args: argparse.Namespace) -> None:
     _claim_layout(settings, lease, "deliver")
     try:
         run_deliver(settings)
-    except MetricsPortInUse as exc:
+    except PortInUse as exc:
         raise SystemExit(f"crmflow deliver: {exc}") from None
     except KeyboardInterrupt:  # Ctrl-C before the delivery loop took over the signal
         pass

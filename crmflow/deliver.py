@@ -7,17 +7,14 @@ import asyncio
 import logging
 import signal
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from config.settings import Settings
+from dataflows.metrics import serve_metrics
 from sinks.webhook_metrics import WebhookMetrics
 from sinks.webhooks import deliver
 
 log = logging.getLogger("crmflow.deliver")
-
-
-class MetricsPortInUse(RuntimeError):
-    """`webhooks.metrics_port` is taken (another deliverer, most likely)."""
 
 
 def run_deliver(settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
@@ -25,14 +22,9 @@ def run_deliver(settings: Settings, *, registry: CollectorRegistry | None = None
     and what is not settled stays pending in Redis for the next start."""
     registry = registry if registry is not None else REGISTRY
     metrics = WebhookMetrics.create(registry)
-    port, host = settings.webhooks.metrics_port, settings.webhooks.metrics_host
-    if port:
-        try:
-            start_http_server(port, addr=host, registry=registry)
-        except OSError as exc:
-            raise MetricsPortInUse(f"{host}:{port} (webhooks.metrics_port) is not free: "
-                                   f"{exc.strerror or exc}") from None
-        log.info("webhook metrics on http://%s:%d/metrics", host, port)
+    if settings.webhooks.metrics_port:  # PortInUse (dataflows.metrics) when taken
+        serve_metrics(registry, settings.webhooks.metrics_host, settings.webhooks.metrics_port,
+                      "webhooks.metrics_port", "webhook")
     asyncio.run(_deliver_until_stopped(settings, metrics))
 
 

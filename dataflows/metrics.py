@@ -5,13 +5,32 @@ Labels are bounded: event and trigger types, reasons, partition numbers; never c
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from features.rules import TRIGGER_TYPES
 
+log = logging.getLogger(__name__)
+
 OTHER = "other"
+
+
+class PortInUse(RuntimeError):
+    """A metrics port is taken (another process of the same kind, most likely)."""
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int, setting: str,
+                  what: str) -> None:
+    """Prometheus /metrics of `registry` on host:port (the dataflow's, the deliverer's);
+    PortInUse naming `setting` when the port is taken."""
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise PortInUse(f"{host}:{port} ({setting}) is not free: "
+                        f"{exc.strerror or exc}") from None
+    log.info("%s metrics on http://%s:%d/metrics", what, host, port)
 
 
 def trigger_label(trigger_type: str) -> str:

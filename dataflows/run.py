@@ -7,20 +7,16 @@ import os
 from datetime import timedelta
 
 from bytewax.run import cli_main
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from config.settings import Settings
 from dataflows.flow import build_flow, store_factory
-from dataflows.metrics import DataflowMetrics
+from dataflows.metrics import DataflowMetrics, serve_metrics
 from features.rfm import RfmModel
 from sinks.bucket_store import retrying
 from sinks.keys import claim_layout
 
 log = logging.getLogger(__name__)
-
-
-class PortInUse(RuntimeError):
-    """A port the dataflow listens on is taken (another dataflow, most likely)."""
 
 
 def run_dataflow(settings: Settings, *, process_id: int | None = None,
@@ -48,13 +44,8 @@ def run_dataflow(settings: Settings, *, process_id: int | None = None,
     if port and process_id:
         port += process_id  # several processes on one host: one metrics port each
     if port:
-        host = settings.dataflow.metrics_host
-        try:
-            start_http_server(port, addr=host, registry=registry)
-        except OSError as exc:
-            raise PortInUse(f"{host}:{port} (dataflow.metrics_port) is not free: "
-                            f"{exc.strerror or exc}") from None
-        log.info("dataflow metrics on http://%s:%d/metrics", host, port)
+        serve_metrics(registry, settings.dataflow.metrics_host, port, "dataflow.metrics_port",
+                      "dataflow")
     bytewax_port = settings.dataflow.bytewax_metrics_port
     if bytewax_port:  # read by Bytewax's runtime when the dataflow starts
         os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "1"
