@@ -793,20 +793,23 @@ class WebhookEndpoint(Section):
     def signing_key(self) -> bytes:
         """The secret as HMAC key bytes: `secret`, or the variable `secret_env` names (checked
         when the deliverer starts: `WebhookSettings.check_secrets`)."""
-        if self.secret is not None:
-            return self.secret.encode()
-        assert self.secret_env is not None
-        return os.environ.get(self.secret_env, "").encode()
+        return _secret_bytes(self.secret, self.secret_env)
 
     def signing_keys(self) -> list[bytes]:
         """The keys each request is signed with: the secret, then the previous one while a
         rotation is under way (a receiver accepts a signature by either)."""
-        keys = [self.signing_key()]
-        if self.previous_secret is not None:
-            keys.append(self.previous_secret.encode())
-        elif self.previous_secret_env is not None:
-            keys.append(os.environ.get(self.previous_secret_env, "").encode())
-        return keys
+        if self.previous_secret is None and self.previous_secret_env is None:
+            return [self.signing_key()]
+        return [self.signing_key(), _secret_bytes(self.previous_secret,
+                                                  self.previous_secret_env)]
+
+
+def _secret_bytes(secret: str | None, variable: str | None) -> bytes:
+    """A secret given in the file, else the one the environment variable holds."""
+    if secret is not None:
+        return secret.encode()
+    assert variable is not None
+    return os.environ.get(variable, "").encode()
 
 
 def _check_secret(value: str) -> None:

@@ -351,25 +351,21 @@ def _cmd_redrive(args: argparse.Namespace) -> None:
     from dataflows.flow import store_factory
     from sinks.dead_letters import redrive
     from sinks.event_log import AppendOptions, BacklogFull
-    from sinks.keys import KeyLayout
-    from sinks.redis_client import sync_client
 
     settings, lease = with_redis(settings_from(args))
     _claim_layout(settings, lease, "redrive")
-    client = sync_client(settings.redis)
     store = store_factory(settings)
     try:
         # an erasure waiting in a partition must apply (and purge the client's dead letters)
         # before that client's failed events could come back after it
         behind = store.partitions_behind(store.stream_heads())
-        result = redrive(client, KeyLayout.from_settings(settings),
+        result = redrive(store.client, store.layout,
                          AppendOptions(0, settings.redis.max_stream_length),
                          dry_run=args.dry_run, behind=behind)
     except BacklogFull as exc:
         raise SystemExit(f"crmflow redrive: {exc} (what was re-driven before stays so; "
                          "run it again later for the rest)") from None
     finally:
-        client.close()
         store.client.close()
         if lease is not None:
             lease.release()

@@ -26,18 +26,18 @@ LOCK_FILE = "redis.lock"  # in the data folder: held by the server serving it
 LOCK_WAIT = 120.0  # seconds a dead server's unfinished save may keep the folder's lock
 
 
-def _answers(port: str) -> bool:
-    """Whether a Redis answers on this loopback port (the lock's holder is then alive)."""
-    if not port.isdigit():
-        return False
-    client = redis.Redis(host="127.0.0.1", port=int(port), socket_connect_timeout=0.5,
+def _server_pid(port: int) -> int | None:
+    """The process id of the Redis answering on this loopback port, or None when none does.
+    A reply timeout and no retries: something else listening there may never answer."""
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5,
                          socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
     try:
-        return bool(client.ping())
+        pid = client.info("server").get("process_id")
     except redis.RedisError:
-        return False
+        return None
     finally:
         client.close()
+    return int(pid) if pid is not None else None
 
 
 def redis_server_binary() -> str:
@@ -100,16 +100,7 @@ class EmbeddedRedis:
     def _ping(self) -> bool:
         """Whether our own server answers: another one already on the port (whose answer
         came before ours failed to bind) must not pass for it."""
-        # a reply timeout, and no retries: something else listening there may never answer
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5,
-                             socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
-        try:
-            pid = client.info("server").get("process_id")
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
-        return self._process is not None and pid == self._process.pid
+        return self._process is not None and _server_pid(self.port) == self._process.pid
 
     def _lock_folder(self, wait: float) -> int:
         """A lock on the data folder, which the server inherits and holds for its life: a
@@ -127,7 +118,8 @@ class EmbeddedRedis:
                 break
             except BlockingIOError:
                 holder = path.read_text(errors="replace").strip() or "?"
-                if _answers(holder) or time.monotonic() >= deadline:
+                alive = holder.isdigit() and _server_pid(int(holder)) is not None
+                if alive or time.monotonic() >= deadline:
                     os.close(fd)
                     raise RuntimeError(
                         f"another redis-server serves {self.data_dir} (port {holder}): use "

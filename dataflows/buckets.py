@@ -274,13 +274,11 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 self._stale.add(client_key)  # its next event looks for them afresh
                 self._core_failed(exc, self._position, b"", client_key, dead, "its timers")
                 continue
-            self._states[client_key] = state
-            self._stale.discard(client_key)
-            self._set_schedule(client_key, *schedule)
-            if state is not before:
-                self._before.setdefault(client_key, before)
-                triggers.extend(fired)
-                dirty.add(client_key)
+            if state is before:  # nothing fired: only its schedule moves on
+                self._stale.discard(client_key)
+                self._set_schedule(client_key, *schedule)
+            else:
+                self._changed(client_key, before, state, schedule, fired, dirty, triggers)
 
     def _refile(self, dirty: set[str], triggers: list[Trigger], dead: list[DeadLetter]) -> None:
         refiled, self._refiled = self._refiled, []
@@ -314,7 +312,7 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
                 continue
             self._changed(client_key, state, after, schedule, fired, dirty, triggers)
 
-    def _changed(self, client_key: str, before: ClientState, after: ClientState,
+    def _changed(self, client_key: str, before: ClientState | None, after: ClientState,
                  schedule: tuple[float | None, bool], fired: Iterable[Trigger],
                  dirty: set[str], triggers: list[Trigger]) -> None:
         self._before.setdefault(client_key, before)
@@ -403,23 +401,17 @@ class BucketLogic(StatefulBatchLogic[Item, BucketCommit, None]):
             outcome = handle(client_key, before, event, self._rules,
                              next_timer=self._next_timer(client_key), settled=self._settled)
             after = outcome.state
-            changed = after is not before and after is not None
-            schedule = self._schedule_of(after) if changed and after is not None else None
-            line = timeline_entry(event) if changed else None
+            schedule = None if after is None or after is before else self._schedule_of(after)
+            line = None if schedule is None else timeline_entry(event)
         except Exception as exc:  # noqa: BLE001 - one poison event must not stop the rest
             self._core_failed(exc, stream_id, raw, client_key, dead, "this event")
             return
         self._emitted.extend(outcome.emitted)
-        if schedule is None or after is None:
+        if after is None or schedule is None:
             if not outcome.emitted:
                 self._counts[(self._metrics.duplicates, "")] += 1
             return
-        self._before.setdefault(client_key, before)
-        self._states[client_key] = after
-        self._stale.discard(client_key)
-        self._set_schedule(client_key, *schedule)
-        dirty.add(client_key)
-        triggers.extend(outcome.triggers)
+        self._changed(client_key, before, after, schedule, outcome.triggers, dirty, triggers)
         self._counts[(self._metrics.events_processed, event.type.value)] += 1
         if line is not None:
             self._timelines.setdefault(client_key, []).append(line)
