@@ -12,6 +12,12 @@ Per size:
    rate is a running dataflow's, on a base of that size, without start-up or loading
    (reported apart).
 3. At the first size of the full plan, the same with a group of two: the scale-out ratio.
+
+Each measure also reports where the CPU went: the dataflow's processes', and Redis's
+(`INFO cpu`) over the same window, less what appending the same events costs Redis alone
+(measured apart, into scratch streams). Redis runs on the other core of a 2-core machine,
+so its microseconds an event bound the dataflow's rate even if the dataflow cost nothing:
+that bound is reported as the Redis-bound ceiling, next to the floors.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +104,9 @@ class LiveDataflow:
         self.peak_rss_kib = max(self.peak_rss_kib,
                                 sum(_rss_kib(pid) for pid in _tree(self.process.pid)))
 
+    def cpu_seconds(self) -> float:
+        return _cpu_seconds(_tree(self.process.pid))
+
     def wait_idle(self) -> float:
         """Seconds until start-up and bucket loading are over (the CPU goes quiet)."""
         started = time.perf_counter()
@@ -142,23 +152,82 @@ def _settings(url: str, size: int, processes: int) -> Settings:
                         offset_flush_interval=0.2)
 
 
+@dataclass(frozen=True)
+class RedisUse:
+    """Redis's CPU seconds and its per-command (calls, microseconds): a snapshot, or the
+    difference of two."""
+
+    cpu: float
+    commands: dict[str, tuple[int, int]]
+
+    @classmethod
+    def now(cls, client: redis.Redis) -> RedisUse:
+        cpu = client.info("cpu")
+        return cls(float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+                   {name.removeprefix("cmdstat_"): (int(stats["calls"]), int(stats["usec"]))
+                    for name, stats in client.info("commandstats").items()})
+
+    def __sub__(self, other: RedisUse) -> RedisUse:
+        return RedisUse(self.cpu - other.cpu, {
+            name: (calls - other.commands.get(name, (0, 0))[0],
+                   usec - other.commands.get(name, (0, 0))[1])
+            for name, (calls, usec) in self.commands.items()})
+
+    def per_event(self, count: int, top: int = 8) -> dict[str, dict[str, float]]:
+        """The commands Redis spent most time in, calls and microseconds an event. A
+        script's time includes the commands it calls, which are counted again apart."""
+        busiest = sorted(self.commands.items(), key=lambda item: -item[1][1])[:top]
+        return {name: {"calls": round(calls / count, 2), "us": round(usec / count, 2)}
+                for name, (calls, usec) in busiest if usec > 0}
+
+
+def _appending(client: redis.Redis, url: str, size: int, entries: list[Any]) -> RedisUse:
+    """What appending `entries` alone costs Redis, into scratch streams deleted after: the
+    producers' share of Redis during a measure, taken out of the dataflow's."""
+    layout = KeyLayout.from_settings(settings_for(url, f"appendcost{size}"))
+    before = RedisUse.now(client)
+    append_entries(client, layout, entries)
+    spent = RedisUse.now(client) - before
+    client.delete(*layout.all_event_streams())
+    return spent
+
+
 def _measure(client: redis.Redis, url: str, size: int, processes: int, count: int,
              first_id: int, now: float, folder: Path) -> dict[str, Any]:
-    """Events/s of a running group of `processes` on the base of `size` clients."""
+    """Events/s of a running group of `processes` on the base of `size` clients, and the
+    CPU the dataflow and Redis spent an event on it."""
     settings = _settings(url, size, processes)
     layout = KeyLayout.from_settings(settings)
     entries = entry_list(events(count, size, start=now - DAY, span=DAY, received_at=now,
                                 seed=2 + processes, first_id=first_id, cover=False))
+    appending = _appending(client, url, size, entries)
     with live_dataflow(settings, folder, f"df{size}-{processes}") as dataflow:
         loading = dataflow.wait_idle()
+        dataflow_cpu, redis_before = dataflow.cpu_seconds(), RedisUse.now(client)
         started = time.perf_counter()
         append_entries(client, layout, entries)
         seconds = dataflow.wait_applied(stream_heads(settings), started)
+        dataflow_cpu = dataflow.cpu_seconds() - dataflow_cpu
+        redis = RedisUse.now(client) - redis_before - appending
     rate = count / seconds
+    cpu = {"dataflow_cpu_us_per_event": round(dataflow_cpu / count * 1e6, 1),
+           "redis_cpu_us_per_event": round(redis.cpu / count * 1e6, 1),
+           "redis_append_cpu_us_per_event": round(appending.cpu / count * 1e6, 1),
+           "redis_commands_per_event": redis.per_event(count)}
     log(f"{size:,} clients, {processes} process(es): {rate:,.0f} events/s over {count:,} "
-        f"events ({loading:.1f}s start-up and loading before)")
+        f"events ({loading:.1f}s start-up and loading before); CPU an event: dataflow "
+        f"{cpu['dataflow_cpu_us_per_event']} us, Redis {cpu['redis_cpu_us_per_event']} us "
+        f"(+{cpu['redis_append_cpu_us_per_event']} us appending)")
     return {"events_per_s": round(rate), "loading_seconds": round(loading, 1),
-            "rss_mib": round(dataflow.peak_rss_kib / 1024)}
+            "rss_mib": round(dataflow.peak_rss_kib / 1024), **cpu}
+
+
+def redis_bound(figures: dict[str, Any]) -> int:
+    """Events/s Redis could serve on a core of its own if the dataflow cost nothing: the
+    dataflow's Redis work and the appends, an event each."""
+    per_event = (figures["redis_cpu_us_per_event"]
+                 + figures["redis_append_cpu_us_per_event"])
+    return round(1e6 / per_event) if per_event > 0 else 0
 
 
 def _fill(client: redis.Redis, url: str, size: int, per_client: int, now: float,
@@ -208,6 +277,10 @@ def dataflow_section(client: redis.Redis, url: str, plan: Plan, folder: Path
             "redis_bytes_per_client": round(per_client), "dataflow_rss_mib": one["rss_mib"],
             "loading_seconds": one["loading_seconds"],
             "fill_events_per_s_two_processes": round(fill_rate),
+            **{k: one[k] for k in ("dataflow_cpu_us_per_event", "redis_cpu_us_per_event",
+                                   "redis_append_cpu_us_per_event",
+                                   "redis_commands_per_event")},
+            "redis_bound_events_per_s": redis_bound(one),
         }
         if n == 0 and plan.scale_out:
             two = _measure(client, url, size, 2, plan.measured_events,
@@ -216,7 +289,9 @@ def dataflow_section(client: redis.Redis, url: str, plan: Plan, folder: Path
                 "events": plan.measured_events, "clients": size,
                 "one_process_events_per_s": rate,
                 "two_processes_events_per_s": two["events_per_s"],
-                "ratio": round(two["events_per_s"] / rate, 2)}
+                "ratio": round(two["events_per_s"] / rate, 2),
+                "two_processes_dataflow_cpu_us_per_event": two["dataflow_cpu_us_per_event"],
+                "two_processes_redis_cpu_us_per_event": two["redis_cpu_us_per_event"]}
     results["scaling"] = scaling(results["sizes"])
     return results
 

@@ -440,6 +440,15 @@ def table(results: dict[str, Any]) -> str:
                      "", "", "<= 1024 at 1M"))
         rows.append((f"  dataflow RSS MiB, {int(size):,}", f"{r['dataflow_rss_mib']:,}",
                      f"start-up and loading {r['loading_seconds']}s", "", ""))
+        if "redis_bound_events_per_s" in r:
+            rows.append((f"  CPU us/event, {int(size):,}",
+                         f"dataflow {r['dataflow_cpu_us_per_event']}",
+                         f"redis {r['redis_cpu_us_per_event']} "
+                         f"+ appends {r['redis_append_cpu_us_per_event']}", "", ""))
+            bound = r["redis_bound_events_per_s"]
+            rows.append((f"  redis-bound ceiling, {int(size):,}", f"{bound:,}",
+                         f"bytewax {r['bytewax_floor_events_per_s']:,}",
+                         f"{bound / r['bytewax_floor_events_per_s']:.3f}x", ""))
     scale = results["dataflow"].get("scaling")
     if scale:
         rows.append(("throughput 1M vs 100k", "",
