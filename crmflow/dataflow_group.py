@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from config.settings import Settings
-from crmflow.supervisor import Child
+from crmflow.supervisor import CHILD_ENTRY, Child
 from dataflows.run import MAX_DRAIN_ROUNDS, stream_heads
 
 log = logging.getLogger("crmflow.dataflow")
@@ -39,7 +39,7 @@ def run_group(settings: Settings, config_file: Path | None, *, demo: bool = Fals
     children run on the demo's timings too, as the API does. `drain`: the group runs
     rounds, each child stopping at the streams' heads, until a round appended nothing (the
     dataflow appends identity forwards); 0 once drained."""
-    argv = [sys.executable, "-m", "crmflow.cli", "dataflow", "--addresses",
+    argv = [sys.executable, "-m", CHILD_ENTRY, "dataflow", "--addresses",
             addresses(settings)]
     if config_file is not None:
         argv += ["--config", str(config_file)]

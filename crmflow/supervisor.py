@@ -32,6 +32,8 @@ from sinks.redis_client import sync_client
 
 log = logging.getLogger("crmflow.up")
 STABLE_AFTER = 60.0
+# the module a part runs as (never imported here: it ignores Ctrl-C, for its parent to stop it)
+CHILD_ENTRY = "crmflow.child"
 StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 
 
@@ -221,7 +223,7 @@ def run_up(settings: Settings, *, config_file: Path | None, demo: bool, keys_fil
         "CRMFLOW_ADMIN_KEY": ",".join(settings.api.admin_keys),
         "PYTHONUNBUFFERED": "1",
     })
-    base = [sys.executable, "-m", "crmflow.cli"]
+    base = [sys.executable, "-m", CHILD_ENTRY]
     options = (["--config", str(config_file)] if config_file else []) + (
         ["--demo"] if demo else [])
     children = [Child("dataflow", [*base, "dataflow", *options], env),

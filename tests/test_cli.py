@@ -441,7 +441,7 @@ def test_up_stopped_while_starting_stops_at_once_without_saying_it_is_up(
         cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and subprocess.run(
-            ["pgrep", "-f", f"crmflow.cli api --config {config}"], capture_output=True,
+            ["pgrep", "-f", f"crmflow.child api --config {config}"], capture_output=True,
             check=False).returncode != 0:
         time.sleep(0.05)  # until the API has been started, and is not healthy yet
     process.send_signal(signal.SIGTERM)
@@ -454,6 +454,43 @@ def test_up_stopped_while_starting_stops_at_once_without_saying_it_is_up(
     assert "crmflow is up" not in output
     leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
     assert leftover.stdout == b"", "a part was left running"
+
+
+def _ignores_sigint(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    ignored = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(ignored.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+
+
+def test_a_part_of_up_leaves_ctrl_c_to_its_parent(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal reaches the whole foreground process group. A part of `crmflow
+    up` still importing died of it, with the import's traceback on the terminal, while `up`
+    was stopping it anyway: a part ignores SIGINT (its parent stops it with SIGTERM). Here a
+    part's verb is interrupted from its first instant to its end, and runs to its end."""
+    from crmflow.supervisor import CHILD_ENTRY
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:  # a handler, not SIG_IGN, so the part starts with SIGINT's default, as under a shell
+        process = subprocess.Popen([sys.executable, "-m", CHILD_ENTRY, "config"], cwd=tmp_path,
+                                   env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    deadline = time.monotonic() + 10
+    while not _ignores_sigint(process.pid) and process.poll() is None:
+        assert time.monotonic() < deadline, "the part never ignored SIGINT"
+        time.sleep(0.005)  # the interpreter's own start-up: a SIGINT there ends it silently
+    assert process.poll() is None, "the part ended before it ignored SIGINT"
+    while process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    output, errors = process.communicate()
+    assert process.returncode == 0, errors[-2000:]
+    assert "Traceback" not in errors
+    assert "redis:" in output  # the verb ran to its end
 
 
 @pytest.mark.parametrize("text", ["", "[\"wk_x\"]", "{\"write_key\": "])
