@@ -52,6 +52,15 @@ def own_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in payload.items() if name != FOLLOW_UP_OF}
 
 
+def still_configured(waiting: PendingTrigger, rules: TriggerRules) -> bool:
+    """Whether the rules still ask for the waiting follow-up (an operator who takes its type
+    off the list, or shortens the chain, stops those already waiting too); true for any
+    other waiting trigger."""
+    config = rules.policy.follow_up
+    return not waiting.follows or (waiting.type in config.types
+                                   and len(waiting.follows) <= config.max)
+
+
 def as_follow_up(candidate: Candidate, waiting: PendingTrigger) -> Candidate:
     """The occasion `candidate`, released from `waiting`, as the follow-up `waiting` is
     (the same candidate when it is none)."""

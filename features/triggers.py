@@ -388,7 +388,8 @@ def _decide_all(client_key: str, state: ClientState,
         if fingerprint in state.decided or fingerprint in state.touched:
             continue  # decided already, or meanwhile by a manual touch: its final record
         if pending is not None:  # decided again as it stands now, or ended meanwhile
-            current = catalogue.released(state, pending, rules)
+            current = (catalogue.released(state, pending, rules)
+                       if follow_up.still_configured(pending, rules) else None)
             if current is None:
                 if not pending.follows:  # (a follow-up's occasion was announced: it stands)
                     state = catalogue.after_cancelled(state, pending, rules)

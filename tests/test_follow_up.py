@@ -390,3 +390,13 @@ def test_events_late_within_the_allowed_lateness_follow_up_as_replay_does(
 def _decisions(triggers: list[Trigger]) -> list[tuple[Any, ...]]:
     return sorted((t.trigger_id, t.key, t.status, t.reason, t.channel, t.decided_at,
                    t.payload.get("follow_up_of")) for t in triggers)
+
+
+def test_follow_ups_waiting_stop_when_their_type_is_taken_off_the_list_or_the_chain_cut(
+        ) -> None:
+    state, _ = run(carted(), with_follow_up(max=2), until=DUE)
+    assert state.pending[0].follows == (FIRST, SECOND)  # the second follow-up waits
+    assert fire_due(CLIENT, state, T0 + DUE + DAY, with_follow_up(types=frozenset()))[1] == []
+    assert fire_due(CLIENT, state, T0 + DUE + DAY, with_follow_up(max=1))[1] == []
+    [sms] = fire_due(CLIENT, state, T0 + DUE + DAY, with_follow_up(max=2))[1]
+    assert sms.channel == "sms"
