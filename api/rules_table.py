@@ -16,6 +16,8 @@ _DURATIONS = frozenset({"delay", "offset", "loyal_window", "at_risk_after", "chu
 
 
 def _cell(name: str, value: Any) -> Any:
+    if name == "follow_up" and isinstance(value, dict):
+        return _follow_up(value)
     if name in _DURATIONS and isinstance(value, int | float) and not isinstance(value, bool):
         return format_duration(float(value))
     if name in _DURATIONS and isinstance(value, list):
@@ -33,6 +35,16 @@ def _flat(value: Any) -> str:
     if isinstance(value, BaseModel):
         return _flat(value.model_dump())
     return str(value)
+
+
+def _follow_up(value: dict[str, Any]) -> str:
+    """The policy's follow-ups as a sentence, "off" without types."""
+    types = value.get("types") or []
+    if not types:
+        return "off"
+    chain = "once" if value.get("max") == 1 else f"up to {value.get('max')} times"
+    return (f"{', '.join(types)}: {chain}, {format_duration(float(value['after']))} after "
+            "the send, on a channel not yet tried, unless opened")
 
 
 def _holdout(name: str, own: float | None, rules: TriggerRules) -> str:

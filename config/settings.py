@@ -29,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -54,6 +55,7 @@ from features.rules import (
     BirthdayRule,
     Channel,
     FeedbackRule,
+    FollowUp,
     LifecycleRules,
     LoyaltyRule,
     LoyaltyTier,
@@ -590,6 +592,25 @@ class ChannelSettings(Section):
     contact: str | None = None  # the trait holding the client's contact; null: none needed
 
 
+class FollowUpSettings(Section):
+    """Follow-ups of marketing sends on a channel not yet tried (README, The policy)."""
+
+    after: PositiveDuration = DAY  # after the send
+    types: list[MarketingType] = Field(default_factory=list)  # none: no follow-ups
+    max: PositiveInt = 1  # follow-ups of one occasion, one after the other
+
+    @field_validator("types")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"listed more than once: {', '.join(repeated)}")
+        return value
+
+    def follow_up(self) -> FollowUp:
+        return FollowUp(self.after, frozenset(self.types), self.max)
+
+
 class PolicySettings(Section):
     timezone: str = "UTC"
     quiet_hours: Annotated[str | None, BeforeValidator(_quiet_hours)] = "21:00-09:00"
@@ -607,6 +628,7 @@ class PolicySettings(Section):
         ChannelSettings(name=c.name, contact=c.contact) for c in Policy().channels])
     learn_preferred_channel: bool = True
     require_consent: bool = False
+    follow_up: FollowUpSettings = FollowUpSettings()
 
     @field_validator("timezone")
     @classmethod
@@ -632,6 +654,19 @@ class PolicySettings(Section):
             raise ValueError("channel names must be distinct")
         return value
 
+    @field_validator("follow_up")
+    @classmethod
+    def _follow_ups_have_channels(cls, value: FollowUpSettings, info: ValidationInfo
+                                  ) -> FollowUpSettings:
+        """Each follow-up goes on a channel not yet tried: a chain longer than the cascade
+        could never be sent."""
+        channels = info.data.get("channels")
+        if value.types and channels is not None and value.max >= len(channels):
+            raise ValueError(
+                f"max is {value.max}, but with {len(channels)} channel(s) in policy.channels "
+                f"at most {len(channels) - 1} follow-up(s) can find a channel not yet tried")
+        return value
+
     def policy(self) -> Policy:
         quiet = None
         if self.quiet_hours is not None:
@@ -646,7 +681,7 @@ class PolicySettings(Section):
             suppress_for_detractors=frozenset(self.suppress_for_detractors),
             channels=tuple(Channel(c.name, c.contact) for c in self.channels),
             learn_preferred_channel=self.learn_preferred_channel,
-            require_consent=self.require_consent)
+            require_consent=self.require_consent, follow_up=self.follow_up.follow_up())
 
 
 class DemoSettings(Section):

@@ -713,7 +713,7 @@ def decided_by_rule(state: ClientState, occasion: str, key: str) -> bool:
     after the automatic one), and a touch of it then would be a second record with its id.
     An occasion still waiting in `pending` is not decided yet: its release will be."""
     mark = mark_of(state, occasion)
-    if mark is None or any(p.type == occasion and p.key == key for p in state.pending):
+    if mark is None or any(p.type == occasion and p.decided_key == key for p in state.pending):
         return False
     if occasion in ONCE_RULES:
         return key == ""

@@ -45,7 +45,7 @@ from features.state import (
 )
 from features.stored_schedule import StoredSchedule
 
-FORMAT_VERSION = 12
+FORMAT_VERSION = 13
 
 # Marks are stored by number: append only, never reorder (a name not listed is kept as
 # text). Whole-number values (flags, counts, whole-second times) are stored as integers.
@@ -101,8 +101,7 @@ def encode_state(state: ClientState) -> bytes:
         [[c.category, c.first_at, c.last_at, c.count, c.reminded_through]
          for c in state.categories],
         _encode_marks(state.marks), state.loyalty_tier,
-        [[p.release_at, p.type, p.key, p.fired_at, dict(p.payload), p.deferred]
-         for p in state.pending],
+        [_encode_pending(p) for p in state.pending],
         state.sends, state.decided, state.early_returns, state.touched, state.visit_days,
         state.view_hours, state.view_days,
         [[i.category, _time(i.viewed_at), _time(i.carted_at), _time(i.bought_at), i.count]
@@ -170,7 +169,9 @@ def decode_state(data: bytes) -> ClientState:
     if isinstance(row, list) and row and row[0] == 10:
         row = [11, *row[1:], []]  # v11 added links_lost (tombstones)
     if isinstance(row, list) and row and row[0] == 11:
-        row = [FORMAT_VERSION, *row[1:], [], None]  # v12 added cart_removals, cart_emptied
+        row = [12, *row[1:], [], None]  # v12 added cart_removals, cart_emptied
+    if isinstance(row, list) and row and row[0] == 12:
+        row = [FORMAT_VERSION, *row[1:]]  # v13: a waiting trigger may be a follow-up
     if not isinstance(row, list) or not row or row[0] != FORMAT_VERSION:
         found = row[:1] if isinstance(row, list) else type(row).__name__
         raise StateFormatError(f"unknown client state format: {found}")
@@ -204,7 +205,7 @@ def decode_state(data: bytes) -> ClientState:
         recent_event_ids=tuple(recent_event_ids),
         categories=tuple(starmap(CategoryOrders, categories)),
         marks=_decode_marks(marks), loyalty_tier=loyalty_tier,
-        pending=tuple(starmap(PendingTrigger, pending)), sends=tuple(sends),
+        pending=tuple(map(_decode_pending, pending)), sends=tuple(sends),
         decided=tuple(decided),
         early_returns=tuple(map(tuple, early_returns)),
         touched=tuple(touched),
@@ -220,6 +221,22 @@ def decode_state(data: bytes) -> ClientState:
         held=tuple(parse_event(e) for e in held), links_lost=tuple(links_lost),
     )
     return _browse_mark_of_v7(state) if before_v8 else state
+
+
+def _encode_pending(p: PendingTrigger) -> list[Any]:
+    """A waiting trigger's row; a follow-up's adds its channels tried and the ids it follows
+    (the others' rows are as before version 13, not a byte more)."""
+    row = [p.release_at, p.type, p.key, p.fired_at, dict(p.payload), p.deferred]
+    if p.follows:
+        row += [p.tried, p.follows]
+    return row
+
+
+def _decode_pending(row: list[Any]) -> PendingTrigger:
+    if len(row) > 6:  # a follow-up
+        return PendingTrigger(row[0], row[1], row[2], row[3], row[4], row[5], tuple(row[6]),
+                              tuple(row[7]))
+    return PendingTrigger(*row)  # (rows of early formats have no `deferred`)
 
 
 def _browse_mark_of_v7(state: ClientState) -> ClientState:

@@ -566,9 +566,9 @@ def _merge_pending(a: tuple[PendingTrigger, ...], b: tuple[PendingTrigger, ...]
     client's, say a cart reminder due at night, now wait on the client: released there, they
     are checked against the merged state and recorded under the client). The same occasion
     waits once, the client's own copy kept; the earliest MAX_PENDING are kept."""
-    waiting = {(p.type, p.key): p for p in b}
-    waiting.update({(p.type, p.key): p for p in a})
-    return tuple(sorted(waiting.values(), key=lambda p: (p.release_at, p.type, p.key))
+    waiting = {(p.type, p.decided_key): p for p in b}  # a follow-up: an occasion apart
+    waiting.update({(p.type, p.decided_key): p for p in a})
+    return tuple(sorted(waiting.values(), key=lambda p: (p.release_at, p.type, p.decided_key))
                  )[:MAX_PENDING]
 
 

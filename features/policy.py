@@ -8,7 +8,8 @@ In this order (the first that applies wins):
    broadcasts, detractors no second-order nudge (the lists are configurable);
 3. hold-out: a stable, hash-chosen share of clients per trigger type is the control group;
 4. channel: the client's learned preferred channel, else the first of the cascade with a
-   contact and consent; none means `suppressed`, reason `no_channel`;
+   contact and consent (for a follow-up, one not yet tried); none means `suppressed`,
+   reason `no_channel`;
 5. quiet hours, in the client's time zone: deferred to the end of the window;
 6. frequency cap: at most N marketing sends per client in any rolling day.
 Decisions are a function of the state and the decision time only (event time), so replay
@@ -87,12 +88,14 @@ def _usable(channel: Channel, traits: Mapping[str, object], consents: Mapping[st
     return consent is True if require_consent else consent is not False
 
 
-def choose_channel(state: ClientState, trigger_type: str, rules: TriggerRules) -> str | None:
+def choose_channel(state: ClientState, trigger_type: str, rules: TriggerRules,
+                   tried: tuple[str, ...] = ()) -> str | None:
     """The channel for a trigger: a task's fixed channel; else the client's preferred
     channel (most opens and clicks) when usable; else the first usable one of the cascade.
 
     Usable: the client has the contact the channel needs and has not withdrawn consent
-    (has given it, with `require_consent`); transactional triggers need no consent.
+    (has given it, with `require_consent`), and is none of `tried` (a follow-up's channels
+    already sent on); transactional triggers need no consent.
     """
     if trigger_type in TRANSACTIONAL:
         rule = rules.rule(trigger_type)
@@ -104,8 +107,9 @@ def choose_channel(state: ClientState, trigger_type: str, rules: TriggerRules) -
     consents: Mapping[str, object] = consents_raw if isinstance(consents_raw, Mapping) else {}
     needs_consent = is_marketing(trigger_type)
     usable = [c.name for c in policy.channels
-              if _usable(c, traits, consents, require_consent=policy.require_consent,
-                         needs_consent=needs_consent)]
+              if c.name not in tried
+              and _usable(c, traits, consents, require_consent=policy.require_consent,
+                          needs_consent=needs_consent)]
     if not usable:
         return None
     if policy.learn_preferred_channel:
@@ -153,9 +157,13 @@ def priority_rank(trigger_type: str, rules: TriggerRules) -> tuple[int, str]:
 
 
 def decide(client_key: str, state: ClientState, trigger_type: str, at: float,
-           rules: TriggerRules, *, allow_defer: bool = True) -> Decision:
+           rules: TriggerRules, *, allow_defer: bool = True,
+           tried: tuple[str, ...] = ()) -> Decision:
     """What to do with a trigger of `trigger_type` due at `at` (epoch seconds) for a client
-    in `state`. `allow_defer=False` when deciding a trigger that was already deferred."""
+    in `state`. `allow_defer=False` when deciding a trigger that was already deferred.
+
+    `tried`: a follow-up's channels already sent on. Its channel is another one (none left:
+    `no_channel`), and the hold-out is not drawn again: the occasion was sent."""
     if not is_marketing(trigger_type):
         channel = choose_channel(state, trigger_type, rules)
         if channel is None:
@@ -169,9 +177,9 @@ def decide(client_key: str, state: ClientState, trigger_type: str, at: float,
         return Decision(SUPPRESSED, CHURNED)
     if trigger_type in policy.suppress_for_detractors and is_detractor(state, rules.nps):
         return Decision(SUPPRESSED, DETRACTOR)
-    if in_holdout(client_key, trigger_type, rules.holdout_percent(trigger_type)):
+    if not tried and in_holdout(client_key, trigger_type, rules.holdout_percent(trigger_type)):
         return Decision(HOLDOUT)
-    channel = choose_channel(state, trigger_type, rules)
+    channel = choose_channel(state, trigger_type, rules, tried)
     if channel is None:
         return Decision(SUPPRESSED, NO_CHANNEL)
     if allow_defer and policy.quiet_hours is not None:

@@ -233,6 +233,18 @@ class Channel:
 
 
 @dataclass(frozen=True, slots=True)
+class FollowUp:
+    """The cascade's second half: a marketing trigger of one of `types` sent on a channel
+    is sent again `after` seconds later on a channel not yet tried, unless the client
+    opened or clicked it meanwhile (an event naming its trigger id), up to `max` times.
+    No types (the default): no follow-ups."""
+
+    after: float = DAY
+    types: frozenset[str] = frozenset()
+    max: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     timezone: str = "UTC"  # when the client's `timezone` trait is missing or unknown
     quiet_hours: QuietHours | None = QuietHours()
@@ -251,6 +263,7 @@ class Policy:
                                      Channel("sms", "phone"))
     learn_preferred_channel: bool = True
     require_consent: bool = False  # True: only channels with consents.<channel> = true
+    follow_up: FollowUp = FollowUp()
 
 
 AnyRule = (TriggerRule | OffsetRule | FeedbackRule | TaskRule | OfferRule | ReferralRule

@@ -86,17 +86,22 @@ def in_time_order(order: OrderRecord) -> tuple[float, str]:
 
 @dataclass(frozen=True, slots=True)
 class PendingTrigger:
-    """A trigger decided later: after its rule's delay, or at the end of quiet hours."""
+    """A trigger decided later: after its rule's delay, or at the end of quiet hours; or a
+    follow-up of one sent (features/follow_up.py): `tried` then names the channels the
+    occasion was sent on, and `follows` the trigger ids of those sends, oldest first."""
 
     release_at: float
     type: str
-    key: str  # the occasion key
+    key: str  # the occasion key (a follow-up's too: its own is `decided_key`)
     fired_at: float  # when the occasion became due
     payload: Mapping[str, Any]
     deferred: bool = False  # True: already recorded with status `deferred`
+    tried: tuple[str, ...] = ()  # a follow-up: the channels already tried
+    follows: tuple[str, ...] = ()  # a follow-up: the trigger ids sent before it
 
     def __init__(self, release_at: float, type: str, key: str, fired_at: float,
-                 payload: Mapping[str, Any], deferred: bool = False) -> None:
+                 payload: Mapping[str, Any], deferred: bool = False,
+                 tried: tuple[str, ...] = (), follows: tuple[str, ...] = ()) -> None:
         # written out: see `features.__init__`
         object.__setattr__(self, "release_at", release_at)
         object.__setattr__(self, "type", type)
@@ -104,6 +109,22 @@ class PendingTrigger:
         object.__setattr__(self, "fired_at", fired_at)
         object.__setattr__(self, "payload", payload)
         object.__setattr__(self, "deferred", deferred)
+        object.__setattr__(self, "tried", tried)
+        object.__setattr__(self, "follows", follows)
+
+    @property
+    def decided_key(self) -> str:
+        """The key its decision is recorded under: a follow-up's is its own."""
+        return follow_up_key(self.key, len(self.follows))
+
+
+FOLLOW_UP_SUFFIX = "#follow_up"
+
+
+def follow_up_key(key: str, n: int) -> str:
+    """The occasion key of the `n`th follow-up of the occasion `key` (0: the occasion's
+    own), so a follow-up has an id of its own: `<key>#follow_up<n>`."""
+    return f"{key}{FOLLOW_UP_SUFFIX}{n}" if n else key
 
 
 @dataclass(frozen=True, slots=True)
@@ -903,7 +924,7 @@ def _cart_reminder_waits(state: ClientState) -> bool:
     """The cart episode's reminder fired and waits for the end of quiet hours (its due
     time, `cart_reminded`, is the waiting trigger's `fired_at`)."""
     return any(p.type == ABANDONED_CART and p.fired_at == state.cart_reminded
-               for p in state.pending)
+               and not p.follows for p in state.pending)  # a follow-up: the reminder was sent
 
 
 def _bought(state: ClientState, items: tuple[Product, ...], t: float) -> tuple[str, ...]:

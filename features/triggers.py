@@ -14,6 +14,9 @@ never raised twice.
 
 Every trigger id is a hash of (client, type, occasion key): the same history always yields
 the same ids, which is what makes replays and at-least-once delivery safe downstream.
+
+A marketing send may leave a follow-up waiting with the other waiting triggers, decided on
+a channel not yet tried unless an open naming the send comes first (features/follow_up.py).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from features import catalogue, segments
+from features import catalogue, follow_up, segments
 from features.catalogue import Candidate, occasion_time
 from features.events import ANONYMOUS_PREFIX, Event, EventType, format_time
 from features.policy import (
@@ -282,8 +285,7 @@ def _fire_at(client_key: str, state: ClientState, at: float,
     released = [p for p in state.pending if p.release_at <= at]
     if released:
         state = evolve(state, pending=tuple(p for p in state.pending if p.release_at > at))
-        items.extend((Candidate(p.type, p.key, p.fired_at, dict(p.payload)), p)
-                     for p in released)
+        items.extend((_candidate_of(p), p) for p in released)
     for due, kind in rule_timers:
         if due <= at:
             state, candidate = catalogue.fire_rule(kind, state, rules)
@@ -309,6 +311,24 @@ def _delay_of(client_key: str, trigger_type: str, rules: TriggerRules) -> float:
     return delay
 
 
+def _candidate_of(waiting: PendingTrigger) -> Candidate:
+    """A waiting trigger as it was when it began to wait (a follow-up as itself)."""
+    return follow_up.as_follow_up(
+        Candidate(waiting.type, waiting.key, waiting.fired_at, dict(waiting.payload)), waiting)
+
+
+def _waiting(candidate: Candidate, release_at: float, released: PendingTrigger | None, *,
+             deferred: bool) -> PendingTrigger:
+    """`candidate` waiting until `release_at`; one `released` from waiting before (a
+    follow-up) keeps what it was: its occasion's key, the channels tried."""
+    if released is None or not released.follows:
+        return PendingTrigger(release_at, candidate.type, candidate.key, candidate.at,
+                              candidate.payload, deferred)
+    return PendingTrigger(release_at, candidate.type, released.key, candidate.at,
+                          follow_up.own_payload(candidate.payload), deferred, released.tried,
+                          released.follows)
+
+
 def _record(client_key: str, candidate: Candidate, decision: Decision, at: float) -> Trigger:
     return Trigger(trigger_id(client_key, candidate.type, candidate.key), candidate.type,
                    client_key, candidate.at, candidate.payload, decision.status,
@@ -330,10 +350,9 @@ def _remember(state: ClientState, candidate: Candidate, decision: Decision, at: 
     return evolve(state, decided=(*state.decided, fingerprint)[-MAX_DECIDED:], sends=sends)
 
 
-def _wait(client_key: str, state: ClientState, candidate: Candidate, release_at: float,
-          rules: TriggerRules, at: float, out: list[Trigger], *, deferred: bool
-          ) -> ClientState | None:
-    """The state with `candidate` waiting until `release_at`, or None when it cannot wait.
+def _wait(client_key: str, state: ClientState, waiting: PendingTrigger,
+          rules: TriggerRules, at: float, out: list[Trigger]) -> ClientState | None:
+    """The state with `waiting` added, or None when it cannot wait.
 
     When the bounded list is full, the lowest-priority waiting trigger makes room for a
     higher-priority newcomer; its final record (suppressed, `pending_limit`) goes to `out`.
@@ -341,14 +360,12 @@ def _wait(client_key: str, state: ClientState, candidate: Candidate, release_at:
     pending = list(state.pending)
     if len(pending) >= MAX_PENDING:
         lowest = max(pending, key=lambda p: (priority_rank(p.type, rules), p.release_at))
-        if priority_rank(lowest.type, rules) <= priority_rank(candidate.type, rules):
+        if priority_rank(lowest.type, rules) <= priority_rank(waiting.type, rules):
             return None
         pending.remove(lowest)
-        evicted = Candidate(lowest.type, lowest.key, lowest.fired_at, dict(lowest.payload))
-        out.append(_record(client_key, evicted, Decision(SUPPRESSED, PENDING_LIMIT), at))
-    waiting = PendingTrigger(release_at, candidate.type, candidate.key, candidate.at,
-                             candidate.payload, deferred)
-    pending = sorted((*pending, waiting), key=lambda p: (p.release_at, p.type, p.key))
+        out.append(_record(client_key, _candidate_of(lowest), Decision(SUPPRESSED, PENDING_LIMIT),
+                           at))
+    pending = sorted((*pending, waiting), key=lambda p: (p.release_at, p.type, p.decided_key))
     return evolve(state, pending=tuple(pending))
 
 
@@ -371,19 +388,22 @@ def _decide_all(client_key: str, state: ClientState,
         if fingerprint in state.decided or fingerprint in state.touched:
             continue  # decided already, or meanwhile by a manual touch: its final record
         if pending is not None:  # decided again as it stands now, or ended meanwhile
-            current = catalogue.released(state, pending, rules)
+            current = (catalogue.released(state, pending, rules)
+                       if follow_up.still_configured(pending, rules) else None)
             if current is None:
-                state = catalogue.after_cancelled(state, pending, rules)
+                if not pending.follows:  # (a follow-up's occasion was announced: it stands)
+                    state = catalogue.after_cancelled(state, pending, rules)
                 if waited:
                     out.append(_record(client_key, candidate, Decision(SUPPRESSED, CANCELLED),
                                        at))
                 continue
-            candidate = current
+            candidate = follow_up.as_follow_up(current, pending)
         delay = _delay_of(client_key, candidate.type, rules) if delayable else 0.0
         decision: Decision | None = None
         if delay > 0:  # an immediate trigger configured to wait: decided when it is due
             due = replace(candidate, at=candidate.at + delay)
-            waiting = _wait(client_key, state, due, due.at, rules, at, out, deferred=False)
+            waiting = _wait(client_key, state, _waiting(due, due.at, None, deferred=False),
+                            rules, at, out)
             if waiting is not None:
                 state = waiting
                 continue
@@ -396,11 +416,13 @@ def _decide_all(client_key: str, state: ClientState,
                         else Decision(SUPPRESSED, BEFORE_ENABLED)
                         if at < rules.on_since(candidate.type)
                         else decide(client_key, state, candidate.type, at, rules,
-                                    allow_defer=not waited))
+                                    allow_defer=not waited,
+                                    tried=() if pending is None else pending.tried))
         if decision.status == DEFERRED:
             assert decision.until is not None
-            waiting = _wait(client_key, state, candidate, decision.until, rules, at, out,
-                            deferred=True)
+            waiting = _wait(client_key, state,
+                            _waiting(candidate, decision.until, pending, deferred=True),
+                            rules, at, out)
             if waiting is not None:
                 state = waiting
                 out.append(_record(client_key, candidate, decision, at))
@@ -408,7 +430,30 @@ def _decide_all(client_key: str, state: ClientState,
             decision = Decision(SUPPRESSED, PENDING_LIMIT, decision.channel)
         state = _remember(state, candidate, decision, at)
         out.append(_record(client_key, candidate, decision, at))
+        if decision.status == SENT and decision.channel is not None:
+            state = _follow(client_key, state, candidate, decision.channel, at, pending,
+                            rules, out)
     return state, out
+
+
+def _follow(client_key: str, state: ClientState, candidate: Candidate, channel: str,
+            at: float, released: PendingTrigger | None, rules: TriggerRules,
+            out: list[Trigger]) -> ClientState:
+    """The state with the follow-up of `candidate`, just sent, waiting (if its type has
+    one); with no room for it, its final record (suppressed, `pending_limit`) goes to
+    `out`."""
+    if candidate.type not in rules.policy.follow_up.types:
+        return state
+    sent_id = trigger_id(client_key, candidate.type, candidate.key)
+    plan = follow_up.planned(candidate, channel, sent_id, at, released, rules)
+    if plan is None:
+        return state
+    waiting = _wait(client_key, state, plan, rules, at, out)
+    if waiting is None:
+        out.append(_record(client_key, _candidate_of(plan), Decision(SUPPRESSED, PENDING_LIMIT),
+                           at))
+        return state
+    return waiting
 
 
 # --- events ---------------------------------------------------------------------------------------
@@ -500,6 +545,11 @@ def process_event(client_key: str, state: ClientState | None, event: Event, rule
         state, due_fired = fire_due(client_key, state, event.event_time, rules)
         fired += due_fired
     after = apply_event(state, event, rules.read_traits)
+    if after.pending and event.type in follow_up.ENGAGEMENT:
+        after, caught = follow_up.caught(after, event)
+        # one already recorded deferred gets its final record; the others were never told
+        fired += [_record(client_key, _candidate_of(p), Decision(SUPPRESSED, CANCELLED),
+                          event.event_time) for p in caught if p.deferred]
     if event.type is EventType.TOUCH_RECORDED:
         after, touched = _manual_touch(client_key, after, event)
         after, entered = _resegment(client_key, after, event.event_time, rules,

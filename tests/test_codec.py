@@ -32,7 +32,7 @@ def test_round_trip_of_every_new_field() -> None:
     data = encode_state(FULL)
     assert decode_state(data) == FULL
     assert encode_state(decode_state(data)) == data
-    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 12
+    assert msgpack.unpackb(data)[0] == FORMAT_VERSION == 13
 
 
 def test_every_field_survives_the_round_trip() -> None:
@@ -43,10 +43,35 @@ def test_every_field_survives_the_round_trip() -> None:
     assert decode_state(encode_state(state)) == state
 
 
+def _as_version_12(state: ClientState) -> list[Any]:
+    """The state's row as version 12 wrote it (one with no follow-up waiting)."""
+    row: list[Any] = msgpack.unpackb(encode_state(state), strict_map_key=False)
+    return [12, *row[1:]]
+
+
 def _as_version_11(state: ClientState) -> list[Any]:
     """The state's row as version 11 wrote it: without `cart_removals` and `cart_emptied`."""
-    row: list[Any] = msgpack.unpackb(encode_state(state), strict_map_key=False)
-    return [11, *row[1:-2]]
+    return [11, *_as_version_12(state)[1:-2]]
+
+
+def test_version_12_records_read_as_they_were() -> None:
+    state = every_field_set()
+    old = msgpack.packb(_as_version_12(state), use_bin_type=True)
+    assert decode_state(old) == state
+    assert len(encode_state(state)) == len(old)  # a state with no follow-up: not a byte more
+
+
+def test_a_follow_up_waiting_survives_the_round_trip_and_costs_only_its_own_row() -> None:
+    plain = PendingTrigger(10.0, "abandoned_cart", "1.000", 5.0, {"cart_value": 3.5})
+    follow = PendingTrigger(10.0, "abandoned_cart", "1.000", 5.0, {"cart_value": 3.5}, True,
+                            ("email",), ("0123456789abcdef01234567",))
+    state = replace(FULL, pending=(plain, follow))
+    decoded = decode_state(encode_state(state))
+    assert decoded == state
+    assert decoded.pending[1].tried == ("email",) and decoded.pending[1].follows == (
+        "0123456789abcdef01234567",)
+    row = msgpack.unpackb(encode_state(state), strict_map_key=False)
+    assert [len(p) for p in row[36]] == [6, 8]  # the plain one's row as before version 13
 
 
 def _as_version_10(state: ClientState) -> list[Any]:

@@ -16,6 +16,7 @@ from features.rules import (
     DAY,
     BirthdayRule,
     Channel,
+    FollowUp,
     LoyaltyTier,
     OnboardingRule,
     Policy,
@@ -457,6 +458,17 @@ policy:
                          ).trigger_rules().policy.quiet_hours is None
 
 
+def test_follow_ups_from_a_file_and_off_by_default(tmp_path: Path) -> None:
+    assert load_settings().trigger_rules().policy.follow_up == FollowUp()
+    assert FollowUp().types == frozenset()  # off: today's outputs do not change
+    path = write(tmp_path, "policy:\n  follow_up:\n    types: [abandoned_cart, birthday]\n"
+                           "    after: 1d12h\n    max: 2\n")
+    assert load_settings(path).trigger_rules().policy.follow_up == FollowUp(
+        1.5 * DAY, frozenset({"abandoned_cart", "birthday"}), 2)
+    # with no types, max is not held to the channels: the section may sit switched off
+    load_settings(write(tmp_path, "policy:\n  follow_up: {max: 5}\n", "off.yaml"))
+
+
 @pytest.mark.parametrize(("text", "field", "words"), [
     ("triggers:\n  feedback_request:\n    delay: -2d\n", "triggers.feedback_request.delay",
      "must not be negative"),
@@ -491,6 +503,24 @@ policy:
      "policy.suppress_for_churned.0", "transactional"),
     ("policy:\n  channels: [{name: Email}]\n", "policy.channels.0.name", "pattern"),
     ("policy:\n  channels: [{name: sms}, {name: sms}]\n", "policy.channels", "distinct"),
+    ("policy:\n  follow_up: {types: [abandoned_crat]}\n", "policy.follow_up.types.0",
+     "unknown trigger type 'abandoned_crat'"),
+    ("policy:\n  follow_up: {types: [order_confirmation]}\n", "policy.follow_up.types.0",
+     "transactional"),
+    ("policy:\n  follow_up: {types: [birthday, birthday]}\n", "policy.follow_up.types",
+     "more than once"),
+    ("policy:\n  follow_up: {types: [birthday], after: 0s}\n", "policy.follow_up.after",
+     "greater than 0"),
+    ("policy:\n  follow_up: {types: [birthday], after: -1h}\n", "policy.follow_up.after",
+     "must not be negative"),
+    ("policy:\n  follow_up: {types: [birthday], max: 0}\n", "policy.follow_up.max",
+     "greater than or equal to 1"),
+    ("policy:\n  follow_up: {types: [birthday], max: 3}\n", "policy.follow_up",
+     "max is 3, but with 3 channel(s) in policy.channels at most 2"),
+    ("policy:\n  channels: [{name: sms}]\n  follow_up: {types: [birthday]}\n",
+     "policy.follow_up", "at most 0 follow-up(s)"),
+    ("policy:\n  follow_up: {types: [birthday], after_send: 1h}\n",
+     "policy.follow_up.after_send", "unknown setting"),
 ])
 def test_bad_catalogue_and_policy_values_name_the_field(tmp_path: Path, text: str, field: str,
                                                         words: str) -> None:

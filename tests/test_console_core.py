@@ -210,3 +210,14 @@ def test_the_rules_table_shows_each_triggers_hold_out_as_the_policy_applies_it()
     for name, shown in holdout.items():
         assert shown.startswith("none" if name in TRANSACTIONAL
                                 else f"{rules.holdout_percent(name):g}%")
+
+
+def test_the_rules_table_tells_the_follow_ups_in_words() -> None:
+    def shown(settings: Settings) -> str:
+        return dict(rules_sections(settings)[1]["rows"])["follow_up"]
+
+    assert shown(Settings()) == "off"
+    assert shown(Settings(policy={"follow_up": {"types": ["abandoned_cart", "birthday"],
+                                                "after": "36h", "max": 2}})) == (
+        "abandoned_cart, birthday: up to 2 times, 36h after the send, on a channel not "
+        "yet tried, unless opened")
