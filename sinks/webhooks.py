@@ -8,7 +8,9 @@ at least once: a record whose outcome was not settled (the process stopped or cr
 its acknowledgement was lost) stays pending in the group and is sent again, by this
 consumer when it starts (it re-reads its own pending records first), or by another
 consumer once it has been idle for `webhooks.claim_after`. Records are not delivered in
-stream order: each is retried on its own.
+stream order: each is retried on its own. A record's attempts are counted in its pending
+entry (sinks/webhook_attempts.py), so `max_attempts` bounds them over the record's life,
+across restarts and takeovers.
 
 Endpoints are independent: each has its own group, its own HTTP connection pool and at most
 `concurrency` records in flight (sending, or waiting out a backoff); a record is read only
@@ -35,6 +37,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx
@@ -46,6 +49,7 @@ from config.settings import Settings, WebhookEndpoint
 from features.events import EventError, format_time, parse_time
 from sinks.keys import KeyLayout
 from sinks.redis_client import async_client
+from sinks.webhook_attempts import begin_attempt, release_unsent
 from sinks.webhook_metrics import (
     DELIVERED,
     FAILED,
@@ -145,7 +149,8 @@ return {counts, 1}
 
 # Renew this consumer's hold on its records (reset their idle time), only on those it still
 # owns: one it lost (it stalled past claim_after and another consumer took it over) must not
-# be taken back, or both would send it. KEYS: the trigger stream. ARGV: the group, this
+# be taken back, or both would send it. JUSTID leaves the entries' counts, which count the
+# attempts (sinks/webhook_attempts.py). KEYS: the trigger stream. ARGV: the group, this
 # consumer, then the ids. Returns the ids it no longer holds.
 _RENEW_HOLD = """
 local claim, lost = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}, {}
@@ -223,6 +228,21 @@ def default_consumer() -> str:
     return socket.gethostname() or "crmflow"
 
 
+@dataclass(slots=True)
+class Taken:
+    """A record this consumer read or took over, not settled yet."""
+
+    stream: str
+    entry_id: str
+    fields: Fields
+    fresh: bool  # read as new: its first attempt is 1; else its group's count tells
+    attempt: int = 0  # the attempt last begun (0: none yet)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.stream, self.entry_id)
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:300]
@@ -270,7 +290,7 @@ class EndpointDelivery:
         self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
         # read (so pending for this consumer) and not started: a read of all streams may
         # return up to one record per stream more than the free slots
-        self._waiting: deque[tuple[str, str, Fields]] = deque()
+        self._waiting: deque[Taken] = deque()
         self._held: set[tuple[str, str]] = set()  # in flight or waiting
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
@@ -401,7 +421,7 @@ class EndpointDelivery:
             entries = reply[0][1] if reply else []
             if not entries:
                 return
-            await self._take(stream, entries)
+            await self._take(stream, entries, fresh=False)
             last = entries[-1][0]
             assert last is not None
             position = last.decode()
@@ -413,7 +433,7 @@ class EndpointDelivery:
                 self.group, self.consumer, dict.fromkeys(self._streams, ">"), count=count,
                 block=max(1, int(self._read_block * 1000))))
             for raw_stream, entries in reply or []:
-                await self._take(raw_stream.decode(), entries)
+                await self._take(raw_stream.decode(), entries, fresh=True)
             return
         # a cluster's streams live in different slots: read them one by one, from a stream
         # that moves on each time, so none waits behind the others
@@ -427,14 +447,15 @@ class EndpointDelivery:
                 count=self._free() - len(self._waiting)))
             for _, entries in reply or []:
                 found = found or bool(entries)
-                await self._take(stream, entries)
+                await self._take(stream, entries, fresh=True)
         self._next_stream = (self._next_stream + 1) % len(self._streams)
         if not found:
             await self._pause(IDLE_PAUSE)
 
-    async def _take(self, stream: str, entries: Entries) -> None:
+    async def _take(self, stream: str, entries: Entries, *, fresh: bool) -> None:
         """Queue the records this endpoint wants; acknowledge at once those it does not, and
-        those erased from the stream after they were read (nothing is left to send)."""
+        those erased from the stream after they were read (nothing is left to send).
+        `fresh`: read as new records (not this consumer's pending ones, nor taken over)."""
         done: list[str] = []
         for raw_id, fields in entries:
             if raw_id is None:
@@ -446,7 +467,7 @@ class EndpointDelivery:
                 done.append(entry_id)
                 continue
             self._held.add((stream, entry_id))
-            self._waiting.append((stream, entry_id, fields))
+            self._waiting.append(Taken(stream, entry_id, fields, fresh))
         if done:
             await self._client.xack(stream, self.group, *done)
         self._start_waiting()
@@ -473,7 +494,7 @@ class EndpointDelivery:
             task.cancel()  # `_finished` frees its slot
         elif key in self._held:
             self._held.discard(key)
-            self._waiting = deque(w for w in self._waiting if (w[0], w[1]) != key)
+            self._waiting = deque(w for w in self._waiting if w.key != key)
         log.info("webhook %s: record %s of %s is no longer this consumer's (taken over "
                  "after a stall, or settled)", self.name, entry_id, stream)
 
@@ -493,7 +514,7 @@ class EndpointDelivery:
                 new = [e for e in entries if e[0] is not None
                        and (stream, e[0].decode()) not in self._held]
                 taken += len(new)
-                await self._take(stream, entries)
+                await self._take(stream, entries, fresh=False)
                 if any(entry_id is None for entry_id, _ in entries):
                     # Redis 6 claims a record erased meanwhile without naming it: it is
                     # this consumer's now; its own pending records show it, to acknowledge
@@ -524,12 +545,11 @@ class EndpointDelivery:
 
     def _start_waiting(self) -> None:
         while self._waiting and self._free() > 0:
-            stream, entry_id, fields = self._waiting.popleft()
-            key = (stream, entry_id)
+            record = self._waiting.popleft()
+            key = record.key
             slot = self._free_slots.popleft()
-            task = asyncio.create_task(
-                self._deliver(self._clients[slot], stream, entry_id, fields),
-                name=f"webhook {self.name} {entry_id}")
+            task = asyncio.create_task(self._deliver(self._clients[slot], record),
+                                       name=f"webhook {self.name} {record.entry_id}")
             self._in_flight[key] = task
             self._metrics.in_flight.labels(self.name).inc()
             task.add_done_callback(functools.partial(self._finished, key, slot))
@@ -546,19 +566,18 @@ class EndpointDelivery:
                       _describe(cast(BaseException, task.exception())),
                       exc_info=task.exception())
 
-    async def _deliver(self, http: httpx.AsyncClient, stream: str, entry_id: str,
-                       fields: Fields) -> None:
+    async def _deliver(self, http: httpx.AsyncClient, record: Taken) -> None:
         try:
-            await self._attempts(http, stream, entry_id, fields)
+            await self._attempts(http, record)
         except Exception as exc:  # noqa: BLE001 - a bug here must not leave the record
             # pending, taken up again and again for ever: it is recorded as failed
-            log.error("webhook %s: record %s: %s", self.name, entry_id, _describe(exc),
+            log.error("webhook %s: record %s: %s", self.name, record.entry_id, _describe(exc),
                       exc_info=exc)
-            await self._give_up(stream, entry_id, fields, 0,
+            await self._give_up(record.stream, record.entry_id, record.fields, record.attempt,
                                 Outcome(None, f"internal error: {_describe(exc)}"))
 
-    async def _attempts(self, http: httpx.AsyncClient, stream: str, entry_id: str,
-                        fields: Fields) -> None:
+    async def _attempts(self, http: httpx.AsyncClient, record: Taken) -> None:
+        stream, entry_id, fields = record.stream, record.entry_id, record.fields
         try:
             body = record_body(fields)
         except RecordError as exc:
@@ -566,9 +585,16 @@ class EndpointDelivery:
                                 Outcome(None, f"unreadable record: {exc}"))
             return
         key = idempotency_key(self._prefix, self._partition[stream], entry_id)
-        attempt = 0
-        while True:
-            attempt += 1
+        # read as new: attempt 1, as its read counted it; read again after a restart, or
+        # taken over: the attempt its group's count is at (sinks/webhook_attempts.py)
+        attempt = 1 if record.fresh else await self._begin(record, None)
+        while attempt is not None:
+            if attempt > self.endpoint.max_attempts:  # all made before a restart or takeover
+                await self._give_up(stream, entry_id, fields, attempt - 1, Outcome(
+                    None, "no attempt left after a restart or a takeover (the last "
+                          "attempt's answer is not known)"))
+                return
+            record.attempt = attempt
             outcome = await self._send(http, body, key, attempt)
             verdict = classify(outcome)
             if verdict is Verdict.DELIVERED:
@@ -587,6 +613,29 @@ class EndpointDelivery:
                       outcome.describe(), attempt + 1, delay)
             if await self._pause(delay):
                 return  # stopping: it stays pending, sent again at the next start
+            attempt = await self._begin(record, attempt + 1)
+
+    async def _begin(self, record: Taken, attempt: int | None) -> int | None:
+        """The number of the attempt about to be sent: `attempt`, counted in the record's
+        pending entry before it is sent, or with None the count a read or a takeover left
+        there; again while Redis cannot be reached. None when the record must not be sent:
+        it is no longer this consumer's, its group went, or the process stops first."""
+        while True:
+            try:
+                number = await begin_attempt(self._client, record.stream, self.group,
+                                             self.consumer, record.entry_id, attempt)
+            except STORE_ERRORS as exc:
+                if _no_group(exc):
+                    return None  # the group is gone, and with it what it had pending
+                self._trouble(exc)
+                if await self._pause(REDIS_RETRY):
+                    return None
+                continue
+            if number is None:
+                log.info("webhook %s: record %s of %s is no longer this consumer's (taken "
+                         "over after a stall, settled, or erased)", self.name,
+                         record.entry_id, record.stream)
+            return number
 
     async def _send(self, http: httpx.AsyncClient, body: bytes, key: str, attempt: int
                     ) -> Outcome:
@@ -658,6 +707,17 @@ class EndpointDelivery:
                 if await self._pause(REDIS_RETRY):
                     return
 
+    async def _release_waiting(self) -> None:
+        """Records read and never sent (waiting for a slot as the process stops) give back
+        the attempt number their read reserved: a redeploy costs them no attempt."""
+        by_stream: dict[str, list[str]] = {}
+        for record in self._waiting:
+            by_stream.setdefault(record.stream, []).append(record.entry_id)
+        self._waiting.clear()
+        with contextlib.suppress(*STORE_ERRORS):  # unreachable: they skip a number
+            for stream, ids in by_stream.items():
+                await release_unsent(self._client, stream, self.group, self.consumer, ids)
+
     async def _shutdown(self) -> None:
         tasks = list(self._in_flight.values())
         if tasks:
@@ -665,6 +725,7 @@ class EndpointDelivery:
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
+        await self._release_waiting()
         for http in self._clients:
             await http.aclose()
 
