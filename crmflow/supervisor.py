@@ -7,6 +7,7 @@ Redis alone) and stops them all on Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from config.settings import Settings, redacted_url
 from crmflow.parent_watch import child_environment
 from crmflow.redis_server import EmbeddedRedis
 from crmflow.runtime import ensure_keys, with_redis
+from features.follow_up import FOLLOW_UP_OF
 from sinks.keys import KeyLayout
 from sinks.redis_client import sync_client
 
@@ -121,6 +123,13 @@ def _banner(settings: Settings, api_url: str, embedded: bool, demo: bool) -> str
     return "\n".join(lines)
 
 
+def _follows_up(payload: str) -> bool:
+    try:
+        return FOLLOW_UP_OF in json.loads(payload)
+    except (ValueError, TypeError):  # not an object: no follow-up
+        return False
+
+
 def _format_trigger(fields: dict[bytes, bytes]) -> str:
     def get(name: str) -> str:
         return fields.get(name.encode(), b"").decode()
@@ -129,7 +138,10 @@ def _format_trigger(fields: dict[bytes, bytes]) -> str:
         status += f" ({get('reason')})"
     elif get("channel"):
         status += f" via {get('channel')}"
-    return (f"  {get('fired_at')}  {get('type'):<22} client={get('client_id'):<18} "
+    kind = get("type")
+    if _follows_up(get("payload")):
+        kind += " follow-up"
+    return (f"  {get('fired_at')}  {kind:<25} client={get('client_id'):<18} "
             f"{status:<26} {get('payload')[:70]}")
 
 

@@ -645,3 +645,40 @@ def test_tail_from_now_shows_every_partitions_triggers(redis_url: str, key_prefi
     tailing.join(5)
     client.close()
     assert seen == {f"c{n}" for n in range(40)}
+
+
+def test_tail_marks_a_follow_up(redis_url: str, key_prefix: str,
+                                capfd: pytest.CaptureFixture[str]) -> None:
+    """A follow-up is recorded with its occasion's type: the line says which it is."""
+    import threading
+
+    import redis as redis_lib
+
+    from config.settings import Settings
+    from crmflow.supervisor import tail_triggers
+    from sinks.keys import KeyLayout
+
+    settings = Settings(redis={"url": redis_url, "key_prefix": key_prefix})
+    layout = KeyLayout.from_settings(settings)
+    client = redis_lib.Redis.from_url(redis_url)
+    client.xadd(layout.triggers(0), {"type": "abandoned_cart", "status": "sent",
+                                     "channel": "email", "client_id": "first",
+                                     "payload": '{"items": []}'})
+    client.xadd(layout.triggers(0), {"type": "abandoned_cart", "status": "sent",
+                                     "channel": "sms", "client_id": "again",
+                                     "payload": '{"items": [], "follow_up_of": "t1"}'})
+    client.close()
+    stop = threading.Event()
+    tailing = threading.Thread(target=tail_triggers, args=(settings,),
+                               kwargs={"stop": stop, "from_start": True}, daemon=True)
+    tailing.start()
+    lines: dict[str, str] = {}
+    deadline = time.monotonic() + 10
+    while len(lines) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        lines.update((m.group(1), m.group(0)) for m in re.finditer(
+            r"^.*client=(\w+).*$", capfd.readouterr().out, re.MULTILINE))
+    stop.set()
+    tailing.join(5)
+    assert "follow-up" not in lines["first"]
+    assert "abandoned_cart follow-up" in lines["again"] and "sent via sms" in lines["again"]
