@@ -4,6 +4,7 @@ redrive, config, check-config."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -67,6 +68,18 @@ def _cmd_api(args: argparse.Namespace) -> None:
     finally:
         if lease is not None:
             lease.release()
+
+
+def _window(text: str) -> float:
+    from config.durations import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration, got {text!r}")
+    return seconds
 
 
 def output_folder(text: str) -> Path:
@@ -250,13 +263,13 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _as_of(text: str | None) -> float | None:
+def _as_of(text: str | None, option: str = "--as-of") -> float | None:
     from features.events import EventError, parse_time
 
     if text is None:
         return None
     try:
-        return parse_time(text.strip(), "--as-of")
+        return parse_time(text.strip(), option)
     except EventError as exc:
         error = exc
     try:  # not ISO 8601: epoch seconds (or milliseconds), as the help says
@@ -264,7 +277,7 @@ def _as_of(text: str | None) -> float | None:
     except ValueError:
         raise SystemExit(f"crmflow: {error}") from None
     try:
-        return parse_time(number, "--as-of")
+        return parse_time(number, option)
     except EventError as exc:
         raise SystemExit(f"crmflow: {exc}") from None
 
@@ -344,6 +357,22 @@ def _cmd_export(args: argparse.Namespace) -> None:
     sys.stdout.write(f"profiles: {summary.profiles:,}; memberships: {summary.memberships:,}; "
                      f"triggers: {summary.triggers:,}\nwritten to {args.out}/: "
                      "profiles.parquet, segments.parquet, triggers/day=YYYY-MM-DD/\n")
+
+
+def _cmd_uplift(args: argparse.Namespace) -> None:
+    from crmflow.runtime import with_redis
+    from history.uplift import format_report, uplift
+
+    since, as_of = _as_of(args.since, "--since"), _as_of(args.as_of)
+    settings, lease = with_redis(settings_from(args))
+    _claim_layout(settings, lease, "uplift")
+    try:
+        report = uplift(settings, window=args.window, since=since, as_of=as_of)
+    finally:
+        if lease is not None:
+            lease.release()
+    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json
+                     else format_report(report))
 
 
 def _cmd_redrive(args: argparse.Namespace) -> None:
@@ -491,6 +520,20 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the time features are computed at: ISO-8601 or epoch "
                                  "seconds (default: now)")
     export_cmd.set_defaults(func=_cmd_export)
+
+    uplift_cmd = command("uplift", "each marketing trigger's conversion next to its "
+                                   "hold-out's, from the live trigger log and orders")
+    uplift_cmd.add_argument("--window", type=_window, default=7 * 86400.0, metavar="DURATION",
+                            help="an order within this long after an occasion converts it "
+                                 "(e.g. 7d, 48h; default 7d)")
+    uplift_cmd.add_argument("--since", default=None, metavar="TIME",
+                            help="leave out occasions due before: ISO-8601 or epoch seconds "
+                                 "(default: as far back as the trigger log goes)")
+    uplift_cmd.add_argument("--as-of", default=None, metavar="TIME",
+                            help="count occasions whose window has closed by then "
+                                 "(default: now)")
+    uplift_cmd.add_argument("--json", action="store_true", help="print JSON, not a table")
+    uplift_cmd.set_defaults(func=_cmd_uplift)
 
     redrive_cmd = command("redrive", "append again the events the trigger rules failed on "
                                      "(dead-lettered), once the rules are fixed")

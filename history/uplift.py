@@ -1,0 +1,177 @@
+"""`crmflow uplift`: each marketing trigger type's conversion next to its hold-out's, from
+the live trigger log and the clients' orders (features/uplift.py says how it is counted).
+
+It reads what the system keeps: the trigger streams (a page at a time; as far back as
+`redis.stream_maxlen` and the streams' trimming leave them) and, for the clients they name,
+their states (one pipelined HGET each, never a scan), whose latest 64 orders are the
+conversions it can see. A partition at a time: a client's records are all in its
+partition's stream, so memory holds one partition's decisions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.durations import format_duration
+from config.settings import Settings
+from features.events import ANONYMOUS_PREFIX, EventError, format_time, parse_time
+from features.state import OrderRecord
+from features.uplift import Occasion, Uplift, group_of, merged, tally
+from sinks.keys import KeyLayout
+from sinks.redis_client import sync_client
+from sinks.trigger_log import client_states, trigger_records
+
+MANUAL = "manual"
+
+
+@dataclass
+class UpliftReport:
+    window: float  # seconds after an occasion in which an order converts it
+    as_of: float  # occasions count when their window has closed by then
+    since: float | None  # occasions due before it are left out (None: the whole log)
+    types: dict[str, Uplift] = field(default_factory=dict)
+    records: int = 0  # trigger records read
+    counted: int = 0  # occasions counted, in one group or the other
+    anonymous: int = 0  # anonymous visitors' occasions: a conversion is their client's
+    open_windows: int = 0  # occasions whose window had not closed by `as_of`
+    oldest: float | None = None  # the earliest occasion the log still holds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window_seconds": self.window, "as_of": format_time(self.as_of),
+            "since": None if self.since is None else format_time(self.since),
+            "oldest_in_log": None if self.oldest is None else format_time(self.oldest),
+            "records": self.records, "occasions_counted": self.counted,
+            "anonymous_left_out": self.anonymous, "windows_still_open": self.open_windows,
+            "types": {kind: _type_dict(found) for kind, found in self.types.items()},
+        }
+
+
+def uplift(settings: Settings, *, window: float, since: float | None = None,
+           as_of: float | None = None) -> UpliftReport:
+    report = UpliftReport(window, time.time() if as_of is None else as_of, since)
+    client = sync_client(settings.redis)
+    try:
+        layout = KeyLayout.from_settings(settings)
+        parts = []
+        for stream in layout.all_trigger_streams():
+            occasions = []
+            for fields in trigger_records(client, stream):
+                report.records += 1
+                occasion = _occasion(fields)
+                if occasion is not None and _counted(occasion, report):
+                    occasions.append(occasion)
+            clients = sorted({o.client_id for o in occasions})
+            orders: dict[str, tuple[OrderRecord, ...]] = {
+                key: state.orders for key, state in client_states(client, layout, clients)}
+            parts.append(tally(occasions, orders, window))
+        report.types = merged(parts)
+        return report
+    finally:
+        client.close()
+
+
+def _occasion(fields: dict[str, str]) -> Occasion | None:
+    """An automatic decision's record as an occasion; None for a manual touch or a record
+    this version cannot read (no time)."""
+    if fields.get("source") == MANUAL:
+        return None
+    try:
+        fired_at = parse_time(fields.get("fired_at", ""), "fired_at")
+    except EventError:
+        return None
+    return Occasion(fields.get("client_id", ""), fields.get("type", ""),
+                    fields.get("key", ""), fired_at, fields.get("status", ""),
+                    fields.get("reason") or None)
+
+
+def _counted(occasion: Occasion, report: UpliftReport) -> bool:
+    """Whether the occasion counts; what left it out is counted in `report`."""
+    if group_of(occasion) is None:
+        return False
+    if report.oldest is None or occasion.fired_at < report.oldest:
+        report.oldest = occasion.fired_at
+    if occasion.client_id.startswith(ANONYMOUS_PREFIX) or not occasion.client_id:
+        report.anonymous += 1
+        return False
+    if report.since is not None and occasion.fired_at < report.since:
+        return False
+    if occasion.fired_at + report.window > report.as_of:
+        report.open_windows += 1
+        return False
+    report.counted += 1
+    return True
+
+
+def _type_dict(found: Uplift) -> dict[str, Any]:
+    interval = found.interval
+    return {
+        "treated": _group_dict(found.treated.clients, found.treated.converted,
+                               found.treated.rate, found.treated.revenue_per_client),
+        "holdout": _group_dict(found.holdout.clients, found.holdout.converted,
+                               found.holdout.rate, found.holdout.revenue_per_client),
+        "difference": found.difference, "relative": found.relative,
+        "interval_95": None if interval is None else list(interval),
+        "p_value": found.p_value, "clients_in_both_groups": found.mixed,
+    }
+
+
+def _group_dict(clients: int, converted: int, rate: float | None,
+                revenue_per_client: float | None) -> dict[str, Any]:
+    return {"clients": clients, "converted": converted, "rate": rate,
+            "revenue_per_client": revenue_per_client}
+
+
+def _percent(value: float | None, *, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 100:+.1f}" if signed else f"{value * 100:.1f}%"
+
+
+def format_report(report: UpliftReport) -> str:
+    """The report as a table for a terminal."""
+    period = (f"Occasions due from {format_time(report.since)}" if report.since is not None
+              else "Every occasion the trigger log holds")
+    lines = [
+        f"Conversion: a live order within {format_duration(report.window)} after the "
+        "occasion; clients by intent to treat (treated: past the hold-out draw and not held "
+        "out, sent or not).",
+        f"{period}, windows closed by {format_time(report.as_of)}; the log's oldest "
+        f"occasion: {'-' if report.oldest is None else format_time(report.oldest)}.",
+        "",
+    ]
+    header = ("type", "treated", "conv.", "rate", "hold-out", "conv.", "rate",
+              "difference pp (95%)", "relative", "p", "revenue/client t / h")
+    rows = [header]
+    for kind, found in report.types.items():
+        interval = found.interval
+        rows.append((
+            kind, f"{found.treated.clients:,}", f"{found.treated.converted:,}",
+            _percent(found.treated.rate), f"{found.holdout.clients:,}",
+            f"{found.holdout.converted:,}", _percent(found.holdout.rate),
+            "-" if interval is None else
+            f"{_percent(found.difference, signed=True)} ({_percent(interval[0], signed=True)}"
+            f", {_percent(interval[1], signed=True)})",
+            "-" if found.relative is None else f"{_percent(found.relative, signed=True)}%",
+            "-" if found.p_value is None else f"{found.p_value:.3f}",
+            f"{_money(found.treated.revenue_per_client)} / "
+            f"{_money(found.holdout.revenue_per_client)}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip() for row in rows]
+    if not report.types:
+        lines.append("(no marketing occasion with a closed window in the period)")
+    lines.append("")
+    lines.append(f"{report.records:,} records read, {report.counted:,} occasions counted; "
+                 f"left out: {report.open_windows:,} whose window is still open, "
+                 f"{report.anonymous:,} of anonymous visitors (their orders are their "
+                 "client's)" + "".join(
+                     f"; {found.mixed:,} {kind} clients in both groups"
+                     for kind, found in report.types.items() if found.mixed) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"

@@ -1,0 +1,96 @@
+"""`crmflow uplift` over what the real dataflow wrote to Redis: groups and conversions
+against a count made independently from the events sent, in the report and through the
+command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from features.policy import in_holdout
+from history.uplift import format_report, uplift
+from tests.histories import DAY
+from tests.support import REPO, drain, make_settings, write_config
+from tests.test_dataflow import append
+
+HOUR = 3600.0
+CART = "abandoned_cart"
+
+
+def _shopper(client: str, t0: float, *, email: bool, orders_at: float | None
+             ) -> list[dict[str, Any]]:
+    traits = {"email": f"{client}@example.com"} if email else {"name": client}
+    events: list[dict[str, Any]] = [
+        {"event_id": f"{client}-id", "type": "identify", "client_id": client,
+         "event_time": t0, "traits": traits},
+        {"event_id": f"{client}-cart", "type": "cart_add", "client_id": client,
+         "event_time": t0 + 60, "products": [{"product_id": "p1", "price": 20.0}]}]
+    if orders_at is not None:
+        events.append({"event_id": f"{client}-order", "type": "order_placed",
+                       "client_id": client, "event_time": orders_at,
+                       "order": {"order_id": f"{client}-o", "total": 20.0,
+                                 "items": [{"product_id": "p1", "price": 20.0}]}})
+    return events
+
+
+def test_uplift_counts_what_the_dataflow_decided_against_an_independent_count(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+    settings = make_settings(redis_url, key_prefix, rfm={"refresh": 0},
+                             policy={"quiet_hours": None, "frequency_cap_per_day": 0},
+                             triggers={CART: {"holdout_percent": 50}})
+    now = time.time()
+    t0 = (now // DAY - 12) * DAY + 12 * HOUR  # noon, twelve days ago
+    reminder = t0 + 60 + HOUR  # the cart reminder's due time (its default delay)
+    clients = [f"c{n:03d}" for n in range(120)]
+    buyers = {c for n, c in enumerate(clients) if n % 3 == 0}
+    late = "c001"  # orders eight days after the reminder: outside a 7-day window
+    events = [e for n, c in enumerate(clients) for e in _shopper(
+        c, t0, email=n >= 10,  # the first ten have no channel: suppressed, yet treated
+        orders_at=reminder + 4 * HOUR if c in buyers
+        else reminder + 8 * DAY if c == late else None)]
+    events += _shopper("recent", now - 2 * DAY, email=True, orders_at=None)  # window open
+    events.append({"event_id": "v-cart", "type": "cart_add", "anonymous_id": "v1",
+                   "event_time": t0 + 60, "products": [{"product_id": "p1", "price": 20.0}]})
+    append(redis_client, settings, events)
+    drain(settings, as_of=now)
+
+    held = {c for c in clients if in_holdout(c, CART, 50)}
+    assert 20 < len(held) < 100  # both groups are there to compare
+    expected = {"treated": (len(clients) - len(held), len(buyers - held)),
+                "holdout": (len(held), len(buyers & held))}
+
+    report = uplift(settings, window=7 * DAY, as_of=now)
+    cart = report.types[CART]
+    assert {"treated": (cart.treated.clients, cart.treated.converted),
+            "holdout": (cart.holdout.clients, cart.holdout.converted)} == expected
+    assert cart.treated.revenue == 20.0 * len(buyers - held)
+    assert cart.mixed == 0
+    assert report.open_windows >= 1  # the recent shopper's reminder, among others
+    closed = uplift(settings, window=7 * DAY, as_of=now + 7 * DAY).types[CART]
+    assert closed.treated.clients + closed.holdout.clients == len(clients) + 1  # + recent
+    assert report.anonymous == 1  # the visitor's reminder: its orders would be a client's
+    assert CART in format_report(report)
+
+    later = uplift(settings, window=7 * DAY, as_of=now, since=now - 3 * DAY)
+    assert CART not in later.types  # every occasion before --since
+
+    config = write_config(settings, tmp_path / "crmflow.yaml")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CRMFLOW_") and k != "REDIS_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "crmflow.cli", "uplift", "--json", "--window", "7d",
+         "--config", str(config)], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)["types"][CART]
+    assert (printed["treated"]["clients"], printed["treated"]["converted"]) == \
+        expected["treated"]
+    assert (printed["holdout"]["clients"], printed["holdout"]["converted"]) == \
+        expected["holdout"]
