@@ -547,9 +547,13 @@ def process_event(client_key: str, state: ClientState | None, event: Event, rule
     after = apply_event(state, event, rules.read_traits)
     if after.pending and event.type in follow_up.ENGAGEMENT:
         after, caught = follow_up.caught(after, event)
-        # one already recorded deferred gets its final record; the others were never told
+        # one already recorded deferred gets its final record; the others were never told.
+        # It is decided as of the end of its window, as a deferred trigger whose occasion
+        # ended meanwhile is: as of the open, it would hang on which of two opens or clicks
+        # naming the chain arrived first, and one stamped earlier may come within the
+        # allowed lateness
         fired += [_record(client_key, _candidate_of(p), Decision(SUPPRESSED, CANCELLED),
-                          event.event_time) for p in caught if p.deferred]
+                          p.release_at) for p in caught if p.deferred]
     if event.type is EventType.TOUCH_RECORDED:
         after, touched = _manual_touch(client_key, after, event)
         after, entered = _resegment(client_key, after, event.event_time, rules,

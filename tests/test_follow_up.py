@@ -230,7 +230,7 @@ def test_a_follow_up_due_in_quiet_hours_is_deferred_and_an_open_meanwhile_cancel
     state, caught = process_event(CLIENT, state, opened(2 * DAY + 8 * HOUR, trigger=first),
                                   rules)
     assert [(t.trigger_id, t.status, t.reason, t.decided_at) for t in caught] == [
-        (second, SUPPRESSED, CANCELLED, T0 + 2 * DAY + 8 * HOUR)]
+        (second, SUPPRESSED, CANCELLED, T0 + 2 * DAY + 9 * HOUR)]  # as of the window's end
     assert state.pending == ()
     assert fire_due(CLIENT, state, T0 + 3 * DAY, rules)[1] == []
     # without the open: sent at 09:00 on the push, under the same id as its deferral
@@ -400,3 +400,25 @@ def test_follow_ups_waiting_stop_when_their_type_is_taken_off_the_list_or_the_ch
     assert fire_due(CLIENT, state, T0 + DUE + DAY, with_follow_up(max=1))[1] == []
     [sms] = fire_due(CLIENT, state, T0 + DUE + DAY, with_follow_up(max=2))[1]
     assert sms.channel == "sms"
+
+
+def test_an_open_and_a_click_arriving_out_of_order_cancel_a_deferred_follow_up_as_replay_does(
+        ) -> None:
+    """A follow-up waits for the end of quiet hours; the client opens the email and clicks
+    it two seconds later, and the click's webhook arrives first (within the allowed
+    lateness). Whichever of them arrives first, the follow-up's final record is the one
+    replay makes."""
+    rules = replace(RULES, policy=replace(POLICY, quiet_hours=Policy().quiet_hours,
+                                          follow_up=replace(FOLLOW, after=DAY + 2 * HOUR)))
+    key = occasion_time(T0 + 19 * HOUR)
+    first = trigger_id(CLIENT, ABANDONED_CART, key)
+    events = [identify(0, **ALL), cart_add(19 * HOUR, "p1")]
+    morning = 2 * DAY + 8 * HOUR  # 08:00, before the window ends at 09:00
+    clicked = replace(opened(morning + 2, trigger=first, kind=EventType.MESSAGE_CLICKED),
+                      received_at=T0 + morning + 3)
+    opened_first = replace(opened(morning, trigger=first), received_at=T0 + morning + 4)
+    arrivals = [*events, clicked, opened_first]
+    _, replayed = run(sorted(arrivals, key=lambda e: e.event_time), rules, until=3 * DAY)
+    assert [(t.status, t.reason) for t in replayed if t.key.endswith("#follow_up1")] == [
+        (DEFERRED, "quiet_hours"), (SUPPRESSED, CANCELLED)]
+    assert _decisions(live(arrivals, rules, 3 * DAY)) == _decisions(replayed)
