@@ -551,9 +551,14 @@ def process_event(client_key: str, state: ClientState | None, event: Event, rule
         # It is decided as of the end of its window, as a deferred trigger whose occasion
         # ended meanwhile is: as of the open, it would hang on which of two opens or clicks
         # naming the chain arrived first, and one stamped earlier may come within the
-        # allowed lateness
-        fired += [_record(client_key, _candidate_of(p), Decision(SUPPRESSED, CANCELLED),
-                          p.release_at) for p in caught if p.deferred]
+        # allowed lateness. Remembered as decided, as it cannot come back (its occasion was
+        # sent), so a manual touch of it is not a second final record under its id
+        for waiting in caught:
+            if waiting.deferred:
+                cancelled = _candidate_of(waiting)
+                decision = Decision(SUPPRESSED, CANCELLED)
+                after = _remember(after, cancelled, decision, waiting.release_at)
+                fired.append(_record(client_key, cancelled, decision, waiting.release_at))
     if event.type is EventType.TOUCH_RECORDED:
         after, touched = _manual_touch(client_key, after, event)
         after, entered = _resegment(client_key, after, event.event_time, rules,

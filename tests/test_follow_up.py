@@ -422,3 +422,23 @@ def test_an_open_and_a_click_arriving_out_of_order_cancel_a_deferred_follow_up_a
     assert [(t.status, t.reason) for t in replayed if t.key.endswith("#follow_up1")] == [
         (DEFERRED, "quiet_hours"), (SUPPRESSED, CANCELLED)]
     assert _decisions(live(arrivals, rules, 3 * DAY)) == _decisions(replayed)
+
+
+def test_a_touch_of_a_deferred_follow_up_an_open_cancelled_is_not_a_second_record() -> None:
+    """The follow-up waited for the morning and an open cancelled it (its final record);
+    a manager then records a touch of it, its key taken from the console: the occasion is
+    decided, so the touch is not recorded (under the same id it would be a second final
+    record, which the ledger drops, while the state still counted it against the cap)."""
+    rules = replace(RULES, policy=replace(POLICY, quiet_hours=Policy().quiet_hours,
+                                          follow_up=replace(FOLLOW, after=DAY + 2 * HOUR)))
+    key = occasion_time(T0 + 19 * HOUR)
+    first = trigger_id(CLIENT, ABANDONED_CART, key)
+    state, _ = run([identify(0, **ALL), cart_add(19 * HOUR, "p1")], rules, until=DAY + 23 * HOUR)
+    state, [cancelled] = process_event(CLIENT, state, opened(2 * DAY + 8 * HOUR, trigger=first),
+                                       rules)
+    assert (cancelled.status, cancelled.reason) == (SUPPRESSED, CANCELLED)
+    sends = state.sends
+    state, touched = process_event(CLIENT, state, touch(2 * DAY + 10 * HOUR, ABANDONED_CART,
+                                                        key=cancelled.key), rules)
+    assert touched == []
+    assert state.sends == sends
