@@ -442,3 +442,42 @@ def test_a_touch_of_a_deferred_follow_up_an_open_cancelled_is_not_a_second_recor
                                                         key=cancelled.key), rules)
     assert touched == []
     assert state.sends == sends
+
+
+def test_touches_of_follow_ups_ended_without_a_send_are_not_second_records() -> None:
+    """A follow-up's final record, however it ends (cancelled at the end of its window
+    because the cart was bought meanwhile; no room to wait), is remembered: it cannot come
+    back, and a manager's touch of it would be a second final record under its id."""
+    rules = replace(RULES, policy=replace(POLICY, quiet_hours=Policy().quiet_hours,
+                                          follow_up=replace(FOLLOW, after=DAY + 2 * HOUR)))
+    events = [identify(0, **ALL), cart_add(19 * HOUR, "p1"), order(2 * DAY + 8 * HOUR, "o1")]
+    state, triggers = run(events, rules, until=3 * DAY)
+    cancelled = triggers[-1]
+    assert (cancelled.status, cancelled.reason) == (SUPPRESSED, CANCELLED)
+    assert cancelled.key.endswith("#follow_up1")
+    _, touched = process_event(CLIENT, state, touch(3 * DAY, ABANDONED_CART, key=cancelled.key),
+                               rules)
+    assert touched == []
+
+    state, _ = run(carted(), RULES, until=SENT_AT - 1)
+    fillers = tuple(PendingTrigger(T0 + DAY * 9 + i, ABANDONED_CART, f"x{i}", T0, {})
+                    for i in range(MAX_PENDING))  # no room for the follow-up
+    state, triggers = fire_due(CLIENT, evolve(state, pending=fillers), T0 + SENT_AT, RULES)
+    assert triggers[-1].reason == PENDING_LIMIT
+    _, touched = process_event(CLIENT, state, touch(SENT_AT + HOUR, ABANDONED_CART,
+                                                    key=triggers[-1].key), RULES)
+    assert touched == []
+
+    # made room for: an order confirmation configured to wait takes the follow-up's place
+    rules = replace(RULES, order_confirmation=replace(RULES.order_confirmation, enabled=True,
+                                                      delay=10 * MINUTE))
+    state, _ = run(carted(), rules, until=SENT_AT)
+    fillers = tuple(PendingTrigger(T0 + SENT_AT + HOUR + i, ABANDONED_CART, f"x{i}", T0, {})
+                    for i in range(MAX_PENDING - 1))  # due before it: the follow-up goes
+    state = evolve(state, pending=(*fillers, *state.pending))
+    state, triggers = process_event(CLIENT, state, order(SENT_AT + 10, "o1"), rules)
+    [evicted] = [t for t in triggers if t.reason == PENDING_LIMIT]
+    assert evicted.trigger_id == SECOND
+    _, touched = process_event(CLIENT, state, touch(SENT_AT + HOUR, ABANDONED_CART,
+                                                    key=evicted.key), rules)
+    assert [t for t in touched if t.source == "manual"] == []
