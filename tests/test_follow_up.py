@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from features.catalogue import occasion_time
 from features.codec import decode_state, encode_state
-from features.events import Event, EventType
+from features.events import Event, EventType, Product
 from features.identity import merge_states
 from features.policy import (
     CANCELLED,
@@ -26,7 +26,9 @@ from features.policy import (
     decide,
 )
 from features.rules import (
+    ABANDONED_BROWSE,
     ABANDONED_CART,
+    BIRTHDAY,
     DAY,
     LOYALTY_STATUS,
     WELCOME,
@@ -481,3 +483,23 @@ def test_touches_of_follow_ups_ended_without_a_send_are_not_second_records() -> 
     _, touched = process_event(CLIENT, state, touch(SENT_AT + HOUR, ABANDONED_CART,
                                                     key=evicted.key), rules)
     assert [t for t in touched if t.source == "manual"] == []
+
+
+def test_a_touch_of_a_once_only_follow_up_decided_long_ago_is_not_a_second_record() -> None:
+    """As for the occasion itself (test_policy), a follow-up of a once-only rule outlives the
+    16 decisions `state.decided` keeps: the welcome's follow-up went out, then 20 browse
+    reminders, then a manager touches it by the key its record shows. It had the same id
+    as the automatic one and was recorded again."""
+    rules = replace(only(TriggerRules(policy=POLICY), WELCOME, ABANDONED_BROWSE),
+                    policy=replace(POLICY, follow_up=replace(FOLLOW, types=frozenset({WELCOME}))))
+    events = [ev(EventType.REGISTERED, 0, traits=ALL)]
+    events += [ev(EventType.PRODUCT_VIEW, DAY * n + 12 * HOUR, products=(Product(f"p{n}"),))
+               for n in range(1, 21)]
+    state, triggers = run(events, rules, until=21 * DAY)
+    welcomes = [t for t in triggers if t.type == WELCOME]
+    assert [(t.key, t.status) for t in welcomes] == [("", SENT), ("#follow_up1", SENT)]
+    _, touched = run([touch(30 * DAY, WELCOME, "#follow_up1")], rules, state=state)
+    assert touched == []
+    # a follow-up of an occasion the rules never decided is still a touch of its own
+    _, touched = run([touch(30 * DAY, BIRTHDAY, "1999#follow_up1")], rules, state=state)
+    assert [(t.key, t.source) for t in touched] == [("1999#follow_up1", "manual")]
