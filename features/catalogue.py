@@ -61,12 +61,14 @@ from features.rules import (
 )
 from features.state import (
     BIRTHDAY_KNOWN,
+    FOLLOW_UP_SUFFIX,
     CategoryOrders,
     ClientState,
     OrderRecord,
     PendingTrigger,
     browse_gate,
     evolve,
+    follow_up_key,
     mark_of,
     with_mark,
 )
@@ -715,6 +717,11 @@ def decided_by_rule(state: ClientState, occasion: str, key: str) -> bool:
     mark = mark_of(state, occasion)
     if mark is None or any(p.type == occasion and p.decided_key == key for p in state.pending):
         return False
+    base, suffix, n = key.rpartition(FOLLOW_UP_SUFFIX)
+    if suffix and n.isascii() and n.isdigit() and key == follow_up_key(base, int(n)):
+        # a follow-up (`<key>#follow_up<n>`), not waiting: decided with its occasion, sent,
+        # suppressed, or dropped unrecorded, whose key no record ever showed
+        return decided_by_rule(state, occasion, base)
     if occasion in ONCE_RULES:
         return key == ""
     if occasion in COUNTED_RULES:

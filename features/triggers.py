@@ -363,8 +363,10 @@ def _wait(client_key: str, state: ClientState, waiting: PendingTrigger,
         if priority_rank(lowest.type, rules) <= priority_rank(waiting.type, rules):
             return None
         pending.remove(lowest)
-        out.append(_record(client_key, _candidate_of(lowest), Decision(SUPPRESSED, PENDING_LIMIT),
-                           at))
+        evicted, decision = _candidate_of(lowest), Decision(SUPPRESSED, PENDING_LIMIT)
+        out.append(_record(client_key, evicted, decision, at))
+        if lowest.follows:  # remembered: it cannot come back (see process_event)
+            state = _remember(state, evicted, decision, at)
     pending = sorted((*pending, waiting), key=lambda p: (p.release_at, p.type, p.decided_key))
     return evolve(state, pending=tuple(pending))
 
@@ -394,8 +396,10 @@ def _decide_all(client_key: str, state: ClientState,
                 if not pending.follows:  # (a follow-up's occasion was announced: it stands)
                     state = catalogue.after_cancelled(state, pending, rules)
                 if waited:
-                    out.append(_record(client_key, candidate, Decision(SUPPRESSED, CANCELLED),
-                                       at))
+                    cancelled = Decision(SUPPRESSED, CANCELLED)
+                    if pending.follows:  # remembered: it cannot come back (see process_event)
+                        state = _remember(state, candidate, cancelled, at)
+                    out.append(_record(client_key, candidate, cancelled, at))
                 continue
             candidate = follow_up.as_follow_up(current, pending)
         delay = _delay_of(client_key, candidate.type, rules) if delayable else 0.0
@@ -449,10 +453,10 @@ def _follow(client_key: str, state: ClientState, candidate: Candidate, channel: 
     if plan is None:
         return state
     waiting = _wait(client_key, state, plan, rules, at, out)
-    if waiting is None:
-        out.append(_record(client_key, _candidate_of(plan), Decision(SUPPRESSED, PENDING_LIMIT),
-                           at))
-        return state
+    if waiting is None:  # remembered: it cannot come back (see process_event)
+        dropped, decision = _candidate_of(plan), Decision(SUPPRESSED, PENDING_LIMIT)
+        out.append(_record(client_key, dropped, decision, at))
+        return _remember(state, dropped, decision, at)
     return waiting
 
 
@@ -547,9 +551,18 @@ def process_event(client_key: str, state: ClientState | None, event: Event, rule
     after = apply_event(state, event, rules.read_traits)
     if after.pending and event.type in follow_up.ENGAGEMENT:
         after, caught = follow_up.caught(after, event)
-        # one already recorded deferred gets its final record; the others were never told
-        fired += [_record(client_key, _candidate_of(p), Decision(SUPPRESSED, CANCELLED),
-                          event.event_time) for p in caught if p.deferred]
+        # one already recorded deferred gets its final record; the others were never told.
+        # It is decided as of the end of its window, as a deferred trigger whose occasion
+        # ended meanwhile is: as of the open, it would hang on which of two opens or clicks
+        # naming the chain arrived first, and one stamped earlier may come within the
+        # allowed lateness. Remembered as decided, as it cannot come back (its occasion was
+        # sent), so a manual touch of it is not a second final record under its id
+        for waiting in caught:
+            if waiting.deferred:
+                cancelled = _candidate_of(waiting)
+                decision = Decision(SUPPRESSED, CANCELLED)
+                after = _remember(after, cancelled, decision, waiting.release_at)
+                fired.append(_record(client_key, cancelled, decision, waiting.release_at))
     if event.type is EventType.TOUCH_RECORDED:
         after, touched = _manual_touch(client_key, after, event)
         after, entered = _resegment(client_key, after, event.event_time, rules,

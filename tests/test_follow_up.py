@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from features.catalogue import occasion_time
 from features.codec import decode_state, encode_state
-from features.events import Event, EventType
+from features.events import Event, EventType, Product
 from features.identity import merge_states
 from features.policy import (
     CANCELLED,
@@ -26,7 +26,9 @@ from features.policy import (
     decide,
 )
 from features.rules import (
+    ABANDONED_BROWSE,
     ABANDONED_CART,
+    BIRTHDAY,
     DAY,
     LOYALTY_STATUS,
     WELCOME,
@@ -230,7 +232,7 @@ def test_a_follow_up_due_in_quiet_hours_is_deferred_and_an_open_meanwhile_cancel
     state, caught = process_event(CLIENT, state, opened(2 * DAY + 8 * HOUR, trigger=first),
                                   rules)
     assert [(t.trigger_id, t.status, t.reason, t.decided_at) for t in caught] == [
-        (second, SUPPRESSED, CANCELLED, T0 + 2 * DAY + 8 * HOUR)]
+        (second, SUPPRESSED, CANCELLED, T0 + 2 * DAY + 9 * HOUR)]  # as of the window's end
     assert state.pending == ()
     assert fire_due(CLIENT, state, T0 + 3 * DAY, rules)[1] == []
     # without the open: sent at 09:00 on the push, under the same id as its deferral
@@ -400,3 +402,104 @@ def test_follow_ups_waiting_stop_when_their_type_is_taken_off_the_list_or_the_ch
     assert fire_due(CLIENT, state, T0 + DUE + DAY, with_follow_up(max=1))[1] == []
     [sms] = fire_due(CLIENT, state, T0 + DUE + DAY, with_follow_up(max=2))[1]
     assert sms.channel == "sms"
+
+
+def test_an_open_and_a_click_arriving_out_of_order_cancel_a_deferred_follow_up_as_replay_does(
+        ) -> None:
+    """A follow-up waits for the end of quiet hours; the client opens the email and clicks
+    it two seconds later, and the click's webhook arrives first (within the allowed
+    lateness). Whichever of them arrives first, the follow-up's final record is the one
+    replay makes."""
+    rules = replace(RULES, policy=replace(POLICY, quiet_hours=Policy().quiet_hours,
+                                          follow_up=replace(FOLLOW, after=DAY + 2 * HOUR)))
+    key = occasion_time(T0 + 19 * HOUR)
+    first = trigger_id(CLIENT, ABANDONED_CART, key)
+    events = [identify(0, **ALL), cart_add(19 * HOUR, "p1")]
+    morning = 2 * DAY + 8 * HOUR  # 08:00, before the window ends at 09:00
+    clicked = replace(opened(morning + 2, trigger=first, kind=EventType.MESSAGE_CLICKED),
+                      received_at=T0 + morning + 3)
+    opened_first = replace(opened(morning, trigger=first), received_at=T0 + morning + 4)
+    arrivals = [*events, clicked, opened_first]
+    _, replayed = run(sorted(arrivals, key=lambda e: e.event_time), rules, until=3 * DAY)
+    assert [(t.status, t.reason) for t in replayed if t.key.endswith("#follow_up1")] == [
+        (DEFERRED, "quiet_hours"), (SUPPRESSED, CANCELLED)]
+    assert _decisions(live(arrivals, rules, 3 * DAY)) == _decisions(replayed)
+
+
+def test_a_touch_of_a_deferred_follow_up_an_open_cancelled_is_not_a_second_record() -> None:
+    """The follow-up waited for the morning and an open cancelled it (its final record);
+    a manager then records a touch of it, its key taken from the console: the occasion is
+    decided, so the touch is not recorded (under the same id it would be a second final
+    record, which the ledger drops, while the state still counted it against the cap)."""
+    rules = replace(RULES, policy=replace(POLICY, quiet_hours=Policy().quiet_hours,
+                                          follow_up=replace(FOLLOW, after=DAY + 2 * HOUR)))
+    key = occasion_time(T0 + 19 * HOUR)
+    first = trigger_id(CLIENT, ABANDONED_CART, key)
+    state, _ = run([identify(0, **ALL), cart_add(19 * HOUR, "p1")], rules, until=DAY + 23 * HOUR)
+    state, [cancelled] = process_event(CLIENT, state, opened(2 * DAY + 8 * HOUR, trigger=first),
+                                       rules)
+    assert (cancelled.status, cancelled.reason) == (SUPPRESSED, CANCELLED)
+    sends = state.sends
+    state, touched = process_event(CLIENT, state, touch(2 * DAY + 10 * HOUR, ABANDONED_CART,
+                                                        key=cancelled.key), rules)
+    assert touched == []
+    assert state.sends == sends
+
+
+def test_touches_of_follow_ups_ended_without_a_send_are_not_second_records() -> None:
+    """A follow-up's final record, however it ends (cancelled at the end of its window
+    because the cart was bought meanwhile; no room to wait), is remembered: it cannot come
+    back, and a manager's touch of it would be a second final record under its id."""
+    rules = replace(RULES, policy=replace(POLICY, quiet_hours=Policy().quiet_hours,
+                                          follow_up=replace(FOLLOW, after=DAY + 2 * HOUR)))
+    events = [identify(0, **ALL), cart_add(19 * HOUR, "p1"), order(2 * DAY + 8 * HOUR, "o1")]
+    state, triggers = run(events, rules, until=3 * DAY)
+    cancelled = triggers[-1]
+    assert (cancelled.status, cancelled.reason) == (SUPPRESSED, CANCELLED)
+    assert cancelled.key.endswith("#follow_up1")
+    _, touched = process_event(CLIENT, state, touch(3 * DAY, ABANDONED_CART, key=cancelled.key),
+                               rules)
+    assert touched == []
+
+    state, _ = run(carted(), RULES, until=SENT_AT - 1)
+    fillers = tuple(PendingTrigger(T0 + DAY * 9 + i, ABANDONED_CART, f"x{i}", T0, {})
+                    for i in range(MAX_PENDING))  # no room for the follow-up
+    state, triggers = fire_due(CLIENT, evolve(state, pending=fillers), T0 + SENT_AT, RULES)
+    assert triggers[-1].reason == PENDING_LIMIT
+    _, touched = process_event(CLIENT, state, touch(SENT_AT + HOUR, ABANDONED_CART,
+                                                    key=triggers[-1].key), RULES)
+    assert touched == []
+
+    # made room for: an order confirmation configured to wait takes the follow-up's place
+    rules = replace(RULES, order_confirmation=replace(RULES.order_confirmation, enabled=True,
+                                                      delay=10 * MINUTE))
+    state, _ = run(carted(), rules, until=SENT_AT)
+    fillers = tuple(PendingTrigger(T0 + SENT_AT + HOUR + i, ABANDONED_CART, f"x{i}", T0, {})
+                    for i in range(MAX_PENDING - 1))  # due before it: the follow-up goes
+    state = evolve(state, pending=(*fillers, *state.pending))
+    state, triggers = process_event(CLIENT, state, order(SENT_AT + 10, "o1"), rules)
+    [evicted] = [t for t in triggers if t.reason == PENDING_LIMIT]
+    assert evicted.trigger_id == SECOND
+    _, touched = process_event(CLIENT, state, touch(SENT_AT + HOUR, ABANDONED_CART,
+                                                    key=evicted.key), rules)
+    assert [t for t in touched if t.source == "manual"] == []
+
+
+def test_a_touch_of_a_once_only_follow_up_decided_long_ago_is_not_a_second_record() -> None:
+    """As for the occasion itself (test_policy), a follow-up of a once-only rule outlives the
+    16 decisions `state.decided` keeps: the welcome's follow-up went out, then 20 browse
+    reminders, then a manager touches it by the key its record shows. It had the same id
+    as the automatic one and was recorded again."""
+    rules = replace(only(TriggerRules(policy=POLICY), WELCOME, ABANDONED_BROWSE),
+                    policy=replace(POLICY, follow_up=replace(FOLLOW, types=frozenset({WELCOME}))))
+    events = [ev(EventType.REGISTERED, 0, traits=ALL)]
+    events += [ev(EventType.PRODUCT_VIEW, DAY * n + 12 * HOUR, products=(Product(f"p{n}"),))
+               for n in range(1, 21)]
+    state, triggers = run(events, rules, until=21 * DAY)
+    welcomes = [t for t in triggers if t.type == WELCOME]
+    assert [(t.key, t.status) for t in welcomes] == [("", SENT), ("#follow_up1", SENT)]
+    _, touched = run([touch(30 * DAY, WELCOME, "#follow_up1")], rules, state=state)
+    assert touched == []
+    # a follow-up of an occasion the rules never decided is still a touch of its own
+    _, touched = run([touch(30 * DAY, BIRTHDAY, "1999#follow_up1")], rules, state=state)
+    assert [(t.key, t.source) for t in touched] == [("1999#follow_up1", "manual")]
