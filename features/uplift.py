@@ -27,6 +27,7 @@ from features.policy import (
     BACKFILL,
     BEFORE_ENABLED,
     CHURNED,
+    DEFERRED,
     DETRACTOR,
     HOLDOUT,
     LOYAL,
@@ -62,13 +63,16 @@ class Occasion:
 
 def group_of(occasion: Occasion) -> str | None:
     """`holdout`, `treated`, or None for a record in neither group: a transactional type
-    (never held out), a follow-up, a decision made before the draw, or a deferral (its
-    final record says what became of it)."""
+    (never held out), a follow-up, or a decision made before the draw.
+
+    A deferral (quiet hours) is past the draw and not held out: treated, whatever its final
+    record says (decided again when the window ends, the occasion may meet suppression
+    then, `loyal` or `detractor`, which the hold-out, decided at the draw, never does)."""
     if occasion.type in TRANSACTIONAL or FOLLOW_UP_SUFFIX in occasion.key:
         return None
     if occasion.status == HOLDOUT:
         return HOLDOUT
-    if occasion.status == SENT:
+    if occasion.status in (SENT, DEFERRED):
         return TREATED
     if occasion.status == SUPPRESSED and occasion.reason not in _BEFORE_THE_DRAW:
         return TREATED

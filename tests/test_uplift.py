@@ -44,7 +44,7 @@ def occasion(client: str, status: str, reason: str | None = None, at: float = 10
     ("suppressed", "detractor", None),
     ("suppressed", "backfill", None),
     ("suppressed", "before_enabled", None),
-    ("deferred", "quiet_hours", None),  # its final record counts, not this one
+    ("deferred", "quiet_hours", TREATED),  # past the draw, whatever its final record
 ])
 def test_the_group_is_decided_by_intent_to_treat(status: str, reason: str | None,
                                                  group: str | None) -> None:

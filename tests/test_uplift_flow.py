@@ -94,3 +94,39 @@ def test_uplift_counts_what_the_dataflow_decided_against_an_independent_count(
         expected["treated"]
     assert (printed["holdout"]["clients"], printed["holdout"]["converted"]) == \
         expected["holdout"]
+
+
+def test_a_treated_client_suppressed_after_its_deferral_stays_treated(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """The draw comes before quiet hours: a nudge deferred for the night was past it, not
+    held out. Decided again at 09:00, it met suppression (an NPS detractor answer in the
+    night): the client was dropped from the treated group, while its held-out twins stayed
+    in theirs (the hold-out is decided at the draw, never again)."""
+    nudge = "second_order_nudge"
+    settings = make_settings(redis_url, key_prefix, rfm={"refresh": 0},
+                             policy={"frequency_cap_per_day": 0},
+                             triggers={nudge: {"delay": "14d", "holdout_percent": 50}})
+    now = time.time()
+    first = (now // DAY - 40) * DAY + 23 * HOUR  # 23:00 UTC: the nudge is due in quiet hours
+    due = first + 14 * DAY
+    clients = [f"d{n:03d}" for n in range(40)]
+    events: list[dict[str, Any]] = []
+    for c in clients:
+        events += [
+            {"event_id": f"{c}-id", "type": "identify", "client_id": c,
+             "event_time": first - HOUR, "traits": {"email": f"{c}@example.com"}},
+            {"event_id": f"{c}-o1", "type": "order_placed", "client_id": c,
+             "event_time": first, "order": {"order_id": f"{c}-o1", "total": 10.0}},
+            {"event_id": f"{c}-nps", "type": "nps_answer", "client_id": c,
+             "event_time": due + 2 * HOUR, "nps_score": 2},  # 01:00, before the release
+            {"event_id": f"{c}-o2", "type": "order_placed", "client_id": c,
+             "event_time": due + 2 * DAY, "order": {"order_id": f"{c}-o2", "total": 10.0}}]
+    append(redis_client, settings, events)
+    drain(settings, as_of=now)
+
+    held = {c for c in clients if in_holdout(c, nudge, 50)}
+    assert 5 < len(held) < 35
+    found = uplift(settings, window=7 * DAY, as_of=now).types[nudge]
+    assert (found.holdout.clients, found.holdout.converted) == (len(held), len(held))
+    assert (found.treated.clients, found.treated.converted) == \
+        (len(clients) - len(held), len(clients) - len(held))
