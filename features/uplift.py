@@ -40,9 +40,10 @@ from features.state import FOLLOW_UP_SUFFIX, OrderRecord
 
 TREATED = "treated"
 # Suppressed before the hold-out draw, or never decided by the policy: in neither group. A
-# trigger with no room to wait (`pending_limit`) is one or the other (a rule's delay comes
-# before the draw, quiet hours after it), so it is left out too: counted as treated, the
-# clients the hash holds out would join the treated in the first case.
+# trigger with no room to wait (`pending_limit`) is one or the other: a rule's delay comes
+# before the draw (no channel chosen yet), quiet hours after it (the record names the
+# channel chosen). Without a channel it is left out: counted as treated, the clients the
+# hash holds out would join the treated.
 _BEFORE_THE_DRAW = frozenset({LOYAL, CHURNED, DETRACTOR, BACKFILL, BEFORE_ENABLED,
                               PENDING_LIMIT})
 _Z95 = 1.959963984540054  # the two-sided 95% point of the standard normal
@@ -58,6 +59,7 @@ class Occasion:
     fired_at: float  # when the occasion became due (epoch seconds)
     status: str
     reason: str | None
+    channel: str | None = None  # the channel chosen: the decision was past the draw
 
 
 
@@ -75,6 +77,8 @@ def group_of(occasion: Occasion) -> str | None:
     if occasion.status in (SENT, DEFERRED):
         return TREATED
     if occasion.status == SUPPRESSED and occasion.reason not in _BEFORE_THE_DRAW:
+        return TREATED
+    if occasion.reason == PENDING_LIMIT and occasion.channel:  # quiet hours: no room to wait
         return TREATED
     return None
 

@@ -84,7 +84,7 @@ def _occasion(fields: dict[str, str]) -> Occasion | None:
         return None
     return Occasion(fields.get("client_id", ""), fields.get("type", ""),
                     fields.get("key", ""), fired_at, fields.get("status", ""),
-                    fields.get("reason") or None)
+                    fields.get("reason") or None, fields.get("channel") or None)
 
 
 def _counted(occasion: Occasion, report: UpliftReport) -> bool:

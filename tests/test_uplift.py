@@ -51,6 +51,13 @@ def test_the_group_is_decided_by_intent_to_treat(status: str, reason: str | None
     assert group_of(occasion("c", status, reason)) == group
 
 
+def test_no_room_to_wait_is_treated_only_past_the_draw() -> None:
+    """A delay waits before the draw (no channel yet); quiet hours after it."""
+    assert group_of(Occasion("c", CART, "1", 1000.0, "suppressed", "pending_limit")) is None
+    assert group_of(Occasion("c", CART, "1", 1000.0, "suppressed", "pending_limit",
+                             "email")) == TREATED
+
+
 def test_transactional_triggers_and_follow_ups_are_in_no_group() -> None:
     assert group_of(occasion("c", "sent", kind="order_confirmation")) is None
     assert group_of(occasion("c", "sent", key="1000.000#follow_up1")) is None

@@ -130,3 +130,40 @@ def test_a_treated_client_suppressed_after_its_deferral_stays_treated(
     assert (found.holdout.clients, found.holdout.converted) == (len(held), len(held))
     assert (found.treated.clients, found.treated.converted) == \
         (len(clients) - len(held), len(clients) - len(held))
+
+
+def test_a_treated_client_with_no_room_to_wait_out_quiet_hours_stays_treated(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """A welcome due in the night, past the draw, found the client's waiting list full
+    (eight feedback requests deferred before it, of higher priority): `pending_limit`, with
+    its channel chosen. The held-out twins were recorded `holdout` at the same moment; the
+    others were in neither group, so the treated group lost exactly the busiest clients."""
+    welcome = "welcome"
+    settings = make_settings(redis_url, key_prefix, rfm={"refresh": 0},
+                             policy={"frequency_cap_per_day": 0},
+                             triggers={welcome: {"holdout_percent": 50},
+                                       "feedback_request": {"delay": "0s"}})
+    now = time.time()
+    night = (now // DAY - 20) * DAY + HOUR  # 01:00 UTC, inside the default quiet hours
+    clients = [f"w{n:03d}" for n in range(40)]
+    events: list[dict[str, Any]] = []
+    for c in clients:
+        events.append({"event_id": f"{c}-id", "type": "identify", "client_id": c,
+                       "event_time": night - 10, "traits": {"email": f"{c}@example.com"}})
+        events += [{"event_id": f"{c}-o{n}", "type": "order_placed", "client_id": c,
+                    "event_time": night + n * 60,
+                    "order": {"order_id": f"{c}-o{n}", "total": 10.0}} for n in range(8)]
+        events += [{"event_id": f"{c}-reg", "type": "registered", "client_id": c,
+                    "event_time": night + HOUR},
+                   {"event_id": f"{c}-buy", "type": "order_placed", "client_id": c,
+                    "event_time": night + 2 * DAY,
+                    "order": {"order_id": f"{c}-buy", "total": 10.0}}]
+    append(redis_client, settings, events)
+    drain(settings, as_of=now)
+
+    held = {c for c in clients if in_holdout(c, welcome, 50)}
+    assert 5 < len(held) < 35
+    found = uplift(settings, window=7 * DAY, as_of=now).types[welcome]
+    assert (found.holdout.clients, found.holdout.converted) == (len(held), len(held))
+    assert (found.treated.clients, found.treated.converted) == \
+        (len(clients) - len(held), len(clients) - len(held))
