@@ -23,6 +23,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from features.events import format_time, read_time
 from features.policy import (
     BACKFILL,
     BEFORE_ENABLED,
@@ -86,8 +87,18 @@ def group_of(occasion: Occasion) -> str | None:
 def conversions(orders: Iterable[OrderRecord], fired_at: float, window: float
                 ) -> list[OrderRecord]:
     """The live orders placed within `window` seconds after `fired_at` (an order at
-    `fired_at` itself came first: it is not a conversion)."""
-    return [o for o in orders if not o.cancelled and fired_at < o.placed_at <= fired_at + window]
+    `fired_at` itself came first: it is not a conversion).
+
+    `fired_at` is read back from the trigger log, which records times to the millisecond;
+    an order keeps its own time, so it is compared as the log would record it: the order
+    that raised an occasion (a tier reached) is at its due time, not after it."""
+    return [o for o in orders
+            if not o.cancelled and fired_at < _as_logged(o.placed_at) <= fired_at + window]
+
+
+def _as_logged(seconds: float) -> float:
+    """A time as the trigger log records it and a reader reads it back (milliseconds)."""
+    return read_time(format_time(seconds), "placed_at")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from features.events import format_time, read_time
 from features.state import OrderRecord
 from features.uplift import (
     TREATED,
@@ -69,6 +70,16 @@ def test_an_order_converts_within_the_window_after_the_occasion_only() -> None:
               OrderRecord("after", 1001.0 + 7 * DAY, 10.0),
               OrderRecord("cancelled", 2000.0, 10.0, 10.0, cancelled=True))
     assert [o.order_id for o in conversions(orders, 1000.0, 7 * DAY)] == ["in", "edge"]
+
+
+def test_an_order_at_the_due_time_to_the_millisecond_is_not_a_conversion() -> None:
+    """The log's due time is to the millisecond; the order that raised the occasion keeps
+    its microseconds."""
+    placed = 1_700_000_000.123_456
+    logged = read_time(format_time(placed), "fired_at")
+    assert logged < placed
+    orders = (OrderRecord("raised", placed, 10.0), OrderRecord("next", placed + 1.0, 10.0))
+    assert [o.order_id for o in conversions(orders, logged, DAY)] == ["next"]
 
 
 def test_a_client_counts_once_per_type_and_an_order_once_for_overlapping_windows() -> None:

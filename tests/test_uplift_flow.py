@@ -167,3 +167,31 @@ def test_a_treated_client_with_no_room_to_wait_out_quiet_hours_stays_treated(
     assert (found.holdout.clients, found.holdout.converted) == (len(held), len(held))
     assert (found.treated.clients, found.treated.converted) == \
         (len(clients) - len(held), len(clients) - len(held))
+
+
+def test_the_order_that_raised_an_occasion_does_not_convert_it(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """A tier announcement is due at the very order that reached the tier. The log records
+    times to the millisecond, an order keeps its own (a backend sends microseconds): the
+    occasion's due time read back was before its own order, which then converted every
+    client of both groups."""
+    tier = "loyalty_status"
+    settings = make_settings(redis_url, key_prefix, rfm={"refresh": 0},
+                             policy={"quiet_hours": None, "frequency_cap_per_day": 0},
+                             triggers={tier: {"holdout_percent": 50}})
+    now = time.time()
+    t0 = (now // DAY - 20) * DAY + 12 * HOUR + 0.000_4  # a time with microseconds
+    clients = [f"l{n:03d}" for n in range(30)]
+    events: list[dict[str, Any]] = []
+    for c in clients:
+        events.append({"event_id": f"{c}-id", "type": "identify", "client_id": c,
+                       "event_time": t0 - HOUR, "traits": {"email": f"{c}@example.com"}})
+        events += [{"event_id": f"{c}-o{n}", "type": "order_placed", "client_id": c,
+                    "event_time": t0 + n * HOUR + n * 0.000_123,
+                    "order": {"order_id": f"{c}-o{n}", "total": 10.0}} for n in range(3)]
+    append(redis_client, settings, events)
+    drain(settings, as_of=now)
+
+    found = uplift(settings, window=7 * DAY, as_of=now).types[tier]
+    assert found.treated.clients + found.holdout.clients == len(clients)
+    assert (found.treated.converted, found.holdout.converted) == (0, 0)  # none since
