@@ -37,7 +37,7 @@ from features.policy import (
     SUPPRESSED,
 )
 from features.rules import TRANSACTIONAL
-from features.state import FOLLOW_UP_SUFFIX, OrderRecord
+from features.state import FOLLOW_UP_SUFFIX, MAX_ORDERS, OrderRecord
 
 TREATED = "treated"
 # Suppressed before the hold-out draw, or never decided by the policy: in neither group. A
@@ -96,6 +96,18 @@ def conversions(orders: Iterable[OrderRecord], fired_at: float, window: float
             if not o.cancelled and fired_at < _as_logged(o.placed_at) <= fired_at + window]
 
 
+def orders_not_kept(orders: tuple[OrderRecord, ...], first_order_at: float | None
+                    ) -> tuple[float, float] | None:
+    """When the orders a client's state no longer keeps were placed (it keeps the latest
+    MAX_ORDERS, oldest first): between its first order and the oldest kept; None when it
+    keeps them all. Times as the log records them, as `conversions` compares them."""
+    if len(orders) < MAX_ORDERS:
+        return None
+    oldest = _as_logged(orders[0].placed_at)
+    return (-math.inf if first_order_at is None
+            else min(_as_logged(first_order_at), oldest)), oldest
+
+
 def _as_logged(seconds: float) -> float:
     """A time as the trigger log records it and a reader reads it back (milliseconds)."""
     return read_time(format_time(seconds), "placed_at")
@@ -126,6 +138,7 @@ class Uplift:
     treated: GroupTally
     holdout: GroupTally
     mixed: int = 0  # clients found in both groups (the hold-out share changed): left out
+    unknown: int = 0  # clients whose orders in a window are beyond those kept: left out
 
     @property
     def difference(self) -> float | None:
@@ -164,38 +177,51 @@ class Uplift:
 
 
 def tally(occasions: Iterable[Occasion], orders_of: Mapping[str, tuple[OrderRecord, ...]],
-          window: float) -> dict[str, Uplift]:
+          window: float, not_kept: Mapping[str, tuple[float, float]] | None = None
+          ) -> dict[str, Uplift]:
     """Each type's uplift from its occasions (those in neither group are skipped) and each
-    client's orders (`orders_of`; a client missing from it has none)."""
+    client's orders (`orders_of`; a client missing from it has none). `not_kept`: when the
+    orders a client's state dropped were placed (`orders_not_kept`); a client not converted
+    by the orders kept, with a window reaching into that time, may have converted: it is
+    left out and counted."""
     groups: dict[tuple[str, str], set[str]] = {}
     bought: dict[tuple[str, str], dict[str, float]] = {}  # (type, client) -> order: money
+    unsure: set[tuple[str, str]] = set()  # a window reaching orders no longer kept
     for occasion in occasions:
         group = group_of(occasion)
         if group is None:
             continue
         member = (occasion.type, occasion.client_id)
         groups.setdefault(member, set()).add(group)
+        dropped = None if not_kept is None else not_kept.get(occasion.client_id)
+        if (dropped is not None and dropped[0] <= occasion.fired_at + window
+                and occasion.fired_at < dropped[1]):
+            unsure.add(member)
         for order in conversions(orders_of.get(occasion.client_id, ()), occasion.fired_at,
                                  window):  # windows may overlap: an order counts once
             bought.setdefault(member, {})[order.order_id] = order.total - order.returned
     counts: dict[str, dict[str, list[float]]] = {}
     mixed: dict[str, int] = {}
+    unknown: dict[str, int] = {}
     for (kind, client), found in groups.items():
         if len(found) > 1:
             mixed[kind] = mixed.get(kind, 0) + 1
             continue
+        orders = bought.get((kind, client))
+        if not orders and (kind, client) in unsure:
+            unknown[kind] = unknown.get(kind, 0) + 1
+            continue
         (group,) = found
         row = counts.setdefault(kind, {TREATED: [0, 0, 0.0], HOLDOUT: [0, 0, 0.0]})[group]
         row[0] += 1
-        orders = bought.get((kind, client))
         if orders:
             row[1] += 1
             row[2] += sum(orders.values())
     result: dict[str, Uplift] = {}
-    for kind in sorted(set(counts) | set(mixed)):
+    for kind in sorted(set(counts) | set(mixed) | set(unknown)):
         rows = counts.get(kind, {TREATED: [0, 0, 0.0], HOLDOUT: [0, 0, 0.0]})
         result[kind] = Uplift(kind, _group(rows[TREATED]), _group(rows[HOLDOUT]),
-                              mixed.get(kind, 0))
+                              mixed.get(kind, 0), unknown.get(kind, 0))
     return result
 
 
@@ -212,7 +238,8 @@ def merged(parts: Iterable[Mapping[str, Uplift]]) -> dict[str, Uplift]:
             before = total.get(kind)
             total[kind] = found if before is None else Uplift(
                 kind, _added(before.treated, found.treated),
-                _added(before.holdout, found.holdout), before.mixed + found.mixed)
+                _added(before.holdout, found.holdout), before.mixed + found.mixed,
+                before.unknown + found.unknown)
     return dict(sorted(total.items()))
 
 

@@ -18,7 +18,7 @@ from config.durations import format_duration
 from config.settings import Settings
 from features.events import ANONYMOUS_PREFIX, EventError, format_time, parse_time
 from features.state import OrderRecord
-from features.uplift import Occasion, Uplift, group_of, merged, tally
+from features.uplift import Occasion, Uplift, group_of, merged, orders_not_kept, tally
 from sinks.keys import KeyLayout
 from sinks.redis_client import sync_client
 from sinks.trigger_log import client_states, trigger_records
@@ -64,9 +64,14 @@ def uplift(settings: Settings, *, window: float, since: float | None = None,
                 if occasion is not None and _counted(occasion, report):
                     occasions.append(occasion)
             clients = sorted({o.client_id for o in occasions})
-            orders: dict[str, tuple[OrderRecord, ...]] = {
-                key: state.orders for key, state in client_states(client, layout, clients)}
-            parts.append(tally(occasions, orders, window))
+            orders: dict[str, tuple[OrderRecord, ...]] = {}
+            not_kept: dict[str, tuple[float, float]] = {}
+            for key, state in client_states(client, layout, clients):
+                orders[key] = state.orders
+                dropped = orders_not_kept(state.orders, state.first_order_at)
+                if dropped is not None:
+                    not_kept[key] = dropped
+            parts.append(tally(occasions, orders, window, not_kept))
         report.types = merged(parts)
         return report
     finally:
@@ -115,6 +120,7 @@ def _type_dict(found: Uplift) -> dict[str, Any]:
         "difference": found.difference, "relative": found.relative,
         "interval_95": None if interval is None else list(interval),
         "p_value": found.p_value, "clients_in_both_groups": found.mixed,
+        "clients_with_orders_not_kept": found.unknown,
     }
 
 
@@ -169,7 +175,10 @@ def format_report(report: UpliftReport) -> str:
                  f"{report.anonymous:,} of anonymous visitors (their orders are their "
                  "client's)" + "".join(
                      f"; {found.mixed:,} {kind} clients in both groups"
-                     for kind, found in report.types.items() if found.mixed) + ".")
+                     for kind, found in report.types.items() if found.mixed) + "".join(
+                     f"; {found.unknown:,} {kind} clients whose orders in a window are older "
+                     "than the 64 their state keeps"
+                     for kind, found in report.types.items() if found.unknown) + ".")
     return "\n".join(lines) + "\n"
 
 

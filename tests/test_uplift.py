@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from features.events import format_time, read_time
-from features.state import OrderRecord
+from features.state import MAX_ORDERS, OrderRecord
 from features.uplift import (
     TREATED,
     GroupTally,
@@ -19,6 +19,7 @@ from features.uplift import (
     conversions,
     group_of,
     merged,
+    orders_not_kept,
     tally,
 )
 
@@ -93,6 +94,22 @@ def test_a_client_counts_once_per_type_and_an_order_once_for_overlapping_windows
     assert cart.treated == GroupTally(2, 1, 40.0)  # a (once, o1 net once) and d
     assert cart.holdout == GroupTally(2, 1, 20.0)
     assert cart.mixed == 0
+
+
+def test_a_client_whose_window_reaches_orders_not_kept_is_left_out_unless_converted() -> None:
+    kept = tuple(OrderRecord(f"o{n}", 10 * DAY + n, 1.0) for n in range(MAX_ORDERS))
+    assert orders_not_kept(kept[1:], DAY) is None  # not full: every order is there
+    assert orders_not_kept(kept, DAY) == (DAY, 10 * DAY)
+    assert orders_not_kept(kept, None) == (-math.inf, 10 * DAY)
+    not_kept = {c: (DAY, 10 * DAY) for c in "abc"}
+    orders = {c: kept for c in "abc"}
+    found = tally([occasion("a", "sent", at=2 * DAY),  # its window may hold a dropped order
+                   occasion("b", "sent", at=9.5 * DAY),  # kept o0 converts it
+                   occasion("c", "holdout", at=-7 * DAY)],  # ends before the first order
+                  orders, 7 * DAY, not_kept)[CART]
+    assert (found.treated.clients, found.treated.converted, found.unknown) == (1, 1, 1)
+    assert (found.holdout.clients, found.holdout.converted) == (1, 0)
+    assert merged([{CART: found}, {CART: found}])[CART].unknown == 2
 
 
 def test_a_client_in_both_groups_is_left_out_and_counted() -> None:

@@ -195,3 +195,30 @@ def test_the_order_that_raised_an_occasion_does_not_convert_it(
     found = uplift(settings, window=7 * DAY, as_of=now).types[tier]
     assert found.treated.clients + found.holdout.clients == len(clients)
     assert (found.treated.converted, found.holdout.converted) == (0, 0)  # none since
+
+
+def test_a_conversion_beyond_the_orders_the_state_keeps_is_not_a_failure(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """The state keeps a client's latest 64 orders: a client who bought the day after the
+    reminder and 64 times since had its converting order dropped, and was counted as one
+    the reminder did not convert (the more a group buys, the more it loses so)."""
+    settings = make_settings(redis_url, key_prefix, rfm={"refresh": 0},
+                             policy={"quiet_hours": None, "frequency_cap_per_day": 0},
+                             triggers={CART: {"holdout_percent": 0}})
+    now = time.time()
+    t0 = (now // DAY - 60) * DAY + 12 * HOUR
+    reminder = t0 + 60 + HOUR
+    events = _shopper("big", t0, email=True, orders_at=reminder + DAY)
+    events += [{"event_id": f"big-o{n}", "type": "order_placed", "client_id": "big",
+                "event_time": reminder + 10 * DAY + n * 600,
+                "order": {"order_id": f"big-o{n}", "total": 5.0}} for n in range(64)]
+    events += _shopper("small", t0, email=True, orders_at=None)
+    append(redis_client, settings, events)
+    drain(settings, as_of=now)
+
+    report = uplift(settings, window=7 * DAY, as_of=now)
+    cart = report.types[CART]
+    # "big" converted, but its order is no longer known: not counted as a failure
+    assert (cart.treated.clients, cart.treated.converted) == (1, 0)  # "small"
+    assert cart.unknown == 1
+    assert report.to_dict()["types"][CART]["clients_with_orders_not_kept"] == 1
