@@ -153,13 +153,20 @@ class Uplift:
 
     @property
     def interval(self) -> tuple[float, float] | None:
-        """The difference's 95% interval (Wald, unpooled)."""
+        """The difference's 95% interval (Wald, unpooled), within -1..1. Where a rate is 0
+        or 1, Wald's spread for it is nothing (5 of 5 against 0 of 3 would read as exactly
+        100 pp): Agresti-Caffo's then, one success and one failure added to each group."""
         a, b, difference = self.treated.rate, self.holdout.rate, self.difference
         if a is None or b is None or difference is None:
             return None
-        spread = _Z95 * math.sqrt(a * (1 - a) / self.treated.clients
-                                  + b * (1 - b) / self.holdout.clients)
-        return difference - spread, difference + spread
+        n1, n2 = self.treated.clients, self.holdout.clients
+        if a in (0.0, 1.0) or b in (0.0, 1.0):
+            n1, n2 = n1 + 2, n2 + 2
+            a = (self.treated.converted + 1) / n1
+            b = (self.holdout.converted + 1) / n2
+        centre = a - b
+        spread = _Z95 * math.sqrt(a * (1 - a) / n1 + b * (1 - b) / n2)
+        return max(-1.0, centre - spread), min(1.0, centre + spread)
 
     @property
     def p_value(self) -> float | None:

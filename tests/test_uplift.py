@@ -130,6 +130,17 @@ def test_the_statistics_match_a_worked_example() -> None:
     assert (low, high) == (pytest.approx(0.01677, abs=1e-5), pytest.approx(0.08323, abs=1e-5))
 
 
+def test_an_interval_at_a_rate_of_0_or_100_percent_is_not_a_certainty() -> None:
+    """Wald's spread is nothing where a rate is 0 or 1: 5 of 5 against 0 of 3 read as a
+    difference of exactly 100 pp, the interval (100, 100); and it runs past 100 pp."""
+    low, high = Uplift(CART, GroupTally(5, 5), GroupTally(3, 0)).interval or (1.0, 1.0)
+    assert low < 0.9 and high == 1.0
+    low, high = Uplift(CART, GroupTally(1, 1), GroupTally(4, 2)).interval or (0.0, 0.0)
+    assert low < 0.5 < high <= 1.0
+    low, high = Uplift(CART, GroupTally(2, 1), GroupTally(1, 0)).interval or (0.0, 0.0)
+    assert -1.0 <= low < 0.5 < high <= 1.0
+
+
 def test_no_comparison_without_both_groups_or_without_variance() -> None:
     assert Uplift(CART, GroupTally(10, 2), GroupTally()).p_value is None
     assert Uplift(CART, GroupTally(10, 2), GroupTally()).difference is None
