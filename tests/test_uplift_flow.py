@@ -222,3 +222,18 @@ def test_a_conversion_beyond_the_orders_the_state_keeps_is_not_a_failure(
     assert (cart.treated.clients, cart.treated.converted) == (1, 0)  # "small"
     assert cart.unknown == 1
     assert report.to_dict()["types"][CART]["clients_with_orders_not_kept"] == 1
+
+
+def test_an_as_of_in_the_future_is_refused(redis_url: str, key_prefix: str,
+                                           tmp_path: Path) -> None:
+    """Windows closed by a time still to come are not closed: a future --as-of counted the
+    occasions of the last days, their orders not yet placed, as failures."""
+    config = write_config(make_settings(redis_url, key_prefix), tmp_path / "crmflow.yaml")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CRMFLOW_") and k != "REDIS_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "crmflow.cli", "uplift", "--as-of", str(time.time() + 3 * DAY),
+         "--config", str(config)], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=60, check=False)
+    assert result.returncode != 0
+    assert "--as-of" in result.stderr and "future" in result.stderr
