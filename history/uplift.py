@@ -36,6 +36,7 @@ class UpliftReport:
     counted: int = 0  # occasions counted, in one group or the other
     anonymous: int = 0  # anonymous visitors' occasions: a conversion is their client's
     open_windows: int = 0  # occasions whose window had not closed by `as_of`
+    no_state: int = 0  # clients named whose state is gone (erased): their orders unknown
     oldest: float | None = None  # the earliest occasion the log still holds
 
     def to_dict(self) -> dict[str, Any]:
@@ -45,6 +46,7 @@ class UpliftReport:
             "oldest_in_log": None if self.oldest is None else format_time(self.oldest),
             "records": self.records, "occasions_counted": self.counted,
             "anonymous_left_out": self.anonymous, "windows_still_open": self.open_windows,
+            "clients_without_state": self.no_state,
             "types": {kind: _type_dict(found) for kind, found in self.types.items()},
         }
 
@@ -71,6 +73,8 @@ def uplift(settings: Settings, *, window: float, since: float | None = None,
                 dropped = orders_not_kept(state.orders, state.first_order_at)
                 if dropped is not None:
                     not_kept[key] = dropped
+            report.no_state += len(clients) - len(orders)  # erased: unknown, not failures
+            occasions = [o for o in occasions if o.client_id in orders]
             parts.append(tally(occasions, orders, window, not_kept))
         report.types = merged(parts)
         return report
@@ -173,7 +177,7 @@ def format_report(report: UpliftReport) -> str:
     lines.append(f"{report.records:,} records read, {report.counted:,} occasions counted; "
                  f"left out: {report.open_windows:,} whose window is still open, "
                  f"{report.anonymous:,} of anonymous visitors (their orders are their "
-                 "client's)" + "".join(
+                 f"client's), {report.no_state:,} clients whose state is gone" + "".join(
                      f"; {found.mixed:,} {kind} clients in both groups"
                      for kind, found in report.types.items() if found.mixed) + "".join(
                      f"; {found.unknown:,} {kind} clients whose orders in a window are older "

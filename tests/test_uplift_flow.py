@@ -16,6 +16,7 @@ import redis
 
 from features.policy import in_holdout
 from history.uplift import format_report, uplift
+from sinks.keys import KeyLayout
 from tests.histories import DAY
 from tests.support import REPO, drain, make_settings, write_config
 from tests.test_dataflow import append
@@ -237,3 +238,27 @@ def test_an_as_of_in_the_future_is_refused(redis_url: str, key_prefix: str,
         timeout=60, check=False)
     assert result.returncode != 0
     assert "--as-of" in result.stderr and "future" in result.stderr
+
+
+def test_a_client_whose_state_is_gone_is_left_out_not_counted_a_failure(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """An erasure deletes the state first and purges the client's trigger records after
+    (sinks/erasure.py): in between, or when the purge has not run, the records name a
+    client with no orders to read, who was counted as one the trigger did not convert."""
+    settings = make_settings(redis_url, key_prefix, rfm={"refresh": 0},
+                             policy={"quiet_hours": None, "frequency_cap_per_day": 0},
+                             triggers={CART: {"holdout_percent": 0}})
+    now = time.time()
+    t0 = (now // DAY - 12) * DAY + 12 * HOUR
+    reminder = t0 + 60 + HOUR
+    events = [e for c in ("gone", "kept") for e in _shopper(
+        c, t0, email=True, orders_at=reminder + DAY)]
+    append(redis_client, settings, events)
+    drain(settings, as_of=now)
+    layout = KeyLayout.from_settings(settings)
+    assert redis_client.hdel(layout.state(layout.bucket_of("gone")), "gone") == 1
+
+    report = uplift(settings, window=7 * DAY, as_of=now)
+    cart = report.types[CART]
+    assert (cart.treated.clients, cart.treated.converted) == (1, 1)
+    assert report.to_dict()["clients_without_state"] == 1
