@@ -60,10 +60,11 @@ def uplift(settings: Settings, *, window: float, since: float | None = None,
         parts = []
         for stream in layout.all_trigger_streams():
             occasions = []
+            seen: set[tuple[str, str, str]] = set()  # a partition's clients are its own
             for fields in trigger_records(client, stream):
                 report.records += 1
                 occasion = _occasion(fields)
-                if occasion is not None and _counted(occasion, report):
+                if occasion is not None and _counted(occasion, report, seen):
                     occasions.append(occasion)
             clients = sorted({o.client_id for o in occasions})
             orders: dict[str, tuple[OrderRecord, ...]] = {}
@@ -96,21 +97,26 @@ def _occasion(fields: dict[str, str]) -> Occasion | None:
                     fields.get("reason") or None, fields.get("channel") or None)
 
 
-def _counted(occasion: Occasion, report: UpliftReport) -> bool:
-    """Whether the occasion counts; what left it out is counted in `report`."""
+def _counted(occasion: Occasion, report: UpliftReport,
+             seen: set[tuple[str, str, str]]) -> bool:
+    """Whether the occasion's record counts; what left it out is counted in `report`, once
+    per occasion (`seen`: a deferral and its final record are one occasion)."""
     if group_of(occasion) is None:
         return False
+    identity = (occasion.client_id, occasion.type, occasion.key)
+    new = identity not in seen
+    seen.add(identity)
     if report.oldest is None or occasion.fired_at < report.oldest:
         report.oldest = occasion.fired_at
     if occasion.client_id.startswith(ANONYMOUS_PREFIX) or not occasion.client_id:
-        report.anonymous += 1
+        report.anonymous += new
         return False
     if report.since is not None and occasion.fired_at < report.since:
         return False
     if occasion.fired_at + report.window > report.as_of:
-        report.open_windows += 1
+        report.open_windows += new
         return False
-    report.counted += 1
+    report.counted += new
     return True
 
 

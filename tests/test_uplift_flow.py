@@ -262,3 +262,25 @@ def test_a_client_whose_state_is_gone_is_left_out_not_counted_a_failure(
     cart = report.types[CART]
     assert (cart.treated.clients, cart.treated.converted) == (1, 1)
     assert report.to_dict()["clients_without_state"] == 1
+
+
+def test_an_occasion_deferred_then_decided_counts_once(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """A deferral and its final record are one occasion: the report's count of occasions
+    (and of windows still open) counted both."""
+    settings = make_settings(redis_url, key_prefix, rfm={"refresh": 0},
+                             policy={"frequency_cap_per_day": 0},
+                             triggers={CART: {"holdout_percent": 0}})
+    now = time.time()
+    night = (now // DAY - 12) * DAY + 22 * HOUR  # the reminder falls due at 23:01
+    recent = now // DAY * DAY - 2 * DAY + 22 * HOUR
+    events = [e for n in range(5) for e in _shopper(f"n{n}", night, email=True,
+                                                    orders_at=None)]
+    events += [e for n in range(3) for e in _shopper(f"r{n}", recent, email=True,
+                                                     orders_at=None)]
+    append(redis_client, settings, events)
+    drain(settings, as_of=now)
+
+    report = uplift(settings, window=7 * DAY, as_of=now)
+    assert report.types[CART].treated.clients == 5
+    assert (report.counted, report.open_windows) == (5, 3)
