@@ -171,7 +171,7 @@ def format_report(report: UpliftReport) -> str:
             f"{_percent(found.difference, signed=True)} ({_percent(interval[0], signed=True)}"
             f", {_percent(interval[1], signed=True)})",
             "-" if found.relative is None else f"{_percent(found.relative, signed=True)}%",
-            "-" if found.p_value is None else f"{found.p_value:.3f}",
+            _p(found.p_value),
             f"{_money(found.treated.revenue_per_client)} / "
             f"{_money(found.holdout.revenue_per_client)}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -190,6 +190,13 @@ def format_report(report: UpliftReport) -> str:
                      "than the 64 their state keeps"
                      for kind, found in report.types.items() if found.unknown) + ".")
     return "\n".join(lines) + "\n"
+
+
+def _p(value: float | None) -> str:
+    """A p-value to three decimals; one that rounds to nothing is below 0.001, not 0."""
+    if value is None:
+        return "-"
+    return "<0.001" if value < 0.0005 else f"{value:.3f}"
 
 
 def _money(value: float | None) -> str:

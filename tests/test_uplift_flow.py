@@ -284,3 +284,13 @@ def test_an_occasion_deferred_then_decided_counts_once(
     report = uplift(settings, window=7 * DAY, as_of=now)
     assert report.types[CART].treated.clients == 5
     assert (report.counted, report.open_windows) == (5, 3)
+
+
+def test_a_p_value_below_a_thousandth_is_not_printed_as_zero() -> None:
+    from features.uplift import GroupTally, Uplift
+    from history.uplift import UpliftReport
+
+    report = UpliftReport(7 * DAY, time.time(), None)
+    report.types = {CART: Uplift(CART, GroupTally(1000, 300), GroupTally(1000, 150))}
+    line = next(x for x in format_report(report).splitlines() if x.startswith(CART))
+    assert " 0.000 " not in line and "<0.001" in line
