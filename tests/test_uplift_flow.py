@@ -294,3 +294,24 @@ def test_a_p_value_below_a_thousandth_is_not_printed_as_zero() -> None:
     report.types = {CART: Uplift(CART, GroupTally(1000, 300), GroupTally(1000, 150))}
     line = next(x for x in format_report(report).splitlines() if x.startswith(CART))
     assert " 0.000 " not in line and "<0.001" in line
+
+
+def test_the_report_says_when_the_dataflow_has_not_applied_every_event(
+        redis_client: redis.Redis, redis_url: str, key_prefix: str) -> None:
+    """The orders read are those the dataflow has applied: with events still waiting (the
+    dataflow behind or stopped), windows read as closed may miss their orders, and the
+    report said nothing of it."""
+    settings = make_settings(redis_url, key_prefix, rfm={"refresh": 0},
+                             policy={"quiet_hours": None, "frequency_cap_per_day": 0})
+    now = time.time()
+    t0 = (now // DAY - 12) * DAY + 12 * HOUR
+    append(redis_client, settings, _shopper("a", t0, email=True, orders_at=None))
+    drain(settings, as_of=now)
+    assert uplift(settings, window=7 * DAY, as_of=now).to_dict()["partitions_behind"] == []
+    late = {"event_id": "a-late", "type": "order_placed", "client_id": "a",
+            "event_time": t0 + DAY, "order": {"order_id": "a-late", "total": 5.0}}
+    append(redis_client, settings, [late])  # not applied yet
+    report = uplift(settings, window=7 * DAY, as_of=now)
+    layout = KeyLayout.from_settings(settings)
+    assert report.to_dict()["partitions_behind"] == [layout.partition_of_client("a")]
+    assert "not applied" in format_report(report)
