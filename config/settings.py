@@ -380,6 +380,25 @@ class TriggerRuleSettings(_DelayedRule):
                            holdout_percent=self.holdout_percent)
 
 
+# The types whose default delay is their own declare it as a field, as FeedbackSettings
+# does: a default instance (`TriggerRuleSettings(delay=...)`) is replaced whole by a
+# configuration that names the type, so `holdout_percent` alone set the delay to 0.
+class AbandonedCartSettings(TriggerRuleSettings):
+    delay: Duration = 3600.0
+
+
+class AbandonedBrowseSettings(TriggerRuleSettings):
+    delay: Duration = 7200.0
+
+
+class SecondOrderNudgeSettings(TriggerRuleSettings):
+    delay: Duration = 14 * DAY
+
+
+class ChurnWinbackSettings(TriggerRuleSettings):
+    delay: Duration = 180 * DAY
+
+
 class FeedbackSettings(_DelayedRule):
     delay: Duration = 7 * DAY
     nps_survey: bool = True
@@ -508,15 +527,15 @@ class TriggerSettings(Section):
     order_confirmation: ImmediateRuleSettings = ImmediateRuleSettings()
     order_cancellation: ImmediateRuleSettings = ImmediateRuleSettings()
     order_refund: ImmediateRuleSettings = ImmediateRuleSettings()
-    abandoned_cart: TriggerRuleSettings = TriggerRuleSettings(delay=3600.0)
-    abandoned_browse: TriggerRuleSettings = TriggerRuleSettings(delay=7200.0)
+    abandoned_cart: AbandonedCartSettings = AbandonedCartSettings()
+    abandoned_browse: AbandonedBrowseSettings = AbandonedBrowseSettings()
     feedback_request: FeedbackSettings = FeedbackSettings()
     nps_detractor_task: TaskSettings = TaskSettings()
     nps_passive_offer: OfferSettings = OfferSettings()
     nps_promoter_referral: ReferralSettings = ReferralSettings()
-    second_order_nudge: TriggerRuleSettings = TriggerRuleSettings(delay=14 * DAY)
+    second_order_nudge: SecondOrderNudgeSettings = SecondOrderNudgeSettings()
     first_order_promo: PromoSettings = PromoSettings()
-    churn_winback: TriggerRuleSettings = TriggerRuleSettings(delay=180 * DAY)
+    churn_winback: ChurnWinbackSettings = ChurnWinbackSettings()
     replenishment_reminder: ReplenishmentSettings = ReplenishmentSettings()
     service_reminder: ServiceSettings = ServiceSettings()
     birthday: BirthdaySettings = BirthdaySettings()

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -364,6 +365,9 @@ def _cmd_uplift(args: argparse.Namespace) -> None:
     from history.uplift import format_report, uplift
 
     since, as_of = _as_of(args.since, "--since"), _as_of(args.as_of)
+    if as_of is not None and as_of > time.time():  # its windows would be read as closed
+        raise SystemExit("crmflow uplift: --as-of is in the future: the windows that close "
+                         "after now are still open, their orders yet to come")
     settings, lease = with_redis(settings_from(args))
     _claim_layout(settings, lease, "uplift")
     try:

@@ -681,3 +681,18 @@ def test_fewer_buckets_than_partitions_is_refused(tmp_path: Path) -> None:
     message = config_error(write(tmp_path, "dataflow: {partitions: 8, buckets: 4}\n"))
     assert "dataflow.buckets: 4 is fewer than dataflow.partitions (8)" in message, message
     assert load_settings(write(tmp_path, "dataflow: {partitions: 8, buckets: 8}\n"))
+
+
+@pytest.mark.parametrize(("kind", "delay"), [
+    ("abandoned_cart", 3600.0), ("abandoned_browse", 7200.0),
+    ("second_order_nudge", 14 * 86400.0), ("churn_winback", 180 * 86400.0)])
+def test_a_trigger_given_only_its_holdout_keeps_its_own_delay(tmp_path: Path, kind: str,
+                                                               delay: float) -> None:
+    """`triggers.<type>.holdout_percent`, as Measuring uplift suggests, alone: the types
+    whose default delay is their own lost it (0: a nudge at the first order, not 14 days
+    later; a cart reminder at the add)."""
+    path = tmp_path / "crmflow.yaml"
+    path.write_text(yaml.safe_dump({"triggers": {kind: {"holdout_percent": 10}}}))
+    rule = getattr(load_settings(path).triggers, kind)
+    assert (rule.delay, rule.holdout_percent) == (delay, 10.0)
+    assert getattr(Settings().triggers, kind).delay == delay

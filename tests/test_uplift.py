@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from features.state import OrderRecord
+from features.events import format_time, read_time
+from features.state import MAX_ORDERS, OrderRecord
 from features.uplift import (
     TREATED,
     GroupTally,
@@ -18,6 +19,7 @@ from features.uplift import (
     conversions,
     group_of,
     merged,
+    orders_not_kept,
     tally,
 )
 
@@ -44,11 +46,18 @@ def occasion(client: str, status: str, reason: str | None = None, at: float = 10
     ("suppressed", "detractor", None),
     ("suppressed", "backfill", None),
     ("suppressed", "before_enabled", None),
-    ("deferred", "quiet_hours", None),  # its final record counts, not this one
+    ("deferred", "quiet_hours", TREATED),  # past the draw, whatever its final record
 ])
 def test_the_group_is_decided_by_intent_to_treat(status: str, reason: str | None,
                                                  group: str | None) -> None:
     assert group_of(occasion("c", status, reason)) == group
+
+
+def test_no_room_to_wait_is_treated_only_past_the_draw() -> None:
+    """A delay waits before the draw (no channel yet); quiet hours after it."""
+    assert group_of(Occasion("c", CART, "1", 1000.0, "suppressed", "pending_limit")) is None
+    assert group_of(Occasion("c", CART, "1", 1000.0, "suppressed", "pending_limit",
+                             "email")) == TREATED
 
 
 def test_transactional_triggers_and_follow_ups_are_in_no_group() -> None:
@@ -64,6 +73,16 @@ def test_an_order_converts_within_the_window_after_the_occasion_only() -> None:
     assert [o.order_id for o in conversions(orders, 1000.0, 7 * DAY)] == ["in", "edge"]
 
 
+def test_an_order_at_the_due_time_to_the_millisecond_is_not_a_conversion() -> None:
+    """The log's due time is to the millisecond; the order that raised the occasion keeps
+    its microseconds."""
+    placed = 1_700_000_000.123_456
+    logged = read_time(format_time(placed), "fired_at")
+    assert logged < placed
+    orders = (OrderRecord("raised", placed, 10.0), OrderRecord("next", placed + 1.0, 10.0))
+    assert [o.order_id for o in conversions(orders, logged, DAY)] == ["next"]
+
+
 def test_a_client_counts_once_per_type_and_an_order_once_for_overlapping_windows() -> None:
     orders = {"a": (OrderRecord("o1", 3000.0, 50.0, returned=10.0),),
               "b": (OrderRecord("o2", 1500.0, 20.0),)}
@@ -75,6 +94,22 @@ def test_a_client_counts_once_per_type_and_an_order_once_for_overlapping_windows
     assert cart.treated == GroupTally(2, 1, 40.0)  # a (once, o1 net once) and d
     assert cart.holdout == GroupTally(2, 1, 20.0)
     assert cart.mixed == 0
+
+
+def test_a_client_whose_window_reaches_orders_not_kept_is_left_out_unless_converted() -> None:
+    kept = tuple(OrderRecord(f"o{n}", 10 * DAY + n, 1.0) for n in range(MAX_ORDERS))
+    assert orders_not_kept(kept[1:], DAY) is None  # not full: every order is there
+    assert orders_not_kept(kept, DAY) == (DAY, 10 * DAY)
+    assert orders_not_kept(kept, None) == (-math.inf, 10 * DAY)
+    not_kept = {c: (DAY, 10 * DAY) for c in "abc"}
+    orders = {c: kept for c in "abc"}
+    found = tally([occasion("a", "sent", at=2 * DAY),  # its window may hold a dropped order
+                   occasion("b", "sent", at=9.5 * DAY),  # kept o0 converts it
+                   occasion("c", "holdout", at=-7 * DAY)],  # ends before the first order
+                  orders, 7 * DAY, not_kept)[CART]
+    assert (found.treated.clients, found.treated.converted, found.unknown) == (1, 1, 1)
+    assert (found.holdout.clients, found.holdout.converted) == (1, 0)
+    assert merged([{CART: found}, {CART: found}])[CART].unknown == 2
 
 
 def test_a_client_in_both_groups_is_left_out_and_counted() -> None:
@@ -93,6 +128,17 @@ def test_the_statistics_match_a_worked_example() -> None:
     assert found.p_value == pytest.approx(0.003258, rel=1e-3)
     low, high = found.interval or (0.0, 0.0)
     assert (low, high) == (pytest.approx(0.01677, abs=1e-5), pytest.approx(0.08323, abs=1e-5))
+
+
+def test_an_interval_at_a_rate_of_0_or_100_percent_is_not_a_certainty() -> None:
+    """Wald's spread is nothing where a rate is 0 or 1: 5 of 5 against 0 of 3 read as a
+    difference of exactly 100 pp, the interval (100, 100); and it runs past 100 pp."""
+    low, high = Uplift(CART, GroupTally(5, 5), GroupTally(3, 0)).interval or (1.0, 1.0)
+    assert low < 0.9 and high == 1.0
+    low, high = Uplift(CART, GroupTally(1, 1), GroupTally(4, 2)).interval or (0.0, 0.0)
+    assert low < 0.5 < high <= 1.0
+    low, high = Uplift(CART, GroupTally(2, 1), GroupTally(1, 0)).interval or (0.0, 0.0)
+    assert -1.0 <= low < 0.5 < high <= 1.0
 
 
 def test_no_comparison_without_both_groups_or_without_variance() -> None:
