@@ -380,7 +380,11 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
     # a side's reminder stays decided while its cart episode is intact
     reminders = sorted({x.cart_reminded for x in open_sides if x.cart_reminded
                         and all(line.added_at > closed for line in x.cart)})
-    cart_since, reminded = _merged_episode(cart_lines, reminders)
+    # a side whose episode began after lines it still holds (an add after its reminder)
+    # keeps that start: the lines before it are an ended episode's, whose key is spent
+    starts = [x.cart_since for x in open_sides if x.cart_since is not None
+              and any(closed < line.added_at < x.cart_since for line in x.cart)]
+    cart_since, reminded = _merged_episode(cart_lines, reminders, starts)
     cart_updated = max((x.cart_updated_at for x in open_sides
                         if x.cart_updated_at is not None), default=None)
     if not cart_lines:
@@ -456,20 +460,25 @@ def merge_states(target: ClientState | None, source: ClientState, alias: str, at
     )
 
 
-def _merged_episode(lines: tuple[CartLine, ...], reminders: list[float]
-                    ) -> tuple[float | None, float]:
+def _merged_episode(lines: tuple[CartLine, ...], reminders: list[float],
+                    starts: list[float]) -> tuple[float | None, float]:
     """The joined cart's episode (its first add) and reminder, as one profile would have
     them: an add at or after a reminder began a new episode, so the latest reminder that
     fired before the last add ends the episode before it, and the lines added since are
     the episode, reminded only by a reminder that came after it (one may wait for quiet
-    hours: keyed by that episode, it still stands)."""
+    hours: keyed by that episode, it still stands). `starts`: episodes a side began after
+    a reminder it no longer holds; none of the lines before the latest is the episode's
+    (else the ended episode's key, perhaps still waiting, would be raised again)."""
     if not lines:
         return None, 0.0
     last_add = max(line.added_at for line in lines)
     before = [r for r in reminders if r <= last_add]
-    if not before:
+    begun = max((*before[-1:], *starts), default=None)
+    if begun is None:
         return min(line.added_at for line in lines), max(reminders, default=0.0)
-    since = min(line.added_at for line in lines if line.added_at >= before[-1])
+    since = min((line.added_at for line in lines if line.added_at >= begun), default=begun)
+    if not before:
+        return since, max(reminders, default=0.0)
     return since, next((r for r in reminders if r > before[-1]), 0.0)
 
 

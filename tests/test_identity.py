@@ -651,3 +651,35 @@ def test_a_cart_reminder_waiting_for_the_morning_stands_after_the_merge() -> Non
             for t in out if t.status == "sent"]
     assert sent == [(occasion_time(T0 + 19 * HOUR), ["b"]),
                     (occasion_time(T0 + 20.5 * HOUR), ["b", "a"])]
+
+
+def test_a_visitor_merged_after_the_clients_new_cart_episode_does_not_revive_the_old_one(
+) -> None:
+    """The client carted b at 20:30; its reminder, due at 21:30, waits for 09:00; c at 21:40,
+    after it, began a new episode. A visitor (a page view, no cart) signs in at 21:50. The
+    merge keeps the episode begun at 21:40: its reminder is deferred under its own key, and
+    the 20:30 one, whose episode ended, is cancelled in the morning, as without the merge;
+    the 20:30 occasion is not deferred a second time under the same id."""
+    rules = only(replace(RULES, policy=replace(OPEN, quiet_hours=QuietHours())),
+                 ABANDONED_CART)
+    world = World(rules)
+    world.send(anon(EventType.PAGE_VIEW, 21 * HOUR, "pv1"))
+    world.send(user(EventType.CART_ADD, 20.5 * HOUR, "b1", products=shoes("b")))
+    state = world.states[USER]
+    assert state is not None
+    world.states[USER], fired = fire_due(USER, state, T0 + 21.6 * HOUR, rules)
+    world.triggers.extend(fired)
+    world.send(user(EventType.CART_ADD, 21 * HOUR + 40 * 60, "c1", products=shoes("c")))
+    world.send(user(EventType.IDENTIFY, 21 * HOUR + 50 * 60, "i1", with_cookie=True))
+    merged = world.states[USER]
+    assert merged is not None and merged.cart_since == T0 + 21 * HOUR + 40 * 60
+    _, fired = fire_due(USER, merged, T0 + 40 * HOUR, rules)
+    world.triggers.extend(fired)
+    carts = of(world.triggers, ABANDONED_CART)
+    fields = [t.ledger_field for t in carts]
+    assert len(fields) == len(set(fields))
+    assert [(t.status, t.key) for t in carts] == [
+        ("deferred", occasion_time(T0 + 20.5 * HOUR)),
+        ("deferred", occasion_time(T0 + 21 * HOUR + 40 * 60)),
+        ("suppressed", occasion_time(T0 + 20.5 * HOUR)),
+        ("sent", occasion_time(T0 + 21 * HOUR + 40 * 60))]
