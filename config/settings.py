@@ -621,10 +621,7 @@ class FollowUpSettings(Section):
     @field_validator("types")
     @classmethod
     def _no_repeats(cls, value: list[str]) -> list[str]:
-        repeated = sorted({name for name in value if value.count(name) > 1})
-        if repeated:
-            raise ValueError(f"listed more than once: {', '.join(repeated)}")
-        return value
+        return _distinct(value)
 
     def follow_up(self) -> FollowUp:
         return FollowUp(self.after, frozenset(self.types), self.max)
@@ -660,10 +657,7 @@ class PolicySettings(Section):
     @field_validator("priority")
     @classmethod
     def _no_repeats(cls, value: list[str]) -> list[str]:
-        repeated = sorted({name for name in value if value.count(name) > 1})
-        if repeated:
-            raise ValueError(f"listed more than once: {', '.join(repeated)}")
-        return value
+        return _distinct(value)
 
     @field_validator("channels")
     @classmethod

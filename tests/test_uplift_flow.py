@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from features.policy import in_holdout
+from features.uplift import Uplift
 from history.uplift import format_report, uplift
 from sinks.keys import KeyLayout
 from tests.histories import DAY
@@ -127,7 +128,12 @@ def test_a_treated_client_suppressed_after_its_deferral_stays_treated(
 
     held = {c for c in clients if in_holdout(c, nudge, 50)}
     assert 5 < len(held) < 35
-    found = uplift(settings, window=7 * DAY, as_of=now).types[nudge]
+    _everyone_converted(uplift(settings, window=7 * DAY, as_of=now).types[nudge], clients,
+                        held)
+
+
+def _everyone_converted(found: Uplift, clients: list[str], held: set[str]) -> None:
+    """Each client in its group, and every one converted."""
     assert (found.holdout.clients, found.holdout.converted) == (len(held), len(held))
     assert (found.treated.clients, found.treated.converted) == \
         (len(clients) - len(held), len(clients) - len(held))
@@ -164,10 +170,8 @@ def test_a_treated_client_with_no_room_to_wait_out_quiet_hours_stays_treated(
 
     held = {c for c in clients if in_holdout(c, welcome, 50)}
     assert 5 < len(held) < 35
-    found = uplift(settings, window=7 * DAY, as_of=now).types[welcome]
-    assert (found.holdout.clients, found.holdout.converted) == (len(held), len(held))
-    assert (found.treated.clients, found.treated.converted) == \
-        (len(clients) - len(held), len(clients) - len(held))
+    _everyone_converted(uplift(settings, window=7 * DAY, as_of=now).types[welcome], clients,
+                        held)
 
 
 def test_the_order_that_raised_an_occasion_does_not_convert_it(
