@@ -368,6 +368,9 @@ def _cmd_uplift(args: argparse.Namespace) -> None:
     if as_of is not None and as_of > time.time():  # its windows would be read as closed
         raise SystemExit("crmflow uplift: --as-of is in the future: the windows that close "
                          "after now are still open, their orders yet to come")
+    if since is not None and since >= (time.time() if as_of is None else as_of):
+        raise SystemExit("crmflow uplift: --since is not before --as-of (default now): no "
+                         "occasion could count")
     settings, lease = with_redis(settings_from(args))
     _claim_layout(settings, lease, "uplift")
     try:

@@ -229,19 +229,34 @@ def test_a_conversion_beyond_the_orders_the_state_keeps_is_not_a_failure(
     assert report.to_dict()["types"][CART]["clients_with_orders_not_kept"] == 1
 
 
+def _uplift_cli(redis_url: str, key_prefix: str, tmp_path: Path, *options: str
+                ) -> subprocess.CompletedProcess[str]:
+    config = write_config(make_settings(redis_url, key_prefix), tmp_path / "crmflow.yaml")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CRMFLOW_") and k != "REDIS_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "crmflow.cli", "uplift", *options, "--config", str(config)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
 def test_an_as_of_in_the_future_is_refused(redis_url: str, key_prefix: str,
                                            tmp_path: Path) -> None:
     """Windows closed by a time still to come are not closed: a future --as-of counted the
     occasions of the last days, their orders not yet placed, as failures."""
-    config = write_config(make_settings(redis_url, key_prefix), tmp_path / "crmflow.yaml")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("CRMFLOW_") and k != "REDIS_URL"}
-    result = subprocess.run(
-        [sys.executable, "-m", "crmflow.cli", "uplift", "--as-of", str(time.time() + 3 * DAY),
-         "--config", str(config)], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=60, check=False)
+    result = _uplift_cli(redis_url, key_prefix, tmp_path, "--as-of", str(time.time() + 3 * DAY))
     assert result.returncode != 0
     assert "--as-of" in result.stderr and "future" in result.stderr
+
+
+def test_a_since_not_before_the_as_of_is_refused(redis_url: str, key_prefix: str,
+                                                 tmp_path: Path) -> None:
+    """No occasion can count: an empty report would read as "no data", not as a mistake."""
+    now = time.time()
+    for options in (("--since", str(now - DAY), "--as-of", str(now - 2 * DAY)),
+                    ("--since", str(now + 60))):  # after now, the default --as-of
+        result = _uplift_cli(redis_url, key_prefix, tmp_path, *options)
+        assert result.returncode != 0, options
+        assert "--since" in result.stderr and "--as-of" in result.stderr
 
 
 def test_a_client_whose_state_is_gone_is_left_out_not_counted_a_failure(
