@@ -9,7 +9,8 @@ would credit the trigger with the difference between clients who have a channel 
 those who may not.
 
 The unit is the client, per type (a client's occasions of one type are not independent of
-each other): a client converted when a live order (not cancelled) was placed within the
+each other): a client converted when a purchase it kept (an order neither cancelled nor
+refunded in full, as the lifecycle counts purchases) was placed within the
 window after any of its occasions of that type, counted from the occasion's due time
 (`fired_at`), which both groups share. Only occasions whose window has closed by the
 as-of time count, so a recent occasion is not read as a failure. A follow-up is part of
@@ -24,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from features.events import format_time, read_time
+from features.lifecycle import is_purchase
 from features.policy import (
     BACKFILL,
     BEFORE_ENABLED,
@@ -86,14 +88,15 @@ def group_of(occasion: Occasion) -> str | None:
 
 def conversions(orders: Iterable[OrderRecord], fired_at: float, window: float
                 ) -> list[OrderRecord]:
-    """The live orders placed within `window` seconds after `fired_at` (an order at
-    `fired_at` itself came first: it is not a conversion).
+    """The purchases kept (neither cancelled nor refunded in full) placed within `window`
+    seconds after `fired_at` (an order at `fired_at` itself came first: it is not a
+    conversion).
 
     `fired_at` is read back from the trigger log, which records times to the millisecond;
     an order keeps its own time, so it is compared as the log would record it: the order
     that raised an occasion (a tier reached) is at its due time, not after it."""
     return [o for o in orders
-            if not o.cancelled and fired_at < _as_logged(o.placed_at) <= fired_at + window]
+            if is_purchase(o) and fired_at < _as_logged(o.placed_at) <= fired_at + window]
 
 
 def orders_not_kept(orders: tuple[OrderRecord, ...], first_order_at: float | None

@@ -160,7 +160,7 @@ def format_report(report: UpliftReport) -> str:
     period = (f"Occasions due from {format_time(report.since)}" if report.since is not None
               else "Every occasion the trigger log holds")
     lines = [
-        f"Conversion: a live order within {format_duration(report.window)} after the "
+        f"Conversion: a purchase kept within {format_duration(report.window)} after the "
         "occasion; clients by intent to treat (treated: past the hold-out draw and not held "
         "out, sent or not).",
         f"{period}, windows closed by {format_time(report.as_of)}; the log's oldest "

@@ -83,6 +83,17 @@ def test_an_order_at_the_due_time_to_the_millisecond_is_not_a_conversion() -> No
     assert [o.order_id for o in conversions(orders, logged, DAY)] == ["next"]
 
 
+def test_an_order_refunded_in_full_is_no_conversion_a_partial_refund_is() -> None:
+    """As the lifecycle counts purchases: an order whose money all went back was not kept."""
+    orders = (OrderRecord("returned", 2000.0, 30.0, returned=30.0),
+              OrderRecord("kept", 3000.0, 30.0, returned=10.0))
+    assert [o.order_id for o in conversions(orders, 1000.0, DAY)] == ["kept"]
+    found = tally([occasion("a", "sent")], {"a": orders}, DAY)[CART]
+    assert found.treated == GroupTally(1, 1, 20.0)
+    assert tally([occasion("b", "sent")], {"b": orders[:1]}, DAY)[CART].treated == \
+        GroupTally(1, 0, 0.0)
+
+
 def test_a_client_counts_once_per_type_and_an_order_once_for_overlapping_windows() -> None:
     orders = {"a": (OrderRecord("o1", 3000.0, 50.0, returned=10.0),),
               "b": (OrderRecord("o2", 1500.0, 20.0),)}
