@@ -19,7 +19,15 @@ from config.settings import Settings
 from dataflows.flow import store_factory
 from features.events import ANONYMOUS_PREFIX, EventError, format_time, parse_time
 from features.state import OrderRecord
-from features.uplift import Occasion, Uplift, group_of, merged, orders_not_kept, tally
+from features.uplift import (
+    GroupTally,
+    Occasion,
+    Uplift,
+    group_of,
+    merged,
+    orders_not_kept,
+    tally,
+)
 from sinks.keys import KeyLayout
 from sinks.redis_client import sync_client
 from sinks.trigger_log import client_states, trigger_records
@@ -132,10 +140,7 @@ def _counted(occasion: Occasion, report: UpliftReport,
 def _type_dict(found: Uplift) -> dict[str, Any]:
     interval = found.interval
     return {
-        "treated": _group_dict(found.treated.clients, found.treated.converted,
-                               found.treated.rate, found.treated.revenue_per_client),
-        "holdout": _group_dict(found.holdout.clients, found.holdout.converted,
-                               found.holdout.rate, found.holdout.revenue_per_client),
+        "treated": _group_dict(found.treated), "holdout": _group_dict(found.holdout),
         "difference": found.difference, "relative": found.relative,
         "interval_95": None if interval is None else list(interval),
         "p_value": found.p_value, "clients_in_both_groups": found.mixed,
@@ -143,10 +148,9 @@ def _type_dict(found: Uplift) -> dict[str, Any]:
     }
 
 
-def _group_dict(clients: int, converted: int, rate: float | None,
-                revenue_per_client: float | None) -> dict[str, Any]:
-    return {"clients": clients, "converted": converted, "rate": rate,
-            "revenue_per_client": revenue_per_client}
+def _group_dict(group: GroupTally) -> dict[str, Any]:
+    return {"clients": group.clients, "converted": group.converted, "rate": group.rate,
+            "revenue_per_client": group.revenue_per_client}
 
 
 def _percent(value: float | None, *, signed: bool = False) -> str:

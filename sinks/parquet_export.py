@@ -32,6 +32,7 @@ from features.segments import public_segments
 from features.state import ClientState
 from features.values import FEATURES, Kind
 from sinks.keys import KeyLayout
+from sinks.trigger_log import trigger_pages
 
 BATCH_ROWS = 10_000
 PAGE = 1000
@@ -153,15 +154,8 @@ def trigger_batches(client: redis.Redis, layout: KeyLayout) -> Iterator[pa.Recor
     a row of Python values each cost 20 us a trigger, a fifth of a replay's Parquet stage
     for a million events)."""
     for stream in layout.all_trigger_streams():
-        start = "-"
-        while True:
-            page = cast(list[tuple[bytes, dict[bytes, bytes]]],
-                        client.xrange(stream, min=start, max="+", count=PAGE))
-            if page:
-                yield _trigger_batch([fields for _, fields in page])
-            if len(page) < PAGE:
-                break
-            start = "(" + page[-1][0].decode()
+        for page in trigger_pages(client, stream, PAGE):
+            yield _trigger_batch(page)
 
 
 _TRIGGER_KEYS = tuple((name.encode(), name in _TRIGGER_TIMES) for name in TRIGGER_SCHEMA.names)

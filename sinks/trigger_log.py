@@ -16,17 +16,25 @@ from sinks.keys import KeyLayout
 PAGE = 5_000
 
 
-def trigger_records(client: redis.Redis, stream: str) -> Iterator[dict[str, str]]:
-    """Every record a trigger stream holds, oldest first, its fields as text."""
+def trigger_pages(client: redis.Redis, stream: str, page_size: int = PAGE
+                  ) -> Iterator[list[dict[bytes, bytes]]]:
+    """Every record a trigger stream holds, oldest first, a page of raw fields at a time."""
     start = "-"
     while True:
         page = cast(list[tuple[bytes, dict[bytes, bytes]]],
-                    client.xrange(stream, min=start, max="+", count=PAGE))
-        for _, fields in page:
-            yield {name.decode(): value.decode() for name, value in fields.items()}
-        if len(page) < PAGE:
+                    client.xrange(stream, min=start, max="+", count=page_size))
+        if page:
+            yield [fields for _, fields in page]
+        if len(page) < page_size:
             return
         start = "(" + page[-1][0].decode()
+
+
+def trigger_records(client: redis.Redis, stream: str) -> Iterator[dict[str, str]]:
+    """Every record a trigger stream holds, oldest first, its fields as text."""
+    for page in trigger_pages(client, stream):
+        for fields in page:
+            yield {name.decode(): value.decode() for name, value in fields.items()}
 
 
 def client_states(client: redis.Redis, layout: KeyLayout, client_keys: Sequence[str]

@@ -14,8 +14,8 @@ from typing import Any
 
 import redis
 
+from config.settings import Settings
 from features.policy import in_holdout
-from features.uplift import Uplift
 from history.uplift import format_report, uplift
 from sinks.keys import KeyLayout
 from tests.histories import DAY
@@ -126,14 +126,15 @@ def test_a_treated_client_suppressed_after_its_deferral_stays_treated(
     append(redis_client, settings, events)
     drain(settings, as_of=now)
 
-    held = {c for c in clients if in_holdout(c, nudge, 50)}
+    _everyone_converted(settings, nudge, clients, now)
+
+
+def _everyone_converted(settings: Settings, kind: str, clients: list[str], now: float
+                        ) -> None:
+    """Each client in its group (half held out, by the hash), and every one converted."""
+    held = {c for c in clients if in_holdout(c, kind, 50)}
     assert 5 < len(held) < 35
-    _everyone_converted(uplift(settings, window=7 * DAY, as_of=now).types[nudge], clients,
-                        held)
-
-
-def _everyone_converted(found: Uplift, clients: list[str], held: set[str]) -> None:
-    """Each client in its group, and every one converted."""
+    found = uplift(settings, window=7 * DAY, as_of=now).types[kind]
     assert (found.holdout.clients, found.holdout.converted) == (len(held), len(held))
     assert (found.treated.clients, found.treated.converted) == \
         (len(clients) - len(held), len(clients) - len(held))
@@ -168,10 +169,7 @@ def test_a_treated_client_with_no_room_to_wait_out_quiet_hours_stays_treated(
     append(redis_client, settings, events)
     drain(settings, as_of=now)
 
-    held = {c for c in clients if in_holdout(c, welcome, 50)}
-    assert 5 < len(held) < 35
-    _everyone_converted(uplift(settings, window=7 * DAY, as_of=now).types[welcome], clients,
-                        held)
+    _everyone_converted(settings, welcome, clients, now)
 
 
 def test_the_order_that_raised_an_occasion_does_not_convert_it(
